@@ -1,0 +1,204 @@
+package changelog
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+)
+
+// Conflict statuses.
+const (
+	// StatusLogged: a resolver discarded a version on its own (lww,
+	// priority). The entry is the audit record of that loss.
+	StatusLogged = "logged"
+	// StatusOpen: the record resolver keeps siblings until a person
+	// resolves them.
+	StatusOpen = "open"
+	// StatusResolved: a write whose context covered the siblings closed an
+	// open record.
+	StatusResolved = "resolved"
+)
+
+// Version is one side of a conflict, with its metadata.
+type Version struct {
+	Origin  string `msgpack:"origin" json:"origin"`
+	Dot     string `msgpack:"dot" json:"dot"`
+	Value   []byte `msgpack:"value" json:"value"`
+	Deleted bool   `msgpack:"deleted" json:"deleted"`
+	HLC     uint64 `msgpack:"hlc" json:"hlc"`
+}
+
+// Conflict is one entry of the conflict log.
+type Conflict struct {
+	ID        string    `msgpack:"id" json:"id"`
+	Key       string    `msgpack:"key" json:"key"`
+	Resolver  string    `msgpack:"resolver" json:"resolver"`
+	Status    string    `msgpack:"status" json:"status"`
+	Kept      []Version `msgpack:"kept" json:"kept"`
+	Discarded []Version `msgpack:"discarded" json:"discarded"`
+	// Clock is the key's clock when the conflict was seen; a write with this
+	// context supersedes every version listed.
+	Clock vclock.VV `msgpack:"clock" json:"-"`
+	// DetectedHLC is the HLC of the event that revealed the conflict.
+	DetectedHLC uint64 `msgpack:"detected_hlc" json:"detected_hlc"`
+	ResolvedHLC uint64 `msgpack:"resolved_hlc,omitempty" json:"resolved_hlc,omitempty"`
+}
+
+// ErrNotFound reports a missing conflict id or key.
+var ErrNotFound = errors.New("changelog: not found")
+
+func versionOf(sb dvv.Sibling) Version {
+	return Version{Origin: sb.Origin(), Dot: sb.Dot.String(), Value: sb.Value, Deleted: sb.Deleted, HLC: sb.HLC}
+}
+
+func versionsOf(sbs []dvv.Sibling) []Version {
+	out := make([]Version, len(sbs))
+	for i, sb := range sbs {
+		out[i] = versionOf(sb)
+	}
+	return out
+}
+
+func keyHash(key string) string {
+	h := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(h[:8])
+}
+
+// discardID names the log entry of one discarded version: the same at every
+// DC, so seeing the loss again rewrites nothing.
+func discardID(key string, d vclock.Dot) string {
+	return keyHash(key) + "-" + d.DC + "-" + fmt.Sprint(d.N)
+}
+
+// recordID names the open record of a key under the record resolver.
+func recordID(key string) string { return keyHash(key) + "-record" }
+
+// noteConflicts runs the key's resolver over its new state and writes what
+// it discards, or the open record it asks for, to the conflict log.
+func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
+	r := t.s.opts.Resolvers.For(key)
+	rid := recordID(key)
+	if len(st.Siblings) < 2 {
+		return t.closeRecord(rid, hlc)
+	}
+	res := r.Resolve(key, st.Siblings)
+	for _, d := range res.Discarded {
+		id := discardID(key, d.Dot)
+		exists, err := t.conflictExists(id)
+		if err != nil || exists {
+			return err
+		}
+		c := Conflict{
+			ID: id, Key: key, Resolver: r.Name(), Status: StatusLogged,
+			Kept: versionsOf(res.Kept), Discarded: []Version{versionOf(d)},
+			Clock: st.Clock, DetectedHLC: hlc,
+		}
+		if err := t.putConflict(c); err != nil {
+			return err
+		}
+	}
+	if r.Name() != "record" {
+		return nil
+	}
+	if !res.Conflict {
+		return t.closeRecord(rid, hlc)
+	}
+	c := Conflict{
+		ID: rid, Key: key, Resolver: r.Name(), Status: StatusOpen,
+		Kept: versionsOf(st.Live()), Clock: st.Clock, DetectedHLC: hlc,
+	}
+	return t.putConflict(c)
+}
+
+func (t *txn) closeRecord(id string, hlc uint64) error {
+	c, ok, err := t.s.getConflict(id)
+	if err != nil || !ok || c.Status != StatusOpen || t.conf[id] {
+		return err
+	}
+	c.Status = StatusResolved
+	c.ResolvedHLC = hlc
+	return t.putConflict(c)
+}
+
+func (t *txn) conflictExists(id string) (bool, error) {
+	if t.conf[id] {
+		return true, nil
+	}
+	_, ok, err := t.s.get(conflictKey(id))
+	return ok, err
+}
+
+func (t *txn) putConflict(c Conflict) error {
+	b, err := msgpack.Marshal(&c)
+	if err != nil {
+		return err
+	}
+	t.conf[c.ID] = true
+	return t.set(conflictKey(c.ID), b)
+}
+
+func (s *Store) getConflict(id string) (Conflict, bool, error) {
+	b, ok, err := s.get(conflictKey(id))
+	if err != nil || !ok {
+		return Conflict{}, false, err
+	}
+	var c Conflict
+	if err := msgpack.Unmarshal(b, &c); err != nil {
+		return Conflict{}, false, fmt.Errorf("changelog: conflict %s: %w", id, err)
+	}
+	return c, true, nil
+}
+
+// Conflict returns one entry of the conflict log.
+func (s *Store) Conflict(id string) (Conflict, error) {
+	c, ok, err := s.getConflict(id)
+	if err != nil {
+		return Conflict{}, err
+	}
+	if !ok {
+		return Conflict{}, fmt.Errorf("%w: conflict %q", ErrNotFound, id)
+	}
+	return c, nil
+}
+
+// ConflictFilter selects entries of the conflict log.
+type ConflictFilter struct {
+	// Status, if set, keeps only entries with that status.
+	Status string
+	// KeyPrefix, if set, keeps only entries whose key starts with it.
+	KeyPrefix string
+	// Limit caps the entries returned; 0 means no cap.
+	Limit int
+}
+
+// Conflicts lists the conflict log, ordered by id.
+func (s *Store) Conflicts(f ConflictFilter) ([]Conflict, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxConflict}, UpperBound: []byte{pfxConflict + 1}})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []Conflict
+	for it.First(); it.Valid(); it.Next() {
+		var c Conflict
+		if err := msgpack.Unmarshal(it.Value(), &c); err != nil {
+			return nil, fmt.Errorf("changelog: conflict %q: %w", it.Key()[1:], err)
+		}
+		if f.Status != "" && c.Status != f.Status || !strings.HasPrefix(c.Key, f.KeyPrefix) {
+			continue
+		}
+		out = append(out, c)
+		if f.Limit > 0 && len(out) >= f.Limit {
+			break
+		}
+	}
+	return out, it.Error()
+}

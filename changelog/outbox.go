@@ -1,0 +1,94 @@
+package changelog
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/replicatorhq/replicator/pkg/event"
+)
+
+// OutboxEntry is one event waiting to be published, or published but kept
+// until every DC has applied it.
+type OutboxEntry struct {
+	// Index is the entry's position in this DC's outbox.
+	Index uint64
+	// Data is the encoded event.
+	Data  []byte
+	Event *event.Event
+}
+
+// Checkpoint returns the highest outbox index JetStream has acknowledged.
+func (s *Store) Checkpoint() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.mu.ckpt
+}
+
+// OutboxDepth returns how many entries wait to be published.
+func (s *Store) OutboxDepth() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.mu.outboxNext - 1 - s.mu.ckpt
+}
+
+// ReadOutbox returns up to max entries with an index above after, in order.
+func (s *Store) ReadOutbox(after uint64, max int) ([]OutboxEntry, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: outboxKey(after + 1), UpperBound: []byte{pfxOutbox + 1}})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []OutboxEntry
+	for it.First(); it.Valid() && len(out) < max; it.Next() {
+		data := append([]byte(nil), it.Value()...)
+		ev, err := event.Decode(data, event.DefaultLimits())
+		if err != nil {
+			return nil, fmt.Errorf("changelog: outbox entry %d: %w", binary.BigEndian.Uint64(it.Key()[1:]), err)
+		}
+		out = append(out, OutboxEntry{Index: binary.BigEndian.Uint64(it.Key()[1:]), Data: data, Event: ev})
+	}
+	return out, it.Error()
+}
+
+// SetCheckpoint records that JetStream acknowledged every outbox entry up to
+// idx. The checkpoint never moves back.
+func (s *Store) SetCheckpoint(ctx context.Context, idx uint64) error {
+	return s.do(ctx, func(t *txn) error {
+		if idx <= t.ckpt {
+			return nil
+		}
+		if idx >= t.next {
+			return fmt.Errorf("%w: checkpoint %d is past the last outbox entry %d", ErrBadInput, idx, t.next-1)
+		}
+		t.ckpt = idx
+		return t.set(metaKey(metaCkpt), u64(idx))
+	})
+}
+
+// OwnEvents returns this DC's own events of partition p with sequence in
+// [from, to], as encoded, for a DC that found a gap. It stops at the first
+// sequence the outbox no longer holds and returns what it has.
+func (s *Store) OwnEvents(p uint32, from, to uint64, max int) ([][]byte, error) {
+	var out [][]byte
+	for seq := from; seq <= to && len(out) < max; seq++ {
+		b, ok, err := s.get(ownKey(p, seq))
+		if err != nil {
+			return out, err
+		}
+		if !ok {
+			break
+		}
+		data, ok, err := s.get(outboxKey(binary.BigEndian.Uint64(b)))
+		if err != nil {
+			return out, err
+		}
+		if !ok {
+			break
+		}
+		out = append(out, data)
+	}
+	return out, nil
+}

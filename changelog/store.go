@@ -1,0 +1,431 @@
+// Package changelog is the DC's durable store, on Pebble: the state of every
+// key (a causal clock and its siblings), the outbox of events still to
+// publish, the applied vector per (origin, partition), the conflict log, and
+// the bookkeeping for tombstone purging.
+//
+// Every mutation goes through one committer goroutine. It takes every request
+// waiting, applies them in order to one Pebble batch, commits that batch with
+// one fsync and only then answers the callers: concurrent writers share one
+// fsync (group commit), a write is acknowledged only once durable, and an
+// event's new key state, applied-vector entry and forward entry commit
+// together or not at all.
+package changelog
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
+)
+
+// Errors the store returns.
+var (
+	ErrClosed   = errors.New("changelog: closed")
+	ErrBadInput = errors.New("changelog: bad input")
+)
+
+// Clock supplies hybrid logical clock readings for local writes.
+type Clock interface {
+	Now() uint64
+}
+
+// Resolvers picks the resolver for a key.
+type Resolvers interface {
+	For(key string) resolve.Resolver
+}
+
+// Options configure a Store.
+type Options struct {
+	// DC is this datacenter's id.
+	DC string
+	// DCs lists every DC; an outbox entry or a tombstone is kept until all of
+	// them have applied it.
+	DCs []string
+	// Partitions is the partition count, the same at every DC.
+	Partitions int
+	// FS is the filesystem; nil means the OS's.
+	FS vfs.FS
+	// NoSync commits without fsync. Only for benchmarks that measure the
+	// difference; a store opened so breaks invariant 1.
+	NoSync bool
+	// Clock reads the DC's HLC for local writes.
+	Clock Clock
+	// Resolvers choose each key's resolver; nil means siblings for all.
+	Resolvers Resolvers
+	// OnCommit, if set, is called by the committer after each commit with the
+	// key changes it made, in order. It must not block.
+	OnCommit func([]Change)
+	// MaxGroup bounds the requests committed in one batch (default 512).
+	MaxGroup int
+	// Logger receives the store's log lines; nil discards them.
+	Logger *slog.Logger
+}
+
+// Change describes one key change, for watchers.
+type Change struct {
+	Key   string
+	State dvv.State
+	// Origin is the DC whose event caused the change.
+	Origin string
+	Op     event.Op
+}
+
+// Store is one DC's change log. Its methods are safe for concurrent use.
+type Store struct {
+	opts   Options
+	db     *pebble.DB
+	log    *slog.Logger
+	wo     *pebble.WriteOptions
+	reqs   chan *request
+	notify chan struct{}
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	// hlcHigh is the highest HLC the store had persisted when it opened.
+	hlcHigh uint64
+
+	groups, requests atomic.Uint64
+
+	// mu guards the in-memory copies of persisted bookkeeping. The
+	// committer changes them only after a batch commits.
+	mu struct {
+		sync.RWMutex
+		closed     bool
+		seq        []uint64                // own last sequence per partition
+		applied    map[string][]uint64     // origin -> partition -> contiguous applied sequence
+		purged     []vclock.VV             // purge frontier per partition
+		outboxNext uint64                  // index of the next outbox entry
+		outboxLow  uint64                  // lowest index possibly still stored
+		ckpt       uint64                  // highest outbox index JetStream acknowledged
+		peers      map[string]*peerReports // applied vectors the other DCs reported
+	}
+}
+
+// Open opens or creates the store in dir.
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.DC == "" || opts.Partitions < 1 {
+		return nil, fmt.Errorf("changelog: open %s: DC and Partitions are required", dir)
+	}
+	if opts.MaxGroup <= 0 {
+		opts.MaxGroup = 512
+	}
+	if opts.Resolvers == nil {
+		opts.Resolvers = defaultResolvers{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	po := &pebble.Options{FS: opts.FS, Logger: quietLogger{opts.Logger}}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		return nil, fmt.Errorf("changelog: open pebble at %s: %w", dir, err)
+	}
+	s := &Store{
+		opts:   opts,
+		db:     db,
+		log:    opts.Logger,
+		wo:     pebble.Sync,
+		reqs:   make(chan *request, opts.MaxGroup),
+		notify: make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+	}
+	if opts.NoSync {
+		s.wo = pebble.NoSync
+	}
+	if err := s.load(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.wg.Add(1)
+	go s.commitLoop()
+	return s, nil
+}
+
+func (s *Store) load() error {
+	m := &s.mu
+	m.seq = make([]uint64, s.opts.Partitions)
+	m.purged = make([]vclock.VV, s.opts.Partitions)
+	m.applied = map[string][]uint64{}
+	m.peers = map[string]*peerReports{}
+	for p := range m.seq {
+		v, err := s.getU64(seqKey(uint32(p)))
+		if err != nil {
+			return err
+		}
+		m.seq[p] = v
+		m.purged[p] = vclock.VV{}
+		b, ok, err := s.get(purgedKey(uint32(p)))
+		if err != nil {
+			return err
+		}
+		if ok {
+			var vv vclock.VV
+			if err := msgpackUnmarshal(b, &vv); err != nil {
+				return fmt.Errorf("changelog: purge frontier of partition %d: %w", p, err)
+			}
+			m.purged[p] = vv
+		}
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxApplied}, UpperBound: []byte{pfxApplied + 1}})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()[1:]
+		if len(k) < 5 || k[len(k)-5] != 0 {
+			it.Close()
+			return fmt.Errorf("changelog: corrupt applied key %q", it.Key())
+		}
+		origin := string(k[:len(k)-5])
+		p := binary.BigEndian.Uint32(k[len(k)-4:])
+		if int(p) >= s.opts.Partitions {
+			it.Close()
+			return fmt.Errorf("changelog: applied entry for partition %d, but the store has %d partitions; the partition count must not change", p, s.opts.Partitions)
+		}
+		row := m.applied[origin]
+		if row == nil {
+			row = make([]uint64, s.opts.Partitions)
+			m.applied[origin] = row
+		}
+		row[p] = binary.BigEndian.Uint64(it.Value())
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	var err2 error
+	if m.ckpt, err2 = s.getU64(metaKey(metaCkpt)); err2 != nil {
+		return err2
+	}
+	if s.hlcHigh, err2 = s.getU64(metaKey(metaHLC)); err2 != nil {
+		return err2
+	}
+	hi, err := s.getU64(metaKey(metaOutboxHi))
+	if err != nil {
+		return err
+	}
+	m.outboxNext = hi + 1
+	m.outboxLow = m.outboxNext
+	it, err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxOutbox}, UpperBound: []byte{pfxOutbox + 1}})
+	if err != nil {
+		return err
+	}
+	if it.First() {
+		m.outboxLow = binary.BigEndian.Uint64(it.Key()[1:])
+	}
+	return it.Close()
+}
+
+// Close stops the committer, failing requests still queued, and closes
+// Pebble. It is safe to call more than once.
+func (s *Store) Close() error {
+	var err error
+	s.once.Do(func() {
+		s.mu.Lock()
+		s.mu.closed = true
+		s.mu.Unlock()
+		close(s.stop)
+		s.wg.Wait()
+		err = s.db.Close()
+	})
+	return err
+}
+
+// DC returns this store's DC id.
+func (s *Store) DC() string { return s.opts.DC }
+
+// Partitions returns the partition count.
+func (s *Store) Partitions() int { return s.opts.Partitions }
+
+// HLCHighWater returns the highest HLC reading the store had persisted when
+// it opened; the caller restores its clock above it after a restart.
+func (s *Store) HLCHighWater() uint64 { return s.hlcHigh }
+
+// Notify returns a channel that receives a value after each commit that adds
+// outbox entries. It has a buffer of one, so a slow reader sees one wake-up
+// for many commits.
+func (s *Store) Notify() <-chan struct{} { return s.notify }
+
+// DB exposes the underlying Pebble database for metrics. Callers must not
+// write to it.
+func (s *Store) DB() *pebble.DB { return s.db }
+
+// request is one unit of work for the committer.
+type request struct {
+	ctx  context.Context
+	fn   func(t *txn) error
+	done chan error
+}
+
+// do runs fn in the committer's next batch and waits for the batch to
+// commit. fn must check its input before it changes t: an error it returns
+// discards the whole group, so fn must not fail for input reasons after it
+// has written.
+func (s *Store) do(ctx context.Context, fn func(t *txn) error) error {
+	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	s.mu.RLock()
+	closed := s.mu.closed
+	s.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	select {
+	case s.reqs <- r:
+	case <-s.stop:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-s.stop:
+		// The committer answers every request it took before it exits.
+		return <-r.done
+	}
+}
+
+func (s *Store) commitLoop() {
+	defer s.wg.Done()
+	group := make([]*request, 0, s.opts.MaxGroup)
+	for {
+		group = group[:0]
+		select {
+		case r := <-s.reqs:
+			group = append(group, r)
+		case <-s.stop:
+			s.failQueued()
+			return
+		}
+	drain:
+		for len(group) < s.opts.MaxGroup {
+			select {
+			case r := <-s.reqs:
+				group = append(group, r)
+			default:
+				break drain
+			}
+		}
+		s.commitGroup(group)
+	}
+}
+
+func (s *Store) failQueued() {
+	for {
+		select {
+		case r := <-s.reqs:
+			r.done <- ErrClosed
+		default:
+			return
+		}
+	}
+}
+
+// commitGroup runs each request against one batch, commits it and answers.
+// A request whose fn fails for its own input gets that error; the others
+// still commit. A fn that fails after writing poisons the batch, and then
+// every request in the group gets the error.
+func (s *Store) commitGroup(group []*request) {
+	t := s.newTxn()
+	defer t.close()
+	errs := make([]error, len(group))
+	for i, r := range group {
+		if err := r.ctx.Err(); err != nil {
+			errs[i] = err
+			continue
+		}
+		mark := t.mark()
+		if err := r.fn(t); err != nil {
+			if t.dirtySince(mark) {
+				s.answerAll(group, fmt.Errorf("changelog: batch aborted: %w", err))
+				return
+			}
+			errs[i] = err
+		}
+	}
+	s.groups.Add(1)
+	s.requests.Add(uint64(len(group)))
+	if err := t.commit(); err != nil {
+		s.log.Error("commit failed", "err", err)
+		s.answerAll(group, fmt.Errorf("changelog: commit: %w", err))
+		return
+	}
+	for i, r := range group {
+		r.done <- errs[i]
+	}
+}
+
+func (s *Store) answerAll(group []*request, err error) {
+	for _, r := range group {
+		r.done <- err
+	}
+}
+
+func (s *Store) get(k []byte) ([]byte, bool, error) {
+	v, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("changelog: get %q: %w", k, err)
+	}
+	out := append([]byte(nil), v...)
+	closer.Close()
+	return out, true, nil
+}
+
+func (s *Store) getU64(k []byte) (uint64, error) {
+	v, ok, err := s.get(k)
+	if err != nil || !ok {
+		return 0, err
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("changelog: corrupt counter at %q", k)
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+type defaultResolvers struct{}
+
+func (defaultResolvers) For(string) resolve.Resolver { return resolve.Siblings() }
+
+// quietLogger routes Pebble's log lines to slog at debug level.
+type quietLogger struct{ l *slog.Logger }
+
+func (q quietLogger) Infof(format string, args ...any) {
+	q.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+func (q quietLogger) Errorf(format string, args ...any) {
+	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+func (q quietLogger) Fatalf(format string, args ...any) {
+	q.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	panic(fmt.Sprintf(format, args...))
+}
+
+// Stats counts the committer's work.
+type Stats struct {
+	// Groups is the number of batches committed, one fsync each.
+	Groups uint64
+	// Requests is the number of requests (writes, applies, bookkeeping)
+	// those batches carried.
+	Requests uint64
+}
+
+// Stats returns the committer's counters.
+func (s *Store) Stats() Stats {
+	return Stats{Groups: s.groups.Load(), Requests: s.requests.Load()}
+}

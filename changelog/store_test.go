@@ -1,0 +1,327 @@
+package changelog
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"go.uber.org/goleak"
+
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// counterClock is a deterministic HLC for tests.
+type counterClock struct{ n atomic.Uint64 }
+
+func (c *counterClock) Now() uint64 { return c.n.Add(1) }
+
+func rules(t testing.TB, def resolve.Resolver, rs ...resolve.Rule) Resolvers {
+	t.Helper()
+	r, err := resolve.NewRules(def, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func openMem(t testing.TB, fs vfs.FS, dc string, opts Options) *Store {
+	t.Helper()
+	opts.DC = dc
+	if opts.DCs == nil {
+		opts.DCs = []string{"dc1", "dc2", "dc3"}
+	}
+	if opts.Partitions == 0 {
+		opts.Partitions = 4
+	}
+	if opts.Clock == nil {
+		opts.Clock = &counterClock{}
+	}
+	opts.FS = fs
+	dir := "/" + dc
+	if fs == nil {
+		dir = t.TempDir() // the OS's filesystem, with real fsyncs
+	}
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func mustWrite(t testing.TB, s *Store, op WriteOp) WriteResult {
+	t.Helper()
+	r, err := s.Write(context.Background(), op)
+	if err != nil {
+		t.Fatalf("write %q: %v", op.Key, err)
+	}
+	return r
+}
+
+func values(st dvv.State) []string {
+	var out []string
+	for _, sb := range st.Siblings {
+		if sb.Deleted {
+			out = append(out, "<deleted "+sb.Dot.String()+">")
+		} else {
+			out = append(out, string(sb.Value))
+		}
+	}
+	return out
+}
+
+func TestWriteContextSupersedes(t *testing.T) {
+	s := openMem(t, vfs.NewMem(), "dc1", Options{})
+	a := mustWrite(t, s, WriteOp{Key: "k", Value: []byte("a")})
+	b := mustWrite(t, s, WriteOp{Key: "k", Value: []byte("b")}) // blind: a sibling
+	if got := values(b.State); fmt.Sprint(got) != "[a b]" {
+		t.Fatalf("blind write: siblings %v, want [a b]", got)
+	}
+	if a.Event.Dot.N >= b.Event.Dot.N {
+		t.Fatalf("dots must rise: %s then %s", a.Event.Dot, b.Event.Dot)
+	}
+	c := mustWrite(t, s, WriteOp{Key: "k", Value: []byte("c"), Context: b.State.Clock})
+	if got := values(c.State); fmt.Sprint(got) != "[c]" {
+		t.Fatalf("write with context: siblings %v, want [c]", got)
+	}
+	if !c.Event.Context.Covers(a.Event.Dot) || !c.Event.Context.Covers(b.Event.Dot) {
+		t.Fatalf("event context %s must cover %s and %s", c.Event.Context, a.Event.Dot, b.Event.Dot)
+	}
+	st, ok, err := s.Get("k")
+	if err != nil || !ok || fmt.Sprint(values(st)) != "[c]" {
+		t.Fatalf("get: %v %v %v", values(st), ok, err)
+	}
+}
+
+func TestApplyDuplicateAndGap(t *testing.T) {
+	fs := vfs.NewMem()
+	src := openMem(t, fs, "dc1", Options{Partitions: 1})
+	dst := openMem(t, fs, "dc2", Options{Partitions: 1})
+	var evs []*event.Event
+	for i := 0; i < 3; i++ {
+		evs = append(evs, mustWrite(t, src, WriteOp{Key: fmt.Sprint("k", i), Value: []byte{byte(i)}}).Event)
+	}
+	ctx := context.Background()
+	res, err := dst.Apply(ctx, []*event.Event{evs[0], evs[2]}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Outcome != Changed || res[1].Outcome != Gap || res[1].Expected != 2 {
+		t.Fatalf("outcomes %+v, want changed then gap expecting 2", res)
+	}
+	if _, ok, _ := dst.Get("k2"); ok {
+		t.Fatal("an event past a gap must not be applied")
+	}
+	before, _ := dst.Digest()
+	res, err = dst.Apply(ctx, []*event.Event{evs[0], evs[1], evs[1], evs[2]}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Outcome{Duplicate, Changed, Duplicate, Changed}
+	for i, r := range res {
+		if r.Outcome != want[i] {
+			t.Fatalf("event %d: %s, want %s", i, r.Outcome, want[i])
+		}
+	}
+	after, _ := dst.Digest()
+	if before.Hex() == after.Hex() {
+		t.Fatal("digest did not change after applying new events")
+	}
+	res, _ = dst.Apply(ctx, evs, nil)
+	for i, r := range res {
+		if r.Outcome != Duplicate {
+			t.Fatalf("redelivery %d: %s, want duplicate", i, r.Outcome)
+		}
+	}
+	again, _ := dst.Digest()
+	if again.Hex() != after.Hex() {
+		t.Fatal("a redelivered event changed the state")
+	}
+	if got := dst.Applied()["dc1"][0]; got != 3 {
+		t.Fatalf("applied vector for dc1 = %d, want 3", got)
+	}
+}
+
+func TestApplyRejectsBadEvents(t *testing.T) {
+	s := openMem(t, vfs.NewMem(), "dc2", Options{Partitions: 4})
+	good := &event.Event{Version: 1, Origin: "dc1", Seq: 1, Key: "k", Op: event.OpPut, Dot: vclock.Dot{DC: "dc1", N: 1}, Path: []string{"dc1"}}
+	good.Partition = event.PartitionOf("k", 4)
+	cases := map[string]func(e *event.Event){
+		"wrong partition": func(e *event.Event) { e.Partition = (e.Partition + 1) % 4 },
+		"own origin":      func(e *event.Event) { e.Origin, e.Dot.DC = "dc2", "dc2" },
+		"dot mismatch":    func(e *event.Event) { e.Dot.N = 7 },
+	}
+	for name, mutate := range cases {
+		ev := *good
+		mutate(&ev)
+		if _, err := s.Apply(context.Background(), []*event.Event{&ev}, nil); err == nil {
+			t.Errorf("%s: Apply accepted it", name)
+		}
+	}
+}
+
+func TestForwardAppendsPath(t *testing.T) {
+	fs := vfs.NewMem()
+	src := openMem(t, fs, "dc1", Options{})
+	mid := openMem(t, fs, "dc2", Options{})
+	ev := mustWrite(t, src, WriteOp{Key: "k", Value: []byte("v")}).Event
+	res, err := mid.Apply(context.Background(), []*event.Event{ev}, func(*event.Event) bool { return true })
+	if err != nil || !res[0].Forwarded {
+		t.Fatalf("apply: %+v %v", res, err)
+	}
+	out, err := mid.ReadOutbox(0, 10)
+	if err != nil || len(out) != 1 {
+		t.Fatalf("outbox: %d entries, %v", len(out), err)
+	}
+	if got := fmt.Sprint(out[0].Event.Path); got != "[dc1 dc2]" {
+		t.Fatalf("forwarded path %s, want [dc1 dc2]", got)
+	}
+	if out[0].Event.Dot != ev.Dot {
+		t.Fatalf("forwarding changed the dot: %s", out[0].Event.Dot)
+	}
+}
+
+// TestGroupCommit checks that concurrent writers share batches, so they
+// share fsyncs: Pebble syncs the WAL once per committed batch. It runs on
+// the real filesystem, where an fsync takes long enough for writers to queue.
+func TestGroupCommit(t *testing.T) {
+	s := openMem(t, nil, "dc1", Options{})
+	const writers, each = 64, 20
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				mustWrite(t, s, WriteOp{Key: fmt.Sprintf("w%d-%d", w, i), Value: []byte("v")})
+			}
+		}()
+	}
+	wg.Wait()
+	st := s.Stats()
+	if st.Requests != writers*each {
+		t.Fatalf("requests = %d, want %d", st.Requests, writers*each)
+	}
+	if st.Groups*2 > st.Requests {
+		t.Fatalf("%d writes took %d commits: concurrent writers did not share fsyncs", st.Requests, st.Groups)
+	}
+	t.Logf("%d writes in %d commits (%.1f per fsync)", st.Requests, st.Groups, float64(st.Requests)/float64(st.Groups))
+}
+
+func TestReopenKeepsBookkeeping(t *testing.T) {
+	fs := vfs.NewMem()
+	s := openMem(t, fs, "dc1", Options{Partitions: 2})
+	var last WriteResult
+	for i := 0; i < 5; i++ {
+		last = mustWrite(t, s, WriteOp{Key: "k", Value: []byte{byte(i)}})
+	}
+	if err := s.SetCheckpoint(context.Background(), 3); err != nil {
+		t.Fatal(err)
+	}
+	seq := s.Applied()["dc1"]
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := s.Write(context.Background(), WriteOp{Key: "k"}); err != ErrClosed {
+		t.Fatalf("write after close: %v, want ErrClosed", err)
+	}
+	r := openMem(t, fs, "dc1", Options{Partitions: 2})
+	if got := r.Applied()["dc1"]; fmt.Sprint(got) != fmt.Sprint(seq) {
+		t.Fatalf("sequences after reopen %v, want %v", got, seq)
+	}
+	if r.Checkpoint() != 3 {
+		t.Fatalf("checkpoint after reopen %d, want 3", r.Checkpoint())
+	}
+	if r.HLCHighWater() < last.Event.HLC {
+		t.Fatalf("HLC high water %d below the last write's %d", r.HLCHighWater(), last.Event.HLC)
+	}
+	next := mustWrite(t, r, WriteOp{Key: "k", Value: []byte("x")})
+	if next.Event.Seq <= last.Event.Seq {
+		t.Fatalf("sequence reissued after reopen: %d after %d", next.Event.Seq, last.Event.Seq)
+	}
+	if err := r.EnsureSeqAbove(context.Background(), next.Event.Partition, 100); err != nil {
+		t.Fatal(err)
+	}
+	if n := mustWrite(t, r, WriteOp{Key: "k", Value: []byte("y")}).Event.Seq; n != 101 {
+		t.Fatalf("after EnsureSeqAbove(100) the next sequence is %d, want 101", n)
+	}
+}
+
+func TestLWWLogsLosers(t *testing.T) {
+	fs := vfs.NewMem()
+	res := rules(t, resolve.Siblings(), resolve.Rule{Prefix: "title/", Resolver: resolve.LWW()})
+	a := openMem(t, fs, "dc1", Options{Resolvers: res})
+	b := openMem(t, fs, "dc2", Options{Resolvers: res})
+	ea := mustWrite(t, a, WriteOp{Key: "title/1", Value: []byte("B")}).Event
+	eb := mustWrite(t, b, WriteOp{Key: "title/1", Value: []byte("C")}).Event
+	ctx := context.Background()
+	if _, err := a.Apply(ctx, []*event.Event{eb}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Apply(ctx, []*event.Event{ea}, nil); err != nil {
+		t.Fatal(err)
+	}
+	da, _ := a.Digest()
+	db, _ := b.Digest()
+	if da.Hex() != db.Hex() {
+		t.Fatal("digests differ after exchanging both events")
+	}
+	for _, s := range []*Store{a, b} {
+		cs, err := s.Conflicts(ConflictFilter{})
+		if err != nil || len(cs) != 1 {
+			t.Fatalf("%s: %d conflict entries, %v; want 1", s.DC(), len(cs), err)
+		}
+		c := cs[0]
+		if c.Status != StatusLogged || c.Resolver != "lww" || len(c.Discarded) != 1 || len(c.Kept) != 1 {
+			t.Fatalf("%s: entry %+v", s.DC(), c)
+		}
+		lost, kept := c.Discarded[0], c.Kept[0]
+		if lost.HLC > kept.HLC || bytes.Equal(lost.Value, kept.Value) {
+			t.Fatalf("%s: kept %+v, discarded %+v", s.DC(), kept, lost)
+		}
+	}
+	// A blind write to an lww key supersedes what the DC holds.
+	w := mustWrite(t, a, WriteOp{Key: "title/1", Value: []byte("D")})
+	if got := values(w.State); fmt.Sprint(got) != "[D]" {
+		t.Fatalf("blind lww write left siblings %v", got)
+	}
+}
+
+func TestRecordOpensAndResolves(t *testing.T) {
+	fs := vfs.NewMem()
+	res := rules(t, resolve.Record())
+	a := openMem(t, fs, "dc1", Options{Resolvers: res})
+	b := openMem(t, fs, "dc2", Options{Resolvers: res})
+	eb := mustWrite(t, b, WriteOp{Key: "doc", Value: []byte("C")}).Event
+	mustWrite(t, a, WriteOp{Key: "doc", Value: []byte("B")})
+	if _, err := a.Apply(context.Background(), []*event.Event{eb}, nil); err != nil {
+		t.Fatal(err)
+	}
+	open, _ := a.Conflicts(ConflictFilter{Status: StatusOpen})
+	if len(open) != 1 || len(open[0].Kept) != 2 {
+		t.Fatalf("open records: %+v", open)
+	}
+	w := mustWrite(t, a, WriteOp{Key: "doc", Value: []byte("B+C"), Resolve: true, Context: open[0].Clock})
+	if got := values(w.State); fmt.Sprint(got) != "[B+C]" || w.Event.Op != event.OpResolve {
+		t.Fatalf("resolution left %v (op %s)", got, w.Event.Op)
+	}
+	c, err := a.Conflict(open[0].ID)
+	if err != nil || c.Status != StatusResolved {
+		t.Fatalf("record after resolution: %+v %v", c, err)
+	}
+	if _, err := a.Conflict("nope"); err == nil {
+		t.Fatal("unknown conflict id: no error")
+	}
+}

@@ -1,0 +1,252 @@
+package changelog
+
+import (
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+)
+
+// txn is one group's batch plus an overlay of what the batch changes, so
+// that requests later in the group read what earlier ones wrote. The
+// overlay is folded into the store's in-memory bookkeeping only after the
+// batch commits.
+type txn struct {
+	s       *Store
+	b       *pebble.Batch
+	states  map[string]*dvv.State // nil value: deleted in this batch
+	seq     map[uint32]uint64
+	applied map[appliedRef]uint64
+	purged  map[uint32]vclock.VV
+	conf    map[string]bool // conflict ids written in this batch
+	next    uint64          // next outbox index
+	hlcMax  uint64
+	ckpt    uint64
+	outbox  bool
+	trimTo  uint64 // outbox entries below this index were deleted
+	changes []Change
+	after   []func()
+}
+
+type appliedRef struct {
+	origin string
+	p      uint32
+}
+
+func (s *Store) newTxn() *txn {
+	s.mu.RLock()
+	next, ckpt := s.mu.outboxNext, s.mu.ckpt
+	s.mu.RUnlock()
+	return &txn{
+		s:       s,
+		b:       s.db.NewBatch(),
+		states:  map[string]*dvv.State{},
+		seq:     map[uint32]uint64{},
+		applied: map[appliedRef]uint64{},
+		purged:  map[uint32]vclock.VV{},
+		conf:    map[string]bool{},
+		next:    next,
+		ckpt:    ckpt,
+	}
+}
+
+func (t *txn) close() { t.b.Close() }
+
+// mark and dirtySince let commitGroup tell a request that failed before
+// writing from one that failed half way.
+func (t *txn) mark() uint32 { return t.b.Count() }
+
+func (t *txn) dirtySince(m uint32) bool { return t.b.Count() != m }
+
+func (t *txn) set(k, v []byte) error { return t.b.Set(k, v, nil) }
+
+func (t *txn) del(k []byte) error { return t.b.Delete(k, nil) }
+
+// state returns the key's current state, as this batch has left it.
+func (t *txn) state(key string) (dvv.State, bool, error) {
+	if st, ok := t.states[key]; ok {
+		if st == nil {
+			return dvv.State{Clock: vclock.VV{}}, false, nil
+		}
+		return *st, true, nil
+	}
+	b, ok, err := t.s.get(keyKey(key))
+	if err != nil || !ok {
+		return dvv.State{Clock: vclock.VV{}}, false, err
+	}
+	st, err := decodeState(b)
+	if err != nil {
+		return dvv.State{}, false, fmt.Errorf("key %q: %w", key, err)
+	}
+	return st, true, nil
+}
+
+func (t *txn) putState(key string, st dvv.State) error {
+	b, err := encodeState(st)
+	if err != nil {
+		return err
+	}
+	if err := t.set(keyKey(key), b); err != nil {
+		return err
+	}
+	if len(st.Siblings) > 0 && st.LiveCount() == 0 {
+		if err := t.set(tombKey(key), nil); err != nil {
+			return err
+		}
+	} else if err := t.del(tombKey(key)); err != nil {
+		return err
+	}
+	t.states[key] = &st
+	for _, sb := range st.Siblings {
+		t.observeHLC(sb.HLC)
+	}
+	return nil
+}
+
+func (t *txn) deleteState(key string) error {
+	if err := t.del(keyKey(key)); err != nil {
+		return err
+	}
+	if err := t.del(tombKey(key)); err != nil {
+		return err
+	}
+	t.states[key] = nil
+	return nil
+}
+
+func (t *txn) observeHLC(h uint64) {
+	if h > t.hlcMax {
+		t.hlcMax = h
+	}
+}
+
+func (t *txn) lastSeq(p uint32) uint64 {
+	if v, ok := t.seq[p]; ok {
+		return v
+	}
+	t.s.mu.RLock()
+	defer t.s.mu.RUnlock()
+	return t.s.mu.seq[p]
+}
+
+func (t *txn) setSeq(p uint32, v uint64) error {
+	t.seq[p] = v
+	return t.set(seqKey(p), u64(v))
+}
+
+func (t *txn) appliedSeq(origin string, p uint32) uint64 {
+	if origin == t.s.opts.DC {
+		return t.lastSeq(p)
+	}
+	if v, ok := t.applied[appliedRef{origin, p}]; ok {
+		return v
+	}
+	t.s.mu.RLock()
+	defer t.s.mu.RUnlock()
+	if row := t.s.mu.applied[origin]; row != nil {
+		return row[p]
+	}
+	return 0
+}
+
+func (t *txn) setApplied(origin string, p uint32, v uint64) error {
+	t.applied[appliedRef{origin, p}] = v
+	return t.set(appliedKey(origin, p), u64(v))
+}
+
+func (t *txn) purgeFrontier(p uint32) vclock.VV {
+	if v, ok := t.purged[p]; ok {
+		return v
+	}
+	t.s.mu.RLock()
+	defer t.s.mu.RUnlock()
+	return t.s.mu.purged[p]
+}
+
+func (t *txn) setPurgeFrontier(p uint32, vv vclock.VV) error {
+	b, err := msgpack.Marshal(vv)
+	if err != nil {
+		return err
+	}
+	t.purged[p] = vv
+	return t.set(purgedKey(p), b)
+}
+
+// appendOutbox queues ev for publishing. Own events are also indexed by
+// (partition, sequence), so a DC that lost them can ask for them again.
+func (t *txn) appendOutbox(ev *event.Event) error {
+	b, err := ev.Encode(nil)
+	if err != nil {
+		return fmt.Errorf("encode event %s: %w", ev.Dot, err)
+	}
+	idx := t.next
+	t.next++
+	if err := t.set(outboxKey(idx), b); err != nil {
+		return err
+	}
+	if err := t.set(metaKey(metaOutboxHi), u64(idx)); err != nil {
+		return err
+	}
+	if ev.Origin == t.s.opts.DC && len(ev.Path) == 1 {
+		if err := t.set(ownKey(ev.Partition, ev.Seq), u64(idx)); err != nil {
+			return err
+		}
+	}
+	t.outbox = true
+	return nil
+}
+
+// commit writes the batch (with fsync unless the store is NoSync) and then
+// folds the overlay into the store's bookkeeping.
+func (t *txn) commit() error {
+	s := t.s
+	if t.hlcMax > 0 {
+		if err := t.set(metaKey(metaHLC), u64(t.hlcMax)); err != nil {
+			return err
+		}
+	}
+	if t.b.Empty() {
+		return nil
+	}
+	if err := t.b.Commit(s.wo); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	for p, v := range t.seq {
+		s.mu.seq[p] = v
+	}
+	for r, v := range t.applied {
+		row := s.mu.applied[r.origin]
+		if row == nil {
+			row = make([]uint64, s.opts.Partitions)
+			s.mu.applied[r.origin] = row
+		}
+		row[r.p] = v
+	}
+	for p, v := range t.purged {
+		s.mu.purged[p] = v
+	}
+	s.mu.outboxNext = t.next
+	s.mu.ckpt = t.ckpt
+	if t.trimTo > s.mu.outboxLow {
+		s.mu.outboxLow = t.trimTo
+	}
+	s.mu.Unlock()
+	if t.outbox {
+		select {
+		case s.notify <- struct{}{}:
+		default:
+		}
+	}
+	if s.opts.OnCommit != nil && len(t.changes) > 0 {
+		s.opts.OnCommit(t.changes)
+	}
+	for _, f := range t.after {
+		f()
+	}
+	return nil
+}

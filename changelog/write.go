@@ -1,0 +1,229 @@
+package changelog
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+)
+
+// WriteOp is a local write.
+type WriteOp struct {
+	Key   string
+	Value []byte
+	// Delete writes a tombstone instead of Value.
+	Delete bool
+	// Resolve marks a write that resolves a conflict (op resolve).
+	Resolve bool
+	// Context is the causal context the client read; nil when it sent none.
+	// A write supersedes exactly the siblings its context covers.
+	Context vclock.VV
+}
+
+// WriteResult is what a durable local write produced.
+type WriteResult struct {
+	// State is the key's state after the write; its Clock is the context a
+	// client sends with its next write.
+	State dvv.State
+	Event *event.Event
+}
+
+// Write commits a local write and its outbox entry in one batch and returns
+// once the batch is durable.
+func (s *Store) Write(ctx context.Context, op WriteOp) (WriteResult, error) {
+	if op.Key == "" {
+		return WriteResult{}, fmt.Errorf("%w: empty key", ErrBadInput)
+	}
+	var res WriteResult
+	err := s.do(ctx, func(t *txn) error {
+		var err error
+		res, err = t.write(op)
+		return err
+	})
+	return res, err
+}
+
+func (t *txn) write(op WriteOp) (WriteResult, error) {
+	s := t.s
+	p := event.PartitionOf(op.Key, s.opts.Partitions)
+	st, _, err := t.state(op.Key)
+	if err != nil {
+		return WriteResult{}, err
+	}
+	r := s.opts.Resolvers.For(op.Key)
+	implicit := op.Context == nil && (op.Delete || r.OnWrite())
+	ctx := st.WriteContext(op.Context, implicit, t.purgeFrontier(p))
+	seq := t.lastSeq(p) + 1
+	dot := vclock.Dot{DC: s.opts.DC, N: seq}
+	ver := dvv.Version{Value: op.Value, Deleted: op.Delete}
+	if s.opts.Clock != nil {
+		ver.HLC = s.opts.Clock.Now()
+	}
+	if op.Delete {
+		ver.Value = nil
+	}
+	next := st.Write(dot, ctx, ver)
+	ev := &event.Event{
+		Version:   event.SchemaVersion,
+		Origin:    s.opts.DC,
+		Partition: p,
+		Seq:       seq,
+		Key:       op.Key,
+		Op:        event.OpPut,
+		Value:     ver.Value,
+		Dot:       dot,
+		Context:   ctx,
+		HLC:       ver.HLC,
+		Path:      []string{s.opts.DC},
+	}
+	switch {
+	case op.Delete:
+		ev.Op = event.OpDelete
+	case op.Resolve:
+		ev.Op = event.OpResolve
+	}
+	if err := t.setSeq(p, seq); err != nil {
+		return WriteResult{}, err
+	}
+	if err := t.putState(op.Key, next); err != nil {
+		return WriteResult{}, err
+	}
+	if err := t.noteConflicts(op.Key, next, ver.HLC); err != nil {
+		return WriteResult{}, err
+	}
+	if err := t.appendOutbox(ev); err != nil {
+		return WriteResult{}, err
+	}
+	t.changes = append(t.changes, Change{Key: op.Key, State: next, Origin: s.opts.DC, Op: ev.Op})
+	return WriteResult{State: next, Event: ev}, nil
+}
+
+// Outcome is what applying one remote event did.
+type Outcome int
+
+// The outcomes of Apply.
+const (
+	// Changed: the event changed the key's state.
+	Changed Outcome = iota
+	// Obsolete: the event was next in sequence, but an applied write's
+	// context already covered it; only the applied vector moved.
+	Obsolete
+	// Duplicate: the event's sequence was already applied; nothing changed.
+	Duplicate
+	// Gap: an earlier event of the same origin and partition is missing;
+	// nothing changed, and the event must be offered again once the gap is
+	// filled.
+	Gap
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Changed:
+		return "changed"
+	case Obsolete:
+		return "obsolete"
+	case Duplicate:
+		return "duplicate"
+	case Gap:
+		return "gap"
+	}
+	return fmt.Sprintf("Outcome(%d)", int(o))
+}
+
+// ApplyResult reports one event's outcome.
+type ApplyResult struct {
+	Outcome Outcome
+	// Forwarded is set when the event was queued for forwarding.
+	Forwarded bool
+	// Expected is the sequence the store waits for on a Gap.
+	Expected uint64
+}
+
+// Apply applies remote events in order, in one batch, and returns once it is
+// durable. forward, if not nil, decides for each event taken in sequence
+// whether to queue it for forwarding (with this DC appended to its path).
+// Events must already be validated (see event.Validate); the partition must
+// match the key.
+func (s *Store) Apply(ctx context.Context, evs []*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
+	for _, ev := range evs {
+		if int(ev.Partition) >= s.opts.Partitions || ev.Partition != event.PartitionOf(ev.Key, s.opts.Partitions) {
+			return nil, fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
+		}
+		if ev.Origin == s.opts.DC {
+			return nil, fmt.Errorf("%w: event %s originates here", ErrBadInput, ev.Dot)
+		}
+		if ev.Dot.DC != ev.Origin || ev.Dot.N != ev.Seq || ev.Seq == 0 {
+			return nil, fmt.Errorf("%w: event dot %s does not match origin %s seq %d", ErrBadInput, ev.Dot, ev.Origin, ev.Seq)
+		}
+	}
+	out := make([]ApplyResult, len(evs))
+	err := s.do(ctx, func(t *txn) error {
+		for i, ev := range evs {
+			r, err := t.apply(ev, forward)
+			if err != nil {
+				return err
+			}
+			out[i] = r
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (t *txn) apply(ev *event.Event, forward func(*event.Event) bool) (ApplyResult, error) {
+	cur := t.appliedSeq(ev.Origin, ev.Partition)
+	switch {
+	case ev.Seq <= cur:
+		return ApplyResult{Outcome: Duplicate}, nil
+	case ev.Seq > cur+1:
+		return ApplyResult{Outcome: Gap, Expected: cur + 1}, nil
+	}
+	st, _, err := t.state(ev.Key)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	ver := dvv.Version{Value: ev.Value, Deleted: ev.Op == event.OpDelete, HLC: ev.HLC}
+	if ver.Deleted {
+		ver.Value = nil
+	}
+	res := ApplyResult{Outcome: Obsolete}
+	if next, ok := st.Apply(ev.Dot, ev.Context, ver); ok {
+		res.Outcome = Changed
+		if err := t.putState(ev.Key, next); err != nil {
+			return ApplyResult{}, err
+		}
+		if err := t.noteConflicts(ev.Key, next, ev.HLC); err != nil {
+			return ApplyResult{}, err
+		}
+		t.changes = append(t.changes, Change{Key: ev.Key, State: next, Origin: ev.Origin, Op: ev.Op})
+	}
+	if err := t.setApplied(ev.Origin, ev.Partition, ev.Seq); err != nil {
+		return ApplyResult{}, err
+	}
+	if forward != nil && forward(ev) {
+		fw := *ev
+		fw.Path = append(append(make([]string, 0, len(ev.Path)+1), ev.Path...), t.s.opts.DC)
+		if err := t.appendOutbox(&fw); err != nil {
+			return ApplyResult{}, err
+		}
+		res.Forwarded = true
+	}
+	return res, nil
+}
+
+// EnsureSeqAbove raises the partition's sequence to at least seq, so the DC
+// never reissues a sequence number its stream already holds, even when its
+// data dir was restored from an old copy.
+func (s *Store) EnsureSeqAbove(ctx context.Context, p uint32, seq uint64) error {
+	if int(p) >= s.opts.Partitions {
+		return fmt.Errorf("%w: partition %d of %d", ErrBadInput, p, s.opts.Partitions)
+	}
+	return s.do(ctx, func(t *txn) error {
+		if t.lastSeq(p) >= seq {
+			return nil
+		}
+		return t.setSeq(p, seq)
+	})
+}
