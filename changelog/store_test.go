@@ -325,3 +325,18 @@ func TestRecordOpensAndResolves(t *testing.T) {
 		t.Fatal("unknown conflict id: no error")
 	}
 }
+
+// TestForgedContextCannotSwallowFutureWrites: a client context that names
+// events which do not exist yet is clamped, so when those events arrive they
+// still apply.
+func TestForgedContextCannotSwallowFutureWrites(t *testing.T) {
+	fs := vfs.NewMem()
+	a := openMem(t, fs, "dc1", Options{Partitions: 1})
+	b := openMem(t, fs, "dc2", Options{Partitions: 1})
+	mustWrite(t, b, WriteOp{Key: "k", Value: []byte("x"), Context: vclock.VV{"dc1": 1 << 40}})
+	ev := mustWrite(t, a, WriteOp{Key: "k", Value: []byte("real")}).Event
+	res, err := b.Apply(context.Background(), []*event.Event{ev}, nil)
+	if err != nil || res[0].Outcome != Changed {
+		t.Fatalf("a real event after a forged context: %+v %v", res, err)
+	}
+}

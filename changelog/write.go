@@ -54,7 +54,7 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 	}
 	r := s.opts.Resolvers.For(op.Key)
 	implicit := op.Context == nil && (op.Delete || r.OnWrite())
-	ctx := st.WriteContext(op.Context, implicit, t.purgeFrontier(p))
+	ctx := st.WriteContext(t.clampContext(op.Context, st.Clock, p), implicit, t.purgeFrontier(p))
 	seq := t.lastSeq(p) + 1
 	dot := vclock.Dot{DC: s.opts.DC, N: seq}
 	ver := dvv.Version{Value: op.Value, Deleted: op.Delete}
@@ -226,4 +226,21 @@ func (s *Store) EnsureSeqAbove(ctx context.Context, p uint32, seq uint64) error 
 		}
 		return t.setSeq(p, seq)
 	})
+}
+
+// clampContext limits a client's context to dots this DC knows of: what it
+// has applied in the partition, or what the key's clock already names. A
+// context counter above both would name events that do not exist yet and
+// make their arrival look obsolete, so a forged or corrupted context could
+// otherwise swallow future writes.
+func (t *txn) clampContext(client, clock vclock.VV, p uint32) vclock.VV {
+	if client == nil {
+		return nil
+	}
+	out := make(vclock.VV, len(client))
+	for dc, n := range client {
+		known := max(t.appliedSeq(dc, p), clock[dc])
+		out[dc] = min(n, known)
+	}
+	return out
 }

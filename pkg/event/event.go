@@ -3,6 +3,11 @@
 package event
 
 import (
+	"encoding/hex"
+	"encoding/json"
+	"unicode/utf8"
+
+	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -64,4 +69,65 @@ type Event struct {
 type rawField struct {
 	Key string
 	Raw []byte
+}
+
+// jsonEvent is the JSON view of an event, for `replicator inspect`.
+type jsonEvent struct {
+	Version   int               `json:"version"`
+	Origin    string            `json:"origin"`
+	Partition uint32            `json:"partition"`
+	Seq       uint64            `json:"seq"`
+	Key       string            `json:"key"`
+	Op        string            `json:"op"`
+	Value     []byte            `json:"value"`
+	ValueText *string           `json:"value_text,omitempty"`
+	Dot       string            `json:"dot"`
+	Context   map[string]uint64 `json:"context"`
+	HLC       uint64            `json:"hlc"`
+	HLCTime   string            `json:"hlc_time"`
+	Path      []string          `json:"path"`
+	Unknown   []jsonUnknown     `json:"unknown_fields,omitempty"`
+}
+
+type jsonUnknown struct {
+	Key        string `json:"key"`
+	MsgpackHex string `json:"msgpack_hex"`
+}
+
+// MarshalJSON renders the event for people and tools: the value in base64
+// as "value", and also as "value_text" when it is valid UTF-8; the dot as
+// "dc:n"; the context as an object; the HLC as a number and as "hlc_time";
+// and fields this version does not know as raw msgpack in hex.
+func (e *Event) MarshalJSON() ([]byte, error) {
+	j := jsonEvent{
+		Version:   e.Version,
+		Origin:    e.Origin,
+		Partition: e.Partition,
+		Seq:       e.Seq,
+		Key:       e.Key,
+		Op:        e.Op.String(),
+		Value:     e.Value,
+		Dot:       e.Dot.String(),
+		Context:   map[string]uint64(e.Context),
+		HLC:       e.HLC,
+		HLCTime:   hlc.Timestamp(e.HLC).String(),
+		Path:      e.Path,
+	}
+	if j.Value == nil {
+		j.Value = []byte{}
+	}
+	if utf8.Valid(e.Value) {
+		s := string(e.Value)
+		j.ValueText = &s
+	}
+	if j.Context == nil {
+		j.Context = map[string]uint64{}
+	}
+	if j.Path == nil {
+		j.Path = []string{}
+	}
+	for _, f := range e.unknown {
+		j.Unknown = append(j.Unknown, jsonUnknown{Key: f.Key, MsgpackHex: hex.EncodeToString(f.Raw)})
+	}
+	return json.Marshal(j)
 }
