@@ -70,6 +70,10 @@ type Options struct {
 	MaxGroup int
 	// Logger receives the store's log lines; nil discards them.
 	Logger *slog.Logger
+
+	// serial makes each group wait for its own sync before the next group
+	// starts: the one-fsync-per-write baseline of the benchmarks.
+	serial bool
 }
 
 // Change describes one key change, for watchers.
@@ -88,6 +92,7 @@ type Store struct {
 	log    *slog.Logger
 	wo     *pebble.WriteOptions
 	reqs   chan *request
+	syncs  chan synced
 	notify chan struct{}
 	stop   chan struct{}
 	wg     sync.WaitGroup
@@ -140,6 +145,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		reqs:   make(chan *request, opts.MaxGroup),
 		notify: make(chan struct{}, 1),
 		stop:   make(chan struct{}),
+		syncs:  make(chan synced, 2),
 	}
 	if opts.NoSync {
 		s.wo = pebble.NoSync
@@ -148,8 +154,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.commitLoop()
+	go s.syncLoop()
 	return s, nil
 }
 
@@ -299,6 +306,7 @@ func (s *Store) do(ctx context.Context, fn func(t *txn) error) error {
 func (s *Store) commitLoop() {
 	defer s.wg.Done()
 	group := make([]*request, 0, s.opts.MaxGroup)
+	defer close(s.syncs)
 	for {
 		group = group[:0]
 		select {
@@ -332,13 +340,13 @@ func (s *Store) failQueued() {
 	}
 }
 
-// commitGroup runs each request against one batch, commits it and answers.
-// A request whose fn fails for its own input gets that error; the others
-// still commit. A fn that fails after writing poisons the batch, and then
-// every request in the group gets the error.
+// commitGroup runs each request against one batch and applies it. A
+// request whose fn fails for its own input gets that error; the others still
+// commit. A fn that fails after writing poisons the batch, and then every
+// request in the group gets the error. The answers wait for the WAL sync,
+// which happens on the syncer goroutine while the next group is built.
 func (s *Store) commitGroup(group []*request) {
 	t := s.newTxn()
-	defer t.close()
 	errs := make([]error, len(group))
 	for i, r := range group {
 		if err := r.ctx.Err(); err != nil {
@@ -348,6 +356,7 @@ func (s *Store) commitGroup(group []*request) {
 		mark := t.mark()
 		if err := r.fn(t); err != nil {
 			if t.dirtySince(mark) {
+				t.close()
 				s.answerAll(group, fmt.Errorf("changelog: batch aborted: %w", err))
 				return
 			}
@@ -357,12 +366,44 @@ func (s *Store) commitGroup(group []*request) {
 	s.groups.Add(1)
 	s.requests.Add(uint64(len(group)))
 	if err := t.commit(); err != nil {
+		t.close()
 		s.log.Error("commit failed", "err", err)
 		s.answerAll(group, fmt.Errorf("changelog: commit: %w", err))
 		return
 	}
-	for i, r := range group {
-		r.done <- errs[i]
+	g := synced{t: t, group: append([]*request(nil), group...), errs: errs}
+	if s.opts.serial {
+		s.finish(g)
+		return
+	}
+	s.syncs <- g
+}
+
+// synced is a group whose batch is applied and waits for its WAL sync.
+type synced struct {
+	t     *txn
+	group []*request
+	errs  []error
+}
+
+// syncLoop waits for each applied batch to be durable, in order, and only
+// then answers its requests.
+func (s *Store) syncLoop() {
+	defer s.wg.Done()
+	for g := range s.syncs {
+		s.finish(g)
+	}
+}
+
+func (s *Store) finish(g synced) {
+	defer g.t.close()
+	if err := g.t.wait(); err != nil {
+		s.log.Error("wal sync failed", "err", err)
+		s.answerAll(g.group, fmt.Errorf("changelog: sync: %w", err))
+		return
+	}
+	for i, r := range g.group {
+		r.done <- g.errs[i]
 	}
 }
 

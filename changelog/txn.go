@@ -27,6 +27,7 @@ type txn struct {
 	hlcMax  uint64
 	ckpt    uint64
 	outbox  bool
+	pending bool // applied, WAL sync not yet waited for
 	trimTo  uint64 // outbox entries below this index were deleted
 	changes []Change
 	after   []func()
@@ -200,8 +201,10 @@ func (t *txn) appendOutbox(ev *event.Event) error {
 	return nil
 }
 
-// commit writes the batch (with fsync unless the store is NoSync) and then
-// folds the overlay into the store's bookkeeping.
+// commit applies the batch and folds the overlay into the store's
+// bookkeeping, so the next group reads what this one wrote. With fsync on it
+// does not wait for the WAL sync: the caller must call wait before it
+// acknowledges anything, and the batch is pipelined with the next group's.
 func (t *txn) commit() error {
 	s := t.s
 	if t.hlcMax > 0 {
@@ -212,7 +215,14 @@ func (t *txn) commit() error {
 	if t.b.Empty() {
 		return nil
 	}
-	if err := t.b.Commit(s.wo); err != nil {
+	var err error
+	if s.wo.Sync {
+		err = s.db.ApplyNoSyncWait(t.b, s.wo)
+		t.pending = err == nil
+	} else {
+		err = t.b.Commit(s.wo)
+	}
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -236,6 +246,18 @@ func (t *txn) commit() error {
 		s.mu.outboxLow = t.trimTo
 	}
 	s.mu.Unlock()
+	return nil
+}
+
+// wait blocks until the batch is durable, then wakes the publisher and
+// tells watchers. Nothing leaves the DC before its batch is synced.
+func (t *txn) wait() error {
+	s := t.s
+	if t.pending {
+		if err := t.b.SyncWait(); err != nil {
+			return err
+		}
+	}
 	if t.outbox {
 		select {
 		case s.notify <- struct{}{}:
