@@ -27,7 +27,7 @@ type txn struct {
 	hlcMax  uint64
 	ckpt    uint64
 	outbox  bool
-	pending bool // applied, WAL sync not yet waited for
+	pending bool   // applied, WAL sync not yet waited for
 	trimTo  uint64 // outbox entries below this index were deleted
 	changes []Change
 	after   []func()
