@@ -35,8 +35,13 @@ func (s *Store) OutboxDepth() uint64 {
 }
 
 // ReadOutbox returns up to max entries with an index above after, in order.
+// It returns only entries whose batch is durable, so nothing is published
+// that a crash could still take back.
 func (s *Store) ReadOutbox(after uint64, max int) ([]OutboxEntry, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: outboxKey(after + 1), UpperBound: []byte{pfxOutbox + 1}})
+	s.mu.RLock()
+	end := s.mu.outboxSync
+	s.mu.RUnlock()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: outboxKey(after + 1), UpperBound: outboxKey(end)})
 	if err != nil {
 		return nil, err
 	}
@@ -72,13 +77,16 @@ func (s *Store) SetCheckpoint(ctx context.Context, idx uint64) error {
 // [from, to], as encoded, for a DC that found a gap. It stops at the first
 // sequence the outbox no longer holds and returns what it has.
 func (s *Store) OwnEvents(p uint32, from, to uint64, max int) ([][]byte, error) {
+	s.mu.RLock()
+	end := s.mu.outboxSync
+	s.mu.RUnlock()
 	var out [][]byte
 	for seq := from; seq <= to && len(out) < max; seq++ {
 		b, ok, err := s.get(ownKey(p, seq))
 		if err != nil {
 			return out, err
 		}
-		if !ok {
+		if !ok || binary.BigEndian.Uint64(b) >= end {
 			break
 		}
 		data, ok, err := s.get(outboxKey(binary.BigEndian.Uint64(b)))

@@ -112,6 +112,7 @@ type Store struct {
 		applied    map[string][]uint64     // origin -> partition -> contiguous applied sequence
 		purged     []vclock.VV             // purge frontier per partition
 		outboxNext uint64                  // index of the next outbox entry
+		outboxSync uint64                  // entries below this index are durable
 		outboxLow  uint64                  // lowest index possibly still stored
 		ckpt       uint64                  // highest outbox index JetStream acknowledged
 		peers      map[string]*peerReports // applied vectors the other DCs reported
@@ -223,6 +224,7 @@ func (s *Store) load() error {
 		return err
 	}
 	m.outboxNext = hi + 1
+	m.outboxSync = m.outboxNext
 	m.outboxLow = m.outboxNext
 	it, err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxOutbox}, UpperBound: []byte{pfxOutbox + 1}})
 	if err != nil {

@@ -258,6 +258,11 @@ func (t *txn) wait() error {
 			return err
 		}
 	}
+	s.mu.Lock()
+	if t.next > s.mu.outboxSync {
+		s.mu.outboxSync = t.next
+	}
+	s.mu.Unlock()
 	if t.outbox {
 		select {
 		case s.notify <- struct{}{}:
