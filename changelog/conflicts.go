@@ -101,7 +101,7 @@ func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
 			Kept: versionsOf(res.Kept), Discarded: []Version{versionOf(d)},
 			Clock: st.Clock, DetectedHLC: hlc,
 		}
-		if err := t.putConflict(c); err != nil {
+		if err := t.putConflict(c, true); err != nil {
 			return err
 		}
 	}
@@ -111,37 +111,52 @@ func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
 	if !res.Conflict {
 		return t.closeRecord(rid, hlc)
 	}
+	prev, existed, err := t.conflict(rid)
+	if err != nil {
+		return err
+	}
+	isNew := !existed || prev.Status != StatusOpen
 	c := Conflict{
 		ID: rid, Key: key, Resolver: r.Name(), Status: StatusOpen,
 		Kept: versionsOf(st.Live()), Clock: st.Clock, DetectedHLC: hlc,
 	}
-	return t.putConflict(c)
+	return t.putConflict(c, isNew)
 }
 
 func (t *txn) closeRecord(id string, hlc uint64) error {
-	c, ok, err := t.s.getConflict(id)
-	if err != nil || !ok || c.Status != StatusOpen || t.conf[id] {
+	c, ok, err := t.conflict(id)
+	if err != nil || !ok || c.Status != StatusOpen {
 		return err
 	}
 	c.Status = StatusResolved
 	c.ResolvedHLC = hlc
-	return t.putConflict(c)
+	return t.putConflict(c, false)
 }
 
 func (t *txn) conflictExists(id string) (bool, error) {
-	if t.conf[id] {
-		return true, nil
-	}
-	_, ok, err := t.s.get(conflictKey(id))
+	_, ok, err := t.conflict(id)
 	return ok, err
 }
 
-func (t *txn) putConflict(c Conflict) error {
+// conflict reads an entry as this batch has left it.
+func (t *txn) conflict(id string) (Conflict, bool, error) {
+	if c, ok := t.conf[id]; ok {
+		return c, true, nil
+	}
+	return t.s.getConflict(id)
+}
+
+// putConflict writes an entry; isNew counts it in the store's stats.
+func (t *txn) putConflict(c Conflict, isNew bool) error {
 	b, err := msgpack.Marshal(&c)
 	if err != nil {
 		return err
 	}
-	t.conf[c.ID] = true
+	if isNew {
+		resolver := c.Resolver
+		t.after = append(t.after, func() { t.s.countConflict(resolver) })
+	}
+	t.conf[c.ID] = c
 	return t.set(conflictKey(c.ID), b)
 }
 
@@ -201,4 +216,13 @@ func (s *Store) Conflicts(f ConflictFilter) ([]Conflict, error) {
 		}
 	}
 	return out, it.Error()
+}
+
+func (s *Store) countConflict(resolver string) {
+	s.conflictsMu.Lock()
+	defer s.conflictsMu.Unlock()
+	if s.conflicts == nil {
+		s.conflicts = map[string]uint64{}
+	}
+	s.conflicts[resolver]++
 }

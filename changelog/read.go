@@ -31,6 +31,9 @@ func (s *Store) Get(key string) (st dvv.State, ok bool, err error) {
 // its committed state, from one consistent snapshot. fn returning an error
 // stops the scan and Scan returns it.
 func (s *Store) Scan(prefix string, fn func(key string, st dvv.State) error) error {
+	if s.isClosed() {
+		return ErrClosed
+	}
 	lo := keyKey(prefix)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(lo)})
 	if err != nil {
@@ -71,6 +74,9 @@ func (d Digest) Hex() string {
 
 // Digest computes the state digest from one consistent snapshot.
 func (s *Store) Digest() (Digest, error) {
+	if s.isClosed() {
+		return Digest{}, ErrClosed
+	}
 	d := Digest{Partitions: make([][32]byte, s.opts.Partitions)}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxKey}, UpperBound: []byte{pfxKey + 1}})
 	if err != nil {

@@ -70,6 +70,10 @@ type Options struct {
 	MaxGroup int
 	// Logger receives the store's log lines; nil discards them.
 	Logger *slog.Logger
+	// Limits bound the keys and values a local write accepts, so that no
+	// write is acknowledged here that other DCs would reject; zero fields
+	// take event.DefaultLimits.
+	Limits event.Limits
 
 	// serial makes each group wait for its own sync before the next group
 	// starts: the one-fsync-per-write baseline of the benchmarks.
@@ -101,7 +105,9 @@ type Store struct {
 	// hlcHigh is the highest HLC the store had persisted when it opened.
 	hlcHigh uint64
 
-	groups, requests atomic.Uint64
+	groups, requests, writes atomic.Uint64
+	conflictsMu              sync.Mutex
+	conflicts                map[string]uint64 // entries logged or opened, by resolver
 
 	// mu guards the in-memory copies of persisted bookkeeping. The
 	// committer changes them only after a batch commits.
@@ -132,6 +138,13 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	def := event.DefaultLimits()
+	if opts.Limits.MaxKeyBytes <= 0 {
+		opts.Limits.MaxKeyBytes = def.MaxKeyBytes
+	}
+	if opts.Limits.MaxValueBytes <= 0 {
+		opts.Limits.MaxValueBytes = def.MaxValueBytes
 	}
 	po := &pebble.Options{FS: opts.FS, Logger: quietLogger{opts.Logger}}
 	db, err := pebble.Open(dir, po)
@@ -416,6 +429,9 @@ func (s *Store) answerAll(group []*request, err error) {
 }
 
 func (s *Store) get(k []byte) ([]byte, bool, error) {
+	if s.isClosed() {
+		return nil, false, ErrClosed
+	}
 	v, closer, err := s.db.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil
@@ -466,9 +482,26 @@ type Stats struct {
 	// Requests is the number of requests (writes, applies, bookkeeping)
 	// those batches carried.
 	Requests uint64
+	// Writes counts durable local writes.
+	Writes uint64
+	// Conflicts counts conflict-log entries this DC wrote (a discarded
+	// version logged, or a record opened), by resolver.
+	Conflicts map[string]uint64
 }
 
 // Stats returns the committer's counters.
 func (s *Store) Stats() Stats {
-	return Stats{Groups: s.groups.Load(), Requests: s.requests.Load()}
+	s.conflictsMu.Lock()
+	c := make(map[string]uint64, len(s.conflicts))
+	for k, v := range s.conflicts {
+		c[k] = v
+	}
+	s.conflictsMu.Unlock()
+	return Stats{Groups: s.groups.Load(), Requests: s.requests.Load(), Writes: s.writes.Load(), Conflicts: c}
+}
+
+func (s *Store) isClosed() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.mu.closed
 }

@@ -22,8 +22,8 @@ type txn struct {
 	seq     map[uint32]uint64
 	applied map[appliedRef]uint64
 	purged  map[uint32]vclock.VV
-	conf    map[string]bool // conflict ids written in this batch
-	next    uint64          // next outbox index
+	conf    map[string]Conflict // conflict entries written in this batch
+	next    uint64              // next outbox index
 	hlcMax  uint64
 	ckpt    uint64
 	outbox  bool
@@ -49,7 +49,7 @@ func (s *Store) newTxn() *txn {
 		seq:     map[uint32]uint64{},
 		applied: map[appliedRef]uint64{},
 		purged:  map[uint32]vclock.VV{},
-		conf:    map[string]bool{},
+		conf:    map[string]Conflict{},
 		next:    next,
 		ckpt:    ckpt,
 	}

@@ -33,8 +33,11 @@ type WriteResult struct {
 // Write commits a local write and its outbox entry in one batch and returns
 // once the batch is durable.
 func (s *Store) Write(ctx context.Context, op WriteOp) (WriteResult, error) {
-	if op.Key == "" {
-		return WriteResult{}, fmt.Errorf("%w: empty key", ErrBadInput)
+	if err := event.CheckKey(op.Key, s.opts.Limits.MaxKeyBytes); err != nil {
+		return WriteResult{}, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	if len(op.Value) > s.opts.Limits.MaxValueBytes {
+		return WriteResult{}, fmt.Errorf("%w: value is %d bytes, over the %d-byte limit", ErrBadInput, len(op.Value), s.opts.Limits.MaxValueBytes)
 	}
 	var res WriteResult
 	err := s.do(ctx, func(t *txn) error {
@@ -97,6 +100,7 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 		return WriteResult{}, err
 	}
 	t.changes = append(t.changes, Change{Key: op.Key, State: next, Origin: s.opts.DC, Op: ev.Op})
+	t.after = append(t.after, func() { s.writes.Add(1) })
 	return WriteResult{State: next, Event: ev}, nil
 }
 

@@ -12,3 +12,8 @@ func PartitionOf(key string, n int) uint32 {
 	h.Write([]byte(key))
 	return h.Sum32() % uint32(n)
 }
+
+// CheckKey says why key cannot travel in an event (it also travels in a NATS
+// header): empty, longer than maxBytes, not UTF-8, or with control
+// characters.
+func CheckKey(key string, maxBytes int) error { return checkKey(key, maxBytes) }

@@ -1,0 +1,77 @@
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/replicatorhq/replicator/pkg/event"
+)
+
+// ErrRejected wraps every reason a message from an upstream is
+// dead-lettered instead of applied.
+var ErrRejected = errors.New("bridge: rejected")
+
+// checker decides whether a message from an upstream's stream carries an
+// event this DC may apply. It is pure, so it can be tested without NATS.
+type checker struct {
+	partitions int
+	limits     event.Limits
+	known      map[string]bool
+}
+
+// check decodes and checks the message data published on subject of up's
+// stream with headers h. It returns the event, or an error wrapping
+// ErrRejected (and the codec's error where there is one) that says what is
+// wrong. Loops are not its concern: a well-formed event that already passed
+// this DC is returned, and the plan drops it.
+func (c checker) check(up, subject string, h map[string][]string, data []byte) (*event.Event, error) {
+	reject := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))
+	}
+	prefix := "repl." + up + "."
+	rest, ok := strings.CutPrefix(subject, prefix)
+	if !ok {
+		return nil, reject("subject %q is not in %s's stream (want %s<partition>)", subject, up, prefix)
+	}
+	sp, err := strconv.ParseUint(rest, 10, 32)
+	if err != nil || int(sp) >= c.partitions {
+		return nil, reject("subject %q does not name a partition in [0, %d)", subject, c.partitions)
+	}
+	ev, err := event.Decode(data, c.limits)
+	if err != nil {
+		return nil, fmt.Errorf("%w: decode: %w", ErrRejected, err)
+	}
+	if err := ev.Validate(c.limits); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	if ev.Seq >= event.MaxCounter {
+		return nil, reject("seq %d is an absurd counter (must be below 2^62)", ev.Seq)
+	}
+	if !c.known[ev.Origin] {
+		return nil, reject("origin %q is not a known DC", ev.Origin)
+	}
+	for i, dc := range ev.Path {
+		if !c.known[dc] {
+			return nil, reject("path[%d] %q is not a known DC", i, dc)
+		}
+	}
+	if last := ev.Path[len(ev.Path)-1]; last != up {
+		return nil, reject("forged: event %s with path %v arrived on %s's stream, but its path ends at %q", ev.Dot, ev.Path, up, last)
+	}
+	if uint64(ev.Partition) != sp {
+		return nil, reject("event %s names partition %d but was published on %q", ev.Dot, ev.Partition, subject)
+	}
+	if want := event.PartitionOf(ev.Key, c.partitions); ev.Partition != want {
+		return nil, reject("event %s names partition %d, but key %q is in partition %d of %d", ev.Dot, ev.Partition, ev.Key, want, c.partitions)
+	}
+	info, err := event.FromHeaders(h)
+	if err != nil {
+		return nil, fmt.Errorf("%w: headers: %w", ErrRejected, err)
+	}
+	if err := info.Check(ev); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
+	}
+	return ev, nil
+}

@@ -1,0 +1,123 @@
+package bridge
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+)
+
+const testParts = 4
+
+func testEvent(origin string, seq uint64, key string, path ...string) *event.Event {
+	if len(path) == 0 {
+		path = []string{origin}
+	}
+	return &event.Event{
+		Version: event.SchemaVersion, Origin: origin, Partition: event.PartitionOf(key, testParts),
+		Seq: seq, Key: key, Op: event.OpPut, Value: []byte("v"),
+		Dot: vclock.Dot{DC: origin, N: seq}, Context: vclock.VV{}, HLC: 1, Path: path,
+	}
+}
+
+func TestCheck(t *testing.T) {
+	c := checker{partitions: testParts, known: map[string]bool{"a": true, "b": true, "c": true}}
+	type msg struct {
+		subject string
+		header  map[string][]string
+		data    []byte
+	}
+	of := func(ev *event.Event) msg {
+		b, err := ev.Encode(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msg{Subject("b", ev.Partition), event.ToHeaders(ev), b}
+	}
+	with := func(m msg, f func(*msg)) msg { f(&m); return m }
+	good := testEvent("b", 7, "k1")
+	forwarded := testEvent("a", 3, "k2", "a", "b")
+
+	for _, tc := range []struct {
+		name string
+		msg  msg
+		want string // "" accepts
+	}{
+		{"own event of the upstream", of(good), ""},
+		{"event forwarded by the upstream", of(forwarded), ""},
+		{"event back at its origin (the plan drops it)", of(testEvent("c", 1, "k3", "c", "a", "b")), ""},
+		{"malformed", with(of(good), func(m *msg) { m.data = []byte{0xc1} }), "malformed"},
+		{"empty", with(of(good), func(m *msg) { m.data = nil }), "malformed"},
+		{"forged origin", with(of(testEvent("c", 1, "k1")), func(m *msg) { m.subject = Subject("b", event.PartitionOf("k1", testParts)) }), "forged"},
+		{"unknown origin", of(testEvent("zz", 1, "k1", "zz", "b")), `origin "zz" is not a known DC`},
+		{"unknown DC on the path", of(testEvent("a", 1, "k1", "a", "zz", "b")), `path[1] "zz" is not a known DC`},
+		{"another DC's subject", with(of(good), func(m *msg) { m.subject = "repl.a.0" }), "not in b's stream"},
+		{"dead-letter subject", with(of(good), func(m *msg) { m.subject = "repl.b.dlq" }), "does not name a partition"},
+		{"partition out of range", with(of(good), func(m *msg) { m.subject = "repl.b.4" }), "does not name a partition"},
+		{"subject of another partition", with(of(good), func(m *msg) {
+			m.subject = Subject("b", (good.Partition+1)%testParts)
+		}), "was published on"},
+		{"partition not the key's", func() msg {
+			ev := testEvent("b", 1, "k1")
+			ev.Partition = (ev.Partition + 1) % testParts
+			return of(ev)
+		}(), "is in partition"},
+		{"absurd counter", of(testEvent("b", 1<<63, "k1")), "absurd"},
+		{"no headers", with(of(good), func(m *msg) { m.header = nil }), "headers"},
+		{"header disagrees", with(of(good), func(m *msg) {
+			m.header = event.ToHeaders(testEvent("b", 8, "k1"))
+		}), "headers do not match"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev, err := c.check("b", tc.msg.subject, nats.Header(tc.msg.header), tc.msg.data)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("rejected: %v", err)
+			case tc.want == "" && ev == nil:
+				t.Fatal("accepted without an event")
+			case tc.want != "" && err == nil:
+				t.Fatalf("accepted %v, want an error saying %q", ev.Dot, tc.want)
+			case tc.want != "" && (!errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %q, want ErrRejected saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLastOwnSeq(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		header nats.Header
+		want   uint64
+		err    bool
+	}{
+		{"nothing", nats.Header{}, 0, false},
+		{"own event", nats.Header{"Nats-Msg-Id": {"a:2:17"}}, 17, false},
+		{"own event with a higher Seq-Hi", nats.Header{"Nats-Msg-Id": {"a:2:17"}, HeaderSeqHi: {"20"}}, 20, false},
+		{"forwarded event", nats.Header{"Nats-Msg-Id": {"b:2:99"}, HeaderSeqHi: {"5"}}, 5, false},
+		{"other partition's id", nats.Header{"Nats-Msg-Id": {"a:1:99"}}, 0, false},
+		{"bad Seq-Hi", nats.Header{HeaderSeqHi: {"x"}}, 0, true},
+		{"absurd Seq-Hi", nats.Header{HeaderSeqHi: {"9223372036854775808"}}, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := lastOwnSeq("a", 2, tc.header)
+			if (err != nil) != tc.err || got != tc.want {
+				t.Fatalf("lastOwnSeq = %d, %v; want %d, error %v", got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
+
+func TestHeaderText(t *testing.T) {
+	got := headerText("line one\r\nline two\x00" + strings.Repeat("é", 1000))
+	if strings.ContainsAny(got, "\r\n\x00") || len(got) > 1024+len("…") {
+		t.Fatalf("headerText left %q (%d bytes)", got[:40], len(got))
+	}
+	if !strings.HasSuffix(got, "…") || !strings.HasPrefix(got, "line one  line two ") {
+		t.Fatalf("headerText = %q...", got[:40])
+	}
+}

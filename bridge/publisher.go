@@ -1,0 +1,207 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/event"
+)
+
+// resumeSequences reads the last message of each of this DC's partition
+// subjects and raises the store's sequence above the highest own sequence
+// it names, so that a DC whose data dir was restored from an old backup
+// never reissues a sequence number (invariant 4): a reissued number would
+// carry an old Nats-Msg-Id and be dropped as a duplicate, and its dot would
+// be taken for an event other DCs already applied.
+func (r *Replicator) resumeSequences(ctx context.Context) error {
+	s, err := r.js.Stream(ctx, r.stream)
+	if err != nil {
+		return fmt.Errorf("bridge: open stream %s: %w", r.stream, err)
+	}
+	for p := range r.opts.Partitions {
+		subj := Subject(r.self, uint32(p))
+		m, err := s.GetLastMsgForSubject(ctx, subj)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("bridge: read the last message on %s: %w", subj, err)
+		}
+		hi, err := lastOwnSeq(r.self, uint32(p), m.Header)
+		if err != nil {
+			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", subj, m.Sequence, err)
+		}
+		if hi == 0 {
+			continue
+		}
+		if own := r.store.Applied()[r.self]; int(p) < len(own) && own[p] < hi {
+			r.log.Warn("the stream holds own sequence numbers above the store's; continuing above them (was the data dir restored from a backup?)",
+				"partition", p, "store_seq", own[p], "stream_seq", hi)
+		}
+		if err := r.store.EnsureSeqAbove(ctx, uint32(p), hi); err != nil {
+			return fmt.Errorf("bridge: raise partition %d's sequence to %d: %w", p, hi, err)
+		}
+		r.seqHi[p] = hi
+	}
+	return nil
+}
+
+// lastOwnSeq returns the highest own sequence number the headers of a
+// message on self's partition p subject name: its Repl-Seq-Hi, and its own
+// sequence when self is the origin.
+func lastOwnSeq(self string, p uint32, h nats.Header) (uint64, error) {
+	var hi uint64
+	if v := h.Get(HeaderSeqHi); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n >= event.MaxCounter {
+			return 0, fmt.Errorf("%s %q is not a sequence number", HeaderSeqHi, v)
+		}
+		hi = n
+	}
+	if id := h.Get(jetstream.MsgIDHeader); id != "" {
+		origin, mp, seq, err := event.ParseMsgID(id)
+		if err != nil {
+			return 0, err
+		}
+		if origin == self && mp == p {
+			hi = max(hi, seq)
+		}
+	}
+	return hi, nil
+}
+
+// runPublisher publishes the outbox in order until ctx ends, or until
+// Close has stopped intake and the outbox is empty. It wakes on the store's
+// notifications, with a fallback poll.
+func (r *Replicator) runPublisher(ctx context.Context) {
+	poll := time.NewTicker(r.opts.PublishPoll)
+	defer poll.Stop()
+	bo := backoff{min: r.opts.RetryMin, max: r.opts.RetryMax}
+	for {
+		more, err := r.publishWindow(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			r.c.publishErrors.Add(1)
+			d := bo.next()
+			r.log.Warn("publish failed; retrying from the first unacknowledged event", "err", err, "retry_in", d)
+			if !wait(ctx, d) {
+				return
+			}
+			continue
+		}
+		bo.reset()
+		if more {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.drain:
+			return
+		case <-r.store.Notify():
+		case <-poll.C:
+		}
+	}
+}
+
+// publishWindow publishes up to PublishWindow outbox entries after the
+// checkpoint and moves the checkpoint over the longest prefix JetStream
+// acknowledged without error. more reports a full window, after which more
+// entries may wait.
+func (r *Replicator) publishWindow(ctx context.Context) (more bool, err error) {
+	ckpt := r.store.Checkpoint()
+	entries, err := r.store.ReadOutbox(ckpt, r.opts.PublishWindow)
+	if err != nil {
+		return false, fmt.Errorf("read outbox after %d: %w", ckpt, err)
+	}
+	if len(entries) == 0 {
+		return false, nil
+	}
+	futs := make([]jetstream.PubAckFuture, 0, len(entries))
+	var sendErr error
+	for _, e := range entries {
+		m := r.message(e)
+		f, err := r.pub.PublishMsgAsync(m, jetstream.WithExpectStream(r.stream), jetstream.WithStallWait(r.opts.PublishAckTimeout))
+		if err != nil {
+			sendErr = fmt.Errorf("publish %s: %w", m.Header.Get(jetstream.MsgIDHeader), err)
+			break
+		}
+		futs = append(futs, f)
+	}
+	acked, ackErr := r.awaitAcks(ctx, ckpt, entries, futs)
+	if acked > ckpt {
+		if err := r.store.SetCheckpoint(ctx, acked); err != nil {
+			return false, fmt.Errorf("move the checkpoint to %d: %w", acked, err)
+		}
+	}
+	if err := errors.Join(ackErr, sendErr); err != nil {
+		return false, err
+	}
+	return len(entries) == r.opts.PublishWindow, nil
+}
+
+// awaitAcks waits for the acknowledgements of futs, which were published
+// for entries in order, and returns the index of the last entry of the
+// acknowledged prefix (ckpt if none) and the first error.
+func (r *Replicator) awaitAcks(ctx context.Context, ckpt uint64, entries []changelog.OutboxEntry, futs []jetstream.PubAckFuture) (uint64, error) {
+	timeout := time.NewTimer(r.opts.PublishAckTimeout)
+	defer timeout.Stop()
+	last, prefix := ckpt, true
+	var firstErr error
+	for i, f := range futs {
+		select {
+		case ack := <-f.Ok():
+			if ack.Duplicate {
+				r.c.publishDuplicates.Add(1)
+			} else {
+				r.c.published.Add(1)
+			}
+			if prefix {
+				last = entries[i].Index
+			}
+		case err := <-f.Err():
+			prefix = false
+			if firstErr == nil {
+				firstErr = fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
+			}
+		case <-timeout.C:
+			// The JetStream context times each future out on its own as
+			// well, so none is left waiting for ever.
+			return last, errors.Join(firstErr, fmt.Errorf("publish %s: no acknowledgement within %s",
+				f.Msg().Header.Get(jetstream.MsgIDHeader), r.opts.PublishAckTimeout))
+		case <-ctx.Done():
+			return last, ctx.Err()
+		}
+	}
+	return last, firstErr
+}
+
+// message builds the JetStream message of an outbox entry: the event's
+// headers, Repl-Seq-Hi, and the encoded event. Repl-Seq-Hi is the highest
+// own sequence of the partition sent to the stream so far, this message
+// included, rather than the store's last issued sequence: after a restore
+// the DC continues right above what the stream holds, so a sequence issued
+// but never published leaves no gap that no DC could ever repair.
+func (r *Replicator) message(e changelog.OutboxEntry) *nats.Msg {
+	ev := e.Event
+	p := ev.Partition
+	h := nats.Header(event.ToHeaders(ev))
+	if int(p) < len(r.seqHi) {
+		if ev.Origin == r.self && ev.Seq > r.seqHi[p] {
+			r.seqHi[p] = ev.Seq
+		}
+		if r.seqHi[p] > 0 {
+			h.Set(HeaderSeqHi, strconv.FormatUint(r.seqHi[p], 10))
+		}
+	}
+	return &nats.Msg{Subject: Subject(r.self, p), Header: h, Data: e.Data}
+}

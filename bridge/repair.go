@@ -1,0 +1,193 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/event"
+)
+
+// Bounds of one repair reply.
+const (
+	MaxRepairEvents = 512
+	MaxRepairBytes  = 512 << 10
+)
+
+// HeaderRepairError carries a repair server's error; its reply then holds
+// no events.
+const HeaderRepairError = "Repl-Repair-Error"
+
+// RepairRequest asks a DC for its own events of one partition with a
+// sequence in [From, To]; it travels as msgpack on repl.repair.<dc>. The
+// reply is a msgpack array of encoded events, in sequence order, starting
+// at From, at most MaxRepairEvents and about MaxRepairBytes; the caller
+// asks again for the rest.
+type RepairRequest struct {
+	Partition uint32 `msgpack:"partition"`
+	From      uint64 `msgpack:"from"`
+	To        uint64 `msgpack:"to"`
+}
+
+type gapKey struct {
+	origin string
+	p      uint32
+}
+
+type gapRange struct{ from, to uint64 }
+
+// repair fetches origin's events [from, to] of partition p from the origin
+// and applies them, until this DC has applied up to to, the origin has
+// nothing more to give, or a request fails. It never skips a gap: events
+// that do not continue the sequence are left to the next try.
+func (r *Replicator) repair(ctx context.Context, origin string, p uint32, from, to uint64) error {
+	if from > to {
+		return nil
+	}
+	for from <= to {
+		if done := r.store.Applied()[origin]; int(p) < len(done) && done[p] >= to {
+			return nil
+		} else if int(p) < len(done) && done[p] >= from {
+			from = done[p] + 1
+		}
+		evs, err := r.fetchRepair(ctx, origin, RepairRequest{Partition: p, From: from, To: to})
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			return fmt.Errorf("origin %s holds none of partition %d's events from %d; its outbox may have been trimmed", origin, p, from)
+		}
+		res, err := r.store.Apply(ctx, evs, r.forwardEvent)
+		if err != nil {
+			return fmt.Errorf("apply repaired events: %w", err)
+		}
+		applied := 0
+		for i, x := range res {
+			switch x.Outcome {
+			case changelog.Changed:
+				r.c.applied.Add(1)
+				applied++
+			case changelog.Obsolete:
+				r.c.obsolete.Add(1)
+				applied++
+			case changelog.Duplicate:
+				r.c.duplicates.Add(1)
+			case changelog.Gap:
+				return fmt.Errorf("repaired event %s still follows a gap at %d", evs[i].Dot, x.Expected)
+			}
+			if x.Forwarded {
+				r.c.forwarded.Add(1)
+			}
+		}
+		r.c.repairs.Add(1)
+		r.c.repairedEvents.Add(uint64(applied))
+		r.log.Info("repaired a gap", "origin", origin, "partition", p, "from", from, "events", len(evs), "applied", applied)
+		from = evs[len(evs)-1].Seq + 1
+	}
+	return nil
+}
+
+// fetchRepair asks origin for req's events and checks what comes back.
+func (r *Replicator) fetchRepair(ctx context.Context, origin string, req RepairRequest) ([]*event.Event, error) {
+	b, err := msgpack.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, r.opts.RepairTimeout)
+	defer cancel()
+	reply, err := r.nc.RequestWithContext(rctx, RepairSubject(origin), b)
+	if err != nil {
+		return nil, fmt.Errorf("ask %s for partition %d [%d, %d]: %w", origin, req.Partition, req.From, req.To, err)
+	}
+	if e := reply.Header.Get(HeaderRepairError); e != "" {
+		return nil, fmt.Errorf("%s refused repair of partition %d [%d, %d]: %s", origin, req.Partition, req.From, req.To, e)
+	}
+	var raw [][]byte
+	if err := msgpack.Unmarshal(reply.Data, &raw); err != nil {
+		return nil, fmt.Errorf("repair reply from %s: %w", origin, err)
+	}
+	evs := make([]*event.Event, 0, len(raw))
+	next := req.From
+	for i, b := range raw {
+		ev, err := event.Decode(b, r.opts.Limits)
+		if err != nil {
+			return nil, fmt.Errorf("repair reply from %s, event %d: %w", origin, i, err)
+		}
+		switch {
+		case ev.Origin != origin || ev.Partition != req.Partition || len(ev.Path) != 1:
+			return nil, fmt.Errorf("repair reply from %s, event %d: %s of partition %d with path %v is not %s's own event of partition %d",
+				origin, i, ev.Dot, ev.Partition, ev.Path, origin, req.Partition)
+		case ev.Seq != next || ev.Seq > req.To:
+			return nil, fmt.Errorf("repair reply from %s, event %d: seq %d, want %d", origin, i, ev.Seq, next)
+		case ev.Partition != event.PartitionOf(ev.Key, r.opts.Partitions):
+			return nil, fmt.Errorf("repair reply from %s, event %d: key %q is not in partition %d", origin, i, ev.Key, ev.Partition)
+		}
+		next++
+		evs = append(evs, ev)
+	}
+	return evs, nil
+}
+
+// serveRepairs answers repair requests for this DC's own events until ctx
+// ends.
+func (r *Replicator) serveRepairs(ctx context.Context, reqs <-chan *nats.Msg) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-reqs:
+			r.answerRepair(m)
+		}
+	}
+}
+
+func (r *Replicator) answerRepair(m *nats.Msg) {
+	if m.Reply == "" {
+		return
+	}
+	events, err := r.repairEvents(m.Data)
+	reply := &nats.Msg{Subject: m.Reply, Header: nats.Header{}}
+	if err != nil {
+		r.log.Warn("refused a repair request", "err", err)
+		reply.Header.Set(HeaderRepairError, headerText(err.Error()))
+		events = nil
+	}
+	if reply.Data, err = msgpack.Marshal(events); err != nil {
+		reply.Header.Set(HeaderRepairError, headerText(err.Error()))
+		reply.Data = nil
+	}
+	if err := m.RespondMsg(reply); err != nil {
+		r.log.Debug("repair reply failed", "err", err)
+		return
+	}
+	r.c.repairsServed.Add(1)
+}
+
+var errBadRepair = errors.New("bridge: bad repair request")
+
+func (r *Replicator) repairEvents(data []byte) ([][]byte, error) {
+	var req RepairRequest
+	if err := msgpack.Unmarshal(data, &req); err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadRepair, err)
+	}
+	if int(req.Partition) >= r.opts.Partitions || req.From == 0 || req.To < req.From {
+		return nil, fmt.Errorf("%w: partition %d [%d, %d]: want a partition below %d and 1 <= from <= to",
+			errBadRepair, req.Partition, req.From, req.To, r.opts.Partitions)
+	}
+	evs, err := r.store.OwnEvents(req.Partition, req.From, req.To, MaxRepairEvents)
+	if err != nil {
+		return nil, fmt.Errorf("read own events: %w", err)
+	}
+	size := 0
+	for i, b := range evs {
+		size += len(b)
+		if size > MaxRepairBytes && i > 0 {
+			return evs[:i], nil
+		}
+	}
+	return evs, nil
+}

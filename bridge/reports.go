@@ -1,0 +1,185 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/replicatorhq/replicator/changelog"
+)
+
+// runReports, every ReportInterval, publishes this DC's applied vector and
+// refreshes the links' lag; every MaintenanceInterval it trims the outbox
+// and purges stable tombstones; and it records the applied vectors other
+// DCs report. It returns when ctx ends.
+func (r *Replicator) runReports(ctx context.Context, reports <-chan *nats.Msg) {
+	report := time.NewTicker(r.opts.ReportInterval)
+	defer report.Stop()
+	maint := time.NewTicker(r.opts.MaintenanceInterval)
+	defer maint.Stop()
+	r.publishApplied()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-reports:
+			r.peerReport(m)
+		case <-report.C:
+			r.publishApplied()
+			r.refreshLag(ctx)
+			r.catchUp(ctx)
+		case <-maint.C:
+			r.maintain(ctx)
+		}
+	}
+}
+
+func (r *Replicator) publishApplied() {
+	b, err := msgpack.Marshal(map[string][]uint64(r.store.Applied()))
+	if err != nil {
+		r.log.Error("encode the applied vector", "err", err)
+		return
+	}
+	if err := r.nc.Publish(AppliedSubject(r.self), b); err != nil {
+		r.log.Debug("publish the applied vector", "err", err)
+	}
+}
+
+// peerReport records an applied vector another DC published, if it is
+// well formed and comes from a known DC.
+func (r *Replicator) peerReport(m *nats.Msg) {
+	dc, ok := strings.CutPrefix(m.Subject, "repl.applied.")
+	if !ok || dc == r.self {
+		return
+	}
+	a, err := r.decodeApplied(dc, m.Data)
+	if err != nil {
+		r.c.peerReportsIgnored.Add(1)
+		r.log.Debug("ignored an applied-vector report", "from", dc, "err", err)
+		return
+	}
+	r.store.SetPeerApplied(dc, a)
+	r.c.peerReports.Add(1)
+}
+
+func (r *Replicator) decodeApplied(dc string, data []byte) (changelog.Applied, error) {
+	if !r.known[dc] {
+		return nil, fmt.Errorf("%q is not a known DC", dc)
+	}
+	var a map[string][]uint64
+	if err := msgpack.Unmarshal(data, &a); err != nil {
+		return nil, err
+	}
+	for origin, row := range a {
+		if !r.known[origin] {
+			return nil, fmt.Errorf("entry for unknown DC %q", origin)
+		}
+		if len(row) != r.opts.Partitions {
+			return nil, fmt.Errorf("entry for %q has %d partitions, want %d", origin, len(row), r.opts.Partitions)
+		}
+	}
+	return changelog.Applied(a), nil
+}
+
+// maintain trims outbox entries every DC has applied and purges
+// tombstones every DC has seen.
+func (r *Replicator) maintain(ctx context.Context) {
+	if n, err := r.store.TrimOutbox(ctx); err != nil {
+		r.log.Warn("trim the outbox", "err", err)
+	} else {
+		r.c.trimmed.Add(uint64(n))
+	}
+	if n, err := r.store.Purge(ctx); err != nil {
+		r.log.Warn("purge tombstones", "err", err)
+	} else {
+		r.c.purged.Add(uint64(n))
+	}
+}
+
+// refreshLag reads each link's consumer for its pending and unacknowledged
+// message counts.
+func (r *Replicator) refreshLag(ctx context.Context) {
+	for _, l := range r.links {
+		cons := l.getConsumer()
+		if cons == nil {
+			continue
+		}
+		ictx, cancel := context.WithTimeout(ctx, min(r.opts.ReportInterval, r.opts.APITimeout))
+		info, err := cons.Info(ictx)
+		cancel()
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				r.log.Debug("read consumer info", "consumer", l.consumer, "err", err)
+			}
+			continue
+		}
+		l.lagEvents.Store(info.NumPending + uint64(info.NumAckPending))
+	}
+}
+
+// setConsumer and getConsumer hand the link's consumer from the link's
+// goroutine to the reporter.
+func (l *linkCounters) setConsumer(c jetstream.Consumer) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.mu.cons = c
+}
+
+func (l *linkCounters) getConsumer() jetstream.Consumer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mu.cons
+}
+
+// lag is where this DC stood behind an origin, and since when.
+type lag struct {
+	since time.Time
+	have  uint64
+}
+
+// catchUp compares this DC's applied vector with each origin's own
+// sequences, as the origin last reported them, and asks the origin for the
+// missing events when this DC has made no progress for RepairAfter. Gap
+// detection cannot see a loss that no later event follows, such as the
+// last events of a partition; this does.
+func (r *Replicator) catchUp(ctx context.Context) {
+	mine := r.store.Applied()
+	now := r.now()
+	for origin, report := range r.store.PeerApplied() {
+		if !r.known[origin] {
+			continue
+		}
+		have := mine[origin]
+		for p, target := range report[origin] {
+			var h uint64
+			if p < len(have) {
+				h = have[p]
+			}
+			k := gapKey{origin, uint32(p)}
+			b, seen := r.behind[k]
+			switch {
+			case target <= h:
+				delete(r.behind, k)
+				continue
+			case !seen || h > b.have:
+				r.behind[k] = lag{since: now, have: h}
+				continue
+			case now.Sub(b.since) < r.opts.RepairAfter:
+				continue
+			}
+			r.behind[k] = lag{since: now, have: h}
+			r.log.Info("behind an origin without progress; asking it for the missing events",
+				"origin", origin, "partition", p, "applied", h, "origin_seq", target, "for", now.Sub(b.since).Round(time.Millisecond))
+			if err := r.repair(ctx, origin, uint32(p), h+1, target); err != nil {
+				r.c.repairErrors.Add(1)
+				r.log.Warn("catch-up repair failed", "origin", origin, "partition", p, "err", err)
+			}
+		}
+	}
+}

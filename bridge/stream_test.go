@@ -1,0 +1,138 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// embeddedJS starts an embedded JetStream server for the test and returns a
+// JetStream context on it.
+func embeddedJS(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	srv, err := StartEmbedded(EmbeddedOptions{StoreDir: t.TempDir(), JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+func TestEnsureStream(t *testing.T) {
+	js := embeddedJS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	for range 2 { // the second call finds both streams as they should be
+		if err := EnsureStream(ctx, js, "dc1", 3, StreamOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := js.Stream(ctx, "REPL_dc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	if want := []string{"repl.dc1.0", "repl.dc1.1", "repl.dc1.2"}; strings.Join(cfg.Subjects, " ") != strings.Join(want, " ") {
+		t.Errorf("subjects %v, want %v", cfg.Subjects, want)
+	}
+	if cfg.Duplicates != DefaultDuplicateWindow || cfg.Discard != jetstream.DiscardNew || cfg.Retention != jetstream.LimitsPolicy ||
+		cfg.Storage != jetstream.FileStorage || cfg.MaxBytes != DefaultMaxBytes || cfg.MaxAge != 0 {
+		t.Errorf("stream config %+v", cfg)
+	}
+	dlq, err := js.Stream(ctx, "REPL_dc1_DLQ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dlq.CachedInfo().Config.Subjects; len(got) != 1 || got[0] != "repl.dc1.dlq" {
+		t.Errorf("dead-letter subjects %v, want [repl.dc1.dlq]", got)
+	}
+	// The event stream must not catch the dead-letter subject.
+	ack, err := js.Publish(ctx, "repl.dc1.dlq", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack.Stream != "REPL_dc1_DLQ" {
+		t.Errorf("a dead letter went to %s", ack.Stream)
+	}
+}
+
+func TestEnsureStreamMismatch(t *testing.T) {
+	js := embeddedJS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	old := StreamConfig("dc1", 2, StreamOptions{Memory: true, DuplicateWindow: 5 * time.Minute})
+	old.Discard = jetstream.DiscardOld
+	old.MaxAge = time.Hour
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	err := EnsureStream(ctx, js, "dc1", 3, StreamOptions{})
+	if !errors.Is(err, ErrStreamMismatch) {
+		t.Fatalf("err = %v, want ErrStreamMismatch", err)
+	}
+	for _, want := range []string{
+		"REPL_dc1",
+		"subjects: have 2 [repl.dc1.0 repl.dc1.1], want 3 [repl.dc1.0 repl.dc1.1 repl.dc1.2]",
+		"storage: have Memory, want File",
+		"discard: have DiscardOld, want DiscardNew",
+		"duplicate_window: have 5m0s, want 2m0s",
+		"max_age: have 1h0m0s",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "retention") {
+		t.Errorf("error names retention, which matches:\n%v", err)
+	}
+	// Nothing was changed.
+	s, err := js.Stream(ctx, "REPL_dc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.Discard; got != jetstream.DiscardOld {
+		t.Errorf("EnsureStream changed the existing stream's discard policy to %v", got)
+	}
+}
+
+func TestStreamFullRejects(t *testing.T) {
+	js := embeddedJS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := EnsureStream(ctx, js, "dc1", 1, StreamOptions{MaxBytes: 1024}); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		_, err = js.Publish(ctx, Subject("dc1", 0), make([]byte, 100))
+	}
+	if err == nil {
+		t.Fatal("a full stream accepted every publish; it must reject them so the outbox keeps the events")
+	}
+	s, _ := js.Stream(ctx, "REPL_dc1")
+	info, _ := s.Info(ctx)
+	if info.State.FirstSeq != 1 {
+		t.Errorf("the full stream dropped its oldest messages (first seq %d)", info.State.FirstSeq)
+	}
+}

@@ -1,0 +1,249 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/replicatorhq/replicator/pkg/event"
+)
+
+// clientFlags are the flags every client command shares.
+type clientFlags struct {
+	addr, token string
+}
+
+func (c *clientFlags) register(fs interface {
+	StringVar(*string, string, string, string)
+}) {
+	fs.StringVar(&c.addr, "addr", envOr("REPLICATOR_ADDR", "http://127.0.0.1:7070"), "sidecar HTTP address (env REPLICATOR_ADDR)")
+	fs.StringVar(&c.token, "token", os.Getenv("REPLICATOR_TOKEN"), "bearer token (env REPLICATOR_TOKEN)")
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// do sends one request and returns the body, or an error carrying the
+// server's message for a status of 400 or more.
+func (c *clientFlags) do(ctx context.Context, method, path string, body io.Reader, hdr map[string]string) (*http.Response, []byte, error) {
+	base := c.addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(base, "/")+path, body)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	cl := &http.Client{Timeout: 30 * time.Second}
+	resp, err := cl.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp, nil, err
+	}
+	if resp.StatusCode >= 400 && resp.StatusCode != http.StatusNotFound {
+		var e struct{ Error string }
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return resp, b, fmt.Errorf("%s: %s", resp.Status, e.Error)
+		}
+		return resp, b, fmt.Errorf("%s", resp.Status)
+	}
+	return resp, b, nil
+}
+
+func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("kv", "get|put|del KEY [VALUE] [--context CTX]", stderr)
+	var c clientFlags
+	c.register(fs)
+	ctxHdr := fs.String("context", "", "causal context from an earlier read (X-Repl-Context)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) < 2 {
+		return fmt.Errorf("%w: want get|put|del KEY [VALUE]", errUsage)
+	}
+	op, key := rest[0], url.PathEscape(rest[1])
+	hdr := map[string]string{}
+	if *ctxHdr != "" {
+		hdr["X-Repl-Context"] = *ctxHdr
+	}
+	var resp *http.Response
+	var body []byte
+	var err error
+	switch op {
+	case "get":
+		resp, body, err = c.do(ctx, http.MethodGet, "/v1/kv/"+key, nil, nil)
+	case "put":
+		if len(rest) != 3 {
+			return fmt.Errorf("%w: kv put KEY VALUE", errUsage)
+		}
+		resp, body, err = c.do(ctx, http.MethodPut, "/v1/kv/"+key, strings.NewReader(rest[2]), hdr)
+	case "del":
+		resp, body, err = c.do(ctx, http.MethodDelete, "/v1/kv/"+key, nil, hdr)
+	default:
+		return fmt.Errorf("%w: unknown kv operation %q: want get, put or del", errUsage, op)
+	}
+	if err != nil {
+		return err
+	}
+	if op == "get" {
+		return printRead(stdout, resp, body)
+	}
+	_, err = stdout.Write(body)
+	return err
+}
+
+// printRead shows a read with values decoded to text where they are text.
+func printRead(w io.Writer, resp *http.Response, body []byte) error {
+	if resp.StatusCode == http.StatusNotFound {
+		fmt.Fprintf(w, "not found (context %s)\n", resp.Header.Get("X-Repl-Context"))
+		return nil
+	}
+	var r struct {
+		Key      string   `json:"key"`
+		Context  string   `json:"context"`
+		Values   [][]byte `json:"values"`
+		Conflict bool     `json:"conflict"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return fmt.Errorf("decode response: %w", err)
+	}
+	for _, v := range r.Values {
+		fmt.Fprintf(w, "%s\n", v)
+	}
+	fmt.Fprintf(w, "context %s", r.Context)
+	if r.Conflict {
+		fmt.Fprint(w, " (conflict: more than one value)")
+	}
+	fmt.Fprintln(w)
+	return nil
+}
+
+func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("conflicts", "list [--status S] | resolve ID VALUE", stderr)
+	var c clientFlags
+	c.register(fs)
+	status := fs.String("status", "", "list only this status: logged, open or resolved")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return fmt.Errorf("%w: want list or resolve", errUsage)
+	}
+	switch rest[0] {
+	case "list":
+		q := ""
+		if *status != "" {
+			q = "?status=" + url.QueryEscape(*status)
+		}
+		_, body, err := c.do(ctx, http.MethodGet, "/v1/conflicts"+q, nil, nil)
+		if err != nil {
+			return err
+		}
+		return indent(stdout, body)
+	case "resolve":
+		if len(rest) != 3 {
+			return fmt.Errorf("%w: conflicts resolve ID VALUE", errUsage)
+		}
+		req, _ := json.Marshal(map[string]string{"value": base64.StdEncoding.EncodeToString([]byte(rest[2]))})
+		_, body, err := c.do(ctx, http.MethodPost, "/v1/conflicts/"+url.PathEscape(rest[1])+"/resolve", bytes.NewReader(req), map[string]string{"Content-Type": "application/json"})
+		if err != nil {
+			return err
+		}
+		return indent(stdout, body)
+	}
+	return fmt.Errorf("%w: unknown conflicts operation %q: want list or resolve", errUsage, rest[0])
+}
+
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("status", "[--addr URL]", stderr)
+	var c clientFlags
+	c.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	_, body, err := c.do(ctx, http.MethodGet, "/v1/status", nil, nil)
+	if err != nil {
+		return err
+	}
+	return indent(stdout, body)
+}
+
+func indent(w io.Writer, body []byte) error {
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, body, "", "  "); err != nil {
+		_, err = w.Write(body)
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+// cmdInspect decodes events. With file arguments it decodes each file; with
+// none it decodes stdin, which is how `nats --translate 'replicator
+// inspect'` calls it (one message body on stdin per call).
+func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("inspect", "[FILE...]  (reads stdin when no file is given)", stderr)
+	compact := fs.Bool("compact", false, "one line of JSON per event")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var inputs [][]byte
+	if fs.NArg() == 0 {
+		b, err := io.ReadAll(bufio.NewReader(os.Stdin))
+		if err != nil {
+			return err
+		}
+		inputs = append(inputs, b)
+	}
+	for _, f := range fs.Args() {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		inputs = append(inputs, b)
+	}
+	for _, b := range inputs {
+		ev, err := event.Decode(b, event.DefaultLimits())
+		if err != nil {
+			return fmt.Errorf("not a replicator event: %w", err)
+		}
+		j, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		if *compact {
+			fmt.Fprintf(stdout, "%s\n", j)
+			continue
+		}
+		if err := indent(stdout, j); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,396 @@
+// Package demo runs several DCs in one process against one embedded NATS
+// server, drives concurrent and conflicting writes through every DC, waits
+// for convergence and summarises what happened. It is what
+// `replicator demo` runs.
+package demo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/config"
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/node"
+)
+
+// Options configure a demo run.
+type Options struct {
+	Topology string // mesh, ring or star; default mesh
+	DCs      int    // number of DCs; default 3
+	Keys     int    // keys per resolver prefix; default 20
+	Writes   int    // writes per DC; default 300
+	Seed     uint64 // workload seed; default 1
+	// Timeout bounds the wait for convergence after the writes. Default 60s.
+	Timeout time.Duration
+	// Dir holds the DCs' data; default a temporary directory, removed after.
+	Dir string
+	// Progress receives progress lines; nil discards them.
+	Progress io.Writer
+	Logger   *slog.Logger
+}
+
+// Summary is the result of a run; its JSON form is `replicator demo --json`.
+type Summary struct {
+	Converged bool              `json:"converged"`
+	Topology  string            `json:"topology"`
+	DCs       int               `json:"dcs"`
+	Writes    int               `json:"writes"`
+	Conflicts map[string]int    `json:"conflicts"`
+	Digests   map[string]string `json:"digests"`
+	ElapsedMS int64             `json:"elapsed_ms"`
+
+	// Not in the JSON object: the table shows them.
+	WritePhase  time.Duration `json:"-"`
+	ConvergeLag time.Duration `json:"-"`
+	Published   uint64        `json:"-"`
+	Applied     uint64        `json:"-"`
+	Names       []string      `json:"-"`
+}
+
+// The prefixes the demo writes under, one per resolver.
+var prefixes = []struct{ prefix, resolver string }{
+	{"user/", config.Siblings},
+	{"title/", config.LWW},
+	{"owner/", config.Priority},
+	{"path/", config.Concat},
+	{"tags/", config.Union},
+	{"doc/", config.Record},
+}
+
+func (o *Options) defaults() {
+	if o.Topology == "" {
+		o.Topology = config.Mesh
+	}
+	if o.DCs == 0 {
+		o.DCs = 3
+	}
+	if o.Keys == 0 {
+		o.Keys = 20
+	}
+	if o.Writes == 0 {
+		o.Writes = 300
+	}
+	if o.Seed == 0 {
+		o.Seed = 1
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 60 * time.Second
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Run runs the demo. It returns an error only when the demo could not run;
+// a run that did not converge returns a Summary with Converged false.
+func Run(ctx context.Context, o Options) (Summary, error) {
+	o.defaults()
+	start := time.Now()
+	if o.Dir == "" {
+		dir, err := os.MkdirTemp("", "replicator-demo-")
+		if err != nil {
+			return Summary{}, err
+		}
+		defer os.RemoveAll(dir)
+		o.Dir = dir
+	}
+	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(o.Dir, "nats"), JetStream: true, ServerName: "demo"})
+	if err != nil {
+		return Summary{}, err
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+
+	names := make([]string, o.DCs)
+	for i := range names {
+		names[i] = fmt.Sprintf("dc%d", i+1)
+	}
+	var nodes []*node.Node
+	defer func() {
+		for _, n := range nodes {
+			n.Close()
+		}
+	}()
+	for _, dc := range names {
+		cfg := Config(dc, names, o.Topology, filepath.Join(o.Dir, dc))
+		n, err := node.New(cfg, node.Options{Logger: o.Logger, NATSURL: ns.ClientURL(), NoHTTP: true, ReportInterval: 200 * time.Millisecond})
+		if err != nil {
+			return Summary{}, fmt.Errorf("demo: %s: %w", dc, err)
+		}
+		nodes = append(nodes, n)
+		if err := n.Start(ctx); err != nil {
+			return Summary{}, fmt.Errorf("demo: start %s: %w", dc, err)
+		}
+	}
+	fmt.Fprintf(o.Progress, "started %d DCs (%s) on embedded NATS %s\n", o.DCs, o.Topology, ns.ClientURL())
+
+	writeStart := time.Now()
+	var done atomic.Int64
+	total := int64(o.DCs * o.Writes)
+	stopProgress := progress(o.Progress, "writing", &done, total)
+	errs := make(chan error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- drive(ctx, n, i, o, &done)
+		}()
+	}
+	wg.Wait()
+	stopProgress()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return Summary{}, err
+		}
+	}
+	writePhase := time.Since(writeStart)
+	fmt.Fprintf(o.Progress, "%d writes in %s; waiting for convergence\n", total, writePhase.Round(time.Millisecond))
+
+	conv := time.Now()
+	converged, digests := waitConverged(ctx, nodes, o.Timeout)
+	s := Summary{
+		Converged:   converged,
+		Topology:    o.Topology,
+		DCs:         o.DCs,
+		Writes:      int(total),
+		Conflicts:   conflicts(nodes),
+		Digests:     digests,
+		WritePhase:  writePhase,
+		ConvergeLag: time.Since(conv),
+		Names:       names,
+	}
+	for _, n := range nodes {
+		st := n.Replicator().Stats()
+		s.Published += st.Published
+		s.Applied += st.Applied
+	}
+	s.ElapsedMS = time.Since(start).Milliseconds()
+	return s, nil
+}
+
+// Config is the configuration of one demo DC.
+func Config(dc string, dcs []string, topology, dir string) config.Config {
+	cfg := config.Default()
+	cfg.DC, cfg.DCs, cfg.Topology, cfg.DataDir = dc, dcs, topology, dir
+	cfg.Partitions = 8
+	if topology == config.Star {
+		cfg.Hub = dcs[0]
+	}
+	for _, p := range prefixes {
+		r := config.Rule{Prefix: p.prefix, Resolver: p.resolver}
+		switch p.resolver {
+		case config.Priority:
+			r.Priority = dcs
+		case config.Concat:
+			r.Separator = "/"
+		}
+		cfg.Resolvers.Rules = append(cfg.Resolvers.Rules, r)
+	}
+	cfg.Complete()
+	return cfg
+}
+
+// drive writes o.Writes times at one DC: mostly read-modify-writes with the
+// context from a local read, some blind writes, some deletes, all on keys
+// the other DCs write too, so conflicts happen.
+func drive(ctx context.Context, n *node.Node, i int, o Options, done *atomic.Int64) error {
+	rng := rand.New(rand.NewPCG(o.Seed, uint64(i)))
+	dc := fmt.Sprintf("dc%d", i+1)
+	for w := 0; w < o.Writes; w++ {
+		p := prefixes[rng.IntN(len(prefixes))]
+		key := fmt.Sprintf("%s%d", p.prefix, rng.IntN(o.Keys))
+		op := changelog.WriteOp{Key: key, Value: []byte(fmt.Sprintf("%s-%d", dc, w))}
+		if p.resolver == config.Union {
+			op.Value = []byte(fmt.Sprintf(`["%s","%s-%d"]`, dc, dc, w%5))
+		}
+		if rng.IntN(3) > 0 {
+			_, st, _, err := n.Read(key)
+			if err != nil {
+				return err
+			}
+			op.Context = st.Clock
+		}
+		if rng.IntN(20) == 0 {
+			op.Delete, op.Value = true, nil
+		}
+		if _, err := n.Write(ctx, op); err != nil {
+			return fmt.Errorf("demo: write %s at %s: %w", key, dc, err)
+		}
+		done.Add(1)
+	}
+	return nil
+}
+
+// waitConverged polls until every DC shows the same digest and applied
+// vector twice in a row, or the timeout passes.
+func waitConverged(ctx context.Context, nodes []*node.Node, timeout time.Duration) (bool, map[string]string) {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	stable := 0
+	var digests map[string]string
+	for {
+		var same bool
+		digests, same = snapshot(nodes)
+		if same {
+			stable++
+		} else {
+			stable = 0
+		}
+		if stable >= 2 {
+			return true, digests
+		}
+		if time.Now().After(deadline) {
+			return false, digests
+		}
+		select {
+		case <-ctx.Done():
+			return false, digests
+		case <-tick.C:
+		}
+	}
+}
+
+func snapshot(nodes []*node.Node) (map[string]string, bool) {
+	digests := map[string]string{}
+	same := true
+	var first string
+	var firstApplied changelog.Applied
+	for i, n := range nodes {
+		d, err := n.Store().Digest()
+		if err != nil {
+			return digests, false
+		}
+		digests[n.Store().DC()] = d.Hex()
+		a := n.Store().Applied()
+		if n.Store().OutboxDepth() > 0 {
+			same = false
+		}
+		if i == 0 {
+			first, firstApplied = d.Hex(), a
+			continue
+		}
+		if d.Hex() != first || !a.LessEq(firstApplied) || !firstApplied.LessEq(a) {
+			same = false
+		}
+	}
+	return digests, same
+}
+
+// conflicts counts, per resolver, the keys that saw concurrent versions:
+// entries of any DC's conflict log (lww, priority, record), and keys still
+// holding more than one sibling (siblings, concat, union).
+func conflicts(nodes []*node.Node) map[string]int {
+	keys := map[string]map[string]bool{}
+	add := func(resolver, key string) {
+		if keys[resolver] == nil {
+			keys[resolver] = map[string]bool{}
+		}
+		keys[resolver][key] = true
+	}
+	for _, n := range nodes {
+		cs, err := n.Store().Conflicts(changelog.ConflictFilter{})
+		if err == nil {
+			for _, c := range cs {
+				add(c.Resolver, c.Key)
+			}
+		}
+	}
+	if len(nodes) > 0 {
+		n := nodes[0]
+		_ = n.Store().Scan("", func(key string, st dvv.State) error {
+			if st.LiveCount() > 1 {
+				add(n.Rules().For(key).Name(), key)
+			}
+			return nil
+		})
+	}
+	out := map[string]int{}
+	for _, p := range prefixes {
+		out[p.resolver] = len(keys[p.resolver])
+	}
+	return out
+}
+
+func progress(w io.Writer, what string, done *atomic.Int64, total int64) func() {
+	stop := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				fmt.Fprintf(w, "\r%s: %d/%d\n", what, done.Load(), total)
+				return
+			case <-t.C:
+				fmt.Fprintf(w, "\r%s: %d/%d", what, done.Load(), total)
+			}
+		}
+	}()
+	return func() { close(stop); <-finished }
+}
+
+// WriteTable prints the summary for people.
+func WriteTable(w io.Writer, s Summary) {
+	fmt.Fprintf(w, "topology %s, %d DCs, %d writes\n\n", s.Topology, s.DCs, s.Writes)
+	fmt.Fprintf(w, "%-6s %s\n", "DC", "digest")
+	names := append([]string(nil), s.Names...)
+	sort.Strings(names)
+	for _, dc := range names {
+		fmt.Fprintf(w, "%-6s %s\n", dc, s.Digests[dc])
+	}
+	fmt.Fprintf(w, "\n%-10s %s\n", "resolver", "keys with concurrent versions")
+	for _, p := range prefixes {
+		fmt.Fprintf(w, "%-10s %d   (prefix %s)\n", p.resolver, s.Conflicts[p.resolver], p.prefix)
+	}
+	rate := float64(s.Writes) / s.WritePhase.Seconds()
+	fmt.Fprintf(w, "\nwrite phase     %s (%.0f durable writes/s across DCs)\n", s.WritePhase.Round(time.Millisecond), rate)
+	fmt.Fprintf(w, "converged after %s once writes stopped\n", s.ConvergeLag.Round(time.Millisecond))
+	fmt.Fprintf(w, "events          %d published, %d applied\n", s.Published, s.Applied)
+	if s.Converged {
+		fmt.Fprintf(w, "\nCONVERGED: every DC holds the same state (digest %s)\n", short(s.Digests[names[0]]))
+	} else {
+		fmt.Fprintf(w, "\nNOT CONVERGED within the timeout: digests differ\n")
+	}
+}
+
+func short(h string) string {
+	if len(h) > 16 {
+		return h[:16]
+	}
+	return h
+}
+
+// WriteJSON prints the summary as one JSON object.
+func WriteJSON(w io.Writer, s Summary) error {
+	return json.NewEncoder(w).Encode(s)
+}
+
+var errNotConverged = errors.New("demo: not converged")
+
+// Err returns an error when the run did not converge.
+func (s Summary) Err() error {
+	if !s.Converged {
+		return errNotConverged
+	}
+	return nil
+}

@@ -1,0 +1,102 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/resolve"
+)
+
+// Backend is what the API handlers need from the sidecar.
+type Backend interface {
+	// Write commits a local write and returns once it is durable.
+	Write(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error)
+	// Get returns a key's state; ok is false when nothing is stored.
+	Get(key string) (st dvv.State, ok bool, err error)
+	// Scan calls fn for every key starting with prefix, in key order; an
+	// error from fn stops the scan and is returned.
+	Scan(prefix string, fn func(key string, st dvv.State) error) error
+	// Digest summarises the whole key state.
+	Digest() (changelog.Digest, error)
+	// Conflicts lists the conflict log.
+	Conflicts(f changelog.ConflictFilter) ([]changelog.Conflict, error)
+	// Conflict returns one conflict log entry, or an error wrapping
+	// changelog.ErrNotFound.
+	Conflict(id string) (changelog.Conflict, error)
+	// Resolver returns the key's resolver, the same one the store uses.
+	Resolver(key string) resolve.Resolver
+	// Status is GET /v1/status: anything that encodes to JSON.
+	Status() any
+	// Ready is nil when the sidecar can serve requests; otherwise it says
+	// why not, for /healthz.
+	Ready() error
+}
+
+var _ Backend = StoreBackend{}
+
+// StoreBackend is the Backend over a changelog.Store.
+type StoreBackend struct {
+	Store *changelog.Store
+	// Rules picks each key's resolver; it must be the rule set the store
+	// was opened with. Nil means siblings for every key, the store's
+	// default.
+	Rules *resolve.Rules
+	// StatusFn builds GET /v1/status. Nil gives the DC and partition count.
+	StatusFn func() any
+	// ReadyFn, if set, is asked by /healthz after the store is checked,
+	// for the node's own readiness (links up, caught up).
+	ReadyFn func() error
+}
+
+// Write implements Backend.
+func (b StoreBackend) Write(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+	return b.Store.Write(ctx, op)
+}
+
+// Get implements Backend.
+func (b StoreBackend) Get(key string) (dvv.State, bool, error) { return b.Store.Get(key) }
+
+// Scan implements Backend.
+func (b StoreBackend) Scan(prefix string, fn func(string, dvv.State) error) error {
+	return b.Store.Scan(prefix, fn)
+}
+
+// Digest implements Backend.
+func (b StoreBackend) Digest() (changelog.Digest, error) { return b.Store.Digest() }
+
+// Conflicts implements Backend.
+func (b StoreBackend) Conflicts(f changelog.ConflictFilter) ([]changelog.Conflict, error) {
+	return b.Store.Conflicts(f)
+}
+
+// Conflict implements Backend.
+func (b StoreBackend) Conflict(id string) (changelog.Conflict, error) { return b.Store.Conflict(id) }
+
+// Resolver implements Backend.
+func (b StoreBackend) Resolver(key string) resolve.Resolver {
+	if b.Rules == nil {
+		return resolve.Siblings()
+	}
+	return b.Rules.For(key)
+}
+
+// Status implements Backend.
+func (b StoreBackend) Status() any {
+	if b.StatusFn != nil {
+		return b.StatusFn()
+	}
+	return map[string]any{"dc": b.Store.DC(), "partitions": b.Store.Partitions()}
+}
+
+// Ready implements Backend.
+func (b StoreBackend) Ready() error {
+	if b.Store == nil {
+		return errors.New("no store is open")
+	}
+	if b.ReadyFn != nil {
+		return b.ReadyFn()
+	}
+	return nil
+}

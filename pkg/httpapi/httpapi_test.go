@@ -1,0 +1,643 @@
+package httpapi
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/dvv"
+)
+
+// The wire shapes, spelled out independently of the handler's types so a
+// renamed field fails here.
+type (
+	keyResp struct {
+		Key      string    `json:"key"`
+		Context  string    `json:"context"`
+		Values   [][]byte  `json:"values"`
+		Siblings []sibResp `json:"siblings"`
+		Conflict bool      `json:"conflict"`
+		Resolver string    `json:"resolver"`
+		Dot      string    `json:"dot"`
+		Error    string    `json:"error"`
+	}
+	sibResp struct {
+		Value   []byte `json:"value"`
+		Deleted bool   `json:"deleted"`
+		Origin  string `json:"origin"`
+		Dot     string `json:"dot"`
+		HLC     uint64 `json:"hlc"`
+	}
+	writeResp struct {
+		Key     string `json:"key"`
+		Context string `json:"context"`
+		Dot     string `json:"dot"`
+	}
+	errResp struct {
+		Error string `json:"error"`
+	}
+	conflictResp struct {
+		ID        string `json:"id"`
+		Key       string `json:"key"`
+		Resolver  string `json:"resolver"`
+		Status    string `json:"status"`
+		Context   string `json:"context"`
+		Kept      []sibResp
+		Discarded []sibResp
+	}
+)
+
+func strs(vals [][]byte) []string {
+	out := make([]string, len(vals))
+	for i, v := range vals {
+		out[i] = string(v)
+	}
+	return out
+}
+
+// put writes key=value with ctx ("" for a blind write) and checks the
+// answer; it returns the new context.
+func (f *fixture) put(t *testing.T, key, value, ctx string) string {
+	t.Helper()
+	h := http.Header{}
+	if ctx != "" {
+		h.Set(ContextHeader, ctx)
+	}
+	w := f.do(t, req{method: "PUT", target: "/v1/kv/" + key, body: value, header: h})
+	wantStatus(t, w, http.StatusOK)
+	got := decode[writeResp](t, w)
+	if got.Key != key || got.Context == "" || got.Dot == "" {
+		t.Fatalf("PUT %s: answer %+v, want key, context and dot", key, got)
+	}
+	if hc := w.Header().Get(ContextHeader); hc != got.Context {
+		t.Fatalf("PUT %s: %s header %q, body context %q", key, ContextHeader, hc, got.Context)
+	}
+	return got.Context
+}
+
+func (f *fixture) get(t *testing.T, key string, code int) keyResp {
+	t.Helper()
+	w := f.do(t, req{method: "GET", target: "/v1/kv/" + key})
+	wantStatus(t, w, code)
+	got := decode[keyResp](t, w)
+	if hc := w.Header().Get(ContextHeader); hc != got.Context {
+		t.Fatalf("GET %s: %s header %q, body context %q", key, ContextHeader, hc, got.Context)
+	}
+	return got
+}
+
+func TestKVContexts(t *testing.T) {
+	f := newFixture(t, Options{})
+
+	ctx1 := f.put(t, "k", "v1", "")
+	if ctx1 != "{dc1:1}" {
+		t.Fatalf("first write's context %q, want {dc1:1}", ctx1)
+	}
+	got := f.get(t, "k", http.StatusOK)
+	if got.Context != ctx1 || !slices.Equal(strs(got.Values), []string{"v1"}) || got.Conflict {
+		t.Fatalf("after one write: %+v", got)
+	}
+
+	// A write with the read's context replaces the value.
+	f.put(t, "k", "v2", got.Context)
+	got = f.get(t, "k", http.StatusOK)
+	if !slices.Equal(strs(got.Values), []string{"v2"}) || got.Conflict || len(got.Siblings) != 1 {
+		t.Fatalf("after a write with the read's context: %+v, want only v2", got)
+	}
+
+	// A blind write under siblings keeps both, flagged as a conflict.
+	f.put(t, "k", "v3", "")
+	got = f.get(t, "k", http.StatusOK)
+	if !slices.Equal(strs(got.Values), []string{"v2", "v3"}) || !got.Conflict || len(got.Siblings) != 2 || got.Resolver != "siblings" {
+		t.Fatalf("after a blind write: %+v, want siblings v2 and v3 with conflict", got)
+	}
+	for _, sb := range got.Siblings {
+		if sb.Origin != "dc1" || sb.Deleted || sb.HLC == 0 || !strings.HasPrefix(sb.Dot, "dc1:") {
+			t.Fatalf("sibling %+v: want origin dc1, a dot and an HLC", sb)
+		}
+	}
+
+	// Writing with that context resolves them.
+	f.put(t, "k", "v4", got.Context)
+	got = f.get(t, "k", http.StatusOK)
+	if !slices.Equal(strs(got.Values), []string{"v4"}) || got.Conflict {
+		t.Fatalf("after resolving: %+v, want only v4", got)
+	}
+
+	// A delete makes GET 404, with the context to write again with.
+	w := f.do(t, req{method: "DELETE", target: "/v1/kv/k", header: hdr(ContextHeader, got.Context)})
+	wantStatus(t, w, http.StatusOK)
+	del := decode[writeResp](t, w)
+	gone := f.get(t, "k", http.StatusNotFound)
+	if gone.Error == "" || gone.Key != "k" || gone.Context != del.Context || gone.Context == "{}" {
+		t.Fatalf("GET after delete: %+v, want an error, the key and the delete's context %s", gone, del.Context)
+	}
+	f.put(t, "k", "v5", gone.Context)
+	got = f.get(t, "k", http.StatusOK)
+	if !slices.Equal(strs(got.Values), []string{"v5"}) || len(got.Siblings) != 1 {
+		t.Fatalf("after re-creating with the 404's context: %+v, want only v5 and no tombstone", got)
+	}
+
+	// An absent key is a 404 with the empty context.
+	absent := f.get(t, "never", http.StatusNotFound)
+	if absent.Context != "{}" {
+		t.Fatalf("absent key's context %q, want {}", absent.Context)
+	}
+}
+
+func TestKVKeysWithSlashes(t *testing.T) {
+	f := newFixture(t, Options{})
+	tests := []struct {
+		target, key string
+	}{
+		{"/v1/kv/a/b/c", "a/b/c"},
+		{"/v1/kv/a%2F%2Fb", "a//b"},
+		{"/v1/kv/%2E%2E", ".."},
+		{"/v1/kv/sp%20ace", "sp ace"},
+		{"/v1/kv/%E2%82%AC", "€"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			w := f.do(t, req{method: "PUT", target: tt.target, body: "x"})
+			wantStatus(t, w, http.StatusOK)
+			if got := decode[writeResp](t, w).Key; got != tt.key {
+				t.Fatalf("PUT %s stored key %q, want %q", tt.target, got, tt.key)
+			}
+			if _, ok, _ := f.store.Get(tt.key); !ok {
+				t.Fatalf("store holds nothing for %q", tt.key)
+			}
+		})
+	}
+}
+
+func TestResolverViews(t *testing.T) {
+	f := newFixture(t, Options{})
+	tests := []struct {
+		key          string
+		wantValues   []string
+		wantSiblings int
+		wantConflict bool
+		wantResolver string
+	}{
+		// Concurrent writes at dc1 and dc2: siblings shows both,
+		// lww shows one (dc2's write came later in HLC-then-DC order),
+		// record shows both and flags them.
+		{"s/doc", []string{"local", "remote"}, 2, true, "siblings"},
+		{"l/doc", []string{"remote"}, 2, false, "lww"},
+		{"r/doc", []string{"local", "remote"}, 2, true, "record"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			f.put(t, tt.key, "local", "")
+			f.remoteWrite(t, tt.key, "remote")
+			got := f.get(t, tt.key, http.StatusOK)
+			if !slices.Equal(strs(got.Values), tt.wantValues) || len(got.Siblings) != tt.wantSiblings ||
+				got.Conflict != tt.wantConflict || got.Resolver != tt.wantResolver {
+				t.Fatalf("GET %s: values %q, %d siblings, conflict %v, resolver %s; want %q, %d, %v, %s",
+					tt.key, strs(got.Values), len(got.Siblings), got.Conflict, got.Resolver,
+					tt.wantValues, tt.wantSiblings, tt.wantConflict, tt.wantResolver)
+			}
+		})
+	}
+}
+
+func TestListPrefix(t *testing.T) {
+	f := newFixture(t, Options{})
+	for _, k := range []string{"a/1", "a/2", "a/3", "b/1"} {
+		f.put(t, k, "val-"+k, "")
+	}
+	w := f.do(t, req{method: "DELETE", target: "/v1/kv/a/2"})
+	wantStatus(t, w, http.StatusOK)
+
+	tests := []struct {
+		target   string
+		wantKeys []string
+	}{
+		{"/v1/kv?prefix=a/", []string{"a/1", "a/3"}},
+		{"/v1/kv?prefix=a/&limit=1", []string{"a/1"}},
+		{"/v1/kv", []string{"a/1", "a/3", "b/1"}},
+		{"/v1/kv?prefix=zzz", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.target, func(t *testing.T) {
+			w := f.do(t, req{method: "GET", target: tt.target})
+			wantStatus(t, w, http.StatusOK)
+			if ct := w.Header().Get("Content-Type"); ct != "application/x-ndjson" {
+				t.Fatalf("Content-Type %q, want application/x-ndjson", ct)
+			}
+			var keys []string
+			sc := bufio.NewScanner(w.Body)
+			for sc.Scan() {
+				var line keyResp
+				if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+					t.Fatalf("line %q: %v", sc.Text(), err)
+				}
+				if want := "val-" + line.Key; len(line.Values) != 1 || string(line.Values[0]) != want || line.Context == "" {
+					t.Fatalf("line %s: want one value %q and a context", sc.Text(), want)
+				}
+				keys = append(keys, line.Key)
+			}
+			if !slices.Equal(keys, tt.wantKeys) {
+				t.Fatalf("keys %q, want %q", keys, tt.wantKeys)
+			}
+		})
+	}
+}
+
+func TestDigest(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.put(t, "a", "1", "")
+	f.put(t, "b", "2", "")
+	w := f.do(t, req{method: "GET", target: "/v1/digest"})
+	wantStatus(t, w, http.StatusOK)
+	got := decode[struct {
+		Digest     string   `json:"digest"`
+		Keys       int      `json:"keys"`
+		Partitions []string `json:"partitions"`
+	}](t, w)
+	want, err := f.store.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Digest != want.Hex() || got.Keys != 2 || len(got.Partitions) != testPartitions {
+		t.Fatalf("digest %+v, want %s over 2 keys and %d partitions", got, want.Hex(), testPartitions)
+	}
+}
+
+func TestConflicts(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.put(t, "r/doc", "B", "")
+	f.remoteWrite(t, "r/doc", "C")
+	f.put(t, "l/doc", "B", "")
+	f.remoteWrite(t, "l/doc", "C")
+
+	w := f.do(t, req{method: "GET", target: "/v1/conflicts?status=open"})
+	wantStatus(t, w, http.StatusOK)
+	open := decode[[]conflictResp](t, w)
+	if len(open) != 1 || open[0].Key != "r/doc" || open[0].Resolver != "record" || len(open[0].Kept) != 2 || open[0].Context == "" {
+		t.Fatalf("open conflicts %+v, want the record of r/doc with both versions", open)
+	}
+	w = f.do(t, req{method: "GET", target: "/v1/conflicts?status=logged&prefix=l/"})
+	wantStatus(t, w, http.StatusOK)
+	logged := decode[[]conflictResp](t, w)
+	if len(logged) != 1 || logged[0].Key != "l/doc" || len(logged[0].Discarded) != 1 || string(logged[0].Discarded[0].Value) != "B" {
+		t.Fatalf("logged conflicts %+v, want lww's loser B of l/doc", logged)
+	}
+	w = f.do(t, req{method: "GET", target: "/v1/conflicts?status=open&prefix=nothing/"})
+	wantStatus(t, w, http.StatusOK)
+	if body := strings.TrimSpace(w.Body.String()); body != "[]" {
+		t.Fatalf("empty listing %q, want []", body)
+	}
+
+	w = f.do(t, req{method: "GET", target: "/v1/conflicts/" + open[0].ID})
+	wantStatus(t, w, http.StatusOK)
+	if c := decode[conflictResp](t, w); c.ID != open[0].ID || c.Status != "open" {
+		t.Fatalf("GET conflict: %+v", c)
+	}
+
+	resolveURL := "/v1/conflicts/" + open[0].ID + "/resolve"
+	badBodies := []struct {
+		name, body string
+		code       int
+	}{
+		{"not json", `B+C`, http.StatusBadRequest},
+		{"nothing", `{}`, http.StatusBadRequest},
+		{"two values", `{"value_text":"a","delete":true}`, http.StatusBadRequest},
+		{"unknown field", `{"vaule_text":"a"}`, http.StatusBadRequest},
+		{"bad base64", `{"value":"!!"}`, http.StatusBadRequest},
+		{"trailing", `{"value_text":"a"} {}`, http.StatusBadRequest},
+	}
+	for _, tt := range badBodies {
+		t.Run(tt.name, func(t *testing.T) {
+			w := f.do(t, req{method: "POST", target: resolveURL, body: tt.body})
+			wantStatus(t, w, tt.code)
+			if decode[errResp](t, w).Error == "" {
+				t.Fatal("no error message")
+			}
+		})
+	}
+
+	w = f.do(t, req{method: "POST", target: resolveURL, body: `{"value_text":"B+C"}`})
+	wantStatus(t, w, http.StatusOK)
+	res := decode[keyResp](t, w)
+	if !slices.Equal(strs(res.Values), []string{"B+C"}) || res.Conflict || len(res.Siblings) != 1 || res.Dot == "" {
+		t.Fatalf("resolution answer %+v, want the one value B+C", res)
+	}
+	if got := f.get(t, "r/doc", http.StatusOK); !slices.Equal(strs(got.Values), []string{"B+C"}) {
+		t.Fatalf("GET after resolving: %+v", got)
+	}
+	w = f.do(t, req{method: "GET", target: "/v1/conflicts/" + open[0].ID})
+	wantStatus(t, w, http.StatusOK)
+	if c := decode[conflictResp](t, w); c.Status != "resolved" {
+		t.Fatalf("conflict after resolving: status %q, want resolved", c.Status)
+	}
+
+	refused := []struct {
+		name, id string
+		code     int
+		msg      string
+	}{
+		{"again", open[0].ID, http.StatusConflict, "not open"},
+		{"logged", logged[0].ID, http.StatusConflict, "automatically"},
+		{"unknown", "nope", http.StatusNotFound, "no conflict"},
+	}
+	for _, tt := range refused {
+		t.Run(tt.name, func(t *testing.T) {
+			w := f.do(t, req{method: "POST", target: "/v1/conflicts/" + tt.id + "/resolve", body: `{"delete":true}`})
+			wantStatus(t, w, tt.code)
+			if msg := decode[errResp](t, w).Error; !strings.Contains(msg, tt.msg) {
+				t.Fatalf("error %q, want it to mention %q", msg, tt.msg)
+			}
+		})
+	}
+}
+
+func TestAuth(t *testing.T) {
+	f := newFixture(t, Options{Token: "s3cret"})
+	tests := []struct {
+		name, target, auth string
+		code               int
+	}{
+		{"healthz needs no token", "/healthz", "", http.StatusOK},
+		{"no token", "/v1/status", "", http.StatusUnauthorized},
+		{"wrong token", "/v1/status", "Bearer nope", http.StatusUnauthorized},
+		{"token prefix", "/v1/status", "Bearer s3cre", http.StatusUnauthorized},
+		{"basic scheme", "/v1/status", "Basic s3cret", http.StatusUnauthorized},
+		{"right token", "/v1/status", "Bearer s3cret", http.StatusOK},
+		{"scheme case", "/v1/status", "bearer s3cret", http.StatusOK},
+		{"unknown route without token", "/nope", "", http.StatusUnauthorized},
+		{"kv without token", "/v1/kv/x", "", http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			if tt.auth != "" {
+				h.Set("Authorization", tt.auth)
+			}
+			w := f.do(t, req{method: "GET", target: tt.target, header: h})
+			wantStatus(t, w, tt.code)
+			if tt.code == http.StatusUnauthorized && decode[errResp](t, w).Error == "" {
+				t.Fatal("401 without an error message")
+			}
+		})
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	f := newFixture(t, Options{MaxBodyBytes: 16, MaxKeyBytes: 8})
+	tests := []struct {
+		name string
+		r    req
+		code int
+		msg  string // a fragment the error must contain
+	}{
+		{"oversize body", req{method: "PUT", target: "/v1/kv/k", body: strings.Repeat("x", 17)}, http.StatusRequestEntityTooLarge, "limit"},
+		{"bad context", req{method: "PUT", target: "/v1/kv/k", header: hdr(ContextHeader, "{dc1:x}")}, http.StatusBadRequest, ContextHeader},
+		{"bad context id", req{method: "DELETE", target: "/v1/kv/k", header: hdr(ContextHeader, "{d c:1}")}, http.StatusBadRequest, ContextHeader},
+		{"absurd counter", req{method: "PUT", target: "/v1/kv/k", header: hdr(ContextHeader, "{dc1:18446744073709551615}")}, http.StatusBadRequest, "absurd"},
+		{"two contexts", req{method: "PUT", target: "/v1/kv/k", header: hdr(ContextHeader, "{}", ContextHeader, "{}")}, http.StatusBadRequest, "2 times"},
+		{"empty key", req{method: "PUT", target: "/v1/kv/"}, http.StatusBadRequest, "empty"},
+		{"no key", req{method: "PUT", target: "/v1/kv"}, http.StatusBadRequest, "needs a key"},
+		{"long key", req{method: "GET", target: "/v1/kv/123456789"}, http.StatusBadRequest, "limit"},
+		{"invalid utf-8", req{method: "PUT", target: "/v1/kv/%FF"}, http.StatusBadRequest, "UTF-8"},
+		{"control char", req{method: "GET", target: "/v1/kv/a%0Ab"}, http.StatusBadRequest, "control"},
+		{"unencoded empty segment", req{method: "GET", target: "/v1/kv/a//b"}, http.StatusBadRequest, "percent-encode"},
+		{"unencoded dot segment", req{method: "PUT", target: "/v1/kv/a/../b"}, http.StatusBadRequest, "percent-encode"},
+		{"unknown route", req{method: "GET", target: "/v2/kv/a"}, http.StatusNotFound, "no route"},
+		{"wrong method", req{method: "POST", target: "/v1/kv/a"}, http.StatusMethodNotAllowed, "not allowed"},
+		{"wrong method on digest", req{method: "DELETE", target: "/v1/digest"}, http.StatusMethodNotAllowed, "GET"},
+		{"unknown parameter", req{method: "GET", target: "/v1/kv?prefx=a"}, http.StatusBadRequest, "prefix, limit"},
+		{"repeated parameter", req{method: "GET", target: "/v1/kv?prefix=a&prefix=b"}, http.StatusBadRequest, "2 times"},
+		{"bad limit", req{method: "GET", target: "/v1/kv?limit=-1"}, http.StatusBadRequest, "positive"},
+		{"bad escape in query", req{method: "GET", target: "/v1/kv?prefix=%zz"}, http.StatusBadRequest, "malformed"},
+		{"bad status", req{method: "GET", target: "/v1/conflicts?status=closed"}, http.StatusBadRequest, "open, logged or resolved"},
+		{"resolution too large", req{method: "POST", target: "/v1/conflicts/x/resolve", body: `{"value_text":"` + strings.Repeat("x", 17) + `"}`}, http.StatusRequestEntityTooLarge, "limit"},
+		{"watch disabled", req{method: "GET", target: "/v1/watch"}, http.StatusNotFound, "not enabled"},
+		{"metrics disabled", req{method: "GET", target: "/metrics"}, http.StatusNotFound, "not enabled"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := f.do(t, tt.r)
+			wantStatus(t, w, tt.code)
+			if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+				t.Fatalf("Content-Type %q, want application/json", ct)
+			}
+			if msg := decode[errResp](t, w).Error; !strings.Contains(msg, tt.msg) {
+				t.Fatalf("error %q, want it to mention %q", msg, tt.msg)
+			}
+		})
+	}
+	if n, err := f.store.Digest(); err != nil || n.Keys != 0 {
+		t.Fatalf("bad requests stored %d keys (err %v), want none", n.Keys, err)
+	}
+}
+
+func TestMethodNotAllowedListsMethods(t *testing.T) {
+	f := newFixture(t, Options{})
+	w := f.do(t, req{method: "PATCH", target: "/v1/kv/a"})
+	wantStatus(t, w, http.StatusMethodNotAllowed)
+	if got := w.Header().Get("Allow"); got != "GET, PUT, DELETE, HEAD" {
+		t.Fatalf("Allow %q, want GET, PUT, DELETE, HEAD", got)
+	}
+}
+
+func TestHealthz(t *testing.T) {
+	rules := testRules(t)
+	st := openStore(t, "dc1", rules, nil)
+	tests := []struct {
+		name  string
+		ready error
+		code  int
+	}{
+		{"ready", nil, http.StatusOK},
+		{"not ready", errors.New("bridge not started"), http.StatusServiceUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := New(StoreBackend{Store: st, Rules: rules, ReadyFn: func() error { return tt.ready }}, Options{})
+			w := serve(h, req{method: "GET", target: "/healthz"})
+			wantStatus(t, w, tt.code)
+			if tt.ready != nil && !strings.Contains(decode[errResp](t, w).Error, tt.ready.Error()) {
+				t.Fatalf("503 body %q does not give the reason", w.Body.String())
+			}
+		})
+	}
+}
+
+func TestStatus(t *testing.T) {
+	st := openStore(t, "dc1", nil, nil)
+	h := New(StoreBackend{Store: st, StatusFn: func() any { return map[string]string{"dc": "dc1", "topology": "mesh"} }}, Options{})
+	w := serve(h, req{method: "GET", target: "/v1/status"})
+	wantStatus(t, w, http.StatusOK)
+	if got := decode[map[string]string](t, w); got["topology"] != "mesh" {
+		t.Fatalf("status %v", got)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	f := newFixture(t, Options{Registry: reg})
+	f.put(t, "k", "v", "")
+	f.do(t, req{method: "GET", target: "/nope"})
+	// A second handler on the same registry shares the collectors.
+	New(StoreBackend{Store: f.store}, Options{Registry: reg})
+
+	w := f.do(t, req{method: "GET", target: "/metrics"})
+	wantStatus(t, w, http.StatusOK)
+	body := w.Body.String()
+	for _, want := range []string{
+		`replicator_http_requests_total{code="200",method="PUT",route="PUT /v1/kv/{key...}"} 1`,
+		`replicator_http_requests_total{code="404",method="GET",route="unmatched"} 1`,
+		`replicator_http_request_duration_seconds_count{method="PUT",route="PUT /v1/kv/{key...}"} 1`,
+		`replicator_http_watchers 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// panicBackend panics on every read, to exercise the last-resort recovery.
+type panicBackend struct{ Backend }
+
+func (panicBackend) Get(string) (dvv.State, bool, error) { panic("boom") }
+
+func TestRecoverPanic(t *testing.T) {
+	h := New(panicBackend{}, Options{Logger: slog.New(slog.DiscardHandler)})
+	w := serve(h, req{method: "GET", target: "/v1/kv/k"})
+	wantStatus(t, w, http.StatusInternalServerError)
+	if decode[errResp](t, w).Error == "" {
+		t.Fatal("500 without an error message")
+	}
+}
+
+func TestWatch(t *testing.T) {
+	hub := NewHub(0)
+	defer hub.Close()
+	rules := testRules(t)
+	st := openStore(t, "dc1", rules, hub.Publish)
+	srv := httptest.NewServer(New(StoreBackend{Store: st, Rules: rules}, Options{Watch: hub}))
+	defer srv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hr, err := http.NewRequestWithContext(ctx, "GET", srv.URL+"/v1/watch?prefix=w/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := srv.Client().Do(hr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("watch answered %s, %q", resp.Status, resp.Header.Get("Content-Type"))
+	}
+
+	// The subscription is live once the headers arrive.
+	for _, k := range []string{"x/other", "w/1"} {
+		if _, err := st.Write(ctx, changelog.WriteOp{Key: k, Value: []byte("v-" + k)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.Write(ctx, changelog.WriteOp{Key: "w/1", Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	type line struct {
+		keyResp
+		Op      string `json:"op"`
+		Origin  string `json:"origin"`
+		Deleted bool   `json:"deleted"`
+	}
+	sc := bufio.NewScanner(resp.Body)
+	var got []line
+	for len(got) < 2 && sc.Scan() {
+		var l line
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		got = append(got, l)
+	}
+	if len(got) != 2 {
+		t.Fatalf("got %d lines before the stream ended (%v), want 2", len(got), sc.Err())
+	}
+	if l := got[0]; l.Key != "w/1" || l.Op != "put" || l.Origin != "dc1" || l.Deleted || !slices.Equal(strs(l.Values), []string{"v-w/1"}) {
+		t.Fatalf("first line %+v, want the put of w/1", l)
+	}
+	if l := got[1]; l.Key != "w/1" || l.Op != "delete" || !l.Deleted || len(l.Values) != 0 || l.Context == "" {
+		t.Fatalf("second line %+v, want the delete of w/1", l)
+	}
+}
+
+// closedSource is a WatchSource whose subscriber has already fallen behind.
+type closedSource struct{}
+
+func (closedSource) Subscribe(string) (<-chan changelog.Change, func()) {
+	ch := make(chan changelog.Change)
+	close(ch)
+	return ch, func() {}
+}
+
+func TestWatchFellBehind(t *testing.T) {
+	st := openStore(t, "dc1", nil, nil)
+	h := New(StoreBackend{Store: st}, Options{Watch: closedSource{}})
+	w := serve(h, req{method: "GET", target: "/v1/watch"})
+	wantStatus(t, w, http.StatusOK)
+	if got := strings.TrimSpace(w.Body.String()); got != `{"error":"watcher fell behind; reconnect"}` {
+		t.Fatalf("stream %q, want the fell-behind line", got)
+	}
+}
+
+func TestHub(t *testing.T) {
+	change := func(k string) changelog.Change { return changelog.Change{Key: k} }
+	keys := func(ch <-chan changelog.Change) (out []string, closed bool) {
+		for {
+			select {
+			case c, ok := <-ch:
+				if !ok {
+					return out, true
+				}
+				out = append(out, c.Key)
+			default:
+				return out, false
+			}
+		}
+	}
+
+	hub := NewHub(2)
+	slow, cancelSlow := hub.Subscribe("")
+	filtered, cancelFiltered := hub.Subscribe("a/")
+	hub.Publish([]changelog.Change{change("a/1"), change("b/1"), change("a/2")})
+
+	if got, closed := keys(slow); !slices.Equal(got, []string{"a/1", "b/1"}) || !closed {
+		t.Fatalf("slow subscriber got %q, closed %v; want the two that fit, then closed", got, closed)
+	}
+	if got, closed := keys(filtered); !slices.Equal(got, []string{"a/1", "a/2"}) || closed {
+		t.Fatalf("prefix subscriber got %q, closed %v; want a/1 and a/2, still open", got, closed)
+	}
+	cancelSlow() // after the hub dropped it: no double close
+	cancelFiltered()
+	cancelFiltered()
+	if _, closed := keys(filtered); !closed {
+		t.Fatal("cancel did not close the channel")
+	}
+
+	hub.Close()
+	hub.Close()
+	late, _ := hub.Subscribe("")
+	if _, closed := keys(late); !closed || !hub.Closed() {
+		t.Fatal("subscribing to a closed hub must give a closed channel")
+	}
+	hub.Publish([]changelog.Change{change("a/3")}) // no subscribers, no panic
+}

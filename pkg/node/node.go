@@ -1,0 +1,376 @@
+// Package node wires one DC's sidecar: the Pebble change log, the
+// resolvers, the JetStream bridge and the HTTP API.
+//
+//	n, err := node.New(cfg, node.Options{Logger: log})
+//	err = n.Start(ctx) // NATS, streams, consumers, publisher, HTTP
+//	...
+//	n.Close()          // stop intake, flush the outbox, close Pebble
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/config"
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/hlc"
+	"github.com/replicatorhq/replicator/pkg/httpapi"
+	"github.com/replicatorhq/replicator/resolve"
+)
+
+// Options carry what a config file cannot: the logger, the metrics
+// registry, and for one-process setups a NATS URL to use instead of the
+// config's.
+type Options struct {
+	Logger *slog.Logger
+	// Registry receives the node's metrics; nil makes a private one.
+	Registry *prometheus.Registry
+	// NATSURL, if set, overrides the config's NATS settings (the demo runs
+	// every DC against one embedded server).
+	NATSURL string
+	// NoHTTP skips the HTTP listener (the demo and tests drive the node
+	// directly).
+	NoHTTP bool
+	// Now is the physical clock; default time.Now.
+	Now func() time.Time
+	// ReportInterval overrides the applied-vector exchange interval.
+	ReportInterval time.Duration
+}
+
+// Node is one DC's running sidecar.
+type Node struct {
+	cfg   config.Config
+	opts  Options
+	log   *slog.Logger
+	clock *hlc.Clock
+	rules *resolve.Rules
+	store *changelog.Store
+	hub   *httpapi.Hub
+	reg   *prometheus.Registry
+
+	ns   *server.Server
+	nc   *nats.Conn
+	repl *bridge.Replicator
+	http *http.Server
+	ln   net.Listener
+
+	once sync.Once
+}
+
+// New opens the DC's store. It starts nothing; Start connects and serves.
+func New(cfg config.Config, opts Options) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	rules, err := Rules(cfg)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:   cfg,
+		opts:  opts,
+		log:   opts.Logger.With("dc", cfg.DC),
+		clock: hlc.New(opts.Now, time.Duration(cfg.Durability.MaxClockDrift)),
+		rules: rules,
+		hub:   httpapi.NewHub(256),
+		reg:   opts.Registry,
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("node: data_dir %s: %w", cfg.DataDir, err)
+	}
+	st, err := changelog.Open(filepath.Join(cfg.DataDir, "store"), changelog.Options{
+		DC:         cfg.DC,
+		DCs:        cfg.DCs,
+		Partitions: cfg.Partitions,
+		NoSync:     !cfg.Durability.Fsync,
+		Clock:      n.clock,
+		Resolvers:  rules,
+		OnCommit:   n.hub.Publish,
+		Logger:     n.log,
+		Limits:     event.Limits{MaxKeyBytes: cfg.Limits.MaxKeyBytes, MaxValueBytes: cfg.Limits.MaxValueBytes},
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.clock.Restore(st.HLCHighWater())
+	n.store = st
+	if err := n.reg.Register(newCollector(n)); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("node: register metrics: %w", err)
+	}
+	return n, nil
+}
+
+// Rules builds the resolver rules of a config. An external rule uses its
+// fallback here: the external resolver needs the transport and is not
+// built yet.
+func Rules(cfg config.Config) (*resolve.Rules, error) {
+	build := func(r config.Rule) (resolve.Resolver, error) {
+		name := r.Resolver
+		if name == config.External {
+			name = r.Fallback
+		}
+		return resolve.ByName(name, resolve.Options{Order: r.Priority, Separator: r.Separator})
+	}
+	defRule := config.Rule{Resolver: cfg.Resolvers.Default}
+	if defRule.Resolver == config.Concat {
+		defRule.Separator = config.DefaultSeparator
+	}
+	def, err := build(defRule)
+	if err != nil {
+		return nil, fmt.Errorf("resolvers.default: %w", err)
+	}
+	var rs []resolve.Rule
+	for i, r := range cfg.Resolvers.Rules {
+		res, err := build(r)
+		if err != nil {
+			return nil, fmt.Errorf("resolvers.rules[%d]: %w", i, err)
+		}
+		rs = append(rs, resolve.Rule{Prefix: r.Prefix, Resolver: res})
+	}
+	return resolve.NewRules(def, rs)
+}
+
+// Start connects to NATS (starting the embedded server when configured),
+// starts replication and serves HTTP.
+func (n *Node) Start(ctx context.Context) error {
+	url := n.opts.NATSURL
+	if url == "" && n.cfg.NATS.UseEmbedded() {
+		host, port, err := splitListen(n.cfg.NATS.Listen)
+		if err != nil {
+			return err
+		}
+		ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{
+			StoreDir: filepath.Join(n.cfg.DataDir, "nats"), Host: host, Port: port,
+			JetStream: true, ServerName: n.cfg.DC, Domain: n.cfg.NATS.Domain,
+		})
+		if err != nil {
+			return err
+		}
+		n.ns = ns
+		url = ns.ClientURL()
+	} else if url == "" {
+		url = n.cfg.NATS.URL
+	}
+	nopts, err := n.natsOptions()
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(url, nopts...)
+	if err != nil {
+		return fmt.Errorf("node: connect to NATS at %s: %w", url, err)
+	}
+	n.nc = nc
+	plan, err := bridge.NewPlan(n.cfg.Topology, n.cfg.DC, n.cfg.DCs, n.cfg.Hub)
+	if err != nil {
+		return err
+	}
+	lim := event.Limits{MaxEventBytes: n.cfg.Limits.MaxEventBytes, MaxKeyBytes: n.cfg.Limits.MaxKeyBytes, MaxValueBytes: n.cfg.Limits.MaxValueBytes}
+	repl, err := bridge.New(bridge.Options{
+		Store: n.store, NC: nc, Domain: n.cfg.NATS.Domain, Plan: plan, DCs: n.cfg.DCs,
+		Partitions: n.cfg.Partitions, Limits: lim, Logger: n.log, Now: n.opts.Now,
+		Stream: bridge.StreamOptions{
+			Replicas:        n.cfg.Durability.StreamReplicas,
+			DuplicateWindow: time.Duration(n.cfg.Durability.DuplicateWindow),
+		},
+		ReportInterval: n.opts.ReportInterval,
+	})
+	if err != nil {
+		return err
+	}
+	n.repl = repl
+	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := repl.Start(startCtx); err != nil {
+		return err
+	}
+	if n.opts.NoHTTP {
+		return nil
+	}
+	return n.serveHTTP()
+}
+
+func (n *Node) serveHTTP() error {
+	if err := httpapi.CheckListen(n.cfg.HTTP.Listen, n.cfg.HTTP.Token); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", n.cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("node: http.listen %s: %w", n.cfg.HTTP.Listen, err)
+	}
+	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready}, httpapi.Options{
+		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
+		Registry: n.reg, Logger: n.log, Watch: n.hub,
+	})
+	n.ln = ln
+	n.http = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	// Watch streams end when the hub closes; without this, Shutdown would
+	// wait for every watcher to leave.
+	n.http.RegisterOnShutdown(n.hub.Close)
+	go func() {
+		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("http server stopped", "err", err)
+		}
+	}()
+	n.log.Info("serving HTTP", "addr", ln.Addr().String())
+	return nil
+}
+
+// HTTPAddr is the address the API listens on, once started.
+func (n *Node) HTTPAddr() string {
+	if n.ln == nil {
+		return ""
+	}
+	return n.ln.Addr().String()
+}
+
+func (n *Node) natsOptions() ([]nats.Option, error) {
+	c := n.cfg.NATS
+	opts := []nats.Option{nats.Name("replicator-" + n.cfg.DC), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	if c.Creds != "" {
+		opts = append(opts, nats.UserCredentials(c.Creds))
+	}
+	if c.User != "" {
+		opts = append(opts, nats.UserInfo(c.User, c.Password))
+	}
+	if c.Token != "" {
+		opts = append(opts, nats.Token(c.Token))
+	}
+	if c.TLS.Enabled() {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.TLS.InsecureSkipVerify} //nolint:gosec // opt-in, documented
+		if c.TLS.CA != "" {
+			pem, err := os.ReadFile(c.TLS.CA)
+			if err != nil {
+				return nil, fmt.Errorf("nats.tls.ca: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("nats.tls.ca: %s holds no PEM certificate", c.TLS.CA)
+			}
+			tc.RootCAs = pool
+		}
+		if c.TLS.Cert != "" {
+			cert, err := tls.LoadX509KeyPair(c.TLS.Cert, c.TLS.Key)
+			if err != nil {
+				return nil, fmt.Errorf("nats.tls.cert/key: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		opts = append(opts, nats.Secure(tc))
+	}
+	return opts, nil
+}
+
+func splitListen(addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("nats.listen %q: %w", addr, err)
+	}
+	var p int
+	if _, err := fmt.Sscan(port, &p); err != nil {
+		return "", 0, fmt.Errorf("nats.listen %q: port is not a number", addr)
+	}
+	return host, p, nil
+}
+
+// Write commits a local write durably and returns the new state.
+func (n *Node) Write(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+	return n.store.Write(ctx, op)
+}
+
+// Read returns what the key's resolver shows and the state behind it.
+func (n *Node) Read(key string) (resolve.Result, dvv.State, bool, error) {
+	st, ok, err := n.store.Get(key)
+	if err != nil || !ok {
+		return resolve.Result{Deleted: true}, st, ok, err
+	}
+	return n.rules.For(key).Resolve(key, st.Siblings), st, true, nil
+}
+
+// Store returns the DC's change log.
+func (n *Node) Store() *changelog.Store { return n.store }
+
+// Replicator returns the DC's bridge, once started.
+func (n *Node) Replicator() *bridge.Replicator { return n.repl }
+
+// Rules returns the resolver rules.
+func (n *Node) Rules() *resolve.Rules { return n.rules }
+
+// Status is what /v1/status shows.
+type Status struct {
+	DC         string         `json:"dc"`
+	Topology   string         `json:"topology"`
+	DCs        []string       `json:"dcs"`
+	Partitions int            `json:"partitions"`
+	Bridge     *bridge.Status `json:"bridge,omitempty"`
+}
+
+// Status returns the node's status.
+func (n *Node) Status() Status {
+	s := Status{DC: n.cfg.DC, Topology: n.cfg.Topology, DCs: n.cfg.DCs, Partitions: n.cfg.Partitions}
+	if n.repl != nil {
+		bs := n.repl.Status()
+		s.Bridge = &bs
+	}
+	return s
+}
+
+// Close shuts down in order: stop HTTP intake, stop replication (which
+// flushes the outbox), close NATS, close Pebble. It is safe to call twice.
+func (n *Node) Close() error {
+	var errs []error
+	n.once.Do(func() {
+		if n.http != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			errs = append(errs, n.http.Shutdown(ctx))
+			cancel()
+		}
+		if n.repl != nil {
+			errs = append(errs, n.repl.Close())
+		}
+		if n.nc != nil {
+			n.nc.Close()
+		}
+		if n.ns != nil {
+			n.ns.Shutdown()
+			n.ns.WaitForShutdown()
+		}
+		n.hub.Close()
+		errs = append(errs, n.store.Close())
+	})
+	return errors.Join(errs...)
+}
+
+// ready reports why the node cannot serve, for /healthz.
+func (n *Node) ready() error {
+	if n.nc == nil || !n.nc.IsConnected() {
+		return errors.New("not connected to NATS")
+	}
+	return nil
+}
