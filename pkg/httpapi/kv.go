@@ -345,3 +345,13 @@ func (s *server) listKeys(w http.ResponseWriter, r *http.Request) {
 		out.flush()
 	}
 }
+
+// View is the JSON shape of a key as reads show it; the NATS API answers
+// with the same shape.
+type View = keyJSON
+
+// NewView runs the key's resolver over st; deleted reports that no live
+// value is shown.
+func NewView(r resolve.Resolver, key string, st dvv.State) (v View, deleted bool) {
+	return view(r, key, st)
+}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/replicatorhq/replicator/bridge"
@@ -32,6 +33,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
+	"github.com/replicatorhq/replicator/pkg/natsapi"
 	"github.com/replicatorhq/replicator/resolve"
 )
 
@@ -67,6 +69,7 @@ type Node struct {
 
 	ns   *server.Server
 	nc   *nats.Conn
+	svc  micro.Service
 	repl *bridge.Replicator
 	http *http.Server
 	ln   net.Listener
@@ -187,6 +190,11 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: connect to NATS at %s: %w", url, err)
 	}
 	n.nc = nc
+	svc, err := natsapi.Serve(nc, n.cfg.DC, n.store, n.rules)
+	if err != nil {
+		return err
+	}
+	n.svc = svc
 	plan, err := bridge.NewPlan(n.cfg.Topology, n.cfg.DC, n.cfg.DCs, n.cfg.Hub)
 	if err != nil {
 		return err
@@ -350,6 +358,9 @@ func (n *Node) Close() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			errs = append(errs, n.http.Shutdown(ctx))
 			cancel()
+		}
+		if n.svc != nil {
+			errs = append(errs, n.svc.Stop())
 		}
 		if n.repl != nil {
 			errs = append(errs, n.repl.Close())
