@@ -31,7 +31,7 @@ type storedSibling struct {
 func encodeState(st dvv.State) ([]byte, error) {
 	s := storedState{Clock: st.Clock, Siblings: make([]storedSibling, len(st.Siblings))}
 	for i, sb := range st.Siblings {
-		s.Siblings[i] = storedSibling{DC: sb.Dot.DC, N: sb.Dot.N, Value: sb.Value, Deleted: sb.Deleted, HLC: sb.HLC}
+		s.Siblings[i] = storedSibling{DC: sb.Dot.DC, N: sb.Dot.N, Value: normValue(sb.Version), Deleted: sb.Deleted, HLC: sb.HLC}
 	}
 	return msgpack.Marshal(&s)
 }
@@ -50,6 +50,21 @@ func decodeState(b []byte) (dvv.State, error) {
 			Dot:     vclock.Dot{DC: sb.DC, N: sb.N},
 			Version: dvv.Version{Value: sb.Value, Deleted: sb.Deleted, HLC: sb.HLC},
 		}
+		st.Siblings[i].Value = normValue(st.Siblings[i].Version)
 	}
 	return st, nil
+}
+
+// normValue gives every version one form: a tombstone has a nil value and a
+// live value is never nil (an empty value is empty, not nil). The wire
+// decodes an empty value as nil, so without this the DC that wrote an empty
+// value and the DCs that applied it would store different bytes.
+func normValue(v dvv.Version) []byte {
+	switch {
+	case v.Deleted:
+		return nil
+	case v.Value == nil:
+		return []byte{}
+	}
+	return v.Value
 }

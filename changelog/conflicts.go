@@ -93,8 +93,11 @@ func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
 	for _, d := range res.Discarded {
 		id := discardID(key, d.Dot)
 		exists, err := t.conflictExists(id)
-		if err != nil || exists {
+		if err != nil {
 			return err
+		}
+		if exists {
+			continue // logged when it was first discarded
 		}
 		c := Conflict{
 			ID: id, Key: key, Resolver: r.Name(), Status: StatusLogged,

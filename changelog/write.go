@@ -3,6 +3,7 @@ package changelog
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
@@ -57,16 +58,17 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 	}
 	r := s.opts.Resolvers.For(op.Key)
 	implicit := op.Context == nil && (op.Delete || r.OnWrite())
-	ctx := st.WriteContext(t.clampContext(op.Context, st.Clock, p), implicit, t.purgeFrontier(p))
+	if err := t.checkContext(op.Context, p); err != nil {
+		return WriteResult{}, err
+	}
+	ctx := st.WriteContext(op.Context, implicit, t.purgeFrontier(p))
 	seq := t.lastSeq(p) + 1
 	dot := vclock.Dot{DC: s.opts.DC, N: seq}
 	ver := dvv.Version{Value: op.Value, Deleted: op.Delete}
 	if s.opts.Clock != nil {
 		ver.HLC = s.opts.Clock.Now()
 	}
-	if op.Delete {
-		ver.Value = nil
-	}
+	ver.Value = normValue(ver)
 	next := st.Write(dot, ctx, ver)
 	ev := &event.Event{
 		Version:   event.SchemaVersion,
@@ -189,9 +191,7 @@ func (t *txn) apply(ev *event.Event, forward func(*event.Event) bool) (ApplyResu
 		return ApplyResult{}, err
 	}
 	ver := dvv.Version{Value: ev.Value, Deleted: ev.Op == event.OpDelete, HLC: ev.HLC}
-	if ver.Deleted {
-		ver.Value = nil
-	}
+	ver.Value = normValue(ver)
 	res := ApplyResult{Outcome: Obsolete}
 	if next, ok := st.Apply(ev.Dot, ev.Context, ver); ok {
 		res.Outcome = Changed
@@ -232,19 +232,19 @@ func (s *Store) EnsureSeqAbove(ctx context.Context, p uint32, seq uint64) error 
 	})
 }
 
-// clampContext limits a client's context to dots this DC knows of: what it
-// has applied in the partition, or what the key's clock already names. A
-// context counter above both would name events that do not exist yet and
-// make their arrival look obsolete, so a forged or corrupted context could
-// otherwise swallow future writes.
-func (t *txn) clampContext(client, clock vclock.VV, p uint32) vclock.VV {
-	if client == nil {
-		return nil
-	}
-	out := make(vclock.VV, len(client))
+// checkContext rejects a client context that names a DC outside the
+// configuration, or an event of this DC that does not exist yet: no client
+// can have read either. A counter of another DC above what this DC has
+// applied is accepted, since the client may have read at a DC that is
+// ahead; the write then supersedes those events when they arrive here.
+func (t *txn) checkContext(client vclock.VV, p uint32) error {
 	for dc, n := range client {
-		known := max(t.appliedSeq(dc, p), clock[dc])
-		out[dc] = min(n, known)
+		if !slices.Contains(t.s.opts.DCs, dc) {
+			return fmt.Errorf("%w: context names dc %q, which is not one of %v", ErrBadInput, dc, t.s.opts.DCs)
+		}
+		if dc == t.s.opts.DC && n > t.lastSeq(p) {
+			return fmt.Errorf("%w: context names event %s:%d, but this DC has issued only %d in the key's partition", ErrBadInput, dc, n, t.lastSeq(p))
+		}
 	}
-	return out
+	return nil
 }

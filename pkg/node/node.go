@@ -130,16 +130,24 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	return n, nil
 }
 
-// Rules builds the resolver rules of a config. An external rule uses its
-// fallback here: the external resolver needs the transport and is not
-// built yet.
+// Rules builds the resolver rules of a config.
 func Rules(cfg config.Config) (*resolve.Rules, error) {
 	build := func(r config.Rule) (resolve.Resolver, error) {
-		name := r.Resolver
-		if name == config.External {
-			name = r.Fallback
+		if r.Resolver != config.External {
+			return resolve.ByName(r.Resolver, resolve.Options{Order: r.Priority, Separator: r.Separator})
 		}
-		return resolve.ByName(name, resolve.Options{Order: r.Priority, Separator: r.Separator})
+		fb := config.Rule{Resolver: r.Fallback}
+		switch r.Fallback {
+		case config.Priority:
+			fb.Priority = r.Priority
+		case config.Concat:
+			fb.Separator = r.Separator
+		}
+		fallback, err := resolve.ByName(fb.Resolver, resolve.Options{Order: fb.Priority, Separator: fb.Separator})
+		if err != nil {
+			return nil, fmt.Errorf("fallback: %w", err)
+		}
+		return resolve.External(r.Subject, time.Duration(r.Timeout), fallback), nil
 	}
 	defRule := config.Rule{Resolver: cfg.Resolvers.Default}
 	if defRule.Resolver == config.Concat {

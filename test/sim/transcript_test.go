@@ -1,0 +1,498 @@
+package sim
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/datadriven"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
+)
+
+// TestTranscripts runs the multi-DC scenarios in testdata/*.txt. Each file
+// is a specification: regenerate with -rewrite and read the diff.
+//
+// Commands (DCs and links are bare words; values are key=value):
+//
+//	setup dcs=(dc1,dc2) [partitions=1] [resolver=siblings] [rules=(lww:t/,concat:c/)] [order=(dc2,dc1)] [sep=/]
+//	write dc1 k=title v=B [ctx=none|read|read@dc2|{dc1:1}]   default ctx=none
+//	delete dc1 k=title [ctx=...]
+//	tick dc1 [n=1]                      advance dc1's HLC
+//	deliver dc1->dc2 [n=1|all]          pop the link's head and apply it
+//	deliver all                         deliver every link until nothing is pending
+//	dup dc1->dc2                        apply the head twice
+//	drop dc1->dc2                       lose the head; repair re-sends it
+//	repair dc1->dc2                     re-send dropped events from the origin's outbox
+//	reorder dc1->dc2                    swap the first two queued events
+//	resend dc1->dc2 k=title seq=1       queue dc1's own event again (from its outbox)
+//	show dc1 [k=title]                  clock, siblings and what the resolver shows
+//	conflicts dc1                       the DC's conflict log
+//	digest                              are the DCs' digests equal, and each
+//	report all | report dc1->dc2        send applied vectors (SetPeerApplied)
+//	purge dc1                           purge stable tombstones
+//	pending                             what waits on each link
+//	restart dc1                         close dc1's store and open it again
+//	trim dc1                            checkpoint dc1's whole outbox and trim what every DC applied
+func TestTranscripts(t *testing.T) {
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		var c *Cluster
+		defer func() {
+			if c != nil {
+				c.Close()
+			}
+		}()
+		datadriven.RunTest(t, path, func(t *testing.T, td *datadriven.TestData) string {
+			if td.Cmd == "setup" {
+				if c != nil {
+					c.Close()
+				}
+				var err error
+				c, err = setupCluster(td)
+				if err != nil {
+					return "error: " + err.Error()
+				}
+				return "ok"
+			}
+			if c == nil {
+				td.Fatalf(t, "%s before setup", td.Cmd)
+			}
+			out, err := runCommand(c, td)
+			if err != nil {
+				return out + "error: " + err.Error()
+			}
+			return out
+		})
+	})
+}
+
+// vals returns the values of arg key, splitting single values on commas so
+// that both dcs=a,b and dcs=(a,b) work.
+func vals(td *datadriven.TestData, key string) []string {
+	arg, ok := td.Arg(key)
+	if !ok {
+		return nil
+	}
+	var out []string
+	for _, v := range arg.Vals {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+func val(td *datadriven.TestData, key, def string) string {
+	if v := vals(td, key); len(v) > 0 {
+		return strings.Join(v, ",")
+	}
+	return def
+}
+
+func setupCluster(td *datadriven.TestData) (*Cluster, error) {
+	dcs := vals(td, "dcs")
+	parts, err := strconv.Atoi(val(td, "partitions", "1"))
+	if err != nil {
+		return nil, fmt.Errorf("partitions: %w", err)
+	}
+	ropts := resolve.Options{Order: vals(td, "order"), Separator: val(td, "sep", "")}
+	if len(ropts.Order) == 0 {
+		ropts.Order = dcs
+	}
+	build := func(name string) (resolve.Resolver, error) {
+		o := resolve.Options{}
+		switch name {
+		case resolve.NamePriority:
+			o.Order = ropts.Order
+		case resolve.NameConcat:
+			o.Separator = ropts.Separator
+		}
+		return resolve.ByName(name, o)
+	}
+	def, err := build(val(td, "resolver", resolve.NameSiblings))
+	if err != nil {
+		return nil, err
+	}
+	var rules []resolve.Rule
+	for _, r := range vals(td, "rules") {
+		name, prefix, ok := strings.Cut(r, ":")
+		if !ok {
+			return nil, fmt.Errorf("rule %q: want resolver:prefix", r)
+		}
+		res, err := build(name)
+		if err != nil {
+			return nil, err
+		}
+		rules = append(rules, resolve.Rule{Prefix: prefix, Resolver: res})
+	}
+	rs, err := resolve.NewRules(def, rules)
+	if err != nil {
+		return nil, err
+	}
+	return New(Options{DCs: dcs, Partitions: parts, Resolvers: rs})
+}
+
+// positional returns the first argument without a value (a DC or a link).
+func positional(td *datadriven.TestData) string {
+	for _, a := range td.CmdArgs {
+		if len(a.Vals) == 0 {
+			return a.Key
+		}
+	}
+	return ""
+}
+
+func parseLink(s string) (Link, error) {
+	from, to, ok := strings.Cut(s, "->")
+	if !ok {
+		return Link{}, fmt.Errorf("link %q: want from->to", s)
+	}
+	return Link{from, to}, nil
+}
+
+// parseContext reads ctx=none|read|read@dc|{dc:n,...} for a write at dc.
+func parseContext(c *Cluster, dc, key, s string) (vclock.VV, error) {
+	switch {
+	case s == "" || s == "none":
+		return nil, nil
+	case s == "read":
+		return c.ReadContext(dc, key)
+	case strings.HasPrefix(s, "read@"):
+		return c.ReadContext(strings.TrimPrefix(s, "read@"), key)
+	}
+	return vclock.Parse(s)
+}
+
+func runCommand(c *Cluster, td *datadriven.TestData) (string, error) {
+	var b strings.Builder
+	switch td.Cmd {
+	case "write", "delete":
+		dc, key := positional(td), val(td, "k", "")
+		ctx, err := parseContext(c, dc, key, val(td, "ctx", "none"))
+		if err != nil {
+			return "", err
+		}
+		before, _, err := c.Read(dc, key)
+		if err != nil {
+			return "", err
+		}
+		op := Op{Key: key, Delete: td.Cmd == "delete", Context: ctx}
+		if !op.Delete {
+			op.Value = []byte(val(td, "v", ""))
+		}
+		res, err := c.Write(dc, op)
+		if err != nil {
+			return "", err
+		}
+		ev := res.Event
+		fmt.Fprintf(&b, "%s %s", ev.Dot, ev.Op)
+		if op.Delete {
+			fmt.Fprintf(&b, " %s", key)
+		} else {
+			fmt.Fprintf(&b, " %s=%q", key, ev.Value)
+		}
+		fmt.Fprintf(&b, " ctx=%s hlc=%d", ev.Context, ev.HLC)
+		if sup := before.Superseded(ev.Context); len(sup) > 0 {
+			b.WriteString(" supersedes")
+			for _, sb := range sup {
+				b.WriteString(" " + sb.Dot.String())
+			}
+		}
+		b.WriteString("\n")
+
+	case "tick":
+		d := c.DC(positional(td))
+		if d == nil {
+			return "", fmt.Errorf("no dc %q", positional(td))
+		}
+		n, err := strconv.ParseUint(val(td, "n", "1"), 10, 64)
+		if err != nil {
+			return "", err
+		}
+		d.Clock.Advance(n)
+		fmt.Fprintf(&b, "%s hlc=%d\n", d.ID, d.Clock.last.Load())
+
+	case "deliver", "dup":
+		which := positional(td)
+		print := func(d Delivery) { b.WriteString(d.String() + "\n") }
+		if which == "all" {
+			if err := c.DeliverAll(print); err != nil {
+				return b.String(), err
+			}
+			break
+		}
+		l, err := parseLink(which)
+		if err != nil {
+			return "", err
+		}
+		times := 1
+		if td.Cmd == "dup" {
+			times = 2
+		}
+		// n=all delivers until the link is empty or everything on it
+		// waits for a gap to be repaired.
+		n, all := 1, val(td, "n", "1") == "all"
+		if !all {
+			if n, err = strconv.Atoi(val(td, "n", "1")); err != nil {
+				return "", err
+			}
+		}
+		for i, waiting := 0, 0; all || i < n; i++ {
+			if all && (c.Queued(l) == 0 || waiting == c.Queued(l)) {
+				break
+			}
+			ds, err := c.Deliver(l, times)
+			for _, d := range ds {
+				print(d)
+				if d.Requeued {
+					waiting++
+				} else {
+					waiting = 0
+				}
+			}
+			if err != nil {
+				return b.String(), err
+			}
+			if len(ds) == 0 {
+				b.WriteString(l.String() + ": nothing queued\n")
+				break
+			}
+		}
+
+	case "drop":
+		l, err := parseLink(positional(td))
+		if err != nil {
+			return "", err
+		}
+		r, ok, err := c.Drop(l)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return l.String() + ": nothing queued\n", nil
+		}
+		fmt.Fprintf(&b, "%s: dropped %s:%d (partition %d)\n", l, r.Origin, r.Seq, r.Partition)
+
+	case "repair":
+		l, err := parseLink(positional(td))
+		if err != nil {
+			return "", err
+		}
+		n, err := c.Repair(l)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "%s: re-sent %d from %s's outbox\n", l, n, l.From)
+
+	case "reorder":
+		l, err := parseLink(positional(td))
+		if err != nil {
+			return "", err
+		}
+		ok, err := c.Swap(l)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return l.String() + ": fewer than two queued\n", nil
+		}
+		fmt.Fprintf(&b, "%s: swapped the first two\n", l)
+
+	case "resend":
+		l, err := parseLink(positional(td))
+		if err != nil {
+			return "", err
+		}
+		seq, err := strconv.ParseUint(val(td, "seq", ""), 10, 64)
+		if err != nil {
+			return "", err
+		}
+		p := event.PartitionOf(val(td, "k", ""), c.Partitions())
+		if err := c.Resend(l, p, seq); err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "%s: queued %s:%d again\n", l, l.From, seq)
+
+	case "show":
+		dc := positional(td)
+		keys := vals(td, "k")
+		if len(keys) == 0 {
+			snap, err := c.Snapshot(dc)
+			if err != nil {
+				return "", err
+			}
+			for k := range snap {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			if len(keys) == 0 {
+				return "no keys\n", nil
+			}
+		}
+		for _, k := range keys {
+			st, ok, err := c.Read(dc, k)
+			if err != nil {
+				return "", err
+			}
+			b.WriteString(showState(c.Resolver(k), k, st, ok))
+		}
+
+	case "conflicts":
+		d := c.DC(positional(td))
+		if d == nil {
+			return "", fmt.Errorf("no dc %q", positional(td))
+		}
+		cs, err := d.Store.Conflicts(changelog.ConflictFilter{})
+		if err != nil {
+			return "", err
+		}
+		if len(cs) == 0 {
+			return "no conflicts\n", nil
+		}
+		for _, cf := range cs {
+			fmt.Fprintf(&b, "%s %s %s clock=%s\n", cf.Key, cf.Resolver, cf.Status, cf.Clock)
+			fmt.Fprintf(&b, "  kept: %s\n", versions(cf.Kept))
+			if len(cf.Discarded) > 0 {
+				fmt.Fprintf(&b, "  discarded: %s\n", versions(cf.Discarded))
+			}
+		}
+
+	case "digest":
+		var first string
+		equal := true
+		var lines []string
+		for i, id := range c.DCs() {
+			d, err := c.DC(id).Store.Digest()
+			if err != nil {
+				return "", err
+			}
+			h := d.Hex()
+			if i == 0 {
+				first = h
+			} else if h != first {
+				equal = false
+			}
+			lines = append(lines, fmt.Sprintf("%s %s keys=%d", id, h[:12], d.Keys))
+		}
+		if equal {
+			b.WriteString("digests equal\n")
+		} else {
+			b.WriteString("digests DIFFER\n")
+		}
+		b.WriteString(strings.Join(lines, "\n") + "\n")
+
+	case "report":
+		which := positional(td)
+		if which == "all" {
+			if err := c.ReportAll(); err != nil {
+				return "", err
+			}
+			return "every DC reported its applied vector to every other\n", nil
+		}
+		l, err := parseLink(which)
+		if err != nil {
+			return "", err
+		}
+		if err := c.Report(l.From, l.To); err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "%s reported its applied vector to %s\n", l.From, l.To)
+
+	case "purge":
+		n, err := c.Purge(positional(td))
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "purged %d\n", n)
+
+	case "trim":
+		n, err := c.Trim(positional(td))
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "trimmed %d\n", n)
+
+	case "restart":
+		dc := positional(td)
+		if err := c.Restart(dc); err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "%s restarted\n", dc)
+
+	case "pending":
+		for _, l := range c.Links() {
+			q, m := c.Queued(l), c.Missing(l)
+			if q == 0 && len(m) == 0 {
+				continue
+			}
+			fmt.Fprintf(&b, "%s: %d queued, %d dropped\n", l, q, len(m))
+		}
+		if b.Len() == 0 {
+			b.WriteString("nothing pending\n")
+		}
+
+	default:
+		return "", fmt.Errorf("unknown command %q", td.Cmd)
+	}
+	return b.String(), nil
+}
+
+// showState renders a key: its clock, its siblings, and what its resolver
+// shows.
+func showState(r resolve.Resolver, key string, st dvv.State, ok bool) string {
+	if !ok {
+		return key + ": absent\n"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: clock=%s\n", key, st.Clock)
+	for _, sb := range st.Siblings {
+		if sb.Deleted {
+			fmt.Fprintf(&b, "  %s tombstone hlc=%d\n", sb.Dot, sb.HLC)
+		} else {
+			fmt.Fprintf(&b, "  %s %q hlc=%d\n", sb.Dot, sb.Value, sb.HLC)
+		}
+	}
+	res := r.Resolve(key, st.Siblings)
+	fmt.Fprintf(&b, "  %s shows: ", r.Name())
+	if res.Deleted {
+		b.WriteString("nothing (deleted)")
+	} else {
+		for i, v := range res.Values {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%q", v)
+		}
+	}
+	if res.Conflict {
+		b.WriteString(" [conflict]")
+	}
+	if len(res.Discarded) > 0 {
+		b.WriteString("; discards")
+		for _, d := range res.Discarded {
+			fmt.Fprintf(&b, " %s", d.Dot)
+		}
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+func versions(vs []changelog.Version) string {
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		if v.Deleted {
+			parts[i] = fmt.Sprintf("%s tombstone hlc=%d", v.Dot, v.HLC)
+		} else {
+			parts[i] = fmt.Sprintf("%s %q hlc=%d", v.Dot, v.Value, v.HLC)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
