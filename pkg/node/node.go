@@ -31,6 +31,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/external"
 	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
@@ -66,6 +67,9 @@ type Node struct {
 	store *changelog.Store
 	hub   *httpapi.Hub
 	reg   *prometheus.Registry
+	// arbiter resolves external-resolver conflicts; only at the arbiter DC
+	// of a configuration with an external rule.
+	arbiter *external.Worker
 
 	ns   *server.Server
 	nc   *nats.Conn
@@ -114,7 +118,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		NoSync:     !cfg.Durability.Fsync,
 		Clock:      n.clock,
 		Resolvers:  rules,
-		OnCommit:   n.hub.Publish,
+		OnCommit:   n.onCommit,
 		Logger:     n.log,
 		Limits:     event.Limits{MaxKeyBytes: cfg.Limits.MaxKeyBytes, MaxValueBytes: cfg.Limits.MaxValueBytes},
 	})
@@ -123,6 +127,9 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	}
 	n.clock.Restore(st.HLCHighWater())
 	n.store = st
+	if hasExternal(cfg) && external.Arbiter(cfg.DCs) == cfg.DC {
+		n.arbiter = external.New(external.Options{Store: st, Rules: rules, Logger: n.log})
+	}
 	if err := n.reg.Register(newCollector(n)); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("node: register metrics: %w", err)
@@ -203,6 +210,10 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.svc = svc
+	if n.arbiter != nil {
+		n.arbiter.SetConn(nc)
+		n.arbiter.Start(ctx)
+	}
 	plan, err := bridge.NewPlan(n.cfg.Topology, n.cfg.DC, n.cfg.DCs, n.cfg.Hub)
 	if err != nil {
 		return err
@@ -370,6 +381,9 @@ func (n *Node) Close() error {
 		if n.svc != nil {
 			errs = append(errs, n.svc.Stop())
 		}
+		if n.arbiter != nil {
+			n.arbiter.Close()
+		}
 		if n.repl != nil {
 			errs = append(errs, n.repl.Close())
 		}
@@ -392,4 +406,21 @@ func (n *Node) ready() error {
 		return errors.New("not connected to NATS")
 	}
 	return nil
+}
+
+// onCommit fans the store's commits out to watchers and the arbiter.
+func (n *Node) onCommit(changes []changelog.Change) {
+	n.hub.Publish(changes)
+	if n.arbiter != nil {
+		n.arbiter.Notify(changes)
+	}
+}
+
+func hasExternal(cfg config.Config) bool {
+	for _, r := range cfg.Resolvers.Rules {
+		if r.Resolver == config.External {
+			return true
+		}
+	}
+	return false
 }
