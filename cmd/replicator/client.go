@@ -83,7 +83,7 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	rest := fs.Args()
 	if len(rest) < 2 {
-		return fmt.Errorf("%w: want get|put|del KEY [VALUE]", errUsage)
+		return usagef("want get|put|del KEY [VALUE]")
 	}
 	op, key := rest[0], url.PathEscape(rest[1])
 	hdr := map[string]string{}
@@ -98,13 +98,13 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		resp, body, err = c.do(ctx, http.MethodGet, "/v1/kv/"+key, nil, nil)
 	case "put":
 		if len(rest) != 3 {
-			return fmt.Errorf("%w: kv put KEY VALUE", errUsage)
+			return usagef("kv put KEY VALUE")
 		}
 		resp, body, err = c.do(ctx, http.MethodPut, "/v1/kv/"+key, strings.NewReader(rest[2]), hdr)
 	case "del":
 		resp, body, err = c.do(ctx, http.MethodDelete, "/v1/kv/"+key, nil, hdr)
 	default:
-		return fmt.Errorf("%w: unknown kv operation %q: want get, put or del", errUsage, op)
+		return usagef("unknown kv operation %q: want get, put or del", op)
 	}
 	if err != nil {
 		return err
@@ -152,7 +152,7 @@ func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
-		return fmt.Errorf("%w: want list or resolve", errUsage)
+		return usagef("want list or resolve")
 	}
 	switch rest[0] {
 	case "list":
@@ -167,7 +167,7 @@ func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return indent(stdout, body)
 	case "resolve":
 		if len(rest) != 3 {
-			return fmt.Errorf("%w: conflicts resolve ID VALUE", errUsage)
+			return usagef("conflicts resolve ID VALUE")
 		}
 		req, _ := json.Marshal(map[string]string{"value": base64.StdEncoding.EncodeToString([]byte(rest[2]))})
 		_, body, err := c.do(ctx, http.MethodPost, "/v1/conflicts/"+url.PathEscape(rest[1])+"/resolve", bytes.NewReader(req), map[string]string{"Content-Type": "application/json"})
@@ -176,7 +176,7 @@ func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 		return indent(stdout, body)
 	}
-	return fmt.Errorf("%w: unknown conflicts operation %q: want list or resolve", errUsage, rest[0])
+	return usagef("unknown conflicts operation %q: want list or resolve", rest[0])
 }
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -15,8 +15,13 @@ import (
 	"syscall"
 )
 
-// errUsage marks a command-line mistake: exit status 2.
-var errUsage = errors.New("usage")
+// usageError is a command-line mistake: exit status 2, one line.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg + " (see --help)" }
+
+// usagef returns a usageError.
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
 
 type command struct {
 	name, summary string
@@ -50,10 +55,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	for _, c := range commands {
 		if c.name == args[0] {
 			err := c.run(ctx, args[1:], stdout, stderr)
+			var ue *usageError
 			switch {
 			case err == nil, errors.Is(err, flag.ErrHelp):
 				return 0
-			case errors.Is(err, errUsage):
+			case errors.As(err, &ue):
 				fmt.Fprintf(stderr, "replicator %s: %v\n", c.name, err)
 				return 2
 			default:
@@ -85,18 +91,20 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parse parses flags; a bad flag becomes errUsage with a one-line reason.
+// parse parses flags; a bad flag becomes a one-line usage error.
 func parse(fs *flag.FlagSet, args []string) error {
-	out := fs.Output()
+	usage, out := fs.Usage, fs.Output()
+	fs.Usage = func() {}
 	fs.SetOutput(io.Discard)
 	err := fs.Parse(args)
+	fs.Usage = usage
 	fs.SetOutput(out)
 	if errors.Is(err, flag.ErrHelp) {
 		fs.Usage()
 		return err
 	}
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return usagef("%v", err)
 	}
 	return nil
 }

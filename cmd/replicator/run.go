@@ -19,7 +19,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if *path == "" {
-		return fmt.Errorf("%w: --config FILE is required", errUsage)
+		return usagef("--config FILE is required")
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
@@ -58,13 +58,13 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	switch o.Topology {
 	case config.Mesh, config.Ring, config.Star:
 	default:
-		return fmt.Errorf("%w: --topology %q: want mesh, ring or star", errUsage, o.Topology)
+		return usagef("--topology %q: want mesh, ring or star", o.Topology)
 	}
 	if o.DCs < 2 || o.DCs > 16 || o.Keys < 1 || o.Writes < 1 {
-		return fmt.Errorf("%w: --dcs must be 2..16, --keys and --writes at least 1", errUsage)
+		return usagef("--dcs must be 2..16, --keys and --writes at least 1")
 	}
 	if o.Topology != config.Mesh && o.DCs < 3 {
-		return fmt.Errorf("%w: a %s needs at least 3 DCs", errUsage, o.Topology)
+		return usagef("a %s needs at least 3 DCs", o.Topology)
 	}
 	o.Progress = stderr
 	s, err := demo.Run(ctx, o)

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+)
+
+func runCLI(args ...string) (code int, stdout, stderr string) {
+	var o, e bytes.Buffer
+	code = run(context.Background(), args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		code int
+		want string // in stderr
+	}{
+		{nil, 2, "usage: replicator COMMAND"},
+		{[]string{"--help"}, 0, "commands:"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"run"}, 2, "--config FILE is required"},
+		{[]string{"run", "--bogus"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"demo", "--topology", "tree"}, 2, `--topology "tree"`},
+		{[]string{"demo", "--dcs", "x"}, 2, "invalid value"},
+		{[]string{"demo", "--topology", "ring", "--dcs", "2"}, 2, "at least 3 DCs"},
+		{[]string{"kv"}, 2, "want get|put|del KEY"},
+		{[]string{"kv", "put", "k"}, 2, "kv put KEY VALUE"},
+		{[]string{"kv", "frob", "k"}, 2, `unknown kv operation "frob"`},
+		{[]string{"conflicts"}, 2, "want list or resolve"},
+		{[]string{"conflicts", "resolve", "id"}, 2, "conflicts resolve ID VALUE"},
+		{[]string{"run", "--config", "/nonexistent/x.yaml"}, 1, "x.yaml"},
+	}
+	for _, c := range cases {
+		code, _, stderr := runCLI(c.args...)
+		if code != c.code || !strings.Contains(stderr, c.want) {
+			t.Errorf("replicator %v: exit %d, stderr %q; want exit %d and %q", c.args, code, stderr, c.code, c.want)
+		}
+		if c.code == 2 && len(c.args) > 0 && c.args[0] != "--help" && strings.Count(strings.TrimSpace(stderr), "\n") > 0 {
+			t.Errorf("replicator %v: a usage error must be one line, got %q", c.args, stderr)
+		}
+	}
+}
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, c := range commands {
+		code, _, stderr := runCLI(c.name, "--help")
+		if code != 0 || !strings.Contains(stderr, "usage: replicator "+c.name) {
+			t.Errorf("%s --help: exit %d, stderr %q", c.name, code, stderr)
+		}
+	}
+}
+
+func TestInspect(t *testing.T) {
+	ev := &event.Event{Version: 1, Origin: "dc1", Partition: 3, Seq: 7, Key: "user/1", Op: event.OpPut,
+		Value: []byte("hello"), Dot: vclock.Dot{DC: "dc1", N: 7}, Context: vclock.VV{"dc2": 4}, HLC: 42, Path: []string{"dc1"}}
+	b, err := ev.Encode(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "ev.bin")
+	if err := os.WriteFile(f, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runCLI("inspect", "--compact", f)
+	if code != 0 {
+		t.Fatalf("inspect: exit %d: %s", code, stderr)
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("inspect printed %q: %v", out, err)
+	}
+	if got["origin"] != "dc1" || got["key"] != "user/1" || got["dot"] != "dc1:7" {
+		t.Fatalf("inspect JSON %v", got)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.bin")
+	os.WriteFile(bad, []byte{0xdd, 0xff, 0xff, 0xff, 0xff}, 0o644)
+	if code, _, stderr := runCLI("inspect", bad); code != 1 || !strings.Contains(stderr, "not a replicator event") {
+		t.Fatalf("inspect of garbage: exit %d, %q", code, stderr)
+	}
+}
+
+// TestDemoJSON runs a small demo end to end: exit 0 only when converged, and
+// exactly one JSON object with the documented fields on stdout.
+func TestDemoJSON(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs embedded NATS and three DCs")
+	}
+	code, out, stderr := runCLI("demo", "--json", "--writes", "60", "--keys", "5")
+	if code != 0 {
+		t.Fatalf("demo exit %d: %s", code, stderr)
+	}
+	dec := json.NewDecoder(strings.NewReader(out))
+	var s struct {
+		Converged *bool             `json:"converged"`
+		Topology  string            `json:"topology"`
+		DCs       int               `json:"dcs"`
+		Writes    int               `json:"writes"`
+		Conflicts map[string]int    `json:"conflicts"`
+		Digests   map[string]string `json:"digests"`
+		ElapsedMS *int64            `json:"elapsed_ms"`
+	}
+	if err := dec.Decode(&s); err != nil {
+		t.Fatalf("stdout %q: %v", out, err)
+	}
+	if dec.More() {
+		t.Fatalf("more than one JSON value on stdout: %q", out)
+	}
+	if s.Converged == nil || !*s.Converged || s.Topology != "mesh" || s.DCs != 3 || s.Writes != 180 || len(s.Digests) != 3 || s.ElapsedMS == nil || len(s.Conflicts) != 6 {
+		t.Fatalf("demo summary %+v", s)
+	}
+	first := s.Digests["dc1"]
+	for dc, d := range s.Digests {
+		if d != first {
+			t.Fatalf("converged but %s has digest %s, dc1 %s", dc, d, first)
+		}
+	}
+}
