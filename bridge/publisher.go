@@ -25,6 +25,9 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bridge: open stream %s: %w", r.stream, err)
 	}
+	his := make([]uint64, r.opts.Partitions)
+	var behind []uint32
+	own := r.store.Applied()[r.self]
 	for p := range r.opts.Partitions {
 		subj := Subject(r.self, uint32(p))
 		m, err := s.GetLastMsgForSubject(ctx, subj)
@@ -38,18 +41,95 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", subj, m.Sequence, err)
 		}
+		his[p] = hi
+		if p < len(own) && own[p] < hi {
+			behind = append(behind, uint32(p))
+		}
+	}
+	if len(behind) > 0 {
+		r.log.Warn("the stream holds own events the store lacks; taking them back from the stream (was the data dir restored from a backup?)",
+			"partitions", behind)
+		if err := r.recoverOwn(ctx, s, behind); err != nil {
+			return err
+		}
+	}
+	for p, hi := range his {
 		if hi == 0 {
 			continue
-		}
-		if own := r.store.Applied()[r.self]; int(p) < len(own) && own[p] < hi {
-			r.log.Warn("the stream holds own sequence numbers above the store's; continuing above them (was the data dir restored from a backup?)",
-				"partition", p, "store_seq", own[p], "stream_seq", hi)
 		}
 		if err := r.store.EnsureSeqAbove(ctx, uint32(p), hi); err != nil {
 			return fmt.Errorf("bridge: raise partition %d's sequence to %d: %w", p, hi, err)
 		}
 		r.seqHi[p] = hi
 	}
+	return nil
+}
+
+// recoverOwn reads this DC's own stream for the given partitions and hands
+// the DC's own events its store lacks back to the store (changelog
+// Store.Recover), so a DC restored from an old copy of its data dir gets
+// back the writes it made after that copy. An event the stream no longer
+// holds cannot come back this way; the DC then continues above the
+// stream's sequence, and the loss is logged.
+func (r *Replicator) recoverOwn(ctx context.Context, s jetstream.Stream, parts []uint32) error {
+	info, err := s.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("bridge: stream info %s: %w", r.stream, err)
+	}
+	last := info.State.LastSeq
+	subjects := make([]string, len(parts))
+	for i, p := range parts {
+		subjects[i] = Subject(r.self, p)
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy})
+	if err != nil {
+		return fmt.Errorf("bridge: read own stream %s: %w", r.stream, err)
+	}
+	recovered, gaps := 0, 0
+	var seen uint64
+	for seen < last {
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return fmt.Errorf("bridge: read own stream %s: %w", r.stream, err)
+		}
+		var evs []*event.Event
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			if md, err := m.Metadata(); err == nil {
+				seen = md.Sequence.Stream
+			}
+			ev, err := event.Decode(m.Data(), r.opts.Limits)
+			if err != nil || ev.Origin != r.self || len(ev.Path) != 1 {
+				continue
+			}
+			evs = append(evs, ev)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return fmt.Errorf("bridge: read own stream %s: %w", r.stream, err)
+		}
+		if len(evs) > 0 {
+			res, err := r.store.Recover(ctx, evs)
+			if err != nil {
+				return fmt.Errorf("bridge: recover own events: %w", err)
+			}
+			for _, x := range res {
+				switch x.Outcome {
+				case changelog.Changed, changelog.Obsolete:
+					recovered++
+				case changelog.Gap:
+					gaps++
+				}
+			}
+		}
+		if n == 0 {
+			break // nothing more within the wait
+		}
+	}
+	if gaps > 0 {
+		r.log.Error("some own events are gone from the stream as well; they cannot be taken back here", "missing_after_gap", gaps)
+	}
+	r.log.Info("took back own events from the stream", "events", recovered)
 	return nil
 }
 

@@ -33,6 +33,12 @@ type RepairRequest struct {
 	To        uint64 `msgpack:"to"`
 }
 
+// errOriginLacks reports an origin whose outbox no longer holds the events
+// asked for: it trimmed them once every DC had reported them applied, so
+// this DC must have lost them after reporting, as when its data dir is
+// restored from an old backup. The upstream streams may still hold them.
+var errOriginLacks = errors.New("bridge: the origin no longer holds the events")
+
 type gapKey struct {
 	origin string
 	p      uint32
@@ -59,7 +65,7 @@ func (r *Replicator) repair(ctx context.Context, origin string, p uint32, from, 
 			return err
 		}
 		if len(evs) == 0 {
-			return fmt.Errorf("origin %s holds none of partition %d's events from %d; its outbox may have been trimmed", origin, p, from)
+			return fmt.Errorf("%w: %s, partition %d, from seq %d", errOriginLacks, origin, p, from)
 		}
 		res, err := r.store.Apply(ctx, evs, r.forwardEvent)
 		if err != nil {

@@ -215,6 +215,9 @@ type Replicator struct {
 	// this DC has been behind the origin's own report; only the reporter
 	// goroutine uses it.
 	behind map[gapKey]lag
+	// replayed records when each link last replayed its upstream's stream;
+	// only the reporter goroutine uses it.
+	replayed map[string]time.Time
 
 	// drain tells the publisher that intake has stopped: it publishes what
 	// the outbox holds and exits.
@@ -253,6 +256,8 @@ func New(opts Options) (*Replicator, error) {
 		seqHi:  make([]uint64, opts.Partitions),
 		drain:  make(chan struct{}),
 		behind: map[gapKey]lag{},
+
+		replayed: map[string]time.Time{},
 	}
 	for _, dc := range opts.DCs {
 		r.known[dc] = true

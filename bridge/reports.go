@@ -176,10 +176,49 @@ func (r *Replicator) catchUp(ctx context.Context) {
 			r.behind[k] = lag{since: now, have: h}
 			r.log.Info("behind an origin without progress; asking it for the missing events",
 				"origin", origin, "partition", p, "applied", h, "origin_seq", target, "for", now.Sub(b.since).Round(time.Millisecond))
-			if err := r.repair(ctx, origin, uint32(p), h+1, target); err != nil {
-				r.c.repairErrors.Add(1)
-				r.log.Warn("catch-up repair failed", "origin", origin, "partition", p, "err", err)
+			err := r.repair(ctx, origin, uint32(p), h+1, target)
+			if err == nil {
+				continue
+			}
+			r.c.repairErrors.Add(1)
+			r.log.Warn("catch-up repair failed", "origin", origin, "partition", p, "err", err)
+			if errors.Is(err, errOriginLacks) {
+				r.replay(ctx, origin)
 			}
 		}
+	}
+}
+
+// replay makes the links that carry origin's events deliver their
+// upstream's whole stream again, by deleting their durable consumers: the
+// link goroutine sees its consumer go and creates it anew from the first
+// message. Events already applied come back as duplicates and change
+// nothing. It is the last resort when the origin's outbox no longer holds
+// events this DC lacks, and runs at most once per link every
+// 10×RepairAfter.
+func (r *Replicator) replay(ctx context.Context, origin string) {
+	links := r.links
+	for _, l := range r.links {
+		if l.up == origin {
+			links = []*link{l}
+			break
+		}
+	}
+	now := r.now()
+	for _, l := range links {
+		if last, ok := r.replayed[l.up]; ok && now.Sub(last) < 10*r.opts.RepairAfter {
+			continue
+		}
+		r.replayed[l.up] = now
+		actx, cancel := context.WithTimeout(ctx, r.opts.APITimeout)
+		err := r.js.DeleteConsumer(actx, l.stream, l.consumer)
+		cancel()
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			r.log.Warn("replay: delete consumer", "consumer", l.consumer, "stream", l.stream, "err", err)
+			continue
+		}
+		r.c.replays.Add(1)
+		r.log.Warn("replaying an upstream's stream from its first message to recover events the origin no longer holds",
+			"upstream", l.up, "stream", l.stream, "origin", origin)
 	}
 }

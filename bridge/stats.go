@@ -53,6 +53,9 @@ type Stats struct {
 	RepairErrors uint64
 	// RepairsServed counts repair requests this DC answered for others.
 	RepairsServed uint64
+	// Replays counts upstream streams replayed from their first message
+	// because an origin no longer held events this DC lacked.
+	Replays uint64
 
 	// PeerReports counts applied vectors accepted from other DCs;
 	// PeerReportsIgnored those ignored as malformed or from unknown DCs.
@@ -101,7 +104,7 @@ type counters struct {
 	published, publishDuplicates, publishErrors                           atomic.Uint64
 	received, applied, obsolete, duplicates, gaps, forwarded, loops, dead atomic.Uint64
 	applyErrors                                                           atomic.Uint64
-	repairs, repairedEvents, repairErrors, repairsServed                  atomic.Uint64
+	repairs, repairedEvents, repairErrors, repairsServed, replays         atomic.Uint64
 	peerReports, peerReportsIgnored, trimmed, purged                      atomic.Uint64
 }
 
@@ -185,6 +188,7 @@ func (r *Replicator) Stats() Stats {
 		RepairedEvents:     c.repairedEvents.Load(),
 		RepairErrors:       c.repairErrors.Load(),
 		RepairsServed:      c.repairsServed.Load(),
+		Replays:            c.replays.Load(),
 		PeerReports:        c.peerReports.Load(),
 		PeerReportsIgnored: c.peerReportsIgnored.Load(),
 		Trimmed:            c.trimmed.Load(),

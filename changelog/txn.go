@@ -155,6 +155,9 @@ func (t *txn) appliedSeq(origin string, p uint32) uint64 {
 }
 
 func (t *txn) setApplied(origin string, p uint32, v uint64) error {
+	if origin == t.s.opts.DC {
+		return t.setSeq(p, v) // own events recovered after a restore
+	}
 	t.applied[appliedRef{origin, p}] = v
 	return t.set(appliedKey(origin, p), u64(v))
 }

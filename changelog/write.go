@@ -248,3 +248,32 @@ func (t *txn) checkContext(client vclock.VV, p uint32) error {
 	}
 	return nil
 }
+
+// Recover applies events this DC itself wrote that its store no longer
+// holds, because its data dir was restored from an old copy while its
+// stream (and the other DCs) kept them. Each event must be the partition's
+// next sequence; it is applied like a remote event and raises the
+// partition's sequence, and it gets no outbox entry, since it is already in
+// the stream. Events the store holds come back as Duplicate.
+func (s *Store) Recover(ctx context.Context, evs []*event.Event) ([]ApplyResult, error) {
+	for _, ev := range evs {
+		if ev.Origin != s.opts.DC || ev.Dot.DC != ev.Origin || ev.Dot.N != ev.Seq || ev.Seq == 0 {
+			return nil, fmt.Errorf("%w: event %s is not one of this DC's own", ErrBadInput, ev.Dot)
+		}
+		if int(ev.Partition) >= s.opts.Partitions || ev.Partition != event.PartitionOf(ev.Key, s.opts.Partitions) {
+			return nil, fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
+		}
+	}
+	out := make([]ApplyResult, len(evs))
+	err := s.do(ctx, func(t *txn) error {
+		for i, ev := range evs {
+			r, err := t.apply(ev, nil)
+			if err != nil {
+				return err
+			}
+			out[i] = r
+		}
+		return nil
+	})
+	return out, err
+}
