@@ -189,6 +189,7 @@ func (r *Replicator) apply(ctx context.Context, l *link, in []inbound) {
 	need := map[gapKey]gapRange{}
 	for i, x := range in {
 		r.count(l, res[i], x.ev.HLC)
+		r.observeHLC(res[i], x.ev)
 		if res[i].Outcome != changelog.Gap {
 			r.ack(l, x.msg)
 			continue
@@ -220,7 +221,19 @@ func (r *Replicator) apply(ctx context.Context, l *link, in []inbound) {
 			continue
 		}
 		r.count(l, res[i], x.ev.HLC)
+		r.observeHLC(res[i], x.ev)
 		r.ack(l, x.msg)
+	}
+}
+
+// observeHLC feeds an applied event's HLC to the local clock.
+func (r *Replicator) observeHLC(res changelog.ApplyResult, ev *event.Event) {
+	if r.opts.Clock == nil || res.Outcome != changelog.Changed {
+		return
+	}
+	if err := r.opts.Clock.Update(ev.HLC); err != nil {
+		r.c.clockDrift.Add(1)
+		r.log.Warn("remote clock beyond the drift bound; its time was not taken", "origin", ev.Origin, "dot", ev.Dot.String(), "err", err)
 	}
 }
 

@@ -44,6 +44,9 @@ type Stats struct {
 	DeadLetters uint64
 	// ApplyErrors counts batches the store failed to apply.
 	ApplyErrors uint64
+	// ClockDrift counts applied events whose HLC was beyond the local
+	// clock's drift bound, so the clock did not take it.
+	ClockDrift uint64
 
 	// Repairs counts gap-repair requests this DC answered with events
 	// applied; RepairedEvents counts the events they brought.
@@ -103,7 +106,7 @@ type LinkStats struct {
 type counters struct {
 	published, publishDuplicates, publishErrors                           atomic.Uint64
 	received, applied, obsolete, duplicates, gaps, forwarded, loops, dead atomic.Uint64
-	applyErrors                                                           atomic.Uint64
+	applyErrors, clockDrift                                               atomic.Uint64
 	repairs, repairedEvents, repairErrors, repairsServed, replays         atomic.Uint64
 	peerReports, peerReportsIgnored, trimmed, purged                      atomic.Uint64
 }
@@ -173,6 +176,7 @@ func (r *Replicator) Stats() Stats {
 	c := &r.c
 	s := Stats{
 		Published:          c.published.Load(),
+		ClockDrift:         c.clockDrift.Load(),
 		PublishDuplicates:  c.publishDuplicates.Load(),
 		PublishErrors:      c.publishErrors.Load(),
 		Received:           c.received.Load(),

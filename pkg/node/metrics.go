@@ -11,7 +11,7 @@ type collector struct {
 	n *Node
 
 	writes, applies, obsolete, duplicates, loops, dead, published, pubErrors,
-	gaps, repairs, purged, conflicts, lagEvents, lagSeconds, outbox, groups *prometheus.Desc
+	gaps, repairs, purged, conflicts, lagEvents, lagSeconds, outbox, groups, drift *prometheus.Desc
 }
 
 func newCollector(n *Node) *collector {
@@ -37,12 +37,13 @@ func newCollector(n *Node) *collector {
 		lagSeconds: d("link_lag_seconds", "Age of the newest event applied from an upstream, while messages are pending.", "upstream"),
 		outbox:     d("outbox_depth", "Outbox entries not yet acknowledged by JetStream."),
 		groups:     d("commit_groups_total", "Pebble batches committed (one fsync each)."),
+		drift:      d("clock_drift_rejected_total", "Applied events whose HLC was beyond the drift bound (max_clock_drift)."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.writes, c.applies, c.obsolete, c.duplicates, c.loops, c.dead, c.published,
-		c.pubErrors, c.gaps, c.repairs, c.purged, c.conflicts, c.lagEvents, c.lagSeconds, c.outbox, c.groups} {
+		c.pubErrors, c.gaps, c.repairs, c.purged, c.conflicts, c.lagEvents, c.lagSeconds, c.outbox, c.groups, c.drift} {
 		ch <- d
 	}
 }
@@ -75,6 +76,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.gaps, bs.Gaps)
 	counter(c.repairs, bs.RepairedEvents)
 	counter(c.purged, bs.Purged)
+	counter(c.drift, bs.ClockDrift)
 	for up, l := range bs.Links {
 		gauge(c.lagEvents, float64(l.LagEvents), up)
 		gauge(c.lagSeconds, l.LagSeconds, up)

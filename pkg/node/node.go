@@ -221,7 +221,7 @@ func (n *Node) Start(ctx context.Context) error {
 	lim := event.Limits{MaxEventBytes: n.cfg.Limits.MaxEventBytes, MaxKeyBytes: n.cfg.Limits.MaxKeyBytes, MaxValueBytes: n.cfg.Limits.MaxValueBytes}
 	repl, err := bridge.New(bridge.Options{
 		Store: n.store, NC: nc, Domain: n.cfg.NATS.Domain, Plan: plan, DCs: n.cfg.DCs,
-		Partitions: n.cfg.Partitions, Limits: lim, Logger: n.log, Now: n.opts.Now,
+		Partitions: n.cfg.Partitions, Limits: lim, Logger: n.log, Now: n.opts.Now, Clock: n.clock,
 		Stream: bridge.StreamOptions{
 			Replicas:        n.cfg.Durability.StreamReplicas,
 			DuplicateWindow: time.Duration(n.cfg.Durability.DuplicateWindow),

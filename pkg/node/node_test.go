@@ -67,20 +67,11 @@ func TestNodeServesAndReplicates(t *testing.T) {
 	if _, err := nodes[1].Write(ctx, changelog.WriteOp{Key: "t/1", Value: []byte("b")}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	waitFor(t, "the two DCs to converge", func() bool {
 		a, _ := nodes[0].Store().Digest()
 		b, _ := nodes[1].Store().Digest()
-		if a.Hex() == b.Hex() && nodes[0].Store().OutboxDepth() == 0 && nodes[1].Store().OutboxDepth() == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the two DCs did not converge")
-		}
-		<-tick.C
-	}
+		return a.Hex() == b.Hex() && nodes[0].Store().OutboxDepth() == 0 && nodes[1].Store().OutboxDepth() == 0
+	})
 	base := "http://" + nodes[1].HTTPAddr()
 	if body := get(t, base+"/v1/kv/t%2F1"); !strings.Contains(body, `"resolver":"lww"`) {
 		t.Fatalf("GET: %s", body)
@@ -107,5 +98,64 @@ func TestNodeServesAndReplicates(t *testing.T) {
 	}
 	if err := nodes[0].Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// TestClockDriftRefused: a DC whose clock runs 5 minutes ahead still
+// replicates, but a DC with a 1-minute drift bound refuses to take its time
+// (counted), so its own later writes keep its own clock.
+func TestClockDriftRefused(t *testing.T) {
+	dir := t.TempDir()
+	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	skews := map[string]time.Duration{"dc1": 5 * time.Minute, "dc2": 0}
+	nodes := map[string]*Node{}
+	for _, dc := range []string{"dc1", "dc2"} {
+		cfg := testConfig(dc, dir)
+		cfg.Durability.MaxClockDrift = config.Duration(time.Minute)
+		skew := skews[dc]
+		n, err := New(cfg, Options{NATSURL: ns.ClientURL(), NoHTTP: true, ReportInterval: 50 * time.Millisecond,
+			Now: func() time.Time { return time.Now().Add(skew) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		if err := n.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		nodes[dc] = n
+	}
+	ctx := context.Background()
+	w, err := nodes["dc1"].Write(ctx, changelog.WriteOp{Key: "k", Value: []byte("from the future")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "dc2 to apply dc1's write", func() bool { return nodes["dc2"].Replicator().Stats().Applied > 0 })
+	if got := nodes["dc2"].Replicator().Stats().ClockDrift; got != 1 {
+		t.Fatalf("clock drift refusals = %d, want 1", got)
+	}
+	own, err := nodes["dc2"].Write(ctx, changelog.WriteOp{Key: "k2", Value: []byte("now")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own.Event.HLC >= w.Event.HLC {
+		t.Fatal("dc2 took a time beyond its drift bound")
+	}
+}
+
+// waitFor polls cond until it holds or 15 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
 	}
 }
