@@ -207,9 +207,11 @@ func (r *Replicator) publishWindow(ctx context.Context) (more bool, err error) {
 		return false, nil
 	}
 	futs := make([]jetstream.PubAckFuture, 0, len(entries))
+	sent := make([]time.Time, 0, len(entries))
 	var sendErr error
 	for _, e := range entries {
 		m := r.message(e)
+		sent = append(sent, time.Now())
 		f, err := r.pub.PublishMsgAsync(m, jetstream.WithExpectStream(r.stream), jetstream.WithStallWait(r.opts.PublishAckTimeout))
 		if err != nil {
 			sendErr = fmt.Errorf("publish %s: %w", m.Header.Get(jetstream.MsgIDHeader), err)
@@ -217,7 +219,7 @@ func (r *Replicator) publishWindow(ctx context.Context) (more bool, err error) {
 		}
 		futs = append(futs, f)
 	}
-	acked, ackErr := r.awaitAcks(ctx, ckpt, entries, futs)
+	acked, ackErr := r.awaitAcks(ctx, ckpt, entries, futs, sent)
 	if acked > ckpt {
 		if err := r.store.SetCheckpoint(ctx, acked); err != nil {
 			return false, fmt.Errorf("move the checkpoint to %d: %w", acked, err)
@@ -232,7 +234,7 @@ func (r *Replicator) publishWindow(ctx context.Context) (more bool, err error) {
 // awaitAcks waits for the acknowledgements of futs, which were published
 // for entries in order, and returns the index of the last entry of the
 // acknowledged prefix (ckpt if none) and the first error.
-func (r *Replicator) awaitAcks(ctx context.Context, ckpt uint64, entries []changelog.OutboxEntry, futs []jetstream.PubAckFuture) (uint64, error) {
+func (r *Replicator) awaitAcks(ctx context.Context, ckpt uint64, entries []changelog.OutboxEntry, futs []jetstream.PubAckFuture, sent []time.Time) (uint64, error) {
 	timeout := time.NewTimer(r.opts.PublishAckTimeout)
 	defer timeout.Stop()
 	last, prefix := ckpt, true
@@ -240,6 +242,9 @@ func (r *Replicator) awaitAcks(ctx context.Context, ckpt uint64, entries []chang
 	for i, f := range futs {
 		select {
 		case ack := <-f.Ok():
+			if r.opts.ObservePublish != nil {
+				r.opts.ObservePublish(time.Since(sent[i]))
+			}
 			if ack.Duplicate {
 				r.c.publishDuplicates.Add(1)
 			} else {

@@ -61,6 +61,10 @@ type Options struct {
 	// the clock, counted and logged; the event is applied all the same,
 	// since causality never depends on the HLC.
 	Clock interface{ Update(remote uint64) error }
+	// ObservePublish, if set, receives the time from sending each event to
+	// JetStream to reading its acknowledgement (acks are read in order, so
+	// an ack that overtook an earlier one counts from the earlier's).
+	ObservePublish func(time.Duration)
 
 	// PublishWindow bounds the events published but not yet acknowledged
 	// by JetStream. Default 256.

@@ -14,6 +14,17 @@ type collector struct {
 	gaps, repairs, purged, conflicts, lagEvents, lagSeconds, outbox, groups, drift *prometheus.Desc
 }
 
+// newPublishLatency is the histogram of JetStream publish latency, fed by
+// the bridge's ObservePublish hook.
+func newPublishLatency(dc string) prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:        "replicator_publish_latency_seconds",
+		Help:        "Time from sending an event to JetStream to its acknowledgement.",
+		ConstLabels: prometheus.Labels{"dc": dc},
+		Buckets:     prometheus.ExponentialBuckets(0.0001, 2, 16),
+	})
+}
+
 func newCollector(n *Node) *collector {
 	dc := prometheus.Labels{"dc": n.cfg.DC}
 	d := func(name, help string, labels ...string) *prometheus.Desc {

@@ -67,6 +67,8 @@ type Node struct {
 	store *changelog.Store
 	hub   *httpapi.Hub
 	reg   *prometheus.Registry
+	// pubLatency is the publish latency histogram.
+	pubLatency prometheus.Histogram
 	// arbiter resolves external-resolver conflicts; only at the arbiter DC
 	// of a configuration with an external rule.
 	arbiter *external.Worker
@@ -130,9 +132,12 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	if hasExternal(cfg) && external.Arbiter(cfg.DCs) == cfg.DC {
 		n.arbiter = external.New(external.Options{Store: st, Rules: rules, Logger: n.log})
 	}
-	if err := n.reg.Register(newCollector(n)); err != nil {
-		st.Close()
-		return nil, fmt.Errorf("node: register metrics: %w", err)
+	n.pubLatency = newPublishLatency(cfg.DC)
+	for _, c := range []prometheus.Collector{newCollector(n), n.pubLatency} {
+		if err := n.reg.Register(c); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("node: register metrics: %w", err)
+		}
 	}
 	return n, nil
 }
@@ -222,6 +227,7 @@ func (n *Node) Start(ctx context.Context) error {
 	repl, err := bridge.New(bridge.Options{
 		Store: n.store, NC: nc, Domain: n.cfg.NATS.Domain, Plan: plan, DCs: n.cfg.DCs,
 		Partitions: n.cfg.Partitions, Limits: lim, Logger: n.log, Now: n.opts.Now, Clock: n.clock,
+		ObservePublish: func(d time.Duration) { n.pubLatency.Observe(d.Seconds()) },
 		Stream: bridge.StreamOptions{
 			Replicas:        n.cfg.Durability.StreamReplicas,
 			DuplicateWindow: time.Duration(n.cfg.Durability.DuplicateWindow),
