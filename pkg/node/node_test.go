@@ -12,6 +12,7 @@ import (
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
+	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
 func testConfig(dc string, dir string) config.Config {
@@ -64,7 +65,9 @@ func TestNodeServesAndReplicates(t *testing.T) {
 	if _, err := nodes[0].Write(ctx, changelog.WriteOp{Key: "t/1", Value: []byte("a")}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nodes[1].Write(ctx, changelog.WriteOp{Key: "t/1", Value: []byte("b")}); err != nil {
+	// An explicit empty context makes the write concurrent with dc1's
+	// whether or not dc1's event has arrived: a conflict either way.
+	if _, err := nodes[1].Write(ctx, changelog.WriteOp{Key: "t/1", Value: []byte("b"), Context: vclock.VV{}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the two DCs to converge", func() bool {
