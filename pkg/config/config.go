@@ -60,7 +60,8 @@ type Config struct {
 	Topology string `yaml:"topology"`
 	// Hub is the star's hub. Required for star, rejected otherwise.
 	Hub string `yaml:"hub"`
-	// StandbyHub is the DC that takes over as hub when the hub is lost.
+	// StandbyHub is reserved for hub failover (not built yet): it is
+	// validated and otherwise ignored.
 	// Optional, star only, and not the hub itself.
 	StandbyHub string `yaml:"standby_hub"`
 	// Partitions is the number of partitions keys hash into (subjects
