@@ -31,6 +31,7 @@ type txn struct {
 	trimTo  uint64 // outbox entries below this index were deleted
 	changes []Change
 	after   []func()
+	changed int // changes made so far, to the batch or the overlay
 }
 
 type appliedRef struct {
@@ -58,14 +59,21 @@ func (s *Store) newTxn() *txn {
 func (t *txn) close() { t.b.Close() }
 
 // mark and dirtySince let commitGroup tell a request that failed before
-// writing from one that failed half way.
-func (t *txn) mark() uint32 { return t.b.Count() }
+// changing anything from one that failed half way; every change to the
+// batch or to the overlay counts.
+func (t *txn) mark() int { return t.changed }
 
-func (t *txn) dirtySince(m uint32) bool { return t.b.Count() != m }
+func (t *txn) dirtySince(m int) bool { return t.changed != m }
 
-func (t *txn) set(k, v []byte) error { return t.b.Set(k, v, nil) }
+func (t *txn) set(k, v []byte) error {
+	t.changed++
+	return t.b.Set(k, v, nil)
+}
 
-func (t *txn) del(k []byte) error { return t.b.Delete(k, nil) }
+func (t *txn) del(k []byte) error {
+	t.changed++
+	return t.b.Delete(k, nil)
+}
 
 // state returns the key's current state, as this batch has left it.
 func (t *txn) state(key string) (dvv.State, bool, error) {
@@ -86,7 +94,10 @@ func (t *txn) state(key string) (dvv.State, bool, error) {
 	return st, true, nil
 }
 
-func (t *txn) putState(key string, st dvv.State) error {
+// putState stores the key's new state; prev is the state it replaces, so
+// the tombstone index changes only when the key enters or leaves the
+// tombstone-only condition.
+func (t *txn) putState(key string, prev, st dvv.State) error {
 	b, err := encodeState(st)
 	if err != nil {
 		return err
@@ -94,12 +105,15 @@ func (t *txn) putState(key string, st dvv.State) error {
 	if err := t.set(keyKey(key), b); err != nil {
 		return err
 	}
-	if len(st.Siblings) > 0 && st.LiveCount() == 0 {
+	switch was, is := tombOnly(prev), tombOnly(st); {
+	case is && !was:
 		if err := t.set(tombKey(key), nil); err != nil {
 			return err
 		}
-	} else if err := t.del(tombKey(key)); err != nil {
-		return err
+	case was && !is:
+		if err := t.del(tombKey(key)); err != nil {
+			return err
+		}
 	}
 	t.states[key] = &st
 	for _, sb := range st.Siblings {
@@ -134,9 +148,12 @@ func (t *txn) lastSeq(p uint32) uint64 {
 	return t.s.mu.seq[p]
 }
 
+// setSeq records the partition's last issued sequence; commit writes it
+// once per batch.
 func (t *txn) setSeq(p uint32, v uint64) error {
+	t.changed++
 	t.seq[p] = v
-	return t.set(seqKey(p), u64(v))
+	return nil
 }
 
 func (t *txn) appliedSeq(origin string, p uint32) uint64 {
@@ -192,9 +209,6 @@ func (t *txn) appendOutbox(ev *event.Event) error {
 	if err := t.set(outboxKey(idx), b); err != nil {
 		return err
 	}
-	if err := t.set(metaKey(metaOutboxHi), u64(idx)); err != nil {
-		return err
-	}
 	if ev.Origin == t.s.opts.DC && len(ev.Path) == 1 {
 		if err := t.set(ownKey(ev.Partition, ev.Seq), u64(idx)); err != nil {
 			return err
@@ -210,13 +224,23 @@ func (t *txn) appendOutbox(ev *event.Event) error {
 // acknowledges anything, and the batch is pipelined with the next group's.
 func (t *txn) commit() error {
 	s := t.s
+	if t.b.Empty() && len(t.seq) == 0 {
+		return nil
+	}
 	if t.hlcMax > 0 {
 		if err := t.set(metaKey(metaHLC), u64(t.hlcMax)); err != nil {
 			return err
 		}
 	}
-	if t.b.Empty() {
-		return nil
+	for p, v := range t.seq {
+		if err := t.set(seqKey(p), u64(v)); err != nil {
+			return err
+		}
+	}
+	if t.outbox {
+		if err := t.set(metaKey(metaOutboxHi), u64(t.next-1)); err != nil {
+			return err
+		}
 	}
 	var err error
 	if s.wo.Sync {
@@ -280,3 +304,6 @@ func (t *txn) wait() error {
 	}
 	return nil
 }
+
+// tombOnly reports whether st holds siblings and all are tombstones.
+func tombOnly(st dvv.State) bool { return len(st.Siblings) > 0 && st.LiveCount() == 0 }

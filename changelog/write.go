@@ -92,7 +92,7 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 	if err := t.setSeq(p, seq); err != nil {
 		return WriteResult{}, err
 	}
-	if err := t.putState(op.Key, next); err != nil {
+	if err := t.putState(op.Key, st, next); err != nil {
 		return WriteResult{}, err
 	}
 	if err := t.noteConflicts(op.Key, next, ver.HLC); err != nil {
@@ -195,7 +195,7 @@ func (t *txn) apply(ev *event.Event, forward func(*event.Event) bool) (ApplyResu
 	res := ApplyResult{Outcome: Obsolete}
 	if next, ok := st.Apply(ev.Dot, ev.Context, ver); ok {
 		res.Outcome = Changed
-		if err := t.putState(ev.Key, next); err != nil {
+		if err := t.putState(ev.Key, st, next); err != nil {
 			return ApplyResult{}, err
 		}
 		if err := t.noteConflicts(ev.Key, next, ev.HLC); err != nil {
