@@ -321,6 +321,13 @@ func (r *Replicator) Start(ctx context.Context) error {
 		return ErrStarted
 	}
 	if err := EnsureStream(ctx, r.js, r.self, r.opts.Partitions, r.opts.Stream); err != nil {
+		if errors.Is(err, ErrNoJetStream) {
+			where := "this server's JetStream"
+			if r.opts.Domain != "" {
+				where = fmt.Sprintf("JetStream domain %q (nats.domain)", r.opts.Domain)
+			}
+			return fmt.Errorf("%w; looked in %s", err, where)
+		}
 		return err
 	}
 	if err := r.resumeSequences(ctx); err != nil {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -156,6 +157,9 @@ func storage(o StreamOptions) jetstream.StorageType {
 // what this DC needs.
 var ErrStreamMismatch = errors.New("bridge: stream exists with an incompatible configuration")
 
+// ErrNoJetStream reports that no JetStream answered the stream look-up.
+var ErrNoJetStream = errors.New("bridge: no JetStream answered")
+
 // EnsureStream creates dc's event stream and its dead-letter stream (see
 // StreamConfig and DLQStreamConfig), or checks that they exist with a
 // compatible configuration. It never updates an existing stream: a
@@ -185,6 +189,9 @@ func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamCo
 			return fmt.Errorf("bridge: create stream %s: %w", want.Name, err)
 		}
 		return nil
+	}
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return fmt.Errorf("%w: look up stream %s: %v; enable JetStream on the server, or set nats.domain to the JetStream domain that holds the replication streams when this DC reaches them over a leafnode", ErrNoJetStream, want.Name, err)
 	}
 	if err != nil {
 		return fmt.Errorf("bridge: look up stream %s: %w", want.Name, err)

@@ -1,0 +1,388 @@
+// Package natsinfra_test runs sidecars against the NATS deployments of
+// DESIGN.md "Where NATS runs", all in-process and real: a three-server
+// JetStream cluster that loses a server, DCs linked by leafnodes to a hub's
+// JetStream domain, servers that demand user/password, JWT credentials or
+// mutual TLS, and the NATS CLI reading the replication streams.
+//
+// Set REPL_TEST_LOG=1 to see the sidecars' logs, REPL_TEST_NATS_LOG=1 to see
+// the NATS servers' on stderr.
+package natsinfra_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"go.uber.org/goleak"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/config"
+	"github.com/replicatorhq/replicator/pkg/node"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// partitions is every test deployment's partition count.
+const partitions = 4
+
+// startTimeout bounds one sidecar's Start.
+const startTimeout = 40 * time.Second
+
+// runServer starts an in-process NATS server with o (logging and signal
+// handling off, loopback and a free client port unless o says otherwise)
+// and shuts it down at the end of the test.
+func runServer(t testing.TB, o *server.Options) *server.Server {
+	t.Helper()
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	if o.Port == 0 {
+		o.Port = -1
+	}
+	o.NoSigs = true
+	o.NoLog = os.Getenv("REPL_TEST_NATS_LOG") == ""
+	s, err := server.NewServer(o)
+	if err != nil {
+		t.Fatalf("nats server %s: %v", o.ServerName, err)
+	}
+	if !o.NoLog {
+		s.ConfigureLogger()
+	}
+	s.Start()
+	t.Cleanup(func() { stopServer(s) })
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("nats server %s not ready for connections after 10s", o.ServerName)
+	}
+	return s
+}
+
+// stopServer shuts s down and waits; calling it again is harmless.
+func stopServer(s *server.Server) {
+	s.Shutdown()
+	s.WaitForShutdown()
+}
+
+// sidecarConfig is the config of DC dc of dcs, a mesh on the external NATS
+// at url: siblings by default, lww under "lww/", its data in a fresh
+// temporary directory. Callers adjust cfg.NATS before starting.
+func sidecarConfig(t testing.TB, dc string, dcs []string, url string) config.Config {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DC, cfg.DCs, cfg.Topology = dc, dcs, config.Mesh
+	cfg.Partitions = partitions
+	cfg.DataDir = t.TempDir()
+	cfg.NATS.URL = url
+	cfg.Resolvers.Rules = []config.Rule{{Prefix: "lww/", Resolver: config.LWW}}
+	cfg.Complete()
+	return cfg
+}
+
+// newSidecar opens a sidecar for cfg (no HTTP listener) and closes it at
+// the end of the test; it does not start it.
+func newSidecar(t testing.TB, cfg config.Config) *node.Node {
+	t.Helper()
+	n, err := node.New(cfg, node.Options{Logger: testLogger(t, cfg.DC), NoHTTP: true, ReportInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("%s: node.New: %v", cfg.DC, err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Logf("%s: close: %v", cfg.DC, err)
+		}
+	})
+	return n
+}
+
+// startSidecar opens and starts a sidecar for cfg.
+func startSidecar(t testing.TB, cfg config.Config) *node.Node {
+	t.Helper()
+	n := newSidecar(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if err := n.Start(ctx); err != nil {
+		t.Fatalf("%s: start: %v", cfg.DC, err)
+	}
+	return n
+}
+
+// startMesh starts one sidecar per DC, concurrently (each DC's Start waits
+// for its own stream only, but a cluster's JetStream is faster when asked
+// in parallel). urlOf gives each DC its NATS URL; adjust, if not nil,
+// changes each config before the start.
+func startMesh(t testing.TB, dcs []string, urlOf func(i int) string, adjust func(*config.Config)) []*node.Node {
+	t.Helper()
+	nodes := make([]*node.Node, len(dcs))
+	for i, dc := range dcs {
+		cfg := sidecarConfig(t, dc, dcs, urlOf(i))
+		if adjust != nil {
+			adjust(&cfg)
+		}
+		nodes[i] = newSidecar(t, cfg)
+	}
+	errs := make([]error, len(dcs))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+			defer cancel()
+			errs[i] = n.Start(ctx)
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("%s: start: %v", dcs[i], err)
+		}
+	}
+	return nodes
+}
+
+// writer drives writes at one DC until stopped: read-modify-writes with the
+// context of a local read on keys every DC writes (so they conflict), blind
+// writes on lww keys, and an occasional delete.
+type writer struct {
+	n    *node.Node
+	dc   string
+	keys int
+	done atomic.Int64
+}
+
+func (w *writer) run(ctx context.Context, stop <-chan struct{}, max int64) error {
+	for i := int64(0); i < max; i++ {
+		select {
+		case <-stop:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		op := changelog.WriteOp{Value: fmt.Appendf(nil, "%s-%d", w.dc, i)}
+		switch i % 4 {
+		case 0:
+			op.Key = fmt.Sprintf("lww/%d", i%int64(w.keys))
+		default:
+			op.Key = fmt.Sprintf("k/%d", i%int64(w.keys))
+			_, st, _, err := w.n.Read(op.Key)
+			if err != nil {
+				return fmt.Errorf("%s: read %s: %w", w.dc, op.Key, err)
+			}
+			op.Context = st.Clock
+			if i%29 == 0 {
+				op.Delete, op.Value = true, nil
+			}
+		}
+		if _, err := w.n.Write(ctx, op); err != nil {
+			return fmt.Errorf("%s: write %s: %w", w.dc, op.Key, err)
+		}
+		w.done.Add(1)
+	}
+	return nil
+}
+
+// workload runs one writer per DC in the background.
+type workload struct {
+	writers []*writer
+	stop    chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	errs    []error
+}
+
+// startWorkload starts a writer at every node; each stops after max writes
+// or at halt.
+func startWorkload(t testing.TB, nodes []*node.Node, dcs []string, max int64) *workload {
+	t.Helper()
+	w := &workload{stop: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	for i, n := range nodes {
+		wr := &writer{n: n, dc: dcs[i], keys: 40}
+		w.writers = append(w.writers, wr)
+		w.wg.Go(func() {
+			if err := wr.run(ctx, w.stop, max); err != nil {
+				w.mu.Lock()
+				w.errs = append(w.errs, err)
+				w.mu.Unlock()
+			}
+		})
+	}
+	t.Cleanup(func() { w.halt(); w.wg.Wait(); cancel() })
+	return w
+}
+
+// halt tells every writer to stop after its current write.
+func (w *workload) halt() { w.once.Do(func() { close(w.stop) }) }
+
+// total is the number of writes acknowledged so far.
+func (w *workload) total() int64 {
+	var n int64
+	for _, wr := range w.writers {
+		n += wr.done.Load()
+	}
+	return n
+}
+
+// waitTotal waits until at least n writes have been acknowledged.
+func (w *workload) waitTotal(t testing.TB, n int64, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, fmt.Sprintf("%d writes", n), func() (bool, string) {
+		return w.total() >= n, fmt.Sprintf("%d writes", w.total())
+	})
+}
+
+// wait waits for every writer to finish and fails the test on any error.
+func (w *workload) wait(t testing.TB) {
+	t.Helper()
+	w.wg.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.errs) > 0 {
+		t.Fatalf("writes failed: %v", w.errs)
+	}
+}
+
+// waitConverged waits until every node shows the same digest and applied
+// vector with an empty outbox, twice in a row, and fails the test with
+// each node's state when timeout passes first.
+func waitConverged(t testing.TB, nodes []*node.Node, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	stable := 0
+	var last string
+	eventually(t, timeout, "convergence", func() (bool, string) {
+		same, report := convergence(nodes)
+		if same {
+			stable++
+		} else {
+			stable = 0
+		}
+		last = report
+		return stable >= 2, report
+	})
+	t.Logf("converged after %s: %s", time.Since(start).Round(time.Millisecond), last)
+	return time.Since(start)
+}
+
+// convergence reports whether nodes agree, and what each one holds.
+func convergence(nodes []*node.Node) (bool, string) {
+	var b strings.Builder
+	same := true
+	var firstDigest string
+	var firstApplied changelog.Applied
+	for i, n := range nodes {
+		st := n.Store()
+		d, err := st.Digest()
+		if err != nil {
+			fmt.Fprintf(&b, "%s: digest: %v; ", st.DC(), err)
+			same = false
+			continue
+		}
+		a := st.Applied()
+		fmt.Fprintf(&b, "%s digest=%.12s outbox=%d applied=%v; ", st.DC(), d.Hex(), st.OutboxDepth(), appliedTotals(a))
+		if st.OutboxDepth() > 0 {
+			same = false
+		}
+		if i == 0 {
+			firstDigest, firstApplied = d.Hex(), a
+			continue
+		}
+		if d.Hex() != firstDigest || !a.LessEq(firstApplied) || !firstApplied.LessEq(a) {
+			same = false
+		}
+	}
+	if !same {
+		// Say what each link was doing.
+		for _, n := range nodes {
+			if bs := n.Status().Bridge; bs != nil {
+				for _, l := range bs.Links {
+					fmt.Fprintf(&b, "[%s<-%s received=%d applied=%d gaps=%d lag=%d connected=%t err=%q] ",
+						bs.DC, l.Upstream, l.Received, l.Applied, l.Gaps, l.LagEvents, l.Connected, l.LastError)
+				}
+			}
+		}
+	}
+	return same, b.String()
+}
+
+// appliedTotals sums each origin's applied sequences over its partitions,
+// for short failure messages.
+func appliedTotals(a changelog.Applied) string {
+	origins := make([]string, 0, len(a))
+	for o := range a {
+		origins = append(origins, o)
+	}
+	slices.Sort(origins)
+	var parts []string
+	for _, o := range origins {
+		var sum uint64
+		for _, s := range a[o] {
+			sum += s
+		}
+		parts = append(parts, fmt.Sprintf("%s:%d", o, sum))
+	}
+	return "{" + strings.Join(parts, ",") + "}"
+}
+
+// eventually polls cond every 50ms until it holds, and fails the test with
+// what and cond's last explanation after timeout.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after %s: %s", what, timeout, why)
+		}
+		<-tick.C
+	}
+}
+
+// connectedTo returns, per server index, the DCs whose sidecar connection
+// ("replicator-<dc>") the server holds.
+func connectedTo(t testing.TB, servers []*server.Server) map[int][]string {
+	t.Helper()
+	out := map[int][]string{}
+	for i, s := range servers {
+		if !s.Running() {
+			continue
+		}
+		cz, err := s.Connz(&server.ConnzOptions{})
+		if err != nil {
+			t.Fatalf("connz: %v", err)
+		}
+		for _, c := range cz.Conns {
+			if dc, ok := strings.CutPrefix(c.Name, "replicator-"); ok {
+				out[i] = append(out[i], dc)
+			}
+		}
+		slices.Sort(out[i])
+	}
+	return out
+}
+
+func testLogger(t testing.TB, dc string) *slog.Logger {
+	if os.Getenv("REPL_TEST_LOG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test_dc", dc)
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
