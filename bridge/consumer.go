@@ -73,7 +73,13 @@ func (r *Replicator) runLink(ctx context.Context, l *link) {
 		}
 		l.setErr(err)
 		d := bo.next()
-		r.log.Warn("link failed; setting it up again", "upstream", l.up, "consumer", l.consumer, "err", err, "retry_in", d)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			// The upstream DC has not created its stream yet, as at a
+			// first start: not a fault.
+			r.log.Info("waiting for the upstream's stream", "upstream", l.up, "stream", l.stream, "retry_in", d)
+		} else {
+			r.log.Warn("link failed; setting it up again", "upstream", l.up, "consumer", l.consumer, "err", err, "retry_in", d)
+		}
 		if !wait(ctx, d) {
 			return
 		}

@@ -78,10 +78,10 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c clientFlags
 	c.register(fs)
 	ctxHdr := fs.String("context", "", "causal context from an earlier read (X-Repl-Context)")
-	if err := parse(fs, args); err != nil {
+	rest, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	rest := fs.Args()
 	if len(rest) < 2 {
 		return usagef("want get|put|del KEY [VALUE]")
 	}
@@ -92,7 +92,6 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	var resp *http.Response
 	var body []byte
-	var err error
 	switch op {
 	case "get":
 		resp, body, err = c.do(ctx, http.MethodGet, "/v1/kv/"+key, nil, nil)
@@ -147,10 +146,10 @@ func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var c clientFlags
 	c.register(fs)
 	status := fs.String("status", "", "list only this status: logged, open or resolved")
-	if err := parse(fs, args); err != nil {
+	rest, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	rest := fs.Args()
 	if len(rest) == 0 {
 		return usagef("want list or resolve")
 	}

@@ -125,3 +125,16 @@ func TestDemoJSON(t *testing.T) {
 		}
 	}
 }
+
+func TestFlagsBetweenArguments(t *testing.T) {
+	fs := newFlags("kv", "", &bytes.Buffer{})
+	addr := fs.String("addr", "", "")
+	pos, err := parseArgs(fs, []string{"put", "--addr", "x:1", "key", "value"})
+	if err != nil || *addr != "x:1" || strings.Join(pos, " ") != "put key value" {
+		t.Fatalf("parseArgs: %v %q %v", pos, *addr, err)
+	}
+	pos, err = parseArgs(fs, []string{"put", "--", "--key-with-dashes", "v"})
+	if err != nil || strings.Join(pos, " ") != "put --key-with-dashes v" {
+		t.Fatalf("parseArgs with --: %v %v", pos, err)
+	}
+}
