@@ -61,6 +61,9 @@ type Options struct {
 	// the clock, counted and logged; the event is applied all the same,
 	// since causality never depends on the HLC.
 	Clock interface{ Update(remote uint64) error }
+	// StreamRetention is how long this DC's stream keeps messages every
+	// downstream DC has acknowledged (see trimStream). Default 24h.
+	StreamRetention time.Duration
 	// ObservePublish, if set, receives the time from sending each event to
 	// JetStream to reading its acknowledgement (acks are read in order, so
 	// an ack that overtook an earlier one counts from the earlier's).
@@ -161,6 +164,7 @@ func (o Options) withDefaults() Options {
 	setDur(&o.RepairAfter, 5*time.Second)
 	setDur(&o.ReportInterval, time.Second)
 	setDur(&o.MaintenanceInterval, o.ReportInterval)
+	setDur(&o.StreamRetention, 24*time.Hour)
 	return o
 }
 
@@ -220,6 +224,11 @@ type Replicator struct {
 	// be in the stream or sent to it; only the publisher goroutine uses it
 	// once Start has returned.
 	seqHi []uint64
+
+	// samples and trimmedTo belong to the maintenance goroutine: the
+	// stream's last sequence over time, and how far it has been trimmed.
+	samples   []streamSample
+	trimmedTo uint64
 
 	// behind records, per origin and partition, since when and from where
 	// this DC has been behind the origin's own report; only the reporter
@@ -319,6 +328,12 @@ func (r *Replicator) Start(ctx context.Context) error {
 		return ErrClosed
 	case r.mu.started:
 		return ErrStarted
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		// Setting up streams and subscriptions must not wait for ever.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
 	}
 	if err := EnsureStream(ctx, r.js, r.self, r.opts.Partitions, r.opts.Stream); err != nil {
 		if errors.Is(err, ErrNoJetStream) {

@@ -192,3 +192,70 @@ func TestPeerReports(t *testing.T) {
 		t.Errorf("peer applied %v", got)
 	}
 }
+
+// TestTrimStream: messages every downstream consumer acknowledged are
+// deleted once older than the retention, except the last of each partition
+// subject, whose Repl-Seq-Hi a restored DC needs.
+func TestTrimStream(t *testing.T) {
+	srv, err := StartEmbedded(EmbeddedOptions{StoreDir: t.TempDir(), JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	dcs := []string{"dc1", "dc2"}
+	ctx := context.Background()
+	var reps []*Replicator
+	var stores []*changelog.Store
+	for _, dc := range dcs {
+		nc, err := nats.Connect(srv.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		st, err := changelog.Open(t.TempDir(), changelog.Options{DC: dc, DCs: dcs, Partitions: testParts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		plan, _ := NewPlan("mesh", dc, dcs, "")
+		r, err := New(Options{Store: st, NC: nc, Plan: plan, DCs: dcs, Partitions: testParts,
+			ReportInterval: 20 * time.Millisecond, StreamRetention: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		if err := r.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		reps, stores = append(reps, r), append(stores, st)
+	}
+	for i := range 200 {
+		if _, err := stores[0].Write(ctx, changelog.WriteOp{Key: fmt.Sprint("k", i), Value: []byte("v")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	js := reps[0].js
+	waitFor(t, "the stream trimmed to one message per partition", func() bool {
+		s, err := js.Stream(ctx, StreamName("dc1"))
+		if err != nil {
+			return false
+		}
+		st := s.CachedInfo().State
+		return st.LastSeq == 200 && st.Msgs <= testParts && reps[0].Stats().StreamTrims > 0
+	})
+	// dc2 applied everything, and each partition's last message is still
+	// there with its Repl-Seq-Hi.
+	if got := reps[1].Stats().Applied; got != 200 {
+		t.Fatalf("dc2 applied %d of 200", got)
+	}
+	s, _ := js.Stream(ctx, StreamName("dc1"))
+	for p := range testParts {
+		m, err := s.GetLastMsgForSubject(ctx, Subject("dc1", uint32(p)))
+		if err != nil {
+			continue // no key hashed to this partition
+		}
+		if m.Header.Get(HeaderSeqHi) == "" {
+			t.Fatalf("partition %d's last message lost its Repl-Seq-Hi", p)
+		}
+	}
+}

@@ -100,6 +100,7 @@ func (r *Replicator) maintain(ctx context.Context) {
 	} else {
 		r.c.purged.Add(uint64(n))
 	}
+	r.trimStream(ctx)
 }
 
 // refreshLag reads each link's consumer for its pending and unacknowledged

@@ -44,6 +44,8 @@ type Stats struct {
 	DeadLetters uint64
 	// ApplyErrors counts batches the store failed to apply.
 	ApplyErrors uint64
+	// StreamTrims counts trims of this DC's stream (see trimStream).
+	StreamTrims uint64
 	// ClockDrift counts applied events whose HLC was beyond the local
 	// clock's drift bound, so the clock did not take it.
 	ClockDrift uint64
@@ -106,7 +108,7 @@ type LinkStats struct {
 type counters struct {
 	published, publishDuplicates, publishErrors                           atomic.Uint64
 	received, applied, obsolete, duplicates, gaps, forwarded, loops, dead atomic.Uint64
-	applyErrors, clockDrift                                               atomic.Uint64
+	applyErrors, clockDrift, streamTrims                                  atomic.Uint64
 	repairs, repairedEvents, repairErrors, repairsServed, replays         atomic.Uint64
 	peerReports, peerReportsIgnored, trimmed, purged                      atomic.Uint64
 }
@@ -177,6 +179,7 @@ func (r *Replicator) Stats() Stats {
 	s := Stats{
 		Published:          c.published.Load(),
 		ClockDrift:         c.clockDrift.Load(),
+		StreamTrims:        c.streamTrims.Load(),
 		PublishDuplicates:  c.publishDuplicates.Load(),
 		PublishErrors:      c.publishErrors.Load(),
 		Received:           c.received.Load(),

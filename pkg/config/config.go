@@ -248,8 +248,15 @@ type Durability struct {
 	// Nats-Msg-Id. Default 2m; at least 1s.
 	DuplicateWindow Duration `yaml:"duplicate_window"`
 	// MaxClockDrift is how far ahead of the local clock a remote HLC may
-	// be before the event is rejected. Default 1m; greater than 0.
+	// be before the local clock refuses to take it (the event is still
+	// applied; the refusal is counted). Default 1m; greater than 0.
 	MaxClockDrift Duration `yaml:"max_clock_drift"`
+	// StreamRetention is how long this DC's stream keeps events every
+	// downstream DC has acknowledged; older ones are deleted (the last
+	// event of each partition always stays). A DC whose data dir is
+	// restored from a copy younger than this takes its own later writes
+	// back from its stream. Default 24h; at least 1m.
+	StreamRetention Duration `yaml:"stream_retention"`
 }
 
 // Limits bounds the size of keys, values and events. The defaults match
@@ -290,6 +297,7 @@ func Default() Config {
 			Fsync:           true,
 			StreamReplicas:  1,
 			DuplicateWindow: Duration(2 * time.Minute),
+			StreamRetention: Duration(24 * time.Hour),
 			MaxClockDrift:   Duration(time.Minute),
 		},
 		Limits: Limits{

@@ -306,7 +306,7 @@ func TestDefault(t *testing.T) {
 		Partitions: 16,
 		HTTP:       HTTP{Listen: "127.0.0.1:7070", MaxBodyBytes: 1 << 20},
 		Resolvers:  Resolvers{Default: "siblings"},
-		Durability: Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute)},
+		Durability: Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute), StreamRetention: Duration(24 * time.Hour)},
 		Limits:     Limits{MaxEventBytes: 1 << 20, MaxKeyBytes: 4096, MaxValueBytes: 1<<20 - 32<<10},
 	}
 	if got := Default(); !reflect.DeepEqual(got, want) {

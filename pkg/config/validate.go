@@ -408,6 +408,9 @@ func (c Config) validateDurability(p *problems) {
 	if d.StreamReplicas < 1 || d.StreamReplicas > MaxStreamReplicas {
 		p.add("durability.stream_replicas", "%d is out of range; want 1 to %d", d.StreamReplicas, MaxStreamReplicas)
 	}
+	if r := time.Duration(d.StreamRetention); r < time.Minute {
+		p.add("durability.stream_retention", "%s is too short; want at least 1m, so a DC restored from a recent copy can take back its own writes", r)
+	}
 	if w := time.Duration(d.DuplicateWindow); w < time.Second {
 		p.add("durability.duplicate_window", "%s is too short; want at least 1s (every stream sets its dedup window explicitly)", w)
 	}

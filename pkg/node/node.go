@@ -232,7 +232,8 @@ func (n *Node) Start(ctx context.Context) error {
 			Replicas:        n.cfg.Durability.StreamReplicas,
 			DuplicateWindow: time.Duration(n.cfg.Durability.DuplicateWindow),
 		},
-		ReportInterval: n.opts.ReportInterval,
+		ReportInterval:  n.opts.ReportInterval,
+		StreamRetention: time.Duration(n.cfg.Durability.StreamRetention),
 	})
 	if err != nil {
 		return err
