@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
@@ -146,7 +147,15 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.Limits.MaxValueBytes <= 0 {
 		opts.Limits.MaxValueBytes = def.MaxValueBytes
 	}
-	po := &pebble.Options{FS: opts.FS, Logger: quietLogger{opts.Logger}}
+	cache := pebble.NewCache(64 << 20)
+	defer cache.Unref()
+	po := &pebble.Options{FS: opts.FS, Logger: quietLogger{opts.Logger}, Cache: cache}
+	// Bloom filters let a write to a new key learn it is new without
+	// reading data blocks: most writes' first step is reading the key.
+	for i := range po.Levels {
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	po.EnsureDefaults()
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("changelog: open pebble at %s: %w", dir, err)
