@@ -58,6 +58,11 @@ type Summary struct {
 	Published   uint64        `json:"-"`
 	Applied     uint64        `json:"-"`
 	Names       []string      `json:"-"`
+	// Discarded counts, per resolver, the distinct versions a resolver
+	// dropped and logged in some DC's conflict log; Open counts the
+	// record resolver's conflicts waiting for a person.
+	Discarded map[string]int `json:"-"`
+	Open      int            `json:"-"`
 }
 
 // The prefixes the demo writes under, one per resolver.
@@ -171,10 +176,14 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		DCs:         o.DCs,
 		Writes:      int(total),
 		Conflicts:   conflicts(nodes),
+		Discarded:   discarded(nodes),
 		Digests:     digests,
 		WritePhase:  writePhase,
 		ConvergeLag: time.Since(conv),
 		Names:       names,
+	}
+	if open, err := nodes[0].Store().Conflicts(changelog.ConflictFilter{Status: changelog.StatusOpen}); err == nil {
+		s.Open = len(open)
 	}
 	for _, n := range nodes {
 		st := n.Replicator().Stats()
@@ -329,6 +338,29 @@ func conflicts(nodes []*node.Node) map[string]int {
 	return out
 }
 
+// discarded counts the distinct discarded versions in the DCs' conflict
+// logs, by resolver.
+func discarded(nodes []*node.Node) map[string]int {
+	ids := map[string]map[string]bool{}
+	for _, n := range nodes {
+		cs, err := n.Store().Conflicts(changelog.ConflictFilter{Status: changelog.StatusLogged})
+		if err != nil {
+			continue
+		}
+		for _, c := range cs {
+			if ids[c.Resolver] == nil {
+				ids[c.Resolver] = map[string]bool{}
+			}
+			ids[c.Resolver][c.ID] = true
+		}
+	}
+	out := map[string]int{}
+	for r, m := range ids {
+		out[r] = len(m)
+	}
+	return out
+}
+
 func progress(w io.Writer, what string, done *atomic.Int64, total int64) func() {
 	stop := make(chan struct{})
 	finished := make(chan struct{})
@@ -358,9 +390,20 @@ func WriteTable(w io.Writer, s Summary) {
 	for _, dc := range names {
 		fmt.Fprintf(w, "%-6s %s\n", dc, s.Digests[dc])
 	}
-	fmt.Fprintf(w, "\n%-10s %s\n", "resolver", "keys with concurrent versions")
+	fmt.Fprintf(w, "\n%-10s %-8s %-16s %s\n", "resolver", "prefix", "keys in conflict", "how they were resolved")
 	for _, p := range prefixes {
-		fmt.Fprintf(w, "%-10s %d   (prefix %s)\n", p.resolver, s.Conflicts[p.resolver], p.prefix)
+		how := ""
+		switch p.resolver {
+		case config.LWW, config.Priority:
+			how = fmt.Sprintf("automatically; %d losing versions logged", s.Discarded[p.resolver])
+		case config.Concat, config.Union:
+			how = "automatically; values merged on read"
+		case config.Record:
+			how = fmt.Sprintf("%d open records await a person (POST /v1/conflicts/{id}/resolve)", s.Open)
+		case config.Siblings:
+			how = "kept as siblings; the next write with the read context replaces them"
+		}
+		fmt.Fprintf(w, "%-10s %-8s %-16d %s\n", p.resolver, p.prefix, s.Conflicts[p.resolver], how)
 	}
 	rate := float64(s.Writes) / s.WritePhase.Seconds()
 	fmt.Fprintf(w, "\nwrite phase     %s (%.0f durable writes/s across DCs)\n", s.WritePhase.Round(time.Millisecond), rate)
