@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+
+	"github.com/replicatorhq/replicator/pkg/bench"
+)
+
+func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("bench", "[--topology mesh|ring|star] [--dcs N] [--writes N] [--value-size B] [--concurrency C] [--via api|http] [--rate R] [--json] [--cpuprofile FILE]", stderr)
+	var o bench.Options
+	fs.StringVar(&o.Topology, "topology", "mesh", "mesh, ring or star")
+	fs.IntVar(&o.DCs, "dcs", 3, "number of DCs")
+	fs.IntVar(&o.Writes, "writes", 50000, "replicated writes in total (also the baseline's messages and the KV puts)")
+	fs.IntVar(&o.ValueSize, "value-size", 100, "value size in bytes")
+	fs.IntVar(&o.Concurrency, "concurrency", 64, "concurrent writers in total, spread over the DCs (also the KV putters)")
+	fs.StringVar(&o.Via, "via", bench.ViaAPI, "api (node.Write in process) or http (PUT through each DC's HTTP API)")
+	fs.Float64Var(&o.Rate, "rate", 0, "target write rate in writes/s; 0 writes as fast as possible")
+	fs.IntVar(&o.Partitions, "partitions", 16, "partitions per DC")
+	fs.BoolVar(&o.NoFsync, "no-fsync", false, "run the DCs without fsync, to measure what fsync costs (unsafe)")
+	fs.BoolVar(&o.NoReferences, "no-references", false, "skip the JetStream baseline and the KV reference")
+	fs.DurationVar(&o.Timeout, "timeout", 0, "bound on the wait, after the last write, for every DC to apply every write (default 2m)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the replicator phase to `FILE`")
+	memprofile := fs.String("memprofile", "", "write the allocation profile at the end of the replicator phase to `FILE`")
+	tracefile := fs.String("trace", "", "write an execution trace of the replicator phase to `FILE`")
+	asJSON := fs.Bool("json", false, "print one JSON object on stdout")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := o.Validate(); err != nil {
+		return usagef("%v", err)
+	}
+	for _, out := range []struct {
+		path string
+		dst  *io.Writer
+	}{{*cpuprofile, &o.CPUProfile}, {*memprofile, &o.MemProfile}, {*tracefile, &o.Trace}} {
+		if out.path == "" {
+			continue
+		}
+		f, err := os.Create(out.path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		*out.dst = f
+	}
+	o.Progress = stderr
+	res, err := bench.Run(ctx, o)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return bench.WriteJSON(stdout, res)
+	}
+	bench.WriteTable(stdout, res)
+	return nil
+}

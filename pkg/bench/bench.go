@@ -1,0 +1,381 @@
+// Package bench measures the replicator against the transport it runs on.
+// In one process, each phase on its own embedded NATS server, it times:
+//
+//   - replicated durable writes through the node's write path (or its HTTP
+//     API) until every DC has applied every write;
+//   - the baseline: raw JetStream async publish of the same number of
+//     messages of the same size, each consumed and acked by one durable pull
+//     consumer per downstream DC (no Pebble, no msgpack): the transport's
+//     ceiling on this machine;
+//   - NATS KV Put throughput, what a user who "just uses NATS KV" gets.
+//
+// It is what `replicator bench` runs:
+//
+//	res, err := bench.Run(ctx, bench.Options{Topology: "mesh", DCs: 3})
+//	bench.WriteJSON(os.Stdout, res)
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"time"
+
+	"github.com/replicatorhq/replicator/pkg/config"
+)
+
+// How writes reach the replicator.
+const (
+	ViaAPI  = "api"  // node.Write, in process
+	ViaHTTP = "http" // PUT /v1/kv/{key} through the sidecar's HTTP API
+)
+
+// Options configure a run. A zero field takes the default in its comment.
+type Options struct {
+	// Topology is mesh, ring or star. Default mesh.
+	Topology string
+	// DCs is the number of DCs. Default 3.
+	DCs int
+	// Writes is the number of replicated writes, split across the DCs, and
+	// the number of baseline messages and KV puts. Default 50000.
+	Writes int
+	// ValueSize is the size of each value in bytes. Default 100.
+	ValueSize int
+	// Concurrency is the number of concurrent writers in total (spread
+	// round-robin over the DCs), and of KV putters. Default 64.
+	Concurrency int
+	// Via is ViaAPI or ViaHTTP. Default ViaAPI.
+	Via string
+	// Rate is the target replicated write rate in writes/s; 0 writes as
+	// fast as the writers can.
+	Rate float64
+	// Partitions is each DC's partition count. Default 16 (the config
+	// default).
+	Partitions int
+	// NoFsync runs the DCs with durability.fsync false. Only to measure
+	// what fsync costs: such a DC acknowledges writes a power failure loses.
+	NoFsync bool
+	// NoReferences skips the baseline and KV phases (for rate sweeps and
+	// profiling); the ratio is then 0.
+	NoReferences bool
+	// Timeout bounds the wait, once the last write is acknowledged, for
+	// every DC to apply every write. Default 2m.
+	Timeout time.Duration
+	// Dir holds the NATS and Pebble data; default a temporary directory,
+	// removed after.
+	Dir string
+	// Progress receives the progress bar; nil discards it.
+	Progress io.Writer
+	// CPUProfile, if set, receives a CPU profile of the replicator phase.
+	CPUProfile io.Writer
+	// MemProfile, if set, receives the heap allocation profile (allocs)
+	// taken at the end of the replicator phase; it counts the process's
+	// allocations since it started.
+	MemProfile io.Writer
+	// Trace, if set, receives an execution trace of the replicator phase:
+	// `go tool trace -pprof=sync|syscall|sched` shows where it waits.
+	Trace io.Writer
+	// Logger receives the nodes' log lines; nil discards them.
+	Logger *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.Topology == "" {
+		o.Topology = config.Mesh
+	}
+	if o.DCs == 0 {
+		o.DCs = 3
+	}
+	if o.Writes == 0 {
+		o.Writes = 50000
+	}
+	if o.ValueSize == 0 {
+		o.ValueSize = 100
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = 64
+	}
+	if o.Via == "" {
+		o.Via = ViaAPI
+	}
+	if o.Partitions == 0 {
+		o.Partitions = config.Default().Partitions
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 2 * time.Minute
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports every problem with o at once. Run calls it after
+// filling in defaults.
+func (o Options) Validate() error {
+	var errs []error
+	switch o.Topology {
+	case config.Mesh, config.Ring, config.Star:
+	default:
+		errs = append(errs, fmt.Errorf("topology %q: want mesh, ring or star", o.Topology))
+	}
+	if o.DCs < 2 || o.DCs > 16 {
+		errs = append(errs, fmt.Errorf("dcs %d: want 2..16", o.DCs))
+	} else if o.Topology != config.Mesh && o.DCs < 3 {
+		errs = append(errs, fmt.Errorf("dcs %d: a %s needs at least 3 DCs", o.DCs, o.Topology))
+	}
+	if o.Writes < 1 {
+		errs = append(errs, fmt.Errorf("writes %d: want at least 1", o.Writes))
+	}
+	if o.ValueSize < 1 || o.ValueSize > 512*1024 {
+		errs = append(errs, fmt.Errorf("value size %d: want 1..524288 bytes", o.ValueSize))
+	}
+	if o.Concurrency < 1 || o.Concurrency > 4096 {
+		errs = append(errs, fmt.Errorf("concurrency %d: want 1..4096", o.Concurrency))
+	}
+	if o.Via != ViaAPI && o.Via != ViaHTTP {
+		errs = append(errs, fmt.Errorf("via %q: want api or http", o.Via))
+	}
+	if o.Rate < 0 {
+		errs = append(errs, fmt.Errorf("rate %g: want 0 (as fast as possible) or a positive writes/s", o.Rate))
+	}
+	if o.Partitions < 1 || o.Partitions > 1024 {
+		errs = append(errs, fmt.Errorf("partitions %d: want 1..1024", o.Partitions))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("bench: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Result is what a run measured; its JSON form is `replicator bench --json`.
+// Durations are in milliseconds, rates per second.
+type Result struct {
+	// The parameters.
+	Topology    string  `json:"topology"`
+	DCs         int     `json:"dcs"`
+	Writes      int     `json:"writes"`
+	ValueSize   int     `json:"value_size"`
+	Concurrency int     `json:"concurrency"`
+	Via         string  `json:"via"`
+	Rate        float64 `json:"rate"`
+	Partitions  int     `json:"partitions"`
+	Fsync       bool    `json:"fsync"`
+	GoMaxProcs  int     `json:"gomaxprocs"`
+
+	// Converged reports that every DC applied every write and all DCs show
+	// the same digest.
+	Converged bool `json:"converged"`
+
+	// The baseline: raw JetStream async publish, consumed and acked by
+	// DCs-1 durable pull consumers. It runs right before and right after
+	// the replicator; BaselineMsgsPerS is the mean of the two.
+	BaselineMsgsPerS       float64 `json:"baseline_msgs_per_s"`
+	BaselineBeforeMsgsPerS float64 `json:"baseline_before_msgs_per_s"`
+	BaselineAfterMsgsPerS  float64 `json:"baseline_after_msgs_per_s"`
+	BaselineCPUSPer1k      float64 `json:"baseline_cpu_s_per_1k"`
+	// The second reference: NATS KV Put with Concurrency putters.
+	KVPutsPerS  float64 `json:"kv_puts_per_s"`
+	KVPutP50MS  float64 `json:"kv_put_p50_ms"`
+	KVPutP99MS  float64 `json:"kv_put_p99_ms"`
+	KVCPUSPer1k float64 `json:"kv_cpu_s_per_1k"`
+
+	// WritesPerS is end-to-end: writes over the time from the first write
+	// to the moment the last DC applied the last write.
+	WritesPerS float64 `json:"writes_per_s"`
+	// AckedWritesPerS is the local acknowledgement rate during the writes.
+	AckedWritesPerS float64 `json:"acked_writes_per_s"`
+	// Ratio is WritesPerS / BaselineMsgsPerS.
+	Ratio float64 `json:"ratio"`
+	// CPURatio is BaselineCPUSPer1k / CPUSPer1k: the ratio a machine
+	// that both saturate would show, and far less sensitive than Ratio to
+	// other load on a shared machine.
+	CPURatio float64 `json:"cpu_ratio"`
+	// Replication lag, from the origin's acknowledgement of a write to its
+	// apply at each other DC, over every (write, DC) pair; sampled, see
+	// LagResolutionMS.
+	LagP50MS float64 `json:"lag_p50_ms"`
+	LagP99MS float64 `json:"lag_p99_ms"`
+	LagMaxMS float64 `json:"lag_max_ms"`
+	// LagResolutionMS is the mean interval between two samples of the DCs'
+	// applied vectors: each apply time is known to within it (an upper
+	// bound: the apply happened at or before the sample).
+	LagResolutionMS float64 `json:"lag_resolution_ms"`
+	LagSamples      int     `json:"lag_samples"`
+	// Local durable write latency, call to acknowledgement.
+	WriteP50MS float64 `json:"write_p50_ms"`
+	WriteP99MS float64 `json:"write_p99_ms"`
+	// ConvergeTailMS is the time from the last acknowledgement to the last
+	// apply.
+	ConvergeTailMS float64 `json:"converge_tail_ms"`
+	// MaxOutboxDepth is the most events any DC held unpublished at one
+	// sample: a deep outbox means publishing, not applying, is behind.
+	MaxOutboxDepth uint64 `json:"max_outbox_depth"`
+	// CPUSPer1k is the process's user+system CPU seconds per 1,000 writes
+	// over the replicator phase (NATS server included: it runs in process).
+	CPUSPer1k float64 `json:"cpu_s_per_1k"`
+	// PeakRSSMB is the process's peak resident set during the replicator
+	// phase (on Linux; elsewhere the process's peak so far).
+	PeakRSSMB float64 `json:"peak_rss_mb"`
+	// AllocsPerWrite and AllocBytesPerWrite are the process's heap
+	// allocations per write over the replicator phase.
+	AllocsPerWrite     float64 `json:"allocs_per_write"`
+	AllocBytesPerWrite float64 `json:"alloc_bytes_per_write"`
+	// WireBytesPerWrite is the bytes every DC's event stream stores, over
+	// the writes; WireBytesPerEvent the same over the stored messages.
+	// StreamMsgsPerWrite counts stored messages per write (forwarding in a
+	// ring or star stores one write more than once).
+	WireBytesPerWrite  float64 `json:"wire_bytes_per_write"`
+	WireBytesPerEvent  float64 `json:"wire_bytes_per_event"`
+	StreamMsgsPerWrite float64 `json:"stream_msgs_per_write"`
+	// OverheadBytesPerEvent is a stored event's NATS header block plus its
+	// msgpack payload, minus its key and value, averaged over sampled
+	// messages. OverheadMaxBytesPerEvent is the same for an event whose
+	// context and path name every DC, the most this DC count can carry.
+	OverheadBytesPerEvent    float64 `json:"overhead_bytes_per_event"`
+	OverheadMaxBytesPerEvent int     `json:"overhead_max_bytes_per_event"`
+	// HeaderBytesPerEvent is the NATS header block alone (it repeats the
+	// key); PayloadOverheadBytesPerEvent the msgpack payload beyond key
+	// and value. Their sum minus the key is OverheadBytesPerEvent.
+	HeaderBytesPerEvent          float64 `json:"header_bytes_per_event"`
+	PayloadOverheadBytesPerEvent float64 `json:"payload_overhead_bytes_per_event"`
+	// BaselineBytesPerMsg is what the baseline stream stores per message:
+	// the value, a Nats-Msg-Id header and JetStream's own framing.
+	BaselineBytesPerMsg float64 `json:"baseline_bytes_per_msg"`
+
+	// Bridge counters summed over the DCs.
+	Published  uint64 `json:"published"`
+	Applied    uint64 `json:"applied"`
+	Forwarded  uint64 `json:"forwarded"`
+	Gaps       uint64 `json:"gaps"`
+	Duplicates uint64 `json:"duplicates"`
+
+	// Phase durations.
+	ReplicatorMS float64 `json:"replicator_ms"`
+	BaselineMS   float64 `json:"baseline_ms"`
+	KVMS         float64 `json:"kv_ms"`
+	ElapsedMS    float64 `json:"elapsed_ms"`
+}
+
+// Run runs the phases: the baseline, the replicator, the baseline again
+// (the two baselines bracket the replicator, so that a machine whose load
+// drifts during the run skews the ratio less) and the KV reference. It
+// returns an error when a phase could not run or the DCs did not all apply
+// every write within Options.Timeout.
+func Run(ctx context.Context, o Options) (Result, error) {
+	o.defaults()
+	if err := o.Validate(); err != nil {
+		return Result{}, err
+	}
+	start := time.Now()
+	if o.Dir == "" {
+		dir, err := os.MkdirTemp("", "replicator-bench-")
+		if err != nil {
+			return Result{}, fmt.Errorf("bench: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		o.Dir = dir
+	}
+	res := Result{
+		Topology: o.Topology, DCs: o.DCs, Writes: o.Writes, ValueSize: o.ValueSize,
+		Concurrency: o.Concurrency, Via: o.Via, Rate: o.Rate, Partitions: o.Partitions,
+		Fsync: !o.NoFsync, GoMaxProcs: runtime.GOMAXPROCS(0),
+	}
+	values := newValues(o.ValueSize, o.Writes)
+
+	var before, after baseline
+	if !o.NoReferences {
+		var err error
+		if before, err = runBaseline(ctx, o, filepath.Join(o.Dir, "baseline-1"), "baseline", values); err != nil {
+			return res, err
+		}
+		settle()
+	}
+	if err := runReplicator(ctx, o, filepath.Join(o.Dir, "replicator"), values, &res); err != nil {
+		return res, err
+	}
+	if !o.NoReferences {
+		settle()
+		var err error
+		if after, err = runBaseline(ctx, o, filepath.Join(o.Dir, "baseline-2"), "baseline", values); err != nil {
+			return res, err
+		}
+		res.BaselineBeforeMsgsPerS, res.BaselineAfterMsgsPerS = before.msgsPerS, after.msgsPerS
+		res.BaselineMsgsPerS = (before.msgsPerS + after.msgsPerS) / 2
+		res.BaselineCPUSPer1k = (before.cpuSPer1k + after.cpuSPer1k) / 2
+		res.BaselineBytesPerMsg = after.bytesPerMsg
+		res.BaselineMS = ms(before.took + after.took)
+		settle()
+		if err := runKV(ctx, o, filepath.Join(o.Dir, "kv"), values, &res); err != nil {
+			return res, err
+		}
+		res.Ratio = res.WritesPerS / res.BaselineMsgsPerS
+		if res.CPUSPer1k > 0 {
+			res.CPURatio = res.BaselineCPUSPer1k / res.CPUSPer1k
+		}
+	}
+	res.ElapsedMS = ms(time.Since(start))
+	return res, nil
+}
+
+// settle returns the previous phase's garbage before the next one starts,
+// so that it does not pay for it.
+func settle() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// WriteJSON writes r as one indented JSON object.
+func WriteJSON(w io.Writer, r Result) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes r for people.
+func WriteTable(w io.Writer, r Result) {
+	fmt.Fprintf(w, "replicator bench: %s, %d DCs, %d writes of %d B, %d writers via %s", r.Topology, r.DCs, r.Writes, r.ValueSize, r.Concurrency, r.Via)
+	if r.Rate > 0 {
+		fmt.Fprintf(w, ", rate %.0f/s", r.Rate)
+	}
+	if !r.Fsync {
+		fmt.Fprint(w, ", fsync OFF")
+	}
+	fmt.Fprintf(w, ", GOMAXPROCS %d\n\n", r.GoMaxProcs)
+	row := func(name, format string, args ...any) {
+		fmt.Fprintf(w, "  %-34s "+format+"\n", append([]any{name}, args...)...)
+	}
+	if r.BaselineMsgsPerS > 0 {
+		row("baseline (JetStream pub+consume)", "%10.0f msgs/s   %.3f CPU-s/1k (%.0f before, %.0f after)",
+			r.BaselineMsgsPerS, r.BaselineCPUSPer1k, r.BaselineBeforeMsgsPerS, r.BaselineAfterMsgsPerS)
+		row("NATS KV put", "%10.0f puts/s   p50 %.2f ms  p99 %.2f ms", r.KVPutsPerS, r.KVPutP50MS, r.KVPutP99MS)
+	}
+	row("replicator end-to-end", "%10.0f writes/s (acked at %.0f/s)", r.WritesPerS, r.AckedWritesPerS)
+	if r.Ratio > 0 {
+		row("ratio to baseline", "%10.1f %% (CPU per write: %.1f %%)", 100*r.Ratio, 100*r.CPURatio)
+	}
+	row("replication lag", "p50 %.1f ms  p99 %.1f ms  max %.1f ms (±%.1f ms, %d samples)", r.LagP50MS, r.LagP99MS, r.LagMaxMS, r.LagResolutionMS, r.LagSamples)
+	row("local durable write", "p50 %.2f ms  p99 %.2f ms", r.WriteP50MS, r.WriteP99MS)
+	row("deepest outbox", "%d events", r.MaxOutboxDepth)
+	row("CPU per 1,000 writes", "%.3f s", r.CPUSPer1k)
+	row("heap allocations per write", "%.0f (%.0f B)", r.AllocsPerWrite, r.AllocBytesPerWrite)
+	row("peak RSS", "%.0f MB", r.PeakRSSMB)
+	row("stream bytes per write", "%.0f B (%.2f stored msgs/write, %.0f B each)", r.WireBytesPerWrite, r.StreamMsgsPerWrite, r.WireBytesPerEvent)
+	row("event overhead beyond key+value", "%.0f B: headers %.0f B, payload %.0f B (at most %d B with %d DCs)",
+		r.OverheadBytesPerEvent, r.HeaderBytesPerEvent, r.PayloadOverheadBytesPerEvent, r.OverheadMaxBytesPerEvent, r.DCs)
+	if r.BaselineBytesPerMsg > 0 {
+		row("baseline stream bytes per msg", "%.0f B", r.BaselineBytesPerMsg)
+	}
+	row("converged", "%v", r.Converged)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -1,0 +1,367 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"runtime/pprof"
+	"runtime/trace"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/demo"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/node"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+)
+
+// runReplicator starts o.DCs nodes on one embedded NATS server, writes
+// o.Writes values through them and waits until every DC has applied every
+// write, filling in the replicator's figures of res.
+func runReplicator(ctx context.Context, o Options, dir string, vals values, res *Result) error {
+	phaseStart := time.Now()
+	peakReset := resetPeakRSS()
+	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true, ServerName: "bench"})
+	if err != nil {
+		return err
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+
+	names := make([]string, o.DCs)
+	for i := range names {
+		names[i] = fmt.Sprintf("dc%d", i+1)
+	}
+	var nodes []*node.Node
+	defer func() {
+		for _, n := range nodes {
+			n.Close()
+		}
+	}()
+	for _, dc := range names {
+		cfg := demo.Config(dc, names, o.Topology, filepath.Join(dir, dc))
+		cfg.Partitions = o.Partitions
+		cfg.Resolvers.Rules = nil // the bench's keys take the default resolver
+		cfg.Durability.Fsync = !o.NoFsync
+		cfg.HTTP.Listen = "127.0.0.1:0"
+		cfg.Complete()
+		n, err := node.New(cfg, node.Options{Logger: o.Logger, NATSURL: ns.ClientURL(), NoHTTP: o.Via != ViaHTTP})
+		if err != nil {
+			return fmt.Errorf("bench: %s: %w", dc, err)
+		}
+		nodes = append(nodes, n)
+		if err := n.Start(ctx); err != nil {
+			return fmt.Errorf("bench: start %s: %w", dc, err)
+		}
+	}
+	if err := waitLinks(ctx, nodes, 30*time.Second); err != nil {
+		return err
+	}
+	fmt.Fprintf(o.Progress, "replicator: %d DCs (%s) on embedded NATS; %d writes of %d B by %d writers via %s\n",
+		o.DCs, o.Topology, o.Writes, o.ValueSize, o.Concurrency, o.Via)
+
+	stores := make([]*changelog.Store, len(nodes))
+	for i, n := range nodes {
+		stores[i] = n.Store()
+	}
+	settle()
+	bar := startProgress(o.Progress, "replicate", int64(o.Writes)).withSecond("applied", int64(o.Writes*(o.DCs-1)))
+	defer bar.stop()
+	before := readUsage()
+	stopProfiles, err := startProfiles(o)
+	if err != nil {
+		return err
+	}
+	defer stopProfiles()
+	t0 := time.Now()
+	cm := newCommits(t0, len(nodes), o.Partitions)
+	smp := newSampler(stores, names, o.Partitions, t0, &bar.second)
+	sctx, cancelSampler := context.WithCancel(ctx)
+	defer cancelSampler()
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		smp.run(sctx)
+	}()
+
+	w := &writers{o: o, nodes: nodes, vals: vals, commits: cm, t0: t0, done: &bar.done}
+	latencies, werr := w.run(ctx)
+	acked := time.Since(t0)
+	if werr != nil {
+		cancelSampler()
+		<-sampled
+		return werr
+	}
+	smp.setTarget(cm.targets())
+	timeout := time.NewTimer(o.Timeout)
+	select {
+	case <-sampled:
+	case <-timeout.C:
+		cancelSampler()
+		<-sampled
+	}
+	timeout.Stop()
+	after := readUsage()
+	stopProfiles()
+	bar.stop()
+	if o.MemProfile != nil {
+		if err := pprof.Lookup("allocs").WriteTo(o.MemProfile, 0); err != nil {
+			return fmt.Errorf("bench: allocation profile: %w", err)
+		}
+	}
+	if !smp.covered {
+		return fmt.Errorf("bench: not every DC applied every write within %s (%d of %d remote applies seen); raise --timeout or look at the nodes' logs",
+			o.Timeout, bar.second.Load(), int64(o.Writes*(o.DCs-1)))
+	}
+	total := smp.coveredAt.Sub(t0)
+
+	res.WritesPerS = float64(o.Writes) / total.Seconds()
+	res.AckedWritesPerS = float64(o.Writes) / acked.Seconds()
+	res.ConvergeTailMS = ms(total - acked)
+	lags := sortDurations(smp.lags(cm))
+	res.LagSamples = len(lags)
+	res.LagP50MS, res.LagP99MS = percentile(lags, 0.50), percentile(lags, 0.99)
+	if len(lags) > 0 {
+		res.LagMaxMS = ms(lags[len(lags)-1])
+	}
+	res.LagResolutionMS = ms(smp.resolution())
+	res.MaxOutboxDepth = smp.maxOutbox
+	sortDurations(latencies)
+	res.WriteP50MS, res.WriteP99MS = percentile(latencies, 0.50), percentile(latencies, 0.99)
+	res.CPUSPer1k = (after.cpu - before.cpu).Seconds() * 1000 / float64(o.Writes)
+	res.PeakRSSMB = float64(after.maxRSSBytes) / (1 << 20)
+	if hwm, ok := peakRSS(); ok && peakReset {
+		res.PeakRSSMB = float64(hwm) / (1 << 20)
+	}
+	res.AllocsPerWrite = float64(after.mallocs-before.mallocs) / float64(o.Writes)
+	res.AllocBytesPerWrite = float64(after.allocBytes-before.allocBytes) / float64(o.Writes)
+	for _, n := range nodes {
+		st := n.Replicator().Stats()
+		res.Published += st.Published
+		res.Applied += st.Applied
+		res.Forwarded += st.Forwarded
+		res.Gaps += st.Gaps
+		res.Duplicates += st.Duplicates
+	}
+
+	if err := measureWire(ctx, ns.ClientURL(), names, o, res); err != nil {
+		return err
+	}
+	res.Converged = sameDigests(nodes)
+	res.ReplicatorMS = ms(time.Since(phaseStart))
+	fmt.Fprintf(o.Progress, "replicator: %.0f writes/s end to end, lag p99 %.1f ms\n", res.WritesPerS, res.LagP99MS)
+	return nil
+}
+
+// startProfiles starts the CPU profile and the execution trace o asks
+// for; the function it returns stops them and may be called twice.
+func startProfiles(o Options) (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for _, f := range stops {
+			f()
+		}
+		stops = nil
+	}
+	if o.CPUProfile != nil {
+		if err := pprof.StartCPUProfile(o.CPUProfile); err != nil {
+			return stop, fmt.Errorf("bench: cpu profile: %w", err)
+		}
+		stops = append(stops, pprof.StopCPUProfile)
+	}
+	if o.Trace != nil {
+		if err := trace.Start(o.Trace); err != nil {
+			stop()
+			return func() {}, fmt.Errorf("bench: trace: %w", err)
+		}
+		stops = append(stops, trace.Stop)
+	}
+	return stop, nil
+}
+
+// waitLinks waits until every DC's consumers run, so that the first writes
+// do not pay for link set-up.
+func waitLinks(ctx context.Context, nodes []*node.Node, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var missing []string
+		for _, n := range nodes {
+			st := n.Replicator().Status()
+			for _, l := range st.Links {
+				if !l.Connected {
+					missing = append(missing, st.DC+"<-"+l.Upstream)
+				}
+			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: links %v not connected after %s", missing, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// sameDigests reports whether every DC shows the same state digest.
+func sameDigests(nodes []*node.Node) bool {
+	var first string
+	for i, n := range nodes {
+		d, err := n.Store().Digest()
+		if err != nil {
+			return false
+		}
+		if i == 0 {
+			first = d.Hex()
+		} else if d.Hex() != first {
+			return false
+		}
+	}
+	return true
+}
+
+// writers issue the replicated writes: Concurrency goroutines, writer i at
+// DC i mod DCs, taking write numbers from one counter.
+type writers struct {
+	o       Options
+	nodes   []*node.Node
+	vals    values
+	commits *commits
+	t0      time.Time
+	done    *atomic.Int64
+	next    atomic.Int64
+}
+
+// run writes until every write is done and returns the local write
+// latencies.
+func (w *writers) run(ctx context.Context) ([]time.Duration, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var client *http.Client
+	if w.o.Via == ViaHTTP {
+		tr := &http.Transport{MaxIdleConns: w.o.Concurrency, MaxIdleConnsPerHost: w.o.Concurrency, IdleConnTimeout: time.Minute}
+		defer tr.CloseIdleConnections()
+		client = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	}
+	lats := make([][]time.Duration, w.o.Concurrency)
+	errs := make([]error, w.o.Concurrency)
+	var wg sync.WaitGroup
+	for g := range w.o.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := g % len(w.nodes)
+			lats[g], errs[g] = w.loop(ctx, d, client)
+			if errs[g] != nil {
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	return all, nil
+}
+
+func (w *writers) loop(ctx context.Context, d int, client *http.Client) ([]time.Duration, error) {
+	n := w.nodes[d]
+	var base string
+	if client != nil {
+		base = "http://" + n.HTTPAddr() + "/v1/kv/"
+	}
+	var pace *time.Timer
+	defer func() {
+		if pace != nil {
+			pace.Stop()
+		}
+	}()
+	var lats []time.Duration
+	for {
+		i := int(w.next.Add(1) - 1)
+		if i >= w.o.Writes {
+			return lats, nil
+		}
+		if w.o.Rate > 0 {
+			due := w.t0.Add(time.Duration(float64(i) / w.o.Rate * float64(time.Second)))
+			if wait := time.Until(due); wait > 0 {
+				if pace == nil {
+					pace = time.NewTimer(wait)
+				} else {
+					pace.Reset(wait)
+				}
+				select {
+				case <-ctx.Done():
+					return lats, ctx.Err()
+				case <-pace.C:
+				}
+			}
+		}
+		k, v := key(i), w.vals.at(i)
+		start := time.Now()
+		var p uint32
+		var seq uint64
+		if client == nil {
+			r, err := n.Write(ctx, changelog.WriteOp{Key: k, Value: v})
+			if err != nil {
+				return lats, fmt.Errorf("bench: write %s at dc%d: %w", k, d+1, err)
+			}
+			p, seq = r.Event.Partition, r.Event.Seq
+		} else {
+			dot, err := put(ctx, client, base+url.PathEscape(k), v)
+			if err != nil {
+				return lats, fmt.Errorf("bench: PUT %s at dc%d: %w", k, d+1, err)
+			}
+			p, seq = event.PartitionOf(k, w.o.Partitions), dot.N
+		}
+		now := time.Now()
+		lats = append(lats, now.Sub(start))
+		w.commits.record(d, p, seq, now)
+		w.done.Add(1)
+	}
+}
+
+// put writes one value through the HTTP API and returns the write's dot.
+func put(ctx context.Context, c *http.Client, u string, v []byte) (vclock.Dot, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(v))
+	if err != nil {
+		return vclock.Dot{}, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return vclock.Dot{}, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return vclock.Dot{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return vclock.Dot{}, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(body))
+	}
+	var out struct {
+		Dot string `json:"dot"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		return vclock.Dot{}, fmt.Errorf("decode the answer: %w", err)
+	}
+	return vclock.ParseDot(out.Dot)
+}

@@ -1,0 +1,136 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+)
+
+// overheadSamples is how many stored messages of each DC's stream are read
+// back to measure the per-event overhead.
+const overheadSamples = 64
+
+// measureWire reads every DC's event stream: the bytes and messages it
+// stores per write, and, from a sample of messages read back, the bytes an
+// event carries beyond its key and value.
+func measureWire(ctx context.Context, url string, names []string, o Options, res *Result) error {
+	nc, err := nats.Connect(url, nats.Name("replicator-bench-wire"))
+	if err != nil {
+		return fmt.Errorf("bench: connect: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("bench: jetstream: %w", err)
+	}
+	var stored, msgs uint64
+	var headers, payload, sampled int
+	for _, dc := range names {
+		s, err := js.Stream(ctx, bridge.StreamName(dc))
+		if err != nil {
+			return fmt.Errorf("bench: stream of %s: %w", dc, err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("bench: stream info of %s: %w", dc, err)
+		}
+		st := info.State
+		stored += st.Bytes
+		msgs += st.Msgs
+		if st.Msgs == 0 {
+			continue
+		}
+		step := max(st.Msgs/overheadSamples, 1)
+		for seq := st.FirstSeq; seq <= st.LastSeq; seq += step {
+			m, err := s.GetMsg(ctx, seq)
+			if err != nil {
+				return fmt.Errorf("bench: read message %d of %s: %w", seq, bridge.StreamName(dc), err)
+			}
+			ev, err := event.Decode(m.Data, event.Limits{})
+			if err != nil {
+				return fmt.Errorf("bench: decode message %d of %s: %w", seq, bridge.StreamName(dc), err)
+			}
+			headers += headerBytes(m.Header)
+			payload += len(m.Data) - len(ev.Key) - len(ev.Value)
+			sampled++
+		}
+	}
+	res.WireBytesPerWrite = float64(stored) / float64(o.Writes)
+	if msgs > 0 {
+		res.WireBytesPerEvent = float64(stored) / float64(msgs)
+	}
+	res.StreamMsgsPerWrite = float64(msgs) / float64(o.Writes)
+	if sampled > 0 {
+		res.HeaderBytesPerEvent = float64(headers) / float64(sampled)
+		res.PayloadOverheadBytesPerEvent = float64(payload) / float64(sampled)
+		res.OverheadBytesPerEvent = res.HeaderBytesPerEvent + res.PayloadOverheadBytesPerEvent
+	}
+	most, err := maxOverhead(names)
+	if err != nil {
+		return err
+	}
+	res.OverheadMaxBytesPerEvent = most
+	return nil
+}
+
+// getHeaders are the headers JetStream adds to a message read back, which
+// the publisher did not send.
+var getHeaders = []string{"Nats-Stream", "Nats-Sequence", "Nats-Time-Stamp", "Nats-Subject", "Nats-Last-Sequence", "Nats-Num-Pending"}
+
+// headerBytes is the size of h's NATS header block as a publisher sends
+// it: "NATS/1.0\r\n", a "Name: value\r\n" line per value, and "\r\n".
+func headerBytes(h nats.Header) int {
+	if len(h) == 0 {
+		return 0
+	}
+	n := len("NATS/1.0\r\n") + len("\r\n")
+	for k, vs := range h {
+		if isGetHeader(k) {
+			continue
+		}
+		for _, v := range vs {
+			n += len(k) + len(": ") + len(v) + len("\r\n")
+		}
+	}
+	return n
+}
+
+func isGetHeader(k string) bool {
+	for _, g := range getHeaders {
+		if strings.EqualFold(k, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxOverhead is the overhead of the largest event these DCs can produce:
+// a context and a path naming every DC, with counters and an HLC of
+// realistic size (sequences near a billion, HLC of today).
+func maxOverhead(names []string) (int, error) {
+	const seq = 1_000_000_000
+	ctx := vclock.VV{}
+	for _, dc := range names {
+		ctx[dc] = seq
+	}
+	ev := &event.Event{
+		Version: event.SchemaVersion, Origin: names[0], Partition: 15, Seq: seq + 1,
+		Key: "k", Op: event.OpPut, Value: []byte("v"),
+		Dot: vclock.Dot{DC: names[0], N: seq + 1}, Context: ctx,
+		HLC: 1_800_000_000_000 << 16, Path: names,
+	}
+	b, err := ev.Encode(nil)
+	if err != nil {
+		return 0, fmt.Errorf("bench: encode: %w", err)
+	}
+	h := nats.Header(event.ToHeaders(ev))
+	h.Set(bridge.HeaderSeqHi, fmt.Sprint(seq+1))
+	return headerBytes(h) + len(b) - len(ev.Key) - len(ev.Value), nil
+}
