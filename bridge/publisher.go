@@ -163,6 +163,7 @@ func lastOwnSeq(self string, p uint32, h nats.Header) (uint64, error) {
 func (r *Replicator) runPublisher(ctx context.Context) {
 	poll := time.NewTicker(r.opts.PublishPoll)
 	defer poll.Stop()
+	defer r.flushCheckpoint()
 	bo := backoff{min: r.opts.RetryMin, max: r.opts.RetryMax}
 	for {
 		more, err := r.publishWindow(ctx)
@@ -198,7 +199,7 @@ func (r *Replicator) runPublisher(ctx context.Context) {
 // acknowledged without error. more reports a full window, after which more
 // entries may wait.
 func (r *Replicator) publishWindow(ctx context.Context) (more bool, err error) {
-	ckpt := r.store.Checkpoint()
+	ckpt := max(r.cursor, r.store.Checkpoint())
 	entries, err := r.store.ReadOutbox(ckpt, r.opts.PublishWindow)
 	if err != nil {
 		return false, fmt.Errorf("read outbox after %d: %w", ckpt, err)
@@ -212,7 +213,9 @@ func (r *Replicator) publishWindow(ctx context.Context) (more bool, err error) {
 	for _, e := range entries {
 		m := r.message(e)
 		sent = append(sent, time.Now())
-		f, err := r.pub.PublishMsgAsync(m, jetstream.WithExpectStream(r.stream), jetstream.WithStallWait(r.opts.PublishAckTimeout))
+		// No WithExpectStream: the subject belongs to this stream alone, and
+		// the header would be stored and delivered with every event.
+		f, err := r.pub.PublishMsgAsync(m, jetstream.WithStallWait(r.opts.PublishAckTimeout))
 		if err != nil {
 			sendErr = fmt.Errorf("publish %s: %w", m.Header.Get(jetstream.MsgIDHeader), err)
 			break
@@ -221,9 +224,10 @@ func (r *Replicator) publishWindow(ctx context.Context) (more bool, err error) {
 	}
 	acked, ackErr := r.awaitAcks(ctx, ckpt, entries, futs, sent)
 	if acked > ckpt {
-		if err := r.store.SetCheckpoint(ctx, acked); err != nil {
-			return false, fmt.Errorf("move the checkpoint to %d: %w", acked, err)
-		}
+		// The cursor moves at once; the stored checkpoint follows without
+		// the publisher waiting for its fsync (see flushCheckpoint).
+		r.cursor = acked
+		r.store.AdvanceCheckpoint(acked)
 	}
 	if err := errors.Join(ackErr, sendErr); err != nil {
 		return false, err
@@ -289,4 +293,17 @@ func (r *Replicator) message(e changelog.OutboxEntry) *nats.Msg {
 		}
 	}
 	return &nats.Msg{Subject: Subject(r.self, p), Header: h, Data: e.Data}
+}
+
+// flushCheckpoint makes the publisher's cursor the durable checkpoint, once
+// it stops, so a clean restart sends nothing again.
+func (r *Replicator) flushCheckpoint() {
+	if r.cursor <= r.store.Checkpoint() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.store.SetCheckpoint(ctx, r.cursor); err != nil {
+		r.log.Warn("save the publish checkpoint; events after it will be sent again", "checkpoint", r.cursor, "err", err)
+	}
 }

@@ -224,6 +224,9 @@ type Replicator struct {
 	// be in the stream or sent to it; only the publisher goroutine uses it
 	// once Start has returned.
 	seqHi []uint64
+	// cursor is the publisher's last acknowledged outbox index; only the
+	// publisher goroutine uses it.
+	cursor uint64
 
 	// samples and trimmedTo belong to the maintenance goroutine: the
 	// stream's last sequence over time, and how far it has been trimmed.

@@ -85,8 +85,12 @@ func recordID(key string) string { return keyHash(key) + "-record" }
 // it discards, or the open record it asks for, to the conflict log.
 func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
 	r := t.s.opts.Resolvers.For(key)
+	isRecord := r.Name() == "record"
 	rid := recordID(key)
 	if len(st.Siblings) < 2 {
+		if !isRecord {
+			return nil // only the record resolver opens records
+		}
 		return t.closeRecord(rid, hlc)
 	}
 	res := r.Resolve(key, st.Siblings)
@@ -108,7 +112,7 @@ func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
 			return err
 		}
 	}
-	if r.Name() != "record" {
+	if !isRecord {
 		return nil
 	}
 	if !res.Conflict {

@@ -61,7 +61,28 @@ func (s *Store) ReadOutbox(after uint64, max int) ([]OutboxEntry, error) {
 // SetCheckpoint records that JetStream acknowledged every outbox entry up to
 // idx. The checkpoint never moves back.
 func (s *Store) SetCheckpoint(ctx context.Context, idx uint64) error {
-	return s.do(ctx, func(t *txn) error {
+	return s.do(ctx, checkpointFn(idx))
+}
+
+// AdvanceCheckpoint records the checkpoint like SetCheckpoint but returns
+// at once, without waiting for the batch, so the publisher can send the
+// next window while the checkpoint is written. It drops the update when the
+// committer's queue is full; a later one carries a higher index. A
+// checkpoint lost in a crash only makes the publisher send events again,
+// which the stream's dedup window and the receivers' applied vectors absorb.
+func (s *Store) AdvanceCheckpoint(idx uint64) {
+	if s.isClosed() {
+		return
+	}
+	r := &request{ctx: context.Background(), fn: checkpointFn(idx), done: make(chan error, 1)}
+	select {
+	case s.reqs <- r:
+	default:
+	}
+}
+
+func checkpointFn(idx uint64) func(t *txn) error {
+	return func(t *txn) error {
 		if idx <= t.ckpt {
 			return nil
 		}
@@ -70,7 +91,7 @@ func (s *Store) SetCheckpoint(ctx context.Context, idx uint64) error {
 		}
 		t.ckpt = idx
 		return t.set(metaKey(metaCkpt), u64(idx))
-	})
+	}
 }
 
 // OwnEvents returns this DC's own events of partition p with sequence in
