@@ -73,6 +73,7 @@ func (r *Replicator) repair(ctx context.Context, origin string, p uint32, from, 
 		}
 		applied := 0
 		for i, x := range res {
+			r.observeHLC(x, evs[i])
 			switch x.Outcome {
 			case changelog.Changed:
 				r.c.applied.Add(1)

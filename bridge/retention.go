@@ -41,7 +41,9 @@ func (r *Replicator) downstreams() []string {
 // old data dir learns which sequences it already issued. The history kept
 // for StreamRetention is what lets such a DC take back its own later
 // writes from the stream; a DC restored from a copy older than that loses
-// them, and they must come back from the other DCs by anti-entropy.
+// them, and they must come back from the other DCs by anti-entropy. When the
+// stream is over 80% of its MaxBytes, acknowledged messages go regardless of
+// their age, so a full stream never stalls publishing.
 func (r *Replicator) trimStream(ctx context.Context) {
 	s, err := r.js.Stream(ctx, r.stream)
 	if err != nil {
@@ -60,6 +62,12 @@ func (r *Replicator) trimStream(ctx context.Context) {
 		keep = append(keep, sm)
 	}
 	r.samples = keep
+	info := s.CachedInfo()
+	if max := info.Config.MaxBytes; max > 0 && info.State.Bytes*5 > uint64(max)*4 {
+		// Over 80% full: keeping acknowledged history must not stall
+		// publishing, so the retention gives way.
+		cutoff = info.State.LastSeq
+	}
 	if cutoff == 0 {
 		return
 	}

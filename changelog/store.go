@@ -103,7 +103,8 @@ type Store struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
-	// hlcHigh is the highest HLC the store had persisted when it opened.
+	// hlcHigh is the highest HLC of a local write the store had persisted
+	// when it opened.
 	hlcHigh uint64
 
 	groups, requests, writes atomic.Uint64
@@ -122,6 +123,7 @@ type Store struct {
 		outboxSync uint64                  // entries below this index are durable
 		outboxLow  uint64                  // lowest index possibly still stored
 		ckpt       uint64                  // highest outbox index JetStream acknowledged
+		hlcHigh    uint64                  // highest local-write HLC persisted
 		peers      map[string]*peerReports // applied vectors the other DCs reported
 	}
 }
@@ -241,6 +243,7 @@ func (s *Store) load() error {
 	if s.hlcHigh, err2 = s.getU64(metaKey(metaHLC)); err2 != nil {
 		return err2
 	}
+	m.hlcHigh = s.hlcHigh
 	hi, err := s.getU64(metaKey(metaOutboxHi))
 	if err != nil {
 		return err

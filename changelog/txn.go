@@ -116,9 +116,6 @@ func (t *txn) putState(key string, prev, st dvv.State) error {
 		}
 	}
 	t.states[key] = &st
-	for _, sb := range st.Siblings {
-		t.observeHLC(sb.HLC)
-	}
 	return nil
 }
 
@@ -133,6 +130,10 @@ func (t *txn) deleteState(key string) error {
 	return nil
 }
 
+// observeHLC records the HLC of a local write. Only local writes raise the
+// persisted high-water mark: it is what keeps this DC's own clock monotonic
+// across restarts, and a remote reading (perhaps from a clock far ahead)
+// must not become this DC's time after a restart.
 func (t *txn) observeHLC(h uint64) {
 	if h > t.hlcMax {
 		t.hlcMax = h
@@ -227,7 +228,10 @@ func (t *txn) commit() error {
 	if t.b.Empty() && len(t.seq) == 0 {
 		return nil
 	}
-	if t.hlcMax > 0 {
+	s.mu.RLock()
+	hw := s.mu.hlcHigh
+	s.mu.RUnlock()
+	if t.hlcMax > hw {
 		if err := t.set(metaKey(metaHLC), u64(t.hlcMax)); err != nil {
 			return err
 		}
@@ -269,6 +273,7 @@ func (t *txn) commit() error {
 	}
 	s.mu.outboxNext = t.next
 	s.mu.ckpt = t.ckpt
+	s.mu.hlcHigh = max(s.mu.hlcHigh, t.hlcMax)
 	if t.trimTo > s.mu.outboxLow {
 		s.mu.outboxLow = t.trimTo
 	}

@@ -92,6 +92,7 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 	if err := t.setSeq(p, seq); err != nil {
 		return WriteResult{}, err
 	}
+	t.observeHLC(ver.HLC)
 	if err := t.putState(op.Key, st, next); err != nil {
 		return WriteResult{}, err
 	}
