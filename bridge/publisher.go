@@ -57,8 +57,13 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 		if hi == 0 {
 			continue
 		}
-		if err := r.store.EnsureSeqAbove(ctx, uint32(p), hi); err != nil {
+		lost, err := r.store.ResumeAbove(ctx, uint32(p), hi)
+		if err != nil {
 			return fmt.Errorf("bridge: raise partition %d's sequence to %d: %w", p, hi, err)
+		}
+		if lost.To > 0 {
+			r.log.Warn("own events neither the store nor the stream holds; marked lost, anti-entropy takes them back from the peers",
+				"partition", p, "from", lost.From, "to", lost.To)
 		}
 		r.seqHi[p] = hi
 	}

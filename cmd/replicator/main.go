@@ -35,6 +35,7 @@ var commands = []command{
 	{"kv", "get, put or delete a key on a running sidecar: kv get|put|del KEY [VALUE]", cmdKV},
 	{"conflicts", "list or resolve conflicts on a running sidecar: conflicts list|resolve", cmdConflicts},
 	{"status", "show a running sidecar's status", cmdStatus},
+	{"repair", "run anti-entropy now on a running sidecar against every peer: repair --config FILE", cmdRepair},
 	{"bench", "measure replicated writes against raw JetStream and NATS KV in one process", cmdBench},
 }
 

@@ -28,6 +28,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/antientropy"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
@@ -76,6 +77,7 @@ type Node struct {
 	ns   *server.Server
 	nc   *nats.Conn
 	svc  micro.Service
+	ae   *antientropy.Worker
 	repl *bridge.Replicator
 	http *http.Server
 	ln   net.Listener
@@ -210,15 +212,6 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: connect to NATS at %s: %w", url, err)
 	}
 	n.nc = nc
-	svc, err := natsapi.Serve(nc, n.cfg.DC, n.store, n.rules)
-	if err != nil {
-		return err
-	}
-	n.svc = svc
-	if n.arbiter != nil {
-		n.arbiter.SetConn(nc)
-		n.arbiter.Start(ctx)
-	}
 	plan, err := bridge.NewPlan(n.cfg.Topology, n.cfg.DC, n.cfg.DCs, n.cfg.Hub)
 	if err != nil {
 		return err
@@ -243,6 +236,27 @@ func (n *Node) Start(ctx context.Context) error {
 	defer cancel()
 	if err := repl.Start(startCtx); err != nil {
 		return err
+	}
+	// Everything that can write starts after the bridge, which first
+	// makes sure this DC never reissues a sequence its stream holds.
+	ae, err := antientropy.New(antientropy.Options{
+		Store: n.store, NC: nc, DC: n.cfg.DC, DCs: n.cfg.DCs, Partitions: n.cfg.Partitions, Logger: n.log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := ae.Start(context.WithoutCancel(ctx)); err != nil {
+		return err
+	}
+	n.ae = ae
+	svc, err := natsapi.Serve(nc, n.cfg.DC, n.store, n.rules)
+	if err != nil {
+		return err
+	}
+	n.svc = svc
+	if n.arbiter != nil {
+		n.arbiter.SetConn(nc)
+		n.arbiter.Start(ctx)
 	}
 	if n.opts.NoHTTP {
 		return nil
@@ -405,6 +419,9 @@ func (n *Node) Close() error {
 		}
 		if n.arbiter != nil {
 			n.arbiter.Close()
+		}
+		if n.ae != nil {
+			n.ae.Close()
 		}
 		if n.repl != nil {
 			errs = append(errs, n.repl.Close())

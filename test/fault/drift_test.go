@@ -10,7 +10,6 @@ import (
 	"github.com/replicatorhq/replicator/pkg/hlc"
 )
 
-
 // driftCluster runs dc1 with its clock 5 minutes ahead and dc2 on time,
 // with the default max_clock_drift of 1 minute.
 func driftCluster(t *testing.T) (*cluster, *skewedClock) {

@@ -1,0 +1,435 @@
+// Package security_test proves the least-privilege NATS permissions of
+// configs/nats-permissions.conf: it loads that very file into an in-process
+// nats-server, runs a three-DC mesh whose sidecars each connect as their
+// own restricted user (enough: they replicate, restore and replay without a
+// single permissions violation), and shows that dc1's credentials are
+// refused every action on another DC's subjects, streams and consumers. It
+// also checks that the HTTP API refuses a non-loopback address without a
+// token.
+//
+// Set REPL_TEST_LOG=1 to see the sidecars' warnings and errors on stderr,
+// REPL_TEST_NATS_LOG=1 to see the NATS server's.
+package security_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/demo"
+	"github.com/replicatorhq/replicator/pkg/node"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// permissionsConf is the example file under test, relative to this
+// package's directory (where go test runs).
+const permissionsConf = "../../configs/nats-permissions.conf"
+
+// users of the example file, and the environment variable that holds each
+// one's password there.
+var users = map[string]string{
+	"admin":    "REPL_ADMIN_PASSWORD",
+	"dc1":      "REPL_DC1_PASSWORD",
+	"dc2":      "REPL_DC2_PASSWORD",
+	"dc3":      "REPL_DC3_PASSWORD",
+	"app_dc1":  "REPL_APP_DC1_PASSWORD",
+	"resolver": "REPL_RESOLVER_PASSWORD",
+}
+
+// password is the test password of user.
+func password(user string) string { return "test-secret-of-" + user }
+
+// startServer loads configs/nats-permissions.conf, with the test passwords
+// in the environment, a free loopback port and a temporary store, and
+// starts it; it stops at the end of the test.
+func startServer(t *testing.T) *server.Server {
+	t.Helper()
+	for user, env := range users {
+		t.Setenv(env, password(user))
+	}
+	o, err := server.ProcessConfigFile(permissionsConf)
+	if err != nil {
+		t.Fatalf("load %s: %v", permissionsConf, err)
+	}
+	if !o.JetStream {
+		t.Fatalf("%s does not enable JetStream", permissionsConf)
+	}
+	o.Host, o.Port = "127.0.0.1", -1
+	o.StoreDir = t.TempDir()
+	o.NoSigs = true
+	o.NoLog = os.Getenv("REPL_TEST_NATS_LOG") == ""
+	s, err := server.NewServer(o)
+	if err != nil {
+		t.Fatalf("nats server from %s: %v", permissionsConf, err)
+	}
+	if !o.NoLog {
+		s.ConfigureLogger()
+	}
+	s.Start()
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready after 10s")
+	}
+	return s
+}
+
+// recorder keeps the warnings and errors the sidecars log; the nodes log
+// every asynchronous NATS error, permissions violations included, as
+// "nats error".
+type recorder struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (r *recorder) add(line string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lines = append(r.lines, line)
+	if os.Getenv("REPL_TEST_LOG") != "" {
+		fmt.Fprintln(os.Stderr, line)
+	}
+}
+
+// contains reports whether a recorded line contains s.
+func (r *recorder) contains(s string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, l := range r.lines {
+		if strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// all returns every recorded line.
+func (r *recorder) all() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.lines)
+}
+
+// violations returns the logged lines that report a permissions violation.
+func (r *recorder) violations() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, l := range r.lines {
+		if strings.Contains(strings.ToLower(l), "permission") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// logHandler is a slog.Handler that records lines at Warn and above.
+type logHandler struct {
+	rec   *recorder
+	attrs []slog.Attr
+}
+
+func (h logHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h logHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level < slog.LevelWarn {
+		return nil
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s", r.Level, r.Message)
+	for _, a := range h.attrs {
+		fmt.Fprintf(&b, " %s", a)
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s", a)
+		return true
+	})
+	h.rec.add(b.String())
+	return nil
+}
+
+func (h logHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return logHandler{rec: h.rec, attrs: append(slices.Clone(h.attrs), as...)}
+}
+
+func (h logHandler) WithGroup(string) slog.Handler { return h }
+
+// mesh is three sidecars, each connected as its own restricted user.
+type mesh struct {
+	t     *testing.T
+	url   string
+	dcs   []string
+	dirs  map[string]string
+	nodes map[string]*node.Node
+	log   *recorder
+}
+
+func newMesh(t *testing.T, url string) *mesh {
+	m := &mesh{t: t, url: url, dcs: []string{"dc1", "dc2", "dc3"},
+		dirs: map[string]string{}, nodes: map[string]*node.Node{}, log: &recorder{}}
+	for _, dc := range m.dcs {
+		m.dirs[dc] = t.TempDir()
+	}
+	t.Cleanup(func() {
+		for _, n := range m.nodes {
+			n.Close()
+		}
+	})
+	return m
+}
+
+// open opens dc's sidecar, to connect as NATS user dc; it does not start it.
+func (m *mesh) open(dc string) *node.Node {
+	m.t.Helper()
+	cfg := demo.Config(dc, m.dcs, "mesh", m.dirs[dc])
+	cfg.NATS.User, cfg.NATS.Password = dc, password(dc)
+	cfg.Durability.Fsync = false // not what this test is about
+	cfg.Complete()
+	n, err := node.New(cfg, node.Options{
+		NATSURL: m.url, NoHTTP: true, ReportInterval: 100 * time.Millisecond,
+		Logger: slog.New(logHandler{rec: m.log}),
+	})
+	if err != nil {
+		m.t.Fatalf("%s: node.New: %v", dc, err)
+	}
+	m.nodes[dc] = n
+	return n
+}
+
+// startAll opens and starts the given DCs (every DC if none) concurrently.
+func (m *mesh) startAll(dcs ...string) {
+	m.t.Helper()
+	if len(dcs) == 0 {
+		dcs = m.dcs
+	}
+	errs := make([]error, len(dcs))
+	var wg sync.WaitGroup
+	for i, dc := range dcs {
+		n := m.open(dc)
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			errs[i] = n.Start(ctx)
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			m.t.Fatalf("%s: start as NATS user %s: %v", dcs[i], dcs[i], err)
+		}
+	}
+}
+
+// stop closes dc's sidecar.
+func (m *mesh) stop(dc string) {
+	m.t.Helper()
+	if err := m.nodes[dc].Close(); err != nil {
+		m.t.Fatalf("%s: close: %v", dc, err)
+	}
+	delete(m.nodes, dc)
+}
+
+// writeConcurrently has every DC write rounds times, all at once, on keys
+// every DC writes: read-modify-writes with the local context on sibling
+// keys, blind writes on lww keys, and some deletes. It returns the number
+// of acknowledged writes.
+func (m *mesh) writeConcurrently(rounds, keys int) int {
+	m.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(m.dcs))
+	for _, dc := range m.dcs {
+		n := m.nodes[dc]
+		wg.Go(func() {
+			for i := range rounds {
+				op := changelog.WriteOp{Value: fmt.Appendf(nil, "%s-%d", dc, i)}
+				if i%3 == 0 {
+					op.Key = fmt.Sprintf("title/%d", i%keys)
+				} else {
+					op.Key = fmt.Sprintf("user/%d", i%keys)
+					_, st, _, err := n.Read(op.Key)
+					if err != nil {
+						errs <- fmt.Errorf("%s: read %s: %w", dc, op.Key, err)
+						return
+					}
+					op.Context = st.Clock
+					if i%17 == 0 {
+						op.Delete, op.Value = true, nil
+					}
+				}
+				if _, err := n.Write(ctx, op); err != nil {
+					errs <- fmt.Errorf("%s: write %s: %w", dc, op.Key, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		m.t.Fatal(err)
+	}
+	return rounds * len(m.dcs)
+}
+
+// waitConverged waits until every DC shows the same digest and applied
+// vector with an empty outbox, twice in a row.
+func (m *mesh) waitConverged(timeout time.Duration) {
+	m.t.Helper()
+	start := time.Now()
+	stable := 0
+	var report string
+	for time.Since(start) < timeout {
+		var same bool
+		same, report = m.convergence()
+		if same {
+			stable++
+		} else {
+			stable = 0
+		}
+		if stable >= 2 {
+			m.t.Logf("converged after %s: %s", time.Since(start).Round(time.Millisecond), report)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	m.t.Fatalf("no convergence after %s: %s; logged warnings: %v", timeout, report, m.log.all())
+}
+
+func (m *mesh) convergence() (bool, string) {
+	var b strings.Builder
+	same := true
+	var first string
+	var firstApplied changelog.Applied
+	for i, dc := range m.dcs {
+		st := m.nodes[dc].Store()
+		d, err := st.Digest()
+		if err != nil {
+			return false, fmt.Sprintf("%s: digest: %v", dc, err)
+		}
+		a := st.Applied()
+		fmt.Fprintf(&b, "%s digest=%.12s outbox=%d; ", dc, d.Hex(), st.OutboxDepth())
+		if st.OutboxDepth() > 0 {
+			same = false
+		}
+		if i == 0 {
+			first, firstApplied = d.Hex(), a
+			continue
+		}
+		if d.Hex() != first || !a.LessEq(firstApplied) || !firstApplied.LessEq(a) {
+			same = false
+		}
+	}
+	return same, b.String()
+}
+
+// client is a raw NATS connection as one of the example's users that
+// records the asynchronous errors the server sends it (permissions
+// violations among them).
+type client struct {
+	user string
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	errs chan error
+}
+
+func dial(t *testing.T, url, user string) *client {
+	t.Helper()
+	c := &client{user: user, errs: make(chan error, 64)}
+	nc, err := nats.Connect(url, nats.UserInfo(user, password(user)), nats.Name("security-test-"+user),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case c.errs <- err:
+			default:
+			}
+		}))
+	if err != nil {
+		t.Fatalf("connect as %s: %v", user, err)
+	}
+	t.Cleanup(nc.Close)
+	c.nc = nc
+	if c.js, err = jetstream.New(nc); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// violation waits for the server to report that c's user may not publish
+// to (op "Publish") or subscribe to (op "Subscription") subject.
+func (c *client) violation(t *testing.T, op, subject string) {
+	t.Helper()
+	want := fmt.Sprintf("%s to %q", op, subject)
+	timeout := time.After(3 * time.Second)
+	var seen []string
+	for {
+		select {
+		case err := <-c.errs:
+			if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), want) {
+				return
+			}
+			seen = append(seen, err.Error())
+		case <-timeout:
+			t.Fatalf("%s: no permissions violation for %s within 3s (errors seen: %v)", c.user, want, seen)
+		}
+	}
+}
+
+// noViolation fails the test if the server reported any error to c.
+func (c *client) noViolation(t *testing.T) {
+	t.Helper()
+	if err := c.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // asynchronous errors follow the flush's PONG closely
+	select {
+	case err := <-c.errs:
+		t.Fatalf("%s: unexpected error from the server: %v", c.user, err)
+	default:
+	}
+}
+
+// refused runs call, which sends a request on subject as c, and checks
+// that the server reports a permissions violation for subject and that
+// call fails. A refused request gets no answer, so call is cancelled once
+// the violation has arrived rather than left to time out.
+func (c *client) refused(t *testing.T, subject string, call func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- call(ctx) }()
+	c.violation(t, "Publish", subject)
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatalf("%s: the call on %s succeeded", c.user, subject)
+	}
+}
+
+// longCtx is a context for calls that must succeed.
+func longCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// copyDir copies directory src to dst, for a backup of a data dir.
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
+		t.Fatalf("copy %s to %s: %v", src, dst, err)
+	}
+}
