@@ -23,6 +23,8 @@ type EmbeddedOptions struct {
 	ServerName string
 	// Domain is the JetStream domain; empty for none.
 	Domain string
+	// User and Password, or Token, if set, are required of every client.
+	User, Password, Token string
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	// Default 10s.
 	ReadyTimeout time.Duration
@@ -51,6 +53,9 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		JetStream:       o.JetStream,
 		StoreDir:        o.StoreDir,
 		JetStreamDomain: o.Domain,
+		Username:        o.User,
+		Password:        o.Password,
+		Authorization:   o.Token,
 		NoLog:           true,
 		NoSigs:          true,
 	}

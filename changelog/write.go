@@ -58,10 +58,11 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 	}
 	r := s.opts.Resolvers.For(op.Key)
 	implicit := op.Context == nil && (op.Delete || r.OnWrite())
-	if err := t.checkContext(op.Context, p); err != nil {
+	client, err := t.checkContext(op.Context, st.Clock, p)
+	if err != nil {
 		return WriteResult{}, err
 	}
-	ctx := st.WriteContext(op.Context, implicit, t.purgeFrontier(p))
+	ctx := st.WriteContext(client, implicit, t.purgeFrontier(p))
 	seq := t.lastSeq(p) + 1
 	dot := vclock.Dot{DC: s.opts.DC, N: seq}
 	ver := dvv.Version{Value: op.Value, Deleted: op.Delete}
@@ -235,19 +236,34 @@ func (s *Store) EnsureSeqAbove(ctx context.Context, p uint32, seq uint64) error 
 
 // checkContext rejects a client context that names a DC outside the
 // configuration, or an event of this DC that does not exist yet: no client
-// can have read either. A counter of another DC above what this DC has
-// applied is accepted, since the client may have read at a DC that is
-// ahead; the write then supersedes those events when they arrive here.
-func (t *txn) checkContext(client vclock.VV, p uint32) error {
+// can have read either. It then bounds each other DC's counter by the
+// highest event of that DC this DC knows exists: what it applied, what the
+// key's clock names, or what that DC last reported having issued. A client
+// may have read at a DC that is ahead, and the bound keeps that; but a
+// counter beyond every event the DC ever issued would make that DC's next
+// writes to the key look obsolete everywhere, losing them. A write whose
+// context was cut this way supersedes less and may leave a sibling: that
+// loses nothing.
+func (t *txn) checkContext(client vclock.VV, clock vclock.VV, p uint32) (vclock.VV, error) {
+	if client == nil {
+		return nil, nil
+	}
+	out := make(vclock.VV, len(client))
 	for dc, n := range client {
 		if !slices.Contains(t.s.opts.DCs, dc) {
-			return fmt.Errorf("%w: context names dc %q, which is not one of %v", ErrBadInput, dc, t.s.opts.DCs)
+			return nil, fmt.Errorf("%w: context names dc %q, which is not one of %v", ErrBadInput, dc, t.s.opts.DCs)
 		}
-		if dc == t.s.opts.DC && n > t.lastSeq(p) {
-			return fmt.Errorf("%w: context names event %s:%d, but this DC has issued only %d in the key's partition", ErrBadInput, dc, n, t.lastSeq(p))
+		if dc == t.s.opts.DC {
+			if n > t.lastSeq(p) {
+				return nil, fmt.Errorf("%w: context names event %s:%d, but this DC has issued only %d in the key's partition", ErrBadInput, dc, n, t.lastSeq(p))
+			}
+			out[dc] = n
+			continue
 		}
+		known := max(t.appliedSeq(dc, p), clock[dc], t.s.reportedSeq(dc, p))
+		out[dc] = min(n, known)
 	}
-	return nil
+	return out, nil
 }
 
 // Recover applies events this DC itself wrote that its store no longer

@@ -194,6 +194,7 @@ func (n *Node) Start(ctx context.Context) error {
 		ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{
 			StoreDir: filepath.Join(n.cfg.DataDir, "nats"), Host: host, Port: port,
 			JetStream: true, ServerName: n.cfg.DC, Domain: n.cfg.NATS.Domain,
+			User: n.cfg.NATS.User, Password: n.cfg.NATS.Password, Token: n.cfg.NATS.Token,
 		})
 		if err != nil {
 			return err
@@ -302,6 +303,10 @@ func (n *Node) natsOptions() ([]nats.Option, error) {
 	c := n.cfg.NATS
 	opts := []nats.Option{
 		nats.Name("replicator-" + n.cfg.DC), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+		// A per-DC inbox prefix lets NATS permissions keep each DC's
+		// replies and pulled messages (whose reply subject is the ack) away
+		// from the other DCs' credentials.
+		nats.CustomInboxPrefix("_INBOX_" + n.cfg.DC),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subject := ""
 			if sub != nil {

@@ -5,7 +5,8 @@
 // single permissions violation), and shows that dc1's credentials are
 // refused every action on another DC's subjects, streams and consumers. It
 // also checks that the HTTP API refuses a non-loopback address without a
-// token.
+// token. knownbugs_test.go holds failing tests for product bugs found on
+// the way, skipped unless REPL_TEST_KNOWN_BUGS=1.
 //
 // Set REPL_TEST_LOG=1 to see the sidecars' warnings and errors on stderr,
 // REPL_TEST_NATS_LOG=1 to see the NATS server's.
@@ -350,13 +351,19 @@ type client struct {
 func dial(t *testing.T, url, user string) *client {
 	t.Helper()
 	c := &client{user: user, errs: make(chan error, 64)}
-	nc, err := nats.Connect(url, nats.UserInfo(user, password(user)), nats.Name("security-test-"+user),
+	opts := []nats.Option{nats.UserInfo(user, password(user)), nats.Name("security-test-" + user)}
+	if strings.HasPrefix(user, "dc") {
+		// DC users get replies only under their own inbox prefix, as the
+		// sidecar uses it.
+		opts = append(opts, nats.CustomInboxPrefix("_INBOX_"+user))
+	}
+	nc, err := nats.Connect(url, append(opts,
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			select {
 			case c.errs <- err:
 			default:
 			}
-		}))
+		}))...)
 	if err != nil {
 		t.Fatalf("connect as %s: %v", user, err)
 	}

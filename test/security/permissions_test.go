@@ -17,6 +17,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/antientropy"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
 )
@@ -24,10 +25,10 @@ import (
 // TestLeastPrivilege runs a three-DC mesh on configs/nats-permissions.conf,
 // each sidecar as its own user, and proves that the permissions are
 // enough (concurrent writes converge; a replay, a repair request, the NATS
-// API, the external resolver's subject and a restore from a backup all
-// work; not one permissions violation is logged) and no more than enough
-// (dc1's credentials are refused every action on dc2's and dc3's
-// subjects, streams and consumers, checked both by the server's
+// API, the external resolver's subject, an anti-entropy run and a restore
+// from a backup all work; not one permissions violation is logged) and no
+// more than enough (dc1's credentials are refused every action on dc2's
+// and dc3's subjects, streams and consumers, checked both by the server's
 // permissions violation and by the state that did not change).
 func TestLeastPrivilege(t *testing.T) {
 	s := startServer(t)
@@ -86,7 +87,8 @@ func TestLeastPrivilege(t *testing.T) {
 
 // allowed makes, as dc1, each JetStream and core NATS call the sidecar
 // needs that a short test run may not reach (trimming, replay, repair),
-// and calls dc1's NATS API as app_dc1 and the resolver's subject as dc1.
+// calls dc1's NATS API as app_dc1 and the resolver's subject as dc1, and
+// starts an anti-entropy run at dc1 as `replicator repair` does.
 func allowed(t *testing.T, m *mesh, admin *client) {
 	c := dial(t, m.url, "dc1")
 	ctx := longCtx(t)
@@ -104,7 +106,7 @@ func allowed(t *testing.T, m *mesh, admin *client) {
 	found := false
 	for p := range uint32(8) {
 		subj := bridge.Subject("dc1", p)
-		msg, err := own.GetLastMsgForSubject(ctx, subj)
+		_, err := own.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
 		}
@@ -115,7 +117,6 @@ func allowed(t *testing.T, m *mesh, admin *client) {
 		if err := own.Purge(ctx, jetstream.WithPurgeSubject(subj), jetstream.WithPurgeSequence(1)); err != nil {
 			t.Fatalf("purge %s below sequence 1: %v", subj, err)
 		}
-		_ = msg
 	}
 	if !found {
 		t.Fatal("no partition of REPL_dc1 holds a message after the writes")
@@ -214,6 +215,22 @@ func allowed(t *testing.T, m *mesh, admin *client) {
 		t.Fatalf("dc1 asking the resolver service: reply %v, err %v", reply, err)
 	}
 	res.noViolation(t)
+
+	// Anti-entropy: `replicator repair` with dc1's config (dc1's user)
+	// asks dc1 to run against every peer; dc1 asks dc2 and dc3, and they
+	// answer.
+	run, err := antientropy.RequestRun(ctx, c.nc, "dc1")
+	if err != nil {
+		t.Fatalf("anti-entropy run at dc1: %v", err)
+	}
+	if len(run.Reports) != 2 {
+		t.Fatalf("anti-entropy run at dc1: %d reports, want one per peer: %+v", len(run.Reports), run)
+	}
+	for _, r := range run.Reports {
+		if r.Error != "" || r.Requests == 0 {
+			t.Fatalf("anti-entropy run at dc1: %+v", r)
+		}
+	}
 	c.noViolation(t)
 }
 
@@ -396,7 +413,15 @@ func denied(t *testing.T, url string, admin *client) {
 		}
 		c.violation(t, "Publish", subj)
 	})
-	for _, sc := range [][2]string{{bridge.RepairSubject("dc2"), ""}, {natsapi.Subject("dc2", "put"), "q"}, {"repl.dc2.>", ""}, {"repl.>", ""}} {
+	t.Run("run dc2's anti-entropy", func(t *testing.T) {
+		c := dial(t, url, "dc1")
+		subj := antientropy.RunSubject("dc2")
+		c.refused(t, subj, request(c, subj, ""))
+	})
+	for _, sc := range [][2]string{
+		{bridge.RepairSubject("dc2"), ""}, {natsapi.Subject("dc2", "put"), "q"}, {antientropy.Subject("dc2"), ""},
+		{antientropy.RunSubject("dc2"), ""}, {"repl.dc2.>", ""}, {"repl.>", ""},
+	} {
 		subj, queue := sc[0], sc[1]
 		t.Run("subscribe "+subj, func(t *testing.T) {
 			c := dial(t, url, "dc1")

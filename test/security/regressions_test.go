@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,23 +13,15 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/antientropy"
 	"github.com/replicatorhq/replicator/pkg/demo"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
 	"github.com/replicatorhq/replicator/pkg/node"
 )
 
-// The tests in this file fail today: each shows a product bug found while
-// writing this package. They are skipped unless REPL_TEST_KNOWN_BUGS=1 so
-// that CI stays green until the bug is fixed; docs/SECURITY.md ("Known
-// limits") describes each. Remove the skip with the fix.
-
-// knownBug skips the test unless REPL_TEST_KNOWN_BUGS is set.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("REPL_TEST_KNOWN_BUGS") == "" {
-		t.Skipf("known product bug (%s); set REPL_TEST_KNOWN_BUGS=1 to run", what)
-	}
-}
+// The tests in this file each showed a product bug found while writing
+// this package; the bugs are fixed, and the tests keep them fixed.
+// docs/SECURITY.md ("Known limits") describes each.
 
 // TestFutureContextDiverges: an application at dc1 writes a key with a
 // context naming an event of dc2 that does not exist yet ({dc2:1000}). dc1
@@ -38,13 +29,14 @@ func knownBug(t *testing.T, what string) {
 // own DC), so every DC's clock for the key now covers dc2:1..1000. dc2's
 // next write of that key gets dot dc2:1, which its own clock already
 // covers: dc2 stores it as a sibling, but dc1 and dc3 take the event for
-// obsolete and drop it. dc2's acknowledged write is then never shown
-// outside dc2 nor logged as a conflict anywhere (invariant 6), and the
-// DCs' digests differ for ever (invariant 10). DESIGN.md's data model
-// assumes a local write's dot is "always greater than clock[d]"; a client
-// context breaks that. The same context works over HTTP (X-Repl-Context).
+// obsolete and drop it, so the digests differ (invariant 10). Anti-entropy
+// then makes them agree by dropping dc2's write at dc2 too, as a version
+// its peers know superseded: an acknowledged write that nothing causally
+// superseded (no one read it) is gone from every DC, and no conflict log
+// records it (invariant 6). DESIGN.md's data model assumes a local
+// write's dot is "always greater than clock[d]"; a client context breaks
+// that. The same context works over HTTP (X-Repl-Context).
 func TestFutureContextDiverges(t *testing.T) {
-	knownBug(t, "a client context naming another DC's future event makes the DCs diverge for ever")
 	s := startServer(t)
 	m := newMesh(t, s.ClientURL())
 	m.startAll()
@@ -66,25 +58,33 @@ func TestFutureContextDiverges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		same, report := m.convergence()
-		if same {
-			break
+	// Let the event reach every DC, then run anti-entropy everywhere.
+	time.Sleep(time.Second)
+	admin := dial(t, m.url, "admin")
+	for _, dc := range m.dcs {
+		if _, err := antientropy.RequestRun(longCtx(t), admin.nc, dc); err != nil {
+			t.Fatalf("anti-entropy at %s: %v", dc, err)
 		}
-		if time.Now().After(deadline) {
-			var b strings.Builder
-			for _, dc := range m.dcs {
-				_, st, _, _ := m.nodes[dc].Read(key)
-				fmt.Fprintf(&b, "\n  %s: clock %s, siblings:", dc, st.Clock)
-				for _, sb := range st.Siblings {
-					fmt.Fprintf(&b, " %s=%q", sb.Dot, sb.Value)
-				}
+	}
+	time.Sleep(500 * time.Millisecond)
+	same, report := m.convergence()
+	var b strings.Builder
+	shown := 0
+	for _, dc := range m.dcs {
+		_, st, _, _ := m.nodes[dc].Read(key)
+		fmt.Fprintf(&b, "\n  %s: clock %s, siblings:", dc, st.Clock)
+		for _, sb := range st.Siblings {
+			fmt.Fprintf(&b, " %s=%q", sb.Dot, sb.Value)
+			if sb.Dot == w.Event.Dot {
+				shown++
 			}
-			t.Fatalf("dc2's acknowledged write %s (dot %s) of %s never converged after dc1 accepted the context {dc2:1000}: %s%s",
-				"from-dc2", w.Event.Dot, key, report, b.String())
 		}
-		time.Sleep(100 * time.Millisecond)
+	}
+	// dc2's write is acknowledged and nothing superseded it causally (no
+	// one read it): every DC must show it (the key's resolver is siblings).
+	if !same || shown != len(m.dcs) {
+		t.Fatalf("after dc1 accepted the context {dc2:1000}, dc2's acknowledged write %q (dot %s) of %s is shown by %d of %d DCs (converged: %t; %s)%s",
+			"from-dc2", w.Event.Dot, key, shown, len(m.dcs), same, report, b.String())
 	}
 }
 
@@ -100,7 +100,6 @@ func TestFutureContextDiverges(t *testing.T) {
 // the sidecar (nats.CustomInboxPrefix) and, in nats-permissions.conf,
 // subscribe "_INBOX_dc1.>" instead of "_INBOX.>".
 func TestInboxIsolation(t *testing.T) {
-	knownBug(t, "a DC's credentials read and ack the deliveries addressed to another DC's inbox")
 	s := startServer(t)
 	m := newMesh(t, s.ClientURL())
 	m.startAll()
@@ -149,7 +148,6 @@ func TestInboxIsolation(t *testing.T) {
 // streams. The sidecar itself presents the credentials, which the server
 // ignores.
 func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
-	knownBug(t, "the embedded NATS server ignores nats.user/nats.password/nats.token")
 	cfg := demo.Config("dc1", []string{"dc1", "dc2"}, "mesh", t.TempDir())
 	cfg.NATS.User, cfg.NATS.Password = "dc1", "s3cret"
 	cfg.NATS.Listen = "0.0.0.0:4222"
