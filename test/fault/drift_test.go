@@ -67,17 +67,23 @@ func TestClockDriftBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	applied := status == 200 && len(v.Values) == 1 && string(v.Values[0]) == "from-the-future"
-	rejected := metric(t, c, "dc2", "replicator_clock_drift_rejected_total")
-	dead := metric(t, c, "dc2", "replicator_dead_letters_total")
+	// The event is visible before the applying batch's fsync returns, and
+	// the refusal is counted and logged right after: wait for both.
+	var rejected float64
 	logLine := ""
-	if b, err := os.ReadFile(dc2.logPath); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.Contains(l, "drift") {
-				logLine = l
-				break
+	_ = waitFor(10*time.Second, 20*time.Millisecond, func() bool {
+		rejected = metric(t, c, "dc2", "replicator_clock_drift_rejected_total")
+		if b, err := os.ReadFile(dc2.logPath); err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.Contains(l, "drift") {
+					logLine = l
+					break
+				}
 			}
 		}
-	}
+		return rejected >= 1 && logLine != ""
+	})
+	dead := metric(t, c, "dc2", "replicator_dead_letters_total")
 	ts2 := hlcOf(t, c, dc2, lwwPrefix+"after", "x")
 	t.Logf("dc1's event carries HLC %s (%s ahead); at dc2 it was applied: %t; dead-lettered: %v; replicator_clock_drift_rejected_total: %v; dc2's next write has HLC %s (%s ahead); log: %s",
 		hlc.Timestamp(ts1), ahead(ts1).Round(time.Second), applied, dead, rejected, hlc.Timestamp(ts2), ahead(ts2).Round(time.Second), logLine)
