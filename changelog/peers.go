@@ -2,7 +2,6 @@ package changelog
 
 import (
 	"context"
-	"encoding/binary"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -270,7 +269,6 @@ func (s *Store) TrimOutbox(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-var _ = binary.BigEndian
 
 // reportedSeq is the last sequence dc reported having issued in partition
 // p (its own entry in its newest applied-vector report), or 0.
