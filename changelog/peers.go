@@ -269,7 +269,6 @@ func (s *Store) TrimOutbox(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-
 // reportedSeq is the last sequence dc reported having issued in partition
 // p (its own entry in its newest applied-vector report), or 0.
 func (s *Store) reportedSeq(dc string, p uint32) uint64 {
