@@ -414,19 +414,27 @@ func (n *Node) Status() Status {
 func (n *Node) Close() error {
 	var errs []error
 	n.once.Do(func() {
+		// Errors of the intake side lose nothing and are logged; the
+		// bridge's flush and Pebble's close are what the caller must hear
+		// about.
+		warn := func(what string, err error) {
+			if err != nil {
+				n.log.Warn("close "+what, "err", err)
+			}
+		}
 		if n.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			errs = append(errs, n.http.Shutdown(ctx))
+			warn("http", n.http.Shutdown(ctx))
 			cancel()
 		}
 		if n.svc != nil {
-			errs = append(errs, n.svc.Stop())
+			warn("nats api", n.svc.Stop())
 		}
 		if n.arbiter != nil {
 			n.arbiter.Close()
 		}
 		if n.ae != nil {
-			n.ae.Close()
+			warn("anti-entropy", n.ae.Close())
 		}
 		if n.repl != nil {
 			errs = append(errs, n.repl.Close())

@@ -28,6 +28,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/demo"
 	"github.com/replicatorhq/replicator/pkg/node"
+	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -401,19 +402,7 @@ func markLost(t *testing.T, cfg config.Config, issued []uint64) {
 
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(25 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %s: %s", what, timeout, why)
-		}
-		<-tick.C
-	}
+	testutil.Eventually(t, timeout, 25*time.Millisecond, what, cond)
 }
 
 func testLogger(dc string) *slog.Logger {

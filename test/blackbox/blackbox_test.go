@@ -8,15 +8,12 @@ package blackbox_test
 
 import (
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // binPath is the replicator binary TestMain builds; skipReason or buildErr
@@ -28,42 +25,13 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "replicator-blackbox-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "blackbox:", err)
-		os.Exit(1)
-	}
-	buildBinary(dir)
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}))
+	sidecar.Main(m, "blackbox", buildBinary)
 }
 
 // buildBinary runs `go build -o DIR/replicator ./cmd/replicator` at the
 // module root.
 func buildBinary(dir string) {
-	gotool, err := exec.LookPath("go")
-	if err != nil {
-		skipReason = "the go tool is not on PATH, so the replicator binary cannot be built: " + err.Error()
-		return
-	}
-	out, err := exec.Command(gotool, "env", "GOMOD").Output()
-	gomod := strings.TrimSpace(string(out))
-	if err != nil || gomod == "" || gomod == os.DevNull {
-		buildErr = fmt.Errorf("go env GOMOD: %q, %v: run the test inside the module", gomod, err)
-		return
-	}
-	binPath = filepath.Join(dir, "replicator")
-	args := []string{"build", "-o", binPath}
-	if os.Getenv("BLACKBOX_RACE") != "" {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command(gotool, append(args, "./cmd/replicator")...)
-	cmd.Dir = filepath.Dir(gomod)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		buildErr = fmt.Errorf("go %s in %s: %v\n%s", strings.Join(args, " "), cmd.Dir, err, out)
-	}
+	binPath, skipReason, buildErr = sidecar.Build(dir, "BLACKBOX_RACE", "")
 }
 
 func requireBinary(t *testing.T) {
@@ -85,36 +53,36 @@ func TestKillAndRestart(t *testing.T) {
 	t.Logf("cluster up in %s", time.Since(begin).Round(time.Millisecond))
 	led := newLedger()
 	w := newWorkload(c, led)
-	defer w.halt()
+	defer w.Halt()
 
 	const workers, perWorker = 3, 500 // at most 1500 acknowledged operations per DC
 	for i, dc := range dcNames {
-		w.start(dc, workers, perWorker, uint64(i+1), nil)
+		w.Start(dc, workers, perWorker, uint64(i+1))
 	}
 	phase := func(what string, cond func() bool) {
 		t.Helper()
-		if err := waitFor(30*time.Second, 10*time.Millisecond, cond); err != nil {
-			w.halt()
-			t.Fatalf("%s: %v (acked so far: dc1 %d, dc2 %d, dc3 %d)", what, err, led.acked("dc1"), led.acked("dc2"), led.acked("dc3"))
+		if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, cond); err != nil {
+			w.Halt()
+			t.Fatalf("%s: %v (acked so far: dc1 %d, dc2 %d, dc3 %d)", what, err, led.Acked("dc1"), led.Acked("dc2"), led.Acked("dc3"))
 		}
 	}
 
-	phase("warm-up writes", func() bool { return led.ackedTotal() >= 600 })
+	phase("warm-up writes", func() bool { return led.AckedTotal() >= 600 })
 	dc2 := c.proc("dc2")
 	dc2.kill()
 	killedAt := time.Now()
-	base := led.acked("dc1") + led.acked("dc3")
-	t.Logf("SIGKILLed dc2 after %d acked operations (dc1 %d, dc2 %d, dc3 %d)", led.ackedTotal(), led.acked("dc1"), led.acked("dc2"), led.acked("dc3"))
+	base := led.Acked("dc1") + led.Acked("dc3")
+	t.Logf("SIGKILLed dc2 after %d acked operations (dc1 %d, dc2 %d, dc3 %d)", led.AckedTotal(), led.Acked("dc1"), led.Acked("dc2"), led.Acked("dc3"))
 
-	phase("writes at dc1 and dc3 while dc2 is down", func() bool { return led.acked("dc1")+led.acked("dc3") >= base+1200 })
+	phase("writes at dc1 and dc3 while dc2 is down", func() bool { return led.Acked("dc1")+led.Acked("dc3") >= base+1200 })
 	dc2.start()
 	c.waitHealthy(dc2, 30*time.Second)
 	t.Logf("dc2 restarted after %s down; healthy again", time.Since(killedAt).Round(time.Millisecond))
-	restarted := led.acked("dc2")
+	restarted := led.Acked("dc2")
 
-	phase("writes at dc2 after its restart", func() bool { return led.acked("dc2") >= restarted+400 })
-	w.halt()
-	t.Logf("writers stopped after %s: acked dc1 %d, dc2 %d, dc3 %d", time.Since(begin).Round(time.Millisecond), led.acked("dc1"), led.acked("dc2"), led.acked("dc3"))
+	phase("writes at dc2 after its restart", func() bool { return led.Acked("dc2") >= restarted+400 })
+	w.Halt()
+	t.Logf("writers stopped after %s: acked dc1 %d, dc2 %d, dc3 %d", time.Since(begin).Round(time.Millisecond), led.Acked("dc1"), led.Acked("dc2"), led.Acked("dc3"))
 
 	took := c.waitConverged(60 * time.Second)
 	t.Logf("digests equal %s after the writers stopped", took.Round(time.Millisecond))
@@ -133,42 +101,40 @@ func TestSIGTERMFlushes(t *testing.T) {
 	c := startCluster(t)
 	led := newLedger()
 	w := newWorkload(c, led)
-	defer w.halt()
+	defer w.Halt()
 
-	w.start("dc1", 6, 100, 11, nil)
-	w.start("dc2", 1, 100, 12, nil)
-	w.start("dc3", 1, 100, 13, nil)
-	if err := waitFor(30*time.Second, time.Millisecond, func() bool { return led.acked("dc1") >= 300 }); err != nil {
-		t.Fatalf("burst at dc1: %v (acked %d)", err, led.acked("dc1"))
+	w.Start("dc1", 6, 100, 11)
+	w.Start("dc2", 1, 100, 12)
+	w.Start("dc3", 1, 100, 13)
+	if err := sidecar.WaitFor(30*time.Second, time.Millisecond, func() bool { return led.Acked("dc1") >= 300 }); err != nil {
+		t.Fatalf("burst at dc1: %v (acked %d)", err, led.Acked("dc1"))
 	}
 
 	dc1 := c.proc("dc1")
-	atSignal := led.acked("dc1")
+	atSignal := led.Acked("dc1")
 	took, err := dc1.stop(30 * time.Second)
 	if err != nil {
 		t.Error(err)
 	}
 	t.Logf("dc1 had acked %d operations at SIGTERM, %d more during its shutdown; it exited %s after SIGTERM",
-		atSignal, led.acked("dc1")-atSignal, took.Round(time.Millisecond))
-	w.halt()
+		atSignal, led.Acked("dc1")-atSignal, took.Round(time.Millisecond))
+	w.Halt()
 
 	// Every dot dc1 acknowledged must reach dc2 and dc3 without dc1.
 	want := map[string]uint64{} // key -> highest dc1 dot acknowledged
-	led.mu.Lock()
-	for _, op := range led.mu.acked {
-		if op.dc != "dc1" {
+	for _, op := range led.AckedOps() {
+		if op.DC != "dc1" {
 			continue
 		}
-		_, n, err := parseDot(op.dot)
+		_, n, err := sidecar.ParseDot(op.Dot)
 		if err != nil {
-			t.Errorf("acked write of %s at dc1: %v", op.key, err)
+			t.Errorf("acked write of %s at dc1: %v", op.Key, err)
 			continue
 		}
-		want[op.key] = max(want[op.key], n)
+		want[op.Key] = max(want[op.Key], n)
 	}
-	led.mu.Unlock()
 	var missing []string
-	err = waitFor(20*time.Second, 100*time.Millisecond, func() bool {
+	err = sidecar.WaitFor(20*time.Second, 100*time.Millisecond, func() bool {
 		missing = missing[:0]
 		for _, dc := range []string{"dc2", "dc3"} {
 			p := c.proc(dc)
@@ -178,7 +144,7 @@ func TestSIGTERMFlushes(t *testing.T) {
 					missing = append(missing, err.Error())
 					continue
 				}
-				clock, err := parseClock(v.Context)
+				clock, err := sidecar.ParseClock(v.Context)
 				if err != nil {
 					missing = append(missing, err.Error())
 					continue

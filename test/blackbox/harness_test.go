@@ -1,28 +1,19 @@
 package blackbox_test
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // dcNames are the DCs of every test mesh.
@@ -93,7 +84,7 @@ func startCluster(t *testing.T) *cluster {
 			name:    dc,
 			cfgPath: filepath.Join(dir, dc+".yaml"),
 			logPath: filepath.Join(dir, dc+".log"),
-			addr:    freeAddr(t),
+			addr:    sidecar.FreeAddr(t),
 		}
 		cfg := fmt.Sprintf(`# written by test/blackbox
 dc: %s
@@ -135,19 +126,6 @@ func (c *cluster) proc(dc string) *proc {
 	}
 	c.t.Fatalf("no DC %q", dc)
 	return nil
-}
-
-// freeAddr returns a loopback address with a port that was free a moment
-// ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
 
 // start runs `replicator run --config FILE`, its stdout and stderr appended
@@ -223,22 +201,7 @@ func (p *proc) stop(timeout time.Duration) (time.Duration, error) {
 		return 0, fmt.Errorf("%s: not running", p.name)
 	}
 	begin := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return 0, fmt.Errorf("%s: SIGTERM: %w", p.name, err)
-	}
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	var err error
-	select {
-	case <-done:
-		if code := cmd.ProcessState.ExitCode(); code != 0 {
-			err = fmt.Errorf("%s: after SIGTERM the process exited with %s, want status 0", p.name, cmd.ProcessState)
-		}
-	case <-timer.C:
-		cmd.Process.Kill()
-		<-done
-		err = fmt.Errorf("%s: still running %s after SIGTERM; killed it", p.name, timeout)
-	}
+	err := sidecar.Terminate(p.name, cmd, done, timeout)
 	p.mu.Lock()
 	p.mu.cmd, p.mu.done = nil, nil
 	p.mu.Unlock()
@@ -251,28 +214,7 @@ func (p *proc) url(path string) string { return "http://" + p.addr + path }
 // process exits first or the deadline passes.
 func (c *cluster) waitHealthy(p *proc, timeout time.Duration) {
 	c.t.Helper()
-	last := "no answer yet"
-	err := waitFor(timeout, 25*time.Millisecond, func() bool {
-		if gone, how := p.exited(); gone {
-			last = "the process exited: " + how
-			return true
-		}
-		resp, err := c.client.Get(p.url("/healthz"))
-		if err != nil {
-			last = err.Error()
-			return false
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		last = fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(body))
-		return resp.StatusCode == http.StatusOK
-	})
-	if gone, how := p.exited(); gone {
-		c.t.Fatalf("%s did not become healthy: the process exited (%s)", p.name, how)
-	}
-	if err != nil {
-		c.t.Fatalf("%s did not become healthy within %s; last /healthz: %s", p.name, timeout, last)
-	}
+	sidecar.WaitHealthy(c.t, c.client, p.name, p.url(""), p.exited, timeout, 25*time.Millisecond)
 }
 
 // dumpLogsOnFailure prints the tail of every DC's log when the test failed.
@@ -280,18 +222,8 @@ func (c *cluster) dumpLogsOnFailure() {
 	if !c.t.Failed() {
 		return
 	}
-	const tail = 48 << 10
 	for _, p := range c.procs {
-		b, err := os.ReadFile(p.logPath)
-		if err != nil {
-			c.t.Logf("----- %s log: %v", p.name, err)
-			continue
-		}
-		cut := ""
-		if len(b) > tail {
-			b, cut = b[len(b)-tail:], fmt.Sprintf(" (last %d bytes)", tail)
-		}
-		c.t.Logf("----- %s log %s%s:\n%s", p.name, p.logPath, cut, b)
+		sidecar.DumpLog(c.t, p.name, p.logPath, 48<<10)
 	}
 }
 
@@ -300,205 +232,34 @@ func (c *cluster) dumpLogsOnFailure() {
 // with BLACKBOX_RACE=1).
 func (c *cluster) checkLogs() {
 	for _, p := range c.procs {
-		b, err := os.ReadFile(p.logPath)
-		if err != nil {
-			c.t.Errorf("%s log: %v", p.name, err)
-			continue
-		}
-		counts := map[string]int{}
-		for _, line := range strings.Split(string(b), "\n") {
-			for _, level := range []string{"ERROR", "WARN"} {
-				if strings.Contains(line, "level="+level) {
-					counts[level+" "+logMsg(line)]++
-				}
-			}
-			if strings.HasPrefix(line, "panic:") || strings.HasPrefix(line, "fatal error:") || strings.Contains(line, "WARNING: DATA RACE") {
-				c.t.Errorf("%s log %s: %s", p.name, p.logPath, line)
-			}
-		}
-		var sum []string
-		for m, n := range counts {
-			sum = append(sum, fmt.Sprintf("%dx %s", n, m))
-		}
-		sort.Strings(sum)
-		c.t.Logf("%s log: %d kinds of ERROR/WARN lines: %s", p.name, len(sum), strings.Join(sum, "; "))
+		sidecar.CheckLog(c.t, p.name, p.logPath)
 	}
 }
 
-// logMsg returns the msg= field of a slog text line.
-func logMsg(line string) string {
-	_, rest, ok := strings.Cut(line, " msg=")
-	if !ok {
-		return line
-	}
-	if strings.HasPrefix(rest, `"`) {
-		if q, err := strconv.QuotedPrefix(rest); err == nil {
-			return q
-		}
-	}
-	m, _, _ := strings.Cut(rest, " ")
-	return m
-}
-
-// waitFor calls cond every interval until it returns true or timeout
-// passes.
-func waitFor(timeout, interval time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		if cond() {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("condition not met within %s", timeout)
-		}
-		<-tick.C
-	}
-}
-
-// kvView is the JSON of GET /v1/kv/{key} (200), and of its 404, which only
-// has key and context.
-type kvView struct {
-	Key      string    `json:"key"`
-	Context  string    `json:"context"`
-	Values   [][]byte  `json:"values"`
-	Siblings []sibling `json:"siblings"`
-	Conflict bool      `json:"conflict"`
-	Resolver string    `json:"resolver"`
-}
-
-type sibling struct {
-	Value   []byte `json:"value"`
-	Deleted bool   `json:"deleted"`
-	Origin  string `json:"origin"`
-	Dot     string `json:"dot"`
-	HLC     uint64 `json:"hlc"`
-}
-
-// liveValues lists the values of the live (not deleted) siblings.
-func (v kvView) liveValues() []string {
-	var out []string
-	for _, s := range v.Siblings {
-		if !s.Deleted {
-			out = append(out, string(s.Value))
-		}
-	}
-	return out
-}
-
-// canonical is the key's state in a form equal on converged DCs.
-func (v kvView) canonical() string {
-	sibs := make([]string, len(v.Siblings))
-	for i, s := range v.Siblings {
-		sibs[i] = fmt.Sprintf("%s=%q/del=%t/hlc=%d", s.Dot, s.Value, s.Deleted, s.HLC)
-	}
-	sort.Strings(sibs)
-	return v.Context + " " + strings.Join(sibs, " ")
-}
+// The JSON the HTTP API answers with.
+type (
+	kvView       = sidecar.KV
+	writeResp    = sidecar.WriteResp
+	digestView   = sidecar.Digest
+	conflictView = sidecar.Conflict
+)
 
 // get reads a key. status is 200 or 404 on success; anything else is an
 // error.
 func (c *cluster) get(p *proc, key string) (kvView, int, error) {
-	var v kvView
-	resp, err := c.client.Get(p.url("/v1/kv/" + escapeKey(key)))
-	if err != nil {
-		return v, 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return v, resp.StatusCode, err
-	}
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotFound {
-		return v, resp.StatusCode, fmt.Errorf("GET %s at %s: %d %s", key, p.name, resp.StatusCode, bytes.TrimSpace(body))
-	}
-	if err := json.Unmarshal(body, &v); err != nil {
-		return v, resp.StatusCode, fmt.Errorf("GET %s at %s: decode %q: %w", key, p.name, body, err)
-	}
-	if h := resp.Header.Get("X-Repl-Context"); h != v.Context {
-		return v, resp.StatusCode, fmt.Errorf("GET %s at %s: X-Repl-Context %q differs from the body's context %q", key, p.name, h, v.Context)
-	}
-	return v, resp.StatusCode, nil
-}
-
-// writeResp is the JSON of a PUT or DELETE answer.
-type writeResp struct {
-	Key     string `json:"key"`
-	Context string `json:"context"`
-	Dot     string `json:"dot"`
+	return sidecar.Get(c.client, p.name, p.url(""), key)
 }
 
 // write sends a PUT (value != nil) or DELETE, with X-Repl-Context when
 // vctx is not nil. It returns the HTTP status (0 on a transport error).
 func (c *cluster) write(p *proc, key string, value []byte, vctx *string) (writeResp, int, error) {
-	var wr writeResp
-	method, body := http.MethodDelete, io.Reader(nil)
-	if value != nil {
-		method, body = http.MethodPut, bytes.NewReader(value)
-	}
-	req, err := http.NewRequestWithContext(context.Background(), method, p.url("/v1/kv/"+escapeKey(key)), body)
-	if err != nil {
-		return wr, 0, err
-	}
-	if vctx != nil {
-		req.Header.Set("X-Repl-Context", *vctx)
-	}
-	resp, err := c.client.Do(req)
-	if err != nil {
-		return wr, 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return wr, resp.StatusCode, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return wr, resp.StatusCode, fmt.Errorf("%s %s at %s: %d %s", method, key, p.name, resp.StatusCode, bytes.TrimSpace(b))
-	}
-	if err := json.Unmarshal(b, &wr); err != nil {
-		return wr, resp.StatusCode, fmt.Errorf("%s %s at %s: decode %q: %w", method, key, p.name, b, err)
-	}
-	return wr, resp.StatusCode, nil
-}
-
-func escapeKey(key string) string {
-	parts := strings.Split(key, "/")
-	for i, s := range parts {
-		parts[i] = url.PathEscape(s)
-	}
-	return strings.Join(parts, "/")
-}
-
-// digestView is the JSON of GET /v1/digest.
-type digestView struct {
-	Digest     string   `json:"digest"`
-	Keys       int      `json:"keys"`
-	Partitions []string `json:"partitions"`
+	return sidecar.Write(c.client, p.name, p.url(""), key, value, vctx)
 }
 
 func (c *cluster) digest(p *proc) (digestView, error) {
 	var d digestView
 	err := c.getJSON(p, "/v1/digest", &d)
 	return d, err
-}
-
-// conflictView is one entry of GET /v1/conflicts.
-type conflictView struct {
-	ID        string    `json:"id"`
-	Key       string    `json:"key"`
-	Resolver  string    `json:"resolver"`
-	Status    string    `json:"status"`
-	Kept      []version `json:"kept"`
-	Discarded []version `json:"discarded"`
-}
-
-type version struct {
-	Origin  string `json:"origin"`
-	Dot     string `json:"dot"`
-	Value   []byte `json:"value"`
-	Deleted bool   `json:"deleted"`
-	HLC     uint64 `json:"hlc"`
 }
 
 func (c *cluster) conflicts(p *proc) ([]conflictView, error) {
@@ -508,22 +269,7 @@ func (c *cluster) conflicts(p *proc) ([]conflictView, error) {
 }
 
 func (c *cluster) getJSON(p *proc, path string, v any) error {
-	resp, err := c.client.Get(p.url(path))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s at %s: %d %s", path, p.name, resp.StatusCode, bytes.TrimSpace(body))
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("GET %s at %s: decode: %w", path, p.name, err)
-	}
-	return nil
+	return sidecar.GetJSON(c.client, p.name, p.url(""), path, v)
 }
 
 // digests reads every DC's /v1/digest. equal reports that all were read
@@ -553,7 +299,7 @@ func (c *cluster) waitConverged(timeout time.Duration) time.Duration {
 	c.t.Helper()
 	begin := time.Now()
 	var last []string
-	err := waitFor(timeout, 100*time.Millisecond, func() bool {
+	err := sidecar.WaitFor(timeout, 100*time.Millisecond, func() bool {
 		var equal bool
 		equal, _, last = c.digests()
 		return equal
@@ -563,41 +309,3 @@ func (c *cluster) waitConverged(timeout time.Duration) time.Duration {
 	}
 	return time.Since(begin)
 }
-
-// parseClock parses the text form of a version vector, "{dc1:3,dc2:5}".
-func parseClock(s string) (map[string]uint64, error) {
-	s = strings.TrimSpace(s)
-	if !strings.HasPrefix(s, "{") || !strings.HasSuffix(s, "}") {
-		return nil, fmt.Errorf("clock %q: want {dc:n,...}", s)
-	}
-	out := map[string]uint64{}
-	inner := strings.TrimSpace(s[1 : len(s)-1])
-	if inner == "" {
-		return out, nil
-	}
-	for _, e := range strings.Split(inner, ",") {
-		dc, n, err := parseDot(e)
-		if err != nil {
-			return nil, fmt.Errorf("clock %q: %w", s, err)
-		}
-		out[dc] = n
-	}
-	return out, nil
-}
-
-// parseDot parses "dc:n".
-func parseDot(s string) (string, uint64, error) {
-	i := strings.LastIndexByte(s, ':')
-	if i <= 0 {
-		return "", 0, fmt.Errorf("dot %q: want dc:n", s)
-	}
-	n, err := strconv.ParseUint(strings.TrimSpace(s[i+1:]), 10, 64)
-	if err != nil {
-		return "", 0, fmt.Errorf("dot %q: %w", s, err)
-	}
-	return strings.TrimSpace(s[:i]), n, nil
-}
-
-// isRefused reports whether the request never reached a listening server,
-// so it certainly had no effect.
-func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }

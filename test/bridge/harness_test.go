@@ -6,9 +6,7 @@ package bridge_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +21,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -173,7 +172,7 @@ func (c *cluster) startRep(dc string) {
 	}
 	opts := bridge.Options{
 		Store: n.store, NC: n.nc, Plan: plan, DCs: c.dcs, Partitions: partitions,
-		Logger:         testLogger(c.t, dc),
+		Logger:         testutil.Logger(c.t, dc),
 		ReportInterval: 100 * time.Millisecond,
 		GapDelay:       50 * time.Millisecond,
 		RetryDelay:     100 * time.Millisecond,
@@ -409,37 +408,9 @@ func (c *cluster) digestsEqual() (bool, string) {
 	return equal, "digests " + strings.Join(lines, ", ")
 }
 
-// eventually polls cond until it holds or timeout passes, then fails with
-// cond's last explanation.
+// eventually polls cond every 20ms until it holds, and fails the test
+// with what and cond's last explanation after timeout.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %s: %s", what, timeout, why)
-		}
-		<-tick.C
-	}
-}
-
-// testLogger logs warnings and errors to the test log when
-// REPL_TEST_LOG is set, and discards everything otherwise.
-func testLogger(t testing.TB, dc string) *slog.Logger {
-	if os.Getenv("REPL_TEST_LOG") == "" {
-		return slog.New(slog.DiscardHandler)
-	}
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test_dc", dc)
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
+	testutil.Eventually(t, timeout, 20*time.Millisecond, what, cond)
 }

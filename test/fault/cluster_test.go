@@ -1,7 +1,6 @@
 package fault_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +25,8 @@ import (
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/node"
+	"github.com/replicatorhq/replicator/test/internal/netproxy"
+	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // lwwPrefix is the key prefix every test config gives the lww resolver;
@@ -94,7 +94,7 @@ type member struct {
 	dataDir string
 	cfgPath string
 	logPath string
-	proxy   *proxy
+	proxy   *netproxy.Proxy
 	yaml    []byte
 
 	mu struct {
@@ -128,7 +128,7 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 		opts:     o,
 		dir:      dir,
 		natsDir:  filepath.Join(dir, "nats"),
-		natsAddr: freeAddr(t),
+		natsAddr: sidecar.FreeAddr(t),
 		client: &http.Client{
 			Timeout:   15 * time.Second,
 			Transport: &http.Transport{MaxIdleConnsPerHost: 16, DisableCompression: true},
@@ -155,11 +155,11 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 		m := &member{
 			c:       c,
 			name:    dc,
-			addr:    freeAddr(t),
+			addr:    sidecar.FreeAddr(t),
 			dataDir: filepath.Join(dir, "data", dc),
 			cfgPath: filepath.Join(dir, dc+".yaml"),
 			logPath: filepath.Join(dir, dc+".log"),
-			proxy:   startProxy(t, c.natsAddr),
+			proxy:   netproxy.Start(t, c.natsAddr),
 		}
 		m.yaml = c.configYAML(m)
 		if err := os.WriteFile(m.cfgPath, m.yaml, 0o600); err != nil {
@@ -212,19 +212,6 @@ func (c *cluster) member(dc string) *member {
 	return nil
 }
 
-// freeAddr returns a loopback address with a port that was free a moment
-// ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
 // --- NATS ---
 
 func (c *cluster) server() *server.Server {
@@ -245,7 +232,7 @@ func (c *cluster) startNATS() {
 	var ns *server.Server
 	// The port was free when chosen; after a shutdown it may take a moment
 	// to be free again.
-	err = waitFor(10*time.Second, 50*time.Millisecond, func() bool {
+	err = sidecar.WaitFor(10*time.Second, 50*time.Millisecond, func() bool {
 		ns, err = bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: c.natsDir, Host: host, Port: p, JetStream: true, ServerName: "fault"})
 		return err == nil
 	})
@@ -528,22 +515,7 @@ func (m *member) stop(timeout time.Duration) error {
 	if cmd == nil {
 		return fmt.Errorf("%s: not running", m.name)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return fmt.Errorf("%s: SIGTERM: %w", m.name, err)
-	}
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	var err error
-	select {
-	case <-done:
-		if code := cmd.ProcessState.ExitCode(); code != 0 {
-			err = fmt.Errorf("%s: after SIGTERM the process exited with %s, want status 0", m.name, cmd.ProcessState)
-		}
-	case <-timer.C:
-		cmd.Process.Kill()
-		<-done
-		err = fmt.Errorf("%s: still running %s after SIGTERM; killed it", m.name, timeout)
-	}
+	err := sidecar.Terminate(m.name, cmd, done, timeout)
 	m.mu.Lock()
 	m.mu.cmd, m.mu.done = nil, nil
 	m.mu.Unlock()
@@ -586,28 +558,7 @@ func (m *member) waitHealthy(timeout time.Duration) time.Duration {
 	t := m.c.t
 	t.Helper()
 	begin := time.Now()
-	last := "no answer yet"
-	err := waitFor(timeout, 10*time.Millisecond, func() bool {
-		if gone, how := m.exited(); gone {
-			last = "the process exited: " + how
-			return true
-		}
-		resp, err := m.c.client.Get(m.url("/healthz"))
-		if err != nil {
-			last = err.Error()
-			return false
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		last = fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(body))
-		return resp.StatusCode == http.StatusOK
-	})
-	if gone, how := m.exited(); gone {
-		t.Fatalf("%s did not become healthy: the process exited (%s)", m.name, how)
-	}
-	if err != nil {
-		t.Fatalf("%s did not become healthy within %s; last /healthz: %s", m.name, timeout, last)
-	}
+	sidecar.WaitHealthy(t, m.c.client, m.name, m.url(""), m.exited, timeout, 10*time.Millisecond)
 	return time.Since(begin)
 }
 
@@ -617,18 +568,8 @@ func (c *cluster) dumpLogsOnFailure() {
 	if !c.t.Failed() {
 		return
 	}
-	const tail = 32 << 10
 	for _, m := range c.members {
-		b, err := os.ReadFile(m.logPath)
-		if err != nil {
-			c.t.Logf("----- %s log: %v", m.name, err)
-			continue
-		}
-		cut := ""
-		if len(b) > tail {
-			b, cut = b[len(b)-tail:], fmt.Sprintf(" (last %d bytes)", tail)
-		}
-		c.t.Logf("----- %s log %s%s:\n%s", m.name, m.logPath, cut, b)
+		sidecar.DumpLog(c.t, m.name, m.logPath, 32<<10)
 	}
 }
 
@@ -643,60 +584,7 @@ func (c *cluster) checkLogs() {
 		if !started {
 			continue
 		}
-		b, err := os.ReadFile(m.logPath)
-		if err != nil {
-			c.t.Errorf("%s log: %v", m.name, err)
-			continue
-		}
-		counts := map[string]int{}
-		for _, line := range strings.Split(string(b), "\n") {
-			for _, level := range []string{"ERROR", "WARN"} {
-				if strings.Contains(line, "level="+level) {
-					counts[level+" "+logMsg(line)]++
-				}
-			}
-			if strings.HasPrefix(line, "panic:") || strings.HasPrefix(line, "fatal error:") || strings.Contains(line, "WARNING: DATA RACE") {
-				c.t.Errorf("%s log %s: %s", m.name, m.logPath, line)
-			}
-		}
-		var sum []string
-		for msg, n := range counts {
-			sum = append(sum, fmt.Sprintf("%dx %s", n, msg))
-		}
-		sort.Strings(sum)
-		c.t.Logf("%s log: %d kinds of ERROR/WARN lines: %s", m.name, len(sum), strings.Join(sum, "; "))
-	}
-}
-
-// logMsg returns the msg= field of a slog text line.
-func logMsg(line string) string {
-	_, rest, ok := strings.Cut(line, " msg=")
-	if !ok {
-		return line
-	}
-	if strings.HasPrefix(rest, `"`) {
-		if q, err := strconv.QuotedPrefix(rest); err == nil {
-			return q
-		}
-	}
-	msg, _, _ := strings.Cut(rest, " ")
-	return msg
-}
-
-// waitFor calls cond every interval until it returns true or timeout
-// passes.
-func waitFor(timeout, interval time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		if cond() {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("condition not met within %s", timeout)
-		}
-		<-tick.C
+		sidecar.CheckLog(c.t, m.name, m.logPath)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/pkg/hlc"
+	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // driftCluster runs dc1 with its clock 5 minutes ahead and dc2 on time,
@@ -40,7 +41,7 @@ func hlcOf(t *testing.T, c *cluster, m *member, key, value string) uint64 {
 			return s.HLC
 		}
 	}
-	t.Fatalf("%s: the write %s of %s is not among its siblings: %s", m.name, wr.Dot, key, v.canonical())
+	t.Fatalf("%s: the write %s of %s is not among its siblings: %s", m.name, wr.Dot, key, v.Canonical())
 	return 0
 }
 
@@ -71,7 +72,7 @@ func TestClockDriftBound(t *testing.T) {
 	// the refusal is counted and logged right after: wait for both.
 	var rejected float64
 	logLine := ""
-	_ = waitFor(10*time.Second, 20*time.Millisecond, func() bool {
+	_ = sidecar.WaitFor(10*time.Second, 20*time.Millisecond, func() bool {
 		rejected = metric(t, c, "dc2", "replicator_clock_drift_rejected_total")
 		if b, err := os.ReadFile(dc2.logPath); err == nil {
 			for _, l := range strings.Split(string(b), "\n") {

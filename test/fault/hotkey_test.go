@@ -112,11 +112,11 @@ func TestHotKey(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				s := sample{at: time.Since(start), size: v.size, siblings: len(v.Siblings), storeSibs: len(st.Siblings), clock: len(st.Clock), keys: d.Keys}
+				s := sample{at: time.Since(start), size: v.Size, siblings: len(v.Siblings), storeSibs: len(st.Siblings), clock: len(st.Clock), keys: d.Keys}
 				samples[key] = append(samples[key], s)
 				if s.siblings > len(dcs) || s.storeSibs > len(dcs) {
 					violations = append(violations, fmt.Sprintf("%s at %s after %s: %d siblings (store: %d), more than the %d DCs: %s",
-						key, m.name, round(s.at), s.siblings, s.storeSibs, len(dcs), v.canonical()))
+						key, m.name, round(s.at), s.siblings, s.storeSibs, len(dcs), v.Canonical()))
 				}
 				if s.clock > len(dcs) {
 					violations = append(violations, fmt.Sprintf("%s at %s: clock %v has more entries than DCs", key, m.name, st.Clock))

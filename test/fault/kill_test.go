@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/replicatorhq/replicator/test/internal/ledger"
+	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // TestSIGKILL (issue 6, row 1) SIGKILLs sidecar processes of a 3-DC mesh
@@ -27,7 +30,7 @@ func TestSIGKILL(t *testing.T) {
 	seed := testSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	cycles := pick(20, 200)
-	keys := keySet(pick(1000, 2000))
+	keys := ledger.KeySet(pick(1000, 2000))
 	gapMax := pick(400*time.Millisecond, 1500*time.Millisecond) // writes between kills
 	downMax := pick(500*time.Millisecond, 3*time.Second)        // how long a victim stays dead
 
@@ -37,12 +40,12 @@ func TestSIGKILL(t *testing.T) {
 	victims := []string{"dc2", "dc3"}
 	led := newLedger(dcs)
 	w := newWorkload(c, led, keys)
-	defer w.halt()
+	defer w.Halt()
 	for i, dc := range dcs {
-		w.start(dc, 2, 0, seed+uint64(i))
+		w.Start(dc, 2, 0, seed+uint64(i))
 	}
-	if err := waitFor(30*time.Second, 10*time.Millisecond, func() bool { return led.ackedTotal() >= 300 }); err != nil {
-		t.Fatalf("warm-up writes: %v (acked %d)", err, led.ackedTotal())
+	if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return led.AckedTotal() >= 300 }); err != nil {
+		t.Fatalf("warm-up writes: %v (acked %d)", err, led.AckedTotal())
 	}
 
 	var kills int
@@ -72,17 +75,17 @@ func TestSIGKILL(t *testing.T) {
 		}
 		restartTimes = append(restartTimes, time.Since(restarted))
 		if cycle%10 == 9 {
-			t.Logf("cycle %d: %d kills so far; acked %d (%s)", cycle+1, kills, led.ackedTotal(), perDC(led))
+			t.Logf("cycle %d: %d kills so far; acked %d (%s)", cycle+1, kills, led.AckedTotal(), perDC(led))
 		}
 	}
 	// Every DC writes after its last restart.
 	base := map[string]int64{}
 	for _, dc := range dcs {
-		base[dc] = led.acked(dc)
+		base[dc] = led.Acked(dc)
 	}
-	if err := waitFor(30*time.Second, 10*time.Millisecond, func() bool {
+	if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, func() bool {
 		for _, dc := range dcs {
-			if led.acked(dc) < base[dc]+50 {
+			if led.Acked(dc) < base[dc]+50 {
 				return false
 			}
 		}
@@ -90,14 +93,14 @@ func TestSIGKILL(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("writes after the last restart: %v (%s)", err, perDC(led))
 	}
-	w.halt()
+	w.Halt()
 	t.Logf("%d kill/restart cycles, %d SIGKILLs, %s dead in total; writers stopped after %s: acked %s",
 		cycles, kills, round(down), round(time.Since(begin)), perDC(led))
 
 	took := c.waitConverged(2 * time.Minute)
 	t.Logf("digests and applied vectors equal %s after the writers stopped", round(took))
 	a := account(t, c, led, keys)
-	lww := checkLWW(t, c, lwwKeys(keys))
+	lww := checkLWW(t, c, ledger.LWWKeys(keys))
 	extra := exactlyOnce(t, c, observer)
 	extra["lww"] = lww
 	c.checkLogs()
@@ -119,7 +122,7 @@ func TestSIGKILL(t *testing.T) {
 	report(t, figures{
 		Seed:       seed,
 		Faults:     fmt.Sprintf("%d SIGKILLs of dc2/dc3 processes at random moments over %d cycles (1 in 5 kills both), dead 0-%s each", kills, cycles, downMax),
-		Operations: led.ops.Load(),
+		Operations: led.Ops.Load(),
 		Acked:      int64(a.Puts + a.Deletes),
 		Lost:       a.Lost,
 		Converge:   round(took),
@@ -127,10 +130,10 @@ func TestSIGKILL(t *testing.T) {
 	}, begin)
 }
 
-func perDC(led *ledger) string {
+func perDC(led *ledger.Ledger) string {
 	var parts []string
-	for _, dc := range led.dcs {
-		parts = append(parts, fmt.Sprintf("%s %d", dc, led.acked(dc)))
+	for _, dc := range led.DCs() {
+		parts = append(parts, fmt.Sprintf("%s %d", dc, led.Acked(dc)))
 	}
 	return strings.Join(parts, ", ")
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/test/internal/ledger"
+	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // smallStream is the MaxBytes of dc1's stream in the stream-limit tests:
@@ -20,7 +22,7 @@ const smallStream = 48 << 10
 // stream with room for about a hundred events (operators may size
 // MaxBytes; EnsureStream accepts it), then writes n puts at dc1. It
 // returns once every put is acknowledged.
-func fullStreamCluster(t *testing.T, n int) (*cluster, *ledger, []string) {
+func fullStreamCluster(t *testing.T, n int) (*cluster, *ledger.Ledger, []string) {
 	t.Helper()
 	c := newCluster(t, clusterOptions{dcs: []string{"dc1", "dc2"}, mode: inProcess, reportInterval: 100 * time.Millisecond, noStart: true})
 	nc, js := c.js()
@@ -36,8 +38,8 @@ func fullStreamCluster(t *testing.T, n int) (*cluster, *ledger, []string) {
 	keys := make([]string, n)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("full/k%04d", i)
-		if !w.put(c.member("dc1"), keys[i], nil, nil) {
-			t.Fatalf("put %d at dc1 was not acknowledged: %s", i, led.failureSummary())
+		if !w.Put("dc1", keys[i], nil, nil) {
+			t.Fatalf("put %d at dc1 was not acknowledged: %s", i, led.FailureSummary())
 		}
 	}
 	return c, led, keys
@@ -52,7 +54,7 @@ func TestFullStreamTrimsItself(t *testing.T) {
 	c, _, _ := fullStreamCluster(t, 400)
 	dc1 := c.member("dc1")
 	var last string
-	err := waitFor(30*time.Second, 100*time.Millisecond, func() bool {
+	err := sidecar.WaitFor(30*time.Second, 100*time.Millisecond, func() bool {
 		mt, err := c.metrics(dc1)
 		if err != nil {
 			return false

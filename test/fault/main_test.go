@@ -26,16 +26,13 @@
 package fault_test
 
 import (
+	"errors"
 	"flag"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 var (
@@ -56,49 +53,17 @@ var (
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	dir, err := os.MkdirTemp("", "replicator-fault-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fault:", err)
-		os.Exit(1)
-	}
-	buildBinary(dir)
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}))
+	sidecar.Main(m, "fault", buildBinary)
 }
 
 // buildBinary runs `go build -o DIR/replicator ./cmd/replicator` at the
 // module root; FAULT_RACE=1 builds it with the race detector, and
 // FAULT_BIN=PATH uses a binary built beforehand instead.
 func buildBinary(dir string) {
-	if p := os.Getenv("FAULT_BIN"); p != "" {
-		binPath = p
-		if _, err := os.Stat(p); err != nil {
-			buildErr = fmt.Errorf("FAULT_BIN: %w", err)
-		}
-		return
-	}
-	gotool, err := exec.LookPath("go")
-	if err != nil {
-		buildErr = fmt.Errorf("the go tool is not on PATH, so the replicator binary cannot be built: %w", err)
-		return
-	}
-	out, err := exec.Command(gotool, "env", "GOMOD").Output()
-	gomod := strings.TrimSpace(string(out))
-	if err != nil || gomod == "" || gomod == os.DevNull {
-		buildErr = fmt.Errorf("go env GOMOD: %q, %v: run the test inside the module", gomod, err)
-		return
-	}
-	binPath = filepath.Join(dir, "replicator")
-	args := []string{"build", "-o", binPath}
-	if os.Getenv("FAULT_RACE") != "" {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command(gotool, append(args, "./cmd/replicator")...)
-	cmd.Dir = filepath.Dir(gomod)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		buildErr = fmt.Errorf("go %s in %s: %v\n%s", strings.Join(args, " "), cmd.Dir, err, out)
+	var noGo string
+	binPath, noGo, buildErr = sidecar.Build(dir, "FAULT_RACE", "FAULT_BIN")
+	if noGo != "" {
+		buildErr = errors.New(noGo)
 	}
 }
 

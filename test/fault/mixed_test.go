@@ -19,6 +19,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // TestMixedVersions (issue 6, row 6) runs a ring of 4, dc1 → dc2 → dc3 →
@@ -108,7 +109,7 @@ func TestMixedVersions(t *testing.T) {
 		final[s.ev.Key] = s
 	}
 	converge := time.Now()
-	err := waitFor(time.Minute, 20*time.Millisecond, func() bool {
+	err := sidecar.WaitFor(time.Minute, 20*time.Millisecond, func() bool {
 		for _, m := range real {
 			for key, s := range final {
 				v, status, err := c.get(m, key)
@@ -119,7 +120,7 @@ func TestMixedVersions(t *testing.T) {
 					if status != 404 {
 						return false
 					}
-				} else if !slices.Contains(v.liveValues(), string(s.ev.Value)) {
+				} else if !slices.Contains(v.LiveValues(), string(s.ev.Value)) {
 					return false
 				}
 			}

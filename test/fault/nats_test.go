@@ -12,6 +12,7 @@ import (
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/test/internal/ledger"
 )
 
 // TestNATSFaults (issue 6, row 2) runs three faults one after the other,
@@ -43,7 +44,7 @@ func natsFaults(t *testing.T, topo string) {
 	rng := rand.New(rand.NewPCG(seed, 2))
 	c := newCluster(t, clusterOptions{topology: topo})
 	dcs := c.opts.dcs
-	keys := keySet(pick(300, 1000))
+	keys := ledger.KeySet(pick(300, 1000))
 	led := newLedger(dcs)
 	var (
 		warm     = pick(700*time.Millisecond, 5*time.Second)
@@ -64,21 +65,21 @@ func natsFaults(t *testing.T, topo string) {
 	run := func(name string, fault func() string) {
 		t.Helper()
 		w := newWorkload(c, led, keys)
-		defer w.halt()
+		defer w.Halt()
 		for i, dc := range dcs {
-			w.start(dc, pick(1, 2), 0, rng.Uint64()+uint64(i))
+			w.Start(dc, pick(1, 2), 0, rng.Uint64()+uint64(i))
 		}
-		before := led.ackedTotal()
+		before := led.AckedTotal()
 		hold(warm, nil)
 		desc := fault()
 		healed := time.Now()
-		w.halt()
+		w.Halt()
 		c.waitConverged(3 * time.Minute)
 		took := time.Since(healed)
-		t.Logf("%s: %s; %d writes acked during the phase; converged %s after the heal", name, desc, led.ackedTotal()-before, round(took))
+		t.Logf("%s: %s; %d writes acked during the phase; converged %s after the heal", name, desc, led.AckedTotal()-before, round(took))
 		converges = append(converges, fmt.Sprintf("%s %s", name, round(took)))
 		extra[name] = desc
-		extra[name+"_acked"] = led.ackedTotal() - before
+		extra[name+"_acked"] = led.AckedTotal() - before
 		extra[name+"_converge_after_heal"] = round(took)
 	}
 
@@ -122,7 +123,7 @@ func natsFaults(t *testing.T, topo string) {
 	})
 
 	a := account(t, c, led, keys)
-	extra["lww"] = checkLWW(t, c, lwwKeys(keys))
+	extra["lww"] = checkLWW(t, c, ledger.LWWKeys(keys))
 	for k, v := range exactlyOnce(t, c, dcs...) {
 		extra[k] = v
 	}
@@ -137,7 +138,7 @@ func natsFaults(t *testing.T, topo string) {
 		Seed: seed,
 		Faults: fmt.Sprintf("%s of 3: NATS restart (%s down); %s link cut %s with %d needed events deleted; %s SIGSTOP %s",
 			topo, natsDown, cutDC, cutFor, len(deleted), pausedDC, pauseFor),
-		Operations: led.ops.Load(),
+		Operations: led.Ops.Load(),
 		Acked:      int64(a.Puts + a.Deletes),
 		Lost:       a.Lost,
 		Converge:   strings.Join(converges, "; "),

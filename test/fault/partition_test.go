@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/test/internal/ledger"
+	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // TestPartitionDeletes (issue 6, row 5) cuts dc3's link while dc1 and dc2
@@ -50,18 +52,16 @@ func TestPartitionDeletes(t *testing.T) {
 
 	// Every key holds versions from one or two DCs, everywhere.
 	for i, key := range keys {
-		w.blindPut(c.members[i%3], key)
+		w.BlindPut(c.members[i%3].name, key)
 		if i%4 == 0 {
-			w.blindPut(c.members[(i+1)%3], key)
+			w.BlindPut(c.members[(i+1)%3].name, key)
 		}
 	}
 	c.waitConverged(time.Minute)
 
 	c.member(cut).proxy.Cut()
 	cutAt := time.Now()
-	led.mu.Lock()
-	ackedBeforeCut := len(led.mu.acked)
-	led.mu.Unlock()
+	ackedBeforeCut := len(led.AckedOps())
 	order := rng.Perm(n)
 	var wg sync.WaitGroup
 	for d, dc := range []string{"dc1", "dc2"} {
@@ -71,14 +71,14 @@ func TestPartitionDeletes(t *testing.T) {
 		wrng := rand.New(rand.NewPCG(rng.Uint64(), uint64(d)))
 		wg.Go(func() {
 			for j, i := range mine {
-				if !w.deleteWithContext(m, keys[i]) {
-					t.Errorf("delete %s at %s failed: %s", keys[i], m.name, led.failureSummary())
+				if !w.DeleteWithContext(m.name, keys[i]) {
+					t.Errorf("delete %s at %s failed: %s", keys[i], m.name, led.FailureSummary())
 					return
 				}
 				// Update one of the other DC's keys now and then, before or
 				// after that DC deletes it.
 				if j%5 == 0 {
-					w.readModifyWrite(m, keys[theirs[wrng.IntN(len(theirs))]])
+					w.ReadModifyWrite(m.name, keys[theirs[wrng.IntN(len(theirs))]])
 				}
 			}
 		})
@@ -89,7 +89,7 @@ func TestPartitionDeletes(t *testing.T) {
 	}
 	wg.Go(func() {
 		for _, key := range concurrent {
-			w.readModifyWrite(c.member(cut), key)
+			w.ReadModifyWrite(cut, key)
 		}
 	})
 	wg.Wait()
@@ -99,7 +99,7 @@ func TestPartitionDeletes(t *testing.T) {
 
 	// dc1 and dc2 agree; dc3 does not know. Give them many report
 	// intervals to purge what they should not.
-	if err := waitFor(30*time.Second, 20*time.Millisecond, func() bool {
+	if err := sidecar.WaitFor(30*time.Second, 20*time.Millisecond, func() bool {
 		a, _ := c.digest(c.member("dc1"))
 		b, _ := c.digest(c.member("dc2"))
 		return a.Digest == b.Digest
@@ -146,7 +146,7 @@ func TestPartitionDeletes(t *testing.T) {
 		}
 		return true
 	}
-	err := waitFor(time.Minute, 10*time.Millisecond, func() bool {
+	err := sidecar.WaitFor(time.Minute, 10*time.Millisecond, func() bool {
 		for _, dc := range []string{"dc1", "dc2"} {
 			st := c.member(dc).node().Store()
 			for _, key := range keys {
@@ -198,7 +198,7 @@ func TestPartitionDeletes(t *testing.T) {
 	report(t, figures{
 		Seed:       seed,
 		Faults:     fmt.Sprintf("%s's link cut while dc1 and dc2 deleted all %d keys (with context) and updated some; %s updated %d of them meanwhile", cut, n, cut, len(concurrent)),
-		Operations: led.ops.Load(),
+		Operations: led.Ops.Load(),
 		Acked:      int64(a.Puts + a.Deletes),
 		Lost:       a.Lost + a2.Lost,
 		Converge:   round(converged),
@@ -226,25 +226,24 @@ func TestPartitionDeletes(t *testing.T) {
 // from acknowledgements) is live, or, on an lww key whose delete won, in
 // a conflict log (account checks that). It returns how many keys read 404
 // everywhere and how many concurrent updates are live.
-func checkDeleted(t *testing.T, c *cluster, led *ledger, keys []string, from int) (gone, survivors int) {
+func checkDeleted(t *testing.T, c *cluster, led *ledger.Ledger, keys []string, from int) (gone, survivors int) {
 	t.Helper()
-	led.mu.Lock()
 	puts := map[string][]string{}
-	var dc3Puts []ackedOp
-	for i, op := range led.mu.acked {
-		if !op.delete {
-			puts[op.key] = append(puts[op.key], op.value)
-			if op.dc == "dc3" && i >= from {
+	var dc3Puts []ledger.Op
+	for i, op := range led.AckedOps() {
+		if !op.Delete {
+			puts[op.Key] = append(puts[op.Key], op.Value)
+			if op.DC == "dc3" && i >= from {
 				dc3Puts = append(dc3Puts, op)
 			}
 		}
 	}
 	covered := func(key string) bool {
-		if len(led.mu.doubtfulByKey[key]) > 0 {
+		if led.Doubts(key) > 0 {
 			return false
 		}
 		for _, v := range puts[key] {
-			if led.mu.deleted[v] == "" && led.mu.superseded[v] == "" {
+			if led.DeletedBy(v) == "" && led.SupersededBy(v) == "" {
 				return false
 			}
 		}
@@ -256,17 +255,16 @@ func checkDeleted(t *testing.T, c *cluster, led *ledger, keys []string, from int
 			wantGone = append(wantGone, key)
 		}
 	}
-	led.mu.Unlock()
 	for _, key := range wantGone {
 		for _, m := range c.members {
 			v, status, err := c.get(m, key)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if status != 404 && len(v.liveValues()) > 0 {
+			if status != 404 && len(v.LiveValues()) > 0 {
 				// A put with context may have covered the delete: then one
 				// value lives, and the ledger has it as not covered.
-				t.Errorf("RESURRECTION: every acknowledged version of %s was covered by a delete or a later write, yet %s shows %s", key, m.name, v.canonical())
+				t.Errorf("RESURRECTION: every acknowledged version of %s was covered by a delete or a later write, yet %s shows %s", key, m.name, v.Canonical())
 			}
 		}
 		gone++
@@ -274,22 +272,20 @@ func checkDeleted(t *testing.T, c *cluster, led *ledger, keys []string, from int
 	for _, op := range dc3Puts {
 		live := true
 		for _, m := range c.members {
-			v, _, err := c.get(m, op.key)
+			v, _, err := c.get(m, op.Key)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.Contains(v.liveValues(), op.value) {
+			if !slices.Contains(v.LiveValues(), op.Value) {
 				live = false
 			}
 		}
-		led.mu.Lock()
-		by := led.mu.superseded[op.value] + led.mu.deleted[op.value]
-		led.mu.Unlock()
+		by := led.SupersededBy(op.Value) + led.DeletedBy(op.Value)
 		switch {
 		case live:
 			survivors++
-		case by == "" && !strings.HasPrefix(op.key, lwwPrefix):
-			t.Errorf("dc3's update %s of %s, concurrent with its delete, is not live at every DC", op.value, op.key)
+		case by == "" && !strings.HasPrefix(op.Key, lwwPrefix):
+			t.Errorf("dc3's update %s of %s, concurrent with its delete, is not live at every DC", op.Value, op.Key)
 		}
 	}
 	t.Logf("%d keys had every acknowledged version covered and read 404 everywhere; %d of dc3's %d concurrent updates survive", gone, survivors, len(dc3Puts))
@@ -329,7 +325,7 @@ func replayAll(t *testing.T, c *cluster) uint64 {
 			}
 		}
 	}
-	err := waitFor(time.Minute, 50*time.Millisecond, func() bool {
+	err := sidecar.WaitFor(time.Minute, 50*time.Millisecond, func() bool {
 		for _, l := range links {
 			cons, err := js.Consumer(ctx, bridge.StreamName(l.up), bridge.ConsumerName(l.dc, l.up))
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/pkg/hlc"
+	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // skewedClock is a DC's physical clock: the wall clock plus an offset the
@@ -79,9 +80,9 @@ func TestClockSkew(t *testing.T) {
 
 	led := newLedger(dcs)
 	w := newWorkload(c, led, keys)
-	defer w.halt()
+	defer w.Halt()
 	for i, dc := range dcs {
-		w.start(dc, 1, 0, seed+uint64(i))
+		w.Start(dc, 1, 0, seed+uint64(i))
 	}
 
 	// The sampler watches every chain key at every DC: the step a DC shows
@@ -114,7 +115,7 @@ func TestClockSkew(t *testing.T) {
 	}
 	wg.Wait()
 	<-jumpDone
-	w.halt()
+	w.Halt()
 	took := c.waitConverged(time.Minute)
 	stopSampler()
 
@@ -134,7 +135,7 @@ func TestClockSkew(t *testing.T) {
 				continue
 			}
 			if len(v.Siblings) != 1 || string(v.Siblings[0].Value) != last.value {
-				t.Errorf("CAUSALITY: %s at %s shows %s, want only the chain's last write %s (%s)", chainKeys[i], m.name, v.canonical(), last.value, last.dot)
+				t.Errorf("CAUSALITY: %s at %s shows %s, want only the chain's last write %s (%s)", chainKeys[i], m.name, v.Canonical(), last.value, last.dot)
 			}
 		}
 		for j := 1; j < len(r.writes); j++ {
@@ -160,7 +161,7 @@ func TestClockSkew(t *testing.T) {
 		Seed: seed,
 		Faults: fmt.Sprintf("dc1 clock +5m, dc2 %s, dc3 jumps back 10s %d time(s); max_clock_drift 15m",
 			pick("0", "-5m"), jumps),
-		Operations: led.ops.Load() + int64(chainWrites),
+		Operations: led.Ops.Load() + int64(chainWrites),
 		Acked:      int64(a.Puts+a.Deletes) + int64(chainWrites),
 		Lost:       a.Lost,
 		Converge:   round(took),
@@ -208,13 +209,13 @@ func runChain(c *cluster, key string, steps int, maxPause time.Duration, rng *ra
 			// Read at the DC once it has the previous write, and write with
 			// what the read returned.
 			last := r.writes[len(r.writes)-1]
-			pdc, pn, _ := parseDot(last.dot)
-			err := waitFor(20*time.Second, 5*time.Millisecond, func() bool {
+			pdc, pn, _ := sidecar.ParseDot(last.dot)
+			err := sidecar.WaitFor(20*time.Second, 5*time.Millisecond, func() bool {
 				v, _, err := c.get(m, key)
 				if err != nil {
 					return false
 				}
-				clock, err := parseClock(v.Context)
+				clock, err := sidecar.ParseClock(v.Context)
 				if err != nil || clock[pdc] < pn {
 					return false
 				}
@@ -309,7 +310,7 @@ func (s *chainSampler) observe(dc, key string, step int, v kvView) {
 	k := dc + "/" + key
 	if last, ok := s.mu.last[k]; ok && step < last {
 		s.mu.violations = append(s.mu.violations, fmt.Sprintf("%s showed step %d of %s after it had shown step %d: an earlier write overwrote a causally later one (state %s)",
-			dc, step, key, last, v.canonical()))
+			dc, step, key, last, v.Canonical()))
 	}
 	s.mu.last[k] = max(s.mu.last[k], step)
 }
@@ -362,8 +363,8 @@ func checkLWW(t *testing.T, c *cluster, keys []string) string {
 				if c := cmp.Compare(a.Origin, b.Origin); c != 0 {
 					return c
 				}
-				_, an, _ := parseDot(a.Dot)
-				_, bn, _ := parseDot(b.Dot)
+				_, an, _ := sidecar.ParseDot(a.Dot)
+				_, bn, _ := sidecar.ParseDot(b.Dot)
 				return cmp.Compare(an, bn)
 			})
 			switch {

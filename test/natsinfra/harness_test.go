@@ -11,7 +11,6 @@ package natsinfra_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -26,6 +25,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/node"
+	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -89,7 +89,7 @@ func sidecarConfig(t testing.TB, dc string, dcs []string, url string) config.Con
 // the end of the test; it does not start it.
 func newSidecar(t testing.TB, cfg config.Config) *node.Node {
 	t.Helper()
-	n, err := node.New(cfg, node.Options{Logger: testLogger(t, cfg.DC), NoHTTP: true, ReportInterval: 100 * time.Millisecond})
+	n, err := node.New(cfg, node.Options{Logger: testutil.Logger(t, cfg.DC), NoHTTP: true, ReportInterval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("%s: node.New: %v", cfg.DC, err)
 	}
@@ -331,23 +331,11 @@ func appliedTotals(a changelog.Applied) string {
 	return "{" + strings.Join(parts, ",") + "}"
 }
 
-// eventually polls cond every 50ms until it holds, and fails the test with
-// what and cond's last explanation after timeout.
+// eventually polls cond every 50ms until it holds, and fails the test
+// with what and cond's last explanation after timeout.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s after %s: %s", what, timeout, why)
-		}
-		<-tick.C
-	}
+	testutil.Eventually(t, timeout, 50*time.Millisecond, what, cond)
 }
 
 // connectedTo returns, per server index, the DCs whose sidecar connection
@@ -371,18 +359,4 @@ func connectedTo(t testing.TB, servers []*server.Server) map[int][]string {
 		slices.Sort(out[i])
 	}
 	return out
-}
-
-func testLogger(t testing.TB, dc string) *slog.Logger {
-	if os.Getenv("REPL_TEST_LOG") == "" {
-		return slog.New(slog.DiscardHandler)
-	}
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test_dc", dc)
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/node"
+	"github.com/replicatorhq/replicator/test/internal/netproxy"
 )
 
 // hubDomain is the JetStream domain of the hub that holds the streams.
@@ -26,7 +27,7 @@ type leafNet struct {
 	hubStore string
 	hubLeaf  int // the hub's leafnode port, kept across restarts
 	leaves   []*server.Server
-	proxies  []*proxy
+	proxies  []*netproxy.Proxy
 }
 
 // leafOptions choose how a leafNet is built.
@@ -51,7 +52,7 @@ func startLeafNet(t testing.TB, leaves int, o leafOptions) *leafNet {
 	for i := range leaves {
 		remote := &url.URL{Scheme: "nats-leaf", Host: hubLeaf}
 		if o.Proxies {
-			p := startProxy(t, hubLeaf)
+			p := netproxy.Start(t, hubLeaf)
 			ln.proxies = append(ln.proxies, p)
 			remote.Host = p.Addr()
 		}

@@ -1,4 +1,6 @@
-package natsinfra_test
+// Package netproxy is a TCP proxy for tests that can cut the link it
+// carries, as a network partition between its two sides does.
+package netproxy
 
 import (
 	"io"
@@ -7,10 +9,10 @@ import (
 	"testing"
 )
 
-// proxy forwards TCP connections to a target address, and can cut the
+// Proxy forwards TCP connections to a target address, and can cut the
 // link: Cut closes every open connection and makes new ones close at once
 // until Heal, like a network partition between the two sides.
-type proxy struct {
+type Proxy struct {
 	ln     net.Listener
 	target string
 	wg     sync.WaitGroup
@@ -22,15 +24,15 @@ type proxy struct {
 	}
 }
 
-// startProxy listens on a free loopback port and forwards to target until
-// the end of the test.
-func startProxy(t testing.TB, target string) *proxy {
+// Start listens on a free loopback port and forwards to target until the
+// end of the test.
+func Start(t testing.TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{ln: ln, target: target}
+	p := &Proxy{ln: ln, target: target}
 	p.mu.conns = map[net.Conn]bool{}
 	p.wg.Go(p.accept)
 	t.Cleanup(p.close)
@@ -38,9 +40,12 @@ func startProxy(t testing.TB, target string) *proxy {
 }
 
 // Addr is the address to dial instead of the target.
-func (p *proxy) Addr() string { return p.ln.Addr().String() }
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-func (p *proxy) accept() {
+// URL is the NATS URL to dial instead of the target.
+func (p *Proxy) URL() string { return "nats://" + p.Addr() }
+
+func (p *Proxy) accept() {
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
@@ -50,7 +55,7 @@ func (p *proxy) accept() {
 	}
 }
 
-func (p *proxy) serve(c net.Conn) {
+func (p *Proxy) serve(c net.Conn) {
 	if !p.track(c) {
 		c.Close()
 		return
@@ -58,7 +63,7 @@ func (p *proxy) serve(c net.Conn) {
 	defer p.untrack(c)
 	up, err := net.Dial("tcp", p.target)
 	if err != nil {
-		return
+		return // the target is down: the client sees the connection close
 	}
 	if !p.track(up) {
 		up.Close()
@@ -78,7 +83,7 @@ func (p *proxy) serve(c net.Conn) {
 }
 
 // track registers c, unless the link is cut.
-func (p *proxy) track(c net.Conn) bool {
+func (p *Proxy) track(c net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.mu.cut {
@@ -88,7 +93,7 @@ func (p *proxy) track(c net.Conn) bool {
 	return true
 }
 
-func (p *proxy) untrack(c net.Conn) {
+func (p *Proxy) untrack(c net.Conn) {
 	c.Close()
 	p.mu.Lock()
 	delete(p.mu.conns, c)
@@ -96,7 +101,7 @@ func (p *proxy) untrack(c net.Conn) {
 }
 
 // Cut closes every forwarded connection and refuses new ones.
-func (p *proxy) Cut() {
+func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.mu.cut = true
@@ -106,13 +111,13 @@ func (p *proxy) Cut() {
 }
 
 // Heal lets connections through again.
-func (p *proxy) Heal() {
+func (p *Proxy) Heal() {
 	p.mu.Lock()
 	p.mu.cut = false
 	p.mu.Unlock()
 }
 
-func (p *proxy) close() {
+func (p *Proxy) close() {
 	p.ln.Close()
 	p.Cut()
 	p.wg.Wait()
