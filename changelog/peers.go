@@ -268,19 +268,3 @@ func (s *Store) TrimOutbox(ctx context.Context) (int, error) {
 	}
 	return n, nil
 }
-
-// reportedSeq is the last sequence dc reported having issued in partition
-// p (its own entry in its newest applied-vector report), or 0.
-func (s *Store) reportedSeq(dc string, p uint32) uint64 {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	pr := s.mu.peers[dc]
-	if pr == nil || len(pr.reports) == 0 {
-		return 0
-	}
-	row := pr.reports[len(pr.reports)-1][dc]
-	if int(p) >= len(row) {
-		return 0
-	}
-	return row[p]
-}

@@ -58,7 +58,7 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 	}
 	r := s.opts.Resolvers.For(op.Key)
 	implicit := op.Context == nil && (op.Delete || r.OnWrite())
-	client, err := t.checkContext(op.Context, st.Clock, p)
+	client, err := t.checkContext(op.Context, p)
 	if err != nil {
 		return WriteResult{}, err
 	}
@@ -236,34 +236,21 @@ func (s *Store) EnsureSeqAbove(ctx context.Context, p uint32, seq uint64) error 
 
 // checkContext rejects a client context that names a DC outside the
 // configuration, or an event of this DC that does not exist yet: no client
-// can have read either. It then bounds each other DC's counter by the
-// highest event of that DC this DC knows exists: what it applied, what the
-// key's clock names, or what that DC last reported having issued. A client
-// may have read at a DC that is ahead, and the bound keeps that; but a
-// counter beyond every event the DC ever issued would make that DC's next
-// writes to the key look obsolete everywhere, losing them. A write whose
-// context was cut this way supersedes less and may leave a sibling: that
-// loses nothing.
-func (t *txn) checkContext(client vclock.VV, clock vclock.VV, p uint32) (vclock.VV, error) {
-	if client == nil {
-		return nil, nil
-	}
-	out := make(vclock.VV, len(client))
+// can have read either. Counters of other DCs are taken as they are: the
+// client may have read at a DC that is ahead, and cutting them would break
+// causality for a client that moves between DCs (its next write would not
+// supersede what it read). A forged counter beyond what another DC ever
+// issued is therefore a known risk (docs/SECURITY.md).
+func (t *txn) checkContext(client vclock.VV, p uint32) (vclock.VV, error) {
 	for dc, n := range client {
 		if !slices.Contains(t.s.opts.DCs, dc) {
 			return nil, fmt.Errorf("%w: context names dc %q, which is not one of %v", ErrBadInput, dc, t.s.opts.DCs)
 		}
-		if dc == t.s.opts.DC {
-			if n > t.lastSeq(p) {
-				return nil, fmt.Errorf("%w: context names event %s:%d, but this DC has issued only %d in the key's partition", ErrBadInput, dc, n, t.lastSeq(p))
-			}
-			out[dc] = n
-			continue
+		if dc == t.s.opts.DC && n > t.lastSeq(p) {
+			return nil, fmt.Errorf("%w: context names event %s:%d, but this DC has issued only %d in the key's partition", ErrBadInput, dc, n, t.lastSeq(p))
 		}
-		known := max(t.appliedSeq(dc, p), clock[dc], t.s.reportedSeq(dc, p))
-		out[dc] = min(n, known)
 	}
-	return out, nil
+	return client, nil
 }
 
 // Recover applies events this DC itself wrote that its store no longer
