@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/demo"
 	"github.com/replicatorhq/replicator/pkg/event"
@@ -30,11 +29,11 @@ import (
 func runReplicator(ctx context.Context, o Options, dir string, vals values, res *Result) error {
 	phaseStart := time.Now()
 	peakReset := resetPeakRSS()
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true, ServerName: "bench"})
+	ns, err := startNATS(dir, "bench")
 	if err != nil {
 		return err
 	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	defer stopNATS(ns)
 
 	names := make([]string, o.DCs)
 	for i := range names {
