@@ -287,7 +287,13 @@ func (s *Store) lostTable() ([]LostRange, error) {
 	if s.isClosed() {
 		return nil, ErrClosed
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxLost}, UpperBound: []byte{pfxLost + 1}})
+	return s.lostTableFrom(s.db)
+}
+
+// lostTableFrom is lostTable read from r: the store or one of its
+// snapshots.
+func (s *Store) lostTableFrom(r pebble.Reader) ([]LostRange, error) {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxLost}, UpperBound: []byte{pfxLost + 1}})
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +316,7 @@ func (s *Store) lostTable() ([]LostRange, error) {
 		return nil, err
 	}
 	found := map[uint32][]uint64{}
-	it, err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxFound}, UpperBound: []byte{pfxFound + 1}})
+	it, err = r.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxFound}, UpperBound: []byte{pfxFound + 1}})
 	if err != nil {
 		return nil, err
 	}

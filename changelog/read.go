@@ -77,27 +77,29 @@ func (s *Store) Digest() (Digest, error) {
 	if s.isClosed() {
 		return Digest{}, ErrClosed
 	}
+	d, _, err := s.digestFrom(s.db)
+	return d, err
+}
+
+// digestFrom computes the state digest from r (the store or one of its
+// snapshots), and the bytes of the encoded states it hashed.
+func (s *Store) digestFrom(r pebble.Reader) (Digest, int64, error) {
 	d := Digest{Partitions: make([][32]byte, s.opts.Partitions)}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxKey}, UpperBound: []byte{pfxKey + 1}})
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxKey}, UpperBound: []byte{pfxKey + 1}})
 	if err != nil {
-		return Digest{}, err
+		return Digest{}, 0, err
 	}
 	defer it.Close()
+	var size int64
 	for it.First(); it.Valid(); it.Next() {
 		key := it.Key()[1:]
 		p := event.PartitionOf(string(key), s.opts.Partitions)
-		h := sha256.New()
-		var n [4]byte
-		binary.BigEndian.PutUint32(n[:], uint32(len(key)))
-		h.Write(n[:])
-		h.Write(key)
-		h.Write(it.Value())
-		var sum [32]byte
-		h.Sum(sum[:0])
+		sum := stateHash(key, it.Value())
 		addLanes(&d.Partitions[p], &sum)
 		d.Keys++
+		size += int64(len(it.Value()))
 	}
-	return d, it.Error()
+	return d, size, it.Error()
 }
 
 // addLanes adds b to a as four independent 64-bit lanes.
