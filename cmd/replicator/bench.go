@@ -4,12 +4,13 @@ import (
 	"context"
 	"io"
 	"os"
+	"time"
 
 	"github.com/replicatorhq/replicator/pkg/bench"
 )
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench", "[--topology mesh|ring|star] [--dcs N] [--writes N] [--value-size B] [--concurrency C] [--via api|http] [--rate R] [--json] [--cpuprofile FILE]", stderr)
+	fs := newFlags("bench", "[--topology mesh|ring|star] [--dcs N] [--writes N] [--value-size B] [--concurrency C] [--via api|http] [--rate R] [--duration D [--keys K] [--sample-every I]] [--json] [--cpuprofile FILE]", stderr)
 	var o bench.Options
 	fs.StringVar(&o.Topology, "topology", "mesh", "mesh, ring or star")
 	fs.IntVar(&o.DCs, "dcs", 3, "number of DCs")
@@ -19,6 +20,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.Via, "via", bench.ViaAPI, "api (node.Write in process) or http (PUT through each DC's HTTP API)")
 	fs.Float64Var(&o.Rate, "rate", 0, "target write rate in writes/s; 0 writes as fast as possible")
 	fs.IntVar(&o.Partitions, "partitions", 16, "partitions per DC")
+	fs.DurationVar(&o.Duration, "duration", 0, "write for this long instead of --writes, over --keys keys, sampling memory (skips the baseline and KV phases)")
+	fs.IntVar(&o.Keys, "keys", 10000, "key space of a --duration run: each write overwrites one of them")
+	fs.DurationVar(&o.SampleEvery, "sample-every", 10*time.Second, "memory sampling interval of a --duration run")
 	fs.BoolVar(&o.NoFsync, "no-fsync", false, "run the DCs without fsync, to measure what fsync costs (unsafe)")
 	fs.BoolVar(&o.NoReferences, "no-references", false, "skip the JetStream baseline and the KV reference")
 	fs.DurationVar(&o.Timeout, "timeout", 0, "bound on the wait, after the last write, for every DC to apply every write (default 2m)")

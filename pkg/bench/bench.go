@@ -56,6 +56,18 @@ type Options struct {
 	// Rate is the target replicated write rate in writes/s; 0 writes as
 	// fast as the writers can.
 	Rate float64
+	// Duration, when positive, makes a timed run: the writers write for
+	// this long at Rate (0: as fast as they can) over Keys keys, each write
+	// overwriting a key with the context of its current state, while a
+	// sampler records the process's memory every SampleEvery. Writes is
+	// then ignored, the baseline and KV phases are skipped and Via must be
+	// api.
+	Duration time.Duration
+	// Keys is the key space of a timed run. Default 10000.
+	Keys int
+	// SampleEvery is the memory sampling interval of a timed run. Default
+	// 10s.
+	SampleEvery time.Duration
 	// Partitions is each DC's partition count. Default 16 (the config
 	// default).
 	Partitions int
@@ -77,7 +89,8 @@ type Options struct {
 	CPUProfile io.Writer
 	// MemProfile, if set, receives the heap allocation profile (allocs)
 	// taken at the end of the replicator phase; it counts the process's
-	// allocations since it started.
+	// allocations since it started. A timed run writes the heap profile
+	// (in-use and allocated) after a GC at the end of its writes instead.
 	MemProfile io.Writer
 	// Trace, if set, receives an execution trace of the replicator phase:
 	// `go tool trace -pprof=sync|syscall|sched` shows where it waits.
@@ -107,6 +120,12 @@ func (o *Options) defaults() {
 	}
 	if o.Partitions == 0 {
 		o.Partitions = config.Default().Partitions
+	}
+	if o.Keys == 0 {
+		o.Keys = 10000
+	}
+	if o.SampleEvery == 0 {
+		o.SampleEvery = 10 * time.Second
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 2 * time.Minute
@@ -148,6 +167,20 @@ func (o Options) Validate() error {
 	if o.Rate < 0 {
 		errs = append(errs, fmt.Errorf("rate %g: want 0 (as fast as possible) or a positive writes/s", o.Rate))
 	}
+	if o.Duration < 0 {
+		errs = append(errs, fmt.Errorf("duration %s: want 0 (a fixed number of writes) or positive", o.Duration))
+	}
+	if o.Duration > 0 {
+		if o.Keys < 1 {
+			errs = append(errs, fmt.Errorf("keys %d: want at least 1", o.Keys))
+		}
+		if o.SampleEvery < 10*time.Millisecond {
+			errs = append(errs, fmt.Errorf("sample-every %s: want at least 10ms", o.SampleEvery))
+		}
+		if o.Via != ViaAPI {
+			errs = append(errs, fmt.Errorf("via %q: a timed run (duration) writes via api", o.Via))
+		}
+	}
 	if o.Partitions < 1 || o.Partitions > 1024 {
 		errs = append(errs, fmt.Errorf("partitions %d: want 1..1024", o.Partitions))
 	}
@@ -171,6 +204,11 @@ type Result struct {
 	Partitions  int     `json:"partitions"`
 	Fsync       bool    `json:"fsync"`
 	GoMaxProcs  int     `json:"gomaxprocs"`
+
+	// DurationS and Keys are set by a timed run (Options.Duration); Writes
+	// is then the number of writes it made.
+	DurationS float64 `json:"duration_s,omitempty"`
+	Keys      int     `json:"keys,omitempty"`
 
 	// Converged reports that every DC applied every write and all DCs show
 	// the same digest.
@@ -259,6 +297,10 @@ type Result struct {
 	Gaps       uint64 `json:"gaps"`
 	Duplicates uint64 `json:"duplicates"`
 
+	// MemorySamples is a timed run's memory series and Memory its summary.
+	MemorySamples []MemorySample `json:"memory_samples,omitempty"`
+	Memory        *MemorySummary `json:"memory,omitempty"`
+
 	// Phase durations.
 	ReplicatorMS float64 `json:"replicator_ms"`
 	BaselineMS   float64 `json:"baseline_ms"`
@@ -289,6 +331,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		Topology: o.Topology, DCs: o.DCs, Writes: o.Writes, ValueSize: o.ValueSize,
 		Concurrency: o.Concurrency, Via: o.Via, Rate: o.Rate, Partitions: o.Partitions,
 		Fsync: !o.NoFsync, GoMaxProcs: runtime.GOMAXPROCS(0),
+	}
+	if o.Duration > 0 {
+		res.DurationS, res.Keys = o.Duration.Seconds(), o.Keys
+		err := runTimed(ctx, o, filepath.Join(o.Dir, "replicator"), newValues(o.ValueSize, o.Keys), &res)
+		res.ElapsedMS = ms(time.Since(start))
+		return res, err
 	}
 	values := newValues(o.ValueSize, o.Writes)
 
@@ -347,6 +395,9 @@ func WriteTable(w io.Writer, r Result) {
 	if r.Rate > 0 {
 		fmt.Fprintf(w, ", rate %.0f/s", r.Rate)
 	}
+	if r.DurationS > 0 {
+		fmt.Fprintf(w, ", timed %.0f s over %d keys", r.DurationS, r.Keys)
+	}
 	if !r.Fsync {
 		fmt.Fprint(w, ", fsync OFF")
 	}
@@ -363,8 +414,10 @@ func WriteTable(w io.Writer, r Result) {
 	if r.Ratio > 0 {
 		row("ratio to baseline", "%10.1f %% (CPU per write: %.1f %%)", 100*r.Ratio, 100*r.CPURatio)
 	}
-	row("replication lag", "p50 %.1f ms  p99 %.1f ms  max %.1f ms (±%.1f ms, %d samples)", r.LagP50MS, r.LagP99MS, r.LagMaxMS, r.LagResolutionMS, r.LagSamples)
-	row("local durable write", "p50 %.2f ms  p99 %.2f ms", r.WriteP50MS, r.WriteP99MS)
+	if r.DurationS == 0 { // a timed run keeps no per-write times
+		row("replication lag", "p50 %.1f ms  p99 %.1f ms  max %.1f ms (±%.1f ms, %d samples)", r.LagP50MS, r.LagP99MS, r.LagMaxMS, r.LagResolutionMS, r.LagSamples)
+		row("local durable write", "p50 %.2f ms  p99 %.2f ms", r.WriteP50MS, r.WriteP99MS)
+	}
 	row("deepest outbox", "%d events", r.MaxOutboxDepth)
 	row("CPU per 1,000 writes", "%.3f s", r.CPUSPer1k)
 	row("heap allocations per write", "%.0f (%.0f B)", r.AllocsPerWrite, r.AllocBytesPerWrite)
@@ -374,6 +427,11 @@ func WriteTable(w io.Writer, r Result) {
 		r.OverheadBytesPerEvent, r.HeaderBytesPerEvent, r.PayloadOverheadBytesPerEvent, r.OverheadMaxBytesPerEvent, r.DCs)
 	if r.BaselineBytesPerMsg > 0 {
 		row("baseline stream bytes per msg", "%.0f B", r.BaselineBytesPerMsg)
+	}
+	if m := r.Memory; m != nil {
+		row("RSS at 1 min / end / max", "%.0f / %.0f / %.0f MB, %+.2f MB/min over the second half", m.RSSAt1MinMB, m.RSSEndMB, m.RSSMaxMB, m.RSSSlopeMBPerMin)
+		row("heap in use at 1 min / end / max", "%.0f / %.0f / %.0f MB, %+.2f MB/min over the second half", m.HeapAt1MinMB, m.HeapEndMB, m.HeapMaxMB, m.HeapSlopeMBPerMin)
+		row("goroutines at 1 min / end / max", "%d / %d / %d", m.GoroutinesAt1Min, m.GoroutinesEnd, m.GoroutinesMax)
 	}
 	row("converged", "%v", r.Converged)
 }

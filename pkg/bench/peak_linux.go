@@ -34,3 +34,17 @@ func peakRSS() (int64, bool) {
 	}
 	return 0, false
 }
+
+// currentRSS returns the resident set now, in bytes (/proc/self/statm).
+func currentRSS() (int64, bool) {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, false
+	}
+	f := bytes.Fields(b)
+	if len(f) < 2 {
+		return 0, false
+	}
+	pages, err := strconv.ParseInt(string(f[1]), 10, 64)
+	return pages * int64(os.Getpagesize()), err == nil
+}

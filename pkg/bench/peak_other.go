@@ -7,3 +7,5 @@ package bench
 func resetPeakRSS() bool { return false }
 
 func peakRSS() (int64, bool) { return 0, false }
+
+func currentRSS() (int64, bool) { return 0, false }

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/demo"
 	"github.com/replicatorhq/replicator/pkg/event"
@@ -29,48 +31,16 @@ import (
 func runReplicator(ctx context.Context, o Options, dir string, vals values, res *Result) error {
 	phaseStart := time.Now()
 	peakReset := resetPeakRSS()
-	ns, err := startNATS(dir, "bench")
+	c, err := startCluster(ctx, o, dir)
 	if err != nil {
 		return err
 	}
-	defer stopNATS(ns)
-
-	names := make([]string, o.DCs)
-	for i := range names {
-		names[i] = fmt.Sprintf("dc%d", i+1)
-	}
-	var nodes []*node.Node
-	defer func() {
-		for _, n := range nodes {
-			n.Close()
-		}
-	}()
-	for _, dc := range names {
-		cfg := demo.Config(dc, names, o.Topology, filepath.Join(dir, dc))
-		cfg.Partitions = o.Partitions
-		cfg.Resolvers.Rules = nil // the bench's keys take the default resolver
-		cfg.Durability.Fsync = !o.NoFsync
-		cfg.HTTP.Listen = "127.0.0.1:0"
-		cfg.Complete()
-		n, err := node.New(cfg, node.Options{Logger: o.Logger, NATSURL: ns.ClientURL(), NoHTTP: o.Via != ViaHTTP})
-		if err != nil {
-			return fmt.Errorf("bench: %s: %w", dc, err)
-		}
-		nodes = append(nodes, n)
-		if err := n.Start(ctx); err != nil {
-			return fmt.Errorf("bench: start %s: %w", dc, err)
-		}
-	}
-	if err := waitLinks(ctx, nodes, 30*time.Second); err != nil {
-		return err
-	}
+	defer c.close()
+	nodes := c.nodes
 	fmt.Fprintf(o.Progress, "replicator: %d DCs (%s) on embedded NATS; %d writes of %d B by %d writers via %s\n",
 		o.DCs, o.Topology, o.Writes, o.ValueSize, o.Concurrency, o.Via)
 
-	stores := make([]*changelog.Store, len(nodes))
-	for i, n := range nodes {
-		stores[i] = n.Store()
-	}
+	stores := c.stores()
 	settle()
 	bar := startProgress(o.Progress, "replicate", int64(o.Writes)).withSecond("applied", int64(o.Writes*(o.DCs-1)))
 	defer bar.stop()
@@ -82,7 +52,7 @@ func runReplicator(ctx context.Context, o Options, dir string, vals values, res 
 	defer stopProfiles()
 	t0 := time.Now()
 	cm := newCommits(t0, len(nodes), o.Partitions)
-	smp := newSampler(stores, names, o.Partitions, t0, &bar.second)
+	smp := newSampler(stores, c.names, o.Partitions, t0, &bar.second)
 	sctx, cancelSampler := context.WithCancel(ctx)
 	defer cancelSampler()
 	sampled := make(chan struct{})
@@ -135,14 +105,34 @@ func runReplicator(ctx context.Context, o Options, dir string, vals values, res 
 	res.MaxOutboxDepth = smp.maxOutbox
 	sortDurations(latencies)
 	res.WriteP50MS, res.WriteP99MS = percentile(latencies, 0.50), percentile(latencies, 0.99)
-	res.CPUSPer1k = (after.cpu - before.cpu).Seconds() * 1000 / float64(o.Writes)
+	fillUsage(res, before, after, o.Writes, peakReset)
+	if err := c.measure(ctx, o, res); err != nil {
+		return err
+	}
+	res.ReplicatorMS = ms(time.Since(phaseStart))
+	fmt.Fprintf(o.Progress, "replicator: %.0f writes/s end to end, lag p99 %.1f ms\n", res.WritesPerS, res.LagP99MS)
+	return nil
+}
+
+// fillUsage sets res's CPU, allocation and peak RSS figures of a phase
+// that made writes writes between the readings before and after.
+func fillUsage(res *Result, before, after usage, writes int, peakReset bool) {
 	res.PeakRSSMB = float64(after.maxRSSBytes) / (1 << 20)
 	if hwm, ok := peakRSS(); ok && peakReset {
 		res.PeakRSSMB = float64(hwm) / (1 << 20)
 	}
-	res.AllocsPerWrite = float64(after.mallocs-before.mallocs) / float64(o.Writes)
-	res.AllocBytesPerWrite = float64(after.allocBytes-before.allocBytes) / float64(o.Writes)
-	for _, n := range nodes {
+	if writes == 0 {
+		return
+	}
+	res.CPUSPer1k = (after.cpu - before.cpu).Seconds() * 1000 / float64(writes)
+	res.AllocsPerWrite = float64(after.mallocs-before.mallocs) / float64(writes)
+	res.AllocBytesPerWrite = float64(after.allocBytes-before.allocBytes) / float64(writes)
+}
+
+// measure sums the DCs' bridge counters into res, measures their streams
+// (o.Writes is the number of writes made) and checks that they converged.
+func (c *cluster) measure(ctx context.Context, o Options, res *Result) error {
+	for _, n := range c.nodes {
 		st := n.Replicator().Stats()
 		res.Published += st.Published
 		res.Applied += st.Applied
@@ -150,14 +140,73 @@ func runReplicator(ctx context.Context, o Options, dir string, vals values, res 
 		res.Gaps += st.Gaps
 		res.Duplicates += st.Duplicates
 	}
-
-	if err := measureWire(ctx, ns.ClientURL(), names, o, res); err != nil {
+	if err := measureWire(ctx, c.ns.ClientURL(), c.names, o, res); err != nil {
 		return err
 	}
-	res.Converged = sameDigests(nodes)
-	res.ReplicatorMS = ms(time.Since(phaseStart))
-	fmt.Fprintf(o.Progress, "replicator: %.0f writes/s end to end, lag p99 %.1f ms\n", res.WritesPerS, res.LagP99MS)
+	res.Converged = sameDigests(c.nodes)
 	return nil
+}
+
+// cluster is the replicator phase's DCs: o.DCs nodes on one embedded NATS
+// server.
+type cluster struct {
+	ns    *server.Server
+	names []string
+	nodes []*node.Node
+}
+
+// startCluster starts o.DCs nodes with the product's defaults under dir and
+// waits until their links run. The caller closes the cluster, also after
+// an error.
+func startCluster(ctx context.Context, o Options, dir string) (*cluster, error) {
+	ns, err := startNATS(dir, "bench")
+	if err != nil {
+		return nil, err
+	}
+	c := &cluster{ns: ns, names: make([]string, o.DCs)}
+	for i := range c.names {
+		c.names[i] = fmt.Sprintf("dc%d", i+1)
+	}
+	for _, dc := range c.names {
+		cfg := demo.Config(dc, c.names, o.Topology, filepath.Join(dir, dc))
+		cfg.Partitions = o.Partitions
+		cfg.Resolvers.Rules = nil // the bench's keys take the default resolver
+		cfg.Durability.Fsync = !o.NoFsync
+		cfg.HTTP.Listen = "127.0.0.1:0"
+		cfg.Complete()
+		n, err := node.New(cfg, node.Options{Logger: o.Logger, NATSURL: ns.ClientURL(), NoHTTP: o.Via != ViaHTTP})
+		if err != nil {
+			c.close()
+			return nil, fmt.Errorf("bench: %s: %w", dc, err)
+		}
+		c.nodes = append(c.nodes, n)
+		if err := n.Start(ctx); err != nil {
+			c.close()
+			return nil, fmt.Errorf("bench: start %s: %w", dc, err)
+		}
+	}
+	if err := waitLinks(ctx, c.nodes, 30*time.Second); err != nil {
+		c.close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// close stops the nodes, then the NATS server.
+func (c *cluster) close() {
+	for _, n := range c.nodes {
+		n.Close()
+	}
+	c.nodes = nil
+	stopNATS(c.ns)
+}
+
+func (c *cluster) stores() []*changelog.Store {
+	out := make([]*changelog.Store, len(c.nodes))
+	for i, n := range c.nodes {
+		out[i] = n.Store()
+	}
+	return out
 }
 
 // startProfiles starts the CPU profile and the execution trace o asks
@@ -243,6 +292,13 @@ type writers struct {
 	t0      time.Time
 	done    *atomic.Int64
 	next    atomic.Int64
+	// until, when not zero, makes a timed run (Options.Duration): write
+	// until then, over Options.Keys keys, each write a read-modify-write
+	// with the context of the origin's current state so that the keys
+	// keep one version and a flat memory means no leak; highs then
+	// replaces commits and no latencies are kept.
+	until time.Time
+	highs highs
 }
 
 // run writes until every write is done and returns the local write
@@ -296,7 +352,7 @@ func (w *writers) loop(ctx context.Context, d int, client *http.Client) ([]time.
 	var lats []time.Duration
 	for {
 		i := int(w.next.Add(1) - 1)
-		if i >= w.o.Writes {
+		if w.until.IsZero() && i >= w.o.Writes || !w.until.IsZero() && !time.Now().Before(w.until) {
 			return lats, nil
 		}
 		if w.o.Rate > 0 {
@@ -315,11 +371,21 @@ func (w *writers) loop(ctx context.Context, d int, client *http.Client) ([]time.
 			}
 		}
 		k, v := key(i), w.vals.at(i)
+		op := changelog.WriteOp{Key: k, Value: v}
+		if !w.until.IsZero() {
+			k = key(i % w.o.Keys)
+			op.Key = k
+			st, _, err := n.Store().Get(k)
+			if err != nil {
+				return lats, fmt.Errorf("bench: read %s at dc%d: %w", k, d+1, err)
+			}
+			op.Context = st.Clock
+		}
 		start := time.Now()
 		var p uint32
 		var seq uint64
 		if client == nil {
-			r, err := n.Write(ctx, changelog.WriteOp{Key: k, Value: v})
+			r, err := n.Write(ctx, op)
 			if err != nil {
 				return lats, fmt.Errorf("bench: write %s at dc%d: %w", k, d+1, err)
 			}
@@ -332,8 +398,12 @@ func (w *writers) loop(ctx context.Context, d int, client *http.Client) ([]time.
 			p, seq = event.PartitionOf(k, w.o.Partitions), dot.N
 		}
 		now := time.Now()
-		lats = append(lats, now.Sub(start))
-		w.commits.record(d, p, seq, now)
+		if w.highs != nil {
+			w.highs.record(d, p, seq)
+		} else {
+			lats = append(lats, now.Sub(start))
+			w.commits.record(d, p, seq, now)
+		}
 		w.done.Add(1)
 	}
 }
