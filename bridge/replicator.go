@@ -465,7 +465,11 @@ type Status struct {
 	OutboxDepth uint64
 	// Applied is this DC's applied vector.
 	Applied changelog.Applied
-	Links   []LinkStats
+	// PeerApplied is the newest applied vector each other DC reported on
+	// repl.applied.<dc>, by DC; a DC that has not reported since this one
+	// started is missing.
+	PeerApplied map[string]changelog.Applied
+	Links       []LinkStats
 }
 
 // Status returns the Replicator's current state.
@@ -506,6 +510,7 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.cur = 0 }
 
+		PeerApplied: r.store.PeerApplied(),
 // wait waits for d or ctx, and reports whether d passed.
 func wait(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

@@ -29,6 +29,10 @@ type Backend interface {
 	Resolver(key string) resolve.Resolver
 	// Status is GET /v1/status: anything that encodes to JSON.
 	Status() any
+	// DeadLetters returns up to limit of the newest messages of the DC's
+	// dead-letter stream and how many it holds, or an error wrapping
+	// ErrNoDeadLetters when there is no such stream.
+	DeadLetters(ctx context.Context, limit int) (DeadLetters, error)
 	// Ready is nil when the sidecar can serve requests; otherwise it says
 	// why not, for /healthz.
 	Ready() error
@@ -45,13 +49,22 @@ type StoreBackend struct {
 	Rules *resolve.Rules
 	// StatusFn builds GET /v1/status. Nil gives the DC and partition count.
 	StatusFn func() any
+	// DeadLettersFn reads the dead-letter stream for GET /v1/deadletters.
+	// Nil answers ErrNoDeadLetters.
+	DeadLettersFn func(ctx context.Context, limit int) (DeadLetters, error)
 	// ReadyFn, if set, is asked by /healthz after the store is checked,
 	// for the node's own readiness (links up, caught up).
 	ReadyFn func() error
+	// WriteFn, if set, takes the writes instead of Store.Write: the node's
+	// write path, which forwards writes to keys with a home DC elsewhere.
+	WriteFn func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error)
 }
 
 // Write implements Backend.
 func (b StoreBackend) Write(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+	if b.WriteFn != nil {
+		return b.WriteFn(ctx, op)
+	}
 	return b.Store.Write(ctx, op)
 }
 
@@ -88,6 +101,14 @@ func (b StoreBackend) Status() any {
 		return b.StatusFn()
 	}
 	return map[string]any{"dc": b.Store.DC(), "partitions": b.Store.Partitions()}
+}
+
+// DeadLetters implements Backend.
+func (b StoreBackend) DeadLetters(ctx context.Context, limit int) (DeadLetters, error) {
+	if b.DeadLettersFn == nil {
+		return DeadLetters{}, ErrNoDeadLetters
+	}
+	return b.DeadLettersFn(ctx, limit)
 }
 
 // Ready implements Backend.

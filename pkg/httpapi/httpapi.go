@@ -4,8 +4,9 @@
 //
 // New builds an http.Handler over a Backend (StoreBackend wraps a
 // changelog.Store); the node serves it on its listener after CheckListen
-// has approved the address. Every route but /healthz takes the bearer token
-// when one is set. Every error body is {"error": "..."}, saying what was
+// has approved the address. Every route but /healthz and the status page
+// (/ui, which holds no data and sends the token on its own API calls) takes
+// the bearer token when one is set. Every error body is {"error": "..."}, saying what was
 // wrong and what to do, with a 4xx status for bad requests.
 //
 // Routes (DESIGN.md, "External interfaces"):
@@ -20,6 +21,8 @@
 //	POST   /v1/conflicts/{id}/resolve   {"value": base64 | "value_text": s | "delete": true}
 //	GET    /v1/status
 //	GET    /v1/watch?prefix=P           NDJSON of applied changes, until the client leaves
+//	GET    /v1/deadletters?limit=N      {"dead_letters": [...], "total"}, newest first
+//	GET    /ui, /ui/...                 the status page (package ui)
 //	GET    /healthz
 //	GET    /metrics
 //
@@ -60,6 +63,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/ui"
 )
 
 // ContextHeader carries a key's causal context in both directions.
@@ -134,9 +138,17 @@ func (s *server) routes() {
 	m.HandleFunc("POST /v1/conflicts/{id}/resolve", s.resolveConflict)
 	m.HandleFunc("GET /v1/status", s.status)
 	m.HandleFunc("GET /v1/watch", s.watch)
+	m.HandleFunc("GET /v1/deadletters", s.deadLetters)
+	for p := range uiPatterns {
+		m.Handle(p, ui.Handler())
+	}
 	m.HandleFunc("GET /healthz", s.healthz)
 	m.HandleFunc("GET /metrics", s.serveMetrics)
 }
+
+// uiPatterns are the status page's routes: served without the token, since
+// the page holds no data and sends the token on its own API calls.
+var uiPatterns = map[string]bool{"GET " + ui.Prefix: true, "GET " + ui.Prefix + "/": true}
 
 // probeMethods are the methods the routes use, tried to tell 405 from 404.
 var probeMethods = []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPost}
@@ -152,7 +164,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	defer s.recoverPanic(rec, r)
 
-	if r.URL.Path != "/healthz" && !s.authorized(r) {
+	if r.URL.Path != "/healthz" && !uiPatterns[pattern] && !s.authorized(r) {
 		rec.Header().Set("WWW-Authenticate", `Bearer realm="replicator"`)
 		writeError(rec, http.StatusUnauthorized, "missing or wrong bearer token: send the header \"Authorization: Bearer <token>\" with the sidecar's http.token")
 		return
@@ -178,7 +190,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(rec, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s; use %s", r.Method, r.URL.Path, strings.Join(allowed, ", ")))
 			return
 		}
-		writeError(rec, http.StatusNotFound, fmt.Sprintf("no route %s %s; the API lives under /v1/ (kv, digest, conflicts, status, watch), plus /healthz and /metrics", r.Method, r.URL.Path))
+		writeError(rec, http.StatusNotFound, fmt.Sprintf("no route %s %s; the API lives under /v1/ (kv, digest, conflicts, status, watch, deadletters), plus /healthz, /metrics and the status page /ui", r.Method, r.URL.Path))
 		return
 	}
 	s.mux.ServeHTTP(rec, r)
@@ -266,7 +278,11 @@ func (s *server) query(w http.ResponseWriter, r *http.Request, allowed []string)
 // backendError answers for an error from the Backend: its input errors
 // become 4xx, a closed store 503, anything else a logged 500.
 func (s *server) backendError(w http.ResponseWriter, r *http.Request, what string, err error) {
+	// An error that knows its status (a home-DC refusal) says why itself.
+	var se interface{ HTTPStatus() int }
 	switch {
+	case errors.As(err, &se):
+		writeError(w, se.HTTPStatus(), fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, changelog.ErrBadInput):
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, changelog.ErrNotFound):

@@ -273,7 +273,7 @@ func (n *Node) serveHTTP() error {
 	if err != nil {
 		return fmt.Errorf("node: http.listen %s: %w", n.cfg.HTTP.Listen, err)
 	}
-	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready}, httpapi.Options{
+	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, DeadLettersFn: n.deadLetters}, httpapi.Options{
 		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
 		Registry: n.reg, Logger: n.log, Watch: n.hub,
 	})
@@ -446,11 +446,19 @@ func (n *Node) Close() error {
 			n.ns.Shutdown()
 			n.ns.WaitForShutdown()
 		}
+	// Home is this DC's view of each home rule: its current home and
+	// fencing epoch.
+	Home []home.RuleStatus `json:"home,omitempty"`
+	// Edges are every replication link of the topology, not only this
+	// DC's: the status page draws them.
+	Edges []bridge.Edge `json:"edges"`
 		n.hub.Close()
 		errs = append(errs, n.store.Close())
 	})
 	return errors.Join(errs...)
 }
+	// The config was validated, so the plans build.
+	s.Edges, _ = bridge.Edges(n.cfg.Topology, n.cfg.DCs, n.cfg.Hub)
 
 // ready reports why the node cannot serve, for /healthz.
 func (n *Node) ready() error {
