@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -34,6 +35,10 @@ import (
 var (
 	ErrClosed   = errors.New("changelog: closed")
 	ErrBadInput = errors.New("changelog: bad input")
+	// ErrContextAhead reports a client context naming another DC's event
+	// that this DC has not applied yet. The write is not made; it can be
+	// retried once this DC has caught up (see ContextAheadError).
+	ErrContextAhead = errors.New("changelog: context is ahead of this DC")
 )
 
 // Clock supplies hybrid logical clock readings for local writes.
@@ -75,6 +80,10 @@ type Options struct {
 	// write is acknowledged here that other DCs would reject; zero fields
 	// take event.DefaultLimits.
 	Limits event.Limits
+	// ContextWait is how long Write waits for this DC to apply the other
+	// DCs' events a client context names before it gives up with
+	// ErrContextAhead. Zero does not wait.
+	ContextWait time.Duration
 
 	// serial makes each group wait for its own sync before the next group
 	// starts: the one-fsync-per-write baseline of the benchmarks.
@@ -125,6 +134,9 @@ type Store struct {
 		ckpt       uint64                  // highest outbox index JetStream acknowledged
 		hlcHigh    uint64                  // highest local-write HLC persisted
 		peers      map[string]*peerReports // applied vectors the other DCs reported
+		// progress is closed and replaced whenever a commit moves the
+		// applied vector or changes key states, to wake WaitContext.
+		progress chan struct{}
 	}
 }
 
@@ -191,6 +203,7 @@ func (s *Store) load() error {
 	m.purged = make([]vclock.VV, s.opts.Partitions)
 	m.applied = map[string][]uint64{}
 	m.peers = map[string]*peerReports{}
+	m.progress = make(chan struct{})
 	for p := range m.seq {
 		v, err := s.getU64(seqKey(uint32(p)))
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"go.uber.org/goleak"
@@ -329,22 +330,88 @@ func TestRecordOpensAndResolves(t *testing.T) {
 
 // TestContextChecks: a context naming a DC outside the configuration, or
 // an event of this DC that does not exist yet, is rejected before anything
-// is written; a counter of another DC above what this DC applied is taken,
-// since the client may have read at a DC that is ahead.
+// is written. A counter of another DC that this DC has not applied is
+// refused with ErrContextAhead (not cut, not taken): taking it would make
+// the key's clock cover that DC's later events before they arrive.
 func TestContextChecks(t *testing.T) {
-	s := openMem(t, vfs.NewMem(), "dc2", Options{Partitions: 1})
+	fs := vfs.NewMem()
+	s := openMem(t, fs, "dc2", Options{Partitions: 1})
+	up := openMem(t, fs, "dc1", Options{Partitions: 1})
 	mustWrite(t, s, WriteOp{Key: "k", Value: []byte("x")})
 	for _, ctx := range []vclock.VV{{"dc9": 1}, {"dc2": 2}} {
 		if _, err := s.Write(context.Background(), WriteOp{Key: "k", Value: []byte("y"), Context: ctx}); !errors.Is(err, ErrBadInput) {
 			t.Errorf("context %s: %v, want ErrBadInput", ctx, err)
 		}
 	}
+	var evs []*event.Event
+	for i := range 5 {
+		evs = append(evs, mustWrite(t, up, WriteOp{Key: fmt.Sprintf("u%d", i), Value: []byte("u")}).Event)
+	}
+	_, err := s.Write(context.Background(), WriteOp{Key: "k", Value: []byte("z"), Context: vclock.VV{"dc1": 5, "dc2": 1}})
+	var ahead *ContextAheadError
+	if !errors.As(err, &ahead) || !errors.Is(err, ErrContextAhead) || ahead.DC != "dc1" || ahead.Named != 5 || ahead.Applied != 0 {
+		t.Fatalf("context {dc1:5} before dc1's events arrived: %v, want ContextAheadError dc1 5 applied 0", err)
+	}
 	if got := s.Applied()["dc2"][0]; got != 1 {
 		t.Fatalf("a rejected write issued a sequence: %d", got)
 	}
+	if _, err := s.Apply(context.Background(), evs[:4], nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(context.Background(), WriteOp{Key: "k", Value: []byte("z"), Context: vclock.VV{"dc1": 5}}); !errors.Is(err, ErrContextAhead) {
+		t.Fatalf("context {dc1:5} with dc1 applied to 4: %v, want ErrContextAhead", err)
+	}
+	if _, err := s.Apply(context.Background(), evs[4:], nil); err != nil {
+		t.Fatal(err)
+	}
 	r := mustWrite(t, s, WriteOp{Key: "k", Value: []byte("z"), Context: vclock.VV{"dc1": 5, "dc2": 1}})
 	if r.Event.Context["dc1"] != 5 {
-		t.Fatalf("a context read at a DC that is ahead was cut: %s", r.Event.Context)
+		t.Fatalf("a context this DC has caught up with was cut: %s", r.Event.Context)
+	}
+}
+
+// TestWriteWaitsForContext: with ContextWait, a write whose context is
+// ahead waits until this DC applies what it names, then supersedes it; a
+// forged counter no event will reach fails after the wait.
+func TestWriteWaitsForContext(t *testing.T) {
+	fs := vfs.NewMem()
+	s := openMem(t, fs, "dc2", Options{Partitions: 1, ContextWait: 10 * time.Second})
+	up := openMem(t, fs, "dc1", Options{Partitions: 1})
+	ev := mustWrite(t, up, WriteOp{Key: "k", Value: []byte("old")}).Event
+	done := make(chan WriteResult, 1)
+	fail := make(chan error, 1)
+	go func() {
+		r, err := s.Write(context.Background(), WriteOp{Key: "k", Value: []byte("new"), Context: vclock.VV{"dc1": ev.Seq}})
+		if err != nil {
+			fail <- err
+			return
+		}
+		done <- r
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("the write did not wait for dc1:%d: %s", ev.Seq, r.Event.Dot)
+	case err := <-fail:
+		t.Fatal(err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if _, err := s.Apply(context.Background(), []*event.Event{ev}, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if got := values(r.State); fmt.Sprint(got) != "[new]" {
+			t.Fatalf("the write after the wait left %v, want [new] superseding old", got)
+		}
+	case err := <-fail:
+		t.Fatal(err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write still waits after dc1's event was applied")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := s.Write(ctx, WriteOp{Key: "k", Value: []byte("forged"), Context: vclock.VV{"dc1": 1000}}); !errors.Is(err, ErrContextAhead) {
+		t.Fatalf("forged context {dc1:1000}: %v, want ErrContextAhead", err)
 	}
 }
 

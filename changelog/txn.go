@@ -277,6 +277,10 @@ func (t *txn) commit() error {
 	if t.trimTo > s.mu.outboxLow {
 		s.mu.outboxLow = t.trimTo
 	}
+	if len(t.applied) > 0 || len(t.states) > 0 {
+		close(s.mu.progress)
+		s.mu.progress = make(chan struct{})
+	}
 	s.mu.Unlock()
 	return nil
 }

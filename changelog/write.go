@@ -40,6 +40,16 @@ func (s *Store) Write(ctx context.Context, op WriteOp) (WriteResult, error) {
 	if len(op.Value) > s.opts.Limits.MaxValueBytes {
 		return WriteResult{}, fmt.Errorf("%w: value is %d bytes, over the %d-byte limit", ErrBadInput, len(op.Value), s.opts.Limits.MaxValueBytes)
 	}
+	if s.opts.ContextWait > 0 && len(op.Context) > 0 {
+		wctx, cancel := context.WithTimeout(ctx, s.opts.ContextWait)
+		err := s.WaitContext(wctx, op.Key, op.Context)
+		cancel()
+		if err != nil {
+			return WriteResult{}, err
+		}
+		// The committer checks again: the wait is a courtesy, the check
+		// in the batch is the rule.
+	}
 	var res WriteResult
 	err := s.do(ctx, func(t *txn) error {
 		var err error
@@ -47,6 +57,71 @@ func (s *Store) Write(ctx context.Context, op WriteOp) (WriteResult, error) {
 		return err
 	})
 	return res, err
+}
+
+// ContextAheadError is the ErrContextAhead a write gets when its context
+// names an event of another DC this DC has neither applied nor seen.
+type ContextAheadError struct {
+	Key       string
+	Partition uint32
+	DC        string
+	Named     uint64 // the counter the context names
+	Applied   uint64 // this DC's contiguous applied sequence of DC there
+}
+
+func (e *ContextAheadError) Error() string {
+	return fmt.Sprintf("context names event %s:%d in the partition of key %q (%d), but this DC has applied %s's events only up to %d there; "+
+		"retry once this DC has caught up, or write at %s", e.DC, e.Named, e.Key, e.Partition, e.DC, e.Applied, e.DC)
+}
+
+func (e *ContextAheadError) Unwrap() error { return ErrContextAhead }
+
+// contextAhead returns the first counter of client, for a DC other than
+// this one, that neither the key's clock nor the applied vector covers.
+func contextAhead(client, clock vclock.VV, self string, applied func(dc string) uint64) (string, uint64, uint64, bool) {
+	for _, dc := range client.DCs() {
+		n := client[dc]
+		if dc == self || n <= clock[dc] {
+			continue
+		}
+		if have := applied(dc); n > have {
+			return dc, n, have, true
+		}
+	}
+	return "", 0, 0, false
+}
+
+// WaitContext waits until this DC knows every event of another DC that
+// client names for key: each counter is covered by the key's clock or by
+// the contiguous applied sequence of the key's partition. It returns a
+// *ContextAheadError when ctx ends first.
+func (s *Store) WaitContext(ctx context.Context, key string, client vclock.VV) error {
+	p := event.PartitionOf(key, s.opts.Partitions)
+	for {
+		s.mu.RLock()
+		progress := s.mu.progress
+		s.mu.RUnlock()
+		st, _, err := s.Get(key)
+		if err != nil {
+			return err
+		}
+		dc, n, have, ahead := contextAhead(client, st.Clock, s.opts.DC, func(dc string) uint64 {
+			s.mu.RLock()
+			defer s.mu.RUnlock()
+			if row := s.mu.applied[dc]; row != nil {
+				return row[p]
+			}
+			return 0
+		})
+		if !ahead {
+			return nil
+		}
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			return &ContextAheadError{Key: key, Partition: p, DC: dc, Named: n, Applied: have}
+		}
+	}
 }
 
 func (t *txn) write(op WriteOp) (WriteResult, error) {
@@ -58,7 +133,7 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 	}
 	r := s.opts.Resolvers.For(op.Key)
 	implicit := op.Context == nil && (op.Delete || r.OnWrite())
-	client, err := t.checkContext(op.Context, p)
+	client, err := t.checkContext(op.Key, op.Context, st.Clock, p)
 	if err != nil {
 		return WriteResult{}, err
 	}
@@ -236,12 +311,16 @@ func (s *Store) EnsureSeqAbove(ctx context.Context, p uint32, seq uint64) error 
 
 // checkContext rejects a client context that names a DC outside the
 // configuration, or an event of this DC that does not exist yet: no client
-// can have read either. Counters of other DCs are taken as they are: the
-// client may have read at a DC that is ahead, and cutting them would break
-// causality for a client that moves between DCs (its next write would not
-// supersede what it read). A forged counter beyond what another DC ever
-// issued is therefore a known risk (docs/SECURITY.md).
-func (t *txn) checkContext(client vclock.VV, p uint32) (vclock.VV, error) {
+// can have read either. A counter of another DC must be one this DC knows:
+// covered by the key's clock, or by the contiguous applied sequence of that
+// DC in the key's partition. Otherwise the write is refused with
+// ErrContextAhead, never cut: cutting would break causality for a client
+// that read at a DC that is ahead (its write would not supersede what it
+// read), and taking it as it is would let the clock cover that DC's events
+// not applied yet, which then arrive as obsolete and are lost (a forged
+// {dc2:1000} swallowed dc2's next writes of the key). Write waits up to
+// Options.ContextWait for this DC to catch up first.
+func (t *txn) checkContext(key string, client, clock vclock.VV, p uint32) (vclock.VV, error) {
 	for dc, n := range client {
 		if !slices.Contains(t.s.opts.DCs, dc) {
 			return nil, fmt.Errorf("%w: context names dc %q, which is not one of %v", ErrBadInput, dc, t.s.opts.DCs)
@@ -249,6 +328,10 @@ func (t *txn) checkContext(client vclock.VV, p uint32) (vclock.VV, error) {
 		if dc == t.s.opts.DC && n > t.lastSeq(p) {
 			return nil, fmt.Errorf("%w: context names event %s:%d, but this DC has issued only %d in the key's partition", ErrBadInput, dc, n, t.lastSeq(p))
 		}
+	}
+	dc, n, have, ahead := contextAhead(client, clock, t.s.opts.DC, func(dc string) uint64 { return t.appliedSeq(dc, p) })
+	if ahead {
+		return nil, &ContextAheadError{Key: key, Partition: p, DC: dc, Named: n, Applied: have}
 	}
 	return client, nil
 }

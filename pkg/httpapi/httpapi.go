@@ -287,6 +287,11 @@ func (s *server) backendError(w http.ResponseWriter, r *http.Request, what strin
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, changelog.ErrNotFound):
 		writeError(w, http.StatusNotFound, fmt.Sprintf("%s: %v", what, err))
+	case errors.Is(err, changelog.ErrContextAhead):
+		// The client read at a DC that is ahead; this one has not caught up
+		// within the wait. Nothing was written.
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, changelog.ErrClosed):
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: the store is closed (the sidecar is shutting down); retry against a running sidecar", what))
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

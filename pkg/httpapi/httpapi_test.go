@@ -17,6 +17,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/event"
 )
 
 // The wire shapes, spelled out independently of the handler's types so a
@@ -640,4 +641,30 @@ func TestHub(t *testing.T) {
 		t.Fatal("subscribing to a closed hub must give a closed channel")
 	}
 	hub.Publish([]changelog.Change{change("a/3")}) // no subscribers, no panic
+}
+
+// TestContextAheadIs503: a write whose context names an event of dc2 that
+// dc1 has not applied (the client read at dc2, which is ahead) answers 503
+// with Retry-After and a message naming the event, and writes nothing;
+// once dc1 has applied it, the same request succeeds.
+func TestContextAheadIs503(t *testing.T) {
+	f := newFixture(t, Options{})
+	res, err := f.remote.Write(context.Background(), changelog.WriteOp{Key: "k", Value: []byte("at-dc2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := res.State.Clock.String()
+	put := req{method: "PUT", target: "/v1/kv/k", body: "v", header: hdr("X-Repl-Context", ctx)}
+	w := f.do(t, put)
+	wantStatus(t, w, http.StatusServiceUnavailable)
+	if w.Header().Get("Retry-After") == "" || !strings.Contains(w.Body.String(), res.Event.Dot.String()) {
+		t.Fatalf("503 answer: Retry-After %q, body %s; want Retry-After and the body naming %s", w.Header().Get("Retry-After"), w.Body, res.Event.Dot)
+	}
+	if _, ok, err := f.store.Get("k"); err != nil || ok {
+		t.Fatalf("the refused write left state (ok %t, err %v)", ok, err)
+	}
+	if _, err := f.store.Apply(context.Background(), []*event.Event{res.Event}, nil); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, f.do(t, put), http.StatusOK)
 }

@@ -143,6 +143,8 @@ func fail(r micro.Request, err error) {
 		r.Error("400", err.Error(), nil)
 	case errors.Is(err, changelog.ErrClosed):
 		r.Error("503", "the sidecar is shutting down; retry at another moment", nil)
+	case errors.Is(err, changelog.ErrContextAhead):
+		r.Error("503", err.Error(), nil)
 	default:
 		r.Error("500", err.Error(), nil)
 	}

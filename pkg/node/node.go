@@ -85,6 +85,10 @@ type Node struct {
 	once sync.Once
 }
 
+// contextWait bounds how long a write waits for this DC to apply the other
+// DCs' events its client context names (changelog.Options.ContextWait).
+const contextWait = 5 * time.Second
+
 // New opens the DC's store. It starts nothing; Start connects and serves.
 func New(cfg config.Config, opts Options) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
@@ -125,6 +129,9 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		OnCommit:   n.onCommit,
 		Logger:     n.log,
 		Limits:     event.Limits{MaxKeyBytes: cfg.Limits.MaxKeyBytes, MaxValueBytes: cfg.Limits.MaxValueBytes},
+		// A client that read at a DC that is ahead waits this long for
+		// this DC to catch up before its write is refused with 503.
+		ContextWait: contextWait,
 	})
 	if err != nil {
 		return nil, err

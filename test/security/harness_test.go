@@ -5,8 +5,9 @@
 // single permissions violation), and shows that dc1's credentials are
 // refused every action on another DC's subjects, streams and consumers. It
 // also checks that the HTTP API refuses a non-loopback address without a
-// token. knownbugs_test.go holds failing tests for product bugs found on
-// the way, skipped unless REPL_TEST_KNOWN_BUGS=1.
+// token. regressions_test.go holds the tests of the product bugs found on
+// the way, each fixed (knownBug skips one found before its fix unless
+// REPL_TEST_KNOWN_BUGS=1).
 //
 // Set REPL_TEST_LOG=1 to see the sidecars' warnings and errors on stderr,
 // REPL_TEST_NATS_LOG=1 to see the NATS server's.

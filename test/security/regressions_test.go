@@ -21,9 +21,9 @@ import (
 )
 
 // The tests in this file each showed a product bug found while writing
-// this package. Two are fixed and their tests keep them fixed; one is a
-// known limit, skipped unless REPL_TEST_KNOWN_BUGS=1. docs/SECURITY.md
-// ("Known limits") describes each.
+// this package. Each is fixed, and its test keeps it fixed; knownBug is
+// there for the next one found before its fix (docs/SECURITY.md, "Known
+// limits").
 
 // knownBug skips the test unless REPL_TEST_KNOWN_BUGS is set.
 func knownBug(t *testing.T, what string) {
@@ -34,20 +34,14 @@ func knownBug(t *testing.T, what string) {
 }
 
 // TestFutureContextDiverges: an application at dc1 writes a key with a
-// context naming an event of dc2 that does not exist yet ({dc2:1000}). dc1
-// accepts it (the store only rejects unknown DCs and future events of its
-// own DC), so every DC's clock for the key now covers dc2:1..1000. dc2's
-// next write of that key gets dot dc2:1, which its own clock already
-// covers: dc2 stores it as a sibling, but dc1 and dc3 take the event for
-// obsolete and drop it, so the digests differ (invariant 10). Anti-entropy
-// then makes them agree by dropping dc2's write at dc2 too, as a version
-// its peers know superseded: an acknowledged write that nothing causally
-// superseded (no one read it) is gone from every DC, and no conflict log
-// records it (invariant 6). DESIGN.md's data model assumes a local
-// write's dot is "always greater than clock[d]"; a client context breaks
-// that. The same context works over HTTP (X-Repl-Context).
+// context naming an event of dc2 that does not exist yet ({dc2:1000}).
+// Taken as it was, every DC's clock for the key covered dc2:1..1000, so
+// dc2's next write of the key arrived at dc1 and dc3 as obsolete and was
+// dropped; anti-entropy then dropped it at dc2 too: an acknowledged write
+// nothing superseded, gone everywhere and in no conflict log (invariants 6
+// and 10). dc1 now refuses a context naming events it has not applied
+// (503 once its wait runs out), and dc2's write reaches every DC.
 func TestFutureContextDiverges(t *testing.T) {
-	knownBug(t, "a client context naming another DC's future event makes that DC's later writes of the key look obsolete")
 	s := startServer(t)
 	m := newMesh(t, s.ClientURL())
 	m.startAll()
@@ -60,8 +54,8 @@ func TestFutureContextDiverges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code := reply.Header.Get("Nats-Service-Error-Code"); code != "" {
-		t.Skipf("dc1 now refuses a context naming dc2's future events (%s %s): fixed", code, reply.Header.Get("Nats-Service-Error"))
+	if code, msg := reply.Header.Get("Nats-Service-Error-Code"), reply.Header.Get("Nats-Service-Error"); code != "503" || !strings.Contains(msg, "dc2:1000") {
+		t.Fatalf("dc1 answered a write with the forged context {dc2:1000} with code %q %q (%s), want 503 naming dc2:1000", code, msg, reply.Data)
 	}
 	m.waitConverged(10 * time.Second)
 

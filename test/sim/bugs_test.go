@@ -1,9 +1,12 @@
 package sim
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/resolve"
 )
 
@@ -111,11 +114,13 @@ func TestLWWLogsEveryDiscardedVersion(t *testing.T) {
 // has not yet applied what the client read (a failover, or a client that
 // moves between DCs). The DESIGN's write rule drops the siblings the
 // client's context covers, and the reference model checks contexts read at
-// any DC. The store clamps the context to what dc3 has applied (the defence
-// against forged contexts, TestForgedContextCannotSwallowFutureWrites), so
-// the write does not supersede the version the client read and replaced.
-// Under lww the old version, with the higher HLC, then wins everywhere and
-// the client's newer write goes to the conflict log.
+// any DC. dc3 can neither cut the context (the write would then not
+// supersede what the client read: under lww the old version, with the
+// higher HLC, would win everywhere and the client's newer write would go to
+// the conflict log) nor take it as it is (its clock would cover dc2's
+// events before they arrive, which a forged context turns into lost
+// writes: TestForgedContextIsRefused). So dc3 refuses the write until it
+// has applied what the context names; then the retry supersedes "old".
 func TestContextFromAnotherDC(t *testing.T) {
 	rules, err := resolve.NewRules(resolve.LWW(), nil)
 	if err != nil {
@@ -128,13 +133,12 @@ func TestContextFromAnotherDC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// dc3 has not received "old", but dc2's periodic applied-vector report
-	// told it that dc2 issued it; a context beyond every reported event
-	// would be cut (changelog checkContext).
-	if err := c.ReportAll(); err != nil {
-		t.Fatal(err)
+	_, err = c.Write("dc3", Op{Key: "x", Value: []byte("new"), Context: ctx}) // ... and writes at dc3 too early
+	if !errors.Is(err, changelog.ErrContextAhead) {
+		t.Fatalf("dc3 has not applied %s, which the context %s names; the write answered %v, want changelog.ErrContextAhead", old.Event.Dot, ctx, err)
 	}
-	w := mustWrite(t, c, "dc3", Op{Key: "x", Value: []byte("new"), Context: ctx}) // ... and replaces it at dc3
+	deliverAll(t, c)
+	w := mustWrite(t, c, "dc3", Op{Key: "x", Value: []byte("new"), Context: ctx}) // the retry, once dc3 caught up
 	deliverAll(t, c)
 
 	st, _, err := c.Read("dc1", "x")
@@ -142,10 +146,44 @@ func TestContextFromAnotherDC(t *testing.T) {
 		t.Fatal(err)
 	}
 	shows := resolve.LWW().Resolve("x", st.Siblings).Values
-	if !ctx.LessEq(w.Event.Context) || len(st.Siblings) != 1 {
+	if !ctx.LessEq(w.Event.Context) || len(st.Siblings) != 1 || string(shows[0]) != "new" {
 		t.Errorf("the client read %s (context %s) at dc2 and wrote \"new\" with that context at dc3;\n"+
 			"the event's context is %s, not covering %s, and every DC ends with %s, lww showing %q\n"+
 			"want (DESIGN write rule, reference model with contexts from any DC): \"new\" supersedes \"old\": one sibling, \"new\"",
 			old.Event.Dot, ctx, w.Event.Context, old.Event.Dot, fmtState(st), shows)
 	}
+}
+
+// TestForgedContextIsRefused: a client context naming an event of dc2 that
+// does not exist ({dc2:1000}) is refused at dc1. Were it taken, every DC's
+// clock for the key would cover dc2:1..1000, and dc2's next writes of the
+// key would arrive as obsolete and vanish at the other DCs.
+func TestForgedContextIsRefused(t *testing.T) {
+	c := newCluster(t, Options{DCs: []string{"dc1", "dc2", "dc3"}, Partitions: 1})
+	mustWrite(t, c, "dc1", Op{Key: "y", Value: []byte("a")})
+	if _, err := c.Write("dc1", Op{Key: "x", Value: []byte("forged"), Context: vclock.VV{"dc2": 1000}}); !errors.Is(err, changelog.ErrContextAhead) {
+		t.Fatalf("forged context {dc2:1000} at dc1: %v, want changelog.ErrContextAhead", err)
+	}
+	w := mustWrite(t, c, "dc2", Op{Key: "x", Value: []byte("from-dc2")})
+	deliverAll(t, c)
+	for _, dc := range c.DCs() {
+		st, _, err := c.Read(dc, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vals := liveValues(st); len(vals) != 1 || vals[0] != "from-dc2" {
+			t.Errorf("%s shows %v for x, want dc2's write %s (from-dc2)", dc, vals, w.Event.Dot)
+		}
+	}
+}
+
+// liveValues lists the values of a state's live siblings.
+func liveValues(st dvv.State) []string {
+	var out []string
+	for _, v := range st.Siblings {
+		if !v.Deleted {
+			out = append(out, string(v.Value))
+		}
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand"
@@ -340,6 +341,32 @@ func (s *schedule) write(step int) {
 	} else {
 		line += " ctx=" + op.Context.String()
 	}
+	if errors.Is(err, changelog.ErrContextAhead) {
+		// The client read at a DC that is ahead of this one: the write is
+		// refused, not acknowledged, and must change nothing. The refusal
+		// must be right: some counter of another DC is beyond both the
+		// key's clock here and what this DC applied of that DC.
+		s.logf("%s  # refused: context ahead", line)
+		p := event.PartitionOf(key, c.Partitions())
+		applied := c.DC(dc).Store.Applied()
+		ahead := false
+		for odc, n := range op.Context {
+			if odc != dc && n > before.Clock[odc] && !applied.Covers(odc, p, n) {
+				ahead = true
+			}
+		}
+		if !ahead {
+			s.fail("%s: refused as ahead, but this DC knows every event it names (clock %s): %v", line, before.Clock, err)
+			return
+		}
+		after, _, rerr := c.Read(dc, key)
+		if rerr != nil || !sameState(after, before) {
+			s.fail("%s: the refused write changed the key: %s, before %s (%v)", line, fmtState(after), fmtState(before), rerr)
+			return
+		}
+		s.stats["refused: context ahead"]++
+		return
+	}
 	if err != nil {
 		s.logf("%s  # error", line)
 		s.fail("%s: %v", line, err)
@@ -361,8 +388,8 @@ func (s *schedule) write(step int) {
 	}
 	s.lastSeq[dc][p] = ev.Dot.N
 	// A write that supersedes implicitly (or meets no live value) covers
-	// the DC's whole clock. (The client's context may be clamped to what
-	// this DC has applied; TestContextFromAnotherDC covers that.)
+	// the DC's whole clock. (A context naming events this DC has not
+	// applied is refused above; TestContextFromAnotherDC covers that.)
 	implicit := op.Context == nil && (op.Delete || c.Resolver(key).OnWrite())
 	if (implicit || before.LiveCount() == 0) && !before.Clock.LessEq(ev.Context) {
 		s.fail("%s: event context %s does not cover the DC's clock %s", line, ev.Context, before.Clock)
