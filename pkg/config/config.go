@@ -77,6 +77,9 @@ type Config struct {
 	HTTP HTTP `yaml:"http"`
 	// Resolvers chooses the conflict resolver per key prefix.
 	Resolvers Resolvers `yaml:"resolvers"`
+	// Home gives key prefixes a home DC that executes every write to
+	// them (home.go). Default none.
+	Home []HomeRule `yaml:"home"`
 	// Durability sets the fsync and JetStream trade-offs.
 	Durability Durability `yaml:"durability"`
 	// Limits bounds the size of what the sidecar accepts.
@@ -341,6 +344,7 @@ func (c *Config) Complete() {
 			r.Separator = DefaultSeparator
 		}
 	}
+	c.completeHome()
 }
 
 // uses reports whether the rule runs resolver name, directly or as the

@@ -373,7 +373,7 @@ func TestParseRejects(t *testing.T) {
 		want       []string // substrings of the error, in order
 	}{
 		{"unknown top-level key", "dc: a\ndcs: [a, b]\ntopolgy: ring\n",
-			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: data_dir, dc, dcs, durability, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
+			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: data_dir, dc, dcs, durability, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
 		{"unknown nested key", "dc: a\ndcs: [a, b]\nnats:\n  embeded: true\n",
 			[]string{`nats.embeded: line 4: unknown key; did you mean "embedded"?`}},
 		{"unknown key in a rule", "dc: a\ndcs: [a, b]\nresolvers:\n  rules:\n    - prefix: x\n      resolver: lww\n      prio: [a]\n",

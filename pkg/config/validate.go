@@ -70,6 +70,7 @@ func (c Config) Validate() error {
 	c.validateNATS(&p)
 	c.validateHTTP(&p)
 	c.validateResolvers(&p)
+	c.validateHome(&p)
 	c.validateDurability(&p)
 	c.validateLimits(&p)
 	if len(p) == 0 {
@@ -370,18 +371,7 @@ func (c Config) validateRule(p *problems, at string, r Rule) {
 		p.add(at+".priority", "required for resolver priority; list every DC, the winner first")
 		return
 	}
-	seen := make(map[string]int, len(r.Priority))
-	for i, dc := range r.Priority {
-		field := fmt.Sprintf("%s.priority[%d]", at, i)
-		if j, dup := seen[dc]; dup {
-			p.add(field, "%q is listed twice (also priority[%d])", dc, j)
-			continue
-		}
-		seen[dc] = i
-		if !slices.Contains(c.DCs, dc) {
-			p.add(field, "%q is not in dcs %v", dc, c.DCs)
-		}
-	}
+	seen := c.checkDCList(p, at, "priority", r.Priority)
 	var missing []string
 	for _, dc := range c.DCs {
 		if _, ok := seen[dc]; !ok {
