@@ -485,6 +485,7 @@ func (r *Replicator) Status() Status {
 		Checkpoint:  r.store.Checkpoint(),
 		OutboxDepth: r.store.OutboxDepth(),
 		Applied:     r.store.Applied(),
+		PeerApplied: r.store.PeerApplied(),
 	}
 	for _, l := range r.links {
 		st.Links = append(st.Links, r.linkStats(l))
@@ -510,7 +511,6 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.cur = 0 }
 
-		PeerApplied: r.store.PeerApplied(),
 // wait waits for d or ctx, and reports whether d passed.
 func wait(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
