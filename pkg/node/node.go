@@ -404,11 +404,16 @@ type Status struct {
 	DCs        []string       `json:"dcs"`
 	Partitions int            `json:"partitions"`
 	Bridge     *bridge.Status `json:"bridge,omitempty"`
+	// Edges are every replication link of the topology, not only this
+	// DC's: the status page draws them.
+	Edges []bridge.Edge `json:"edges"`
 }
 
 // Status returns the node's status.
 func (n *Node) Status() Status {
 	s := Status{DC: n.cfg.DC, Topology: n.cfg.Topology, DCs: n.cfg.DCs, Partitions: n.cfg.Partitions}
+	// The config was validated, so the plans build.
+	s.Edges, _ = bridge.Edges(n.cfg.Topology, n.cfg.DCs, n.cfg.Hub)
 	if n.repl != nil {
 		bs := n.repl.Status()
 		s.Bridge = &bs
@@ -453,19 +458,11 @@ func (n *Node) Close() error {
 			n.ns.Shutdown()
 			n.ns.WaitForShutdown()
 		}
-	// Home is this DC's view of each home rule: its current home and
-	// fencing epoch.
-	Home []home.RuleStatus `json:"home,omitempty"`
-	// Edges are every replication link of the topology, not only this
-	// DC's: the status page draws them.
-	Edges []bridge.Edge `json:"edges"`
 		n.hub.Close()
 		errs = append(errs, n.store.Close())
 	})
 	return errors.Join(errs...)
 }
-	// The config was validated, so the plans build.
-	s.Edges, _ = bridge.Edges(n.cfg.Topology, n.cfg.DCs, n.cfg.Hub)
 
 // ready reports why the node cannot serve, for /healthz.
 func (n *Node) ready() error {
