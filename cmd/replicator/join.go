@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/replicatorhq/replicator/pkg/config"
+	"github.com/replicatorhq/replicator/pkg/join"
+)
+
+// cmdJoin bootstraps a new or restored DC, with its sidecar stopped, from
+// a running peer's consistent snapshot (pkg/join, on repl.snap.<dc>); then
+// `replicator run` catches up from the streams.
+func cmdJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("join", "--config FILE --from DC [--force] [--timeout D] [--json]", stderr)
+	path := fs.String("config", "", "the joining DC's YAML config file (required); its sidecar must be stopped")
+	from := fs.String("from", "", "the running DC to copy the state from (required)")
+	force := fs.Bool("force", false, "discard what the DC's store holds before the copy (own sequence numbers are kept)")
+	timeout := fs.Duration("timeout", 30*time.Minute, "how long the whole copy may take")
+	asJSON := fs.Bool("json", false, "print the figures as one JSON object")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	switch {
+	case *path == "":
+		return usagef("--config FILE is required")
+	case *from == "":
+		return usagef("--from DC is required")
+	case *timeout <= 0:
+		return usagef("--timeout %s: want a positive duration", *timeout)
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	if cfg.NATS.UseEmbedded() {
+		return fmt.Errorf("the config runs an embedded NATS server, which is down while the sidecar is stopped; join needs the NATS %s's sidecar is on: set nats.url", *from)
+	}
+	url, opts, err := natsClient(cfg)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(url, append(opts, nats.Name("replicator-join-"+cfg.DC), nats.CustomInboxPrefix("_INBOX_"+cfg.DC))...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	res, err := join.Run(ctx, cfg, nc, join.Options{From: *from, Force: *force, Logger: log})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	fmt.Fprintf(stdout, "dc %s joined from %s: %d keys (%d tombstones), %d bytes in %d chunks, %.2fs; digest %s; %d old consumers deleted\n",
+		res.DC, res.From, res.Keys, res.Tombstones, res.Bytes, res.Chunks, res.Seconds, res.Digest, res.ConsumersReset)
+	fmt.Fprintf(stdout, "now start it: replicator run --config %s\n", *path)
+	return nil
+}
