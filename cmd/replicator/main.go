@@ -36,6 +36,7 @@ var commands = []command{
 	{"conflicts", "list or resolve conflicts on a running sidecar: conflicts list|resolve", cmdConflicts},
 	{"status", "show a running sidecar's status", cmdStatus},
 	{"repair", "run anti-entropy now on a running sidecar against every peer: repair --config FILE", cmdRepair},
+	{"join", "bootstrap a new or restored DC from a running peer's snapshot: join --config FILE --from DC", cmdJoin},
 	{"bench", "measure replicated writes against raw JetStream and NATS KV in one process", cmdBench},
 }
 

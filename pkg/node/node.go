@@ -35,6 +35,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/external"
 	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
+	"github.com/replicatorhq/replicator/pkg/join"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
 	"github.com/replicatorhq/replicator/resolve"
 )
@@ -78,6 +79,7 @@ type Node struct {
 	nc   *nats.Conn
 	svc  micro.Service
 	ae   *antientropy.Worker
+	snap *join.Server
 	repl *bridge.Replicator
 	http *http.Server
 	ln   net.Listener
@@ -119,7 +121,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("node: data_dir %s: %w", cfg.DataDir, err)
 	}
-	st, err := changelog.Open(filepath.Join(cfg.DataDir, "store"), changelog.Options{
+	st, err := changelog.Open(join.StoreDir(cfg), changelog.Options{
 		DC:         cfg.DC,
 		DCs:        cfg.DCs,
 		Partitions: cfg.Partitions,
@@ -134,6 +136,13 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		ContextWait: contextWait,
 	})
 	if err != nil {
+		return nil, err
+	}
+	if peer, ok, err := st.JoinIncomplete(); err != nil || ok {
+		st.Close()
+		if err == nil {
+			err = fmt.Errorf("node: the store at %s holds part of a snapshot of %s: a join was interrupted; run `replicator join --force --from DC` again", join.StoreDir(cfg), peer)
+		}
 		return nil, err
 	}
 	n.clock.Restore(st.HLCHighWater())
@@ -257,6 +266,14 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.ae = ae
+	snap, err := join.NewServer(join.ServerOptions{Store: n.store, NC: nc, Logger: n.log})
+	if err != nil {
+		return err
+	}
+	if err := snap.Start(ctx); err != nil {
+		return err
+	}
+	n.snap = snap
 	svc, err := natsapi.Serve(nc, n.cfg.DC, n.store, n.rules)
 	if err != nil {
 		return err
@@ -447,6 +464,10 @@ func (n *Node) Close() error {
 		}
 		if n.ae != nil {
 			warn("anti-entropy", n.ae.Close())
+		}
+		if n.snap != nil {
+			// Before the store: its open snapshots must be released.
+			warn("snapshot server", n.snap.Close())
 		}
 		if n.repl != nil {
 			errs = append(errs, n.repl.Close())
