@@ -219,6 +219,39 @@ func sum(row []uint64) (s uint64) {
 	return s
 }
 
+// preload writes n bulk keys of 400 bytes round the DCs, and deletes every
+// tenth, so the snapshot spans several chunks and holds tombstones.
+func (c *cluster) preload(dcs []string, n int) {
+	c.t.Helper()
+	val := []byte(strings.Repeat("x", 400))
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < n; i += 8 {
+				nd := c.node(dcs[i%len(dcs)])
+				key := fmt.Sprintf("bulk/%05d", i)
+				op := changelog.WriteOp{Key: key, Value: val}
+				if _, err := nd.Write(context.Background(), op); err != nil {
+					errs <- err
+					return
+				}
+				if i%10 == 0 {
+					if _, err := nd.Write(context.Background(), changelog.WriteOp{Key: key, Delete: true}); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		c.t.Fatalf("preload: %v", err)
+	}
+}
+
 func TestJoinFourthDCUnderLoad(t *testing.T) {
 	begin := time.Now()
 	old := []string{"dc1", "dc2", "dc3"}
@@ -227,6 +260,7 @@ func TestJoinFourthDCUnderLoad(t *testing.T) {
 	for _, n := range old {
 		c.start(n, old)
 	}
+	c.preload(old, 1500)
 	led := ledger.New(all, ledger.Options{MaxExamples: 12})
 	load := ledger.NewWorkload(c, led, keys)
 	defer load.Halt()
