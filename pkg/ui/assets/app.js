@@ -126,12 +126,18 @@
     return ul;
   }
 
-  // edgesOf returns the topology's links; an older sidecar without
-  // status.edges gives only the links into itself.
+  // edgesOf returns the topology's links (status.edges; an older sidecar
+  // without it gives only the links into itself), plus any link this DC
+  // runs outside the plan, such as one opened to heal around a lost DC.
   function edgesOf(st) {
-    if (Array.isArray(st.edges)) return st.edges;
     const ups = (st.bridge && st.bridge.Upstreams) || [];
-    return ups.map((u) => ({ upstream: u, dc: st.dc }));
+    const edges = Array.isArray(st.edges) ? st.edges.slice() : ups.map((u) => ({ upstream: u, dc: st.dc }));
+    for (const l of (st.bridge && st.bridge.Links) || []) {
+      if (!edges.some((e) => e.upstream === l.Upstream && e.dc === st.dc)) {
+        edges.push({ upstream: l.Upstream, dc: st.dc, extra: true });
+      }
+    }
+    return edges;
   }
 
   function renderTopology(st) {
@@ -139,13 +145,19 @@
     const dcs = st.dcs || [];
     const links = {};
     for (const l of (st.bridge && st.bridge.Links) || []) links[l.Upstream] = l;
-    const W = 640, H = 420, R = 30;
-    const cx = W / 2, cy = H / 2, ring = Math.min(W, H) / 2 - 60;
+    const R = 30, ring = 150, margin = R + 50;
     const pos = {};
     dcs.forEach((dc, i) => {
       const a = -Math.PI / 2 + (2 * Math.PI * i) / dcs.length;
-      pos[dc] = { x: cx + ring * Math.cos(a), y: cy + ring * Math.sin(a) };
+      pos[dc] = { x: ring * Math.cos(a), y: ring * Math.sin(a) };
     });
+    // Fit the drawing: the view box spans the DCs plus room for labels.
+    const xs = dcs.map((d) => pos[d].x), ys = dcs.map((d) => pos[d].y);
+    if (dcs.length > 0) {
+      const x0 = Math.min(...xs) - margin - 40, y0 = Math.min(...ys) - margin;
+      const w = Math.max(...xs) - Math.min(...xs) + 2 * (margin + 40), h = Math.max(...ys) - Math.min(...ys) + 2 * margin;
+      root.setAttribute('viewBox', [x0, y0, w, h].map((v) => v.toFixed(0)).join(' '));
+    }
     const nodes = [];
     const defs = svg('defs');
     const marker = svg('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: '9', refY: '5', markerWidth: '7', markerHeight: '7', orient: 'auto-start-reverse' });
@@ -163,12 +175,12 @@
       let label = 'lag ?', cls = 'link unknown';
       if (ls) {
         label = ls.LagEvents + ' ev · ' + Number(ls.LagSeconds).toFixed(1) + ' s';
-        cls = 'link known' + (ls.Connected ? '' : ' down');
+        cls = 'link known' + (ls.Connected ? '' : ' down') + (e.extra ? ' extra' : '');
       }
       const id = e.upstream + '-' + e.dc;
       const g = svg('g', { class: cls, 'data-testid': 'link-' + id, 'data-upstream': e.upstream, 'data-dc': e.dc });
       g.append(svg('line', { x1, y1, x2, y2, 'marker-end': 'url(#arrow)' }));
-      const t = (x1 + x2) / 2 + nx * 14, u = (y1 + y2) / 2 + ny * 14;
+      const t = (x1 + x2) / 2 + nx * 18, u = (y1 + y2) / 2 + ny * 18;
       const text = svg('text', { x: t, y: u, 'text-anchor': 'middle', 'dominant-baseline': 'middle', 'data-testid': 'link-lag-' + id }, label);
       text.append(svg('title', {}, ls ? e.upstream + ' → ' + e.dc + ': measured by this DC' : e.upstream + ' → ' + e.dc + ': measured only by ' + e.dc));
       g.append(text);

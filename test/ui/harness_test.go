@@ -1,0 +1,198 @@
+// Package ui_test runs three DCs in this process on an embedded NATS
+// server, each serving its HTTP API, and checks what the status page and
+// GET /v1/deadletters show of them: the dead letters a poison message
+// leaves, and (in headless Chromium) the rendered topology, lag, applied
+// vectors, conflicts and dead letters.
+package ui_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/demo"
+	"github.com/replicatorhq/replicator/pkg/node"
+	"github.com/replicatorhq/replicator/test/internal/testutil"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// token is the bearer token every DC's API requires in these tests, so the
+// page is shown to send it.
+const token = "ui-test-token"
+
+// cluster is three mesh DCs, dc1..dc3, serving HTTP on loopback.
+type cluster struct {
+	t     *testing.T
+	url   string // NATS
+	nodes map[string]*node.Node
+}
+
+func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, url: ns.ClientURL(), nodes: map[string]*node.Node{}}
+	t.Cleanup(func() {
+		for _, n := range c.nodes {
+			if err := n.Close(); err != nil {
+				t.Errorf("close: %v", err)
+			}
+		}
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	names := []string{"dc1", "dc2", "dc3"}
+	for _, dc := range names {
+		cfg := demo.Config(dc, names, "mesh", filepath.Join(dir, dc))
+		cfg.HTTP.Listen = "127.0.0.1:0"
+		cfg.HTTP.Token = token
+		n, err := node.New(cfg, node.Options{Logger: testutil.Logger(t, dc), NATSURL: c.url, ReportInterval: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatalf("%s: %v", dc, err)
+		}
+		c.nodes[dc] = n
+		if err := n.Start(context.Background()); err != nil {
+			t.Fatalf("start %s: %v", dc, err)
+		}
+	}
+	return c
+}
+
+// base is dc's HTTP API address.
+func (c *cluster) base(dc string) string { return "http://" + c.nodes[dc].HTTPAddr() }
+
+// get fetches path from dc's API with the token and decodes the JSON
+// answer into v; it returns the status code.
+func (c *cluster) get(dc, path string, v any) (int, error) {
+	req, err := http.NewRequest(http.MethodGet, c.base(dc)+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return resp.StatusCode, fmt.Errorf("GET %s: %d %q: %v", path, resp.StatusCode, b, err)
+	}
+	return resp.StatusCode, nil
+}
+
+// write writes key=value at dc without a context (a blind write).
+func (c *cluster) write(dc, key, value string) {
+	c.t.Helper()
+	if _, err := c.nodes[dc].Write(context.Background(), changelog.WriteOp{Key: key, Value: []byte(value)}); err != nil {
+		c.t.Fatalf("write %s at %s: %v", key, dc, err)
+	}
+}
+
+// conflict makes dc1 write key=v1 and dc2 key=v2, blindly; each blind
+// write is concurrent with what the other DC wrote, so once both have
+// arrived, dc1's conflict log holds the key with both versions. It waits
+// for that.
+func (c *cluster) conflict(key, v1, v2 string) {
+	c.t.Helper()
+	c.write("dc1", key, v1)
+	c.write("dc2", key, v2)
+	testutil.Eventually(c.t, 30*time.Second, 50*time.Millisecond, "conflict on "+key+" at dc1", func() (bool, string) {
+		cs, err := c.nodes["dc1"].Store().Conflicts(changelog.ConflictFilter{KeyPrefix: key})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(cs) > 0, fmt.Sprintf("%d conflicts", len(cs))
+	})
+}
+
+// poison publishes a message that is not an event onto up's stream; every
+// DC consuming up dead-letters it as malformed.
+func (c *cluster) poison(up string) {
+	c.t.Helper()
+	nc, err := nats.Connect(c.url)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m := &nats.Msg{Subject: bridge.Subject(up, 0), Data: []byte("\xc1 this is not msgpack"), Header: nats.Header{}}
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		c.t.Fatalf("publish poison to %s: %v", up, err)
+	}
+}
+
+// deadLetters is the body of GET /v1/deadletters.
+type deadLetters struct {
+	DeadLetters []struct {
+		Seq       uint64    `json:"seq"`
+		Time      time.Time `json:"time"`
+		Reason    string    `json:"reason"`
+		Upstream  string    `json:"upstream"`
+		Subject   string    `json:"subject"`
+		StreamSeq uint64    `json:"stream_seq"`
+		MsgID     string    `json:"msg_id"`
+		Size      int       `json:"size"`
+	} `json:"dead_letters"`
+	Total uint64 `json:"total"`
+}
+
+// waitDeadLetter waits until dc's GET /v1/deadletters lists a message
+// from up with a reason containing reason, and returns the answer.
+func (c *cluster) waitDeadLetter(dc, up, reason string) deadLetters {
+	c.t.Helper()
+	var d deadLetters
+	testutil.Eventually(c.t, 30*time.Second, 100*time.Millisecond, "dead letter from "+up+" at "+dc, func() (bool, string) {
+		d = deadLetters{}
+		code, err := c.get(dc, "/v1/deadletters", &d)
+		if err != nil || code != http.StatusOK {
+			return false, fmt.Sprintf("status %d: %v", code, err)
+		}
+		for _, m := range d.DeadLetters {
+			if m.Upstream == up && strings.Contains(m.Reason, reason) {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%+v", d)
+	})
+	return d
+}
+
+// waitDeadLetterCount waits until dc's dead-letter stream holds n messages.
+func (c *cluster) waitDeadLetterCount(dc string, n uint64) deadLetters {
+	c.t.Helper()
+	var d deadLetters
+	testutil.Eventually(c.t, 30*time.Second, 100*time.Millisecond, fmt.Sprintf("%d dead letters at %s", n, dc), func() (bool, string) {
+		d = deadLetters{}
+		code, err := c.get(dc, "/v1/deadletters", &d)
+		if err != nil || code != http.StatusOK {
+			return false, fmt.Sprintf("status %d: %v", code, err)
+		}
+		return d.Total >= n, fmt.Sprintf("%+v", d)
+	})
+	return d
+}
