@@ -23,6 +23,7 @@ import (
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/demo"
+	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
@@ -147,19 +148,7 @@ func (c *cluster) poison(up string) {
 }
 
 // deadLetters is the body of GET /v1/deadletters.
-type deadLetters struct {
-	DeadLetters []struct {
-		Seq       uint64    `json:"seq"`
-		Time      time.Time `json:"time"`
-		Reason    string    `json:"reason"`
-		Upstream  string    `json:"upstream"`
-		Subject   string    `json:"subject"`
-		StreamSeq uint64    `json:"stream_seq"`
-		MsgID     string    `json:"msg_id"`
-		Size      int       `json:"size"`
-	} `json:"dead_letters"`
-	Total uint64 `json:"total"`
-}
+type deadLetters = httpapi.DeadLetters
 
 // waitDeadLetter waits until dc's GET /v1/deadletters lists a message
 // from up with a reason containing reason, and returns the answer.
