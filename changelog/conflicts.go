@@ -164,7 +164,10 @@ func (t *txn) putConflict(c Conflict, isNew bool) error {
 		t.after = append(t.after, func() { t.s.countConflict(resolver) })
 	}
 	t.conf[c.ID] = c
-	return t.set(conflictKey(c.ID), b)
+	if err := t.set(conflictKey(c.ID), b); err != nil {
+		return err
+	}
+	return t.indexConflict(c)
 }
 
 func (s *Store) getConflict(id string) (Conflict, bool, error) {
@@ -199,11 +202,18 @@ type ConflictFilter struct {
 	KeyPrefix string
 	// Limit caps the entries returned; 0 means no cap.
 	Limit int
+	// After, if set, starts the listing after this id (ids are ordered),
+	// to page through the log.
+	After string
 }
 
 // Conflicts lists the conflict log, ordered by id.
 func (s *Store) Conflicts(f ConflictFilter) ([]Conflict, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxConflict}, UpperBound: []byte{pfxConflict + 1}})
+	lower := []byte{pfxConflict}
+	if f.After != "" {
+		lower = append(conflictKey(f.After), 0)
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: []byte{pfxConflict + 1}})
 	if err != nil {
 		return nil, err
 	}

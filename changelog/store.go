@@ -84,6 +84,13 @@ type Options struct {
 	// DCs' events a client context names before it gives up with
 	// ErrContextAhead. Zero does not wait.
 	ContextWait time.Duration
+	// ConflictRetention and ConflictMaxEntries bound the conflict log:
+	// logged and resolved entries older than the retention, or beyond the
+	// count (oldest first), are pruned every ConflictPruneEvery (default 1
+	// minute). Open records are never pruned. Zero disables each bound.
+	ConflictRetention  time.Duration
+	ConflictMaxEntries int
+	ConflictPruneEvery time.Duration
 
 	// serial makes each group wait for its own sync before the next group
 	// starts: the one-fsync-per-write baseline of the benchmarks.
@@ -117,6 +124,10 @@ type Store struct {
 	hlcHigh uint64
 
 	groups, requests, writes atomic.Uint64
+	// conflictsIndexed counts the prunable conflict-log entries;
+	// conflictsPruned the entries retention deleted.
+	conflictsIndexed         atomic.Int64
+	conflictsPruned          atomic.Uint64
 	conflictsMu              sync.Mutex
 	conflicts                map[string]uint64 // entries logged or opened, by resolver
 
@@ -191,9 +202,20 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := s.indexConflicts(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("changelog: open %s: index the conflict log: %w", dir, err)
+	}
 	s.wg.Add(2)
 	go s.commitLoop()
 	go s.syncLoop()
+	if s.opts.ConflictRetention > 0 || s.opts.ConflictMaxEntries > 0 {
+		if s.opts.ConflictPruneEvery <= 0 {
+			s.opts.ConflictPruneEvery = time.Minute
+		}
+		s.wg.Add(1)
+		go s.pruneLoop()
+	}
 	return s, nil
 }
 
@@ -512,6 +534,10 @@ type Stats struct {
 	// Conflicts counts conflict-log entries this DC wrote (a discarded
 	// version logged, or a record opened), by resolver.
 	Conflicts map[string]uint64
+	// ConflictsHeld counts the logged and resolved entries the conflict
+	// log holds; ConflictsPruned those retention deleted.
+	ConflictsHeld   int64
+	ConflictsPruned uint64
 }
 
 // Stats returns the committer's counters.
@@ -522,7 +548,8 @@ func (s *Store) Stats() Stats {
 		c[k] = v
 	}
 	s.conflictsMu.Unlock()
-	return Stats{Groups: s.groups.Load(), Requests: s.requests.Load(), Writes: s.writes.Load(), Conflicts: c}
+	return Stats{Groups: s.groups.Load(), Requests: s.requests.Load(), Writes: s.writes.Load(), Conflicts: c,
+		ConflictsHeld: s.conflictsIndexed.Load(), ConflictsPruned: s.conflictsPruned.Load()}
 }
 
 func (s *Store) isClosed() bool {

@@ -155,15 +155,7 @@ func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	switch rest[0] {
 	case "list":
-		q := ""
-		if *status != "" {
-			q = "?status=" + url.QueryEscape(*status)
-		}
-		_, body, err := c.do(ctx, http.MethodGet, "/v1/conflicts"+q, nil, nil)
-		if err != nil {
-			return err
-		}
-		return indent(stdout, body)
+		return listConflicts(ctx, &c, *status, stdout)
 	case "resolve":
 		if len(rest) != 3 {
 			return usagef("conflicts resolve ID VALUE")
@@ -186,6 +178,42 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	_, body, err := c.do(ctx, http.MethodGet, "/v1/status", nil, nil)
+	if err != nil {
+		return err
+	}
+	return indent(stdout, body)
+}
+
+// listConflicts prints every entry of the conflict log, following the
+// API's pages (X-Repl-Next-After) until the last.
+func listConflicts(ctx context.Context, c *clientFlags, status string, stdout io.Writer) error {
+	var all []json.RawMessage
+	after := ""
+	for {
+		q := url.Values{"limit": {"10000"}}
+		if status != "" {
+			q.Set("status", status)
+		}
+		if after != "" {
+			q.Set("after", after)
+		}
+		resp, body, err := c.do(ctx, http.MethodGet, "/v1/conflicts?"+q.Encode(), nil, nil)
+		if err != nil {
+			return err
+		}
+		var page []json.RawMessage
+		if err := json.Unmarshal(body, &page); err != nil {
+			return fmt.Errorf("conflicts list: the sidecar's answer is not a JSON array: %w", err)
+		}
+		all = append(all, page...)
+		if after = resp.Header.Get("X-Repl-Next-After"); after == "" || len(page) == 0 {
+			break
+		}
+	}
+	if all == nil {
+		all = []json.RawMessage{}
+	}
+	body, err := json.Marshal(all)
 	if err != nil {
 		return err
 	}

@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/replicatorhq/replicator/pkg/event"
@@ -136,5 +140,53 @@ func TestFlagsBetweenArguments(t *testing.T) {
 	pos, err = parseArgs(fs, []string{"put", "--", "--key-with-dashes", "v"})
 	if err != nil || strings.Join(pos, " ") != "put --key-with-dashes v" {
 		t.Fatalf("parseArgs with --: %v %v", pos, err)
+	}
+}
+
+// TestConflictsListPages: `conflicts list` follows the API's pages
+// (X-Repl-Next-After) and prints every entry once, as one JSON array.
+func TestConflictsListPages(t *testing.T) {
+	pages := map[string]struct{ body, next string }{
+		"":   {`[{"id":"a"},{"id":"b"}]`, "b"},
+		"b":  {`[{"id":"c"}]`, ""},
+		"zz": {`[]`, ""},
+	}
+	var (
+		mu    sync.Mutex
+		asked []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		after := r.URL.Query().Get("after")
+		mu.Lock()
+		asked = append(asked, after+"|"+r.URL.Query().Get("status"))
+		mu.Unlock()
+		p, ok := pages[after]
+		if !ok {
+			http.Error(w, "unknown page", http.StatusBadRequest)
+			return
+		}
+		if p.next != "" {
+			w.Header().Set("X-Repl-Next-After", p.next)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, p.body)
+	}))
+	defer srv.Close()
+	code, out, errOut := runCLI("conflicts", "list", "--status", "logged", "--addr", srv.URL)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var got []struct{ ID string }
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("output is not a JSON array: %v\n%s", err, out)
+	}
+	ids := ""
+	for _, c := range got {
+		ids += c.ID
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if ids != "abc" || strings.Join(asked, ",") != "|logged,b|logged" {
+		t.Fatalf("printed ids %q after asking %v; want abc after the pages '' and b, each with status=logged", ids, asked)
 	}
 }

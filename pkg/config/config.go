@@ -84,6 +84,8 @@ type Config struct {
 	Durability Durability `yaml:"durability"`
 	// Limits bounds the size of what the sidecar accepts.
 	Limits Limits `yaml:"limits"`
+	// ConflictLog bounds the conflict log (conflictlog.go).
+	ConflictLog ConflictLog `yaml:"conflict_log"`
 }
 
 // NATS says where NATS runs. Either URL names an external server (cluster,
@@ -307,6 +309,10 @@ func Default() Config {
 			MaxEventBytes: mib,
 			MaxKeyBytes:   4 * kib,
 			MaxValueBytes: mib - 32*kib,
+		},
+		ConflictLog: ConflictLog{
+			Retention:  Duration(DefaultConflictRetention),
+			MaxEntries: DefaultConflictMaxEntries,
 		},
 	}
 }

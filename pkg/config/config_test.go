@@ -94,6 +94,11 @@ func TestValidate(t *testing.T) {
 			want: []string{`hub: required for topology star; name the DC that relays between the others`}},
 		{name: "hub not in dcs", edit: func(c *Config) { c.Topology = Star; c.Hub = "x" },
 			want: []string{`hub: "x" is not in dcs [a b c]`}},
+		{name: "conflict log retention too short", edit: func(c *Config) { c.ConflictLog.Retention = Duration(time.Second) },
+			want: []string{`conflict_log.retention: 1s is out of range; want 0 (keep for ever) or at least 1m`}},
+		{name: "conflict log max entries negative", edit: func(c *Config) { c.ConflictLog.MaxEntries = -1 },
+			want: []string{`conflict_log.max_entries: -1 is negative; want 0 (no bound) or a positive count`}},
+		{name: "conflict log kept for ever", edit: func(c *Config) { c.ConflictLog = ConflictLog{} }},
 		{name: "standby hub is the hub", edit: func(c *Config) { c.Topology = Star; c.Hub = "a"; c.StandbyHub = "a" },
 			want: []string{`standby_hub: "a" is the hub itself; name another DC or remove it`}},
 		{name: "standby hub not in dcs", edit: func(c *Config) { c.Topology = Star; c.Hub = "a"; c.StandbyHub = "z" },
@@ -302,12 +307,13 @@ func TestValidationErrorText(t *testing.T) {
 
 func TestDefault(t *testing.T) {
 	want := Config{
-		Topology:   "mesh",
-		Partitions: 16,
-		HTTP:       HTTP{Listen: "127.0.0.1:7070", MaxBodyBytes: 1 << 20},
-		Resolvers:  Resolvers{Default: "siblings"},
-		Durability: Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute), StreamRetention: Duration(24 * time.Hour)},
-		Limits:     Limits{MaxEventBytes: 1 << 20, MaxKeyBytes: 4096, MaxValueBytes: 1<<20 - 32<<10},
+		Topology:    "mesh",
+		Partitions:  16,
+		HTTP:        HTTP{Listen: "127.0.0.1:7070", MaxBodyBytes: 1 << 20},
+		Resolvers:   Resolvers{Default: "siblings"},
+		Durability:  Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute), StreamRetention: Duration(24 * time.Hour)},
+		Limits:      Limits{MaxEventBytes: 1 << 20, MaxKeyBytes: 4096, MaxValueBytes: 1<<20 - 32<<10},
+		ConflictLog: ConflictLog{Retention: Duration(720 * time.Hour), MaxEntries: 1000000},
 	}
 	if got := Default(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Default() =\n %+v\nwant\n %+v", got, want)
@@ -373,7 +379,7 @@ func TestParseRejects(t *testing.T) {
 		want       []string // substrings of the error, in order
 	}{
 		{"unknown top-level key", "dc: a\ndcs: [a, b]\ntopolgy: ring\n",
-			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: data_dir, dc, dcs, durability, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
+			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: conflict_log, data_dir, dc, dcs, durability, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
 		{"unknown nested key", "dc: a\ndcs: [a, b]\nnats:\n  embeded: true\n",
 			[]string{`nats.embeded: line 4: unknown key; did you mean "embedded"?`}},
 		{"unknown key in a rule", "dc: a\ndcs: [a, b]\nresolvers:\n  rules:\n    - prefix: x\n      resolver: lww\n      prio: [a]\n",

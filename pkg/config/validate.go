@@ -73,6 +73,7 @@ func (c Config) Validate() error {
 	c.validateHome(&p)
 	c.validateDurability(&p)
 	c.validateLimits(&p)
+	c.validateConflictLog(&p)
 	if len(p) == 0 {
 		return nil
 	}

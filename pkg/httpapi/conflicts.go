@@ -54,8 +54,17 @@ func (s *server) digest(w http.ResponseWriter, r *http.Request) {
 	}{d.Hex(), d.Keys, parts})
 }
 
+// Paging of GET /v1/conflicts: a listing holds at most limit entries
+// (default DefaultConflictLimit); when more follow, NextAfterHeader names
+// the last id, to pass as after= for the next page.
+const (
+	DefaultConflictLimit = 1000
+	MaxConflictLimit     = 100_000
+	NextAfterHeader      = "X-Repl-Next-After"
+)
+
 func (s *server) listConflicts(w http.ResponseWriter, r *http.Request) {
-	if !s.query(w, r, []string{"status", "prefix", "limit"}) {
+	if !s.query(w, r, []string{"status", "prefix", "limit", "after"}) {
 		return
 	}
 	status := r.URL.Query().Get("status")
@@ -71,10 +80,22 @@ func (s *server) listConflicts(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	cs, err := s.b.Conflicts(changelog.ConflictFilter{Status: status, KeyPrefix: prefix, Limit: limit})
+	switch {
+	case limit == 0:
+		limit = DefaultConflictLimit
+	case limit > MaxConflictLimit:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %d is over %d; page with after=<the last id> instead", limit, MaxConflictLimit))
+		return
+	}
+	// One more than asked tells whether another page follows.
+	cs, err := s.b.Conflicts(changelog.ConflictFilter{Status: status, KeyPrefix: prefix, Limit: limit + 1, After: r.URL.Query().Get("after")})
 	if err != nil {
 		s.backendError(w, r, "list conflicts", err)
 		return
+	}
+	if len(cs) > limit {
+		cs = cs[:limit]
+		w.Header().Set(NextAfterHeader, cs[limit-1].ID)
 	}
 	out := make([]conflictJSON, len(cs))
 	for i, c := range cs {

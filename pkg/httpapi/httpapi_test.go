@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -667,4 +669,51 @@ func TestContextAheadIs503(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantStatus(t, f.do(t, put), http.StatusOK)
+}
+
+// TestConflictPaging: a listing holds at most limit entries (default 1000)
+// and names the last id in X-Repl-Next-After when more follow; after=
+// continues from there, so the pages together hold every entry once.
+func TestConflictPaging(t *testing.T) {
+	f := newFixture(t, Options{})
+	const n = DefaultConflictLimit + 1
+	for i := range n {
+		key := fmt.Sprintf("l/%04d", i)
+		f.put(t, key, "B", "")
+		f.remoteWrite(t, key, "C")
+	}
+	w := f.do(t, req{method: "GET", target: "/v1/conflicts"})
+	wantStatus(t, w, http.StatusOK)
+	if got := decode[[]conflictResp](t, w); len(got) != DefaultConflictLimit || w.Header().Get(NextAfterHeader) != got[len(got)-1].ID {
+		t.Fatalf("default listing: %d entries, %s %q; want %d and the last id", len(got), NextAfterHeader, w.Header().Get(NextAfterHeader), DefaultConflictLimit)
+	}
+	seen := map[string]bool{}
+	after, pages := "", 0
+	for {
+		target := "/v1/conflicts?limit=300"
+		if after != "" {
+			target += "&after=" + url.QueryEscape(after)
+		}
+		w := f.do(t, req{method: "GET", target: target})
+		wantStatus(t, w, http.StatusOK)
+		page := decode[[]conflictResp](t, w)
+		pages++
+		for _, c := range page {
+			if seen[c.ID] {
+				t.Fatalf("page %d repeats %s", pages, c.ID)
+			}
+			seen[c.ID] = true
+		}
+		if after = w.Header().Get(NextAfterHeader); after == "" {
+			break
+		}
+		if len(page) != 300 {
+			t.Fatalf("page %d holds %d entries and says more follow; want 300", pages, len(page))
+		}
+	}
+	if len(seen) != n || pages != 4 {
+		t.Fatalf("%d pages held %d entries, want 4 pages and %d", pages, len(seen), n)
+	}
+	w = f.do(t, req{method: "GET", target: fmt.Sprintf("/v1/conflicts?limit=%d", MaxConflictLimit+1)})
+	wantStatus(t, w, http.StatusBadRequest)
 }

@@ -238,7 +238,7 @@ func limitParam(w http.ResponseWriter, r *http.Request) (int, bool) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q is not a positive integer; leave it out for no limit", v))
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q is not a positive integer; leave it out for the default (all keys; %d conflicts)", v, DefaultConflictLimit))
 		return 0, false
 	}
 	return n, true

@@ -12,6 +12,7 @@ type collector struct {
 
 	writes, applies, obsolete, duplicates, loops, dead, published, pubErrors,
 	gaps, repairs, purged, conflicts, lagEvents, lagSeconds, outbox, groups, drift *prometheus.Desc
+	conflictLog, conflictsPruned *prometheus.Desc
 }
 
 // newPublishLatency is the histogram of JetStream publish latency, fed by
@@ -31,30 +32,33 @@ func newCollector(n *Node) *collector {
 		return prometheus.NewDesc("replicator_"+name, help, labels, dc)
 	}
 	return &collector{
-		n:          n,
-		writes:     d("writes_total", "Durable local writes."),
-		applies:    d("applies_total", "Remote events applied that changed a key."),
-		obsolete:   d("obsolete_total", "Remote events applied in order that an applied context already covered."),
-		duplicates: d("duplicates_dropped_total", "Remote events dropped as already applied."),
-		loops:      d("loops_dropped_total", "Events dropped because this DC is their origin or on their path."),
-		dead:       d("dead_letters_total", "Messages moved to the dead-letter stream."),
-		published:  d("published_total", "Events JetStream stored."),
-		pubErrors:  d("publish_errors_total", "Failed publish rounds (retried)."),
-		gaps:       d("gaps_total", "Events held back behind a sequence gap."),
-		repairs:    d("repaired_events_total", "Events fetched from their origin to fill gaps."),
-		purged:     d("tombstones_purged_total", "Tombstoned keys purged after causal stability."),
-		conflicts:  d("conflicts_total", "Conflict-log entries written, by resolver.", "resolver"),
-		lagEvents:  d("link_lag_events", "Messages pending on an upstream link.", "upstream"),
-		lagSeconds: d("link_lag_seconds", "Age of the newest event applied from an upstream, while messages are pending.", "upstream"),
-		outbox:     d("outbox_depth", "Outbox entries not yet acknowledged by JetStream."),
-		groups:     d("commit_groups_total", "Pebble batches committed (one fsync each)."),
-		drift:      d("clock_drift_rejected_total", "Applied events whose HLC was beyond the drift bound (max_clock_drift)."),
+		n:               n,
+		writes:          d("writes_total", "Durable local writes."),
+		applies:         d("applies_total", "Remote events applied that changed a key."),
+		obsolete:        d("obsolete_total", "Remote events applied in order that an applied context already covered."),
+		duplicates:      d("duplicates_dropped_total", "Remote events dropped as already applied."),
+		loops:           d("loops_dropped_total", "Events dropped because this DC is their origin or on their path."),
+		dead:            d("dead_letters_total", "Messages moved to the dead-letter stream."),
+		published:       d("published_total", "Events JetStream stored."),
+		pubErrors:       d("publish_errors_total", "Failed publish rounds (retried)."),
+		gaps:            d("gaps_total", "Events held back behind a sequence gap."),
+		repairs:         d("repaired_events_total", "Events fetched from their origin to fill gaps."),
+		purged:          d("tombstones_purged_total", "Tombstoned keys purged after causal stability."),
+		conflicts:       d("conflicts_total", "Conflict-log entries written, by resolver.", "resolver"),
+		lagEvents:       d("link_lag_events", "Messages pending on an upstream link.", "upstream"),
+		lagSeconds:      d("link_lag_seconds", "Age of the newest event applied from an upstream, while messages are pending.", "upstream"),
+		outbox:          d("outbox_depth", "Outbox entries not yet acknowledged by JetStream."),
+		groups:          d("commit_groups_total", "Pebble batches committed (one fsync each)."),
+		drift:           d("clock_drift_rejected_total", "Applied events whose HLC was beyond the drift bound (max_clock_drift)."),
+		conflictLog:     d("conflict_log_entries", "Logged and resolved conflict-log entries held (open records not counted)."),
+		conflictsPruned: d("conflicts_pruned_total", "Conflict-log entries pruned by conflict_log.retention or max_entries."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.writes, c.applies, c.obsolete, c.duplicates, c.loops, c.dead, c.published,
-		c.pubErrors, c.gaps, c.repairs, c.purged, c.conflicts, c.lagEvents, c.lagSeconds, c.outbox, c.groups, c.drift} {
+		c.pubErrors, c.gaps, c.repairs, c.purged, c.conflicts, c.lagEvents, c.lagSeconds, c.outbox, c.groups, c.drift,
+		c.conflictLog, c.conflictsPruned} {
 		ch <- d
 	}
 }
@@ -73,6 +77,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.conflicts, v, r)
 	}
 	gauge(c.outbox, float64(c.n.store.OutboxDepth()))
+	gauge(c.conflictLog, float64(ss.ConflictsHeld))
+	counter(c.conflictsPruned, ss.ConflictsPruned)
 	if c.n.repl == nil {
 		return
 	}

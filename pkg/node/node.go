@@ -133,7 +133,9 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		Limits:     event.Limits{MaxKeyBytes: cfg.Limits.MaxKeyBytes, MaxValueBytes: cfg.Limits.MaxValueBytes},
 		// A client that read at a DC that is ahead waits this long for
 		// this DC to catch up before its write is refused with 503.
-		ContextWait: contextWait,
+		ContextWait:        contextWait,
+		ConflictRetention:  time.Duration(cfg.ConflictLog.Retention),
+		ConflictMaxEntries: cfg.ConflictLog.MaxEntries,
 	})
 	if err != nil {
 		return nil, err

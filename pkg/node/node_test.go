@@ -91,6 +91,7 @@ func TestNodeServesAndReplicates(t *testing.T) {
 		"replicator_loops_dropped_total", `replicator_conflicts_total{dc="dc2",resolver="lww"} 1`,
 		"replicator_dead_letters_total", "replicator_link_lag_events", "replicator_link_lag_seconds",
 		"replicator_outbox_depth", "replicator_http_requests_total", "replicator_publish_latency_seconds_bucket",
+		`replicator_conflict_log_entries{dc="dc2"} 1`, `replicator_conflicts_pruned_total{dc="dc2"} 0`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -264,7 +264,7 @@ func (c *cluster) digest(p *proc) (digestView, error) {
 
 func (c *cluster) conflicts(p *proc) ([]conflictView, error) {
 	var cs []conflictView
-	err := c.getJSON(p, "/v1/conflicts", &cs)
+	err := c.getJSON(p, "/v1/conflicts?limit=100000", &cs) // every entry: the accounting needs them all
 	return cs, err
 }
 

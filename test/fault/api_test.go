@@ -63,7 +63,7 @@ func (c *cluster) digest(m *member) (digestView, error) {
 
 func (c *cluster) conflicts(m *member) ([]conflictView, error) {
 	var cs []conflictView
-	err := c.getJSON(m, "/v1/conflicts", &cs)
+	err := c.getJSON(m, "/v1/conflicts?limit=100000", &cs) // every entry: the accounting needs them all
 	return cs, err
 }
 

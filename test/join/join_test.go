@@ -157,7 +157,7 @@ func (c *cluster) Members() []string { return c.members }
 
 func (c *cluster) Conflicts(dc string) ([]sidecar.Conflict, error) {
 	var cs []sidecar.Conflict
-	err := sidecar.GetJSON(c.client, dc, c.base(dc), "/v1/conflicts", &cs)
+	err := sidecar.GetJSON(c.client, dc, c.base(dc), "/v1/conflicts?limit=100000", &cs)
 	return cs, err
 }
 
