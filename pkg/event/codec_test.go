@@ -153,8 +153,15 @@ func TestRoundTrip(t *testing.T) {
 			if err := msgpack.Unmarshal(b, &m); err != nil {
 				t.Fatalf("msgpack.Unmarshal: %v", err)
 			}
-			if len(m) != numKnown {
-				t.Fatalf("msgpack sees %d fields, want %d", len(m), numKnown)
+			want := numKnown // less the empty "val" and "c" the encoder leaves out
+			if len(tt.ev.Value) == 0 {
+				want--
+			}
+			if !nonZero(tt.ev.Context) {
+				want--
+			}
+			if len(m) != want {
+				t.Fatalf("msgpack sees %d fields, want %d", len(m), want)
 			}
 		})
 	}
@@ -181,6 +188,37 @@ func TestWireForm(t *testing.T) {
 		"a470617468" + "92" + "a162" + "a167" // "path": ["b","g"]
 	if got := hex.EncodeToString(mustEncode(t, e)); got != want {
 		t.Fatalf("wire form\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestWireFormOmitsEmpty pins a delete of a new key: no "val" and no "c".
+// The form with both written out, as builds before the omission wrote it,
+// still decodes to the same event and re-encodes to the short form.
+func TestWireFormOmitsEmpty(t *testing.T) {
+	e := &Event{
+		Version: 1, Origin: "b", Partition: 7, Seq: 300, Key: "k", Op: OpDelete,
+		Dot: vclock.Dot{DC: "b", N: 300}, Context: vclock.VV{"g": 0}, HLC: 1 << 16, Path: []string{"b"},
+	}
+	short := "88" + // map of 8
+		"a176" + "01" + "a16f" + "a162" + "a170" + "07" + "a173" + "cd012c" + "a16b" + "a16b" + "a26f70" + "02" +
+		"a168" + "ce00010000" + "a470617468" + "91" + "a162"
+	if got := hex.EncodeToString(mustEncode(t, e)); got != short {
+		t.Fatalf("wire form\n got %s\nwant %s", got, short)
+	}
+	long := "8a" + // map of 10, with "val": bin "" and "c": {}
+		"a176" + "01" + "a16f" + "a162" + "a170" + "07" + "a173" + "cd012c" + "a16b" + "a16b" + "a26f70" + "02" +
+		"a376616c" + "c400" + "a163" + "80" +
+		"a168" + "ce00010000" + "a470617468" + "91" + "a162"
+	b, _ := hex.DecodeString(long)
+	got, err := Decode(b, DefaultLimits())
+	if err != nil {
+		t.Fatalf("Decode of the long form: %v", err)
+	}
+	if d := diff(e, got); d != "" {
+		t.Fatalf("the long form decodes differently: %s", d)
+	}
+	if again := hex.EncodeToString(mustEncode(t, got)); again != short {
+		t.Fatalf("the long form re-encodes to %s, want %s", again, short)
 	}
 }
 
