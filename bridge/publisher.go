@@ -280,20 +280,25 @@ func (r *Replicator) awaitAcks(ctx context.Context, ckpt uint64, entries []chang
 }
 
 // message builds the JetStream message of an outbox entry: the event's
-// headers, Repl-Seq-Hi, and the encoded event. Repl-Seq-Hi is the highest
-// own sequence of the partition sent to the stream so far, this message
-// included, rather than the store's last issued sequence: after a restore
-// the DC continues right above what the stream holds, so a sequence issued
-// but never published leaves no gap that no DC could ever repair.
+// headers, Repl-Seq-Hi when needed, and the encoded event. Repl-Seq-Hi is
+// the highest own sequence of the partition sent to the stream so far,
+// this message included, rather than the store's last issued sequence:
+// after a restore the DC continues right above what the stream holds, so a
+// sequence issued but never published leaves no gap that no DC could ever
+// repair. An own event that is that highest sequence leaves the header
+// out, since its Nats-Msg-Id says the same (see lastOwnSeq): it is 20-odd
+// bytes of every own event, stored and delivered to every consumer. A
+// forwarded event, or an own one below the high-water mark, carries it.
 func (r *Replicator) message(e changelog.OutboxEntry) *nats.Msg {
 	ev := e.Event
 	p := ev.Partition
 	h := nats.Header(event.ToHeaders(ev))
 	if int(p) < len(r.seqHi) {
-		if ev.Origin == r.self && ev.Seq > r.seqHi[p] {
+		own := ev.Origin == r.self
+		if own && ev.Seq > r.seqHi[p] {
 			r.seqHi[p] = ev.Seq
 		}
-		if r.seqHi[p] > 0 {
+		if r.seqHi[p] > 0 && !(own && ev.Seq == r.seqHi[p]) {
 			h.Set(HeaderSeqHi, strconv.FormatUint(r.seqHi[p], 10))
 		}
 	}

@@ -244,18 +244,20 @@ func TestTrimStream(t *testing.T) {
 		return st.LastSeq == 200 && st.Msgs <= testParts && reps[0].Stats().StreamTrims > 0
 	})
 	// dc2 applied everything, and each partition's last message is still
-	// there with its Repl-Seq-Hi.
+	// there and names the partition's highest own sequence (in its
+	// Repl-Seq-Hi or, on an own event, its Nats-Msg-Id).
 	if got := reps[1].Stats().Applied; got != 200 {
 		t.Fatalf("dc2 applied %d of 200", got)
 	}
 	s, _ := js.Stream(ctx, StreamName("dc1"))
+	own := stores[0].Applied()["dc1"]
 	for p := range testParts {
 		m, err := s.GetLastMsgForSubject(ctx, Subject("dc1", uint32(p)))
 		if err != nil {
 			continue // no key hashed to this partition
 		}
-		if m.Header.Get(HeaderSeqHi) == "" {
-			t.Fatalf("partition %d's last message lost its Repl-Seq-Hi", p)
+		if hi, err := lastOwnSeq("dc1", uint32(p), m.Header); err != nil || hi != own[p] {
+			t.Fatalf("partition %d's last message names %d (err %v) as the highest own sequence, want %d", p, hi, err, own[p])
 		}
 	}
 }

@@ -286,6 +286,12 @@ type Result struct {
 	// and value. Their sum minus the key is OverheadBytesPerEvent.
 	HeaderBytesPerEvent          float64 `json:"header_bytes_per_event"`
 	PayloadOverheadBytesPerEvent float64 `json:"payload_overhead_bytes_per_event"`
+	// OverheadBreakdown splits the sampled events' bytes beyond the value:
+	// each header's "Name: value\r\n" line, the header block's framing,
+	// and the msgpack payload without the value (with the key, which the
+	// Repl-Key line repeats). Its sum less the key is
+	// OverheadBytesPerEvent.
+	OverheadBreakdown map[string]float64 `json:"overhead_breakdown,omitempty"`
 	// BaselineBytesPerMsg is what the baseline stream stores per message:
 	// the value, a Nats-Msg-Id header and JetStream's own framing.
 	BaselineBytesPerMsg float64 `json:"baseline_bytes_per_msg"`

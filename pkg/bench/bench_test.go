@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -69,6 +70,18 @@ func TestRun(t *testing.T) {
 			}
 			if res.OverheadBytesPerEvent > float64(res.OverheadMaxBytesPerEvent) {
 				t.Errorf("overhead %.0f B/event is above the computed maximum %d B", res.OverheadBytesPerEvent, res.OverheadMaxBytesPerEvent)
+			}
+			// The breakdown adds up: its lines, less the key the payload
+			// carries, are the overhead.
+			var sum float64
+			for _, v := range res.OverheadBreakdown {
+				sum += v
+			}
+			if got := sum - float64(len(key(0))); math.Abs(got-res.OverheadBytesPerEvent) > 1e-6 {
+				t.Errorf("overhead breakdown %v sums to %.2f B beyond the key, the overhead is %.2f B", res.OverheadBreakdown, got, res.OverheadBytesPerEvent)
+			}
+			if res.OverheadBreakdown["Repl-Key"] < float64(len("Repl-Key: \r\n")+len(key(0))) {
+				t.Errorf("overhead breakdown %v lacks the Repl-Key line", res.OverheadBreakdown)
 			}
 			var out bytes.Buffer
 			if err := WriteJSON(&out, res); err != nil {

@@ -31,7 +31,8 @@ func measureWire(ctx context.Context, url string, names []string, o Options, res
 		return fmt.Errorf("bench: jetstream: %w", err)
 	}
 	var stored, msgs uint64
-	var headers, payload, sampled int
+	var headers, payload, payloadKey, sampled int
+	byHeader := map[string]int{}
 	for _, dc := range names {
 		s, err := js.Stream(ctx, bridge.StreamName(dc))
 		if err != nil {
@@ -57,8 +58,9 @@ func measureWire(ctx context.Context, url string, names []string, o Options, res
 			if err != nil {
 				return fmt.Errorf("bench: decode message %d of %s: %w", seq, bridge.StreamName(dc), err)
 			}
-			headers += headerBytes(m.Header)
+			headers += addHeaderBytes(byHeader, m.Header)
 			payload += len(m.Data) - len(ev.Key) - len(ev.Value)
+			payloadKey += len(m.Data) - len(ev.Value)
 			sampled++
 		}
 	}
@@ -71,6 +73,10 @@ func measureWire(ctx context.Context, url string, names []string, o Options, res
 		res.HeaderBytesPerEvent = float64(headers) / float64(sampled)
 		res.PayloadOverheadBytesPerEvent = float64(payload) / float64(sampled)
 		res.OverheadBytesPerEvent = res.HeaderBytesPerEvent + res.PayloadOverheadBytesPerEvent
+		res.OverheadBreakdown = map[string]float64{"payload (msgpack, without value)": float64(payloadKey) / float64(sampled)}
+		for k, n := range byHeader {
+			res.OverheadBreakdown[k] = float64(n) / float64(sampled)
+		}
 	}
 	most, err := maxOverhead(names)
 	if err != nil {
@@ -86,17 +92,31 @@ var getHeaders = []string{"Nats-Stream", "Nats-Sequence", "Nats-Time-Stamp", "Na
 
 // headerBytes is the size of h's NATS header block as a publisher sends
 // it: "NATS/1.0\r\n", a "Name: value\r\n" line per value, and "\r\n".
-func headerBytes(h nats.Header) int {
+func headerBytes(h nats.Header) int { return addHeaderBytes(nil, h) }
+
+// headerFraming names the header block's own framing in a breakdown.
+const headerFraming = "(NATS/1.0 and end)"
+
+// addHeaderBytes returns headerBytes(h) and, if by is not nil, adds each
+// header's line, and the framing, to by.
+func addHeaderBytes(by map[string]int, h nats.Header) int {
 	if len(h) == 0 {
 		return 0
 	}
 	n := len("NATS/1.0\r\n") + len("\r\n")
+	if by != nil {
+		by[headerFraming] += n
+	}
 	for k, vs := range h {
 		if isGetHeader(k) {
 			continue
 		}
 		for _, v := range vs {
-			n += len(k) + len(": ") + len(v) + len("\r\n")
+			line := len(k) + len(": ") + len(v) + len("\r\n")
+			n += line
+			if by != nil {
+				by[k] += line
+			}
 		}
 	}
 	return n

@@ -1,0 +1,49 @@
+package bridge
+
+import (
+	"testing"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+)
+
+// TestMessageSeqHi checks which published events carry Repl-Seq-Hi: every
+// message's headers must name the partition's highest own sequence sent so
+// far (lastOwnSeq), and an own event that is that sequence leaves the
+// header out because its Nats-Msg-Id says it.
+func TestMessageSeqHi(t *testing.T) {
+	r := &Replicator{self: "a", seqHi: make([]uint64, 4)}
+	ev := func(origin string, p uint32, seq uint64, path ...string) changelog.OutboxEntry {
+		return changelog.OutboxEntry{Event: &event.Event{
+			Version: event.SchemaVersion, Origin: origin, Partition: p, Seq: seq, Key: "k", Op: event.OpPut,
+			Dot: vclock.Dot{DC: origin, N: seq}, Path: append([]string{origin}, path...),
+		}}
+	}
+	for _, tc := range []struct {
+		name     string
+		e        changelog.OutboxEntry
+		header   string // Repl-Seq-Hi, "" for none
+		wantHigh uint64
+	}{
+		{"forwarded, nothing own sent yet", ev("b", 2, 7, "a"), "", 0},
+		{"own event", ev("a", 2, 1), "", 1},
+		{"next own event", ev("a", 2, 2), "", 2},
+		{"forwarded after own ones", ev("b", 2, 8, "a"), "2", 2},
+		{"own event below the high-water mark", ev("a", 2, 1), "2", 2},
+		{"own event in another partition", ev("a", 3, 5), "", 5},
+		{"own event after a gap", ev("a", 2, 9), "", 9},
+	} {
+		m := r.message(tc.e)
+		if got := m.Header.Get(HeaderSeqHi); got != tc.header {
+			t.Errorf("%s: Repl-Seq-Hi %q, want %q", tc.name, got, tc.header)
+		}
+		hi, err := lastOwnSeq("a", tc.e.Event.Partition, m.Header)
+		if err != nil || hi != tc.wantHigh {
+			t.Errorf("%s: the headers name %d (err %v) as the highest own sequence, want %d", tc.name, hi, err, tc.wantHigh)
+		}
+		if m.Subject != Subject("a", tc.e.Event.Partition) {
+			t.Errorf("%s: subject %s", tc.name, m.Subject)
+		}
+	}
+}
