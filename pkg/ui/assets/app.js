@@ -242,7 +242,8 @@
   }
 
   function renderConflicts(list) {
-    const rows = (list || []).map((c) => el('tr', { 'data-testid': 'conflict-row', 'data-key': c.key },
+    const sorted = (list || []).slice().sort((a, b) => (a.detected_hlc < b.detected_hlc ? 1 : a.detected_hlc > b.detected_hlc ? -1 : 0));
+    const rows = sorted.map((c) => el('tr', { 'data-testid': 'conflict-row', 'data-key': c.key },
       el('td', { class: 'key' }, c.key),
       el('td', {}, c.resolver),
       el('td', {}, c.status),
