@@ -24,6 +24,10 @@ type link struct {
 	up       string
 	stream   string
 	consumer string
+	// heal marks a heal link (see Plan.Heal); startSeq, if not 0, is the
+	// stream sequence its consumer starts at instead of the first message.
+	heal     bool
+	startSeq uint64
 	linkCounters
 
 	// failures counts, by stream sequence, how often a message failed for
@@ -43,9 +47,13 @@ type inbound struct {
 // redelivered as often as it takes; the Replicator counts other failures
 // itself and dead-letters past Options.MaxDeliver.
 func (r *Replicator) consumerConfig(l *link) jetstream.ConsumerConfig {
-	return jetstream.ConsumerConfig{
+	desc := "replicator: DC " + r.self + " applies events from DC " + l.up
+	if l.heal {
+		desc += " while healing around an unreachable DC"
+	}
+	cfg := jetstream.ConsumerConfig{
 		Durable:       l.consumer,
-		Description:   "replicator: DC " + r.self + " applies events from DC " + l.up,
+		Description:   desc,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       r.opts.BackOff[0],
@@ -54,6 +62,11 @@ func (r *Replicator) consumerConfig(l *link) jetstream.ConsumerConfig {
 		MaxAckPending: r.opts.MaxAckPending,
 		ReplayPolicy:  jetstream.ReplayInstantPolicy,
 	}
+	if l.startSeq > 0 {
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = l.startSeq
+	}
+	return cfg
 }
 
 // runLink consumes one upstream until ctx ends, setting the consumer up
@@ -280,6 +293,9 @@ func (r *Replicator) applyFailed(ctx context.Context, l *link, in []inbound, err
 }
 
 func (r *Replicator) forwardEvent(ev *event.Event) bool {
+	if r.heal != nil {
+		return r.heal.plan.Load().ShouldForward(ev.Path, ev.Origin)
+	}
 	return r.plan.ShouldForward(ev.Path, ev.Origin)
 }
 

@@ -33,8 +33,15 @@ type Plan struct {
 	// Forward reports whether this DC forwards events it applies (ring DCs
 	// and the star's hub).
 	Forward bool
+	// Healing lists the bypasses in effect: the extra upstreams this DC
+	// consumes, through heal consumers, because a DC is unreachable. It is
+	// empty in the static plan NewPlan builds; Heal fills it in.
+	Healing []Bypass
 
-	next string // the ring successor; "" outside a ring
+	next  string   // the ring successor; "" outside a ring
+	dcs   []string // every DC, in config order (the ring's order)
+	hub   string   // the star's hub; "" outside a star
+	relay bool     // a standby hub forwarding leaf events while the hub is dead
 }
 
 // NewPlan builds the plan of DC self in a deployment of dcs (in config
@@ -73,7 +80,7 @@ func NewPlan(topology, self string, dcs []string, hub string) (Plan, error) {
 		return Plan{}, fmt.Errorf("plan: hub %q is only used by topology star, not %s", hub, topology)
 	}
 
-	p := Plan{DC: self, Topology: topology}
+	p := Plan{DC: self, Topology: topology, dcs: slices.Clone(dcs), hub: hub}
 	others := make([]string, 0, len(dcs)-1)
 	for _, dc := range dcs {
 		if dc != self {
@@ -128,8 +135,11 @@ func (p Plan) Accept(origin string, path []string) error {
 // path.
 //
 //	mesh: never.
-//	ring: unless the next DC is the origin or already on the path.
-//	star: the hub forwards every event from a leaf; leaves never forward.
+//	ring: unless the next DC is the origin or already on the path, healing
+//	      or not (see Heal).
+//	star: the hub forwards every event from a leaf; leaves never forward,
+//	      except a standby hub while the hub is dead (see Heal), which
+//	      forwards every leaf's event that did not come through the hub.
 //
 // It is false for an event of this DC's own, which the outbox publishes.
 func (p Plan) ShouldForward(path []string, origin string) bool {
@@ -140,6 +150,11 @@ func (p Plan) ShouldForward(path []string, origin string) bool {
 	case config.Ring:
 		return p.next != origin && !slices.Contains(path, p.next)
 	case config.Star:
+		if p.relay {
+			// A standby standing in for a dead hub forwards what it takes
+			// from the leaves' streams, not what the hub already forwarded.
+			return origin != p.hub && !slices.Contains(path, p.hub)
+		}
 		return true // Forward is set only at the hub
 	}
 	return false

@@ -267,3 +267,229 @@ func TestPlanSimulation(t *testing.T) {
 		}
 	}
 }
+
+func deadSet(dcs ...string) func(string) bool {
+	return func(dc string) bool { return slices.Contains(dcs, dc) }
+}
+
+func TestHeal(t *testing.T) {
+	dcs4 := []string{"a", "b", "c", "d"}
+	tests := []struct {
+		topology, self string
+		dcs            []string
+		hub, standby   string
+		dead           []string
+		healing        []Bypass
+		forward        bool
+	}{
+		// Ring: the DC after a dead one consumes the nearest live
+		// predecessor, and the streams of the dead DCs it skips.
+		{"ring", "c", dcs3, "", "", []string{"b"}, []Bypass{{"b", "a"}}, true},
+		{"ring", "a", dcs3, "", "", []string{"b"}, nil, true}, // its predecessor c lives
+		{"ring", "c", dcs4, "", "", []string{"b"}, []Bypass{{"b", "a"}}, true},
+		{"ring", "d", dcs4, "", "", []string{"b"}, nil, true},
+		{"ring", "d", dcs4, "", "", []string{"b", "c"}, []Bypass{{"c", "b"}, {"b", "a"}}, true},
+		{"ring", "c", dcs3, "", "", []string{"a", "b"}, nil, true}, // nobody left to heal through
+		{"ring", "d", dcs5, "", "", []string{"b", "c"}, []Bypass{{"c", "b"}, {"b", "a"}}, true},
+		{"ring", "a", dcs5, "", "", []string{"c", "e"}, []Bypass{{"e", "d"}}, true},
+		{"ring", "d", dcs5, "", "", []string{"c", "e"}, []Bypass{{"c", "b"}}, true},
+		{"ring", "b", dcs5, "", "", []string{"a"}, []Bypass{{"a", "e"}}, true},
+		// Star, hub a, standby b.
+		{"star", "b", dcs5, "a", "b", []string{"a"}, []Bypass{{"a", "c"}, {"a", "d"}, {"a", "e"}}, true},
+		{"star", "c", dcs5, "a", "b", []string{"a"}, []Bypass{{"a", "b"}}, false},
+		{"star", "c", dcs5, "a", "b", []string{"a", "d"}, []Bypass{{"a", "b"}}, false},
+		{"star", "c", dcs5, "a", "b", []string{"a", "b"}, nil, false}, // the standby is dead too
+		{"star", "c", dcs5, "a", "", []string{"a"}, nil, false},       // no standby
+		{"star", "b", dcs5, "a", "b", []string{"c"}, nil, false},      // a leaf is dead: nothing to heal
+		{"star", "a", dcs5, "a", "b", []string{"b"}, nil, true},
+		// Mesh: nothing to heal.
+		{"mesh", "c", dcs5, "", "", []string{"a", "b"}, nil, false},
+	}
+	for _, tt := range tests {
+		p := mustPlan(t, tt.topology, tt.self, tt.dcs, tt.hub)
+		h := p.Heal(deadSet(tt.dead...), tt.standby)
+		if !reflect.DeepEqual(h.Healing, tt.healing) || h.Forward != tt.forward {
+			t.Errorf("%s %v at %s, dead %v: Heal = %v (forward %v), want %v (forward %v)",
+				tt.topology, tt.dcs, tt.self, tt.dead, h.Healing, h.Forward, tt.healing, tt.forward)
+		}
+		if p.Healing != nil || !reflect.DeepEqual(p, mustPlan(t, tt.topology, tt.self, tt.dcs, tt.hub)) {
+			t.Errorf("Heal changed the static plan: %+v", p)
+		}
+		if !reflect.DeepEqual(h.Upstreams, p.Upstreams) {
+			t.Errorf("Heal changed the static upstreams %v to %v", p.Upstreams, h.Upstreams)
+		}
+	}
+}
+
+// TestHealSimulation runs events through healed plans, as
+// TestPlanSimulation does through static ones, but with the store's
+// idempotence: a DC applies an event the first time it gets it, forwards
+// it only then, and drops later copies as duplicates (so none is applied
+// twice; what must hold is that every DC gets it). For rings of 3, 4
+// and 5 DCs with one dead DC, and two dead (adjacent or not) where a live
+// pair remains, and for stars with a dead hub and a standby:
+//
+//  1. While the dead DCs are down, each live DC consumes its healed plan's
+//     upstreams (static and heal links) from the event's first publish. An
+//     event from every live origin, and one a dead DC published just
+//     before it died, must reach every live DC; nothing may
+//     loop for ever or cross a link twice; loops may come back only to the
+//     DC that heals.
+//  2. The dead DCs come back with their static plans and read, through
+//     their durable consumers, everything published while they were down;
+//     the heal links either keep running for a while (overlap) or stop at
+//     once. Every DC then holds the event.
+func TestHealSimulation(t *testing.T) {
+	type scenario struct {
+		topology string
+		dcs      []string
+		hub      string
+		standby  string
+		dead     []string
+	}
+	var scenarios []scenario
+	for _, dcs := range [][]string{dcs3, {"a", "b", "c", "d"}, dcs5} {
+		for i := range dcs {
+			scenarios = append(scenarios, scenario{"ring", dcs, "", "", []string{dcs[i]}})
+			if len(dcs) >= 4 {
+				for j := i + 1; j < len(dcs); j++ {
+					scenarios = append(scenarios, scenario{"ring", dcs, "", "", []string{dcs[i], dcs[j]}})
+				}
+			}
+		}
+	}
+	scenarios = append(scenarios,
+		scenario{"star", dcs5, "a", "b", []string{"a"}},
+		scenario{"star", dcs5, "c", "e", []string{"c"}},
+		scenario{"star", dcs5, "c", "e", []string{"c", "a"}},
+		scenario{"star", []string{"a", "b", "c", "d"}, "b", "a", []string{"b"}},
+		scenario{"star", dcs3, "a", "b", []string{"a"}},
+	)
+
+	for _, sc := range scenarios {
+		static := map[string]Plan{}
+		healed := map[string]Plan{}
+		for _, dc := range sc.dcs {
+			static[dc] = mustPlan(t, sc.topology, dc, sc.dcs, sc.hub)
+			healed[dc] = static[dc].Heal(deadSet(sc.dead...), sc.standby)
+		}
+		isDead := deadSet(sc.dead...)
+		var live []string
+		for _, dc := range sc.dcs {
+			if !isDead(dc) {
+				live = append(live, dc)
+			}
+		}
+		// The DCs with heal links; loops may come back only to these (and
+		// to star leaves, over the hub's or the standby's stream).
+		healers := map[string]bool{}
+		for _, dc := range live {
+			if len(healed[dc].Healing) > 0 {
+				healers[dc] = true
+			}
+		}
+		for _, origin := range sc.dcs {
+			for _, overlap := range []bool{false, true} {
+				name := fmt.Sprintf("%s %v hub=%q standby=%q dead %v from %s overlap=%v", sc.topology, sc.dcs, sc.hub, sc.standby, sc.dead, origin, overlap)
+				t.Run(name, func(t *testing.T) {
+					type publish struct {
+						stream string
+						path   []string
+					}
+					var log []publish // every publish, in order, per stream by filter
+					held := map[string]bool{origin: true} // which DCs applied the event
+					crossed := map[[3]string]int{}
+					// cursor is each consumer's place in log: (dc, stream, kind).
+					cursor := map[[3]string]int{}
+					publishes := 0
+					emit := func(p publish) {
+						if sc.topology == "star" && p.stream == sc.standby && slices.Contains(p.path[:len(p.path)-1], sc.hub) {
+							t.Errorf("the standby forwarded %v, which the hub had forwarded already", p.path)
+						}
+						log = append(log, p)
+						publishes++
+						if publishes > 10*len(sc.dcs) {
+							t.Fatalf("%d publishes and counting: the event loops", publishes)
+						}
+					}
+					deliver := func(dc, stream, kind string, plan Plan) bool {
+						k := [3]string{dc, stream, kind}
+						moved := false
+						for cursor[k] < len(log) {
+							pub := log[cursor[k]]
+							cursor[k]++
+							if pub.stream != stream {
+								continue
+							}
+							moved = true
+							if last := pub.path[len(pub.path)-1]; last != stream {
+								t.Fatalf("publish on %s's stream with path %v", stream, pub.path)
+							}
+							crossed[[3]string{stream, dc, kind}]++
+							if err := plan.Accept(origin, pub.path); err != nil {
+								if !errors.Is(err, ErrLoop) {
+									t.Fatalf("Accept at %s: %v does not wrap ErrLoop", dc, err)
+								}
+								star := sc.topology == "star" && (stream == sc.hub || stream == sc.standby)
+								if !healers[dc] && !star {
+									t.Errorf("the event looped back to %s over %s's stream (path %v), which does not heal", dc, stream, pub.path)
+								}
+								continue
+							}
+							if held[dc] {
+								continue // a duplicate: the store drops it, nothing is forwarded
+							}
+							held[dc] = true
+							if plan.ShouldForward(pub.path, origin) {
+								emit(publish{dc, append(slices.Clone(pub.path), dc)})
+							}
+						}
+						return moved
+					}
+					run := func(plans map[string]Plan, dcs []string) {
+						for moved := true; moved; {
+							moved = false
+							for _, dc := range dcs {
+								p := plans[dc]
+								for _, up := range p.Upstreams {
+									moved = deliver(dc, up, "static", p) || moved
+								}
+								for _, b := range p.Healing {
+									moved = deliver(dc, b.Via, "heal", p) || moved
+								}
+							}
+						}
+					}
+
+					// Phase 1: the dead DCs are down.
+					emit(publish{origin, []string{origin}})
+					run(healed, live)
+					for _, dc := range live {
+						if !held[dc] {
+							t.Errorf("while %v are dead, live %s never got the event", sc.dead, dc)
+						}
+					}
+					// Phase 2: they come back with their static plans.
+					after := map[string]Plan{}
+					for _, dc := range sc.dcs {
+						after[dc] = static[dc]
+						if overlap && !isDead(dc) {
+							after[dc] = healed[dc]
+						}
+					}
+					run(after, sc.dcs)
+					for _, dc := range sc.dcs {
+						if !held[dc] {
+							t.Errorf("after %v returned, %s never got the event", sc.dead, dc)
+						}
+					}
+					for link, n := range crossed {
+						if n > 1 {
+							t.Errorf("the event crossed link %s->%s (%s) %d times, want at most once", link[0], link[1], link[2], n)
+						}
+					}
+				})
+			}
+		}
+	}
+}

@@ -125,6 +125,17 @@ type Options struct {
 	// MaintenanceInterval is how often the DC trims its outbox and purges
 	// causally stable tombstones. Default ReportInterval.
 	MaintenanceInterval time.Duration
+
+	// HealAfter turns on topology healing (ring and star; see Plan.Heal):
+	// a DC that has sent no applied-vector report for longer than this is
+	// taken as unreachable, and this DC consumes around it through heal
+	// consumers until it reports again. Zero, the default here, turns
+	// healing off (the config's heal_after defaults to 30s). At least
+	// twice ReportInterval.
+	HealAfter time.Duration
+	// StandbyHub is the star's standby hub, which relays between the
+	// leaves while the hub is unreachable (with HealAfter); "" for none.
+	StandbyHub string
 }
 
 func (o Options) withDefaults() Options {
@@ -196,6 +207,7 @@ func (o Options) validate() error {
 			errs = append(errs, fmt.Errorf("BackOff[%d] is %s, want a positive duration", i, b))
 		}
 	}
+	errs = append(errs, o.validateHealing()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("bridge: options: %w", errors.Join(errs...))
 	}
@@ -219,6 +231,9 @@ type Replicator struct {
 	stream string
 	check  checker
 	c      counters
+	// heal runs topology healing; nil when it is off or the topology has
+	// nothing to heal.
+	heal *healer
 
 	// seqHi is the publisher's highest own sequence per partition known to
 	// be in the stream or sent to it; only the publisher goroutine uses it
@@ -304,6 +319,9 @@ func New(opts Options) (*Replicator, error) {
 			return nil, fmt.Errorf("bridge: plan names upstream %q, which is this DC or not in DCs %v", up, opts.DCs)
 		}
 		r.links = append(r.links, &link{up: up, stream: StreamName(up), consumer: ConsumerName(self, up)})
+	}
+	if r.healPossible() {
+		r.heal = newHealer(r.plan)
 	}
 	return r, nil
 }
@@ -401,7 +419,8 @@ func (r *Replicator) Start(ctx context.Context) error {
 		defer r.intake.Done()
 		r.runReports(intakeCtx, reports)
 	}()
-	r.log.Info("replicator started", "stream", r.stream, "upstreams", r.plan.Upstreams, "partitions", r.opts.Partitions)
+	r.log.Info("replicator started", "stream", r.stream, "upstreams", r.plan.Upstreams, "partitions", r.opts.Partitions,
+		"heal_after", r.opts.HealAfter, "standby_hub", r.opts.StandbyHub)
 	return nil
 }
 
@@ -454,9 +473,15 @@ func (r *Replicator) Close() error {
 
 // Status describes the Replicator for /v1/status.
 type Status struct {
-	DC        string
-	Upstreams []string
-	Running   bool
+	DC string
+	// Upstreams are the static plan's upstreams; EffectiveUpstreams adds
+	// those consumed through heal consumers while healing.
+	Upstreams          []string
+	EffectiveUpstreams []string
+	// Healing lists the bypasses in effect (see Plan.Heal); empty when
+	// every DC is reachable or healing is off.
+	Healing []Bypass
+	Running bool
 	// Stream is this DC's event stream.
 	Stream string
 	// Checkpoint is the last outbox index JetStream acknowledged;
@@ -487,7 +512,9 @@ func (r *Replicator) Status() Status {
 		Applied:     r.store.Applied(),
 		PeerApplied: r.store.PeerApplied(),
 	}
-	for _, l := range r.links {
+	eff := r.effectivePlan()
+	st.EffectiveUpstreams, st.Healing = eff.EffectiveUpstreams(), slices.Clone(eff.Healing)
+	for _, l := range r.allLinks() {
 		st.Links = append(st.Links, r.linkStats(l))
 	}
 	return st

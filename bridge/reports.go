@@ -24,6 +24,8 @@ func (r *Replicator) runReports(ctx context.Context, reports <-chan *nats.Msg) {
 	maint := time.NewTicker(r.opts.MaintenanceInterval)
 	defer maint.Stop()
 	r.publishApplied()
+	r.startHealing(ctx)
+	defer r.stopHealing()
 	for {
 		select {
 		case <-ctx.Done():
@@ -31,7 +33,15 @@ func (r *Replicator) runReports(ctx context.Context, reports <-chan *nats.Msg) {
 		case m := <-reports:
 			r.peerReport(m)
 		case <-report.C:
+			// Sent every interval, idle or not: the others take a DC that
+			// stops reporting for heal_after as unreachable.
 			r.publishApplied()
+			// Reports that queued while this goroutine was busy (a slow
+			// repair, say) count before liveness is judged.
+			for range len(reports) {
+				r.peerReport(<-reports)
+			}
+			r.healTick(ctx)
 			r.refreshLag(ctx)
 			r.catchUp(ctx)
 		case <-maint.C:
@@ -66,6 +76,7 @@ func (r *Replicator) peerReport(m *nats.Msg) {
 	}
 	r.store.SetPeerApplied(dc, a)
 	r.c.peerReports.Add(1)
+	r.healReport(dc)
 }
 
 func (r *Replicator) decodeApplied(dc string, data []byte) (changelog.Applied, error) {
@@ -106,7 +117,7 @@ func (r *Replicator) maintain(ctx context.Context) {
 // refreshLag reads each link's consumer for its pending and unacknowledged
 // message counts.
 func (r *Replicator) refreshLag(ctx context.Context) {
-	for _, l := range r.links {
+	for _, l := range r.allLinks() {
 		cons := l.getConsumer()
 		if cons == nil {
 			continue

@@ -100,6 +100,9 @@ type LinkStats struct {
 	LastApplied time.Time
 	// Connected reports whether the link's consumer is running.
 	Connected bool
+	// Heal marks a heal link, which runs only while healing around an
+	// unreachable DC (see Plan.Heal).
+	Heal bool
 	// LastError is the link's most recent error, if any.
 	LastError string
 }
@@ -202,7 +205,7 @@ func (r *Replicator) Stats() Stats {
 		Purged:             c.purged.Load(),
 		Links:              make(map[string]LinkStats, len(r.links)),
 	}
-	for _, l := range r.links {
+	for _, l := range r.allLinks() {
 		s.Links[l.up] = r.linkStats(l)
 	}
 	return s
@@ -221,6 +224,7 @@ func (r *Replicator) linkStats(l *link) LinkStats {
 		DeadLetters:  l.dead.Load(),
 		LagEvents:    l.lagEvents.Load(),
 		Connected:    l.connected.Load(),
+		Heal:         l.heal,
 		LastError:    l.lastErr(),
 	}
 	if ts := l.lastHLC.Load(); ts > 0 {
