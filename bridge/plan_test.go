@@ -396,7 +396,7 @@ func TestHealSimulation(t *testing.T) {
 						stream string
 						path   []string
 					}
-					var log []publish // every publish, in order, per stream by filter
+					var log []publish                     // every publish, in order, per stream by filter
 					held := map[string]bool{origin: true} // which DCs applied the event
 					crossed := map[[3]string]int{}
 					// cursor is each consumer's place in log: (dc, stream, kind).
