@@ -60,10 +60,16 @@ type Config struct {
 	Topology string `yaml:"topology"`
 	// Hub is the star's hub. Required for star, rejected otherwise.
 	Hub string `yaml:"hub"`
-	// StandbyHub is reserved for hub failover (not built yet): it is
-	// validated and otherwise ignored.
+	// StandbyHub is the star's standby hub: while the hub is unreachable
+	// (see HealAfter) it relays between the leaves as the hub does.
 	// Optional, star only, and not the hub itself.
 	StandbyHub string `yaml:"standby_hub"`
+	// HealAfter is how long a DC may send no applied-vector report before
+	// the others take it as unreachable and heal around it: in a ring the
+	// next DC also consumes the nearest live predecessor, in a star the
+	// standby_hub stands in for the hub. 0 turns healing off. Default 30s;
+	// 0 or at least 2s (reports go out every second).
+	HealAfter Duration `yaml:"heal_after"`
 	// Partitions is the number of partitions keys hash into (subjects
 	// repl.<dc>.<partition>). It must be equal in every DC. Default 16,
 	// range 1..1024.
@@ -293,6 +299,7 @@ func Default() Config {
 	return Config{
 		Topology:   Mesh,
 		Partitions: 16,
+		HealAfter:  Duration(30 * time.Second),
 		HTTP: HTTP{
 			Listen:       "127.0.0.1:7070",
 			MaxBodyBytes: mib,

@@ -140,6 +140,9 @@ func (c Config) validateDCs(p *problems) {
 		p.add("dcs", "%v: topology %s needs at least %d DCs, got %d%s", c.DCs, c.Topology, minDCs, n, hint)
 	}
 
+	if h := time.Duration(c.HealAfter); h < 0 || h > 0 && h < 2*time.Second {
+		p.add("heal_after", "%s: want 0 (healing off) or at least 2s; DCs report every second, and a shorter wait takes live DCs for dead", h)
+	}
 	if c.Topology == Star {
 		if c.Hub == "" {
 			p.add("hub", "required for topology star; name the DC that relays between the others")
