@@ -177,10 +177,41 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, dc string, partit
 	return ensure(ctx, js, DLQStreamConfig(dc, opts))
 }
 
+// errStoreCreate is JetStream's "error creating store for stream" (API
+// error 10049). nats-server v2.15.2 answers it when two connections of an
+// account that is just being loaded race: one enables the account's
+// JetStream (probing its store directory) while the other already creates
+// a stream there. It passes; the create is retried.
+const errStoreCreate = 10049
+
+// createRetries bounds the retries of a create that met errStoreCreate;
+// the waits double from createBackoff.
+var (
+	createRetries = 5
+	createBackoff = 100 * time.Millisecond
+)
+
+func createStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
+	wait := createBackoff
+	for try := 0; ; try++ {
+		_, err := js.CreateStream(ctx, want)
+		var api *jetstream.APIError
+		if try >= createRetries || !errors.As(err, &api) || api.ErrorCode != errStoreCreate {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
 func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
 	s, err := js.Stream(ctx, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		_, err = js.CreateStream(ctx, want)
+		err = createStream(ctx, js, want)
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			// Another process created it in between; check what it made.
 			return ensure(ctx, js, want)

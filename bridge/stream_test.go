@@ -136,3 +136,49 @@ func TestStreamFullRejects(t *testing.T) {
 		t.Errorf("the full stream dropped its oldest messages (first seq %d)", info.State.FirstSeq)
 	}
 }
+
+// flakyCreate fails the first creates with JetStream's 10049 ("error
+// creating store for stream"), as nats-server v2.15.2 does when two
+// connections race to load an account.
+type flakyCreate struct {
+	jetstream.JetStream
+	fails, calls int
+	code         jetstream.ErrorCode
+}
+
+func (f *flakyCreate) CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	f.calls++
+	if f.calls <= f.fails {
+		return nil, &jetstream.APIError{Code: 500, ErrorCode: f.code, Description: "error creating store for stream"}
+	}
+	return f.JetStream.CreateStream(ctx, cfg)
+}
+
+// TestEnsureStreamRetriesStoreCreate: a create that meets 10049 is
+// retried and succeeds; any other create error is returned at once; a
+// 10049 that persists is returned after the retries.
+func TestEnsureStreamRetriesStoreCreate(t *testing.T) {
+	js := embeddedJS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	defer func(n int, d time.Duration) { createRetries, createBackoff = n, d }(createRetries, createBackoff)
+	createRetries, createBackoff = 3, time.Millisecond
+
+	f := &flakyCreate{JetStream: js, fails: 2, code: errStoreCreate}
+	if err := EnsureStream(ctx, f, "dc1", 2, StreamOptions{}); err != nil {
+		t.Fatalf("two 10049 answers then success: %v", err)
+	}
+	if f.calls != 4 { // 2 failures + the event stream + the DLQ stream
+		t.Fatalf("%d creates, want 4", f.calls)
+	}
+	f = &flakyCreate{JetStream: js, fails: 1, code: 10001}
+	if err := EnsureStream(ctx, f, "dc2", 2, StreamOptions{}); err == nil || f.calls != 1 {
+		t.Fatalf("another API error: %v after %d creates, want the error after 1", err, f.calls)
+	}
+	f = &flakyCreate{JetStream: js, fails: 100, code: errStoreCreate}
+	err := EnsureStream(ctx, f, "dc3", 2, StreamOptions{})
+	var api *jetstream.APIError
+	if !errors.As(err, &api) || api.ErrorCode != errStoreCreate || f.calls != 4 {
+		t.Fatalf("a lasting 10049: %v after %d creates, want it after 4 (1 + 3 retries)", err, f.calls)
+	}
+}
