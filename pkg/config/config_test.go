@@ -94,6 +94,8 @@ func TestValidate(t *testing.T) {
 			want: []string{`hub: required for topology star; name the DC that relays between the others`}},
 		{name: "hub not in dcs", edit: func(c *Config) { c.Topology = Star; c.Hub = "x" },
 			want: []string{`hub: "x" is not in dcs [a b c]`}},
+		{name: "reserved dc id", edit: func(c *Config) { c.DCs = []string{"a", "b", "api"} },
+			want: []string{`dcs[2]: "api" is reserved: the sidecars' own NATS subjects repl.api.* would overlap its event stream; choose another dc id (reserved: ae, api, applied, home, repair, snap)`}},
 		{name: "conflict log retention too short", edit: func(c *Config) { c.ConflictLog.Retention = Duration(time.Second) },
 			want: []string{`conflict_log.retention: 1s is out of range; want 0 (keep for ever) or at least 1m`}},
 		{name: "conflict log max entries negative", edit: func(c *Config) { c.ConflictLog.MaxEntries = -1 },

@@ -80,7 +80,16 @@ func (c Config) Validate() error {
 	return &ValidationError{Problems: p}
 }
 
+// ReservedIDs are the second tokens of the sidecars' own NATS subjects
+// (repl.ae.<dc>, repl.api.<dc>.*, ...); a DC with such an id would have
+// its event stream repl.<dc>.<partition> overlap them.
+var ReservedIDs = []string{"ae", "api", "applied", "home", "repair", "snap"}
+
 func checkID(p *problems, field, id string) bool {
+	if slices.Contains(ReservedIDs, id) {
+		p.add(field, "%q is reserved: the sidecars' own NATS subjects repl.%s.* would overlap its event stream; choose another dc id (reserved: %s)", id, id, strings.Join(ReservedIDs, ", "))
+		return false
+	}
 	if vclock.ValidID(id) == nil {
 		return true
 	}
