@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -49,9 +50,18 @@ type WriteReply struct {
 // Subject returns the subject of an endpoint at dc.
 func Subject(dc, op string) string { return "repl.api." + dc + "." + op }
 
-// Serve registers the service on nc. Stop it with the returned Service's
-// Stop.
+// WriteFunc is the write path put and del use.
+type WriteFunc func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error)
+
+// Serve registers the service on nc, writing to store directly. Stop it
+// with the returned Service's Stop.
 func Serve(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.Rules) (micro.Service, error) {
+	return ServeWrites(nc, dc, store, rules, store.Write)
+}
+
+// ServeWrites is Serve with put and del going through write (the node's
+// write path, which forwards writes to keys with a home DC elsewhere).
+func ServeWrites(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.Rules, write WriteFunc) (micro.Service, error) {
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        "replicator",
 		Version:     Version,
@@ -61,7 +71,7 @@ func Serve(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.Rule
 	if err != nil {
 		return nil, fmt.Errorf("natsapi: add service: %w", err)
 	}
-	h := handler{store: store, rules: rules}
+	h := handler{store: store, rules: rules, writeFn: write}
 	g := svc.AddGroup("repl.api." + dc)
 	for op, fn := range map[string]func(micro.Request, Request){"get": h.get, "put": h.put, "del": h.del} {
 		if err := g.AddEndpoint(op, micro.HandlerFunc(func(r micro.Request) {
@@ -84,8 +94,9 @@ func Serve(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.Rule
 }
 
 type handler struct {
-	store *changelog.Store
-	rules *resolve.Rules
+	store   *changelog.Store
+	rules   *resolve.Rules
+	writeFn WriteFunc
 }
 
 func (h handler) get(r micro.Request, req Request) {
@@ -129,7 +140,7 @@ func (h handler) write(r micro.Request, req Request, op changelog.WriteOp) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	res, err := h.store.Write(ctx, op)
+	res, err := h.writeFn(ctx, op)
 	if err != nil {
 		fail(r, err)
 		return
@@ -138,7 +149,10 @@ func (h handler) write(r micro.Request, req Request, op changelog.WriteOp) {
 }
 
 func fail(r micro.Request, err error) {
+	var se interface{ HTTPStatus() int }
 	switch {
+	case errors.As(err, &se):
+		r.Error(strconv.Itoa(se.HTTPStatus()), err.Error(), nil)
 	case errors.Is(err, changelog.ErrBadInput):
 		r.Error("400", err.Error(), nil)
 	case errors.Is(err, changelog.ErrClosed):

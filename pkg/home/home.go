@@ -1,0 +1,638 @@
+// Package home routes writes to keys that have a home DC. Config rules give
+// key prefixes a list of candidate homes; a write made at another DC is
+// forwarded to the home's sidecar over NATS request/reply
+// (repl.home.<dc>) and executed there through its normal local write path,
+// so those keys never see concurrent writes from two DCs. Reads stay local.
+//
+//	r, err := home.New(home.Options{DC: "dc2", Rules: rules, Epochs: store, Local: store.Write})
+//	err = r.Start(ctx, nc) // serve repl.home.dc2, probe the other homes
+//	res, err := r.Write(ctx, op) // local, or forwarded to the key's home
+//	r.Close()
+//
+// # Fencing epochs
+//
+// Each rule has an epoch and, per epoch, one home. A DC's view of a rule is
+// the highest (epoch, home) it has learned; it starts at (0, first DC) and
+// is kept in Pebble (changelog.Store.SetHomeEpoch) so a restart does not
+// forget it. A writer tries the rule's DCs in preference order (policy
+// reject: only the first) and proposes the first that answers as the home:
+// under its current epoch if that DC is already its view's home, otherwise
+// under the next epoch. So a failover to a later DC, and the failback to an
+// earlier one once it answers again, each increment the epoch.
+//
+// A DC executes a forwarded write only when it agrees it is the home under
+// the write's epoch: a higher epoch makes it the home (it records the epoch
+// first); an equal epoch must name it as the home already; a lower epoch
+// is a stale sender. It refuses the others with 409 and its own view, and
+// the sender learns that view and decides again. A DC that learns a higher
+// epoch naming another DC, from a refusal, a successful forward or a probe
+// (every DC asks the other candidates of each failover rule for their view
+// at start and then periodically), steps down: its own writes to the rule
+// go through the new home until a writer chooses it again. Local writes at
+// the home hold the rule's read lock, so stepping down waits for them.
+//
+// # What fencing does not do
+//
+// Epochs avoid conflicts; they are not needed for correctness. A home cut
+// off from the others keeps accepting its own local writes while another DC
+// takes over, and a home that times out may still execute the write the
+// sender then fails over. Such writes are ordinary concurrent writes: they
+// replicate, and the key's resolver keeps them as siblings or logs the
+// loser, like any conflict. Nothing is lost (DESIGN invariants 5, 6).
+package home
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+)
+
+// Rule gives the keys starting with Prefix a home.
+type Rule struct {
+	Prefix string
+	// DCs are the candidate homes in preference order.
+	DCs []string
+	// Failover lets the next reachable DC of DCs write when the earlier
+	// ones do not answer; without it only DCs[0] writes (policy reject).
+	Failover bool
+	// Timeout bounds one request to a candidate.
+	Timeout time.Duration
+}
+
+// Epochs keeps each rule's view durably; *changelog.Store implements it.
+type Epochs interface {
+	HomeEpoch(prefix string) (changelog.HomeEpoch, bool, error)
+	SetHomeEpoch(ctx context.Context, prefix string, e changelog.HomeEpoch) error
+}
+
+var _ Epochs = (*changelog.Store)(nil)
+
+// WriteFunc is a DC's local write path.
+type WriteFunc func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error)
+
+// Options configure a Router.
+type Options struct {
+	// DC is this DC's id.
+	DC string
+	// Rules are the home rules; the longest matching prefix wins.
+	Rules []Rule
+	// Epochs keeps the views.
+	Epochs Epochs
+	// Local executes a write here: the store's write path, with its
+	// durability, outbox and context checks.
+	Local  WriteFunc
+	Logger *slog.Logger
+	// Now is the clock that ages suspected DCs; default time.Now.
+	Now func() time.Time
+	// ProbeInterval is how often the candidates of failover rules are
+	// asked for their views; default 10s.
+	ProbeInterval time.Duration
+	// MaxInFlight bounds the forwarded writes executed at once; default 256.
+	MaxInFlight int
+}
+
+// DefaultProbeInterval is the default Options.ProbeInterval.
+const DefaultProbeInterval = 10 * time.Second
+
+// Error is a write refused by the home routing, with the HTTP status the
+// APIs answer it with.
+type Error struct {
+	Status int
+	Msg    string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+// HTTPStatus is the status the HTTP and NATS APIs answer with.
+func (e *Error) HTTPStatus() int { return e.Status }
+
+// Router decides, per write, whether it runs here or at the key's home,
+// and serves the writes other DCs forward here.
+type Router struct {
+	opts  Options
+	log   *slog.Logger
+	rules []*rule
+	slots chan struct{}
+
+	mu struct {
+		sync.Mutex
+		nc     *nats.Conn
+		sub    *nats.Subscription
+		closed bool
+	}
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// rule is a Rule with this DC's view of it.
+type rule struct {
+	Rule
+	// mu guards cur. Writes executed here as the home hold the read lock,
+	// so a change of home waits for them.
+	mu  sync.RWMutex
+	cur changelog.HomeEpoch
+	// suspect holds the candidates that timed out, until when they are
+	// tried last rather than first.
+	smu     sync.Mutex
+	suspect map[string]time.Time
+}
+
+// New loads each rule's view. It starts nothing.
+func New(opts Options) (*Router, error) {
+	if opts.DC == "" || opts.Local == nil || opts.Epochs == nil {
+		return nil, errors.New("home: DC, Local and Epochs are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.ProbeInterval <= 0 {
+		opts.ProbeInterval = DefaultProbeInterval
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = 256
+	}
+	r := &Router{opts: opts, log: opts.Logger, slots: make(chan struct{}, opts.MaxInFlight)}
+	for _, rl := range opts.Rules {
+		if len(rl.DCs) == 0 || rl.Timeout <= 0 {
+			return nil, fmt.Errorf("home: rule %q needs DCs and a timeout", rl.Prefix)
+		}
+		cur, ok, err := opts.Epochs.HomeEpoch(rl.Prefix)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			cur = changelog.HomeEpoch{Home: rl.DCs[0]}
+		}
+		r.rules = append(r.rules, &rule{Rule: rl, cur: cur, suspect: map[string]time.Time{}})
+	}
+	return r, nil
+}
+
+// Start serves forwarded writes and probes on nc and starts the periodic
+// probe of failover rules, after one probe round so that a DC coming back
+// learns at once whether another DC took over.
+func (r *Router) Start(ctx context.Context, nc *nats.Conn) error {
+	r.mu.Lock()
+	r.mu.nc = nc
+	r.mu.Unlock()
+	if len(r.rules) == 0 {
+		return nil
+	}
+	if err := r.Serve(); err != nil {
+		return err
+	}
+	r.probeAll(ctx)
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.cancel = cancel
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		t := time.NewTicker(r.opts.ProbeInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case <-t.C:
+				r.probeAll(pctx)
+			}
+		}
+	}()
+	return nil
+}
+
+// Serve subscribes the responder on repl.home.<dc>. Start calls it; tests
+// call it again after StopServing to heal a cut.
+func (r *Router) Serve() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mu.closed || r.mu.sub != nil {
+		return nil
+	}
+	sub, err := r.mu.nc.Subscribe(Subject(r.opts.DC), r.dispatch)
+	if err != nil {
+		return fmt.Errorf("home: subscribe %s: %w", Subject(r.opts.DC), err)
+	}
+	r.mu.sub = sub
+	// Once Serve returns, the server knows the interest: a request sent
+	// then finds a responder.
+	if err := r.mu.nc.FlushTimeout(5 * time.Second); err != nil {
+		return fmt.Errorf("home: flush subscription %s: %w", Subject(r.opts.DC), err)
+	}
+	return nil
+}
+
+// StopServing unsubscribes the responder, so that other DCs find this one
+// unreachable for home writes while everything else runs: the fault tests'
+// way to cut only the forwarding path.
+func (r *Router) StopServing() error { return r.unsubscribe(true) }
+
+// unsubscribe removes the responder; with flush it waits until the server
+// knows.
+func (r *Router) unsubscribe(flush bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mu.sub == nil {
+		return nil
+	}
+	err := r.mu.sub.Unsubscribe()
+	r.mu.sub = nil
+	if err == nil && flush {
+		// Once StopServing returns, requests find no responder rather than
+		// a subscription that drops them.
+		err = r.mu.nc.FlushTimeout(5 * time.Second)
+	}
+	return err
+}
+
+// Close stops serving and probing and waits for the forwarded writes in
+// progress. It is safe to call twice.
+func (r *Router) Close() error {
+	var err error
+	r.once.Do(func() {
+		err = r.unsubscribe(false)
+		r.mu.Lock()
+		r.mu.closed = true
+		r.mu.Unlock()
+		if r.cancel != nil {
+			r.cancel()
+		}
+		r.wg.Wait()
+	})
+	return err
+}
+
+func (r *Router) conn() *nats.Conn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mu.nc
+}
+
+// ruleFor returns the rule with the longest prefix of key, or nil.
+func (r *Router) ruleFor(key string) *rule {
+	var best *rule
+	for _, rl := range r.rules {
+		if strings.HasPrefix(key, rl.Prefix) && (best == nil || len(rl.Prefix) > len(best.Prefix)) {
+			best = rl
+		}
+	}
+	return best
+}
+
+func (r *Router) ruleByPrefix(prefix string) *rule {
+	for _, rl := range r.rules {
+		if rl.Prefix == prefix {
+			return rl
+		}
+	}
+	return nil
+}
+
+func (rl *rule) view() changelog.HomeEpoch {
+	rl.mu.RLock()
+	defer rl.mu.RUnlock()
+	return rl.cur
+}
+
+// learn adopts e when its epoch is higher than the view's, recording it
+// durably first.
+func (r *Router) learn(ctx context.Context, rl *rule, e changelog.HomeEpoch, from string) error {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if e.Epoch <= rl.cur.Epoch {
+		return nil
+	}
+	if err := r.opts.Epochs.SetHomeEpoch(context.WithoutCancel(ctx), rl.Prefix, e); err != nil {
+		return fmt.Errorf("home: record epoch %d of prefix %q: %w", e.Epoch, rl.Prefix, err)
+	}
+	r.log.Info("home moved", "prefix", rl.Prefix, "epoch", e.Epoch, "home", e.Home,
+		"previous_epoch", rl.cur.Epoch, "previous_home", rl.cur.Home, "learned_from", from)
+	rl.cur = e
+	return nil
+}
+
+// fenced is the refusal of a write proposed under epoch to this DC.
+func (r *Router) fenced(rl *rule, epoch uint64, cur changelog.HomeEpoch) *Error {
+	why := fmt.Sprintf("epoch %d is stale", epoch)
+	if epoch == cur.Epoch {
+		why = fmt.Sprintf("epoch %d names another home", epoch)
+	}
+	return &Error{Status: http.StatusConflict, Msg: fmt.Sprintf(
+		"DC %s is not the home of prefix %q under %s: %s is the home in epoch %d; retry",
+		r.opts.DC, rl.Prefix, why, cur.Home, cur.Epoch)}
+}
+
+// execute runs op here as the rule's home under epoch: it becomes the home
+// if epoch is higher than its view, refuses if the view names another home
+// or a higher epoch, and otherwise writes through the local path while
+// holding the rule's read lock.
+func (r *Router) execute(ctx context.Context, rl *rule, epoch uint64, op changelog.WriteOp) (changelog.WriteResult, changelog.HomeEpoch, error) {
+	for {
+		rl.mu.RLock()
+		cur := rl.cur
+		if epoch == cur.Epoch && cur.Home == r.opts.DC {
+			res, err := r.opts.Local(ctx, op)
+			rl.mu.RUnlock()
+			return res, cur, err
+		}
+		rl.mu.RUnlock()
+		if epoch <= cur.Epoch {
+			return changelog.WriteResult{}, cur, r.fenced(rl, epoch, cur)
+		}
+		if err := r.learn(ctx, rl, changelog.HomeEpoch{Epoch: epoch, Home: r.opts.DC}, r.opts.DC); err != nil {
+			return changelog.WriteResult{}, cur, err
+		}
+	}
+}
+
+// Write commits op here, or at the home of its key. Keys without a home
+// rule are written here.
+func (r *Router) Write(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+	rl := r.ruleFor(op.Key)
+	if rl == nil {
+		return r.opts.Local(ctx, op)
+	}
+	// Each round tries the candidates in order; a refusal makes this DC
+	// learn the refuser's view and decide again. Each refusal raises the
+	// view's epoch, so the rounds are few; the bound only stops a storm.
+	var reasons []string
+rounds:
+	for round := 0; round <= len(rl.DCs)+1; round++ {
+		reasons = reasons[:0]
+		for _, target := range r.candidates(rl) {
+			cur := rl.view()
+			epoch := cur.Epoch
+			if target != cur.Home {
+				epoch++
+			}
+			if target == r.opts.DC {
+				res, _, err := r.execute(ctx, rl, epoch, op)
+				var fe *Error
+				if errors.As(err, &fe) && fe.Status == http.StatusConflict {
+					continue rounds // another writer moved the home meanwhile
+				}
+				return res, err
+			}
+			rep, reason, err := r.forward(ctx, rl, target, epoch, op)
+			if err != nil {
+				return changelog.WriteResult{}, err
+			}
+			if reason != "" {
+				r.log.Warn("home DC did not answer", "prefix", rl.Prefix, "target", target, "key", op.Key, "reason", reason)
+				reasons = append(reasons, target+": "+reason)
+				continue
+			}
+			if err := r.learn(ctx, rl, changelog.HomeEpoch{Epoch: rep.Epoch, Home: rep.Home}, target); err != nil {
+				return changelog.WriteResult{}, err
+			}
+			switch {
+			case rep.Status == http.StatusOK:
+				return rep.result(target, op), nil
+			case rep.Status == http.StatusConflict && (rep.Epoch > epoch || rep.Epoch == epoch && rep.Home != target):
+				continue rounds // fenced: decide again with the view learned
+			}
+			return changelog.WriteResult{}, &Error{Status: rep.Status, Msg: fmt.Sprintf("home DC %s of key %q: %s", target, op.Key, rep.Error)}
+		}
+		return changelog.WriteResult{}, r.unreachable(rl, op.Key, reasons)
+	}
+	return changelog.WriteResult{}, &Error{Status: http.StatusServiceUnavailable, Msg: fmt.Sprintf(
+		"key %q: the home of prefix %q kept moving while this write was routed (now %s in epoch %d); retry",
+		op.Key, rl.Prefix, rl.view().Home, rl.view().Epoch)}
+}
+
+// candidates lists the DCs to try, in order: policy reject only the first;
+// failover every DC of the rule, those that recently timed out last.
+func (r *Router) candidates(rl *rule) []string {
+	if !rl.Failover {
+		return rl.DCs[:1]
+	}
+	now := r.opts.Now()
+	rl.smu.Lock()
+	defer rl.smu.Unlock()
+	out := make([]string, 0, len(rl.DCs))
+	var later []string
+	for _, dc := range rl.DCs {
+		if until, ok := rl.suspect[dc]; ok && now.Before(until) {
+			later = append(later, dc)
+			continue
+		}
+		delete(rl.suspect, dc)
+		out = append(out, dc)
+	}
+	return append(out, later...)
+}
+
+// unreachable is the 503 of a write no candidate took.
+func (r *Router) unreachable(rl *rule, key string, reasons []string) error {
+	msg := fmt.Sprintf("key %q: home DC %s of prefix %q is unreachable (%s); policy reject: nothing was written at %s; retry later or write at %s",
+		key, rl.DCs[0], rl.Prefix, strings.Join(reasons, "; "), r.opts.DC, rl.DCs[0])
+	if rl.Failover {
+		msg = fmt.Sprintf("key %q: no home DC of prefix %q is reachable (%s); policy failover: nothing was written at %s; retry later",
+			key, rl.Prefix, strings.Join(reasons, "; "), r.opts.DC)
+	}
+	return &Error{Status: http.StatusServiceUnavailable, Msg: msg}
+}
+
+// forward sends op to target under epoch. A non-empty reason means target
+// did not answer: no responders, or no answer within the rule's timeout
+// (then target is tried last for a while). err is the caller's context
+// ending, or a reply that cannot be read.
+func (r *Router) forward(ctx context.Context, rl *rule, target string, epoch uint64, op changelog.WriteOp) (reply, string, error) {
+	req := request{V: Protocol, Op: opWrite, From: r.opts.DC, Prefix: rl.Prefix, DCs: rl.DCs, Epoch: epoch,
+		Key: op.Key, Value: op.Value, Delete: op.Delete, Resolve: op.Resolve, Blind: op.Context == nil, Context: op.Context}
+	return r.request(ctx, rl, target, req)
+}
+
+func (r *Router) request(ctx context.Context, rl *rule, target string, req request) (reply, string, error) {
+	b, err := encode(&req)
+	if err != nil {
+		return reply{}, "", err
+	}
+	nc := r.conn()
+	if nc == nil {
+		return reply{}, "this DC is not connected to NATS yet", nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, rl.Timeout)
+	defer cancel()
+	msg, err := nc.RequestWithContext(rctx, Subject(target), b)
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return reply{}, "", ctx.Err()
+	case errors.Is(err, nats.ErrNoResponders):
+		return reply{}, "no responders: its sidecar is down or not serving home writes", nil
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		rl.smu.Lock()
+		rl.suspect[target] = r.opts.Now().Add(rl.Timeout)
+		rl.smu.Unlock()
+		return reply{}, fmt.Sprintf("timeout: no answer within %s; a write sent there may still be applied, read the key before retrying", rl.Timeout), nil
+	default:
+		return reply{}, "request failed: " + err.Error(), nil
+	}
+	var rep reply
+	if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
+		return reply{}, "", &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home DC %s answered with an unreadable reply: %v", target, err)}
+	}
+	return rep, "", nil
+}
+
+// probeAll asks the other candidates of every failover rule for their view
+// and learns the highest epoch.
+func (r *Router) probeAll(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, rl := range r.rules {
+		if !rl.Failover {
+			continue
+		}
+		for _, dc := range rl.DCs {
+			if dc == r.opts.DC {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rep, reason, err := r.request(ctx, rl, dc, request{V: Protocol, Op: opProbe, From: r.opts.DC, Prefix: rl.Prefix})
+				if err != nil || reason != "" || rep.Status != http.StatusOK {
+					return
+				}
+				if err := r.learn(ctx, rl, changelog.HomeEpoch{Epoch: rep.Epoch, Home: rep.Home}, dc); err != nil {
+					r.log.Warn("home probe", "prefix", rl.Prefix, "dc", dc, "err", err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+}
+
+// dispatch runs each request in its own goroutine, at most MaxInFlight at
+// once, so forwarded writes share group commits like local ones.
+func (r *Router) dispatch(m *nats.Msg) {
+	r.mu.Lock()
+	closed := r.mu.closed
+	if !closed {
+		r.wg.Add(1)
+	}
+	r.mu.Unlock()
+	if closed {
+		return
+	}
+	r.slots <- struct{}{}
+	go func() {
+		defer r.wg.Done()
+		defer func() { <-r.slots }()
+		rep := r.handle(m.Data)
+		b, err := encode(&rep)
+		if err == nil {
+			err = m.Respond(b)
+		}
+		if err != nil {
+			r.log.Warn("home: answer a forwarded request", "err", err)
+		}
+	}()
+}
+
+// handle executes one request. It never forwards: a forwarded write runs
+// here or is refused.
+func (r *Router) handle(data []byte) reply {
+	var req request
+	if err := msgpack.Unmarshal(data, &req); err != nil {
+		return reply{Status: http.StatusBadRequest, Error: "request is not a msgpack home request: " + err.Error()}
+	}
+	if req.V != Protocol {
+		return reply{Status: http.StatusBadRequest, Error: fmt.Sprintf("protocol version %d; this DC speaks %d", req.V, Protocol)}
+	}
+	switch req.Op {
+	case opProbe:
+		rl := r.ruleByPrefix(req.Prefix)
+		if rl == nil {
+			return reply{Status: http.StatusConflict, Error: fmt.Sprintf("DC %s has no home rule for prefix %q; the configs disagree", r.opts.DC, req.Prefix)}
+		}
+		cur := rl.view()
+		return reply{Status: http.StatusOK, Epoch: cur.Epoch, Home: cur.Home}
+	case opWrite:
+	default:
+		return reply{Status: http.StatusBadRequest, Error: fmt.Sprintf("unknown op %q; want write or probe", req.Op)}
+	}
+	rl := r.ruleFor(req.Key)
+	if rl == nil || rl.Prefix != req.Prefix || !slices.Equal(rl.DCs, req.DCs) {
+		mine := "no home rule"
+		if rl != nil {
+			mine = fmt.Sprintf("prefix %q with dcs %v", rl.Prefix, rl.DCs)
+		}
+		return reply{Status: http.StatusConflict, Error: fmt.Sprintf(
+			"configs disagree: %s routes key %q by prefix %q with dcs %v, DC %s has %s; give every DC the same home rules",
+			req.From, req.Key, req.Prefix, req.DCs, r.opts.DC, mine)}
+	}
+	op := changelog.WriteOp{Key: req.Key, Value: req.Value, Delete: req.Delete, Resolve: req.Resolve, Context: req.Context}
+	if req.Blind {
+		op.Context = nil
+	} else if op.Context == nil {
+		op.Context = vclock.VV{}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, cur, err := r.execute(ctx, rl, req.Epoch, op)
+	if err != nil {
+		rep := reply{Status: statusOf(err), Error: err.Error(), Epoch: cur.Epoch, Home: cur.Home}
+		if v := rl.view(); v.Epoch > rep.Epoch {
+			rep.Epoch, rep.Home = v.Epoch, v.Home
+		}
+		return rep
+	}
+	return resultReply(res, cur)
+}
+
+// statusOf maps a local write error to the status the sender surfaces.
+func statusOf(err error) int {
+	var se interface{ HTTPStatus() int }
+	switch {
+	case errors.As(err, &se):
+		return se.HTTPStatus()
+	case errors.Is(err, changelog.ErrBadInput):
+		return http.StatusBadRequest
+	case errors.Is(err, changelog.ErrClosed), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// RuleStatus is one rule in GET /v1/status.
+type RuleStatus struct {
+	Prefix string   `json:"prefix"`
+	DCs    []string `json:"dcs"`
+	Policy string   `json:"policy"`
+	// Home and Epoch are this DC's view: the DC it sends writes to when
+	// that DC answers, and the fencing epoch.
+	Home  string `json:"home"`
+	Epoch uint64 `json:"epoch"`
+}
+
+// Status returns each rule's view.
+func (r *Router) Status() []RuleStatus {
+	out := make([]RuleStatus, 0, len(r.rules))
+	for _, rl := range r.rules {
+		cur := rl.view()
+		policy := "reject"
+		if rl.Failover {
+			policy = "failover"
+		}
+		out = append(out, RuleStatus{Prefix: rl.Prefix, DCs: rl.DCs, Policy: policy, Home: cur.Home, Epoch: cur.Epoch})
+	}
+	return out
+}
