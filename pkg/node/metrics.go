@@ -13,6 +13,7 @@ type collector struct {
 	writes, applies, obsolete, duplicates, loops, dead, published, pubErrors,
 	gaps, repairs, purged, conflicts, lagEvents, lagSeconds, outbox, groups, drift *prometheus.Desc
 	conflictLog, conflictsPruned *prometheus.Desc
+	heal                         *prometheus.Desc
 }
 
 // newPublishLatency is the histogram of JetStream publish latency, fed by
@@ -52,13 +53,14 @@ func newCollector(n *Node) *collector {
 		drift:           d("clock_drift_rejected_total", "Applied events whose HLC was beyond the drift bound (max_clock_drift)."),
 		conflictLog:     d("conflict_log_entries", "Logged and resolved conflict-log entries held (open records not counted)."),
 		conflictsPruned: d("conflicts_pruned_total", "Conflict-log entries pruned by conflict_log.retention or max_entries."),
+		heal:            d("heal_active", "1 while this DC heals around the unreachable DC dead (heal_after), else 0.", "dead"),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.writes, c.applies, c.obsolete, c.duplicates, c.loops, c.dead, c.published,
 		c.pubErrors, c.gaps, c.repairs, c.purged, c.conflicts, c.lagEvents, c.lagSeconds, c.outbox, c.groups, c.drift,
-		c.conflictLog, c.conflictsPruned} {
+		c.conflictLog, c.conflictsPruned, c.heal} {
 		ch <- d
 	}
 }
@@ -97,5 +99,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for up, l := range bs.Links {
 		gauge(c.lagEvents, float64(l.LagEvents), up)
 		gauge(c.lagSeconds, l.LagSeconds, up)
+	}
+	healing := c.n.repl.Healing()
+	for _, dc := range c.n.cfg.DCs {
+		if dc == c.n.cfg.DC {
+			continue
+		}
+		active := 0.0
+		for _, b := range healing {
+			if b.Dead == dc {
+				active = 1
+			}
+		}
+		gauge(c.heal, active, dc)
 	}
 }
