@@ -34,6 +34,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/external"
 	"github.com/replicatorhq/replicator/pkg/hlc"
+	"github.com/replicatorhq/replicator/pkg/home"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/pkg/join"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
@@ -74,6 +75,9 @@ type Node struct {
 	// arbiter resolves external-resolver conflicts; only at the arbiter DC
 	// of a configuration with an external rule.
 	arbiter *external.Worker
+	// home routes writes to keys with a home DC; every write goes
+	// through it (Write).
+	home *home.Router
 
 	ns   *server.Server
 	nc   *nats.Conn
@@ -152,6 +156,10 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	if hasExternal(cfg) && external.Arbiter(cfg.DCs) == cfg.DC {
 		n.arbiter = external.New(external.Options{Store: st, Rules: rules, Logger: n.log})
 	}
+	if n.home, err = home.New(home.Options{DC: cfg.DC, Rules: HomeRules(cfg), Epochs: st, Local: st.Write, Logger: n.log, Now: opts.Now}); err != nil {
+		st.Close()
+		return nil, err
+	}
 	n.pubLatency = newPublishLatency(cfg.DC)
 	for _, c := range []prometheus.Collector{newCollector(n), n.pubLatency} {
 		if err := n.reg.Register(c); err != nil {
@@ -160,6 +168,15 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		}
 	}
 	return n, nil
+}
+
+// HomeRules builds the home-DC rules of a config.
+func HomeRules(cfg config.Config) []home.Rule {
+	var out []home.Rule
+	for _, r := range cfg.Home {
+		out = append(out, home.Rule{Prefix: r.Prefix, DCs: r.DCs, Failover: r.Policy == config.PolicyFailover, Timeout: time.Duration(r.Timeout)})
+	}
+	return out
 }
 
 // Rules builds the resolver rules of a config.
@@ -278,7 +295,10 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.snap = snap
-	svc, err := natsapi.Serve(nc, n.cfg.DC, n.store, n.rules)
+	if err := n.home.Start(ctx, nc); err != nil {
+		return err
+	}
+	svc, err := natsapi.ServeWrites(nc, n.cfg.DC, n.store, n.rules, n.Write)
 	if err != nil {
 		return err
 	}
@@ -395,9 +415,11 @@ func splitListen(addr string) (string, int, error) {
 	return host, p, nil
 }
 
-// Write commits a local write durably and returns the new state.
+// Write commits a write durably and returns the new state. It is the one
+// entry of application writes (HTTP, NATS API, demo): a key with a home DC
+// elsewhere is written there (pkg/home), any other key here.
 func (n *Node) Write(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
-	return n.store.Write(ctx, op)
+	return n.home.Write(ctx, op)
 }
 
 // Read returns what the key's resolver shows and the state behind it.
@@ -418,6 +440,9 @@ func (n *Node) Replicator() *bridge.Replicator { return n.repl }
 // Rules returns the resolver rules.
 func (n *Node) Rules() *resolve.Rules { return n.rules }
 
+// Home returns the DC's home-DC router.
+func (n *Node) Home() *home.Router { return n.home }
+
 // Status is what /v1/status shows.
 type Status struct {
 	DC         string         `json:"dc"`
@@ -425,6 +450,9 @@ type Status struct {
 	DCs        []string       `json:"dcs"`
 	Partitions int            `json:"partitions"`
 	Bridge     *bridge.Status `json:"bridge,omitempty"`
+	// Home is this DC's view of each home rule: its current home and
+	// fencing epoch.
+	Home []home.RuleStatus `json:"home,omitempty"`
 	// Edges are every replication link of the topology, not only this
 	// DC's: the status page draws them.
 	Edges []bridge.Edge `json:"edges"`
@@ -439,6 +467,7 @@ func (n *Node) Status() Status {
 		bs := n.repl.Status()
 		s.Bridge = &bs
 	}
+	s.Home = n.home.Status()
 	return s
 }
 
@@ -463,6 +492,7 @@ func (n *Node) Close() error {
 		if n.svc != nil {
 			warn("nats api", n.svc.Stop())
 		}
+		warn("home router", n.home.Close())
 		if n.arbiter != nil {
 			n.arbiter.Close()
 		}
