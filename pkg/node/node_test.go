@@ -85,6 +85,11 @@ func TestNodeServesAndReplicates(t *testing.T) {
 			t.Errorf("status lacks %s: %s", want, status)
 		}
 	}
+	// The store counts a conflict just after its batch commits, so the
+	// digest can agree a moment before the counters do.
+	waitFor(t, "the conflict to be counted", func() bool {
+		return strings.Contains(get(t, base+"/metrics"), `replicator_conflicts_total{dc="dc2",resolver="lww"} 1`)
+	})
 	metrics := get(t, base+"/metrics")
 	for _, want := range []string{
 		"replicator_writes_total", "replicator_applies_total", "replicator_duplicates_dropped_total",
