@@ -606,7 +606,8 @@ func statusOf(err error) int {
 		return se.HTTPStatus()
 	case errors.Is(err, changelog.ErrBadInput):
 		return http.StatusBadRequest
-	case errors.Is(err, changelog.ErrClosed), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+	case errors.Is(err, changelog.ErrClosed), errors.Is(err, changelog.ErrContextAhead),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError

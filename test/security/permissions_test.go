@@ -19,6 +19,8 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/antientropy"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/home"
+	"github.com/replicatorhq/replicator/pkg/join"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
 )
 
@@ -420,7 +422,8 @@ func denied(t *testing.T, url string, admin *client) {
 	})
 	for _, sc := range [][2]string{
 		{bridge.RepairSubject("dc2"), ""}, {natsapi.Subject("dc2", "put"), "q"}, {antientropy.Subject("dc2"), ""},
-		{antientropy.RunSubject("dc2"), ""}, {"repl.dc2.>", ""}, {"repl.>", ""},
+		{antientropy.RunSubject("dc2"), ""}, {join.Subject("dc2"), ""}, {home.Subject("dc2"), ""},
+		{"repl.dc2.>", ""}, {"repl.>", ""},
 	} {
 		subj, queue := sc[0], sc[1]
 		t.Run("subscribe "+subj, func(t *testing.T) {
