@@ -73,18 +73,31 @@ func ParseOp(s string) (Op, error) {
 
 // ToHeaders returns the NATS headers for e. The result converts directly to
 // nats.Header. e should have passed Validate: a key with a line break would
-// break the header block.
+// break the header block. The values share one backing array, each slice
+// capped at its one value, so that appending to one copies it instead of
+// overwriting its neighbour.
 func ToHeaders(e *Event) map[string][]string {
-	return map[string][]string{
-		HeaderMsgID:       {MsgID(e.Origin, e.Partition, e.Seq)},
-		HeaderOrigin:      {e.Origin},
-		HeaderPath:        {strings.Join(e.Path, ",")},
-		HeaderKey:         {e.Key},
-		HeaderOp:          {e.Op.String()},
-		HeaderDot:         {e.Dot.String()},
-		HeaderContext:     {e.Context.String()},
-		HeaderContentType: {ContentType},
+	v := [...]string{
+		MsgID(e.Origin, e.Partition, e.Seq),
+		e.Origin,
+		strings.Join(e.Path, ","),
+		e.Key,
+		e.Op.String(),
+		e.Dot.String(),
+		e.Context.String(),
+		ContentType,
 	}
+	one := func(i int) []string { return v[i : i+1 : i+1] }
+	h := make(map[string][]string, len(v))
+	h[HeaderMsgID] = one(0)
+	h[HeaderOrigin] = one(1)
+	h[HeaderPath] = one(2)
+	h[HeaderKey] = one(3)
+	h[HeaderOp] = one(4)
+	h[HeaderDot] = one(5)
+	h[HeaderContext] = one(6)
+	h[HeaderContentType] = one(7)
+	return h
 }
 
 // HeaderInfo is what an event's headers say about it.

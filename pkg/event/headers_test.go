@@ -235,3 +235,30 @@ func jsonNumber(v uint64) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
+
+// TestToHeadersValuesIndependent checks that appending to one header's
+// values leaves the others alone, although they share a backing array.
+func TestToHeadersValuesIndependent(t *testing.T) {
+	h := ToHeaders(sample())
+	want := map[string]string{}
+	for k, v := range h {
+		want[k] = v[0]
+	}
+	h[HeaderOrigin] = append(h[HeaderOrigin], "extra")
+	for k, v := range h {
+		if v[0] != want[k] {
+			t.Errorf("%s is %q after an append to %s, want %q", k, v[0], HeaderOrigin, want[k])
+		}
+	}
+	if len(h[HeaderPath]) != 1 {
+		t.Errorf("%s has %d values after an append to %s", HeaderPath, len(h[HeaderPath]), HeaderOrigin)
+	}
+}
+
+func BenchmarkToHeaders(b *testing.B) {
+	e := benchEvent()
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = ToHeaders(e)
+	}
+}
