@@ -450,6 +450,20 @@ func (im *importer) add(ctx context.Context, c SnapshotChunk) error {
 	var n ImportStats
 	err := s.do(ctx, func(t *txn) error {
 		n = ImportStats{}
+		// The peer may know events of this DC above what it applied of
+		// them (taken by anti-entropy, or covered by another DC's
+		// context). This DC never reissues those numbers: its sequence
+		// goes above them, and the ones it does not hold are marked lost,
+		// as ResumeAbove marks them, so that anti-entropy takes them back
+		// from the peers instead of this DC claiming to know them.
+		for i, e := range c.Entries {
+			p := event.PartitionOf(e.Key, s.opts.Partitions)
+			if own, last := states[i].Clock[s.opts.DC], t.lastSeq(p); own > last && own < event.MaxCounter {
+				if err := t.markLost(p, last+1, own); err != nil {
+					return err
+				}
+			}
+		}
 		for i, e := range c.Entries {
 			if err := s.checkRemoteState(t, e.Key, states[i]); err != nil {
 				return err
