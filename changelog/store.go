@@ -126,10 +126,10 @@ type Store struct {
 	groups, requests, writes atomic.Uint64
 	// conflictsIndexed counts the prunable conflict-log entries;
 	// conflictsPruned the entries retention deleted.
-	conflictsIndexed         atomic.Int64
-	conflictsPruned          atomic.Uint64
-	conflictsMu              sync.Mutex
-	conflicts                map[string]uint64 // entries logged or opened, by resolver
+	conflictsIndexed atomic.Int64
+	conflictsPruned  atomic.Uint64
+	conflictsMu      sync.Mutex
+	conflicts        map[string]uint64 // entries logged or opened, by resolver
 
 	// mu guards the in-memory copies of persisted bookkeeping. The
 	// committer changes them only after a batch commits.
