@@ -163,23 +163,15 @@ func lastOwnSeq(self string, p uint32, h nats.Header) (uint64, error) {
 }
 
 // runPublisher publishes the outbox in order until ctx ends, or until
-// Close has stopped intake and the outbox is empty. It keeps a sliding
-// window of at most PublishWindow unacknowledged events: each
-// acknowledgement at the head of the window makes room for the next event,
-// so JetStream always has events in flight while the outbox has any,
-// rather than a window being sent and then waited for as a whole. It
-// wakes on the store's notifications, with a fallback poll.
+// Close has stopped intake and the outbox is empty. It wakes on the store's
+// notifications, with a fallback poll.
 func (r *Replicator) runPublisher(ctx context.Context) {
 	poll := time.NewTicker(r.opts.PublishPoll)
 	defer poll.Stop()
 	defer r.flushCheckpoint()
 	bo := backoff{min: r.opts.RetryMin, max: r.opts.RetryMax}
-	w := window{sent: max(r.cursor, r.store.Checkpoint())}
 	for {
-		err := r.fill(&w)
-		if err == nil && len(w.q) > 0 {
-			err = r.settle(ctx, &w)
-		}
+		more, err := r.publishWindow(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -187,16 +179,13 @@ func (r *Replicator) runPublisher(ctx context.Context) {
 			r.c.publishErrors.Add(1)
 			d := bo.next()
 			r.log.Warn("publish failed; retrying from the first unacknowledged event", "err", err, "retry_in", d)
-			// What is still in flight is sent again; the stream's
-			// deduplication absorbs what it had already stored.
-			w = window{sent: max(r.cursor, r.store.Checkpoint())}
 			if !wait(ctx, d) {
 				return
 			}
 			continue
 		}
 		bo.reset()
-		if len(w.q) > 0 {
+		if more {
 			continue
 		}
 		select {
@@ -210,106 +199,84 @@ func (r *Replicator) runPublisher(ctx context.Context) {
 	}
 }
 
-// window is the publisher's unacknowledged events, oldest first, and the
-// outbox index of the last one sent.
-type window struct {
-	q    []inflight
-	sent uint64
-}
-
-// inflight is one published event awaiting JetStream's acknowledgement.
-type inflight struct {
-	index uint64
-	fut   jetstream.PubAckFuture
-	at    time.Time
-}
-
-// fill publishes the outbox entries after the last one sent, until the
-// window is full or the outbox holds no more.
-func (r *Replicator) fill(w *window) error {
-	room := r.opts.PublishWindow - len(w.q)
-	if room <= 0 {
-		return nil
-	}
-	entries, err := r.store.ReadOutbox(w.sent, room)
+// publishWindow publishes up to PublishWindow outbox entries after the
+// checkpoint and moves the checkpoint over the longest prefix JetStream
+// acknowledged without error. more reports a full window, after which more
+// entries may wait.
+func (r *Replicator) publishWindow(ctx context.Context) (more bool, err error) {
+	ckpt := max(r.cursor, r.store.Checkpoint())
+	entries, err := r.store.ReadOutbox(ckpt, r.opts.PublishWindow)
 	if err != nil {
-		return fmt.Errorf("read outbox after %d: %w", w.sent, err)
+		return false, fmt.Errorf("read outbox after %d: %w", ckpt, err)
 	}
+	if len(entries) == 0 {
+		return false, nil
+	}
+	futs := make([]jetstream.PubAckFuture, 0, len(entries))
+	sent := make([]time.Time, 0, len(entries))
+	var sendErr error
 	for _, e := range entries {
 		m := r.message(e)
+		sent = append(sent, time.Now())
 		// No WithExpectStream: the subject belongs to this stream alone, and
 		// the header would be stored and delivered with every event.
 		f, err := r.pub.PublishMsgAsync(m, jetstream.WithStallWait(r.opts.PublishAckTimeout))
 		if err != nil {
-			return fmt.Errorf("publish %s: %w", m.Header.Get(jetstream.MsgIDHeader), err)
+			sendErr = fmt.Errorf("publish %s: %w", m.Header.Get(jetstream.MsgIDHeader), err)
+			break
 		}
-		w.q = append(w.q, inflight{index: e.Index, fut: f, at: time.Now()})
-		w.sent = e.Index
+		futs = append(futs, f)
 	}
-	return nil
+	acked, ackErr := r.awaitAcks(ctx, ckpt, entries, futs, sent)
+	if acked > ckpt {
+		// The cursor moves at once; the stored checkpoint follows without
+		// the publisher waiting for its fsync (see flushCheckpoint).
+		r.cursor = acked
+		r.store.AdvanceCheckpoint(acked)
+	}
+	if err := errors.Join(ackErr, sendErr); err != nil {
+		return false, err
+	}
+	return len(entries) == r.opts.PublishWindow, nil
 }
 
-// settle waits for the acknowledgement of the window's oldest event, or
-// for new outbox entries while the window has room, then takes every
-// acknowledgement already in from the head of the window and moves the
-// checkpoint over them. An error, or no acknowledgement within
-// PublishAckTimeout, ends the wait.
-func (r *Replicator) settle(ctx context.Context, w *window) error {
-	head := w.q[0]
-	timeout := time.NewTimer(max(r.opts.PublishAckTimeout-time.Since(head.at), 0))
+// awaitAcks waits for the acknowledgements of futs, which were published
+// for entries in order, and returns the index of the last entry of the
+// acknowledged prefix (ckpt if none) and the first error.
+func (r *Replicator) awaitAcks(ctx context.Context, ckpt uint64, entries []changelog.OutboxEntry, futs []jetstream.PubAckFuture, sent []time.Time) (uint64, error) {
+	timeout := time.NewTimer(r.opts.PublishAckTimeout)
 	defer timeout.Stop()
-	var more <-chan struct{}
-	if len(w.q) < r.opts.PublishWindow {
-		more = r.store.Notify()
-	}
-	select {
-	case ack := <-head.fut.Ok():
-		r.acked(head, ack)
-	case err := <-head.fut.Err():
-		return fmt.Errorf("publish %s: %w", head.fut.Msg().Header.Get(jetstream.MsgIDHeader), err)
-	case <-timeout.C:
-		// The JetStream context times each future out on its own as well,
-		// so none is left waiting for ever.
-		return fmt.Errorf("publish %s: no acknowledgement within %s",
-			head.fut.Msg().Header.Get(jetstream.MsgIDHeader), r.opts.PublishAckTimeout)
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-more:
-		return nil
-	}
-	done := 1
-	var err error
-ready:
-	for ; done < len(w.q); done++ {
-		f := w.q[done]
+	last, prefix := ckpt, true
+	var firstErr error
+	for i, f := range futs {
 		select {
-		case ack := <-f.fut.Ok():
-			r.acked(f, ack)
-		case e := <-f.fut.Err():
-			err = fmt.Errorf("publish %s: %w", f.fut.Msg().Header.Get(jetstream.MsgIDHeader), e)
-			break ready
-		default:
-			break ready
+		case ack := <-f.Ok():
+			if r.opts.ObservePublish != nil {
+				r.opts.ObservePublish(time.Since(sent[i]))
+			}
+			if ack.Duplicate {
+				r.c.publishDuplicates.Add(1)
+			} else {
+				r.c.published.Add(1)
+			}
+			if prefix {
+				last = entries[i].Index
+			}
+		case err := <-f.Err():
+			prefix = false
+			if firstErr == nil {
+				firstErr = fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
+			}
+		case <-timeout.C:
+			// The JetStream context times each future out on its own as
+			// well, so none is left waiting for ever.
+			return last, errors.Join(firstErr, fmt.Errorf("publish %s: no acknowledgement within %s",
+				f.Msg().Header.Get(jetstream.MsgIDHeader), r.opts.PublishAckTimeout))
+		case <-ctx.Done():
+			return last, ctx.Err()
 		}
 	}
-	// The cursor moves at once; the stored checkpoint follows without the
-	// publisher waiting for its fsync (see flushCheckpoint).
-	r.cursor = w.q[done-1].index
-	r.store.AdvanceCheckpoint(r.cursor)
-	w.q = append(w.q[:0], w.q[done:]...)
-	return err
-}
-
-// acked counts one acknowledged event.
-func (r *Replicator) acked(f inflight, ack *jetstream.PubAck) {
-	if r.opts.ObservePublish != nil {
-		r.opts.ObservePublish(time.Since(f.at))
-	}
-	if ack.Duplicate {
-		r.c.publishDuplicates.Add(1)
-	} else {
-		r.c.published.Add(1)
-	}
+	return last, firstErr
 }
 
 // message builds the JetStream message of an outbox entry: the event's
