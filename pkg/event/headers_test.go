@@ -67,6 +67,7 @@ func TestFromHeadersRejects(t *testing.T) {
 		{"key twice", func(h map[string][]string) { h[HeaderKey] = []string{"a", "b"} }, "Repl-Key appears 2 times"},
 		{"json content", func(h map[string][]string) { h[HeaderContentType] = []string{"application/json"} }, `Content-Type is "application/json"`},
 		{"msg id of two parts", func(h map[string][]string) { h[HeaderMsgID] = []string{"blue:42"} }, "want origin:partition:seq"},
+		{"msg id of four parts", func(h map[string][]string) { h[HeaderMsgID] = []string{"blue:7:42:1"} }, "want origin:partition:seq"},
 		{"msg id seq 0", func(h map[string][]string) { h[HeaderMsgID] = []string{"blue:7:0"} }, "seq must be a positive integer"},
 		{"msg id bad origin", func(h map[string][]string) { h[HeaderMsgID] = []string{"bl.ue:7:42"} }, "invalid dc id"},
 		{"msg id partition over 32 bits", func(h map[string][]string) { h[HeaderMsgID] = []string{"blue:4294967296:42"} }, "partition is not a 32-bit"},
@@ -260,5 +261,15 @@ func BenchmarkToHeaders(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = ToHeaders(e)
+	}
+}
+
+func BenchmarkFromHeaders(b *testing.B) {
+	h := ToHeaders(benchEvent())
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := FromHeaders(h); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
