@@ -135,14 +135,18 @@ func TestTimedRun(t *testing.T) {
 	if !res.Converged {
 		t.Error("converged = false after a timed run")
 	}
-	// Writes are paced at 300/s for 2 s.
-	if res.Writes < 450 || res.Writes > 660 {
-		t.Errorf("writes = %d in 2 s at 300/s, want about 600", res.Writes)
+	// Writes are paced at 300/s for 2 s: never more than the rate allows,
+	// and more than the key space, so keys were overwritten (a loaded
+	// machine may fall behind the rate).
+	if res.Writes < 150 || res.Writes > 660 {
+		t.Errorf("writes = %d in 2 s at 300/s, want at most about 600 and well above the 50 keys", res.Writes)
 	}
 	if res.BaselineMsgsPerS != 0 || res.KVPutsPerS != 0 {
 		t.Errorf("a timed run ran the references: baseline %.0f, KV %.0f", res.BaselineMsgsPerS, res.KVPutsPerS)
 	}
-	if n := len(res.MemorySamples); n < 8 || n > 14 {
+	// About 11 (one at the start, one per tick, one at the end); a loaded
+	// machine may drop a few ticks.
+	if n := len(res.MemorySamples); n < 5 || n > 14 {
 		t.Fatalf("%d memory samples in 2 s every 200 ms, want about 11", n)
 	}
 	prev := -1.0
