@@ -321,6 +321,9 @@ func (s *Store) EnsureSeqAbove(ctx context.Context, p uint32, seq uint64) error 
 // {dc2:1000} swallowed dc2's next writes of the key). Write waits up to
 // Options.ContextWait for this DC to catch up first.
 func (t *txn) checkContext(key string, client, clock vclock.VV, p uint32) (vclock.VV, error) {
+	if len(client) == 0 {
+		return client, nil
+	}
 	for dc, n := range client {
 		if !slices.Contains(t.s.opts.DCs, dc) {
 			return nil, fmt.Errorf("%w: context names dc %q, which is not one of %v", ErrBadInput, dc, t.s.opts.DCs)
