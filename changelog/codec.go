@@ -1,7 +1,10 @@
 package changelog
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -10,9 +13,12 @@ import (
 )
 
 // storedState is the on-disk form of a dvv.State. Its encoding is
-// deterministic (fields as an array, the clock sorted by DC id, siblings
-// sorted by dot), so equal states have equal bytes and the digest can hash
-// the bytes directly.
+// deterministic (the clock sorted by DC id, siblings sorted by dot), so
+// equal states have equal bytes and the digest can hash the bytes
+// directly. The `_ struct{} msgpack:",as_array"` fields below were meant to
+// make it an array, but msgpack/v5 honours that tag only on a field named
+// _msgpack: the stored form has always been a map with the field names.
+// It stays so: every store and every digest depends on these bytes.
 type storedState struct {
 	_        struct{} `msgpack:",as_array"`
 	Clock    vclock.VV
@@ -29,6 +35,55 @@ type storedSibling struct {
 }
 
 func encodeState(st dvv.State) ([]byte, error) {
+	e := stateEncoders.Get().(*stateEncoder)
+	defer stateEncoders.Put(e)
+	e.buf.Reset()
+	enc := e.enc
+	if err := errors.Join(enc.EncodeMapLen(2), enc.EncodeString("Clock")); err != nil {
+		return nil, err
+	}
+	var err error
+	if st.Clock == nil {
+		err = enc.EncodeNil()
+	} else {
+		err = st.Clock.EncodeMsgpack(enc)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := errors.Join(enc.EncodeString("Siblings"), enc.EncodeArrayLen(len(st.Siblings))); err != nil {
+		return nil, err
+	}
+	for _, sb := range st.Siblings {
+		if err := errors.Join(
+			enc.EncodeMapLen(5),
+			enc.EncodeString("DC"), enc.EncodeString(sb.Dot.DC),
+			enc.EncodeString("N"), enc.EncodeUint64(sb.Dot.N),
+			enc.EncodeString("Value"), enc.EncodeBytes(normValue(sb.Version)),
+			enc.EncodeString("Deleted"), enc.EncodeBool(sb.Deleted),
+			enc.EncodeString("HLC"), enc.EncodeUint64(sb.HLC),
+		); err != nil {
+			return nil, err
+		}
+	}
+	return bytes.Clone(e.buf.Bytes()), nil
+}
+
+// stateEncoder is a reusable msgpack encoder with its buffer.
+type stateEncoder struct {
+	buf bytes.Buffer
+	enc *msgpack.Encoder
+}
+
+var stateEncoders = sync.Pool{New: func() any {
+	e := &stateEncoder{}
+	e.enc = msgpack.NewEncoder(&e.buf)
+	return e
+}}
+
+// encodeStateReflect is encodeState by reflection over storedState: the
+// reference the fast encoder is tested against.
+func encodeStateReflect(st dvv.State) ([]byte, error) {
 	s := storedState{Clock: st.Clock, Siblings: make([]storedSibling, len(st.Siblings))}
 	for i, sb := range st.Siblings {
 		s.Siblings[i] = storedSibling{DC: sb.Dot.DC, N: sb.Dot.N, Value: normValue(sb.Version), Deleted: sb.Deleted, HLC: sb.HLC}
