@@ -245,12 +245,21 @@ func (r *Replicator) apply(ctx context.Context, l *link, in []inbound) {
 	}
 }
 
-// observeHLC feeds an applied event's HLC to the local clock.
+// observeHLC feeds an applied event's HLC to the local clock, unless the
+// store already did in the apply's batch (changelog.ClockUpdater), and
+// counts a reading the clock refused.
 func (r *Replicator) observeHLC(res changelog.ApplyResult, ev *event.Event) {
-	if r.opts.Clock == nil || res.Outcome != changelog.Changed {
+	if res.Outcome != changelog.Changed {
 		return
 	}
-	if err := r.opts.Clock.Update(ev.HLC); err != nil {
+	err := res.ClockErr
+	if !res.ClockSeen {
+		if r.opts.Clock == nil {
+			return
+		}
+		err = r.opts.Clock.Update(ev.HLC)
+	}
+	if err != nil {
 		r.c.clockDrift.Add(1)
 		r.log.Warn("remote clock beyond the drift bound; its time was not taken", "origin", ev.Origin, "dot", ev.Dot.String(), "err", err)
 	}

@@ -438,3 +438,72 @@ func TestEmptyValueIsStoredAlike(t *testing.T) {
 		t.Fatal("a live empty value reads back as nil")
 	}
 }
+
+// updClock is an HLC that also takes remote readings, refusing those more
+// than bound ahead of it.
+type updClock struct {
+	mu    sync.Mutex
+	last  uint64
+	bound uint64
+}
+
+func (c *updClock) Now() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.last++
+	return c.last
+}
+
+func (c *updClock) Update(remote uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bound > 0 && remote > c.last+c.bound {
+		return fmt.Errorf("reading %d beyond the bound", remote)
+	}
+	c.last = max(c.last, remote)
+	return nil
+}
+
+// TestApplyFeedsTheClock: Apply gives the event's HLC to a clock that
+// takes remote readings, in the batch, so the write that waited for the
+// event (its context names it) gets a later HLC than the version it
+// supersedes; a reading the clock refuses comes back in ClockErr and is
+// not taken.
+func TestApplyFeedsTheClock(t *testing.T) {
+	fs := vfs.NewMem()
+	clk := &updClock{bound: 1 << 40}
+	s := openMem(t, fs, "dc2", Options{Partitions: 1, Clock: clk, ContextWait: 10 * time.Second})
+	upClock := &counterClock{}
+	upClock.n.Store(1 << 30) // dc1's clock runs far ahead, within the bound
+	up := openMem(t, fs, "dc1", Options{Partitions: 1, Clock: upClock})
+	ev := mustWrite(t, up, WriteOp{Key: "k", Value: []byte("old")}).Event
+	done := make(chan WriteResult, 1)
+	go func() {
+		r, err := s.Write(context.Background(), WriteOp{Key: "k", Value: []byte("new"), Context: vclock.VV{"dc1": ev.Seq}})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- r
+	}()
+	res, err := s.Apply(context.Background(), []*event.Event{ev}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0].ClockSeen || res[0].ClockErr != nil {
+		t.Fatalf("apply result %+v: want the clock fed, without error", res[0])
+	}
+	w := <-done
+	if w.Event == nil || w.Event.HLC <= ev.HLC {
+		t.Fatalf("the write that waited for %s (HLC %d) got HLC %v; want a later one", ev.Dot, ev.HLC, w.Event)
+	}
+	// A reading beyond the bound is refused and reported.
+	far := mustWrite(t, up, WriteOp{Key: "j", Value: []byte("far")}).Event
+	far.HLC = clk.Now() + 1<<41
+	res, err = s.Apply(context.Background(), []*event.Event{far}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0].ClockSeen || res[0].ClockErr == nil || clk.Now() >= far.HLC {
+		t.Fatalf("a reading beyond the bound: result %+v, clock now %d; want ClockErr and the clock not taking it", res[0], clk.Now())
+	}
+}

@@ -222,6 +222,21 @@ type ApplyResult struct {
 	Forwarded bool
 	// Expected is the sequence the store waits for on a Gap.
 	Expected uint64
+	// ClockSeen is set when the store fed the event's HLC to its clock
+	// (Options.Clock is a ClockUpdater and the event changed the key);
+	// ClockErr is the clock's refusal, such as a reading beyond the
+	// drift bound.
+	ClockSeen bool
+	ClockErr  error
+}
+
+// ClockUpdater is a Clock that also takes remote readings (the HLC receive
+// rule). When Options.Clock is one, Apply feeds it the HLC of every event
+// that changes a key, in the batch, before the batch commits: a local write
+// that waited for that event (WaitContext) then gets a later HLC than the
+// version it supersedes.
+type ClockUpdater interface {
+	Update(remote uint64) error
 }
 
 // Apply applies remote events in order, in one batch, and returns once it is
@@ -272,6 +287,9 @@ func (t *txn) apply(ev *event.Event, forward func(*event.Event) bool) (ApplyResu
 	res := ApplyResult{Outcome: Obsolete}
 	if next, ok := st.Apply(ev.Dot, ev.Context, ver); ok {
 		res.Outcome = Changed
+		if u, ok := t.s.opts.Clock.(ClockUpdater); ok {
+			res.ClockSeen, res.ClockErr = true, u.Update(ev.HLC)
+		}
 		if err := t.putState(ev.Key, st, next); err != nil {
 			return ApplyResult{}, err
 		}
