@@ -10,6 +10,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
 // Bounds of one repair reply.
@@ -114,7 +115,7 @@ func (r *Replicator) fetchRepair(ctx context.Context, origin string, req RepairR
 		return nil, fmt.Errorf("%s refused repair of partition %d [%d, %d]: %s", origin, req.Partition, req.From, req.To, e)
 	}
 	var raw [][]byte
-	if err := msgpack.Unmarshal(reply.Data, &raw); err != nil {
+	if err := msgpackcheck.Unmarshal(reply.Data, &raw); err != nil {
 		return nil, fmt.Errorf("repair reply from %s: %w", origin, err)
 	}
 	evs := make([]*event.Event, 0, len(raw))
@@ -178,7 +179,7 @@ var errBadRepair = errors.New("bridge: bad repair request")
 
 func (r *Replicator) repairEvents(data []byte) ([][]byte, error) {
 	var req RepairRequest
-	if err := msgpack.Unmarshal(data, &req); err != nil {
+	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
 		return nil, fmt.Errorf("%w: %w", errBadRepair, err)
 	}
 	if int(req.Partition) >= r.opts.Partitions || req.From == 0 || req.To < req.From {

@@ -12,6 +12,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
 // runReports, every ReportInterval, publishes this DC's applied vector and
@@ -84,7 +85,7 @@ func (r *Replicator) decodeApplied(dc string, data []byte) (changelog.Applied, e
 		return nil, fmt.Errorf("%q is not a known DC", dc)
 	}
 	var a map[string][]uint64
-	if err := msgpack.Unmarshal(data, &a); err != nil {
+	if err := msgpackcheck.Unmarshal(data, &a); err != nil {
 		return nil, err
 	}
 	for origin, row := range a {

@@ -28,6 +28,7 @@ import (
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -239,7 +240,17 @@ func (s *Store) Export(keys []string) (Knowledge, map[string][]byte, error) {
 func EncodeState(st dvv.State) ([]byte, error) { return encodeState(st) }
 
 // DecodeState reads a state EncodeState wrote.
-func DecodeState(b []byte) (dvv.State, error) { return decodeState(b) }
+func DecodeState(b []byte) (dvv.State, error) { return decodeRemoteState(b) }
+
+// decodeRemoteState decodes a key state that came over the network (an
+// anti-entropy answer, a snapshot chunk): it is checked first, since the
+// msgpack decoder trusts declared lengths (package msgpackcheck).
+func decodeRemoteState(b []byte) (dvv.State, error) {
+	if err := msgpackcheck.Check(b); err != nil {
+		return dvv.State{}, fmt.Errorf("decode key state: %w", err)
+	}
+	return decodeState(b)
+}
 
 // SeqRange is a closed range of sequence numbers.
 type SeqRange struct {

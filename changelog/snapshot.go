@@ -435,7 +435,7 @@ func (im *importer) add(ctx context.Context, c SnapshotChunk) error {
 		if err := event.CheckKey(e.Key, s.opts.Limits.MaxKeyBytes); err != nil {
 			return fmt.Errorf("%w: %v", ErrBadInput, err)
 		}
-		st, err := decodeState(e.State)
+		st, err := decodeRemoteState(e.State)
 		if err != nil {
 			return fmt.Errorf("%w: key %q: %v", ErrBadInput, e.Key, err)
 		}

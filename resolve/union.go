@@ -10,6 +10,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
 var _ Resolver = union{}
@@ -154,7 +155,7 @@ func jsonElements(v []byte, set map[string]struct{}) error {
 // msgpackElements adds the canonical encoding of each element of the
 // msgpack array v to set.
 func msgpackElements(v []byte, set map[string]struct{}) error {
-	if err := checkMsgpack(v); err != nil {
+	if err := msgpackcheck.Check(v); err != nil {
 		return err
 	}
 	r := bytes.NewReader(v)

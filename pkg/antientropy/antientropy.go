@@ -38,6 +38,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
 // Store is what anti-entropy needs of the DC's change log.
@@ -520,7 +521,7 @@ func (w *Worker) ask(ctx context.Context, peer string, req request, out any, rep
 	if e := m.Header.Get(HeaderError); e != "" {
 		return fmt.Errorf("%s refused %s: %s", peer, req.Op, e)
 	}
-	if err := msgpack.Unmarshal(m.Data, out); err != nil {
+	if err := msgpackcheck.Unmarshal(m.Data, out); err != nil {
 		return fmt.Errorf("%s reply from %s: %w", req.Op, peer, err)
 	}
 	return nil

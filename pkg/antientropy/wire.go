@@ -8,6 +8,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
 // Subject returns the core NATS subject on which dc answers anti-entropy
@@ -124,7 +125,7 @@ func (w *Worker) answer(m *nats.Msg) {
 
 func (w *Worker) reply(data []byte) ([]byte, error) {
 	var req request
-	if err := msgpack.Unmarshal(data, &req); err != nil {
+	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
 		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
 	}
 	if req.V != Protocol {

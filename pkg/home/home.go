@@ -53,9 +53,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -486,7 +486,7 @@ func (r *Router) request(ctx context.Context, rl *rule, target string, req reque
 		return reply{}, "request failed: " + err.Error(), nil
 	}
 	var rep reply
-	if err := msgpack.Unmarshal(msg.Data, &rep); err != nil {
+	if err := msgpackcheck.Unmarshal(msg.Data, &rep); err != nil {
 		return reply{}, "", &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home DC %s answered with an unreadable reply: %v", target, err)}
 	}
 	return rep, "", nil
@@ -551,7 +551,7 @@ func (r *Router) dispatch(m *nats.Msg) {
 // here or is refused.
 func (r *Router) handle(data []byte) reply {
 	var req request
-	if err := msgpack.Unmarshal(data, &req); err != nil {
+	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
 		return reply{Status: http.StatusBadRequest, Error: "request is not a msgpack home request: " + err.Error()}
 	}
 	if req.V != Protocol {

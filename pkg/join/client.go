@@ -18,6 +18,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
 // Options tune Run.
@@ -193,7 +194,7 @@ func ask(ctx context.Context, nc *nats.Conn, from string, req request, out any, 
 	if out == nil {
 		return nil
 	}
-	if err := msgpack.Unmarshal(m.Data, out); err != nil {
+	if err := msgpackcheck.Unmarshal(m.Data, out); err != nil {
 		return fmt.Errorf("join: %s's %s reply: %w", from, req.Op, err)
 	}
 	return nil

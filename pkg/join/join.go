@@ -40,6 +40,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
 // Subject is the subject DC dc's snapshot server listens on.
@@ -217,7 +218,7 @@ func (s *Server) answer(m *nats.Msg) {
 
 func (s *Server) handle(data []byte) ([]byte, error) {
 	var req request
-	if err := msgpack.Unmarshal(data, &req); err != nil {
+	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
 		return nil, fmt.Errorf("bad request: %v", err)
 	}
 	switch req.Op {

@@ -1,26 +1,50 @@
-package resolve
+// Package msgpackcheck checks that bytes from the network are one
+// well-formed msgpack value before the msgpack decoder sees them.
+//
+// The decoder (vmihailenco/msgpack v5.4.1) trusts the lengths it reads: it
+// allocates a slice of every element type but []byte and []string at its
+// declared length before reading an element (its allocation limit check in
+// decode_slice.go is inverted, so it never applies), and it recurses once
+// per nesting level. A 10-byte message declaring an array of 2^31 structs
+// therefore ends the process with "fatal error: out of memory", which no
+// recover catches. Check walks the bytes without recursion and refuses any
+// array or map that declares more items than bytes remain (every item takes
+// at least one), any string or binary longer than what remains, and nesting
+// deeper than MaxNesting; a value it accepts makes the decoder allocate at
+// most a few words per input byte.
+package msgpackcheck
 
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
-// maxNesting bounds how deeply union accepts msgpack arrays and maps to
-// nest. The msgpack decoder recurses once per level, so without a bound a
-// value of a few megabytes could exhaust the goroutine stack.
-const maxNesting = 100
+// MaxNesting bounds how deeply arrays and maps may nest.
+const MaxNesting = 100
 
+// The ways Check refuses a value.
 var (
-	errMsgpackShort   = errors.New("resolve: msgpack value is truncated")
-	errMsgpackCode    = errors.New("resolve: msgpack value holds the unused code 0xc1")
-	errMsgpackDeep    = errors.New("resolve: msgpack value nests too deeply")
-	errMsgpackTrailer = errors.New("resolve: msgpack value has trailing bytes")
+	ErrShort   = errors.New("msgpack value is truncated or declares more than it holds")
+	ErrCode    = errors.New("msgpack value holds the unused code 0xc1")
+	ErrDeep    = errors.New("msgpack value nests too deeply")
+	ErrTrailer = errors.New("msgpack value has trailing bytes")
 )
 
-// checkMsgpack reports whether b is exactly one well-formed msgpack value
-// nested at most maxNesting deep. It walks b without recursion, so the
+// Unmarshal checks b (Check), then decodes it into v.
+func Unmarshal(b []byte, v any) error {
+	if err := Check(b); err != nil {
+		return fmt.Errorf("msgpack: %w", err)
+	}
+	return msgpack.Unmarshal(b, v)
+}
+
+// Check reports whether b is exactly one well-formed msgpack value
+// nested at most MaxNesting deep. It walks b without recursion, so the
 // decoder can then be trusted with it.
-func checkMsgpack(b []byte) error {
+func Check(b []byte) error {
 	pending := make([]uint64, 1, 8) // items still to read at each open level
 	pending[0] = 1
 	i := 0
@@ -49,7 +73,7 @@ func checkMsgpack(b []byte) error {
 		}
 		pending[top]--
 		if i >= len(b) {
-			return errMsgpackShort
+			return ErrShort
 		}
 		c := b[i]
 		i++
@@ -71,7 +95,7 @@ func checkMsgpack(b []byte) error {
 			switch c {
 			case 0xc0, 0xc2, 0xc3: // nil, false, true
 			case 0xc1:
-				return errMsgpackCode
+				return ErrCode
 			case 0xc4, 0xd9: // bin8, str8
 				skip, ok = size(1)
 			case 0xc5, 0xda: // bin16, str16
@@ -110,21 +134,21 @@ func checkMsgpack(b []byte) error {
 			}
 		}
 		if !ok || skip > uint64(len(b)-i) {
-			return errMsgpackShort
+			return ErrShort
 		}
 		i += int(skip)
 		if container {
 			if items > uint64(len(b)-i) { // every item takes at least a byte
-				return errMsgpackShort
+				return ErrShort
 			}
-			if len(pending) > maxNesting {
-				return errMsgpackDeep
+			if len(pending) > MaxNesting {
+				return ErrDeep
 			}
 			pending = append(pending, items)
 		}
 	}
 	if i != len(b) {
-		return errMsgpackTrailer
+		return ErrTrailer
 	}
 	return nil
 }
