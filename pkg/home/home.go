@@ -313,6 +313,9 @@ func (rl *rule) view() changelog.HomeEpoch {
 // learn adopts e when its epoch is higher than the view's, recording it
 // durably first.
 func (r *Router) learn(ctx context.Context, rl *rule, e changelog.HomeEpoch, from string) error {
+	if e.Epoch >= MaxEpoch {
+		return &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home: DC %s claims epoch %d for prefix %q, which is absurd; not taken", from, e.Epoch, rl.Prefix)}
+	}
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
 	if e.Epoch <= rl.cur.Epoch {
@@ -372,6 +375,11 @@ func (r *Router) Write(ctx context.Context, op changelog.WriteOp) (changelog.Wri
 	// learn the refuser's view and decide again. Each refusal raises the
 	// view's epoch, so the rounds are few; the bound only stops a storm.
 	var reasons []string
+	// floor is the lowest epoch the next proposal may use: a proposal
+	// that timed out may still have been granted (the target may be slow,
+	// not dead), so the next one must be higher, or two DCs could be home
+	// under one epoch.
+	var floor uint64
 rounds:
 	for round := 0; round <= len(rl.DCs)+1; round++ {
 		reasons = reasons[:0]
@@ -381,6 +389,7 @@ rounds:
 			if target != cur.Home {
 				epoch++
 			}
+			epoch = max(epoch, floor)
 			if target == r.opts.DC {
 				res, _, err := r.execute(ctx, rl, epoch, op)
 				var fe *Error
@@ -396,15 +405,25 @@ rounds:
 			if reason != "" {
 				r.log.Warn("home DC did not answer", "prefix", rl.Prefix, "target", target, "key", op.Key, "reason", reason)
 				reasons = append(reasons, target+": "+reason)
+				if strings.HasPrefix(reason, reasonTimeout) {
+					floor = max(floor, epoch+1)
+				}
 				continue
 			}
-			if err := r.learn(ctx, rl, changelog.HomeEpoch{Epoch: rep.Epoch, Home: rep.Home}, target); err != nil {
-				return changelog.WriteResult{}, err
+			lerr := r.learn(ctx, rl, changelog.HomeEpoch{Epoch: rep.Epoch, Home: rep.Home}, target)
+			if rep.Status == http.StatusOK {
+				if lerr != nil {
+					// The write is applied at the home; only this DC's
+					// view of the epoch failed to move.
+					r.log.Warn("home: the write was applied, but its epoch was not recorded here", "prefix", rl.Prefix, "err", lerr)
+				}
+				return rep.result(target, op), nil
+			}
+			if lerr != nil {
+				return changelog.WriteResult{}, lerr
 			}
 			switch {
-			case rep.Status == http.StatusOK:
-				return rep.result(target, op), nil
-			case rep.Status == http.StatusConflict && (rep.Epoch > epoch || rep.Epoch == epoch && rep.Home != target):
+			case rep.Status == http.StatusConflict && rep.Home != "" && (rep.Epoch > epoch || rep.Epoch == epoch && rep.Home != target):
 				continue rounds // fenced: decide again with the view learned
 			}
 			return changelog.WriteResult{}, &Error{Status: rep.Status, Msg: fmt.Sprintf("home DC %s of key %q: %s", target, op.Key, rep.Error)}
@@ -481,7 +500,12 @@ func (r *Router) request(ctx context.Context, rl *rule, target string, req reque
 		rl.smu.Lock()
 		rl.suspect[target] = r.opts.Now().Add(rl.Timeout)
 		rl.smu.Unlock()
-		return reply{}, fmt.Sprintf("timeout: no answer within %s; a write sent there may still be applied, read the key before retrying", rl.Timeout), nil
+		return reply{}, fmt.Sprintf("%sno answer within %s; a write sent there may still be applied, read the key before retrying", reasonTimeout, rl.Timeout), nil
+	case errors.Is(err, nats.ErrMaxPayload):
+		// The request never left: not the home's fault, and no other DC
+		// would take it either.
+		return reply{}, "", &Error{Status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf(
+			"the write to %s is larger than the NATS server's max_payload (%d bytes); write a smaller value or raise max_payload", target, nc.MaxPayload())}
 	default:
 		return reply{}, "request failed: " + err.Error(), nil
 	}
@@ -579,13 +603,20 @@ func (r *Router) handle(data []byte) reply {
 			"configs disagree: %s routes key %q by prefix %q with dcs %v, DC %s has %s; give every DC the same home rules",
 			req.From, req.Key, req.Prefix, req.DCs, r.opts.DC, mine)}
 	}
+	if req.Epoch >= MaxEpoch {
+		return reply{Status: http.StatusBadRequest, Error: fmt.Sprintf("epoch %d is absurd (at most %d)", req.Epoch, MaxEpoch-1)}
+	}
 	op := changelog.WriteOp{Key: req.Key, Value: req.Value, Delete: req.Delete, Resolve: req.Resolve, Context: req.Context}
 	if req.Blind {
 		op.Context = nil
 	} else if op.Context == nil {
 		op.Context = vclock.VV{}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Answer before the sender gives up (the rule's timeout): a write that
+	// waits for this DC to catch up with its context (changelog
+	// ContextWait) must come back as that 503, not as a timeout that makes
+	// the sender take this live DC for dead.
+	ctx, cancel := context.WithTimeout(context.Background(), rl.Timeout*3/4)
 	defer cancel()
 	res, cur, err := r.execute(ctx, rl, req.Epoch, op)
 	if err != nil {
@@ -597,6 +628,14 @@ func (r *Router) handle(data []byte) reply {
 	}
 	return resultReply(res, cur)
 }
+
+// reasonTimeout starts the reason of a forward that got no answer in time:
+// it may still have been applied.
+const reasonTimeout = "timeout: "
+
+// MaxEpoch bounds fencing epochs: a request or a view claiming more is
+// refused as absurd (invariant 9), so no forged epoch can wrap the counter.
+const MaxEpoch = 1 << 62
 
 // statusOf maps a local write error to the status the sender surfaces.
 func statusOf(err error) int {

@@ -282,6 +282,9 @@ func (s *server) backendError(w http.ResponseWriter, r *http.Request, what strin
 	var se interface{ HTTPStatus() int }
 	switch {
 	case errors.As(err, &se):
+		if se.HTTPStatus() == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
 		writeError(w, se.HTTPStatus(), fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, changelog.ErrBadInput):
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %v", what, err))

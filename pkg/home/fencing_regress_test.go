@@ -1,0 +1,297 @@
+package home
+
+import (
+	"context"
+	"errors"
+	"math"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/vclock"
+)
+
+type memEpochs struct {
+	mu sync.Mutex
+	m  map[string]changelog.HomeEpoch
+}
+
+func (e *memEpochs) HomeEpoch(p string) (changelog.HomeEpoch, bool, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v, ok := e.m[p]
+	return v, ok, nil
+}
+
+func (e *memEpochs) SetHomeEpoch(_ context.Context, p string, v changelog.HomeEpoch) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.m[p] = v
+	return nil
+}
+
+// TestSlowHomeDoesNotShareAnEpoch: dc1 is down; dc3 writes acct/1. dc2
+// is slow (longer than the rule's timeout), so dc3 gives up on it and
+// takes over itself. dc2 may still have been granted the epoch dc3
+// proposed to it, so dc3 must take over under a higher one: before the
+// fix both were home in epoch 1 and probes never settled it (found in
+// review). The write itself runs at both, which is the documented cost of
+// a timeout ("may still be applied").
+func TestSlowHomeDoesNotShareAnEpoch(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	defer ns.Shutdown()
+
+	rl := Rule{Prefix: "acct/", DCs: []string{"dc1", "dc2", "dc3"}, Failover: true, Timeout: 200 * time.Millisecond}
+	var mu sync.Mutex
+	var applied []string
+	local := func(dc string, delay time.Duration) WriteFunc {
+		return func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+			time.Sleep(delay)
+			mu.Lock()
+			applied = append(applied, dc)
+			mu.Unlock()
+			return changelog.WriteResult{State: dvv.State{Clock: vclock.VV{dc: 1}}}, nil
+		}
+	}
+	routers := map[string]*Router{}
+	for dc, delay := range map[string]time.Duration{"dc2": 500 * time.Millisecond, "dc3": 0} {
+		r, err := New(Options{DC: dc, Rules: []Rule{rl}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, Local: local(dc, delay), ProbeInterval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		if err := r.Start(context.Background(), nc); err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		routers[dc] = r
+	}
+	// dc1 is down: no responders on repl.home.dc1.
+	if _, err := routers["dc3"].Write(context.Background(), changelog.WriteOp{Key: "acct/1", Value: []byte("debit 100")}); err != nil {
+		t.Fatalf("write at dc3: %v", err)
+	}
+	time.Sleep(700 * time.Millisecond) // dc2 finishes the write dc3 gave up on
+	routers["dc2"].probeAll(context.Background())
+	routers["dc3"].probeAll(context.Background())
+	s2, s3 := routers["dc2"].Status()[0], routers["dc3"].Status()[0]
+	mu.Lock()
+	t.Logf("applied at %v; dc2 view: home %s epoch %d; dc3 view: home %s epoch %d", applied, s2.Home, s2.Epoch, s3.Home, s3.Epoch)
+	n := len(applied)
+	mu.Unlock()
+	if n > 2 {
+		t.Errorf("one client write was executed %d times; at most at the slow DC and at the one that took over", n)
+	}
+	if s2.Epoch != s3.Epoch || s2.Home != s3.Home || s3.Home != "dc3" {
+		t.Errorf("after probes the DCs disagree or dc3 is not home: dc2 thinks %s in epoch %d, dc3 thinks %s in epoch %d", s2.Home, s2.Epoch, s3.Home, s3.Epoch)
+	}
+	if s2.Epoch == s3.Epoch && s2.Home != s3.Home {
+		t.Errorf("two homes in epoch %d: dc2 thinks %s, dc3 thinks %s (after probes)", s2.Epoch, s2.Home, s3.Home)
+	}
+}
+
+// TestMaxPayloadIsNotADeadHome (found in review, fixed): a forwarded write larger than the
+// NATS server's max_payload fails in Publish with nats.ErrMaxPayload;
+// request() files it under "request failed" (a reason, i.e. "did not
+// answer"), so under failover the sender takes the home over from a live
+// dc1 (epoch bump) and writes locally; under reject it is a 503 "retry
+// later" that no retry can fix (it should be a 413/400).
+func TestMaxPayloadIsNotADeadHome(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, MaxPayload: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	defer ns.Shutdown()
+	rl := Rule{Prefix: "acct/", DCs: []string{"dc1", "dc2"}, Failover: true, Timeout: time.Second}
+	var mu sync.Mutex
+	var applied []string
+	routers := map[string]*Router{}
+	for _, dc := range []string{"dc1", "dc2"} {
+		r, err := New(Options{DC: dc, Rules: []Rule{rl}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, ProbeInterval: time.Hour,
+			Local: func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+				mu.Lock()
+				applied = append(applied, dc)
+				mu.Unlock()
+				return changelog.WriteResult{State: dvv.State{Clock: vclock.VV{dc: 1}}}, nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		if err := r.Start(context.Background(), nc); err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		routers[dc] = r
+	}
+	_, err = routers["dc2"].Write(context.Background(), changelog.WriteOp{Key: "acct/1", Value: make([]byte, 100<<10)})
+	s := routers["dc2"].Status()[0]
+	t.Logf("err=%v applied at %v; dc2 view: home %s epoch %d", err, applied, s.Home, s.Epoch)
+	if s.Home != "dc1" {
+		t.Errorf("dc1 is up and serving, but a large value moved the home to %s (epoch %d)", s.Home, s.Epoch)
+	}
+	if he := (*Error)(nil); !errors.As(err, &he) || he.Status != 413 {
+		t.Errorf("a value over max_payload: %v, want a 413", err)
+	}
+}
+
+// TestContextWaitAnswersBeforeHomeTimeout (found in review, fixed): the node opens its store with
+// ContextWait 5s (pkg/node contextWait) while a home rule's timeout
+// defaults to 2s. A forwarded write whose context names an event the home
+// has not applied yet waits at the home longer than the sender waits for
+// the answer, so the ErrContextAhead 503 never reaches the client: under
+// reject the client gets a "timeout" 503, under failover the sender moves
+// the home away from a live, merely lagging home and writes elsewhere,
+// while the home may still apply the write once it catches up.
+func TestContextWaitAnswersBeforeHomeTimeout(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	defer ns.Shutdown()
+	st1, err := changelog.Open(t.TempDir(), changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2", "dc3"}, Partitions: 4, ContextWait: 1500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st1.Close()
+	for _, failover := range []bool{false, true} {
+		func() {
+			prefix := "r/"
+			dcs := []string{"dc1"}
+			if failover {
+				prefix, dcs = "f/", []string{"dc1", "dc2"}
+			}
+			rl := Rule{Prefix: prefix, DCs: dcs, Failover: failover, Timeout: 500 * time.Millisecond}
+			r1, _ := New(Options{DC: "dc1", Rules: []Rule{rl}, Epochs: st1, Local: st1.Write, ProbeInterval: time.Hour})
+			r2, _ := New(Options{DC: "dc2", Rules: []Rule{rl}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, ProbeInterval: time.Hour,
+				Local: func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+					// dc2 has applied dc3:5 (the client read it here).
+					return changelog.WriteResult{State: dvv.State{Clock: vclock.VV{"dc2": 1, "dc3": 5}}}, nil
+				}})
+			for _, r := range []*Router{r1, r2} {
+				nc, err := nats.Connect(ns.ClientURL())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer nc.Close()
+				if err := r.Start(context.Background(), nc); err != nil {
+					t.Fatal(err)
+				}
+				defer r.Close()
+			}
+			_, err := r2.Write(context.Background(), changelog.WriteOp{Key: prefix + "1", Value: []byte("v"), Context: vclock.VV{"dc3": 5}})
+			s := r2.Status()[0]
+			t.Logf("failover=%v: err=%v; dc2 view: home %s epoch %d", failover, err, s.Home, s.Epoch)
+			if !failover && (err == nil || !strings.Contains(err.Error(), "context names")) {
+				t.Errorf("reject: want the home's context-ahead 503, got %v", err)
+			}
+			if failover && s.Home != "dc1" {
+				t.Errorf("failover: dc1 is up, only behind on dc3's events, but the home moved to %s in epoch %d", s.Home, s.Epoch)
+			}
+		}()
+	}
+}
+
+// TestConfigsDisagreeIs409 (found in review, fixed): the home answers "configs
+// disagree" with 409 and a zero epoch/home. At epoch 0 the sender reads
+// that as a fencing refusal (rep.Epoch == epoch && rep.Home != target),
+// re-sends the write len(DCs)+2 times and answers 503 "the home kept
+// moving; retry" instead of the 409 saying the configs disagree.
+func TestConfigsDisagreeIs409(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	defer ns.Shutdown()
+	var mu sync.Mutex
+	calls := 0
+	local := func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+		return changelog.WriteResult{}, nil
+	}
+	r1, _ := New(Options{DC: "dc1", Rules: []Rule{{Prefix: "acc", DCs: []string{"dc1"}, Timeout: time.Second}}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, Local: local})
+	r2, _ := New(Options{DC: "dc2", Rules: []Rule{{Prefix: "acct/", DCs: []string{"dc1"}, Timeout: time.Second}}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, Local: local})
+	for _, r := range []*Router{r1, r2} {
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		if err := r.Start(context.Background(), nc); err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+	}
+	nc, _ := nats.Connect(ns.ClientURL())
+	defer nc.Close()
+	sub, _ := nc.Subscribe(Subject("dc1"), func(*nats.Msg) { mu.Lock(); calls++; mu.Unlock() })
+	defer sub.Unsubscribe()
+	nc.Flush()
+	_, err = r2.Write(context.Background(), changelog.WriteOp{Key: "acct/1", Value: []byte("v")})
+	var he *Error
+	errors.As(err, &he)
+	mu.Lock()
+	t.Logf("requests sent: %d; err: %v", calls, err)
+	mu.Unlock()
+	if he == nil || he.Status != 409 {
+		t.Errorf("want 409 configs disagree, got %v", err)
+	}
+}
+
+// TestAbsurdEpochRefused (found in review, fixed): a request under epoch
+// 2^64-1 was executed and recorded; the next failover computed epoch+1 ==
+// 0, stale everywhere, so the rule could never fail over again, even
+// after a restart. Epochs at or above MaxEpoch are now refused, in
+// requests and in the views other DCs report.
+func TestAbsurdEpochRefused(t *testing.T) {
+	st := openStore(t, filepath.Join(t.TempDir(), "store"))
+	defer st.Close()
+	r := newRouter(t, st)
+	defer r.Close()
+	before := r.rules[0].view()
+	rep := ask(t, r, request{V: Protocol, Op: opWrite, From: "dc3", Prefix: "acct/", DCs: acct.DCs, Epoch: math.MaxUint64, Key: "acct/1", Value: []byte("v"), Blind: true})
+	if rep.Status != 400 {
+		t.Errorf("a request under epoch 2^64-1: status %d %q, want 400", rep.Status, rep.Error)
+	}
+	if err := r.learn(context.Background(), r.rules[0], changelog.HomeEpoch{Epoch: MaxEpoch, Home: "dc1"}, "dc1"); err == nil {
+		t.Error("a view claiming epoch MaxEpoch was learned")
+	}
+	if after := r.rules[0].view(); after != before {
+		t.Errorf("the view moved from %+v to %+v", before, after)
+	}
+	if _, ok, err := st.HomeEpoch("acct/"); err != nil || ok && before.Epoch == 0 {
+		t.Errorf("an epoch was recorded durably: ok %t, err %v", ok, err)
+	}
+}
