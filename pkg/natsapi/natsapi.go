@@ -159,6 +159,9 @@ func fail(r micro.Request, err error) {
 		r.Error("503", "the sidecar is shutting down; retry at another moment", nil)
 	case errors.Is(err, changelog.ErrContextAhead):
 		r.Error("503", err.Error(), nil)
+	case errors.Is(err, context.DeadlineExceeded):
+		// The write may still commit (or may have, at a home DC): say so.
+		r.Error("503", "the write did not complete in time and may still be applied; read the key before retrying: "+err.Error(), nil)
 	default:
 		r.Error("500", err.Error(), nil)
 	}
