@@ -1,0 +1,394 @@
+package bridge_test
+
+// More topology-healing tests (written in review): flapping, non-adjacent dead DCs, a
+// star losing its standby too, heal links stopped mid-batch, and DCs whose
+// reports are slow relative to heal_after.
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/changelog"
+)
+
+// bgWriter writes continuously at some DCs until stopped, counting writes.
+type bgWriter struct {
+	h    *healRun
+	stop chan struct{}
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	n    map[string]int
+	err  atomic.Value
+}
+
+func startWriters(h *healRun, dcs []string, pause time.Duration) *bgWriter {
+	w := &bgWriter{h: h, stop: make(chan struct{}), n: map[string]int{}}
+	for _, dc := range dcs {
+		st := h.nodes[dc].store
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-w.stop:
+					return
+				default:
+				}
+				key := fmt.Sprintf("bg%02d", i%17)
+				if _, err := st.Write(context.Background(), changelog.WriteOp{Key: key, Value: fmt.Appendf(nil, "%s-bg-%d", dc, i)}); err != nil {
+					w.err.Store(err)
+					return
+				}
+				w.mu.Lock()
+				w.n[dc]++
+				w.mu.Unlock()
+				time.Sleep(pause)
+			}
+		}()
+	}
+	return w
+}
+
+func (w *bgWriter) finish() {
+	close(w.stop)
+	w.wg.Wait()
+	if err, _ := w.err.Load().(error); err != nil {
+		w.h.t.Fatalf("background write: %v", err)
+	}
+	for dc, n := range w.n {
+		w.h.written[dc] += n
+	}
+}
+
+// crash stops a DC without waiting for its outbox to drain first (Close
+// still flushes for FlushTimeout).
+func (h *healRun) crash(dc string) {
+	h.t.Helper()
+	st := h.nodes[dc].store
+	h.stopRep(dc)
+	h.ownAt[dc] = slices.Clone(st.Applied()[dc])
+	h.stop(dc)
+}
+
+func noLoopLimit(string) uint64 { return math.MaxUint64 }
+
+// healConsumers lists the heal consumers left on the server.
+func (h *healRun) healConsumers() []string {
+	js := h.ns.js(h.t)
+	var out []string
+	for _, up := range h.dcs {
+		for _, dc := range h.dcs {
+			if up == dc {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := js.Consumer(ctx, bridge.StreamName(up), bridge.HealConsumerName(dc, up))
+			cancel()
+			if err == nil {
+				out = append(out, bridge.StreamName(up)+"/"+bridge.HealConsumerName(dc, up))
+			} else if err != jetstream.ErrConsumerNotFound {
+				h.t.Logf("consumer lookup: %v", err)
+			}
+		}
+	}
+	return out
+}
+
+// Scenario 1: ring of 4, dc2 dies while writes flow, comes back, dies
+// again soon after, comes back.
+func TestHealMoreRingFlap(t *testing.T) {
+	h := newHealRun(t, "ring", 4, healing(""))
+	h.writes(h.dcs, 10, 2)
+	w := startWriters(h, []string{"dc1", "dc3", "dc4"}, 2*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	h.crash("dc2")
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
+	time.Sleep(500 * time.Millisecond)
+	h.revive("dc2")
+	time.Sleep(700 * time.Millisecond) // back, maybe not yet counted as alive
+	h.crash("dc2")
+	time.Sleep(1500 * time.Millisecond)
+	h.revive("dc2")
+	time.Sleep(300 * time.Millisecond)
+	h.crash("dc2")
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
+	time.Sleep(500 * time.Millisecond)
+	h.revive("dc2")
+	time.Sleep(500 * time.Millisecond)
+	w.finish()
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	h.waitHealing("dc3", nil)
+	h.waitHealConsumersGone("dc3")
+	h.checkCounts(noLoopLimit)
+}
+
+// Scenario 2: ring of 4 with two non-adjacent dead DCs.
+func TestHealMoreRingTwoNonAdjacent(t *testing.T) {
+	h := newHealRun(t, "ring", 4, healing(""))
+	h.writes(h.dcs, 10, 2)
+	h.kill("dc2")
+	h.kill("dc4")
+	h.writes(h.live(), 10, 3)
+	h.waitLiveConverged(20 * time.Second)
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
+	h.waitHealing("dc1", []bridge.Bypass{{Dead: "dc4", Via: "dc3"}})
+	h.revive("dc2")
+	h.revive("dc4")
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	h.waitHealing("dc1", nil)
+	h.waitHealing("dc3", nil)
+	h.waitHealConsumersGone("dc1")
+	h.waitHealConsumersGone("dc3")
+	h.checkCounts(noLoopLimit)
+}
+
+// Scenario 3: star, hub dc1 dies, then standby dc2 while healing is
+// active; they come back in the opposite order (standby first).
+func TestHealMoreStarStandbyDiesToo(t *testing.T) {
+	h := newHealRun(t, "star", 4, func(o *bridge.Options) {
+		healing("dc2")(o)
+		// Leaf-to-leaf flow has no path with both hubs dead; let the
+		// catch-up fetch it in the meantime.
+		o.RepairAfter = 300 * time.Millisecond
+	})
+	h.writes(h.dcs, 10, 2)
+	h.kill("dc1")
+	h.writes(h.live(), 10, 2)
+	h.waitHealing("dc2", []bridge.Bypass{{Dead: "dc1", Via: "dc3"}, {Dead: "dc1", Via: "dc4"}})
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc1", Via: "dc2"}})
+	h.waitLiveConverged(20 * time.Second)
+	w := startWriters(h, []string{"dc2", "dc3", "dc4"}, 3*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	w.finish()
+	h.crash("dc2")
+	h.writes(h.live(), 10, 2)
+	h.waitHealing("dc3", nil)
+	h.waitHealing("dc4", nil)
+	h.waitLiveConverged(20 * time.Second)
+	h.revive("dc2")
+	h.writes(h.live(), 10, 1)
+	h.waitHealing("dc2", []bridge.Bypass{{Dead: "dc1", Via: "dc3"}, {Dead: "dc1", Via: "dc4"}})
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc1", Via: "dc2"}})
+	h.waitLiveConverged(20 * time.Second)
+	h.revive("dc1")
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	for _, dc := range []string{"dc2", "dc3", "dc4"} {
+		h.waitHealing(dc, nil)
+		h.waitHealConsumersGone(dc)
+	}
+	h.checkCounts(noLoopLimit)
+}
+
+// Scenario 3b: the same, without the catch-up (RepairAfter 1h): only the
+// heal links carry leaf-to-leaf events.
+func TestHealMoreStarStandbyDiesTooNoCatchup(t *testing.T) {
+	h := newHealRun(t, "star", 4, healing("dc2"))
+	h.writes(h.dcs, 10, 2)
+	h.kill("dc1")
+	h.writes(h.live(), 10, 2)
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc1", Via: "dc2"}})
+	h.waitLiveConverged(20 * time.Second)
+	h.kill("dc2")
+	h.writes(h.live(), 10, 2)
+	h.waitHealing("dc3", nil)
+	h.revive("dc2")
+	h.writes(h.live(), 10, 1)
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc1", Via: "dc2"}})
+	h.waitLiveConverged(20 * time.Second)
+	h.revive("dc1")
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	for _, dc := range []string{"dc2", "dc3", "dc4"} {
+		h.waitHealing(dc, nil)
+		h.waitHealConsumersGone(dc)
+	}
+	h.checkCounts(noLoopLimit)
+}
+
+// Scenario 4: a heal link stopped while it is working through a backlog
+// (dc2 returns right after the heal starts), and the healer closed while
+// its heal link is mid-batch.
+func TestHealMoreHealStopMidBatch(t *testing.T) {
+	h := newHealRun(t, "ring", 4, func(o *bridge.Options) {
+		healing("")(o)
+		o.Batch = 32
+	})
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(20 * time.Second)
+	h.kill("dc2")
+	h.writes([]string{"dc1", "dc4"}, 200, 5) // a backlog on dc1's stream
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
+	h.revive("dc2") // the heal link stops once dc2 catches up
+	time.Sleep(50 * time.Millisecond)
+	h.stopRep("dc3") // or the healer closes mid-batch
+	h.startRep("dc3")
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	h.waitHealing("dc3", nil)
+	h.waitHealConsumersGone("dc3")
+	h.checkCounts(noLoopLimit)
+}
+
+// Scenario 4b: the healer itself closes right after its heal link starts
+// on a large backlog, and stays down while dc2 is still dead.
+func TestHealMoreHealerClosesMidHeal(t *testing.T) {
+	h := newHealRun(t, "ring", 4, func(o *bridge.Options) {
+		healing("")(o)
+		o.Batch = 16
+	})
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(20 * time.Second)
+	h.kill("dc2")
+	h.writes([]string{"dc1"}, 300, 5)
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
+	for range 3 {
+		time.Sleep(30 * time.Millisecond)
+		h.stopRep("dc3")
+		h.startRep("dc3")
+	}
+	h.waitLiveConverged(30 * time.Second)
+	h.revive("dc2")
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	h.waitHealing("dc3", nil)
+	h.waitHealConsumersGone("dc3")
+	h.checkCounts(noLoopLimit)
+}
+
+// Scenario 5: dc2 is alive but reports only every 1.5s, longer than the
+// others' heal_after of 1s.
+func TestHealMoreSlowReporter(t *testing.T) {
+	h := newHealRun(t, "ring", 4, func(o *bridge.Options) {
+		healing("")(o)
+		if o.Store.DC() == "dc2" {
+			o.ReportInterval = 1500 * time.Millisecond
+			o.HealAfter = 3 * time.Second
+		}
+	})
+	// Watch dc3's healing for flapping.
+	var flips atomic.Int64
+	stopWatch := make(chan struct{})
+	var watch sync.WaitGroup
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		was := false
+		tk := time.NewTicker(10 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case <-tk.C:
+			}
+			now := len(h.nodes["dc3"].rep.Healing()) > 0
+			if now != was {
+				flips.Add(1)
+				was = now
+			}
+		}
+	}()
+	w := startWriters(h, []string{"dc1", "dc2", "dc3", "dc4"}, 3*time.Millisecond)
+	time.Sleep(5 * time.Second)
+	w.finish()
+	flipsBusy := flips.Load()
+	time.Sleep(4 * time.Second) // idle
+	close(stopWatch)
+	watch.Wait()
+	t.Logf("dc3 healing flips: %d while busy, %d in total", flipsBusy, flips.Load())
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	h.checkCounts(noLoopLimit)
+	s := h.stats("dc3")
+	t.Logf("dc3 duplicates %d loops %d", s.Duplicates, s.LoopsDropped)
+}
+
+// hardKill drops dc's NATS connection before closing it, so forwards it
+// applied but had not published stay in its outbox (a crash).
+func (h *healRun) hardKill(dc string) {
+	h.t.Helper()
+	n := h.nodes[dc]
+	n.nc.Close()
+	h.crash(dc)
+	n.nc = nil
+}
+
+// Scenario 1b: rapid flapping with crashes that leave forwards
+// unpublished, with the catch-up on (RepairAfter 300ms).
+func TestHealMoreRingRapidFlapCrash(t *testing.T) {
+	h := newHealRun(t, "ring", 4, func(o *bridge.Options) {
+		healing("")(o)
+		o.RepairAfter = 300 * time.Millisecond
+		o.FlushTimeout = 100 * time.Millisecond
+	})
+	h.writes(h.dcs, 10, 2)
+	w := startWriters(h, []string{"dc1", "dc3", "dc4"}, 2*time.Millisecond)
+	for i := range 4 {
+		time.Sleep(200 * time.Millisecond)
+		h.hardKill("dc2")
+		time.Sleep(time.Duration(1200+300*i) * time.Millisecond)
+		h.revive("dc2")
+	}
+	time.Sleep(300 * time.Millisecond)
+	w.finish()
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	h.waitHealing("dc3", nil)
+	h.waitHealConsumersGone("dc3")
+	h.checkCounts(noLoopLimit)
+}
+
+// Scenario 5b: the star's hub reports only every 1.5s, longer than the
+// others' heal_after: the standby relays while the hub is alive.
+func TestHealMoreStarSlowHub(t *testing.T) {
+	h := newHealRun(t, "star", 4, func(o *bridge.Options) {
+		healing("dc2")(o)
+		if o.Store.DC() == "dc1" {
+			o.ReportInterval = 1500 * time.Millisecond
+			o.HealAfter = 3 * time.Second
+		}
+	})
+	w := startWriters(h, []string{"dc1", "dc2", "dc3", "dc4"}, 3*time.Millisecond)
+	time.Sleep(5 * time.Second)
+	w.finish()
+	time.Sleep(2 * time.Second)
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	h.checkCounts(noLoopLimit)
+}
+
+// Scenario 2b: ring of 4, dc2 dies, then its heal via (dc1) dies too while
+// writes flow; dc1 returns before dc2.
+func TestHealMoreRingViaDies(t *testing.T) {
+	h := newHealRun(t, "ring", 4, healing(""))
+	h.writes(h.dcs, 10, 2)
+	w := startWriters(h, []string{"dc3", "dc4"}, 3*time.Millisecond)
+	h.kill("dc2")
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
+	h.crash("dc1")
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}, {Dead: "dc1", Via: "dc4"}})
+	time.Sleep(300 * time.Millisecond)
+	h.revive("dc1")
+	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
+	w.finish()
+	h.writes(h.live(), 10, 1)
+	h.waitLiveConverged(20 * time.Second)
+	h.revive("dc2")
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	h.waitHealing("dc3", nil)
+	h.waitHealConsumersGone("dc3")
+	h.checkCounts(noLoopLimit)
+}
