@@ -181,14 +181,7 @@ func TestHealMoreStarStandbyDiesToo(t *testing.T) {
 	h.waitHealing("dc2", []bridge.Bypass{{Dead: "dc1", Via: "dc3"}, {Dead: "dc1", Via: "dc4"}})
 	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc1", Via: "dc2"}})
 	h.waitLiveConverged(20 * time.Second)
-	h.revive("dc1")
-	h.writes(h.dcs, 10, 1)
-	h.waitConverged(30 * time.Second)
-	for _, dc := range []string{"dc2", "dc3", "dc4"} {
-		h.waitHealing(dc, nil)
-		h.waitHealConsumersGone(dc)
-	}
-	h.checkCounts(noLoopLimit)
+	reviveHubAndCheck(h)
 }
 
 // Scenario 3b: the same, without the catch-up (RepairAfter 1h): only the
@@ -207,6 +200,13 @@ func TestHealMoreStarStandbyDiesTooNoCatchup(t *testing.T) {
 	h.writes(h.live(), 10, 1)
 	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc1", Via: "dc2"}})
 	h.waitLiveConverged(20 * time.Second)
+	reviveHubAndCheck(h)
+}
+
+// reviveHubAndCheck brings the star's hub dc1 back, then requires every
+// DC to converge, every leaf to stop healing and delete its heal
+// consumers, and each DC to have applied every other DC's writes once.
+func reviveHubAndCheck(h *healRun) {
 	h.revive("dc1")
 	h.writes(h.dcs, 10, 1)
 	h.waitConverged(30 * time.Second)
