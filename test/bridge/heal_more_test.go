@@ -125,11 +125,7 @@ func TestHealMoreRingFlap(t *testing.T) {
 	h.revive("dc2")
 	time.Sleep(500 * time.Millisecond)
 	w.finish()
-	h.writes(h.dcs, 10, 1)
-	h.waitConverged(30 * time.Second)
-	h.waitHealing("dc3", nil)
-	h.waitHealConsumersGone("dc3")
-	h.checkCounts(noLoopLimit)
+	settleRing(h)
 }
 
 // Scenario 2: ring of 4 with two non-adjacent dead DCs.
@@ -203,6 +199,17 @@ func TestHealMoreStarStandbyDiesTooNoCatchup(t *testing.T) {
 	reviveHubAndCheck(h)
 }
 
+// settleRing writes once more at every DC, then requires every DC to
+// converge, dc3 (the ring DC after dc2) to stop healing and delete its heal
+// consumers, and each DC to have applied every other DC's writes once.
+func settleRing(h *healRun) {
+	h.writes(h.dcs, 10, 1)
+	h.waitConverged(30 * time.Second)
+	h.waitHealing("dc3", nil)
+	h.waitHealConsumersGone("dc3")
+	h.checkCounts(noLoopLimit)
+}
+
 // reviveHubAndCheck brings the star's hub dc1 back, then requires every
 // DC to converge, every leaf to stop healing and delete its heal
 // consumers, and each DC to have applied every other DC's writes once.
@@ -234,11 +241,7 @@ func TestHealMoreHealStopMidBatch(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	h.stopRep("dc3") // or the healer closes mid-batch
 	h.startRep("dc3")
-	h.writes(h.dcs, 10, 1)
-	h.waitConverged(30 * time.Second)
-	h.waitHealing("dc3", nil)
-	h.waitHealConsumersGone("dc3")
-	h.checkCounts(noLoopLimit)
+	settleRing(h)
 }
 
 // Scenario 4b: the healer itself closes right after its heal link starts
@@ -260,11 +263,7 @@ func TestHealMoreHealerClosesMidHeal(t *testing.T) {
 	}
 	h.waitLiveConverged(30 * time.Second)
 	h.revive("dc2")
-	h.writes(h.dcs, 10, 1)
-	h.waitConverged(30 * time.Second)
-	h.waitHealing("dc3", nil)
-	h.waitHealConsumersGone("dc3")
-	h.checkCounts(noLoopLimit)
+	settleRing(h)
 }
 
 // Scenario 5: dc2 is alive but reports only every 1.5s, longer than the
@@ -343,11 +342,7 @@ func TestHealMoreRingRapidFlapCrash(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	w.finish()
-	h.writes(h.dcs, 10, 1)
-	h.waitConverged(30 * time.Second)
-	h.waitHealing("dc3", nil)
-	h.waitHealConsumersGone("dc3")
-	h.checkCounts(noLoopLimit)
+	settleRing(h)
 }
 
 // Scenario 5b: the star's hub reports only every 1.5s, longer than the
@@ -386,9 +381,5 @@ func TestHealMoreRingViaDies(t *testing.T) {
 	h.writes(h.live(), 10, 1)
 	h.waitLiveConverged(20 * time.Second)
 	h.revive("dc2")
-	h.writes(h.dcs, 10, 1)
-	h.waitConverged(30 * time.Second)
-	h.waitHealing("dc3", nil)
-	h.waitHealConsumersGone("dc3")
-	h.checkCounts(noLoopLimit)
+	settleRing(h)
 }
