@@ -410,10 +410,14 @@ func (r *Replicator) Start(ctx context.Context) error {
 			r.runLink(intakeCtx, l)
 		}()
 	}
-	r.intake.Add(2)
+	r.intake.Add(3)
 	go func() {
 		defer r.intake.Done()
 		r.serveRepairs(intakeCtx, repairs)
+	}()
+	go func() {
+		defer r.intake.Done()
+		r.runHeartbeat(intakeCtx)
 	}()
 	go func() {
 		defer r.intake.Done()

@@ -15,16 +15,33 @@ import (
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
-// runReports, every ReportInterval, publishes this DC's applied vector and
-// refreshes the links' lag; every MaintenanceInterval it trims the outbox
-// and purges stable tombstones; and it records the applied vectors other
-// DCs report. It returns when ctx ends.
+// runHeartbeat publishes this DC's applied vector every ReportInterval,
+// idle or not, on a goroutine of its own: the others take a DC that stops
+// reporting for heal_after as unreachable, so slow work elsewhere (a
+// catch-up repair, stopping a heal link, trimming) must never delay it.
+func (r *Replicator) runHeartbeat(ctx context.Context) {
+	t := time.NewTicker(r.opts.ReportInterval)
+	defer t.Stop()
+	r.publishApplied()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r.publishApplied()
+		}
+	}
+}
+
+// runReports, every ReportInterval, refreshes the links' lag, judges the
+// peers' liveness and catches up; every MaintenanceInterval it trims the
+// outbox and purges stable tombstones; and it records the applied vectors
+// other DCs report. It returns when ctx ends.
 func (r *Replicator) runReports(ctx context.Context, reports <-chan *nats.Msg) {
 	report := time.NewTicker(r.opts.ReportInterval)
 	defer report.Stop()
 	maint := time.NewTicker(r.opts.MaintenanceInterval)
 	defer maint.Stop()
-	r.publishApplied()
 	r.startHealing(ctx)
 	defer r.stopHealing()
 	for {
@@ -34,9 +51,6 @@ func (r *Replicator) runReports(ctx context.Context, reports <-chan *nats.Msg) {
 		case m := <-reports:
 			r.peerReport(m)
 		case <-report.C:
-			// Sent every interval, idle or not: the others take a DC that
-			// stops reporting for heal_after as unreachable.
-			r.publishApplied()
 			// Reports that queued while this goroutine was busy (a slow
 			// repair, say) count before liveness is judged.
 			for range len(reports) {
