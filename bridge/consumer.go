@@ -245,23 +245,15 @@ func (r *Replicator) apply(ctx context.Context, l *link, in []inbound) {
 	}
 }
 
-// observeHLC feeds an applied event's HLC to the local clock, unless the
-// store already did in the apply's batch (changelog.ClockUpdater), and
-// counts a reading the clock refused.
+// observeHLC counts and logs a remote HLC the store's clock refused. The
+// store feeds every changing event's HLC to its clock inside the apply
+// batch (changelog.ClockUpdater, the HLC receive rule); a reading beyond
+// the drift bound is refused there, and the event is applied all the
+// same, since causality never depends on the HLC.
 func (r *Replicator) observeHLC(res changelog.ApplyResult, ev *event.Event) {
-	if res.Outcome != changelog.Changed {
-		return
-	}
-	err := res.ClockErr
-	if !res.ClockSeen {
-		if r.opts.Clock == nil {
-			return
-		}
-		err = r.opts.Clock.Update(ev.HLC)
-	}
-	if err != nil {
+	if res.ClockErr != nil {
 		r.c.clockDrift.Add(1)
-		r.log.Warn("remote clock beyond the drift bound; its time was not taken", "origin", ev.Origin, "dot", ev.Dot.String(), "err", err)
+		r.log.Warn("remote clock beyond the drift bound; its time was not taken", "origin", ev.Origin, "dot", ev.Dot.String(), "err", res.ClockErr)
 	}
 }
 

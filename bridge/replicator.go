@@ -55,12 +55,6 @@ type Options struct {
 	Logger *slog.Logger
 	// Now reads the wall clock, for lag figures only. Default time.Now.
 	Now func() time.Time
-	// Clock, if set, receives the HLC of every applied remote event (the
-	// HLC receive rule), so that later local writes order after what this
-	// DC has seen. A reading beyond the clock's drift bound is refused by
-	// the clock, counted and logged; the event is applied all the same,
-	// since causality never depends on the HLC.
-	Clock interface{ Update(remote uint64) error }
 	// StreamRetention is how long this DC's stream keeps messages every
 	// downstream DC has acknowledged (see trimStream). Default 24h.
 	StreamRetention time.Duration

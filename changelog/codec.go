@@ -81,16 +81,6 @@ var stateEncoders = sync.Pool{New: func() any {
 	return e
 }}
 
-// encodeStateReflect is encodeState by reflection over storedState: the
-// reference the fast encoder is tested against.
-func encodeStateReflect(st dvv.State) ([]byte, error) {
-	s := storedState{Clock: st.Clock, Siblings: make([]storedSibling, len(st.Siblings))}
-	for i, sb := range st.Siblings {
-		s.Siblings[i] = storedSibling{DC: sb.Dot.DC, N: sb.Dot.N, Value: normValue(sb.Version), Deleted: sb.Deleted, HLC: sb.HLC}
-	}
-	return msgpack.Marshal(&s)
-}
-
 func decodeState(b []byte) (dvv.State, error) {
 	var s storedState
 	if err := msgpack.Unmarshal(b, &s); err != nil {

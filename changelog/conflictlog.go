@@ -60,30 +60,36 @@ func (t *txn) indexConflict(c Conflict) error {
 // indexConflicts builds the age index of a store written before it existed.
 func (s *Store) indexConflicts() error {
 	done, err := s.getU64(metaKey(metaConflictIx))
-	if err != nil || done == 1 {
-		if err == nil {
-			return s.countIndexed()
-		}
-		return err
-	}
-	b := s.db.NewBatch()
-	defer b.Close()
-	cs, err := s.Conflicts(ConflictFilter{})
 	if err != nil {
 		return err
 	}
-	for _, c := range cs {
-		if h, ok := prunable(c); ok {
-			if err := b.Set(conflictAgeKey(h, c.ID), nil, nil); err != nil {
+	if done != 1 {
+		b := s.db.NewBatch()
+		defer b.Close()
+		// Page through the log, so an old store's log is never all in memory.
+		for after := ""; ; {
+			cs, err := s.Conflicts(ConflictFilter{After: after, Limit: 10_000})
+			if err != nil {
 				return err
 			}
+			if len(cs) == 0 {
+				break
+			}
+			for _, c := range cs {
+				if h, ok := prunable(c); ok {
+					if err := b.Set(conflictAgeKey(h, c.ID), nil, nil); err != nil {
+						return err
+					}
+				}
+			}
+			after = cs[len(cs)-1].ID
 		}
-	}
-	if err := b.Set(metaKey(metaConflictIx), u64(1), nil); err != nil {
-		return err
-	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return err
+		if err := b.Set(metaKey(metaConflictIx), u64(1), nil); err != nil {
+			return err
+		}
+		if err := b.Commit(pebble.Sync); err != nil {
+			return err
+		}
 	}
 	return s.countIndexed()
 }

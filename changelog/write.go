@@ -222,12 +222,9 @@ type ApplyResult struct {
 	Forwarded bool
 	// Expected is the sequence the store waits for on a Gap.
 	Expected uint64
-	// ClockSeen is set when the store fed the event's HLC to its clock
-	// (Options.Clock is a ClockUpdater and the event changed the key);
-	// ClockErr is the clock's refusal, such as a reading beyond the
-	// drift bound.
-	ClockSeen bool
-	ClockErr  error
+	// ClockErr is the refusal of the event's HLC by the store's clock
+	// (a ClockUpdater), such as a reading beyond the drift bound.
+	ClockErr error
 }
 
 // ClockUpdater is a Clock that also takes remote readings (the HLC receive
@@ -288,7 +285,7 @@ func (t *txn) apply(ev *event.Event, forward func(*event.Event) bool) (ApplyResu
 	if next, ok := st.Apply(ev.Dot, ev.Context, ver); ok {
 		res.Outcome = Changed
 		if u, ok := t.s.opts.Clock.(ClockUpdater); ok {
-			res.ClockSeen, res.ClockErr = true, u.Update(ev.HLC)
+			res.ClockErr = u.Update(ev.HLC)
 		}
 		if err := t.putState(ev.Key, st, next); err != nil {
 			return ApplyResult{}, err

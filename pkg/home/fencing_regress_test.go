@@ -37,6 +37,53 @@ func (e *memEpochs) SetHomeEpoch(_ context.Context, p string, v changelog.HomeEp
 	return nil
 }
 
+// startNATS runs a NATS server (core only) for the test and returns its
+// URL; maxPayload 0 keeps the server's default.
+func startNATS(t *testing.T, maxPayload int32) string {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, MaxPayload: maxPayload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Cleanup(ns.Shutdown)
+	return ns.ClientURL()
+}
+
+// memRouter is a router of dc with one rule, epochs in memory, no probes.
+func memRouter(t *testing.T, dc string, rl Rule, local WriteFunc) *Router {
+	t.Helper()
+	r, err := New(Options{DC: dc, Rules: []Rule{rl}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, Local: local, ProbeInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// serve connects r to the server at url and starts it; the returned stop
+// (also run at the end of the test) closes the router, then its
+// connection.
+func serve(t *testing.T, url string, r *Router) (stop func()) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(context.Background(), nc); err != nil {
+		nc.Close()
+		t.Fatal(err)
+	}
+	stop = sync.OnceFunc(func() {
+		r.Close()
+		nc.Close()
+	})
+	t.Cleanup(stop)
+	return stop
+}
+
 // TestSlowHomeDoesNotShareAnEpoch: dc1 is down; dc3 writes acct/1. dc2
 // is slow (longer than the rule's timeout), so dc3 gives up on it and
 // takes over itself. dc2 may still have been granted the epoch dc3
@@ -45,15 +92,7 @@ func (e *memEpochs) SetHomeEpoch(_ context.Context, p string, v changelog.HomeEp
 // review). The write itself runs at both, which is the documented cost of
 // a timeout ("may still be applied").
 func TestSlowHomeDoesNotShareAnEpoch(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	defer ns.Shutdown()
+	url := startNATS(t, 0)
 
 	rl := Rule{Prefix: "acct/", DCs: []string{"dc1", "dc2", "dc3"}, Failover: true, Timeout: 200 * time.Millisecond}
 	var mu sync.Mutex
@@ -69,20 +108,8 @@ func TestSlowHomeDoesNotShareAnEpoch(t *testing.T) {
 	}
 	routers := map[string]*Router{}
 	for dc, delay := range map[string]time.Duration{"dc2": 500 * time.Millisecond, "dc3": 0} {
-		r, err := New(Options{DC: dc, Rules: []Rule{rl}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, Local: local(dc, delay), ProbeInterval: time.Hour})
-		if err != nil {
-			t.Fatal(err)
-		}
-		nc, err := nats.Connect(ns.ClientURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		if err := r.Start(context.Background(), nc); err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
-		routers[dc] = r
+		routers[dc] = memRouter(t, dc, rl, local(dc, delay))
+		serve(t, url, routers[dc])
 	}
 	// dc1 is down: no responders on repl.home.dc1.
 	if _, err := routers["dc3"].Write(context.Background(), changelog.WriteOp{Key: "acct/1", Value: []byte("debit 100")}); err != nil {
@@ -114,42 +141,21 @@ func TestSlowHomeDoesNotShareAnEpoch(t *testing.T) {
 // dc1 (epoch bump) and writes locally; under reject it is a 503 "retry
 // later" that no retry can fix (it should be a 413/400).
 func TestMaxPayloadIsNotADeadHome(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, MaxPayload: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	defer ns.Shutdown()
+	url := startNATS(t, 64<<10)
 	rl := Rule{Prefix: "acct/", DCs: []string{"dc1", "dc2"}, Failover: true, Timeout: time.Second}
 	var mu sync.Mutex
 	var applied []string
 	routers := map[string]*Router{}
 	for _, dc := range []string{"dc1", "dc2"} {
-		r, err := New(Options{DC: dc, Rules: []Rule{rl}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, ProbeInterval: time.Hour,
-			Local: func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
-				mu.Lock()
-				applied = append(applied, dc)
-				mu.Unlock()
-				return changelog.WriteResult{State: dvv.State{Clock: vclock.VV{dc: 1}}}, nil
-			}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		nc, err := nats.Connect(ns.ClientURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		if err := r.Start(context.Background(), nc); err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
-		routers[dc] = r
+		routers[dc] = memRouter(t, dc, rl, func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+			mu.Lock()
+			applied = append(applied, dc)
+			mu.Unlock()
+			return changelog.WriteResult{State: dvv.State{Clock: vclock.VV{dc: 1}}}, nil
+		})
+		serve(t, url, routers[dc])
 	}
-	_, err = routers["dc2"].Write(context.Background(), changelog.WriteOp{Key: "acct/1", Value: make([]byte, 100<<10)})
+	_, err := routers["dc2"].Write(context.Background(), changelog.WriteOp{Key: "acct/1", Value: make([]byte, 100<<10)})
 	s := routers["dc2"].Status()[0]
 	t.Logf("err=%v applied at %v; dc2 view: home %s epoch %d", err, applied, s.Home, s.Epoch)
 	if s.Home != "dc1" {
@@ -169,15 +175,7 @@ func TestMaxPayloadIsNotADeadHome(t *testing.T) {
 // the home away from a live, merely lagging home and writes elsewhere,
 // while the home may still apply the write once it catches up.
 func TestContextWaitAnswersBeforeHomeTimeout(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	defer ns.Shutdown()
+	url := startNATS(t, 0)
 	st1, err := changelog.Open(t.TempDir(), changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2", "dc3"}, Partitions: 4, ContextWait: 1500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -191,24 +189,18 @@ func TestContextWaitAnswersBeforeHomeTimeout(t *testing.T) {
 				prefix, dcs = "f/", []string{"dc1", "dc2"}
 			}
 			rl := Rule{Prefix: prefix, DCs: dcs, Failover: failover, Timeout: 500 * time.Millisecond}
-			r1, _ := New(Options{DC: "dc1", Rules: []Rule{rl}, Epochs: st1, Local: st1.Write, ProbeInterval: time.Hour})
-			r2, _ := New(Options{DC: "dc2", Rules: []Rule{rl}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, ProbeInterval: time.Hour,
-				Local: func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
-					// dc2 has applied dc3:5 (the client read it here).
-					return changelog.WriteResult{State: dvv.State{Clock: vclock.VV{"dc2": 1, "dc3": 5}}}, nil
-				}})
-			for _, r := range []*Router{r1, r2} {
-				nc, err := nats.Connect(ns.ClientURL())
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer nc.Close()
-				if err := r.Start(context.Background(), nc); err != nil {
-					t.Fatal(err)
-				}
-				defer r.Close()
+			r1, err := New(Options{DC: "dc1", Rules: []Rule{rl}, Epochs: st1, Local: st1.Write, ProbeInterval: time.Hour})
+			if err != nil {
+				t.Fatal(err)
 			}
-			_, err := r2.Write(context.Background(), changelog.WriteOp{Key: prefix + "1", Value: []byte("v"), Context: vclock.VV{"dc3": 5}})
+			r2 := memRouter(t, "dc2", rl, func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+				// dc2 has applied dc3:5 (the client read it here).
+				return changelog.WriteResult{State: dvv.State{Clock: vclock.VV{"dc2": 1, "dc3": 5}}}, nil
+			})
+			// Each round's routers stop with it: both rounds serve dc1.
+			defer serve(t, url, r1)()
+			defer serve(t, url, r2)()
+			_, err = r2.Write(context.Background(), changelog.WriteOp{Key: prefix + "1", Value: []byte("v"), Context: vclock.VV{"dc3": 5}})
 			s := r2.Status()[0]
 			t.Logf("failover=%v: err=%v; dc2 view: home %s epoch %d", failover, err, s.Home, s.Epoch)
 			if !failover && (err == nil || !strings.Contains(err.Error(), "context names")) {
@@ -227,34 +219,19 @@ func TestContextWaitAnswersBeforeHomeTimeout(t *testing.T) {
 // re-sends the write len(DCs)+2 times and answers 503 "the home kept
 // moving; retry" instead of the 409 saying the configs disagree.
 func TestConfigsDisagreeIs409(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	defer ns.Shutdown()
+	url := startNATS(t, 0)
 	var mu sync.Mutex
 	calls := 0
 	local := func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
 		return changelog.WriteResult{}, nil
 	}
-	r1, _ := New(Options{DC: "dc1", Rules: []Rule{{Prefix: "acc", DCs: []string{"dc1"}, Timeout: time.Second}}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, Local: local})
-	r2, _ := New(Options{DC: "dc2", Rules: []Rule{{Prefix: "acct/", DCs: []string{"dc1"}, Timeout: time.Second}}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, Local: local})
-	for _, r := range []*Router{r1, r2} {
-		nc, err := nats.Connect(ns.ClientURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		if err := r.Start(context.Background(), nc); err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
+	serve(t, url, memRouter(t, "dc1", Rule{Prefix: "acc", DCs: []string{"dc1"}, Timeout: time.Second}, local))
+	r2 := memRouter(t, "dc2", Rule{Prefix: "acct/", DCs: []string{"dc1"}, Timeout: time.Second}, local)
+	serve(t, url, r2)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
 	}
-	nc, _ := nats.Connect(ns.ClientURL())
 	defer nc.Close()
 	sub, _ := nc.Subscribe(Subject("dc1"), func(*nats.Msg) { mu.Lock(); calls++; mu.Unlock() })
 	defer sub.Unsubscribe()

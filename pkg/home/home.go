@@ -398,14 +398,14 @@ rounds:
 				}
 				return res, err
 			}
-			rep, reason, err := r.forward(ctx, rl, target, epoch, op)
+			rep, miss, err := r.forward(ctx, rl, target, epoch, op)
 			if err != nil {
 				return changelog.WriteResult{}, err
 			}
-			if reason != "" {
-				r.log.Warn("home DC did not answer", "prefix", rl.Prefix, "target", target, "key", op.Key, "reason", reason)
-				reasons = append(reasons, target+": "+reason)
-				if strings.HasPrefix(reason, reasonTimeout) {
+			if miss != nil {
+				r.log.Warn("home DC did not answer", "prefix", rl.Prefix, "target", target, "key", op.Key, "reason", miss.why)
+				reasons = append(reasons, target+": "+miss.why)
+				if miss.timedOut {
 					floor = max(floor, epoch+1)
 				}
 				continue
@@ -468,24 +468,31 @@ func (r *Router) unreachable(rl *rule, key string, reasons []string) error {
 	return &Error{Status: http.StatusServiceUnavailable, Msg: msg}
 }
 
-// forward sends op to target under epoch. A non-empty reason means target
+// noAnswer says why a target did not answer. timedOut marks a request that
+// may still have been received and acted on.
+type noAnswer struct {
+	why      string
+	timedOut bool
+}
+
+// forward sends op to target under epoch. A non-nil noAnswer means target
 // did not answer: no responders, or no answer within the rule's timeout
 // (then target is tried last for a while). err is the caller's context
 // ending, or a reply that cannot be read.
-func (r *Router) forward(ctx context.Context, rl *rule, target string, epoch uint64, op changelog.WriteOp) (reply, string, error) {
+func (r *Router) forward(ctx context.Context, rl *rule, target string, epoch uint64, op changelog.WriteOp) (reply, *noAnswer, error) {
 	req := request{V: Protocol, Op: opWrite, From: r.opts.DC, Prefix: rl.Prefix, DCs: rl.DCs, Epoch: epoch,
 		Key: op.Key, Value: op.Value, Delete: op.Delete, Resolve: op.Resolve, Blind: op.Context == nil, Context: op.Context}
 	return r.request(ctx, rl, target, req)
 }
 
-func (r *Router) request(ctx context.Context, rl *rule, target string, req request) (reply, string, error) {
+func (r *Router) request(ctx context.Context, rl *rule, target string, req request) (reply, *noAnswer, error) {
 	b, err := encode(&req)
 	if err != nil {
-		return reply{}, "", err
+		return reply{}, nil, err
 	}
 	nc := r.conn()
 	if nc == nil {
-		return reply{}, "this DC is not connected to NATS yet", nil
+		return reply{}, &noAnswer{why: "this DC is not connected to NATS yet"}, nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, rl.Timeout)
 	defer cancel()
@@ -493,27 +500,28 @@ func (r *Router) request(ctx context.Context, rl *rule, target string, req reque
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
-		return reply{}, "", ctx.Err()
+		return reply{}, nil, ctx.Err()
 	case errors.Is(err, nats.ErrNoResponders):
-		return reply{}, "no responders: its sidecar is down or not serving home writes", nil
+		return reply{}, &noAnswer{why: "no responders: its sidecar is down or not serving home writes"}, nil
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
 		rl.smu.Lock()
 		rl.suspect[target] = r.opts.Now().Add(rl.Timeout)
 		rl.smu.Unlock()
-		return reply{}, fmt.Sprintf("%sno answer within %s; a write sent there may still be applied, read the key before retrying", reasonTimeout, rl.Timeout), nil
+		return reply{}, &noAnswer{timedOut: true, why: fmt.Sprintf(
+			"timeout: no answer within %s; a write sent there may still be applied, read the key before retrying", rl.Timeout)}, nil
 	case errors.Is(err, nats.ErrMaxPayload):
 		// The request never left: not the home's fault, and no other DC
 		// would take it either.
-		return reply{}, "", &Error{Status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf(
+		return reply{}, nil, &Error{Status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf(
 			"the write to %s is larger than the NATS server's max_payload (%d bytes); write a smaller value or raise max_payload", target, nc.MaxPayload())}
 	default:
-		return reply{}, "request failed: " + err.Error(), nil
+		return reply{}, &noAnswer{why: "request failed: " + err.Error()}, nil
 	}
 	var rep reply
 	if err := msgpackcheck.Unmarshal(msg.Data, &rep); err != nil {
-		return reply{}, "", &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home DC %s answered with an unreadable reply: %v", target, err)}
+		return reply{}, nil, &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home DC %s answered with an unreadable reply: %v", target, err)}
 	}
-	return rep, "", nil
+	return rep, nil, nil
 }
 
 // probeAll asks the other candidates of every failover rule for their view
@@ -531,8 +539,8 @@ func (r *Router) probeAll(ctx context.Context) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				rep, reason, err := r.request(ctx, rl, dc, request{V: Protocol, Op: opProbe, From: r.opts.DC, Prefix: rl.Prefix})
-				if err != nil || reason != "" || rep.Status != http.StatusOK {
+				rep, miss, err := r.request(ctx, rl, dc, request{V: Protocol, Op: opProbe, From: r.opts.DC, Prefix: rl.Prefix})
+				if err != nil || miss != nil || rep.Status != http.StatusOK {
 					return
 				}
 				if err := r.learn(ctx, rl, changelog.HomeEpoch{Epoch: rep.Epoch, Home: rep.Home}, dc); err != nil {
@@ -628,10 +636,6 @@ func (r *Router) handle(data []byte) reply {
 	}
 	return resultReply(res, cur)
 }
-
-// reasonTimeout starts the reason of a forward that got no answer in time:
-// it may still have been applied.
-const reasonTimeout = "timeout: "
 
 // MaxEpoch bounds fencing epochs: a request or a view claiming more is
 // refused as absurd (invariant 9), so no forged epoch can wrap the counter.

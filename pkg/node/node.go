@@ -255,7 +255,7 @@ func (n *Node) Start(ctx context.Context) error {
 	lim := event.Limits{MaxEventBytes: n.cfg.Limits.MaxEventBytes, MaxKeyBytes: n.cfg.Limits.MaxKeyBytes, MaxValueBytes: n.cfg.Limits.MaxValueBytes}
 	repl, err := bridge.New(bridge.Options{
 		Store: n.store, NC: nc, Domain: n.cfg.NATS.Domain, Plan: plan, DCs: n.cfg.DCs,
-		Partitions: n.cfg.Partitions, Limits: lim, Logger: n.opts.Logger, Now: n.opts.Now, Clock: n.clock,
+		Partitions: n.cfg.Partitions, Limits: lim, Logger: n.opts.Logger, Now: n.opts.Now,
 		ObservePublish: func(d time.Duration) { n.pubLatency.Observe(d.Seconds()) },
 		Stream: bridge.StreamOptions{
 			Replicas:        n.cfg.Durability.StreamReplicas,
