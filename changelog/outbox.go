@@ -15,9 +15,22 @@ import (
 type OutboxEntry struct {
 	// Index is the entry's position in this DC's outbox.
 	Index uint64
-	// Data is the encoded event.
-	Data  []byte
+	// Data is the encoded event, or transaction.
+	Data []byte
+	// Event is the event, or a transaction's first op.
 	Event *event.Event
+	// Txn holds a transaction's ops (Event is Txn[0]); nil for a single
+	// event.
+	Txn []*event.Event
+}
+
+// Events returns the entry's events: its one event, or its transaction's
+// ops.
+func (e OutboxEntry) Events() []*event.Event {
+	if e.Txn != nil {
+		return e.Txn
+	}
+	return []*event.Event{e.Event}
 }
 
 // Checkpoint returns the highest outbox index JetStream has acknowledged.
@@ -49,11 +62,15 @@ func (s *Store) ReadOutbox(after uint64, max int) ([]OutboxEntry, error) {
 	var out []OutboxEntry
 	for it.First(); it.Valid() && len(out) < max; it.Next() {
 		data := append([]byte(nil), it.Value()...)
-		ev, err := event.Decode(data, event.DefaultLimits())
+		evs, err := event.DecodeMessage(data, event.DefaultLimits())
 		if err != nil {
 			return nil, fmt.Errorf("changelog: outbox entry %d: %w", binary.BigEndian.Uint64(it.Key()[1:]), err)
 		}
-		out = append(out, OutboxEntry{Index: binary.BigEndian.Uint64(it.Key()[1:]), Data: data, Event: ev})
+		e := OutboxEntry{Index: binary.BigEndian.Uint64(it.Key()[1:]), Data: data, Event: evs[0]}
+		if evs[0].TxnOps > 0 {
+			e.Txn = evs
+		}
+		out = append(out, e)
 	}
 	return out, it.Error()
 }
@@ -95,13 +112,15 @@ func checkpointFn(idx uint64) func(t *txn) error {
 }
 
 // OwnEvents returns this DC's own events of partition p with sequence in
-// [from, to], as encoded, for a DC that found a gap. It stops at the first
+// [from, to], as encoded, for a DC that found a gap. A transaction holding
+// several of those sequences is returned once, whole. It stops at the first
 // sequence the outbox no longer holds and returns what it has.
 func (s *Store) OwnEvents(p uint32, from, to uint64, max int) ([][]byte, error) {
 	s.mu.RLock()
 	end := s.mu.outboxSync
 	s.mu.RUnlock()
 	var out [][]byte
+	last := uint64(0) // the entry of the previous sequence: a transaction's ops in one partition share one
 	for seq := from; seq <= to && len(out) < max; seq++ {
 		b, ok, err := s.get(ownKey(p, seq))
 		if err != nil {
@@ -110,7 +129,12 @@ func (s *Store) OwnEvents(p uint32, from, to uint64, max int) ([][]byte, error) 
 		if !ok || binary.BigEndian.Uint64(b) >= end {
 			break
 		}
-		data, ok, err := s.get(outboxKey(binary.BigEndian.Uint64(b)))
+		idx := binary.BigEndian.Uint64(b)
+		if idx == last {
+			continue
+		}
+		last = idx
+		data, ok, err := s.get(outboxKey(idx))
 		if err != nil {
 			return out, err
 		}

@@ -234,9 +234,10 @@ func (s *Store) TrimOutbox(ctx context.Context) (int, error) {
 		}
 		all := true
 		for _, r := range reports {
-			if !r.Covers(e.Event.Origin, e.Event.Partition, e.Event.Seq) {
-				all = false
-				break
+			for _, ev := range e.Events() {
+				if !r.Covers(ev.Origin, ev.Partition, ev.Seq) {
+					all = false
+				}
 			}
 		}
 		if !all {
@@ -253,10 +254,11 @@ func (s *Store) TrimOutbox(ctx context.Context) (int, error) {
 			if err := t.del(outboxKey(e.Index)); err != nil {
 				return err
 			}
-			ev := e.Event
-			if ev.Origin == s.opts.DC && len(ev.Path) == 1 {
-				if err := t.del(ownKey(ev.Partition, ev.Seq)); err != nil {
-					return err
+			for _, ev := range e.Events() {
+				if ev.Origin == s.opts.DC && len(ev.Path) == 1 {
+					if err := t.del(ownKey(ev.Partition, ev.Seq)); err != nil {
+						return err
+					}
 				}
 			}
 		}

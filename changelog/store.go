@@ -84,6 +84,11 @@ type Options struct {
 	// DCs' events a client context names before it gives up with
 	// ErrContextAhead. Zero does not wait.
 	ContextWait time.Duration
+	// TxnMaxOps and TxnMaxBytes bound a local transaction (WriteTxn): its
+	// ops, and its encoded message. Defaults DefaultTxnMaxOps and
+	// DefaultTxnMaxBytes; never above what Limits lets other DCs accept.
+	TxnMaxOps   int
+	TxnMaxBytes int
 	// ConflictRetention and ConflictMaxEntries bound the conflict log:
 	// logged and resolved entries older than the retention, or beyond the
 	// count (oldest first), are pruned every ConflictPruneEvery (default 1
@@ -171,6 +176,12 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	if opts.Limits.MaxValueBytes <= 0 {
 		opts.Limits.MaxValueBytes = def.MaxValueBytes
+	}
+	if opts.Limits.MaxTxnOps <= 0 {
+		opts.Limits.MaxTxnOps = def.MaxTxnOps
+	}
+	if opts.Limits.MaxTxnBytes <= 0 {
+		opts.Limits.MaxTxnBytes = def.MaxTxnBytes
 	}
 	cache := pebble.NewCache(64 << 20)
 	defer cache.Unref()

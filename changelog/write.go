@@ -125,27 +125,61 @@ func (s *Store) WaitContext(ctx context.Context, key string, client vclock.VV) e
 }
 
 func (t *txn) write(op WriteOp) (WriteResult, error) {
+	w, err := t.prepare(op)
+	if err != nil {
+		return WriteResult{}, err
+	}
+	var hlc uint64
+	if t.s.opts.Clock != nil {
+		hlc = t.s.opts.Clock.Now()
+	}
+	res, err := t.make(w, hlc)
+	if err != nil {
+		return WriteResult{}, err
+	}
+	if err := t.appendOutbox(res.Event); err != nil {
+		return WriteResult{}, err
+	}
+	return res, nil
+}
+
+// prepared is a local write checked against the key's state, not yet made.
+type prepared struct {
+	op  WriteOp
+	p   uint32
+	st  dvv.State
+	ctx vclock.VV // the write's causal context
+}
+
+// prepare checks op against the key's state as this batch has left it. It
+// changes nothing, so a failure leaves the batch as it was.
+func (t *txn) prepare(op WriteOp) (prepared, error) {
 	s := t.s
 	p := event.PartitionOf(op.Key, s.opts.Partitions)
 	st, _, err := t.state(op.Key)
 	if err != nil {
-		return WriteResult{}, err
+		return prepared{}, err
 	}
 	r := s.opts.Resolvers.For(op.Key)
 	implicit := op.Context == nil && (op.Delete || r.OnWrite())
 	client, err := t.checkContext(op.Key, op.Context, st.Clock, p)
 	if err != nil {
-		return WriteResult{}, err
+		return prepared{}, err
 	}
-	ctx := st.WriteContext(client, implicit, t.purgeFrontier(p))
+	return prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}, nil
+}
+
+// make makes a prepared write at HLC hlc: the next sequence of its
+// partition, the key's new state, its conflict entries. The caller queues
+// the event for publishing.
+func (t *txn) make(w prepared, hlc uint64) (WriteResult, error) {
+	s := t.s
+	op, p := w.op, w.p
 	seq := t.lastSeq(p) + 1
 	dot := vclock.Dot{DC: s.opts.DC, N: seq}
-	ver := dvv.Version{Value: op.Value, Deleted: op.Delete}
-	if s.opts.Clock != nil {
-		ver.HLC = s.opts.Clock.Now()
-	}
+	ver := dvv.Version{Value: op.Value, Deleted: op.Delete, HLC: hlc}
 	ver.Value = normValue(ver)
-	next := st.Write(dot, ctx, ver)
+	next := w.st.Write(dot, w.ctx, ver)
 	ev := &event.Event{
 		Version:   event.SchemaVersion,
 		Origin:    s.opts.DC,
@@ -155,7 +189,7 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 		Op:        event.OpPut,
 		Value:     ver.Value,
 		Dot:       dot,
-		Context:   ctx,
+		Context:   w.ctx,
 		HLC:       ver.HLC,
 		Path:      []string{s.opts.DC},
 	}
@@ -169,13 +203,10 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 		return WriteResult{}, err
 	}
 	t.observeHLC(ver.HLC)
-	if err := t.putState(op.Key, st, next); err != nil {
+	if err := t.putState(op.Key, w.st, next); err != nil {
 		return WriteResult{}, err
 	}
 	if err := t.noteConflicts(op.Key, next, ver.HLC); err != nil {
-		return WriteResult{}, err
-	}
-	if err := t.appendOutbox(ev); err != nil {
 		return WriteResult{}, err
 	}
 	t.changes = append(t.changes, Change{Key: op.Key, State: next, Origin: s.opts.DC, Op: ev.Op})
@@ -237,7 +268,9 @@ type ClockUpdater interface {
 }
 
 // Apply applies remote events in order, in one batch, and returns once it is
-// durable. forward, if not nil, decides for each event taken in sequence
+// durable. The ops of a transaction (event.Event.TxnOps) must be
+// consecutive in evs; they are applied together or not at all (see
+// applyGroup). forward, if not nil, decides for each event taken in sequence
 // whether to queue it for forwarding (with this DC appended to its path).
 // Events must already be validated (see event.Validate); the partition must
 // match the key.
@@ -253,14 +286,19 @@ func (s *Store) Apply(ctx context.Context, evs []*event.Event, forward func(*eve
 			return nil, fmt.Errorf("%w: event dot %s does not match origin %s seq %d", ErrBadInput, ev.Dot, ev.Origin, ev.Seq)
 		}
 	}
-	out := make([]ApplyResult, len(evs))
-	err := s.do(ctx, func(t *txn) error {
-		for i, ev := range evs {
-			r, err := t.apply(ev, forward)
+	groups, err := event.Group(evs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	out := make([]ApplyResult, 0, len(evs))
+	err = s.do(ctx, func(t *txn) error {
+		out = out[:0]
+		for _, g := range groups {
+			r, err := t.applyGroup(g, forward)
 			if err != nil {
 				return err
 			}
-			out[i] = r
+			out = append(out, r...)
 		}
 		return nil
 	})
@@ -369,14 +407,19 @@ func (s *Store) Recover(ctx context.Context, evs []*event.Event) ([]ApplyResult,
 			return nil, fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
 		}
 	}
-	out := make([]ApplyResult, len(evs))
-	err := s.do(ctx, func(t *txn) error {
-		for i, ev := range evs {
-			r, err := t.apply(ev, nil)
+	groups, err := event.Group(evs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	out := make([]ApplyResult, 0, len(evs))
+	err = s.do(ctx, func(t *txn) error {
+		out = out[:0]
+		for _, g := range groups {
+			r, err := t.applyGroup(g, nil)
 			if err != nil {
 				return err
 			}
-			out[i] = r
+			out = append(out, r...)
 		}
 		return nil
 	})

@@ -104,6 +104,12 @@ type Limits struct {
 	// which bounds the memory a small hostile event can make Decode
 	// allocate. Default 16.
 	MaxUnknownFields int
+	// MaxTxnOps bounds the ops of one transaction message. Default
+	// DefaultMaxTxnOps.
+	MaxTxnOps int
+	// MaxTxnBytes bounds an encoded transaction message. Default
+	// DefaultMaxTxnBytes.
+	MaxTxnBytes int
 }
 
 // DefaultLimits returns the limits every DC uses unless configured.
@@ -115,6 +121,8 @@ func DefaultLimits() Limits {
 		MaxDCs:           vclock.MaxEntries,
 		MaxDepth:         8,
 		MaxUnknownFields: 16,
+		MaxTxnOps:        DefaultMaxTxnOps,
+		MaxTxnBytes:      DefaultMaxTxnBytes,
 	}
 }
 
@@ -134,6 +142,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxDepth <= 0 {
 		l.MaxDepth = d.MaxDepth
+	}
+	if l.MaxTxnOps <= 0 {
+		l.MaxTxnOps = d.MaxTxnOps
+	}
+	if l.MaxTxnBytes <= 0 {
+		l.MaxTxnBytes = d.MaxTxnBytes
 	}
 	if l.MaxUnknownFields <= 0 {
 		l.MaxUnknownFields = d.MaxUnknownFields

@@ -58,6 +58,10 @@ type Event struct {
 	HLC uint64
 	// Path lists the DCs the event has passed through, origin first.
 	Path []string
+	// TxnOps is, for an op of a transaction, the number of ops in it (the
+	// ops travel together; see EncodeTxn); 0 for a single event. It is not
+	// part of the v1 encoding.
+	TxnOps int
 
 	// unknown holds fields a newer schema added, raw, so that re-encoding
 	// passes them on unchanged.

@@ -23,6 +23,9 @@ const (
 	HeaderDot         = "Repl-Dot"     // dc:n
 	HeaderContext     = "Repl-Context" // {a:1,b:2}
 	HeaderContentType = "Content-Type" // ContentType
+	// HeaderTxn is on a transaction's message only: the number of its ops.
+	// The other headers then describe its first op.
+	HeaderTxn = "Repl-Txn"
 )
 
 // ContentType is the Content-Type of an event payload.
@@ -103,8 +106,20 @@ func ToHeaders(e *Event) map[string][]string {
 	return h
 }
 
+// TxnHeaders returns the NATS headers for the message of a transaction:
+// those of its first op (the message id is the first op's, which no other
+// message can carry) and HeaderTxn with the number of ops.
+func TxnHeaders(ops []*Event) map[string][]string {
+	h := ToHeaders(ops[0])
+	h[HeaderTxn] = []string{strconv.Itoa(len(ops))}
+	return h
+}
+
 // HeaderInfo is what an event's headers say about it.
 type HeaderInfo struct {
+	// TxnOps is HeaderTxn: the ops of a transaction's message, 0 when the
+	// header is absent (a single event).
+	TxnOps int
 	MsgID     string
 	Origin    string
 	Partition uint32
@@ -206,6 +221,18 @@ func FromHeaders(h map[string][]string) (HeaderInfo, error) {
 		return info, fmt.Errorf("%s: %w", HeaderOp, err)
 	}
 
+	if hasHeader(h, HeaderTxn) {
+		v, err := get(HeaderTxn)
+		if err != nil {
+			return info, err
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > DefaultMaxTxnOps {
+			return info, fmt.Errorf("%w: %s %q: want the number of ops, 1 to %d", ErrHeader, HeaderTxn, v, DefaultMaxTxnOps)
+		}
+		info.TxnOps = n
+	}
+
 	ctx, err := get(HeaderContext)
 	if err != nil {
 		return info, err
@@ -241,6 +268,21 @@ func (h HeaderInfo) Check(e *Event) error {
 		return mismatch(HeaderContext, h.Context, e.Context)
 	case !slices.Equal(h.Path, e.Path):
 		return mismatch(HeaderPath, strings.Join(h.Path, ","), strings.Join(e.Path, ","))
+	case h.TxnOps != e.TxnOps:
+		return mismatch(HeaderTxn, h.TxnOps, e.TxnOps)
 	}
 	return nil
+}
+
+// hasHeader reports whether h holds name, matched as FromHeaders matches.
+func hasHeader(h map[string][]string, name string) bool {
+	if _, ok := h[name]; ok {
+		return true
+	}
+	for k := range h {
+		if strings.EqualFold(k, name) {
+			return true
+		}
+	}
+	return false
 }
