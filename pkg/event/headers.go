@@ -119,7 +119,7 @@ func TxnHeaders(ops []*Event) map[string][]string {
 type HeaderInfo struct {
 	// TxnOps is HeaderTxn: the ops of a transaction's message, 0 when the
 	// header is absent (a single event).
-	TxnOps int
+	TxnOps    int
 	MsgID     string
 	Origin    string
 	Partition uint32
