@@ -22,56 +22,66 @@ type checker struct {
 }
 
 // check decodes and checks the message data published on subject of up's
-// stream with headers h. It returns the event, or an error wrapping
-// ErrRejected (and the codec's error where there is one) that says what is
-// wrong. Loops are not its concern: a well-formed event that already passed
-// this DC is returned, and the plan drops it.
-func (c checker) check(up, subject string, h map[string][]string, data []byte) (*event.Event, error) {
+// stream with headers h. It returns the message's event, or the ops of its
+// transaction, or an error wrapping ErrRejected (and the codec's error where
+// there is one) that says what is wrong. Loops are not its concern: a
+// well-formed event that already passed this DC is returned, and the plan
+// drops it.
+func (c checker) check(up, subject string, h map[string][]string, data []byte) ([]*event.Event, error) {
 	reject := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))
 	}
 	prefix := "repl." + up + "."
 	rest, ok := strings.CutPrefix(subject, prefix)
 	if !ok {
-		return nil, reject("subject %q is not in %s's stream (want %s<partition>)", subject, up, prefix)
+		return nil, reject("subject %q is not in %s's stream (want %s<partition> or %stxn)", subject, up, prefix, prefix)
 	}
-	sp, err := strconv.ParseUint(rest, 10, 32)
-	if err != nil || int(sp) >= c.partitions {
-		return nil, reject("subject %q does not name a partition in [0, %d)", subject, c.partitions)
+	isTxn := subject == TxnSubject(up)
+	var sp uint64
+	if !isTxn {
+		var err error
+		sp, err = strconv.ParseUint(rest, 10, 32)
+		if err != nil || int(sp) >= c.partitions {
+			return nil, reject("subject %q does not name a partition in [0, %d) or txn", subject, c.partitions)
+		}
 	}
-	ev, err := event.Decode(data, c.limits)
+	evs, err := event.DecodeMessage(data, c.limits)
 	if err != nil {
 		return nil, fmt.Errorf("%w: decode: %w", ErrRejected, err)
 	}
-	if err := ev.Validate(c.limits); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
+	first := evs[0]
+	switch {
+	case isTxn && first.TxnOps == 0:
+		return nil, reject("event %s is not a transaction but was published on %q", first.Dot, subject)
+	case !isTxn && first.TxnOps > 0:
+		return nil, reject("transaction %s was published on %q, not on %s", first.Dot, subject, TxnSubject(up))
+	case !isTxn && uint64(first.Partition) != sp:
+		return nil, reject("event %s names partition %d but was published on %q", first.Dot, first.Partition, subject)
 	}
-	if ev.Seq >= event.MaxCounter {
-		return nil, reject("seq %d is an absurd counter (must be below 2^62)", ev.Seq)
+	if !c.known[first.Origin] {
+		return nil, reject("origin %q is not a known DC", first.Origin)
 	}
-	if !c.known[ev.Origin] {
-		return nil, reject("origin %q is not a known DC", ev.Origin)
-	}
-	for i, dc := range ev.Path {
+	for i, dc := range first.Path {
 		if !c.known[dc] {
 			return nil, reject("path[%d] %q is not a known DC", i, dc)
 		}
 	}
-	if last := ev.Path[len(ev.Path)-1]; last != up {
-		return nil, reject("forged: event %s with path %v arrived on %s's stream, but its path ends at %q", ev.Dot, ev.Path, up, last)
+	if last := first.Path[len(first.Path)-1]; last != up {
+		return nil, reject("forged: event %s with path %v arrived on %s's stream, but its path ends at %q", first.Dot, first.Path, up, last)
 	}
-	if uint64(ev.Partition) != sp {
-		return nil, reject("event %s names partition %d but was published on %q", ev.Dot, ev.Partition, subject)
-	}
-	if want := event.PartitionOf(ev.Key, c.partitions); ev.Partition != want {
-		return nil, reject("event %s names partition %d, but key %q is in partition %d of %d", ev.Dot, ev.Partition, ev.Key, want, c.partitions)
+	for _, ev := range evs {
+		// Validate ran in the decoder; the ops of a transaction share the
+		// origin and path (event.CheckTxn).
+		if want := event.PartitionOf(ev.Key, c.partitions); ev.Partition != want {
+			return nil, reject("event %s names partition %d, but key %q is in partition %d of %d", ev.Dot, ev.Partition, ev.Key, want, c.partitions)
+		}
 	}
 	info, err := event.FromHeaders(h)
 	if err != nil {
 		return nil, fmt.Errorf("%w: headers: %w", ErrRejected, err)
 	}
-	if err := info.Check(ev); err != nil {
+	if err := info.Check(first); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
 	}
-	return ev, nil
+	return evs, nil
 }

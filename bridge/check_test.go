@@ -39,6 +39,16 @@ func TestCheck(t *testing.T) {
 		return msg{Subject("b", ev.Partition), event.ToHeaders(ev), b}
 	}
 	with := func(m msg, f func(*msg)) msg { f(&m); return m }
+	txnOf := func(ops ...*event.Event) msg {
+		b, err := event.EncodeTxn(nil, ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range ops {
+			op.TxnOps = len(ops)
+		}
+		return msg{TxnSubject("b"), event.TxnHeaders(ops), b}
+	}
 	good := testEvent("b", 7, "k1")
 	forwarded := testEvent("a", 3, "k2", "a", "b")
 
@@ -71,16 +81,31 @@ func TestCheck(t *testing.T) {
 		{"header disagrees", with(of(good), func(m *msg) {
 			m.header = event.ToHeaders(testEvent("b", 8, "k1"))
 		}), "headers do not match"},
+		{"transaction", txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), ""},
+		{"forwarded transaction", txnOf(testEvent("a", 4, "k1", "a", "b"), testEvent("a", 5, "k2", "a", "b")), ""},
+		{"transaction on a partition subject", with(txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), func(m *msg) {
+			m.subject = Subject("b", 0)
+		}), "not on repl.b.txn"},
+		{"single event on the transaction subject", with(of(good), func(m *msg) { m.subject = TxnSubject("b") }), "is not a transaction"},
+		{"transaction op in the wrong partition", func() msg {
+			ev := testEvent("b", 9, "k2")
+			ev.Partition = (ev.Partition + 1) % testParts
+			return txnOf(testEvent("b", 8, "k1"), ev)
+		}(), "is in partition"},
+		{"transaction headers without Repl-Txn", with(txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), func(m *msg) {
+			delete(m.header, event.HeaderTxn)
+		}), "headers do not match"},
+		{"transaction of another DC's stream", txnOf(testEvent("c", 8, "k1"), testEvent("c", 9, "k2")), "forged"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ev, err := c.check("b", tc.msg.subject, nats.Header(tc.msg.header), tc.msg.data)
+			evs, err := c.check("b", tc.msg.subject, nats.Header(tc.msg.header), tc.msg.data)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("rejected: %v", err)
-			case tc.want == "" && ev == nil:
+			case tc.want == "" && len(evs) == 0:
 				t.Fatal("accepted without an event")
 			case tc.want != "" && err == nil:
-				t.Fatalf("accepted %v, want an error saying %q", ev.Dot, tc.want)
+				t.Fatalf("accepted %v, want an error saying %q", evs[0].Dot, tc.want)
 			case tc.want != "" && (!errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), tc.want)):
 				t.Fatalf("error %q, want ErrRejected saying %q", err, tc.want)
 			}

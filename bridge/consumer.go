@@ -35,10 +35,11 @@ type link struct {
 	failures map[uint64]int
 }
 
-// inbound is a message that passed the checks, with its event.
+// inbound is a message that passed the checks, with its event, or the
+// ops of its transaction.
 type inbound struct {
 	msg jetstream.Msg
-	ev  *event.Event
+	evs []*event.Event
 }
 
 // consumerConfig returns the durable pull consumer of a link: explicit
@@ -176,11 +177,12 @@ func (r *Replicator) handle(ctx context.Context, l *link, msgs []jetstream.Msg) 
 	for _, m := range msgs {
 		r.c.received.Add(1)
 		l.received.Add(1)
-		ev, err := r.check.check(l.up, m.Subject(), m.Headers(), m.Data())
+		evs, err := r.check.check(l.up, m.Subject(), m.Headers(), m.Data())
 		if err != nil {
 			r.deadLetter(ctx, l, m, err)
 			continue
 		}
+		ev := evs[0]
 		if err := r.plan.Accept(ev.Origin, ev.Path); err != nil {
 			r.c.loops.Add(1)
 			l.loops.Add(1)
@@ -188,7 +190,7 @@ func (r *Replicator) handle(ctx context.Context, l *link, msgs []jetstream.Msg) 
 			r.ack(l, m)
 			continue
 		}
-		in = append(in, inbound{msg: m, ev: ev})
+		in = append(in, inbound{msg: m, evs: evs})
 	}
 	if len(in) > 0 {
 		r.apply(ctx, l, in)
@@ -196,8 +198,9 @@ func (r *Replicator) handle(ctx context.Context, l *link, msgs []jetstream.Msg) 
 }
 
 // apply applies in as one store batch and acks each message whose event
-// the committed batch settled. Events held back by a gap are repaired from
-// their origin and offered again; those still held are redelivered later.
+// (or transaction) the committed batch settled. Events held back by a gap
+// are repaired from their origin and offered again; those still held are
+// redelivered later. A transaction is held while any of its ops is.
 func (r *Replicator) apply(ctx context.Context, l *link, in []inbound) {
 	res, err := r.store.Apply(ctx, events(in), r.forwardEvent)
 	if err != nil {
@@ -206,17 +209,24 @@ func (r *Replicator) apply(ctx context.Context, l *link, in []inbound) {
 	}
 	var held []inbound
 	need := map[gapKey]gapRange{}
-	for i, x := range in {
-		r.count(l, res[i], x.ev.HLC)
-		r.observeHLC(res[i], x.ev)
-		if res[i].Outcome != changelog.Gap {
-			r.ack(l, x.msg)
+	i := 0
+	for _, x := range in {
+		rs := res[i : i+len(x.evs)]
+		i += len(x.evs)
+		if !gapped(rs) {
+			r.settle(l, x, rs)
 			continue
 		}
 		held = append(held, x)
-		k := gapKey{x.ev.Origin, x.ev.Partition}
-		if g, ok := need[k]; !ok || x.ev.Seq-1 < g.to {
-			need[k] = gapRange{from: res[i].Expected, to: x.ev.Seq - 1}
+		for j, ev := range x.evs {
+			if rs[j].Outcome != changelog.Gap || rs[j].Expected >= ev.Seq {
+				continue
+			}
+			r.count(l, rs[j], ev.HLC)
+			k := gapKey{ev.Origin, ev.Partition}
+			if g, ok := need[k]; !ok || ev.Seq-1 < g.to {
+				need[k] = gapRange{from: rs[j].Expected, to: ev.Seq - 1}
+			}
 		}
 	}
 	if len(held) == 0 {
@@ -234,15 +244,35 @@ func (r *Replicator) apply(ctx context.Context, l *link, in []inbound) {
 		r.applyFailed(ctx, l, held, err)
 		return
 	}
-	for i, x := range held {
-		if res[i].Outcome == changelog.Gap {
+	i = 0
+	for _, x := range held {
+		rs := res[i : i+len(x.evs)]
+		i += len(x.evs)
+		if gapped(rs) {
 			r.nak(x.msg, r.opts.GapDelay)
 			continue
 		}
-		r.count(l, res[i], x.ev.HLC)
-		r.observeHLC(res[i], x.ev)
-		r.ack(l, x.msg)
+		r.settle(l, x, rs)
 	}
+}
+
+// gapped reports whether a message's results hold it back for a gap.
+func gapped(rs []changelog.ApplyResult) bool {
+	for _, x := range rs {
+		if x.Outcome == changelog.Gap {
+			return true
+		}
+	}
+	return false
+}
+
+// settle counts what applying a message did and acks it.
+func (r *Replicator) settle(l *link, x inbound, rs []changelog.ApplyResult) {
+	for j, ev := range x.evs {
+		r.count(l, rs[j], ev.HLC)
+		r.observeHLC(rs[j], ev)
+	}
+	r.ack(l, x.msg)
 }
 
 // observeHLC counts and logs a remote HLC the store's clock refused. The
@@ -301,9 +331,9 @@ func (r *Replicator) forwardEvent(ev *event.Event) bool {
 }
 
 func events(in []inbound) []*event.Event {
-	evs := make([]*event.Event, len(in))
-	for i, x := range in {
-		evs[i] = x.ev
+	evs := make([]*event.Event, 0, len(in))
+	for _, x := range in {
+		evs = append(evs, x.evs...)
 	}
 	return evs
 }

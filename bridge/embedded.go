@@ -58,6 +58,8 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		Authorization:   o.Token,
 		NoLog:           true,
 		NoSigs:          true,
+		// A transaction travels as one message, up to 8 MiB.
+		MaxPayload: 8 << 20,
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {

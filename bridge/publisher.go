@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -46,6 +47,21 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 			behind = append(behind, uint32(p))
 		}
 	}
+	switch m, err := s.GetLastMsgForSubject(ctx, TxnSubject(r.self)); {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+	case err != nil:
+		return fmt.Errorf("bridge: read the last message on %s: %w", TxnSubject(r.self), err)
+	case m.Header.Get(HeaderSeqHis) != "":
+		if err := parseSeqHis(m.Header.Get(HeaderSeqHis), his); err != nil {
+			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", TxnSubject(r.self), m.Sequence, err)
+		}
+		behind = behind[:0]
+		for p, hi := range his {
+			if p < len(own) && own[p] < hi {
+				behind = append(behind, uint32(p))
+			}
+		}
+	}
 	if len(behind) > 0 {
 		r.log.Warn("the stream holds own events the store lacks; taking them back from the stream (was the data dir restored from a backup?)",
 			"partitions", behind)
@@ -82,10 +98,11 @@ func (r *Replicator) recoverOwn(ctx context.Context, s jetstream.Stream, parts [
 		return fmt.Errorf("bridge: stream info %s: %w", r.stream, err)
 	}
 	last := info.State.LastSeq
-	subjects := make([]string, len(parts))
+	subjects := make([]string, len(parts), len(parts)+1)
 	for i, p := range parts {
 		subjects[i] = Subject(r.self, p)
 	}
+	subjects = append(subjects, TxnSubject(r.self))
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy})
 	if err != nil {
 		return fmt.Errorf("bridge: read own stream %s: %w", r.stream, err)
@@ -104,11 +121,11 @@ func (r *Replicator) recoverOwn(ctx context.Context, s jetstream.Stream, parts [
 			if md, err := m.Metadata(); err == nil {
 				seen = md.Sequence.Stream
 			}
-			ev, err := event.Decode(m.Data(), r.opts.Limits)
-			if err != nil || ev.Origin != r.self || len(ev.Path) != 1 {
+			got, err := event.DecodeMessage(m.Data(), r.opts.Limits)
+			if err != nil || got[0].Origin != r.self || len(got[0].Path) != 1 {
 				continue
 			}
-			evs = append(evs, ev)
+			evs = append(evs, got...)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return fmt.Errorf("bridge: read own stream %s: %w", r.stream, err)
@@ -290,6 +307,9 @@ func (r *Replicator) awaitAcks(ctx context.Context, ckpt uint64, entries []chang
 // bytes of every own event, stored and delivered to every consumer. A
 // forwarded event, or an own one below the high-water mark, carries it.
 func (r *Replicator) message(e changelog.OutboxEntry) *nats.Msg {
+	if e.Txn != nil {
+		return r.txnMessage(e)
+	}
 	ev := e.Event
 	p := ev.Partition
 	h := nats.Header(event.ToHeaders(ev))
@@ -303,6 +323,51 @@ func (r *Replicator) message(e changelog.OutboxEntry) *nats.Msg {
 		}
 	}
 	return &nats.Msg{Subject: Subject(r.self, p), Header: h, Data: e.Data}
+}
+
+// txnMessage builds the JetStream message of a transaction's outbox entry,
+// on this DC's transaction subject. Its Repl-Seq-His header lists the
+// highest own sequence sent so far of every partition, this transaction's
+// ops included: the last message on the transaction subject then tells a
+// DC restored from an old copy how far each partition's sequence went in
+// transactions, however many single events followed on other subjects.
+func (r *Replicator) txnMessage(e changelog.OutboxEntry) *nats.Msg {
+	h := nats.Header(event.TxnHeaders(e.Txn))
+	for _, ev := range e.Txn {
+		if p := ev.Partition; ev.Origin == r.self && int(p) < len(r.seqHi) && ev.Seq > r.seqHi[p] {
+			r.seqHi[p] = ev.Seq
+		}
+	}
+	var b strings.Builder
+	for p, hi := range r.seqHi {
+		if hi == 0 {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(p))
+		b.WriteByte(':')
+		b.WriteString(strconv.FormatUint(hi, 10))
+	}
+	if b.Len() > 0 {
+		h.Set(HeaderSeqHis, b.String())
+	}
+	return &nats.Msg{Subject: TxnSubject(r.self), Header: h, Data: e.Data}
+}
+
+// parseSeqHis parses Repl-Seq-His into his, keeping the higher of each.
+func parseSeqHis(v string, his []uint64) error {
+	for part := range strings.SplitSeq(v, ",") {
+		ps, ns, ok := strings.Cut(part, ":")
+		p, err1 := strconv.ParseUint(ps, 10, 32)
+		n, err2 := strconv.ParseUint(ns, 10, 64)
+		if !ok || err1 != nil || err2 != nil || int(p) >= len(his) || n >= event.MaxCounter {
+			return fmt.Errorf("%s entry %q: want <partition below %d>:<sequence>", HeaderSeqHis, part, len(his))
+		}
+		his[p] = max(his[p], n)
+	}
+	return nil
 }
 
 // flushCheckpoint makes the publisher's cursor the durable checkpoint, once

@@ -52,6 +52,17 @@ type gapRange struct{ from, to uint64 }
 // nothing more to give, or a request fails. It never skips a gap: events
 // that do not continue the sequence are left to the next try.
 func (r *Replicator) repair(ctx context.Context, origin string, p uint32, from, to uint64) error {
+	return r.repairDepth(ctx, origin, p, from, to, 0)
+}
+
+// maxRepairDepth bounds how many partitions deep a repair follows
+// transactions held by gaps in other partitions.
+const maxRepairDepth = 4
+
+// repairDepth is repair; a transaction the origin sends back that waits
+// for a gap in another of its partitions has that gap repaired first, up to
+// maxRepairDepth partitions deep.
+func (r *Replicator) repairDepth(ctx context.Context, origin string, p uint32, from, to uint64, depth int) error {
 	if from > to {
 		return nil
 	}
@@ -73,6 +84,8 @@ func (r *Replicator) repair(ctx context.Context, origin string, p uint32, from, 
 			return fmt.Errorf("apply repaired events: %w", err)
 		}
 		applied := 0
+		var elsewhere *event.Event // an op of another partition that waits for a gap
+		var held error
 		for i, x := range res {
 			r.observeHLC(x, evs[i])
 			switch x.Outcome {
@@ -85,7 +98,17 @@ func (r *Replicator) repair(ctx context.Context, origin string, p uint32, from, 
 			case changelog.Duplicate:
 				r.c.duplicates.Add(1)
 			case changelog.Gap:
-				return fmt.Errorf("repaired event %s still follows a gap at %d", evs[i].Dot, x.Expected)
+				switch {
+				case evs[i].Partition != p && x.Expected < evs[i].Seq:
+					if elsewhere == nil {
+						elsewhere = evs[i]
+						if err := r.repairDepth(ctx, origin, evs[i].Partition, x.Expected, evs[i].Seq-1, depth+1); err != nil || depth >= maxRepairDepth {
+							held = fmt.Errorf("repaired transaction %s waits for a gap in partition %d at %d: %v", evs[i].Dot, evs[i].Partition, x.Expected, err)
+						}
+					}
+				case evs[i].Partition == p && x.Expected < evs[i].Seq:
+					held = fmt.Errorf("repaired event %s still follows a gap at %d", evs[i].Dot, x.Expected)
+				}
 			}
 			if x.Forwarded {
 				r.c.forwarded.Add(1)
@@ -94,9 +117,26 @@ func (r *Replicator) repair(ctx context.Context, origin string, p uint32, from, 
 		r.c.repairs.Add(1)
 		r.c.repairedEvents.Add(uint64(applied))
 		r.log.Info("repaired a gap", "origin", origin, "partition", p, "from", from, "events", len(evs), "applied", applied)
-		from = evs[len(evs)-1].Seq + 1
+		if held != nil {
+			return held
+		}
+		if elsewhere != nil {
+			continue // the other partition's gap is filled: ask again from where this one stands
+		}
+		from = lastIn(evs, p) + 1
 	}
 	return nil
+}
+
+// lastIn returns the highest sequence of partition p among evs.
+func lastIn(evs []*event.Event, p uint32) uint64 {
+	var hi uint64
+	for _, ev := range evs {
+		if ev.Partition == p {
+			hi = max(hi, ev.Seq)
+		}
+	}
+	return hi
 }
 
 // fetchRepair asks origin for req's events and checks what comes back.
@@ -121,21 +161,32 @@ func (r *Replicator) fetchRepair(ctx context.Context, origin string, req RepairR
 	evs := make([]*event.Event, 0, len(raw))
 	next := req.From
 	for i, b := range raw {
-		ev, err := event.Decode(b, r.opts.Limits)
+		got, err := event.DecodeMessage(b, r.opts.Limits)
 		if err != nil {
 			return nil, fmt.Errorf("repair reply from %s, event %d: %w", origin, i, err)
 		}
-		switch {
-		case ev.Origin != origin || ev.Partition != req.Partition || len(ev.Path) != 1:
-			return nil, fmt.Errorf("repair reply from %s, event %d: %s of partition %d with path %v is not %s's own event of partition %d",
-				origin, i, ev.Dot, ev.Partition, ev.Path, origin, req.Partition)
-		case ev.Seq != next || ev.Seq > req.To:
-			return nil, fmt.Errorf("repair reply from %s, event %d: seq %d, want %d", origin, i, ev.Seq, next)
-		case ev.Partition != event.PartitionOf(ev.Key, r.opts.Partitions):
-			return nil, fmt.Errorf("repair reply from %s, event %d: key %q is not in partition %d", origin, i, ev.Key, ev.Partition)
+		// A transaction holds ops of other partitions too; its ops in the
+		// asked partition must continue the sequence.
+		inPart := 0
+		for _, ev := range got {
+			switch {
+			case ev.Origin != origin || len(ev.Path) != 1:
+				return nil, fmt.Errorf("repair reply from %s, event %d: %s with path %v is not %s's own event",
+					origin, i, ev.Dot, ev.Path, origin)
+			case ev.Partition != event.PartitionOf(ev.Key, r.opts.Partitions):
+				return nil, fmt.Errorf("repair reply from %s, event %d: key %q is not in partition %d", origin, i, ev.Key, ev.Partition)
+			case ev.Partition != req.Partition:
+				continue
+			case ev.Seq != next || ev.Seq > req.To:
+				return nil, fmt.Errorf("repair reply from %s, event %d: seq %d, want %d", origin, i, ev.Seq, next)
+			}
+			next++
+			inPart++
 		}
-		next++
-		evs = append(evs, ev)
+		if inPart == 0 {
+			return nil, fmt.Errorf("repair reply from %s, event %d: %s holds nothing of partition %d", origin, i, got[0].Dot, req.Partition)
+		}
+		evs = append(evs, got...)
 	}
 	return evs, nil
 }

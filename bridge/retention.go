@@ -37,7 +37,8 @@ func (r *Replicator) downstreams() []string {
 // trimStream deletes messages of this DC's stream that every downstream
 // consumer has acknowledged and that are older than StreamRetention, so the
 // stream never fills up and stalls publishing. It keeps the last message
-// of every partition subject: its Repl-Seq-Hi is how a DC restored from an
+// of every partition subject and of the transaction subject: their
+// Repl-Seq-Hi and Repl-Seq-His are how a DC restored from an
 // old data dir learns which sequences it already issued. The history kept
 // for StreamRetention is what lets such a DC take back its own later
 // writes from the stream; a DC restored from a copy older than that loses
@@ -85,8 +86,11 @@ func (r *Replicator) trimStream(ctx context.Context) {
 	if floor <= r.trimmedTo {
 		return
 	}
-	for p := range r.opts.Partitions {
-		subj := Subject(r.self, uint32(p))
+	for p := range r.opts.Partitions + 1 {
+		subj := TxnSubject(r.self)
+		if p < r.opts.Partitions {
+			subj = Subject(r.self, uint32(p))
+		}
 		last, err := s.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue

@@ -26,6 +26,11 @@ func Subject(dc string, p uint32) string {
 	return "repl." + dc + "." + strconv.FormatUint(uint64(p), 10)
 }
 
+// TxnSubject returns the subject of dc's transactions, repl.<dc>.txn: a
+// transaction spans partitions, so its one message goes on a subject of
+// its own (see event.EncodeTxn).
+func TxnSubject(dc string) string { return "repl." + dc + ".txn" }
+
 // DLQSubject returns the subject dc dead-letters bad input on, repl.<dc>.dlq.
 func DLQSubject(dc string) string { return "repl." + dc + ".dlq" }
 
@@ -50,6 +55,10 @@ const (
 	// message's partition at publish time, so that a DC restored from an
 	// old backup can continue above it.
 	HeaderSeqHi = "Repl-Seq-Hi"
+	// HeaderSeqHis is on a transaction's message: the publishing DC's
+	// highest own sequence number in every partition at publish time, as
+	// <partition>:<seq> pairs separated by commas.
+	HeaderSeqHis = "Repl-Seq-His"
 	// HeaderDLQReason says why a message was dead-lettered.
 	HeaderDLQReason = "Repl-Dlq-Reason"
 	// HeaderDLQUpstream names the upstream DC whose stream held the message.
@@ -101,17 +110,18 @@ func (o StreamOptions) withDefaults() StreamOptions {
 
 // StreamConfig returns the configuration of dc's event stream: the
 // subjects repl.<dc>.0 … repl.<dc>.<partitions-1> listed one by one (a
-// wildcard would also catch the dead-letter subject), limits retention with
+// wildcard would also catch the dead-letter subject) and repl.<dc>.txn, limits retention with
 // no age or count limit, and DiscardNew, so that a full stream rejects new
 // publishes rather than dropping events a consumer still needs: the
 // publisher keeps the rejected event in the outbox and retries, and the
 // outbox grows until an operator raises MaxBytes or consumers catch up.
 func StreamConfig(dc string, partitions int, opts StreamOptions) jetstream.StreamConfig {
 	opts = opts.withDefaults()
-	subjects := make([]string, partitions)
+	subjects := make([]string, partitions, partitions+1)
 	for p := range subjects {
 		subjects[p] = Subject(dc, uint32(p))
 	}
+	subjects = append(subjects, TxnSubject(dc))
 	return jetstream.StreamConfig{
 		Name:        StreamName(dc),
 		Description: "replicator events emitted by DC " + dc,
@@ -227,7 +237,16 @@ func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamCo
 	if err != nil {
 		return fmt.Errorf("bridge: look up stream %s: %w", want.Name, err)
 	}
-	if diffs := streamDiffs(want, s.CachedInfo().Config); len(diffs) > 0 {
+	got := s.CachedInfo().Config
+	if onlyLacksTxn(want, got) {
+		// A stream made before transactions existed: adding their subject
+		// changes nothing else.
+		got.Subjects = append(got.Subjects, want.Subjects[len(want.Subjects)-1])
+		if _, err := js.UpdateStream(ctx, got); err != nil {
+			return fmt.Errorf("bridge: add the transaction subject to stream %s: %w", want.Name, err)
+		}
+	}
+	if diffs := streamDiffs(want, got); len(diffs) > 0 {
 		return fmt.Errorf("%w: %s: %s; delete or fix the stream (nats stream edit/rm %s), or configure the DC to match",
 			ErrStreamMismatch, want.Name, strings.Join(diffs, "; "), want.Name)
 	}
@@ -266,6 +285,16 @@ func streamDiffs(want, got jetstream.StreamConfig) []string {
 		diff("max_msgs_per_subject", got.MaxMsgsPerSubject, "-1 (none)")
 	}
 	return out
+}
+
+// onlyLacksTxn reports whether got is an event stream whose subjects are
+// want's less the transaction subject, its last.
+func onlyLacksTxn(want, got jetstream.StreamConfig) bool {
+	n := len(want.Subjects)
+	if n < 2 || !strings.HasSuffix(want.Subjects[n-1], ".txn") || len(got.Subjects) != n-1 {
+		return false
+	}
+	return slices.Equal(sortedCopy(got.Subjects), sortedCopy(want.Subjects[:n-1]))
 }
 
 func sortedCopy(s []string) []string {

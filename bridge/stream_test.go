@@ -53,7 +53,7 @@ func TestEnsureStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := s.CachedInfo().Config
-	if want := []string{"repl.dc1.0", "repl.dc1.1", "repl.dc1.2"}; strings.Join(cfg.Subjects, " ") != strings.Join(want, " ") {
+	if want := []string{"repl.dc1.0", "repl.dc1.1", "repl.dc1.2", "repl.dc1.txn"}; strings.Join(cfg.Subjects, " ") != strings.Join(want, " ") {
 		t.Errorf("subjects %v, want %v", cfg.Subjects, want)
 	}
 	if cfg.Duplicates != DefaultDuplicateWindow || cfg.Discard != jetstream.DiscardNew || cfg.Retention != jetstream.LimitsPolicy ||
@@ -77,6 +77,40 @@ func TestEnsureStream(t *testing.T) {
 	}
 }
 
+// TestEnsureStreamAddsTxnSubject: a stream made before transactions gains
+// their subject, and nothing else about it changes.
+func TestEnsureStreamAddsTxnSubject(t *testing.T) {
+	js := embeddedJS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	old := StreamConfig("dc1", 3, StreamOptions{})
+	old.Subjects = old.Subjects[:3]
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "repl.dc1.1", []byte("kept")); err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureStream(ctx, js, "dc1", 3, StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, "REPL_dc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := s.CachedInfo()
+	if got := strings.Join(info.Config.Subjects, " "); got != "repl.dc1.0 repl.dc1.1 repl.dc1.2 repl.dc1.txn" {
+		t.Fatalf("subjects after the upgrade: %s", got)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("the upgrade left %d messages, want the 1 there was", info.State.Msgs)
+	}
+	// A stream of another partition count is still refused, not widened.
+	if err := EnsureStream(ctx, js, "dc1", 4, StreamOptions{}); !errors.Is(err, ErrStreamMismatch) {
+		t.Fatalf("4 partitions against 3: %v", err)
+	}
+}
+
 func TestEnsureStreamMismatch(t *testing.T) {
 	js := embeddedJS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -93,7 +127,7 @@ func TestEnsureStreamMismatch(t *testing.T) {
 	}
 	for _, want := range []string{
 		"REPL_dc1",
-		"subjects: have 2 [repl.dc1.0 repl.dc1.1], want 3 [repl.dc1.0 repl.dc1.1 repl.dc1.2]",
+		"subjects: have 3 [repl.dc1.0 repl.dc1.1 repl.dc1.txn], want 4 [repl.dc1.0 repl.dc1.1 repl.dc1.2 repl.dc1.txn]",
 		"storage: have Memory, want File",
 		"discard: have DiscardOld, want DiscardNew",
 		"duplicate_window: have 5m0s, want 2m0s",

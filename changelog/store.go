@@ -129,6 +129,8 @@ type Store struct {
 	hlcHigh uint64
 
 	groups, requests, writes atomic.Uint64
+	// txnCap, if above 0, caps TxnMaxBytes (CapTxnBytes).
+	txnCap atomic.Int64
 	// conflictsIndexed counts the prunable conflict-log entries;
 	// conflictsPruned the entries retention deleted.
 	conflictsIndexed atomic.Int64

@@ -35,8 +35,16 @@ func (s *Store) txnLimits() (ops, bytes int) {
 	if bytes <= 0 {
 		bytes = DefaultTxnMaxBytes
 	}
-	return min(ops, lim.MaxTxnOps), min(bytes, lim.MaxTxnBytes)
+	bytes = min(bytes, lim.MaxTxnBytes)
+	if c := s.txnCap.Load(); c > 0 {
+		bytes = min(bytes, int(c))
+	}
+	return min(ops, lim.MaxTxnOps), bytes
 }
+
+// CapTxnBytes lowers the largest transaction this store takes to n bytes
+// encoded, such as to fit the NATS server's max_payload.
+func (s *Store) CapTxnBytes(n int) { s.txnCap.Store(int64(max(n, 1))) }
 
 // TxnLimits returns the most ops and encoded bytes a transaction may have
 // here.

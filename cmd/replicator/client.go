@@ -74,7 +74,7 @@ func (c *clientFlags) do(ctx context.Context, method, path string, body io.Reade
 }
 
 func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("kv", "get|put|del KEY [VALUE] [--context CTX]", stderr)
+	fs := newFlags("kv", "get|put|del KEY [VALUE] [--context CTX] | txn [FILE]", stderr)
 	var c clientFlags
 	c.register(fs)
 	ctxHdr := fs.String("context", "", "causal context from an earlier read (X-Repl-Context)")
@@ -82,8 +82,11 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if len(rest) >= 1 && rest[0] == "txn" {
+		return kvTxn(ctx, &c, rest[1:], stdout)
+	}
 	if len(rest) < 2 {
-		return usagef("want get|put|del KEY [VALUE]")
+		return usagef("want get|put|del KEY [VALUE], or txn [FILE]")
 	}
 	op, key := rest[0], url.PathEscape(rest[1])
 	hdr := map[string]string{}
@@ -103,7 +106,7 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "del":
 		resp, body, err = c.do(ctx, http.MethodDelete, "/v1/kv/"+key, nil, hdr)
 	default:
-		return usagef("unknown kv operation %q: want get, put or del", op)
+		return usagef("unknown kv operation %q: want get, put, del or txn", op)
 	}
 	if err != nil {
 		return err
@@ -112,6 +115,31 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return printRead(stdout, resp, body)
 	}
 	_, err = stdout.Write(body)
+	return err
+}
+
+// kvTxn posts a transaction read from a file, or from stdin when the file
+// is "-" or not given: the JSON body of POST /v1/txn,
+// {"ops":[{"op":"put","key":K,"value_text":V}, ...]}.
+func kvTxn(ctx context.Context, c *clientFlags, args []string, stdout io.Writer) error {
+	if len(args) > 1 {
+		return usagef("kv txn [FILE]: one file at most, got %d arguments", len(args))
+	}
+	var body []byte
+	var err error
+	if len(args) == 0 || args[0] == "-" {
+		body, err = io.ReadAll(os.Stdin)
+	} else {
+		body, err = os.ReadFile(args[0])
+	}
+	if err != nil {
+		return fmt.Errorf("read the transaction: %w", err)
+	}
+	_, out, err := c.do(ctx, http.MethodPost, "/v1/txn", bytes.NewReader(body), map[string]string{"Content-Type": "application/json"})
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(out)
 	return err
 }
 
@@ -256,11 +284,18 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		inputs = append(inputs, b)
 	}
 	for _, b := range inputs {
-		ev, err := event.Decode(b, event.DefaultLimits())
+		evs, err := event.DecodeMessage(b, event.DefaultLimits())
 		if err != nil {
 			return fmt.Errorf("not a replicator event: %w", err)
 		}
-		j, err := json.Marshal(ev)
+		var v any = evs[0]
+		if evs[0].TxnOps > 0 {
+			v = struct {
+				Version int            `json:"version"`
+				Txn     []*event.Event `json:"txn"`
+			}{event.TxnVersion, evs}
+		}
+		j, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}

@@ -32,7 +32,7 @@ var commands = []command{
 	{"run", "run one DC's sidecar: run --config FILE", cmdRun},
 	{"demo", "run N DCs on embedded NATS, drive conflicting writes, check convergence", cmdDemo},
 	{"inspect", "decode msgpack change events to JSON (stdin, files, or as a nats --translate filter)", cmdInspect},
-	{"kv", "get, put or delete a key on a running sidecar: kv get|put|del KEY [VALUE]", cmdKV},
+	{"kv", "get, put or delete a key, or commit a transaction, on a running sidecar: kv get|put|del KEY [VALUE], kv txn [FILE]", cmdKV},
 	{"conflicts", "list or resolve conflicts on a running sidecar: conflicts list|resolve", cmdConflicts},
 	{"status", "show a running sidecar's status", cmdStatus},
 	{"repair", "run anti-entropy now on a running sidecar against every peer: repair --config FILE", cmdRepair},

@@ -285,6 +285,14 @@ type Limits struct {
 	// for the event's context and path; the default leaves 28 KiB, which
 	// also covers the NATS headers under a 1 MiB max_payload.
 	MaxValueBytes int `yaml:"max_value_bytes"`
+	// MaxTxnOps bounds the ops of one transaction (POST /v1/txn). Default
+	// 1000, range 1..4096 (what every DC accepts).
+	MaxTxnOps int `yaml:"max_txn_ops"`
+	// MaxTxnBytes bounds one encoded transaction, which travels as one
+	// NATS message. Default 4 MiB (4194304), range 64 KiB..8 MiB. A NATS
+	// server whose max_payload is lower lowers it further: the embedded
+	// server allows 8 MiB, a default nats-server 1 MiB.
+	MaxTxnBytes int `yaml:"max_txn_bytes"`
 }
 
 // EnvelopeBytes is the room Validate keeps in max_event_bytes beyond the
@@ -316,6 +324,8 @@ func Default() Config {
 			MaxEventBytes: mib,
 			MaxKeyBytes:   4 * kib,
 			MaxValueBytes: mib - 32*kib,
+			MaxTxnOps:     1000,
+			MaxTxnBytes:   4 * mib,
 		},
 		ConflictLog: ConflictLog{
 			Retention:  Duration(DefaultConflictRetention),

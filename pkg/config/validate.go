@@ -437,6 +437,12 @@ func (c Config) validateLimits(p *problems) {
 		p.add("limits.max_value_bytes", "%d must be positive", l.MaxValueBytes)
 		ok = false
 	}
+	if l.MaxTxnOps < 1 || l.MaxTxnOps > 4096 {
+		p.add("limits.max_txn_ops", "%d is out of range; want 1 to 4096", l.MaxTxnOps)
+	}
+	if l.MaxTxnBytes < 64*kib || l.MaxTxnBytes > 8*mib {
+		p.add("limits.max_txn_bytes", "%d is out of range; want %d (64 KiB) to %d (8 MiB)", l.MaxTxnBytes, 64*kib, 8*mib)
+	}
 	if ok && l.MaxKeyBytes+l.MaxValueBytes+EnvelopeBytes > l.MaxEventBytes {
 		p.add("limits.max_value_bytes", "%d plus limits.max_key_bytes %d plus %d bytes for the event's context and path exceeds limits.max_event_bytes %d; want at most %d, or raise max_event_bytes",
 			l.MaxValueBytes, l.MaxKeyBytes, EnvelopeBytes, l.MaxEventBytes, l.MaxEventBytes-l.MaxKeyBytes-EnvelopeBytes)

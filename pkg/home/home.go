@@ -680,3 +680,37 @@ func (r *Router) Status() []RuleStatus {
 	}
 	return out
 }
+
+// WriteHere runs write, a transaction touching keys, at this DC: it is
+// allowed only when every key with a home rule has this DC as its current
+// home, and it runs holding those rules' read locks, so no failover moves a
+// home while it writes. A transaction is never forwarded: its keys may have
+// different homes, and it must commit at one DC in one batch. Otherwise it
+// answers a 409 *Error naming the first key homed elsewhere (its index in
+// keys) and where to send the transaction.
+func (r *Router) WriteHere(keys []string, write func() error) error {
+	var held []*rule
+	defer func() {
+		for _, rl := range held {
+			rl.mu.RUnlock()
+		}
+	}()
+	for i, k := range keys {
+		rl := r.ruleFor(k)
+		if rl == nil || slices.Contains(held, rl) {
+			continue
+		}
+		rl.mu.RLock()
+		held = append(held, rl)
+		home := rl.cur.Home
+		if home == "" {
+			home = rl.DCs[0]
+		}
+		if home != r.opts.DC {
+			return &Error{Status: http.StatusConflict, Msg: fmt.Sprintf(
+				"op %d: key %q has home DC %s (prefix %q); a transaction commits at one DC and is not forwarded: send it to %s, or leave the key out",
+				i, k, home, rl.Prefix, home)}
+		}
+	}
+	return write()
+}

@@ -13,6 +13,9 @@ import (
 type Backend interface {
 	// Write commits a local write and returns once it is durable.
 	Write(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error)
+	// WriteTxn commits the ops of one transaction at this DC, all or
+	// nothing, and returns once they are durable.
+	WriteTxn(ctx context.Context, ops []changelog.WriteOp) ([]changelog.WriteResult, error)
 	// Get returns a key's state; ok is false when nothing is stored.
 	Get(key string) (st dvv.State, ok bool, err error)
 	// Scan calls fn for every key starting with prefix, in key order; an
@@ -58,6 +61,17 @@ type StoreBackend struct {
 	// WriteFn, if set, takes the writes instead of Store.Write: the node's
 	// write path, which forwards writes to keys with a home DC elsewhere.
 	WriteFn func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error)
+	// WriteTxnFn, if set, takes the transactions instead of
+	// Store.WriteTxn: the node's, which checks the keys' home DCs.
+	WriteTxnFn func(ctx context.Context, ops []changelog.WriteOp) ([]changelog.WriteResult, error)
+}
+
+// WriteTxn implements Backend.
+func (b StoreBackend) WriteTxn(ctx context.Context, ops []changelog.WriteOp) ([]changelog.WriteResult, error) {
+	if b.WriteTxnFn != nil {
+		return b.WriteTxnFn(ctx, ops)
+	}
+	return b.Store.WriteTxn(ctx, ops)
 }
 
 // Write implements Backend.

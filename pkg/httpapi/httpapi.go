@@ -80,6 +80,10 @@ type Options struct {
 	// larger value would make an event the other DCs reject, so raise it
 	// only together with the event limits of every DC.
 	MaxBodyBytes int64
+	// MaxTxnBodyBytes bounds a POST /v1/txn body. Default 8 MiB: a
+	// transaction's values in base64, within the store's transaction
+	// limits (4 MiB encoded by default), and their JSON.
+	MaxTxnBodyBytes int64
 	// MaxKeyBytes bounds a key. Default event.DefaultLimits().MaxKeyBytes
 	// (4096), for the same reason.
 	MaxKeyBytes int
@@ -100,6 +104,9 @@ func New(b Backend, opts Options) http.Handler {
 	}
 	if opts.MaxKeyBytes <= 0 {
 		opts.MaxKeyBytes = event.DefaultLimits().MaxKeyBytes
+	}
+	if opts.MaxTxnBodyBytes <= 0 {
+		opts.MaxTxnBodyBytes = 8 << 20
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -132,6 +139,7 @@ func (s *server) routes() {
 	// Without these, the mux would redirect PUT /v1/kv to /v1/kv/.
 	m.HandleFunc("PUT /v1/kv", s.missingKey)
 	m.HandleFunc("DELETE /v1/kv", s.missingKey)
+	m.HandleFunc("POST /v1/txn", s.txn)
 	m.HandleFunc("GET /v1/digest", s.digest)
 	m.HandleFunc("GET /v1/conflicts", s.listConflicts)
 	m.HandleFunc("GET /v1/conflicts/{id}", s.getConflict)

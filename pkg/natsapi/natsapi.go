@@ -2,15 +2,17 @@
 // request/reply, as a NATS micro service that `nats micro ls` discovers,
 // for applications that already speak NATS.
 //
-// Endpoints, for DC d: repl.api.d.get, repl.api.d.put, repl.api.d.del. A
-// request is JSON {"key", "value" (base64) or "value_text", "context"}; the
-// answer to get is the same JSON as GET /v1/kv/{key}, to put and del
-// {"key","context","dot"}. Errors use the micro error headers with an HTTP
+// Endpoints, for DC d: repl.api.d.get, repl.api.d.put, repl.api.d.del and
+// repl.api.d.txn. A get, put or del request is JSON {"key", "value"
+// (base64) or "value_text", "context"}; the answer to get is the same JSON
+// as GET /v1/kv/{key}, to put and del {"key","context","dot"}. A txn
+// request and its answer are those of POST /v1/txn. Errors use the micro error headers with an HTTP
 // status code as the code: 400 bad request, 404 no live value, 503 closed,
 // 500 otherwise.
 package natsapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/resolve"
@@ -59,9 +62,18 @@ func Serve(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.Rule
 	return ServeWrites(nc, dc, store, rules, store.Write)
 }
 
+// TxnFunc is the write path txn uses.
+type TxnFunc func(ctx context.Context, ops []changelog.WriteOp) ([]changelog.WriteResult, error)
+
 // ServeWrites is Serve with put and del going through write (the node's
 // write path, which forwards writes to keys with a home DC elsewhere).
 func ServeWrites(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.Rules, write WriteFunc) (micro.Service, error) {
+	return ServeNode(nc, dc, store, rules, write, store.WriteTxn)
+}
+
+// ServeNode is ServeWrites with txn going through txn (the node's, which
+// checks the keys' home DCs).
+func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.Rules, write WriteFunc, txn TxnFunc) (micro.Service, error) {
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        "replicator",
 		Version:     Version,
@@ -71,7 +83,7 @@ func ServeWrites(nc *nats.Conn, dc string, store *changelog.Store, rules *resolv
 	if err != nil {
 		return nil, fmt.Errorf("natsapi: add service: %w", err)
 	}
-	h := handler{store: store, rules: rules, writeFn: write}
+	h := handler{store: store, rules: rules, writeFn: write, txnFn: txn}
 	g := svc.AddGroup("repl.api." + dc)
 	for op, fn := range map[string]func(micro.Request, Request){"get": h.get, "put": h.put, "del": h.del} {
 		if err := g.AddEndpoint(op, micro.HandlerFunc(func(r micro.Request) {
@@ -90,13 +102,49 @@ func ServeWrites(nc *nats.Conn, dc string, store *changelog.Store, rules *resolv
 			return nil, fmt.Errorf("natsapi: add endpoint %s: %w", op, err)
 		}
 	}
+	if err := g.AddEndpoint("txn", micro.HandlerFunc(h.txn)); err != nil {
+		svc.Stop()
+		return nil, fmt.Errorf("natsapi: add endpoint txn: %w", err)
+	}
 	return svc, nil
+}
+
+// maxTxnRequest bounds a txn request before it is parsed.
+const maxTxnRequest = 8 << 20
+
+func (h handler) txn(r micro.Request) {
+	if len(r.Data()) > maxTxnRequest {
+		r.Error("413", fmt.Sprintf("the request is %d bytes, over the %d-byte limit", len(r.Data()), maxTxnRequest), nil)
+		return
+	}
+	var req httpapi.TxnRequest
+	dec := json.NewDecoder(bytes.NewReader(r.Data()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		r.Error("400", `request is not a transaction {"ops":[{"op":"put"|"del","key","value"|"value_text","context"}...]}: `+err.Error(), nil)
+		return
+	}
+	lim := event.DefaultLimits()
+	ops, err := httpapi.ParseTxn(req, lim.MaxKeyBytes, lim.MaxValueBytes)
+	if err != nil {
+		r.Error("400", "txn: "+err.Error(), nil)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := h.txnFn(ctx, ops)
+	if err != nil {
+		fail(r, err)
+		return
+	}
+	r.RespondJSON(httpapi.TxnResults(ops, res))
 }
 
 type handler struct {
 	store   *changelog.Store
 	rules   *resolve.Rules
 	writeFn WriteFunc
+	txnFn   TxnFunc
 }
 
 func (h handler) get(r micro.Request, req Request) {

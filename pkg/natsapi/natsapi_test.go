@@ -55,6 +55,20 @@ func TestServe(t *testing.T) {
 	if err := json.Unmarshal(m.Data, &v); err != nil || len(v.Values) != 1 || string(v.Values[0]) != "hello" {
 		t.Fatalf("get reply %s: %v", m.Data, err)
 	}
+	m, _ = call("txn", map[string]any{"ops": []any{
+		map[string]any{"op": "put", "key": "t/a", "value_text": "1"},
+		map[string]any{"op": "put", "key": "t/b", "value": "Mg=="},
+		map[string]any{"op": "del", "key": "k", "context": w.Context},
+	}})
+	var tr httpapi.TxnResponse
+	if err := json.Unmarshal(m.Data, &tr); err != nil || len(tr.Results) != 3 || tr.Results[1].Key != "t/b" || tr.Results[2].Dot == "" {
+		t.Fatalf("txn reply %s (%s): %v", m.Data, m.Header.Get("Nats-Service-Error"), err)
+	}
+	m, _ = call("get", Request{Key: "t/b"})
+	if err := json.Unmarshal(m.Data, &v); err != nil || len(v.Values) != 1 || string(v.Values[0]) != "2" {
+		t.Fatalf("get t/b after the txn %s: %v", m.Data, err)
+	}
+	w.Context = tr.Results[2].Context
 	m, _ = call("del", Request{Key: "k", Context: w.Context})
 	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
 		t.Fatalf("del: error %s", code)
@@ -69,6 +83,14 @@ func TestServe(t *testing.T) {
 		{"put", Request{Key: ""}, "400"},
 		{"put", Request{Key: "k", Context: "{bad"}, "400"},
 		{"put", Request{Key: "bad\nkey"}, "400"},
+		{"txn", map[string]any{"ops": []any{}}, "400"},
+		{"txn", map[string]any{"ops": []any{map[string]any{"op": "put", "key": "a"}}}, "400"},
+		{"txn", map[string]any{"ops": []any{map[string]any{"op": "frob", "key": "a", "value_text": "x"}}}, "400"},
+		{"txn", map[string]any{"ops": []any{
+			map[string]any{"op": "put", "key": "a", "value_text": "x"},
+			map[string]any{"op": "put", "key": "a", "value_text": "y"},
+		}}, "400"},
+		{"txn", map[string]any{"ops": []any{}, "extra": 1}, "400"},
 	} {
 		m, err := call(c.op, c.req)
 		if err != nil {
@@ -89,7 +111,7 @@ func TestServe(t *testing.T) {
 			Subject string `json:"subject"`
 		} `json:"endpoints"`
 	}
-	if err := json.Unmarshal(m.Data, &info); err != nil || info.Name != "replicator" || len(info.Endpoints) != 3 {
+	if err := json.Unmarshal(m.Data, &info); err != nil || info.Name != "replicator" || len(info.Endpoints) != 4 {
 		t.Fatalf("service info %s: %v", m.Data, err)
 	}
 }

@@ -138,6 +138,8 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		// A client that read at a DC that is ahead waits this long for
 		// this DC to catch up before its write is refused with 503.
 		ContextWait:        contextWait,
+		TxnMaxOps:          cfg.Limits.MaxTxnOps,
+		TxnMaxBytes:        cfg.Limits.MaxTxnBytes,
 		ConflictRetention:  time.Duration(cfg.ConflictLog.Retention),
 		ConflictMaxEntries: cfg.ConflictLog.MaxEntries,
 	})
@@ -248,6 +250,11 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: connect to NATS at %s: %w", url, err)
 	}
 	n.nc = nc
+	if mp := nc.MaxPayload(); mp > 0 {
+		// A transaction is one message: it must fit the server's
+		// max_payload with room for its headers.
+		n.store.CapTxnBytes(int(mp) - txnHeaderRoom)
+	}
 	plan, err := bridge.NewPlan(n.cfg.Topology, n.cfg.DC, n.cfg.DCs, n.cfg.Hub)
 	if err != nil {
 		return err
@@ -298,7 +305,7 @@ func (n *Node) Start(ctx context.Context) error {
 	if err := n.home.Start(ctx, nc); err != nil {
 		return err
 	}
-	svc, err := natsapi.ServeWrites(nc, n.cfg.DC, n.store, n.rules, n.Write)
+	svc, err := natsapi.ServeNode(nc, n.cfg.DC, n.store, n.rules, n.Write, n.WriteTxn)
 	if err != nil {
 		return err
 	}
@@ -321,7 +328,7 @@ func (n *Node) serveHTTP() error {
 	if err != nil {
 		return fmt.Errorf("node: http.listen %s: %w", n.cfg.HTTP.Listen, err)
 	}
-	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, DeadLettersFn: n.deadLetters}, httpapi.Options{
+	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, WriteTxnFn: n.WriteTxn, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, DeadLettersFn: n.deadLetters}, httpapi.Options{
 		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
 		Registry: n.reg, Logger: n.log, Watch: n.hub,
 	})
@@ -420,6 +427,29 @@ func splitListen(addr string) (string, int, error) {
 // elsewhere is written there (pkg/home), any other key here.
 func (n *Node) Write(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
 	return n.home.Write(ctx, op)
+}
+
+// txnHeaderRoom is what a transaction's message keeps free of its
+// max_payload for its NATS headers (Repl-Seq-His lists every partition).
+const txnHeaderRoom = 64 << 10
+
+// WriteTxn commits the ops of one transaction at this DC in one durable
+// batch (changelog.Store.WriteTxn). It is the one entry of application
+// transactions (HTTP, NATS API). A transaction is never forwarded to a
+// home DC: every key of it with a home rule must be homed here (see
+// home.Router.WriteHere).
+func (n *Node) WriteTxn(ctx context.Context, ops []changelog.WriteOp) ([]changelog.WriteResult, error) {
+	keys := make([]string, len(ops))
+	for i, op := range ops {
+		keys[i] = op.Key
+	}
+	var res []changelog.WriteResult
+	err := n.home.WriteHere(keys, func() error {
+		var err error
+		res, err = n.store.WriteTxn(ctx, ops)
+		return err
+	})
+	return res, err
 }
 
 // Read returns what the key's resolver shows and the state behind it.
