@@ -266,7 +266,7 @@ func TestValidate(t *testing.T) {
 				`limits.max_key_bytes: 0 is out of range; want 1 to 65536`,
 				`limits.max_value_bytes: -1 must be positive`,
 			}},
-		{name: "transaction limits out of range", edit: func(c *Config) { c.Limits.MaxTxnOps, c.Limits.MaxTxnBytes = 5000, 1 << 10 },
+		{name: "transaction limits out of range", edit: func(c *Config) { c.Limits.MaxTxnOps, c.Limits.MaxTxnBytes = 5000, 1<<10 },
 			want: []string{
 				`limits.max_txn_ops: 5000 is out of range; want 1 to 4096`,
 				`limits.max_txn_bytes: 1024 is out of range; want 65536 (64 KiB) to 8388608 (8 MiB)`,
