@@ -51,6 +51,9 @@ func (s *Store) OutboxDepth() uint64 {
 // It returns only entries whose batch is durable, so nothing is published
 // that a crash could still take back.
 func (s *Store) ReadOutbox(after uint64, max int) ([]OutboxEntry, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
 	s.mu.RLock()
 	end := s.mu.outboxSync
 	s.mu.RUnlock()
@@ -116,6 +119,9 @@ func checkpointFn(idx uint64) func(t *txn) error {
 // several of those sequences is returned once, whole. It stops at the first
 // sequence the outbox no longer holds and returns what it has.
 func (s *Store) OwnEvents(p uint32, from, to uint64, max int) ([][]byte, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
 	s.mu.RLock()
 	end := s.mu.outboxSync
 	s.mu.RUnlock()

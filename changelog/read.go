@@ -31,8 +31,8 @@ func (s *Store) Get(key string) (st dvv.State, ok bool, err error) {
 // its committed state, from one consistent snapshot. fn returning an error
 // stops the scan and Scan returns it.
 func (s *Store) Scan(prefix string, fn func(key string, st dvv.State) error) error {
-	if s.isClosed() {
-		return ErrClosed
+	if err := s.usable(); err != nil {
+		return err
 	}
 	lo := keyKey(prefix)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(lo)})
@@ -74,8 +74,8 @@ func (d Digest) Hex() string {
 
 // Digest computes the state digest from one consistent snapshot.
 func (s *Store) Digest() (Digest, error) {
-	if s.isClosed() {
-		return Digest{}, ErrClosed
+	if err := s.usable(); err != nil {
+		return Digest{}, err
 	}
 	d, _, err := s.digestFrom(s.db)
 	return d, err

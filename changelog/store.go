@@ -39,6 +39,10 @@ var (
 	// that this DC has not applied yet. The write is not made; it can be
 	// retried once this DC has caught up (see ContextAheadError).
 	ErrContextAhead = errors.New("changelog: context is ahead of this DC")
+	// ErrFailed reports a store stopped by a failed WAL write or sync
+	// (invariant 17 in docs/DESIGN.md): it serves nothing more, and the
+	// sidecar must be restarted.
+	ErrFailed = errors.New("changelog: the store stopped after a failed write to its log; restart the sidecar")
 )
 
 // Clock supplies hybrid logical clock readings for local writes.
@@ -72,6 +76,10 @@ type Options struct {
 	// OnCommit, if set, is called by the committer after each commit with the
 	// key changes it made, in order. It must not block.
 	OnCommit func([]Change)
+	// OnFatal, if set, is called once when a batch's WAL write or sync
+	// fails and the store stops (see ErrFailed). It must not block; the
+	// sidecar exits non-zero for its supervisor to restart it.
+	OnFatal func(error)
 	// MaxGroup bounds the requests committed in one batch (default 512).
 	MaxGroup int
 	// Logger receives the store's log lines; nil discards them.
@@ -131,6 +139,8 @@ type Store struct {
 	groups, requests, writes atomic.Uint64
 	// txnCap, if above 0, caps TxnMaxBytes (CapTxnBytes).
 	txnCap atomic.Int64
+	// failed holds the error that stopped the store, once one has.
+	failed atomic.Pointer[error]
 	// conflictsIndexed counts the prunable conflict-log entries;
 	// conflictsPruned the entries retention deleted.
 	conflictsIndexed atomic.Int64
@@ -355,6 +365,9 @@ type request struct {
 // discards the whole group, so fn must not fail for input reasons after it
 // has written.
 func (s *Store) do(ctx context.Context, fn func(t *txn) error) error {
+	if err := s.failure(); err != nil {
+		return err
+	}
 	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	s.mu.RLock()
 	closed := s.mu.closed
@@ -442,8 +455,7 @@ func (s *Store) commitGroup(group []*request) {
 	s.requests.Add(uint64(len(group)))
 	if err := t.commit(); err != nil {
 		t.close()
-		s.log.Error("commit failed", "err", err)
-		s.answerAll(group, fmt.Errorf("changelog: commit: %w", err))
+		s.answerAll(group, s.fail(fmt.Errorf("commit: %w", err)))
 		return
 	}
 	g := synced{t: t, group: append([]*request(nil), group...), errs: errs}
@@ -473,8 +485,7 @@ func (s *Store) syncLoop() {
 func (s *Store) finish(g synced) {
 	defer g.t.close()
 	if err := g.t.wait(); err != nil {
-		s.log.Error("wal sync failed", "err", err)
-		s.answerAll(g.group, fmt.Errorf("changelog: sync: %w", err))
+		s.answerAll(g.group, s.fail(fmt.Errorf("sync: %w", err)))
 		return
 	}
 	for i, r := range g.group {
@@ -488,9 +499,41 @@ func (s *Store) answerAll(group []*request, err error) {
 	}
 }
 
-func (s *Store) get(k []byte) ([]byte, bool, error) {
+// fail stops the store for good after err, a failed WAL write or sync,
+// and returns the error requests get from then on. Pebble applied the
+// batch to its memtable before the sync, so the store can no longer tell
+// what is durable: it must neither acknowledge, nor publish, nor show
+// anything more. The first failure calls Options.OnFatal.
+func (s *Store) fail(err error) error {
+	werr := fmt.Errorf("%w (%v)", ErrFailed, err)
+	if s.failed.CompareAndSwap(nil, &werr) {
+		s.log.Error("a write to the store's log failed; the store stops and serves nothing more", "err", err)
+		if s.opts.OnFatal != nil {
+			s.opts.OnFatal(werr)
+		}
+	}
+	return *s.failed.Load()
+}
+
+// failure returns the error that stopped the store, or nil.
+func (s *Store) failure() error {
+	if p := s.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// usable returns ErrClosed or the failure when the store serves nothing.
+func (s *Store) usable() error {
 	if s.isClosed() {
-		return nil, false, ErrClosed
+		return ErrClosed
+	}
+	return s.failure()
+}
+
+func (s *Store) get(k []byte) ([]byte, bool, error) {
+	if err := s.usable(); err != nil {
+		return nil, false, err
 	}
 	v, closer, err := s.db.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {

@@ -294,6 +294,11 @@ func (t *txn) wait() error {
 			return err
 		}
 	}
+	if err := s.failure(); err != nil {
+		// An earlier batch failed: this one may have synced, but the
+		// store stopped, and nothing leaves it any more.
+		return err
+	}
 	s.mu.Lock()
 	if t.next > s.mu.outboxSync {
 		s.mu.outboxSync = t.next

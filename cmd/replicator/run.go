@@ -38,7 +38,16 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	fmt.Fprintf(stderr, "replicator: dc %s (%s) serving on http://%s\n", cfg.DC, cfg.Topology, n.HTTPAddr())
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case err := <-n.Fatal():
+		// Nothing the store holds after the failure can be trusted: stop,
+		// and let the supervisor restart the sidecar, which reopens the
+		// store from what is durable.
+		fmt.Fprintf(stderr, "replicator: %v; exiting for a restart\n", err)
+		n.Close()
+		return err
+	}
 	fmt.Fprintln(stderr, "replicator: shutting down: flushing the outbox")
 	return n.Close()
 }

@@ -89,7 +89,14 @@ type Node struct {
 	ln   net.Listener
 
 	once sync.Once
+	// fatal receives the error that stopped the store (see Fatal).
+	fatal chan error
 }
+
+// Fatal delivers the error that stopped the DC's store for good (a failed
+// WAL write or sync, invariant 17 in docs/DESIGN.md). The sidecar must then
+// close and exit non-zero, for its supervisor to restart it.
+func (n *Node) Fatal() <-chan error { return n.fatal }
 
 // contextWait bounds how long a write waits for this DC to apply the other
 // DCs' events its client context names (changelog.Options.ContextWait).
@@ -121,6 +128,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		rules: rules,
 		hub:   httpapi.NewHub(256),
 		reg:   opts.Registry,
+		fatal: make(chan error, 1),
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("node: data_dir %s: %w", cfg.DataDir, err)
@@ -133,8 +141,14 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		Clock:      n.clock,
 		Resolvers:  rules,
 		OnCommit:   n.onCommit,
-		Logger:     n.log,
-		Limits:     event.Limits{MaxKeyBytes: cfg.Limits.MaxKeyBytes, MaxValueBytes: cfg.Limits.MaxValueBytes},
+		OnFatal: func(err error) {
+			select {
+			case n.fatal <- err:
+			default:
+			}
+		},
+		Logger: n.log,
+		Limits: event.Limits{MaxKeyBytes: cfg.Limits.MaxKeyBytes, MaxValueBytes: cfg.Limits.MaxValueBytes},
 		// A client that read at a DC that is ahead waits this long for
 		// this DC to catch up before its write is refused with 503.
 		ContextWait:        contextWait,
