@@ -243,7 +243,9 @@ func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamCo
 		// changes nothing else.
 		got.Subjects = append(got.Subjects, want.Subjects[len(want.Subjects)-1])
 		if _, err := js.UpdateStream(ctx, got); err != nil {
-			return fmt.Errorf("bridge: add the transaction subject to stream %s: %w", want.Name, err)
+			return fmt.Errorf("bridge: add the transaction subject %s to stream %s, made by a build without transactions: %w; "+
+				"with a NATS user that may not update streams, add it once as an administrator: nats stream edit %s --subjects '%s'",
+				want.Subjects[len(want.Subjects)-1], want.Name, err, want.Name, strings.Join(got.Subjects, ","))
 		}
 	}
 	if diffs := streamDiffs(want, got); len(diffs) > 0 {

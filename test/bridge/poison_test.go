@@ -60,12 +60,13 @@ func TestPoison(t *testing.T) {
 		c.write("dc1", "before", string(rune('a'+i)), false)
 	}
 
+	// Schema 2 is a transaction; 3 is a version no build reads yet.
 	version2 := encode(t, mkEvent("dc1", 1_000_002, "v2", []byte("x")))
 	i := bytes.Index(version2, []byte{0xa1, 'v', 0x01}) // "v": 1, the first field
 	if i < 0 {
 		t.Fatal("cannot find the version field to patch")
 	}
-	version2[i+2] = 0x02
+	version2[i+2] = 0x03
 	mismatch := event.ToHeaders(mkEvent("dc1", 1_000_003, "hdr", []byte("x")))
 	mismatch[event.HeaderKey] = []string{"not-the-key"}
 
@@ -81,7 +82,7 @@ func TestPoison(t *testing.T) {
 		{name: "forged", ev: mkEvent("dc3", 1, "forged", []byte("x")), reason: "forged"},
 		{name: "unknown DC", ev: mkEvent("dc9", 1, "stranger", []byte("x"), "dc9", "dc1"), reason: `origin "dc9" is not a known DC`},
 		{name: "counter 2^63", ev: mkEvent("dc1", 1<<63, "absurd", []byte("x")), reason: "absurd"},
-		{name: "schema v2", ev: mkEvent("dc1", 1_000_002, "v2", []byte("x")), data: version2, reason: "unknown schema version"},
+		{name: "schema v3", ev: mkEvent("dc1", 1_000_002, "v2", []byte("x")), data: version2, reason: "unknown schema version"},
 		{name: "header mismatch", ev: mkEvent("dc1", 1_000_003, "hdr", []byte("x")), header: mismatch, reason: "headers do not match"},
 	}
 	for _, p := range poison {
