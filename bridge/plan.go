@@ -10,7 +10,7 @@ import (
 )
 
 // ErrLoop reports an event that returned to its origin or already passed
-// this DC (invariant 7): it is neither applied nor forwarded.
+// this DC (docs/DESIGN.md, invariant 7): it is neither applied nor forwarded.
 var ErrLoop = errors.New("bridge: loop")
 
 // Plan is one DC's place in the topology: which DCs' streams it consumes
@@ -116,7 +116,8 @@ func (p Plan) Next() string { return p.next }
 
 // Accept returns an error wrapping ErrLoop when an event from origin that
 // travelled path (origin first, as received) must be dropped because its
-// origin is this DC or this DC is already on its path (invariant 7), and
+// origin is this DC or this DC is already on its path (docs/DESIGN.md,
+// invariant 7), and
 // nil otherwise. The other checks on an event (known DCs, a path ending at
 // the upstream whose stream carried it) come before it.
 func (p Plan) Accept(origin string, path []string) error {

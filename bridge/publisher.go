@@ -16,11 +16,11 @@ import (
 )
 
 // resumeSequences reads the last message of each of this DC's partition
-// subjects and raises the store's sequence above the highest own sequence
-// it names, so that a DC whose data dir was restored from an old backup
-// never reissues a sequence number (invariant 4): a reissued number would
-// carry an old Nats-Msg-Id and be dropped as a duplicate, and its dot would
-// be taken for an event other DCs already applied.
+// subjects and raises the store's sequence above the highest own sequence it
+// names, so that a DC whose data dir was restored from an old backup never
+// reissues a sequence number (docs/DESIGN.md, invariant 4): a reissued number
+// would carry an old Nats-Msg-Id and be dropped as a duplicate, and its dot
+// would be taken for an event other DCs already applied.
 func (r *Replicator) resumeSequences(ctx context.Context) error {
 	s, err := r.js.Stream(ctx, r.stream)
 	if err != nil {

@@ -11,8 +11,9 @@ import (
 	"github.com/replicatorhq/replicator/pkg/hlc"
 )
 
-// Retention of the conflict log. Every discarded version is logged (invariant
-// 6), so a hot key under lww writes an entry per loss, for ever; without a
+// Retention of the conflict log. Every discarded version is logged
+// (docs/DESIGN.md, invariant 6, whose known gap this retention is), so a
+// hot key under lww writes an entry per loss, for ever; without a
 // bound the log, not the key, is what grows with time. Entries whose story
 // is over (logged: the loss is recorded; resolved: a person closed the
 // record) are kept for ConflictRetention and at most ConflictMaxEntries of

@@ -35,9 +35,9 @@ func report(stores []*Store) {
 	}
 }
 
-// TestPurgeOnlyWhenStable checks invariant 8: a tombstone goes only once
-// every DC has applied everything in its clock, and a deleted key never
-// comes back, not even when an old event is delivered again.
+// TestPurgeOnlyWhenStable checks invariant 8 of docs/DESIGN.md: a tombstone
+// goes only once every DC has applied everything in its clock, and a deleted
+// key never comes back, not even when an old event is delivered again.
 func TestPurgeOnlyWhenStable(t *testing.T) {
 	fs := vfs.NewMem()
 	var stores []*Store

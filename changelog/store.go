@@ -67,7 +67,7 @@ type Options struct {
 	// FS is the filesystem; nil means the OS's.
 	FS vfs.FS
 	// NoSync commits without fsync. Only for benchmarks that measure the
-	// difference; a store opened so breaks invariant 1.
+	// difference; a store opened so breaks invariant 1 (docs/DESIGN.md).
 	NoSync bool
 	// Clock reads the DC's HLC for local writes.
 	Clock Clock

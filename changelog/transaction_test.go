@@ -32,7 +32,8 @@ func putOps(keys ...string) []WriteOp {
 }
 
 // TestTxnAtOrigin: one batch, one HLC, one outbox entry; refused ops leave
-// nothing behind and name their index (invariant 11, the origin's half).
+// nothing behind and name their index (docs/DESIGN.md, invariant 11, the
+// origin's half).
 func TestTxnAtOrigin(t *testing.T) {
 	ctx := context.Background()
 	s := openMem(t, vfs.NewMem(), "dc1", Options{Partitions: 4})
@@ -108,7 +109,7 @@ func TestTxnLimits(t *testing.T) {
 
 // TestTxnAppliesWhole: at another DC a transaction is applied in one piece:
 // when one of its partitions has a gap nothing of it is applied, and once
-// the gap is filled all of it is (invariant 11).
+// the gap is filled all of it is (docs/DESIGN.md, invariant 11).
 func TestTxnAppliesWhole(t *testing.T) {
 	ctx := context.Background()
 	fs := vfs.NewMem()

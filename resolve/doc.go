@@ -4,8 +4,8 @@
 // A resolver sees the set of siblings a DC stores for a key and returns a
 // Result. It does no I/O and reads no clock, and its Result depends only on
 // the set of siblings, never on their order, so every DC that has applied
-// the same events shows the same value (contract invariant 5). Every live
-// version a resolver drops is listed in Result.Discarded, and the store
+// the same events shows the same value (docs/DESIGN.md, invariant 5). Every
+// live version a resolver drops is listed in Result.Discarded, and the store
 // writes each one to the conflict log (invariant 6).
 //
 // The store's loop for a key is:
@@ -31,8 +31,8 @@
 //   - Resolve must stay pure, so it cannot wait on the service. It returns
 //     the fallback's Result; that is what reads show until a resolution
 //     arrives, and what every DC shows if the service never answers.
-//   - The service is asked by one deterministic DC only (for example the
-//     lowest DC id among the siblings' origins), outside Resolve. On an
+//   - The service is asked by one deterministic DC only (the arbiter, the
+//     first DC of the configuration: pkg/external), outside Resolve. On an
 //     answer, that DC writes a resolution event whose context covers the
 //     siblings it asked about, which supersedes them everywhere. On timeout
 //     or error it writes nothing, and the fallback's Result stands.

@@ -45,7 +45,7 @@ func showAll(sibs []dvv.Sibling) Result {
 
 // Concat returns a resolver that joins the live values, sorted bytewise and
 // de-duplicated, with sep into one value: concurrent "B" and "C" show
-// "B/C" (the seed notes' "sort and concatenate"). An empty sep means
+// "B/C" (docs/DESIGN.md "Resolvers": sort and concatenate). An empty sep means
 // DefaultSeparator. Tombstones are ignored unless every sibling is one,
 // which shows a delete. Every live value is represented, so nothing is
 // discarded; Kept lists every live sibling.

@@ -1,6 +1,7 @@
 // Command replicator is the multi-leader replication sidecar: one process
-// per DC (`run`), a one-process demo (`demo`), an event decoder (`inspect`)
-// and a client of a running sidecar (`kv`, `conflicts`, `status`).
+// per DC (`run`), a one-process demo (`demo`), an event decoder (`inspect`),
+// a client of a running sidecar (`kv`, `conflicts`, `status`) and the
+// build's version (`version`, `--version`).
 package main
 
 import (
@@ -38,6 +39,7 @@ var commands = []command{
 	{"repair", "run anti-entropy now on a running sidecar against every peer: repair --config FILE", cmdRepair},
 	{"join", "bootstrap a new or restored DC from a running peer's snapshot: join --config FILE --from DC", cmdJoin},
 	{"bench", "measure replicated writes against raw JetStream and NATS KV in one process", cmdBench},
+	{"version", "print the build's module version, VCS revision and Go version: version [--json]", cmdVersion},
 }
 
 func main() {
@@ -54,6 +56,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return 0
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = append([]string{"version"}, args[1:]...)
 	}
 	for _, c := range commands {
 		if c.name == args[0] {

@@ -20,7 +20,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
-// The topologies events travel along (see DESIGN.md "Transport and
+// The topologies events travel along (see docs/DESIGN.md "Transport and
 // topologies").
 const (
 	// Mesh: every DC consumes every other DC's stream; nobody forwards.
@@ -169,8 +169,8 @@ type HTTP struct {
 	MaxBodyBytes int `yaml:"max_body_bytes"`
 }
 
-// Resolver names accepted in resolvers.default and rules (see DESIGN.md
-// "Resolvers").
+// Resolver names accepted in resolvers.default and rules (see
+// docs/DESIGN.md "Resolvers").
 const (
 	Siblings = "siblings"
 	LWW      = "lww"
@@ -249,8 +249,8 @@ func (r Resolvers) For(key string) Rule {
 // Durability sets how much the sidecar pays for durability.
 type Durability struct {
 	// Fsync makes Pebble fsync each write batch before the write is
-	// acknowledged (invariant 1). Default true. false acknowledges writes
-	// a power failure can lose.
+	// acknowledged (docs/DESIGN.md, invariant 1). Default true. false
+	// acknowledges writes a power failure can lose.
 	Fsync bool `yaml:"fsync"`
 	// StreamReplicas is the replica count of this DC's JetStream stream.
 	// Default 1, range 1..5; use 3 on a three-node cluster.

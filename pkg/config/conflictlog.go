@@ -2,11 +2,11 @@ package config
 
 import "time"
 
-// ConflictLog bounds the conflict log. Every version a resolver discards
-// is logged (invariant 6); on a hot key under lww that is an entry per
-// loss, so without a bound the log grows for ever. Entries whose story is
-// over (logged, resolved) are pruned once older than Retention, and the
-// oldest beyond MaxEntries; open records (the record resolver) wait for a
+// ConflictLog bounds the conflict log. Every version a resolver discards is
+// logged (docs/DESIGN.md, invariant 6); on a hot key under lww that is an
+// entry per loss, so without a bound the log grows for ever. Entries whose
+// story is over (logged, resolved) are pruned once older than Retention, and
+// the oldest beyond MaxEntries; open records (the record resolver) wait for a
 // person and are never pruned.
 type ConflictLog struct {
 	// Retention is how long logged and resolved entries are kept, by the

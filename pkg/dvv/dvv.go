@@ -13,7 +13,8 @@
 //	st, ok = st.Apply(ev.Dot, ev.Context, v) // ok == false: duplicate or obsolete
 //
 // Two DCs that applied the same set of events, in any order, hold equal
-// states. That is the property the simulator and the reference model check.
+// states. That is the property the simulator and the reference model of
+// docs/DESIGN.md "Data model" check.
 package dvv
 
 import (

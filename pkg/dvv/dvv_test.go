@@ -71,7 +71,7 @@ func TestWriteContextRules(t *testing.T) {
 	}
 }
 
-// The properties of the reference model (shared/reference/dvv_model.py),
+// The properties of the reference model (docs/DESIGN.md "Data model"),
 // over random schedules in a mesh with per-link FIFO delivery and
 // duplicates: every DC ends identical; every acknowledged write is still a
 // sibling unless a write whose context covered it superseded it; with
@@ -252,7 +252,8 @@ func TestReferenceProperties(t *testing.T) {
 }
 
 // TestApplyingPastAGapLosesWrites is the negative control: without per-link
-// order (invariant 4), the same model loses acknowledged writes.
+// order (docs/DESIGN.md, invariant 4), the same model loses acknowledged
+// writes.
 func TestApplyingPastAGapLosesWrites(t *testing.T) {
 	lost := 0
 	for s := uint64(0); s < 2000; s++ {

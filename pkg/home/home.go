@@ -38,7 +38,8 @@
 // takes over, and a home that times out may still execute the write the
 // sender then fails over. Such writes are ordinary concurrent writes: they
 // replicate, and the key's resolver keeps them as siblings or logs the
-// loser, like any conflict. Nothing is lost (DESIGN invariants 5, 6).
+// loser, like any conflict. Nothing is lost (docs/DESIGN.md, invariants 5
+// and 6).
 package home
 
 import (
@@ -638,7 +639,8 @@ func (r *Router) handle(data []byte) reply {
 }
 
 // MaxEpoch bounds fencing epochs: a request or a view claiming more is
-// refused as absurd (invariant 9), so no forged epoch can wrap the counter.
+// refused as absurd (docs/DESIGN.md, invariant 9), so no forged epoch can
+// wrap the counter.
 const MaxEpoch = 1 << 62
 
 // statusOf maps a local write error to the status the sender surfaces.

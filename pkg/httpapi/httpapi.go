@@ -9,7 +9,7 @@
 // the bearer token when one is set. Every error body is {"error": "..."}, saying what was
 // wrong and what to do, with a 4xx status for bad requests.
 //
-// Routes (DESIGN.md, "External interfaces"):
+// Routes (docs/DESIGN.md "External interfaces"):
 //
 //	PUT    /v1/kv/{key}                 body = raw value; X-Repl-Context optional
 //	DELETE /v1/kv/{key}                 X-Repl-Context optional
@@ -35,7 +35,8 @@
 // client passes it back unchanged; "{}" means "I read the key and it was
 // absent", while no header at all is a blind write.
 //
-// Additions to the routes in DESIGN.md: GET /v1/kv/{key} and the NDJSON
+// Additions to the routes in docs/DESIGN.md (docs/INTERFACES.md lists them
+// all): GET /v1/kv/{key} and the NDJSON
 // lines also carry "resolver" (the key's resolver name); a 404 from
 // GET /v1/kv/{key} carries "key" and "context" beside "error"; the write
 // responses carry "dot"; conflict entries carry "context" (the clock a

@@ -8,7 +8,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// The comparison table of the seed notes, exactly.
+// The comparison table of docs/DESIGN.md "Data model", exactly.
 func TestSeedTable(t *testing.T) {
 	cases := []struct {
 		a, b string

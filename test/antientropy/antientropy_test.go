@@ -2,11 +2,11 @@
 // sidecars (pkg/node) on a real embedded JetStream: a DC whose data dir is
 // restored from an old copy, while JetStream no longer holds the events it
 // lacks, converges again, its own lost writes come back from the peers, and
-// keys deleted elsewhere stay deleted (issue 7, section 1).
+// keys deleted elsewhere stay deleted (docs/DESIGN.md "Anti-entropy").
 //
-// The node does not run the worker yet, so the test starts one next to
-// each node, on its own NATS connection. Set REPL_TEST_LOG=1 to see the
-// sidecars' warnings.
+// The node runs its own worker every 5 minutes; the test starts one more next
+// to each node, on its own NATS connection, to run rounds on demand. Set
+// REPL_TEST_LOG=1 to see the sidecars' warnings.
 package antientropy_test
 
 import (

@@ -1,7 +1,7 @@
 // Package blackbox_test tests the real replicator binary from the outside:
 // three `replicator run` processes on one JetStream server, driven over
 // HTTP while they are killed and restarted. It checks the correctness
-// contract of DESIGN.md as a client sees it: every acknowledged write
+// contract of docs/DESIGN.md as a client sees it: every acknowledged write
 // survives (invariants 1, 2, 6), the DCs converge (10), and a version
 // superseded through a context never comes back (5).
 package blackbox_test

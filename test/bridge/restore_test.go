@@ -11,7 +11,8 @@ import (
 // TestRestoreRecoversOwnWrites: a DC restored from an old backup takes
 // back, from its own stream, the writes it made after the backup (they are
 // at the other DCs too, and loop prevention never sends them back), so the
-// DCs converge (invariant 10) without anyone rewriting those keys.
+// DCs converge (docs/DESIGN.md, invariant 10) without anyone rewriting
+// those keys.
 func TestRestoreRecoversOwnWrites(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
 	c.write("dc1", "a", "before-backup", false)

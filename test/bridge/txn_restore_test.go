@@ -15,10 +15,11 @@ import (
 // TestRestoreAfterTransaction: a DC restored from a copy of its data dir
 // older than a transaction it made takes the transaction back from its own
 // stream, whole, and continues above every sequence the transaction used
-// (invariant 4), though no single event on those partitions' subjects
-// names them: the transaction's Repl-Seq-His says how far each partition
-// went. A reissued sequence would carry an old Nats-Msg-Id and be dropped
-// as a duplicate, so the DCs would never converge.
+// (docs/DESIGN.md, invariant 4), though no single event on those
+// partitions' subjects names them: the transaction's Repl-Seq-His says how
+// far each partition went. A reissued sequence would carry an old
+// Nats-Msg-Id and be dropped as a duplicate, so the DCs would never
+// converge.
 func TestRestoreAfterTransaction(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, "mesh", 2, nil).start()

@@ -12,7 +12,7 @@ import (
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
-// The JSON the HTTP API answers with (DESIGN.md "External interfaces").
+// The JSON the HTTP API answers with (docs/DESIGN.md "External interfaces").
 
 // The JSON types shared with test/blackbox (test/internal/sidecar).
 type (

@@ -11,7 +11,8 @@ import (
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
-// TestSIGKILL (issue 6, row 1) SIGKILLs sidecar processes of a 3-DC mesh
+// TestSIGKILL (docs/RELIABILITY.md row 1; docs/DESIGN.md, invariants 1, 3
+// and 4) SIGKILLs sidecar processes of a 3-DC mesh
 // at random moments while every DC takes concurrent writes on ~1k keys,
 // restarts them, and requires after the heal that every acknowledged
 // write is accounted for, that the digests are equal, and that nothing

@@ -12,7 +12,7 @@ import (
 // HTTP, so that after convergence every acknowledged write can be
 // accounted for: a live sibling at every DC, superseded by an
 // acknowledged write whose context covered it, or logged as discarded by
-// a resolver (invariants 1, 5, 6).
+// a resolver (docs/DESIGN.md, invariants 1, 5, 6).
 
 // newLedger returns the ledger of writes at dcs. A blind write of
 // uncertain outcome covers what a read just before it returned.

@@ -48,7 +48,8 @@ func fullStreamCluster(t *testing.T, n int) (*cluster, *ledger.Ledger, []string)
 // TestFullStreamTrimsItself: once a DC's stream is over 80% of MaxBytes,
 // the DC deletes the events every downstream consumer has acknowledged,
 // whatever their age (bridge trimStream), so a full stream does not stop
-// publishing for good: the outbox drains without an operator (invariant 2).
+// publishing for good: the outbox drains without an operator
+// (docs/DESIGN.md, invariant 2).
 // Here the stream holds about a hundred events and dc2 has applied them.
 func TestFullStreamTrimsItself(t *testing.T) {
 	c, _, _ := fullStreamCluster(t, 400)

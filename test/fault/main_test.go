@@ -1,6 +1,6 @@
 // Package fault_test injects the faults that break real replicators into
-// running DCs and checks the correctness contract of DESIGN.md under each
-// one (issue 6, rows 1 to 6):
+// running DCs and checks the correctness contract of docs/DESIGN.md under
+// each one (docs/RELIABILITY.md, rows 1 to 6):
 //
 //  1. SIGKILL of `replicator run` processes at random moments
 //     (kill_test.go);
@@ -14,8 +14,8 @@
 //
 // Every test has a fast form, run by `go test ./test/fault` and by CI, and
 // a long form run with -fault.long. The commands and the figures of the
-// last long run are in docs/RELIABILITY.md. Rows 7 and 8 of the issue
-// live in changelog/crash_test.go and test/sim.
+// last long run are in docs/RELIABILITY.md. Its rows 7 and 8 live in
+// changelog/crash_test.go and test/sim.
 //
 // DCs are either real processes of the replicator binary (TestMain builds
 // it) or in-process nodes (pkg/node) when a test needs to inject the

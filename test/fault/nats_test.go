@@ -15,7 +15,8 @@ import (
 	"github.com/replicatorhq/replicator/test/internal/ledger"
 )
 
-// TestNATSFaults (issue 6, row 2) runs three faults one after the other,
+// TestNATSFaults (docs/RELIABILITY.md row 2; invariants 2, 3, 4 and 10 of
+// docs/DESIGN.md) runs three faults one after the other,
 // in mesh, ring and star, while every DC takes writes:
 //
 //   - the NATS server is shut down and started again on the same store dir

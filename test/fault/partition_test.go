@@ -15,7 +15,8 @@ import (
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
-// TestPartitionDeletes (issue 6, row 5) cuts dc3's link while dc1 and dc2
+// TestPartitionDeletes (docs/RELIABILITY.md row 5; docs/DESIGN.md,
+// invariant 8) cuts dc3's link while dc1 and dc2
 // delete every key (200; 1000 in the long form) and update some of them
 // concurrently, each delete reading the key first and deleting with the
 // context it read. dc3 meanwhile updates a fifth of the keys, concurrently

@@ -1,8 +1,8 @@
 // Package join_test bootstraps DCs with `replicator join` (pkg/join)
 // between real sidecars (pkg/node, HTTP API on) on a real embedded
 // JetStream, under continuous write load (test/internal/ledger): a fourth
-// DC added to a running mesh, and a DC whose data dir was wiped (issue 7,
-// part 2). Set REPL_TEST_LOG=1 to see the sidecars' logs.
+// DC added to a running mesh, and a DC whose data dir was wiped
+// (docs/DESIGN.md "join"). Set REPL_TEST_LOG=1 to see the sidecars' logs.
 package join_test
 
 import (

@@ -56,7 +56,7 @@ func (c natsCLI) run(t testing.TB, args ...string) string {
 	return stdout.String()
 }
 
-// TestNATSCLIReadsStream checks DESIGN.md's "Readable in the NATS CLI":
+// TestNATSCLIReadsStream checks docs/DESIGN.md "Readable in the NATS CLI":
 // the NATS CLI shows an event's headers in text form, `replicator inspect`
 // decodes its payload as a `nats --translate` filter, and the sidecar's
 // NATS micro service is listed and answers requests.

@@ -1,5 +1,5 @@
 // Package natsinfra_test runs sidecars against the NATS deployments of
-// DESIGN.md "Where NATS runs", all in-process and real: a three-server
+// docs/DESIGN.md "Where NATS runs", all in-process and real: a three-server
 // JetStream cluster that loses a server, DCs linked by leafnodes to a hub's
 // JetStream domain, servers that demand user/password, JWT credentials or
 // mutual TLS, and the NATS CLI reading the replication streams.

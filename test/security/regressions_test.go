@@ -34,13 +34,13 @@ func knownBug(t *testing.T, what string) {
 }
 
 // TestFutureContextDiverges: an application at dc1 writes a key with a
-// context naming an event of dc2 that does not exist yet ({dc2:1000}).
-// Taken as it was, every DC's clock for the key covered dc2:1..1000, so
-// dc2's next write of the key arrived at dc1 and dc3 as obsolete and was
-// dropped; anti-entropy then dropped it at dc2 too: an acknowledged write
-// nothing superseded, gone everywhere and in no conflict log (invariants 6
-// and 10). dc1 now refuses a context naming events it has not applied
-// (503 once its wait runs out), and dc2's write reaches every DC.
+// context naming an event of dc2 that does not exist yet ({dc2:1000}). Taken
+// as it was, every DC's clock for the key covered dc2:1..1000, so dc2's next
+// write of the key arrived at dc1 and dc3 as obsolete and was dropped;
+// anti-entropy then dropped it at dc2 too: an acknowledged write nothing
+// superseded, gone everywhere and in no conflict log (docs/DESIGN.md,
+// invariants 6 and 10). dc1 now refuses a context naming events it has not
+// applied (503 once its wait runs out), and dc2's write reaches every DC.
 func TestFutureContextDiverges(t *testing.T) {
 	s := startServer(t)
 	m := newMesh(t, s.ClientURL())

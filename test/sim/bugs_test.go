@@ -11,8 +11,8 @@ import (
 )
 
 // The tests in this file pin down contract violations the simulator found
-// in changelog/, each reduced to its smallest schedule. Each names what the
-// DESIGN expects and what the store did.
+// in changelog/, each reduced to its smallest schedule. Each names what
+// docs/DESIGN.md expects and what the store did.
 
 func newCluster(t *testing.T, opts Options) *Cluster {
 	t.Helper()
@@ -41,11 +41,11 @@ func deliverAll(t *testing.T, c *Cluster) {
 }
 
 // TestEmptyValueConverges: a put of an empty value must leave every DC with
-// the same state (invariant 10). The origin stores the value as an empty
-// byte string, but the event decoder turns an empty "val" into nil, and the
-// key-state encoding tells nil from empty, so the digests differ for ever.
-// Found by TestRandomSchedules (about one seed in four; -sim.empty=false
-// leaves empty values out).
+// the same state (docs/DESIGN.md, invariant 10). The origin stores the value
+// as an empty byte string, but the event decoder turns an empty "val" into
+// nil, and the key-state encoding tells nil from empty, so the digests differ
+// for ever. Found by TestRandomSchedules (about one seed in four;
+// -sim.empty=false leaves empty values out).
 func TestEmptyValueConverges(t *testing.T) {
 	c := newCluster(t, Options{DCs: []string{"dc1", "dc2"}, Partitions: 1})
 	mustWrite(t, c, "dc1", Op{Key: "k", Value: []byte{}})
@@ -65,7 +65,8 @@ func TestEmptyValueConverges(t *testing.T) {
 }
 
 // TestLWWLogsEveryDiscardedVersion: every version a resolver discards goes
-// into the conflict log of at least one DC (invariants 6 and 10). With
+// into the conflict log of at least one DC (docs/DESIGN.md, invariants 6
+// and 10). With
 // three concurrent puts under lww, A < B < C by HLC, the second discarded
 // version (B) is never logged anywhere: noteConflicts returns as soon as it
 // meets a discarded version it already logged (A) instead of moving on to
@@ -112,15 +113,15 @@ func TestLWWLogsEveryDiscardedVersion(t *testing.T) {
 
 // TestContextFromAnotherDC: a client reads at dc2 and writes at dc3, which
 // has not yet applied what the client read (a failover, or a client that
-// moves between DCs). The DESIGN's write rule drops the siblings the
-// client's context covers, and the reference model checks contexts read at
-// any DC. dc3 can neither cut the context (the write would then not
-// supersede what the client read: under lww the old version, with the
-// higher HLC, would win everywhere and the client's newer write would go to
-// the conflict log) nor take it as it is (its clock would cover dc2's
-// events before they arrive, which a forged context turns into lost
-// writes: TestForgedContextIsRefused). So dc3 refuses the write until it
-// has applied what the context names; then the retry supersedes "old".
+// moves between DCs). The write rule of docs/DESIGN.md "Data model" drops the
+// siblings the client's context covers, and the reference model there checks
+// contexts read at any DC. dc3 can neither cut the context (the write would
+// then not supersede what the client read: under lww the old version, with
+// the higher HLC, would win everywhere and the client's newer write would go
+// to the conflict log) nor take it as it is (its clock would cover dc2's
+// events before they arrive, which a forged context turns into lost writes:
+// TestForgedContextIsRefused). So dc3 refuses the write until it has applied
+// what the context names; then the retry supersedes "old".
 func TestContextFromAnotherDC(t *testing.T) {
 	rules, err := resolve.NewRules(resolve.LWW(), nil)
 	if err != nil {

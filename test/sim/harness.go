@@ -1,7 +1,7 @@
 // Package sim is a deterministic simulator of a mesh of DCs, each a real
 // changelog.Store on an in-memory filesystem, joined by FIFO links that
 // carry encoded events. The datadriven transcripts in testdata/ and the
-// seeded random schedules drive it; both check the DESIGN's contract
+// seeded random schedules drive it; both check the contract of docs/DESIGN.md
 // (convergence, no lost writes, bounded siblings, deletes that stay
 // deleted) against the store itself, not a model of it.
 //

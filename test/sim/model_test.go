@@ -11,14 +11,14 @@ import (
 
 // TestOutOfOrderLosesWrites is the negative control of TestRandomSchedules:
 // it shows that the lost-write check (lostPuts) has teeth, and why the
-// store must never apply past a gap (DESIGN invariant 4).
+// store must never apply past a gap (docs/DESIGN.md, invariant 4).
 //
 // The store cannot be made to skip a gap, so this runs a mesh of the pure
-// core (dvv.State with no gap detection), as the reference model
-// dvv_model.py does: with FIFO links no acknowledged put is lost, and with
-// events delivered in any order some are, because a later dot raises the
-// clock past an earlier event that has not arrived, which then looks
-// obsolete and is dropped.
+// core (dvv.State with no gap detection), as the reference model of
+// docs/DESIGN.md "Data model" does: with FIFO links no acknowledged put is
+// lost, and with events delivered in any order some are, because a later dot
+// raises the clock past an earlier event that has not arrived, which then
+// looks obsolete and is dropped.
 //
 // It also shows why lostPuts excuses only puts a later writer saw: if any
 // context covering a put's dot excused it, the losses would go unnoticed,
@@ -67,7 +67,8 @@ type modelResult struct {
 	lostNaive []putRef
 }
 
-// runModel is dvv_model.py's run() over dvv.State: 2 to 5 DCs, 1 to 4
+// runModel is the reference model's random run (docs/DESIGN.md "Data
+// model") over dvv.State: 2 to 5 DCs, 1 to 4
 // keys, writes with a context read at any DC or none, deletes, duplicates.
 func runModel(seed int64, fifo bool) modelResult {
 	r := rand.New(rand.NewSource(seed))

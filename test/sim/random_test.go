@@ -30,7 +30,7 @@ var (
 // TestRandomSchedules runs seeded random schedules of writes, deletes,
 // deliveries, duplicates, drops with repair, applied-vector reports and
 // purges over 3 to 5 real stores, then drains every link and checks the
-// DESIGN's contract:
+// contract of docs/DESIGN.md:
 //
 //   - (a) every DC ends with the same digest (convergence);
 //   - (b) every acknowledged put is a live sibling in the end, or a later

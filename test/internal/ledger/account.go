@@ -215,7 +215,8 @@ func Account(t testing.TB, c Cluster, led *Ledger, keys []string, o AccountOptio
 	}
 
 	if o.Partitions > 0 {
-		// A DC never reissues a sequence number (invariant 4): no two
+		// A DC never reissues a sequence number (docs/DESIGN.md,
+		// invariant 4): no two
 		// acknowledged writes share a dot in one partition.
 		issued := map[string]string{} // partition/dot -> write
 		for _, op := range led.mu.acked {

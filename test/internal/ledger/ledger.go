@@ -2,7 +2,7 @@
 // saw, so that after convergence every acknowledged write can be
 // accounted for: a live sibling at every DC, superseded by an
 // acknowledged write whose context covered it, or logged as discarded by
-// a resolver (invariants 1, 5, 6 of DESIGN.md).
+// a resolver (invariants 1, 5, 6 of docs/DESIGN.md).
 package ledger
 
 import (

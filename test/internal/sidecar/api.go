@@ -16,7 +16,7 @@ import (
 	"time"
 )
 
-// The JSON the HTTP API answers with (DESIGN.md "External interfaces").
+// The JSON the HTTP API answers with (docs/DESIGN.md "External interfaces").
 
 // KV is the JSON of GET /v1/kv/{key} (200), and of its 404, which only
 // has key and context.
