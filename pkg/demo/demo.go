@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +52,14 @@ type Summary struct {
 	Conflicts map[string]int    `json:"conflicts"`
 	Digests   map[string]string `json:"digests"`
 	ElapsedMS int64             `json:"elapsed_ms"`
+	// Txns counts the transactions committed (an order and its lines,
+	// POST /v1/txn's path); TxnReads the consistent reads of every DC's
+	// orders taken while they streamed in, and TxnPartial the orders seen
+	// with only some of their lines, in those reads or at the end (0 is
+	// the only right answer: invariant 11).
+	Txns       int `json:"transactions"`
+	TxnReads   int `json:"transaction_reads"`
+	TxnPartial int `json:"transactions_seen_partial"`
 
 	// Not in the JSON object: the table shows them.
 	WritePhase  time.Duration `json:"-"`
@@ -145,6 +154,7 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	fmt.Fprintf(o.Progress, "started %d DCs (%s) on embedded NATS %s\n", o.DCs, o.Topology, ns.ClientURL())
 
 	writeStart := time.Now()
+	watch := watchOrders(nodes)
 	var done atomic.Int64
 	total := int64(o.DCs * o.Writes)
 	stopProgress := progress(o.Progress, "writing", &done, total)
@@ -162,6 +172,7 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	close(errs)
 	for err := range errs {
 		if err != nil {
+			watch.stop()
 			return Summary{}, err
 		}
 	}
@@ -170,7 +181,14 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 
 	conv := time.Now()
 	converged, digests := waitConverged(ctx, nodes, o.Timeout)
+	reads, partial := watch.stop()
+	for _, n := range nodes {
+		partial += partialOrders(n.Store())
+	}
 	s := Summary{
+		Txns:        o.DCs * txnsPerDC(o),
+		TxnReads:    reads,
+		TxnPartial:  partial,
 		Converged:   converged,
 		Topology:    o.Topology,
 		DCs:         o.DCs,
@@ -216,13 +234,111 @@ func Config(dc string, dcs []string, topology, dir string) config.Config {
 	return cfg
 }
 
+// txnsPerDC is how many orders each DC commits as transactions: one per
+// ten writes.
+func txnsPerDC(o Options) int { return max(o.Writes/10, 1) }
+
+// orderPrefix holds the transactions' keys: order/<dc>-<n> and its lines
+// order/<dc>-<n>/line/<j>, all written by one transaction, whose value
+// names how many lines it has.
+const orderPrefix = "order/"
+
+// writeOrder commits order n of DC dc and its lines as one transaction.
+func writeOrder(ctx context.Context, n *node.Node, dc string, num, lines int) error {
+	id := fmt.Sprintf("%s%s-%d", orderPrefix, dc, num)
+	ops := []changelog.WriteOp{{Key: id, Value: []byte(fmt.Sprintf("lines=%d", lines))}}
+	for j := range lines {
+		ops = append(ops, changelog.WriteOp{Key: fmt.Sprintf("%s/line/%d", id, j), Value: []byte(fmt.Sprintf("item-%d", j))})
+	}
+	if _, err := n.WriteTxn(ctx, ops); err != nil {
+		return fmt.Errorf("demo: transaction %s at %s: %w", id, dc, err)
+	}
+	return nil
+}
+
+// partialOrders reads a DC's orders from one consistent snapshot and
+// counts those that show only some of their lines.
+func partialOrders(st *changelog.Store) int {
+	want := map[string]int{} // order -> lines its header says
+	have := map[string]int{} // order -> lines present
+	st.Scan(orderPrefix, func(key string, s dvv.State) error {
+		if s.LiveCount() == 0 {
+			return nil
+		}
+		if i := strings.Index(key, "/line/"); i >= 0 {
+			have[key[:i]]++
+			return nil
+		}
+		var lines int
+		fmt.Sscanf(string(s.Siblings[0].Value), "lines=%d", &lines)
+		want[key] = lines
+		return nil
+	})
+	bad := 0
+	for id, lines := range want {
+		if have[id] != lines {
+			bad++
+		}
+		delete(have, id)
+	}
+	return bad + len(have) // lines without their order are half a transaction too
+}
+
+// orderWatch reads every DC's orders while the writes run.
+type orderWatch struct {
+	done    chan struct{}
+	wg      sync.WaitGroup
+	reads   atomic.Int64
+	partial atomic.Int64
+}
+
+func watchOrders(nodes []*node.Node) *orderWatch {
+	w := &orderWatch{done: make(chan struct{})}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, n := range nodes {
+				w.partial.Add(int64(partialOrders(n.Store())))
+				w.reads.Add(1)
+			}
+			select {
+			case <-w.done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the watch and returns its reads and the partial orders seen.
+func (w *orderWatch) stop() (reads, partial int) {
+	select {
+	case <-w.done:
+	default:
+		close(w.done)
+	}
+	w.wg.Wait()
+	return int(w.reads.Load()), int(w.partial.Load())
+}
+
 // drive writes o.Writes times at one DC: mostly read-modify-writes with the
 // context from a local read, some blind writes, some deletes, all on keys
 // the other DCs write too, so conflicts happen.
 func drive(ctx context.Context, n *node.Node, i int, o Options, done *atomic.Int64) error {
 	rng := rand.New(rand.NewPCG(o.Seed, uint64(i)))
 	dc := fmt.Sprintf("dc%d", i+1)
+	txnEvery, orders := o.Writes/txnsPerDC(o), 0
 	for w := 0; w < o.Writes; w++ {
+		if w%txnEvery == 0 && orders < txnsPerDC(o) {
+			if err := writeOrder(ctx, n, dc, orders, 1+rng.IntN(4)); err != nil {
+				return err
+			}
+			orders++
+		}
 		p := prefixes[rng.IntN(len(prefixes))]
 		key := fmt.Sprintf("%s%d", p.prefix, rng.IntN(o.Keys))
 		op := changelog.WriteOp{Key: key, Value: []byte(fmt.Sprintf("%s-%d", dc, w))}
@@ -409,6 +525,8 @@ func WriteTable(w io.Writer, s Summary) {
 	fmt.Fprintf(w, "\nwrite phase     %s (%.0f durable writes/s across DCs)\n", s.WritePhase.Round(time.Millisecond), rate)
 	fmt.Fprintf(w, "converged after %s once writes stopped\n", s.ConvergeLag.Round(time.Millisecond))
 	fmt.Fprintf(w, "events          %d published, %d applied\n", s.Published, s.Applied)
+	fmt.Fprintf(w, "transactions    %d orders with their lines; %d consistent reads while they streamed in, %d orders seen partial\n",
+		s.Txns, s.TxnReads, s.TxnPartial)
 	if s.Converged {
 		fmt.Fprintf(w, "\nCONVERGED: every DC holds the same state (digest %s)\n", short(s.Digests[names[0]]))
 	} else {
@@ -434,6 +552,9 @@ var errNotConverged = errors.New("demo: not converged")
 func (s Summary) Err() error {
 	if !s.Converged {
 		return errNotConverged
+	}
+	if s.TxnPartial > 0 {
+		return fmt.Errorf("demo: %d orders were seen with only some of their lines", s.TxnPartial)
 	}
 	return nil
 }
