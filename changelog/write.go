@@ -286,6 +286,11 @@ func (s *Store) Apply(ctx context.Context, evs []*event.Event, forward func(*eve
 			return nil, fmt.Errorf("%w: event dot %s does not match origin %s seq %d", ErrBadInput, ev.Dot, ev.Origin, ev.Seq)
 		}
 	}
+	return s.applyGroups(ctx, evs, forward)
+}
+
+// applyGroups applies evs, a transaction's ops together, in one batch.
+func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
 	groups, err := event.Group(evs)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
@@ -407,21 +412,5 @@ func (s *Store) Recover(ctx context.Context, evs []*event.Event) ([]ApplyResult,
 			return nil, fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
 		}
 	}
-	groups, err := event.Group(evs)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
-	}
-	out := make([]ApplyResult, 0, len(evs))
-	err = s.do(ctx, func(t *txn) error {
-		out = out[:0]
-		for _, g := range groups {
-			r, err := t.applyGroup(g, nil)
-			if err != nil {
-				return err
-			}
-			out = append(out, r...)
-		}
-		return nil
-	})
-	return out, err
+	return s.applyGroups(ctx, evs, nil)
 }

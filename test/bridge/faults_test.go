@@ -3,8 +3,6 @@ package bridge_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -221,13 +219,7 @@ func TestRestoreFromBackup(t *testing.T) {
 	}
 	c.waitConverged(10 * time.Second)
 
-	c.stop("dc1")
-	backup := filepath.Join(t.TempDir(), "backup")
-	if err := os.CopyFS(backup, os.DirFS(c.nodes["dc1"].dir)); err != nil {
-		t.Fatal(err)
-	}
-	c.openStore("dc1")
-	c.startRep("dc1")
+	backup := c.backup("dc1")
 	for i := range 10 {
 		c.write("dc1", fmt.Sprintf("b%02d", i), "lost-by-restore", false)
 		c.write("dc2", fmt.Sprintf("d%02d", i), "applied-after-backup", false)

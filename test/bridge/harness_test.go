@@ -7,6 +7,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -141,6 +143,20 @@ func (c *cluster) start() *cluster {
 		c.startRep(dc)
 	}
 	return c
+}
+
+// backup stops dc, copies its data dir and starts it again; it returns
+// the copy, for a test to restore later.
+func (c *cluster) backup(dc string) string {
+	c.t.Helper()
+	c.stop(dc)
+	dir := filepath.Join(c.t.TempDir(), "backup")
+	if err := os.CopyFS(dir, os.DirFS(c.nodes[dc].dir)); err != nil {
+		c.t.Fatal(err)
+	}
+	c.openStore(dc)
+	c.startRep(dc)
+	return dir
 }
 
 func (c *cluster) openStore(dc string) {

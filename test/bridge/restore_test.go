@@ -2,8 +2,6 @@ package bridge_test
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -17,13 +15,7 @@ func TestRestoreRecoversOwnWrites(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
 	c.write("dc1", "a", "before-backup", false)
 	c.waitConverged(10 * time.Second)
-	c.stop("dc1")
-	backup := filepath.Join(t.TempDir(), "backup")
-	if err := os.CopyFS(backup, os.DirFS(c.nodes["dc1"].dir)); err != nil {
-		t.Fatal(err)
-	}
-	c.openStore("dc1")
-	c.startRep("dc1")
+	backup := c.backup("dc1")
 	for i := range 5 {
 		c.write("dc1", fmt.Sprintf("b%d", i), "after-backup", false)
 	}

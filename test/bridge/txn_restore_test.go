@@ -3,8 +3,6 @@ package bridge_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -25,13 +23,7 @@ func TestRestoreAfterTransaction(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
 	c.write("dc1", "seed", "before-backup", false)
 	c.waitConverged(10 * time.Second)
-	c.stop("dc1")
-	backup := filepath.Join(t.TempDir(), "backup")
-	if err := os.CopyFS(backup, os.DirFS(c.nodes["dc1"].dir)); err != nil {
-		t.Fatal(err)
-	}
-	c.openStore("dc1")
-	c.startRep("dc1")
+	backup := c.backup("dc1")
 	var ops []changelog.WriteOp
 	for i := range 8 {
 		ops = append(ops, changelog.WriteOp{Key: fmt.Sprintf("t/%d", i), Value: []byte("in-txn")})
