@@ -35,8 +35,17 @@ import (
 const MaxEntries = 4096
 
 // ErrBadInput marks a token or wait request that cannot be parsed or names
-// what the deployment does not have.
+// what the deployment does not have. The errors that wrap it say what was
+// wrong without repeating it, for a caller to prefix with the header or
+// field the text came from.
 var ErrBadInput = errors.New("session: bad input")
+
+type inputError struct{ msg string }
+
+func (e inputError) Error() string { return e.msg }
+func (e inputError) Unwrap() error { return ErrBadInput }
+
+func badInput(format string, args ...any) error { return inputError{fmt.Sprintf(format, args...)} }
 
 // Entry names one event: origin's seq-th in partition, the write's dot and
 // partition.
@@ -107,12 +116,12 @@ func (s Scope) Parse(text string) (Token, error) {
 			continue
 		}
 		if len(out) == MaxEntries {
-			return nil, fmt.Errorf("%w: more than %d entries; merge tokens per (dc, partition), as a write answer's token is", ErrBadInput, MaxEntries)
+			return nil, badInput("more than %d entries; merge tokens per (dc, partition), as a write answer's token is", MaxEntries)
 		}
 		i++
 		e, err := s.entry(piece)
 		if err != nil {
-			return nil, fmt.Errorf("%w: entry %d %q: %v", ErrBadInput, i, piece, err)
+			return nil, badInput("entry %d %q: %v", i, piece, err)
 		}
 		out = append(out, e)
 	}
@@ -163,7 +172,7 @@ func (s Scope) check(e Entry) error {
 func (s Scope) Check(t Token) error {
 	for _, e := range t {
 		if err := s.check(e); err != nil {
-			return fmt.Errorf("%w: entry %q: %v", ErrBadInput, e.String(), err)
+			return badInput("entry %q: %v", e.String(), err)
 		}
 	}
 	return nil
@@ -193,7 +202,7 @@ func (s Scope) ParseWait(text string) (int, error) {
 	}
 	n, err := strconv.Atoi(strings.TrimSpace(text))
 	if err != nil || n < 1 || n > len(s.DCs) {
-		return 0, fmt.Errorf("%w: %q is not a number of DCs: want 1..%d (the deployment has %d DCs) or %q", ErrBadInput, text, len(s.DCs), len(s.DCs), WaitAll)
+		return 0, badInput("%q is not a number of DCs: want 1..%d (the deployment has %d DCs) or %q", text, len(s.DCs), len(s.DCs), WaitAll)
 	}
 	return n, nil
 }
@@ -207,7 +216,7 @@ func ParseWaitTimeout(text string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(strings.TrimSpace(text))
 	if err != nil || d <= 0 || d > MaxWaitTimeout {
-		return 0, fmt.Errorf("%w: %q is not a duration in (0, %s], such as \"2s\" or \"500ms\"", ErrBadInput, text, MaxWaitTimeout)
+		return 0, badInput("%q is not a duration in (0, %s], such as \"2s\" or \"500ms\"", text, MaxWaitTimeout)
 	}
 	return d, nil
 }

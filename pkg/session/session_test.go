@@ -45,6 +45,9 @@ func TestParse(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tt.err) || !errors.Is(err, ErrBadInput) {
 					t.Fatalf("Parse(%q) = %v, %v; want an ErrBadInput containing %q", tt.in, got, err, tt.err)
 				}
+				if strings.HasPrefix(err.Error(), "session") {
+					t.Errorf("Parse(%q) error %q repeats a prefix the caller adds", tt.in, err)
+				}
 				return
 			}
 			if err != nil || got.String() != tt.want {
