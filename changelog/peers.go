@@ -52,9 +52,12 @@ func (a Applied) Vector(p uint32) vclock.VV {
 	return vv
 }
 
-// peerReports keeps the last few applied vectors a peer reported, newest
-// last.
-type peerReports struct{ reports []Applied }
+// peerReports keeps what a peer reported: its newest applied vector, and
+// a short history of reports, newest last, that purging chooses from.
+type peerReports struct {
+	latest  Applied
+	reports []Applied
+}
 
 const keepReports = 4
 
@@ -70,10 +73,20 @@ func (s *Store) Applied() Applied {
 	return out
 }
 
-// SetPeerApplied records the applied vector a peer DC reported. The store
-// keeps the last few in memory: they decide when outbox entries and
-// tombstones may go. After a restart nothing goes until peers report again.
-func (s *Store) SetPeerApplied(dc string, a Applied) {
+// SetPeerApplied records the applied vector a peer DC reported, as its
+// newest and in the history of its last few reports. The store keeps them
+// in memory: they decide when outbox entries and tombstones may go, and
+// how far a write has replicated. After a restart nothing goes until peers
+// report again.
+func (s *Store) SetPeerApplied(dc string, a Applied) { s.setPeerApplied(dc, a, true) }
+
+// UpdatePeerApplied records a peer's report as its newest only, leaving
+// the history alone: for reports sent between the periodic ones, which
+// would otherwise crowd the history into a few milliseconds and leave
+// purging no report this DC has caught up with.
+func (s *Store) UpdatePeerApplied(dc string, a Applied) { s.setPeerApplied(dc, a, false) }
+
+func (s *Store) setPeerApplied(dc string, a Applied, history bool) {
 	if dc == s.opts.DC {
 		return
 	}
@@ -83,6 +96,14 @@ func (s *Store) SetPeerApplied(dc string, a Applied) {
 	if pr == nil {
 		pr = &peerReports{}
 		s.mu.peers[dc] = pr
+	}
+	if pr.latest == nil || !a.LessEq(pr.latest) {
+		pr.latest = a.Clone()
+		close(s.mu.reported)
+		s.mu.reported = make(chan struct{})
+	}
+	if !history {
+		return
 	}
 	if n := len(pr.reports); n > 0 && a.LessEq(pr.reports[n-1]) {
 		return // stale or repeated
@@ -99,9 +120,7 @@ func (s *Store) PeerApplied() map[string]Applied {
 	defer s.mu.RUnlock()
 	out := make(map[string]Applied, len(s.mu.peers))
 	for dc, pr := range s.mu.peers {
-		if n := len(pr.reports); n > 0 {
-			out[dc] = pr.reports[n-1].Clone()
-		}
+		out[dc] = pr.latest.Clone()
 	}
 	return out
 }
@@ -128,13 +147,17 @@ func (s *Store) everyone(pick func(*peerReports) Applied) ([]Applied, bool) {
 }
 
 // stableVector returns, per partition, what every DC has applied and this
-// DC has caught up with: for each peer, the newest report this DC's own
-// applied vector covers, then the pointwise minimum of those and our own.
-// A key whose clock is within it and holds only tombstones can be purged.
+// DC has caught up with: for each peer, the newest report (its latest, or
+// one of its history) this DC's own applied vector covers, then the
+// pointwise minimum of those and our own. A key whose clock is within it
+// and holds only tombstones can be purged.
 func (s *Store) stableVector() ([]vclock.VV, bool) {
 	own := s.Applied()
 	s.mu.RLock()
 	reports, ok := s.everyone(func(pr *peerReports) Applied {
+		if pr.latest.LessEq(own) {
+			return pr.latest
+		}
 		for i := len(pr.reports) - 1; i >= 0; i-- {
 			if pr.reports[i].LessEq(own) {
 				return pr.reports[i]
@@ -217,7 +240,7 @@ func (s *Store) Purge(ctx context.Context) (int, error) {
 // how many it deleted.
 func (s *Store) TrimOutbox(ctx context.Context) (int, error) {
 	s.mu.RLock()
-	reports, ok := s.everyone(func(pr *peerReports) Applied { return pr.reports[len(pr.reports)-1] })
+	reports, ok := s.everyone(func(pr *peerReports) Applied { return pr.latest })
 	low, ckpt := s.mu.outboxLow, s.mu.ckpt
 	s.mu.RUnlock()
 	if !ok || low > ckpt {

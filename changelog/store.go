@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,7 +91,8 @@ type Options struct {
 	Limits event.Limits
 	// ContextWait is how long Write waits for this DC to apply the other
 	// DCs' events a client context names before it gives up with
-	// ErrContextAhead. Zero does not wait.
+	// ErrContextAhead, and how long WaitRead waits for what a reader's
+	// context or session token names. Zero does not wait.
 	ContextWait time.Duration
 	// TxnMaxOps and TxnMaxBytes bound a local transaction (WriteTxn): its
 	// ops, and its encoded message. Defaults DefaultTxnMaxOps and
@@ -163,8 +165,18 @@ type Store struct {
 		hlcHigh    uint64                  // highest local-write HLC persisted
 		peers      map[string]*peerReports // applied vectors the other DCs reported
 		// progress is closed and replaced whenever a commit moves the
-		// applied vector or changes key states, to wake WaitContext.
+		// applied vector or changes key states, to wake WaitContext and
+		// WaitApplied.
 		progress chan struct{}
+		// durable is the applied vector (own row: last issued sequence)
+		// of the batches whose WAL sync has completed: what this DC
+		// reports to its peers. durableMoved is closed and replaced
+		// whenever it moves.
+		durable      Applied
+		durableMoved chan struct{}
+		// reported is closed and replaced whenever a peer's newest
+		// report moves, to wake WaitReplicated.
+		reported chan struct{}
 	}
 }
 
@@ -249,6 +261,8 @@ func (s *Store) load() error {
 	m.applied = map[string][]uint64{}
 	m.peers = map[string]*peerReports{}
 	m.progress = make(chan struct{})
+	m.durableMoved = make(chan struct{})
+	m.reported = make(chan struct{})
 	for p := range m.seq {
 		v, err := s.getU64(seqKey(uint32(p)))
 		if err != nil {
@@ -293,6 +307,10 @@ func (s *Store) load() error {
 	}
 	if err := it.Close(); err != nil {
 		return err
+	}
+	m.durable = Applied{s.opts.DC: slices.Clone(m.seq)}
+	for o, row := range m.applied {
+		m.durable[o] = slices.Clone(row)
 	}
 	var err2 error
 	if m.ckpt, err2 = s.getU64(metaKey(metaCkpt)); err2 != nil {

@@ -303,6 +303,7 @@ func (t *txn) wait() error {
 	if t.next > s.mu.outboxSync {
 		s.mu.outboxSync = t.next
 	}
+	t.foldDurable()
 	s.mu.Unlock()
 	if t.outbox {
 		select {
@@ -317,6 +318,35 @@ func (t *txn) wait() error {
 		f()
 	}
 	return nil
+}
+
+// foldDurable folds the synced batch's sequences and applied entries into
+// the durable applied vector, and wakes its watchers if it moved. The
+// caller holds s.mu.
+func (t *txn) foldDurable() {
+	s := t.s
+	d := s.mu.durable
+	moved := false
+	set := func(origin string, p uint32, v uint64) {
+		row := d[origin]
+		if row == nil {
+			row = make([]uint64, s.opts.Partitions)
+			d[origin] = row
+		}
+		if row[p] != v {
+			row[p], moved = v, true
+		}
+	}
+	for p, v := range t.seq {
+		set(s.opts.DC, p, v)
+	}
+	for r, v := range t.applied {
+		set(r.origin, r.p, v)
+	}
+	if moved {
+		close(s.mu.durableMoved)
+		s.mu.durableMoved = make(chan struct{})
+	}
 }
 
 // tombOnly reports whether st holds siblings and all are tombstones.

@@ -67,11 +67,17 @@ type ContextAheadError struct {
 	DC        string
 	Named     uint64 // the counter the context names
 	Applied   uint64 // this DC's contiguous applied sequence of DC there
+	// Read marks the error of a read (WaitRead) rather than a write.
+	Read bool
 }
 
 func (e *ContextAheadError) Error() string {
+	op := "write"
+	if e.Read {
+		op = "read"
+	}
 	return fmt.Sprintf("context names event %s:%d in the partition of key %q (%d), but this DC has applied %s's events only up to %d there; "+
-		"retry once this DC has caught up, or write at %s", e.DC, e.Named, e.Key, e.Partition, e.DC, e.Applied, e.DC)
+		"retry once this DC has caught up, or %s at %s", e.DC, e.Named, e.Key, e.Partition, e.DC, e.Applied, op, e.DC)
 }
 
 func (e *ContextAheadError) Unwrap() error { return ErrContextAhead }
