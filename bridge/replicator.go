@@ -116,6 +116,12 @@ type Options struct {
 	// ReportInterval is how often the DC reports its applied vector and
 	// refreshes lag figures. Default 1s.
 	ReportInterval time.Duration
+	// ReportDebounce is the least time between two reports when the DC
+	// also reports soon after its durable applied vector moves, which
+	// lets writes waiting for other DCs (X-Repl-Wait) answer within
+	// milliseconds. Default 25ms; negative reports every ReportInterval
+	// only.
+	ReportDebounce time.Duration
 	// MaintenanceInterval is how often the DC trims its outbox and purges
 	// causally stable tombstones. Default ReportInterval.
 	MaintenanceInterval time.Duration
@@ -168,6 +174,9 @@ func (o Options) withDefaults() Options {
 	setDur(&o.RepairTimeout, 2*time.Second)
 	setDur(&o.RepairAfter, 5*time.Second)
 	setDur(&o.ReportInterval, time.Second)
+	if o.ReportDebounce == 0 {
+		o.ReportDebounce = 25 * time.Millisecond
+	}
 	setDur(&o.MaintenanceInterval, o.ReportInterval)
 	setDur(&o.StreamRetention, 24*time.Hour)
 	return o
@@ -250,6 +259,10 @@ type Replicator struct {
 	// only the reporter goroutine uses it.
 	replayed map[string]time.Time
 
+	// alive hands the DCs whose reports arrived from the report intake to
+	// the reporter goroutine, which judges liveness.
+	alive *reporters
+
 	// drain tells the publisher that intake has stopped: it publishes what
 	// the outbox holds and exits.
 	drain chan struct{}
@@ -287,6 +300,7 @@ func New(opts Options) (*Replicator, error) {
 		seqHi:  make([]uint64, opts.Partitions),
 		drain:  make(chan struct{}),
 		behind: map[gapKey]lag{},
+		alive:  newReporters(),
 
 		replayed: map[string]time.Time{},
 	}
@@ -404,7 +418,7 @@ func (r *Replicator) Start(ctx context.Context) error {
 			r.runLink(intakeCtx, l)
 		}()
 	}
-	r.intake.Add(3)
+	r.intake.Add(4)
 	go func() {
 		defer r.intake.Done()
 		r.serveRepairs(intakeCtx, repairs)
@@ -415,7 +429,11 @@ func (r *Replicator) Start(ctx context.Context) error {
 	}()
 	go func() {
 		defer r.intake.Done()
-		r.runReports(intakeCtx, reports)
+		r.runReportIntake(intakeCtx, reports)
+	}()
+	go func() {
+		defer r.intake.Done()
+		r.runReports(intakeCtx)
 	}()
 	r.log.Info("replicator started", "stream", r.stream, "upstreams", r.plan.Upstreams, "partitions", r.opts.Partitions,
 		"heal_after", r.opts.HealAfter, "standby_hub", r.opts.StandbyHub)

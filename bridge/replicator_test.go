@@ -15,8 +15,9 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 )
 
-// single starts one DC, dc1 of a mesh with dc2, against an embedded server.
-func single(t *testing.T) (*Replicator, *changelog.Store, *nats.Conn) {
+// single starts one DC, dc1 of a mesh with dc2, against an embedded server;
+// tune, if given, changes its options.
+func single(t *testing.T, tune ...func(*Options)) (*Replicator, *changelog.Store, *nats.Conn) {
 	t.Helper()
 	srv, err := StartEmbedded(EmbeddedOptions{StoreDir: t.TempDir(), JetStream: true})
 	if err != nil {
@@ -34,7 +35,11 @@ func single(t *testing.T) (*Replicator, *changelog.Store, *nats.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := New(Options{Store: st, NC: nc, Plan: plan, DCs: []string{"dc1", "dc2"}, Partitions: testParts, ReportInterval: 50 * time.Millisecond})
+	opts := Options{Store: st, NC: nc, Plan: plan, DCs: []string{"dc1", "dc2"}, Partitions: testParts, ReportInterval: 50 * time.Millisecond}
+	for _, f := range tune {
+		f(&opts)
+	}
+	r, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

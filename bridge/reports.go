@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,47 +16,112 @@ import (
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
-// runHeartbeat publishes this DC's applied vector every ReportInterval,
-// idle or not, on a goroutine of its own: the others take a DC that stops
-// reporting for heal_after as unreachable, so slow work elsewhere (a
-// catch-up repair, stopping a heal link, trimming) must never delay it.
+// runHeartbeat publishes this DC's durable applied vector every
+// ReportInterval, idle or not, on a goroutine of its own: the others take
+// a DC that stops reporting for heal_after as unreachable, so slow work
+// elsewhere (a catch-up repair, stopping a heal link, trimming) must never
+// delay it. Between those it also publishes soon after the vector moves,
+// at most once every ReportDebounce, so that a write waiting for other DCs
+// (X-Repl-Wait) learns within milliseconds that they applied it.
 func (r *Replicator) runHeartbeat(ctx context.Context) {
 	t := time.NewTicker(r.opts.ReportInterval)
 	defer t.Stop()
-	r.publishApplied()
+	// cool runs for ReportDebounce after each report; a move meanwhile
+	// waits for it (pending) and is reported when it fires.
+	cool := time.NewTimer(0)
+	defer cool.Stop()
+	cooling, pending := true, false
+	var sent changelog.Applied
+	report := func(always bool) {
+		a := r.store.AppliedDurable()
+		if !always && a.LessEq(sent) {
+			return // nothing new since the last report
+		}
+		r.publishApplied(a)
+		sent = a
+		cool.Reset(r.opts.ReportDebounce)
+		cooling = true
+	}
+	report(true)
 	for {
+		var moved <-chan struct{}
+		if r.opts.ReportDebounce > 0 && !pending {
+			moved = r.store.DurableMoved()
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			r.publishApplied()
+			report(true)
+		case <-moved:
+			if cooling {
+				pending = true
+			} else {
+				report(false)
+			}
+		case <-cool.C:
+			cooling = false
+			if pending {
+				pending = false
+				report(false)
+			}
+		}
+	}
+}
+
+// runReportIntake records the applied vectors other DCs report as they
+// arrive, waking the writes waiting for them, and hands the reporters to
+// runReports for liveness. Reports that come within ReportInterval of the
+// last one kept in a peer's history update only its newest (see
+// changelog.Store.UpdatePeerApplied).
+func (r *Replicator) runReportIntake(ctx context.Context, reports <-chan *nats.Msg) {
+	kept := map[string]time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-reports:
+			dc, a, ok := r.peerReport(m)
+			if !ok {
+				continue
+			}
+			if now := r.now(); now.Sub(kept[dc]) >= r.opts.ReportInterval {
+				kept[dc] = now
+				r.store.SetPeerApplied(dc, a)
+			} else {
+				r.store.UpdatePeerApplied(dc, a)
+			}
+			r.alive.add(dc)
 		}
 	}
 }
 
 // runReports, every ReportInterval, refreshes the links' lag, judges the
 // peers' liveness and catches up; every MaintenanceInterval it trims the
-// outbox and purges stable tombstones; and it records the applied vectors
-// other DCs report. It returns when ctx ends.
-func (r *Replicator) runReports(ctx context.Context, reports <-chan *nats.Msg) {
+// outbox and purges stable tombstones; and it notes which DCs reported.
+// It returns when ctx ends.
+func (r *Replicator) runReports(ctx context.Context) {
 	report := time.NewTicker(r.opts.ReportInterval)
 	defer report.Stop()
 	maint := time.NewTicker(r.opts.MaintenanceInterval)
 	defer maint.Stop()
 	r.startHealing(ctx)
 	defer r.stopHealing()
+	seen := func() {
+		for _, dc := range r.alive.take() {
+			r.healReport(dc)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case m := <-reports:
-			r.peerReport(m)
+		case <-r.alive.wake:
+			seen()
 		case <-report.C:
-			// Reports that queued while this goroutine was busy (a slow
+			// Reports that arrived while this goroutine was busy (a slow
 			// repair, say) count before liveness is judged.
-			for range len(reports) {
-				r.peerReport(<-reports)
-			}
+			seen()
 			r.healTick(ctx)
 			r.refreshLag(ctx)
 			r.catchUp(ctx)
@@ -65,33 +131,68 @@ func (r *Replicator) runReports(ctx context.Context, reports <-chan *nats.Msg) {
 	}
 }
 
-func (r *Replicator) publishApplied() {
-	b, err := msgpack.Marshal(map[string][]uint64(r.store.Applied()))
+// reporters collects the DCs whose reports arrived since runReports last
+// looked; a DC is kept once however often it reported.
+type reporters struct {
+	mu   sync.Mutex
+	dcs  map[string]bool
+	wake chan struct{}
+}
+
+func newReporters() *reporters {
+	return &reporters{dcs: map[string]bool{}, wake: make(chan struct{}, 1)}
+}
+
+func (p *reporters) add(dc string) {
+	p.mu.Lock()
+	p.dcs[dc] = true
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *reporters) take() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]string, 0, len(p.dcs))
+	for dc := range p.dcs {
+		out = append(out, dc)
+	}
+	clear(p.dcs)
+	return out
+}
+
+func (r *Replicator) publishApplied(a changelog.Applied) {
+	b, err := msgpack.Marshal(map[string][]uint64(a))
 	if err != nil {
 		r.log.Error("encode the applied vector", "err", err)
 		return
 	}
 	if err := r.nc.Publish(AppliedSubject(r.self), b); err != nil {
 		r.log.Debug("publish the applied vector", "err", err)
+		return
 	}
+	r.c.reportsSent.Add(1)
+	r.c.reportBytes.Add(uint64(len(b)))
 }
 
-// peerReport records an applied vector another DC published, if it is
-// well formed and comes from a known DC.
-func (r *Replicator) peerReport(m *nats.Msg) {
+// peerReport decodes an applied vector another DC published, if it is
+// well formed and comes from a known DC, and counts it.
+func (r *Replicator) peerReport(m *nats.Msg) (string, changelog.Applied, bool) {
 	dc, ok := strings.CutPrefix(m.Subject, "repl.applied.")
 	if !ok || dc == r.self {
-		return
+		return "", nil, false
 	}
 	a, err := r.decodeApplied(dc, m.Data)
 	if err != nil {
 		r.c.peerReportsIgnored.Add(1)
 		r.log.Debug("ignored an applied-vector report", "from", dc, "err", err)
-		return
+		return "", nil, false
 	}
-	r.store.SetPeerApplied(dc, a)
 	r.c.peerReports.Add(1)
-	r.healReport(dc)
+	return dc, a, true
 }
 
 func (r *Replicator) decodeApplied(dc string, data []byte) (changelog.Applied, error) {

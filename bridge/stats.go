@@ -66,6 +66,10 @@ type Stats struct {
 	// PeerReportsIgnored those ignored as malformed or from unknown DCs.
 	PeerReports        uint64
 	PeerReportsIgnored uint64
+	// ReportsSent counts the applied-vector reports this DC published,
+	// periodic and eager; ReportBytes their payload bytes.
+	ReportsSent uint64
+	ReportBytes uint64
 	// Trimmed and Purged count outbox entries and tombstoned keys removed.
 	Trimmed uint64
 	Purged  uint64
@@ -114,6 +118,7 @@ type counters struct {
 	applyErrors, clockDrift, streamTrims                                  atomic.Uint64
 	repairs, repairedEvents, repairErrors, repairsServed, replays         atomic.Uint64
 	peerReports, peerReportsIgnored, trimmed, purged                      atomic.Uint64
+	reportsSent, reportBytes                                              atomic.Uint64
 }
 
 // linkCounters are one link's figures.
@@ -201,6 +206,8 @@ func (r *Replicator) Stats() Stats {
 		Replays:            c.replays.Load(),
 		PeerReports:        c.peerReports.Load(),
 		PeerReportsIgnored: c.peerReportsIgnored.Load(),
+		ReportsSent:        c.reportsSent.Load(),
+		ReportBytes:        c.reportBytes.Load(),
 		Trimmed:            c.trimmed.Load(),
 		Purged:             c.purged.Load(),
 		Links:              make(map[string]LinkStats, len(r.links)),
