@@ -31,8 +31,13 @@ const (
 	Star = "star"
 )
 
+// DefaultContextWait is context_wait's default.
+const DefaultContextWait = 5 * time.Second
+
 // Bounds Validate enforces.
 const (
+	// MaxContextWait is the longest context_wait.
+	MaxContextWait = time.Minute
 	// MaxDCs is the largest number of DCs a deployment may have; it matches
 	// vclock.MaxEntries.
 	MaxDCs = 64
@@ -70,6 +75,13 @@ type Config struct {
 	// standby_hub stands in for the hub. 0 turns healing off. Default 30s;
 	// 0 or at least 2s (reports go out every second).
 	HealAfter Duration `yaml:"heal_after"`
+	// ContextWait bounds how long a request that carries what its client
+	// has seen waits for this DC to cover it: a write or read with
+	// X-Repl-Context, a read with X-Repl-Session (and the NATS API's
+	// context and session fields). Past it the request answers 503 with
+	// Retry-After, and a write is not made. Default 5s; 0 (answer at
+	// once from what this DC holds) to 1m.
+	ContextWait Duration `yaml:"context_wait"`
 	// Partitions is the number of partitions keys hash into (subjects
 	// repl.<dc>.<partition>). It must be equal in every DC. Default 16,
 	// range 1..1024.
@@ -305,9 +317,10 @@ const EnvelopeBytes = 16 * kib
 // fields and are filled in by Complete.
 func Default() Config {
 	return Config{
-		Topology:   Mesh,
-		Partitions: 16,
-		HealAfter:  Duration(30 * time.Second),
+		Topology:    Mesh,
+		Partitions:  16,
+		HealAfter:   Duration(30 * time.Second),
+		ContextWait: Duration(DefaultContextWait),
 		HTTP: HTTP{
 			Listen:       "127.0.0.1:7070",
 			MaxBodyBytes: mib,

@@ -101,6 +101,11 @@ func TestValidate(t *testing.T) {
 		{name: "conflict log max entries negative", edit: func(c *Config) { c.ConflictLog.MaxEntries = -1 },
 			want: []string{`conflict_log.max_entries: -1 is negative; want 0 (no bound) or a positive count`}},
 		{name: "conflict log kept for ever", edit: func(c *Config) { c.ConflictLog = ConflictLog{} }},
+		{name: "no context wait", edit: func(c *Config) { c.ContextWait = 0 }},
+		{name: "context wait too long", edit: func(c *Config) { c.ContextWait = Duration(2 * time.Minute) },
+			want: []string{`context_wait: 2m0s: want 0 (no wait) to 1m0s`}},
+		{name: "context wait negative", edit: func(c *Config) { c.ContextWait = Duration(-time.Second) },
+			want: []string{`context_wait: -1s: want 0 (no wait) to 1m0s`}},
 		{name: "healing off", edit: func(c *Config) { c.HealAfter = 0 }},
 		{name: "heal after too short", edit: func(c *Config) { c.HealAfter = Duration(500 * time.Millisecond) },
 			want: []string{`heal_after: 500ms: want 0 (healing off) or at least 2s; DCs report every second, and a shorter wait takes live DCs for dead`}},
@@ -322,6 +327,7 @@ func TestDefault(t *testing.T) {
 		Topology:    "mesh",
 		Partitions:  16,
 		HealAfter:   Duration(30 * time.Second),
+		ContextWait: Duration(5 * time.Second),
 		HTTP:        HTTP{Listen: "127.0.0.1:7070", MaxBodyBytes: 1 << 20},
 		Resolvers:   Resolvers{Default: "siblings"},
 		Durability:  Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute), StreamRetention: Duration(24 * time.Hour)},
@@ -392,7 +398,7 @@ func TestParseRejects(t *testing.T) {
 		want       []string // substrings of the error, in order
 	}{
 		{"unknown top-level key", "dc: a\ndcs: [a, b]\ntopolgy: ring\n",
-			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: conflict_log, data_dir, dc, dcs, durability, heal_after, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
+			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: conflict_log, context_wait, data_dir, dc, dcs, durability, heal_after, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
 		{"unknown nested key", "dc: a\ndcs: [a, b]\nnats:\n  embeded: true\n",
 			[]string{`nats.embeded: line 4: unknown key; did you mean "embedded"?`}},
 		{"unknown key in a rule", "dc: a\ndcs: [a, b]\nresolvers:\n  rules:\n    - prefix: x\n      resolver: lww\n      prio: [a]\n",

@@ -149,6 +149,9 @@ func (c Config) validateDCs(p *problems) {
 		p.add("dcs", "%v: topology %s needs at least %d DCs, got %d%s", c.DCs, c.Topology, minDCs, n, hint)
 	}
 
+	if w := time.Duration(c.ContextWait); w < 0 || w > MaxContextWait {
+		p.add("context_wait", "%s: want 0 (no wait) to %s", w, MaxContextWait)
+	}
 	if h := time.Duration(c.HealAfter); h < 0 || h > 0 && h < 2*time.Second {
 		p.add("heal_after", "%s: want 0 (healing off) or at least 2s; DCs report every second, and a shorter wait takes live DCs for dead", h)
 	}

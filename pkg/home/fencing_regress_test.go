@@ -167,7 +167,7 @@ func TestMaxPayloadIsNotADeadHome(t *testing.T) {
 }
 
 // TestContextWaitAnswersBeforeHomeTimeout (found in review, fixed): the node opens its store with
-// ContextWait 5s (pkg/node contextWait) while a home rule's timeout
+// ContextWait 5s (the config's context_wait) while a home rule's timeout
 // defaults to 2s. A forwarded write whose context names an event the home
 // has not applied yet waits at the home longer than the sender waits for
 // the answer, so the ErrContextAhead 503 never reaches the client: under

@@ -98,10 +98,6 @@ type Node struct {
 // close and exit non-zero, for its supervisor to restart it.
 func (n *Node) Fatal() <-chan error { return n.fatal }
 
-// contextWait bounds how long a write waits for this DC to apply the other
-// DCs' events its client context names (changelog.Options.ContextWait).
-const contextWait = 5 * time.Second
-
 // New opens the DC's store. It starts nothing; Start connects and serves.
 func New(cfg config.Config, opts Options) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
@@ -150,8 +146,9 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		Logger: n.log,
 		Limits: event.Limits{MaxKeyBytes: cfg.Limits.MaxKeyBytes, MaxValueBytes: cfg.Limits.MaxValueBytes},
 		// A client that read at a DC that is ahead waits this long for
-		// this DC to catch up before its write is refused with 503.
-		ContextWait:        contextWait,
+		// this DC to catch up before its write or read is refused with
+		// 503.
+		ContextWait:        time.Duration(cfg.ContextWait),
 		TxnMaxOps:          cfg.Limits.MaxTxnOps,
 		TxnMaxBytes:        cfg.Limits.MaxTxnBytes,
 		ConflictRetention:  time.Duration(cfg.ConflictLog.Retention),
