@@ -6,6 +6,8 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/session"
+	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/resolve"
 )
 
@@ -39,6 +41,15 @@ type Backend interface {
 	// Ready is nil when the sidecar can serve requests; otherwise it says
 	// why not, for /healthz.
 	Ready() error
+	// Scope is what session tokens and X-Repl-Wait may name here.
+	Scope() session.Scope
+	// WaitRead waits, up to the sidecar's context_wait, until this DC
+	// covers a reader's context for key and its session token (see
+	// changelog.Store.WaitRead).
+	WaitRead(ctx context.Context, key string, client vclock.VV, tok session.Token) error
+	// WaitReplicated waits until n DCs have applied every event tok names
+	// (see changelog.Store.WaitReplicated).
+	WaitReplicated(ctx context.Context, tok session.Token, n int) (int, error)
 }
 
 var _ Backend = StoreBackend{}
@@ -123,6 +134,19 @@ func (b StoreBackend) DeadLetters(ctx context.Context, limit int) (DeadLetters, 
 		return DeadLetters{}, ErrNoDeadLetters
 	}
 	return b.DeadLettersFn(ctx, limit)
+}
+
+// Scope implements Backend.
+func (b StoreBackend) Scope() session.Scope { return b.Store.Scope() }
+
+// WaitRead implements Backend.
+func (b StoreBackend) WaitRead(ctx context.Context, key string, client vclock.VV, tok session.Token) error {
+	return b.Store.WaitRead(ctx, key, client, tok)
+}
+
+// WaitReplicated implements Backend.
+func (b StoreBackend) WaitReplicated(ctx context.Context, tok session.Token, n int) (int, error) {
+	return b.Store.WaitReplicated(ctx, tok, n)
 }
 
 // Ready implements Backend.

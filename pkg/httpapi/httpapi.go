@@ -11,10 +11,12 @@
 //
 // Routes (docs/DESIGN.md "External interfaces"):
 //
-//	PUT    /v1/kv/{key}                 body = raw value; X-Repl-Context optional
-//	DELETE /v1/kv/{key}                 X-Repl-Context optional
-//	GET    /v1/kv/{key}                 the key's values, siblings and context
-//	GET    /v1/kv?prefix=P&limit=N      NDJSON, one line per key with a live value
+//	PUT    /v1/kv/{key}                 body = raw value; X-Repl-Context, X-Repl-Session, X-Repl-Wait optional
+//	DELETE /v1/kv/{key}                 X-Repl-Context, X-Repl-Session, X-Repl-Wait optional
+//	GET    /v1/kv/{key}                 the key's values, siblings and context; X-Repl-Context
+//	                                    (?min_context=) and X-Repl-Session (?min_session=) optional
+//	GET    /v1/kv?prefix=P&limit=N      NDJSON, one line per key with a live value; X-Repl-Session
+//	                                    (?min_session=) optional
 //	GET    /v1/digest                   {"digest", "keys", "partitions"}
 //	GET    /v1/conflicts?status=&prefix=&limit=
 //	GET    /v1/conflicts/{id}
@@ -34,6 +36,16 @@
 // The context is the key's clock in vclock's text form, "{dc1:3,dc2:1}". A
 // client passes it back unchanged; "{}" means "I read the key and it was
 // absent", while no header at all is a blind write.
+//
+// Session guarantees (invariant 12 in docs/DESIGN.md): every write answer
+// carries a session token (X-Repl-Session, "session"), the write's
+// Nats-Msg-Id merged with the token the request carried. A read carrying a
+// context or tokens waits, up to the sidecar's context_wait, until this DC
+// covers them, else answers 503 with Retry-After. A write with
+// X-Repl-Wait: N|all (X-Repl-Wait-Timeout, default 5s, at most 1m) answers
+// once N DCs have applied it, with X-Repl-Replicated and "replicated"; on
+// timeout the write stands and the answer is 202 with "error" saying how
+// far it got.
 //
 // Additions to the routes in docs/DESIGN.md (docs/INTERFACES.md lists them
 // all): GET /v1/kv/{key} and the NDJSON
@@ -67,8 +79,21 @@ import (
 	"github.com/replicatorhq/replicator/pkg/ui"
 )
 
-// ContextHeader carries a key's causal context in both directions.
-const ContextHeader = "X-Repl-Context"
+// The headers of the key-value routes.
+const (
+	// ContextHeader carries a key's causal context in both directions.
+	ContextHeader = "X-Repl-Context"
+	// SessionHeader carries a session token: in a write's answer, the
+	// write's; in a request, the tokens of earlier answers, joined.
+	SessionHeader = "X-Repl-Session"
+	// WaitHeader asks a write to answer once that many DCs ("all" for
+	// every one) have applied it; WaitTimeoutHeader bounds the wait.
+	WaitHeader        = "X-Repl-Wait"
+	WaitTimeoutHeader = "X-Repl-Wait-Timeout"
+	// ReplicatedHeader says, on the answer to a write with WaitHeader,
+	// how many DCs had applied it.
+	ReplicatedHeader = "X-Repl-Replicated"
+)
 
 // Options configure the API handler.
 type Options struct {

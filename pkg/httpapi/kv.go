@@ -1,17 +1,20 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/session"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/resolve"
 )
@@ -36,11 +39,59 @@ type siblingJSON struct {
 	HLC     uint64 `json:"hlc"`
 }
 
-// writeJSONBody is the answer to PUT and DELETE.
-type writeJSONBody struct {
+// WriteAnswer is the answer to a write: HTTP PUT and DELETE, NATS put and
+// del.
+type WriteAnswer struct {
 	Key     string `json:"key"`
 	Context string `json:"context"`
 	Dot     string `json:"dot"`
+	// Session is the session token of the write (its Nats-Msg-Id), merged
+	// with the token the request carried.
+	Session string `json:"session"`
+	// Replicated is how many DCs, this one included, had applied the
+	// write when it was answered; set only when the request asked to wait
+	// for them.
+	Replicated int `json:"replicated,omitempty"`
+	// Error says, on a write that stood but did not reach the DCs it
+	// waited for in time (HTTP 202), how far it got.
+	Error string `json:"error,omitempty"`
+}
+
+// Replicas is what answering a write needs to wait for other DCs;
+// *changelog.Store and every Backend have it.
+type Replicas interface {
+	WaitReplicated(ctx context.Context, tok session.Token, n int) (int, error)
+}
+
+// AnswerWrite builds the answer to the write that made res, whose request
+// carried the session token carried, waiting first, when ack asks, up to
+// ack.Timeout for ack.N DCs to have applied it. It reports false when the
+// write stood but fewer DCs had applied it in time: the answer's Error
+// then says so, and HTTP answers 202. Transactions answer the same way.
+func AnswerWrite(ctx context.Context, rep Replicas, key string, res changelog.WriteResult, carried session.Token, ack session.Ack) (WriteAnswer, bool) {
+	out := WriteAnswer{Key: key, Context: res.State.Clock.String(), Session: carried.String()}
+	if res.Event == nil {
+		return out, true
+	}
+	ev := res.Event
+	out.Dot = ev.Dot.String()
+	mine := session.Of(session.Entry{Origin: ev.Origin, Partition: ev.Partition, Seq: ev.Seq})
+	out.Session = carried.Merge(mine).String()
+	if ack.N == 0 {
+		return out, true
+	}
+	wctx, cancel := context.WithTimeout(ctx, ack.Timeout)
+	defer cancel()
+	k, err := rep.WaitReplicated(wctx, mine, ack.N)
+	out.Replicated = k
+	if k >= ack.N {
+		return out, true
+	}
+	out.Error = session.Shortfall(k, ack.N, ack.Timeout)
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		out.Error += fmt.Sprintf(" (the wait ended early: %v)", err)
+	}
+	return out, false
 }
 
 // notFoundBody is the 404 of GET /v1/kv/{key}: the context lets a client
@@ -105,35 +156,102 @@ func (s *server) pathKey(w http.ResponseWriter, r *http.Request) (string, bool) 
 	return key, true
 }
 
-// requestContext parses X-Repl-Context: nil when absent (a blind write).
-// On a bad one it answers 400 and returns false.
-func requestContext(w http.ResponseWriter, r *http.Request) (vclock.VV, bool) {
-	vals := r.Header.Values(ContextHeader)
-	switch len(vals) {
-	case 0:
-		return nil, true
-	case 1:
-	default:
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s is given %d times; send the one context your last read returned", ContextHeader, len(vals)))
-		return nil, false
-	}
-	bad := func(why string) (vclock.VV, bool) {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s %q is not a valid context: %s; send it exactly as a read of the key returned it, or leave the header out for a blind write", ContextHeader, vals[0], why))
-		return nil, false
-	}
-	vv, err := vclock.Parse(vals[0])
+// ParseContext parses a client's context, "{dc1:3,dc2:1}", rejecting more
+// entries than there can be DCs and absurd counters.
+func ParseContext(text string) (vclock.VV, error) {
+	vv, err := vclock.Parse(text)
 	if err != nil {
-		return bad(err.Error())
+		return nil, err
 	}
 	if len(vv) > vclock.MaxEntries {
-		return bad(fmt.Sprintf("it has %d entries, over the %d-DC limit", len(vv), vclock.MaxEntries))
+		return nil, fmt.Errorf("it has %d entries, over the %d-DC limit", len(vv), vclock.MaxEntries)
 	}
 	for dc, n := range vv {
 		if n >= event.MaxCounter {
-			return bad(fmt.Sprintf("counter %s:%d is absurd (must be below 2^62)", dc, n))
+			return nil, fmt.Errorf("counter %s:%d is absurd (must be below 2^62)", dc, n)
 		}
 	}
+	return vv, nil
+}
+
+// oneValue returns the one value of header name, or of query parameter
+// param when it is not ""; given reports whether either is there. Giving
+// the header twice, or both, answers 400 and returns false.
+func oneValue(w http.ResponseWriter, r *http.Request, name, param string) (text string, given, ok bool) {
+	vals := r.Header.Values(name)
+	inQuery := param != "" && r.URL.Query().Has(param)
+	switch {
+	case len(vals) > 1:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s is given %d times; give it once", name, len(vals)))
+		return "", false, false
+	case len(vals) == 1 && inQuery:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("both %s and ?%s= are given; give one", name, param))
+		return "", false, false
+	case len(vals) == 1:
+		return vals[0], true, true
+	case inQuery:
+		return r.URL.Query().Get(param), true, true
+	}
+	return "", false, true
+}
+
+// requestContext parses X-Repl-Context (or, when param is not "", that
+// query parameter): nil when absent (a blind write). On a bad one it
+// answers 400 and returns false.
+func requestContext(w http.ResponseWriter, r *http.Request, param string) (vclock.VV, bool) {
+	text, given, ok := oneValue(w, r, ContextHeader, param)
+	if !given {
+		return nil, ok
+	}
+	vv, err := ParseContext(text)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s %q is not a valid context: %v; send it exactly as a read of the key returned it, or leave the header out for a blind write", ContextHeader, text, err))
+		return nil, false
+	}
 	return vv, true
+}
+
+// requestSession parses X-Repl-Session, every value of it joined (or,
+// when param is not "", that query parameter instead): nil when absent.
+// On a bad one it answers 400 and returns false.
+func (s *server) requestSession(w http.ResponseWriter, r *http.Request, param string) (session.Token, bool) {
+	text := strings.Join(r.Header.Values(SessionHeader), ",")
+	if param != "" && r.URL.Query().Has(param) {
+		if text != "" {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("both %s and ?%s= are given; give one", SessionHeader, param))
+			return nil, false
+		}
+		text = r.URL.Query().Get(param)
+	}
+	tok, err := s.b.Scope().Parse(text)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s is not a valid session token: %v; send the tokens write answers gave, joined by commas", SessionHeader, err))
+		return nil, false
+	}
+	return tok, true
+}
+
+// requestAck parses X-Repl-Wait and X-Repl-Wait-Timeout. On a bad one it
+// answers 400 and returns false.
+func (s *server) requestAck(w http.ResponseWriter, r *http.Request) (session.Ack, bool) {
+	wait, given, ok := oneValue(w, r, WaitHeader, "")
+	if !ok {
+		return session.Ack{}, false
+	}
+	if given && wait == "" {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s is empty; give a number of DCs or %q, or leave it out; nothing was written", WaitHeader, session.WaitAll))
+		return session.Ack{}, false
+	}
+	timeout, _, ok := oneValue(w, r, WaitTimeoutHeader, "")
+	if !ok {
+		return session.Ack{}, false
+	}
+	ack, err := s.b.Scope().ParseAck(wait, timeout, WaitHeader, WaitTimeoutHeader)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error()+"; nothing was written")
+		return session.Ack{}, false
+	}
+	return ack, true
 }
 
 func (s *server) missingKey(w http.ResponseWriter, r *http.Request) {
@@ -141,45 +259,109 @@ func (s *server) missingKey(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) putKey(w http.ResponseWriter, r *http.Request) {
-	key, ok := s.pathKey(w, r)
-	if !ok || !s.query(w, r, nil) {
-		return
-	}
-	vctx, ok := requestContext(w, r)
+	op, req, ok := s.writeRequest(w, r)
 	if !ok {
 		return
 	}
-	value, ok := s.readBody(w, r, s.opts.MaxBodyBytes)
-	if !ok {
+	if op.Value, ok = s.readBody(w, r, s.opts.MaxBodyBytes); !ok {
 		return
 	}
-	s.write(w, r, changelog.WriteOp{Key: key, Value: value, Context: vctx})
+	s.write(w, r, op, req)
 }
 
 func (s *server) deleteKey(w http.ResponseWriter, r *http.Request) {
-	key, ok := s.pathKey(w, r)
-	if !ok || !s.query(w, r, nil) {
-		return
-	}
-	vctx, ok := requestContext(w, r)
+	op, req, ok := s.writeRequest(w, r)
 	if !ok {
 		return
 	}
-	s.write(w, r, changelog.WriteOp{Key: key, Delete: true, Context: vctx})
+	op.Delete = true
+	s.write(w, r, op, req)
 }
 
-func (s *server) write(w http.ResponseWriter, r *http.Request, op changelog.WriteOp) {
+// writeReq is what a write request carries besides its op.
+type writeReq struct {
+	session session.Token
+	ack     session.Ack
+}
+
+// writeRequest parses a PUT's or DELETE's key and headers. On a bad one
+// it answers 400 and returns false, before anything is written.
+func (s *server) writeRequest(w http.ResponseWriter, r *http.Request) (changelog.WriteOp, writeReq, bool) {
+	var op changelog.WriteOp
+	var req writeReq
+	var ok bool
+	if op.Key, ok = s.pathKey(w, r); !ok || !s.query(w, r, nil) {
+		return op, req, false
+	}
+	if op.Context, ok = requestContext(w, r, ""); !ok {
+		return op, req, false
+	}
+	if req.session, ok = s.requestSession(w, r, ""); !ok {
+		return op, req, false
+	}
+	req.ack, ok = s.requestAck(w, r)
+	return op, req, ok
+}
+
+func (s *server) write(w http.ResponseWriter, r *http.Request, op changelog.WriteOp, req writeReq) {
+	what := "write " + strconv.Quote(op.Key)
+	if len(req.session) > 0 {
+		if err := s.b.WaitRead(r.Context(), "", nil, req.session); err != nil {
+			s.backendError(w, r, what, err)
+			return
+		}
+	}
 	res, err := s.b.Write(r.Context(), op)
 	if err != nil {
-		s.backendError(w, r, "write "+strconv.Quote(op.Key), err)
+		s.backendError(w, r, what, err)
 		return
 	}
-	body := writeJSONBody{Key: op.Key, Context: res.State.Clock.String()}
-	if res.Event != nil {
-		body.Dot = res.Event.Dot.String()
+	body, complete := AnswerWrite(r.Context(), s.b, op.Key, res, req.session, req.ack)
+	h := w.Header()
+	h.Set(ContextHeader, body.Context)
+	h.Set(SessionHeader, body.Session)
+	code := http.StatusOK
+	if req.ack.N > 0 {
+		h.Set(ReplicatedHeader, strconv.Itoa(body.Replicated))
+		if !complete {
+			code = http.StatusAccepted
+		}
 	}
-	w.Header().Set(ContextHeader, body.Context)
-	writeJSON(w, http.StatusOK, body)
+	writeJSON(w, code, body)
+}
+
+// waitRead waits until this DC covers what a read carries: a context
+// (when allowContext; over a listing it is refused) and a session token,
+// from headers or the min_context and min_session parameters. It answers
+// 400 or 503 and returns false when it cannot serve the read.
+func (s *server) waitRead(w http.ResponseWriter, r *http.Request, key string, allowContext bool) bool {
+	what := "read " + strconv.Quote(key)
+	if !allowContext {
+		what = "list keys"
+		if r.Header.Get(ContextHeader) != "" || r.URL.Query().Has("min_context") {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("a listing covers many keys, and a context (%s, ?min_context=) says what to wait for of one key only; send the session token write answers gave, as %s or ?min_session=", ContextHeader, SessionHeader))
+			return false
+		}
+	}
+	var vctx vclock.VV
+	var ok bool
+	if allowContext {
+		if vctx, ok = requestContext(w, r, "min_context"); !ok {
+			return false
+		}
+	}
+	tok, ok := s.requestSession(w, r, "min_session")
+	if !ok {
+		return false
+	}
+	if len(vctx) == 0 && len(tok) == 0 {
+		return true
+	}
+	if err := s.b.WaitRead(r.Context(), key, vctx, tok); err != nil {
+		s.backendError(w, r, what, err)
+		return false
+	}
+	return true
 }
 
 // readBody reads the whole body, at most limit bytes; over it answers 413.
@@ -205,7 +387,7 @@ func (s *server) readBody(w http.ResponseWriter, r *http.Request, limit int64) (
 
 func (s *server) getKey(w http.ResponseWriter, r *http.Request) {
 	key, ok := s.pathKey(w, r)
-	if !ok || !s.query(w, r, nil) {
+	if !ok || !s.query(w, r, []string{"min_context", "min_session"}) || !s.waitRead(w, r, key, true) {
 		return
 	}
 	st, _, err := s.b.Get(key)
@@ -301,7 +483,7 @@ func (n *ndjson) flush() error {
 }
 
 func (s *server) listKeys(w http.ResponseWriter, r *http.Request) {
-	if !s.query(w, r, []string{"prefix", "limit"}) {
+	if !s.query(w, r, []string{"prefix", "limit", "min_session", "min_context"}) || !s.waitRead(w, r, "", false) {
 		return
 	}
 	prefix, ok := s.prefixParam(w, r)

@@ -221,6 +221,36 @@ func ParseWaitTimeout(text string) (time.Duration, error) {
 	return d, nil
 }
 
+// Ack is what a write asks of replicated acknowledgement: to be answered
+// once N DCs, the write's own included, have applied it, waiting at most
+// Timeout. N 0 asks for nothing.
+type Ack struct {
+	N       int
+	Timeout time.Duration
+}
+
+// ParseAck reads a replicated-acknowledgement request, wait as ParseWait
+// reads it and timeout as ParseWaitTimeout does; a timeout without a wait
+// is an error. Its errors name the two as waitName and timeoutName give
+// them (the HTTP headers, the NATS fields).
+func (s Scope) ParseAck(wait, timeout, waitName, timeoutName string) (Ack, error) {
+	n, err := s.ParseWait(wait)
+	if err != nil {
+		return Ack{}, fmt.Errorf("%s: %w", waitName, err)
+	}
+	if n == 0 {
+		if timeout != "" {
+			return Ack{}, badInput("%s is given without %s; give both, or neither", timeoutName, waitName)
+		}
+		return Ack{}, nil
+	}
+	d, err := ParseWaitTimeout(timeout)
+	if err != nil {
+		return Ack{}, fmt.Errorf("%s: %w", timeoutName, err)
+	}
+	return Ack{N: n, Timeout: d}, nil
+}
+
 // Shortfall is the message of a write that stood but was applied by only
 // got of want DCs within timeout.
 func Shortfall(got, want int, timeout time.Duration) string {

@@ -155,6 +155,26 @@ func TestParseWaitTimeout(t *testing.T) {
 	}
 }
 
+func TestParseAck(t *testing.T) {
+	for _, tt := range []struct {
+		wait, timeout string
+		want          Ack
+		err           string
+	}{
+		{"", "", Ack{}, ""},
+		{"all", "", Ack{N: 3, Timeout: DefaultWaitTimeout}, ""},
+		{"2", "250ms", Ack{N: 2, Timeout: 250 * time.Millisecond}, ""},
+		{"", "1s", Ack{}, "W-T is given without W"},
+		{"0", "", Ack{}, `W: "0" is not a number of DCs`},
+		{"all", "2m", Ack{}, `W-T: "2m" is not a duration`},
+	} {
+		got, err := scope.ParseAck(tt.wait, tt.timeout, "W", "W-T")
+		if got != tt.want || (err == nil) != (tt.err == "") || err != nil && (!strings.Contains(err.Error(), tt.err) || !errors.Is(err, ErrBadInput)) {
+			t.Errorf("ParseAck(%q, %q) = %+v, %v; want %+v, error %q", tt.wait, tt.timeout, got, err, tt.want, tt.err)
+		}
+	}
+}
+
 func TestShortfall(t *testing.T) {
 	got := Shortfall(2, 3, 5*time.Second)
 	if !strings.Contains(got, "only 2 of 3 DCs had applied the write within 5s") || !strings.Contains(got, "stands") {
