@@ -4,11 +4,22 @@
 //
 // Endpoints, for DC d: repl.api.d.get, repl.api.d.put, repl.api.d.del and
 // repl.api.d.txn. A get, put or del request is JSON {"key", "value"
-// (base64) or "value_text", "context"}; the answer to get is the same JSON
-// as GET /v1/kv/{key}, to put and del {"key","context","dot"}. A txn
-// request and its answer are those of POST /v1/txn. Errors use the micro error headers with an HTTP
-// status code as the code: 400 bad request, 404 no live value, 503 closed,
-// 500 otherwise.
+// (base64) or "value_text", "context", "session", "wait", "wait_timeout"};
+// the answer to get is the same JSON as GET /v1/kv/{key}, to put and del
+// {"key","context","dot","session"} (plus "replicated", and "error" when
+// the wait timed out). A txn request and its answer are those of POST
+// /v1/txn. Errors use the micro error headers with an HTTP status code as
+// the code: 400 bad request, 404 no live value, 503 closed or not caught up
+// with the request's context or session (retry), 500 otherwise.
+//
+// The fields mean what the HTTP headers do (invariant 12 in
+// docs/DESIGN.md): "context" is X-Repl-Context, on a get too, where it
+// makes the get wait until this DC covers it; "session" is X-Repl-Session,
+// on get, put and del; "wait" (a number of DCs or "all") and
+// "wait_timeout" (Go duration text) are X-Repl-Wait and
+// X-Repl-Wait-Timeout. A write whose wait times out still stands: its
+// answer is a normal reply, not an error, with "replicated" below what was
+// asked and "error" saying so.
 package natsapi
 
 import (
@@ -26,6 +37,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
+	"github.com/replicatorhq/replicator/pkg/session"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/resolve"
 )
@@ -39,16 +51,39 @@ type Request struct {
 	Value     []byte  `json:"value,omitempty"`
 	ValueText *string `json:"value_text,omitempty"`
 	// Context is the context from a read, in text form ({dc1:3}); empty
-	// for a blind write.
+	// for a blind write. A get with one waits until this DC covers it.
 	Context string `json:"context,omitempty"`
+	// Session is a session token (the "session" of write answers, joined
+	// by commas); the request waits until this DC covers it.
+	Session string `json:"session,omitempty"`
+	// Wait, on put and del, asks to be answered once that many DCs have
+	// applied the write: a number or "all".
+	Wait Wait `json:"wait,omitempty"`
+	// WaitTimeout bounds Wait, in Go duration text ("2s"); default 5s, at
+	// most 1m.
+	WaitTimeout string `json:"wait_timeout,omitempty"`
+}
+
+// Wait is the "wait" field: a JSON number or a string ("all", "2").
+type Wait string
+
+// UnmarshalJSON takes a number or a string.
+func (w *Wait) UnmarshalJSON(b []byte) error {
+	var n json.Number
+	if err := json.Unmarshal(b, &n); err == nil {
+		*w = Wait(n)
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("wait is %s: want a number of DCs or \"all\"", b)
+	}
+	*w = Wait(s)
+	return nil
 }
 
 // WriteReply answers put and del.
-type WriteReply struct {
-	Key     string `json:"key"`
-	Context string `json:"context"`
-	Dot     string `json:"dot"`
-}
+type WriteReply = httpapi.WriteAnswer
 
 // Subject returns the subject of an endpoint at dc.
 func Subject(dc, op string) string { return "repl.api." + dc + "." + op }
@@ -89,7 +124,7 @@ func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.
 		if err := g.AddEndpoint(op, micro.HandlerFunc(func(r micro.Request) {
 			var req Request
 			if err := json.Unmarshal(r.Data(), &req); err != nil {
-				r.Error("400", "request is not JSON {key, value|value_text, context}: "+err.Error(), nil)
+				r.Error("400", "request is not JSON {key, value|value_text, context, session, wait, wait_timeout}: "+err.Error(), nil)
 				return
 			}
 			if req.Key == "" {
@@ -147,7 +182,37 @@ type handler struct {
 	txnFn   TxnFunc
 }
 
+// need parses what a request carries of what its client has seen: its
+// context (nil when it has none) and its session token. It answers 400
+// and returns false on a bad one.
+func (h handler) need(r micro.Request, req Request) (vclock.VV, session.Token, bool) {
+	var vctx vclock.VV
+	if req.Context != "" {
+		var err error
+		if vctx, err = httpapi.ParseContext(req.Context); err != nil {
+			r.Error("400", fmt.Sprintf("context %q is not a valid context: %v", req.Context, err), nil)
+			return nil, nil, false
+		}
+	}
+	tok, err := h.store.Scope().Parse(req.Session)
+	if err != nil {
+		r.Error("400", "session is not a valid session token: "+err.Error(), nil)
+		return nil, nil, false
+	}
+	return vctx, tok, true
+}
+
 func (h handler) get(r micro.Request, req Request) {
+	vctx, tok, ok := h.need(r, req)
+	if !ok {
+		return
+	}
+	if len(vctx) > 0 || len(tok) > 0 {
+		if err := h.store.WaitRead(context.Background(), req.Key, vctx, tok); err != nil {
+			fail(r, err)
+			return
+		}
+	}
 	st, _, err := h.store.Get(req.Key)
 	if err != nil {
 		fail(r, err)
@@ -178,22 +243,32 @@ func (h handler) del(r micro.Request, req Request) {
 }
 
 func (h handler) write(r micro.Request, req Request, op changelog.WriteOp) {
-	if req.Context != "" {
-		ctx, err := vclock.Parse(req.Context)
-		if err != nil {
-			r.Error("400", "bad context: "+err.Error(), nil)
-			return
-		}
-		op.Context = ctx
+	var tok session.Token
+	var ok bool
+	if op.Context, tok, ok = h.need(r, req); !ok {
+		return
+	}
+	ack, err := h.store.Scope().ParseAck(string(req.Wait), req.WaitTimeout, "wait", "wait_timeout")
+	if err != nil {
+		r.Error("400", err.Error()+"; nothing was written", nil)
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if len(tok) > 0 {
+		if err := h.store.WaitRead(ctx, "", nil, tok); err != nil {
+			fail(r, err)
+			return
+		}
+	}
 	res, err := h.writeFn(ctx, op)
 	if err != nil {
 		fail(r, err)
 		return
 	}
-	r.RespondJSON(WriteReply{Key: op.Key, Context: res.State.Clock.String(), Dot: res.Event.Dot.String()})
+	// The wait has its own bound (wait_timeout), not the write's.
+	reply, _ := httpapi.AnswerWrite(context.Background(), h.store, op.Key, res, tok, ack)
+	r.RespondJSON(reply)
 }
 
 func fail(r micro.Request, err error) {

@@ -1,7 +1,9 @@
 package natsapi
 
 import (
+	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,37 +12,45 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/resolve"
 )
 
-func TestServe(t *testing.T) {
+// serve runs the API of a store at dc1 (DCs dc1 and dc2, two partitions)
+// on an embedded NATS server, and returns the store, the connection and a
+// caller of its endpoints.
+func serve(t *testing.T) (*changelog.Store, *nats.Conn, func(op string, req any) (*nats.Msg, error)) {
+	t.Helper()
 	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	st, err := changelog.Open("/s", changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: 2, FS: vfs.NewMem()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
 	rules, _ := resolve.NewRules(resolve.Siblings(), nil)
 	svc, err := Serve(nc, "dc1", st, rules)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer svc.Stop()
-
-	call := func(op string, req any) (*nats.Msg, error) {
+	t.Cleanup(func() { svc.Stop() })
+	return st, nc, func(op string, req any) (*nats.Msg, error) {
 		b, _ := json.Marshal(req)
 		return nc.Request(Subject("dc1", op), b, 5*time.Second)
 	}
+}
+
+func TestServe(t *testing.T) {
+	_, nc, call := serve(t)
 	text := "hello"
 	m, err := call("put", Request{Key: "k", ValueText: &text})
 	if err != nil || m.Header.Get("Nats-Service-Error-Code") != "" {
@@ -113,5 +123,88 @@ func TestServe(t *testing.T) {
 	}
 	if err := json.Unmarshal(m.Data, &info); err != nil || info.Name != "replicator" || len(info.Endpoints) != 4 {
 		t.Fatalf("service info %s: %v", m.Data, err)
+	}
+}
+
+// errCode is the micro error code of an answer, "" for a success.
+func errCode(m *nats.Msg) string { return m.Header.Get("Nats-Service-Error-Code") }
+
+// TestServeSession: get waits for its context and session (here not at
+// all: the store's ContextWait is 0) and answers 503 until this DC covers
+// them; put and del answer with their session token and, with wait, how
+// many DCs applied them; bad fields are 400 and write nothing.
+func TestServeSession(t *testing.T) {
+	st, _, call := serve(t)
+	remote, err := changelog.Open("/r", changelog.Options{DC: "dc2", DCs: []string{"dc1", "dc2"}, Partitions: 2, FS: vfs.NewMem()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remote.Close()
+	ctx := context.Background()
+	res, err := remote.Write(ctx, changelog.WriteOp{Key: "k", Value: []byte("at-dc2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := res.Event
+	tok := event.MsgID(ev.Origin, ev.Partition, ev.Seq)
+	for _, req := range []Request{{Key: "k", Context: res.State.Clock.String()}, {Key: "k", Session: tok}} {
+		m, err := call("get", req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if errCode(m) != "503" || !strings.Contains(m.Header.Get("Nats-Service-Error"), "dc2") {
+			t.Errorf("get %+v before dc1 applied dc2's write: %q %q; want 503 naming dc2", req, errCode(m), m.Header.Get("Nats-Service-Error"))
+		}
+	}
+	if _, err := st.Apply(ctx, []*event.Event{ev}, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := call("get", Request{Key: "k", Context: res.State.Clock.String(), Session: tok})
+	if err != nil || errCode(m) != "" {
+		t.Fatalf("get after the apply: %v %q %s", err, errCode(m), m.Header.Get("Nats-Service-Error"))
+	}
+
+	text := "v"
+	var w WriteReply
+	m, _ = call("put", Request{Key: "a", ValueText: &text, Session: tok})
+	if err := json.Unmarshal(m.Data, &w); err != nil || errCode(m) != "" || !strings.Contains(w.Session, tok) || !strings.Contains(w.Session, "dc1:") || w.Replicated != 0 {
+		t.Fatalf("put with a session: %q %s", errCode(m), m.Data)
+	}
+	m, _ = call("put", json.RawMessage(`{"key":"a","value_text":"w","wait":1}`))
+	if err := json.Unmarshal(m.Data, &w); err != nil || errCode(m) != "" || w.Replicated != 1 || w.Error != "" {
+		t.Fatalf("put with wait 1: %q %s", errCode(m), m.Data)
+	}
+	m, _ = call("del", Request{Key: "a", Wait: "all", WaitTimeout: "30ms"})
+	if err := json.Unmarshal(m.Data, &w); err != nil || errCode(m) != "" || w.Replicated != 1 || !strings.Contains(w.Error, "only 1 of 2 DCs") {
+		t.Fatalf("del with wait all timing out: %q %s; want a reply (the delete stands) with replicated 1 and an error", errCode(m), m.Data)
+	}
+
+	before := st.Stats().Writes
+	for _, raw := range []string{
+		`{"key":"b","value_text":"x","wait":0}`,
+		`{"key":"b","value_text":"x","wait":3}`,
+		`{"key":"b","value_text":"x","wait":"most"}`,
+		`{"key":"b","value_text":"x","wait":{}}`,
+		`{"key":"b","value_text":"x","wait":"all","wait_timeout":"2m"}`,
+		`{"key":"b","value_text":"x","wait_timeout":"1s"}`,
+		`{"key":"b","value_text":"x","session":"dc1:0"}`,
+		`{"key":"b","value_text":"x","session":"dc9:0:1"}`,
+		`{"key":"b","session":"dc2:5:1"}`,
+		`{"key":"b","context":"{dc2:x}"}`,
+	} {
+		op := "put"
+		if !strings.Contains(raw, "value_text") {
+			op = "get"
+		}
+		m, err := call(op, json.RawMessage(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if errCode(m) != "400" {
+			t.Errorf("%s %s: code %q (%s), want 400", op, raw, errCode(m), m.Header.Get("Nats-Service-Error"))
+		}
+	}
+	if after := st.Stats().Writes; after != before {
+		t.Errorf("bad requests made %d writes", after-before)
 	}
 }
