@@ -303,6 +303,14 @@ type Result struct {
 	Gaps       uint64 `json:"gaps"`
 	Duplicates uint64 `json:"duplicates"`
 
+	// The applied-vector reports every DC sent while the writes were
+	// replicated (repl.applied.<dc>: periodic, and soon after each move of
+	// its durable applied vector, at most every 20ms), all DCs together:
+	// messages and payload bytes per second, and payload bytes per write.
+	ReportsPerS         float64 `json:"reports_per_s"`
+	ReportBytesPerS     float64 `json:"report_bytes_per_s"`
+	ReportBytesPerWrite float64 `json:"report_bytes_per_write"`
+
 	// MemorySamples is a timed run's memory series and Memory its summary.
 	MemorySamples []MemorySample `json:"memory_samples,omitempty"`
 	Memory        *MemorySummary `json:"memory,omitempty"`
@@ -433,6 +441,9 @@ func WriteTable(w io.Writer, r Result) {
 		r.OverheadBytesPerEvent, r.HeaderBytesPerEvent, r.PayloadOverheadBytesPerEvent, r.OverheadMaxBytesPerEvent, r.DCs)
 	if r.BaselineBytesPerMsg > 0 {
 		row("baseline stream bytes per msg", "%.0f B", r.BaselineBytesPerMsg)
+	}
+	if r.ReportsPerS > 0 {
+		row("applied-vector reports (all DCs)", "%.0f msgs/s, %.0f B/s (%.1f B per write)", r.ReportsPerS, r.ReportBytesPerS, r.ReportBytesPerWrite)
 	}
 	if m := r.Memory; m != nil {
 		row("RSS at 1 min / end / max", "%.0f / %.0f / %.0f MB, %+.2f MB/min over the second half", m.RSSAt1MinMB, m.RSSEndMB, m.RSSMaxMB, m.RSSSlopeMBPerMin)

@@ -47,6 +47,7 @@ func TestRun(t *testing.T) {
 				"cpu_s_per_1k": res.CPUSPer1k, "peak_rss_mb": res.PeakRSSMB,
 				"wire_bytes_per_write": res.WireBytesPerWrite, "overhead_bytes_per_event": res.OverheadBytesPerEvent,
 				"overhead_max_bytes_per_event": float64(res.OverheadMaxBytesPerEvent),
+				"reports_per_s":                res.ReportsPerS, "report_bytes_per_s": res.ReportBytesPerS,
 			}
 			if tc.references {
 				positive["baseline_msgs_per_s"] = res.BaselineMsgsPerS

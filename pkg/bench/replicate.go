@@ -42,6 +42,7 @@ func runReplicator(ctx context.Context, o Options, dir string, vals values, res 
 
 	stores := c.stores()
 	settle()
+	reportsBefore, reportBytesBefore := c.reports()
 	bar := startProgress(o.Progress, "replicate", int64(o.Writes)).withSecond("applied", int64(o.Writes*(o.DCs-1)))
 	defer bar.stop()
 	before := readUsage()
@@ -102,6 +103,10 @@ func runReplicator(ctx context.Context, o Options, dir string, vals values, res 
 		res.LagMaxMS = ms(lags[len(lags)-1])
 	}
 	res.LagResolutionMS = ms(smp.resolution())
+	reports, reportBytes := c.reports()
+	res.ReportsPerS = float64(reports-reportsBefore) / total.Seconds()
+	res.ReportBytesPerS = float64(reportBytes-reportBytesBefore) / total.Seconds()
+	res.ReportBytesPerWrite = float64(reportBytes-reportBytesBefore) / float64(o.Writes)
 	res.MaxOutboxDepth = smp.maxOutbox
 	sortDurations(latencies)
 	res.WriteP50MS, res.WriteP99MS = percentile(latencies, 0.50), percentile(latencies, 0.99)
@@ -145,6 +150,16 @@ func (c *cluster) measure(ctx context.Context, o Options, res *Result) error {
 	}
 	res.Converged = sameDigests(c.nodes)
 	return nil
+}
+
+// reports sums the applied-vector reports the DCs sent, and their bytes.
+func (c *cluster) reports() (n, bytes uint64) {
+	for _, nd := range c.nodes {
+		st := nd.Replicator().Stats()
+		n += st.ReportsSent
+		bytes += st.ReportBytes
+	}
+	return n, bytes
 }
 
 // cluster is the replicator phase's DCs: o.DCs nodes on one embedded NATS
