@@ -119,7 +119,7 @@ type Options struct {
 	// ReportDebounce is the least time between two reports when the DC
 	// also reports soon after its durable applied vector moves, which
 	// lets writes waiting for other DCs (X-Repl-Wait) answer within
-	// milliseconds. Default 25ms; negative reports every ReportInterval
+	// milliseconds. Default 20ms; negative reports every ReportInterval
 	// only.
 	ReportDebounce time.Duration
 	// MaintenanceInterval is how often the DC trims its outbox and purges
@@ -175,7 +175,7 @@ func (o Options) withDefaults() Options {
 	setDur(&o.RepairAfter, 5*time.Second)
 	setDur(&o.ReportInterval, time.Second)
 	if o.ReportDebounce == 0 {
-		o.ReportDebounce = 25 * time.Millisecond
+		o.ReportDebounce = 20 * time.Millisecond
 	}
 	setDur(&o.MaintenanceInterval, o.ReportInterval)
 	setDur(&o.StreamRetention, 24*time.Hour)
