@@ -14,6 +14,7 @@ type collector struct {
 	gaps, repairs, purged, conflicts, lagEvents, lagSeconds, outbox, groups, drift *prometheus.Desc
 	conflictLog, conflictsPruned *prometheus.Desc
 	heal                         *prometheus.Desc
+	reportsSent, reportBytes     *prometheus.Desc
 }
 
 // newPublishLatency is the histogram of JetStream publish latency, fed by
@@ -54,13 +55,15 @@ func newCollector(n *Node) *collector {
 		conflictLog:     d("conflict_log_entries", "Logged and resolved conflict-log entries held (open records not counted)."),
 		conflictsPruned: d("conflicts_pruned_total", "Conflict-log entries pruned by conflict_log.retention or max_entries."),
 		heal:            d("heal_active", "1 while this DC heals around the unreachable DC dead (heal_after), else 0.", "dead"),
+		reportsSent:     d("reports_sent_total", "Applied-vector reports published on repl.applied.<dc>, periodic and soon after a move."),
+		reportBytes:     d("report_bytes_total", "Payload bytes of the applied-vector reports published."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.writes, c.applies, c.obsolete, c.duplicates, c.loops, c.dead, c.published,
 		c.pubErrors, c.gaps, c.repairs, c.purged, c.conflicts, c.lagEvents, c.lagSeconds, c.outbox, c.groups, c.drift,
-		c.conflictLog, c.conflictsPruned, c.heal} {
+		c.conflictLog, c.conflictsPruned, c.heal, c.reportsSent, c.reportBytes} {
 		ch <- d
 	}
 }
@@ -96,6 +99,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.repairs, bs.RepairedEvents)
 	counter(c.purged, bs.Purged)
 	counter(c.drift, bs.ClockDrift)
+	counter(c.reportsSent, bs.ReportsSent)
+	counter(c.reportBytes, bs.ReportBytes)
 	for up, l := range bs.Links {
 		gauge(c.lagEvents, float64(l.LagEvents), up)
 		gauge(c.lagSeconds, l.LagSeconds, up)
