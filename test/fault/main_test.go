@@ -12,6 +12,10 @@
 //  6. an event with a field a newer version added, in a ring of 4
 //     (mixed_test.go).
 //
+// session_test.go checks the session guarantees and replicated
+// acknowledgement of DESIGN.md invariant 12 across a cut link and a
+// stopped DC.
+//
 // Every test has a fast form, run by `go test ./test/fault` and by CI, and
 // a long form run with -fault.long. The commands and the figures of the
 // last long run are in docs/RELIABILITY.md. Its rows 7 and 8 live in
