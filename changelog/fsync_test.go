@@ -10,6 +10,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/session"
 )
 
 // walFaults fails every write or sync of a WAL file while on.
@@ -75,6 +76,21 @@ func TestFailedSyncStopsTheStore(t *testing.T) {
 	}
 	if out, err := s.ReadOutbox(0, 100); !errors.Is(err, ErrFailed) || len(out) != 0 {
 		t.Fatalf("outbox after the failure: %d entries, %v; want none and ErrFailed", len(out), err)
+	}
+	// Session waits stop too, and the durable applied vector this DC
+	// reports to its peers holds the acknowledged write only.
+	if err := s.WaitApplied(ctx, session.Of(session.Entry{Origin: "dc2", Partition: 0, Seq: 1})); !errors.Is(err, ErrFailed) {
+		t.Fatalf("WaitApplied after the failure: %v, want ErrFailed", err)
+	}
+	if _, err := s.WaitReplicated(ctx, session.Of(entryOf(ok.Event)), 2); !errors.Is(err, ErrFailed) {
+		t.Fatalf("WaitReplicated after the failure: %v, want ErrFailed", err)
+	}
+	var issued uint64
+	for _, n := range s.AppliedDurable()["dc1"] {
+		issued += n
+	}
+	if issued != 1 {
+		t.Fatalf("the durable applied vector names %d writes of dc1 after the failure, want 1 (the acknowledged one): %v", issued, s.AppliedDurable())
 	}
 	s.mu.RLock()
 	synced := s.mu.outboxSync

@@ -9,7 +9,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
-// Session guarantees (DESIGN.md invariant 12): a read that carries what
+// Session guarantees (invariant 12 in docs/DESIGN.md): a read that carries what
 // its client has seen waits until this DC covers it, and a write can wait
 // until other DCs have applied it.
 
@@ -71,21 +71,22 @@ func (s *Store) uncovered(tok session.Token) (first session.Entry, have uint64, 
 // (origin, partition) tok names reaches the entry's seq; entries of this
 // DC are covered already. It wakes on the store's commits, and returns a
 // *SessionAheadError when ctx ends first, ErrBadInput for a token naming
-// an unknown DC or partition, ErrClosed once the store closes. A
-// transaction's reads call it with the token the client sent.
+// an unknown DC or partition, ErrClosed once the store closes, ErrFailed
+// once it has stopped. A transaction calls it with the token the client
+// sent.
 func (s *Store) WaitApplied(ctx context.Context, tok session.Token) error {
 	if err := s.Scope().Check(tok); err != nil {
 		return fmt.Errorf("%w: session token: %w", ErrBadInput, err)
 	}
 	for {
+		if err := s.usable(); err != nil {
+			return err
+		}
 		s.mu.RLock()
-		progress, closed := s.mu.progress, s.mu.closed
+		progress := s.mu.progress
 		first, have, n := s.uncovered(tok)
 		s.mu.RUnlock()
-		switch {
-		case closed:
-			return ErrClosed
-		case n == 0:
+		if n == 0 {
 			return nil
 		}
 		select {
@@ -167,21 +168,21 @@ func (s *Store) Replicated(tok session.Token) int {
 // applied vectors its peers report on repl.applied.<dc>. It wakes when a
 // report or this DC's durable vector moves, and returns how many DCs had
 // applied them: at least n with a nil error, fewer with ctx's error when
-// ctx ended first, or ErrClosed. The writes stand either way.
+// ctx ended first, or ErrClosed (ErrFailed). The writes stand either way.
 func (s *Store) WaitReplicated(ctx context.Context, tok session.Token, n int) (int, error) {
 	if err := s.Scope().Check(tok); err != nil {
 		return 0, fmt.Errorf("%w: session token: %w", ErrBadInput, err)
 	}
 	for {
 		s.mu.RLock()
-		reported, durable, closed := s.mu.reported, s.mu.durableMoved, s.mu.closed
+		reported, durable := s.mu.reported, s.mu.durableMoved
 		k := s.replicatedLocked(tok)
 		s.mu.RUnlock()
-		switch {
-		case k >= n:
+		if k >= n {
 			return k, nil
-		case closed:
-			return k, ErrClosed
+		}
+		if err := s.usable(); err != nil {
+			return k, err
 		}
 		select {
 		case <-reported:

@@ -1,5 +1,5 @@
 // Package session is the text form of what a client carries between
-// requests so that it never goes back in time (DESIGN.md invariant 12):
+// requests so that it never goes back in time (invariant 12 in docs/DESIGN.md):
 // session tokens, which name the writes a client made or saw across keys,
 // and replicated-acknowledgement requests (X-Repl-Wait).
 //

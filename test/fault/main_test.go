@@ -13,7 +13,7 @@
 //     (mixed_test.go).
 //
 // session_test.go checks the session guarantees and replicated
-// acknowledgement of DESIGN.md invariant 12 across a cut link and a
+// acknowledgement of invariant 12 in docs/DESIGN.md across a cut link and a
 // stopped DC.
 //
 // Every test has a fast form, run by `go test ./test/fault` and by CI, and

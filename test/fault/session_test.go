@@ -79,7 +79,7 @@ func (a answer) value() string {
 	return string(a.Values[0])
 }
 
-// TestSessionGuarantees (DESIGN.md invariant 12) runs three `replicator
+// TestSessionGuarantees (invariant 12 in docs/DESIGN.md) runs three `replicator
 // run` processes in a mesh, each reaching NATS through its own proxy:
 //
 //   - a client writes at dc1 and reads at dc2, whose link is cut, with the
