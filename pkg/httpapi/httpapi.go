@@ -56,7 +56,9 @@ import (
 	"path"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -402,6 +404,19 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	watchers prometheus.Gauge
 	handler  http.Handler
+	// series holds each (route, method, code)'s counter and histogram
+	// once resolved, so that a request does not hash its labels again.
+	series sync.Map // seriesKey -> *series
+}
+
+type seriesKey struct {
+	route, method string
+	code          int
+}
+
+type series struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
 }
 
 func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
@@ -456,6 +471,15 @@ func (m *metrics) observe(route, method string, code int, d time.Duration) {
 	if !slices.Contains(probeMethods, method) && method != http.MethodHead {
 		method = "other"
 	}
-	m.requests.WithLabelValues(route, method, fmt.Sprint(code)).Inc()
-	m.duration.WithLabelValues(route, method).Observe(d.Seconds())
+	k := seriesKey{route, method, code}
+	v, ok := m.series.Load(k)
+	if !ok {
+		v, _ = m.series.LoadOrStore(k, &series{
+			requests: m.requests.WithLabelValues(route, method, strconv.Itoa(code)),
+			duration: m.duration.WithLabelValues(route, method),
+		})
+	}
+	sr := v.(*series)
+	sr.requests.Inc()
+	sr.duration.Observe(d.Seconds())
 }
