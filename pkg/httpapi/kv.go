@@ -178,8 +178,35 @@ func (s *server) write(w http.ResponseWriter, r *http.Request, op changelog.Writ
 	if res.Event != nil {
 		body.Dot = res.Event.Dot.String()
 	}
-	w.Header().Set(ContextHeader, body.Context)
-	writeJSON(w, http.StatusOK, body)
+	w.Header()[ContextHeader] = []string{body.Context}
+	writeJSONBytes(w, http.StatusOK, body.append(make([]byte, 0, 32+len(body.Key)+len(body.Context)+len(body.Dot))))
+}
+
+// append appends b's JSON form and a newline to dst, byte for byte what
+// json.Marshal writes, without its reflection: every write answers with it.
+func (b writeJSONBody) append(dst []byte) []byte {
+	dst = append(dst, `{"key":`...)
+	dst = appendJSONString(dst, b.Key)
+	dst = append(dst, `,"context":`...)
+	dst = appendJSONString(dst, b.Context)
+	dst = append(dst, `,"dot":`...)
+	dst = appendJSONString(dst, b.Dot)
+	return append(dst, "}\n"...)
+}
+
+// appendJSONString appends s as json.Marshal quotes it: printable ASCII
+// that needs no escape (keys, contexts and dots almost always are) is
+// copied; anything else is left to encoding/json.
+func appendJSONString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(dst, q...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }
 
 // readBody reads the whole body, at most limit bytes; over it answers 413.
