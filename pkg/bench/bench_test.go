@@ -25,8 +25,13 @@ func TestRun(t *testing.T) {
 		{"ring", ViaAPI, false},
 		{"star", ViaAPI, false},
 		{"mesh", ViaHTTP, false},
+		{"mesh", ViaHTTP, true},
 	} {
-		t.Run(tc.topology+"/"+tc.via, func(t *testing.T) {
+		name := tc.topology + "/" + tc.via
+		if tc.references {
+			name += "/references"
+		}
+		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			var progress bytes.Buffer
@@ -53,6 +58,11 @@ func TestRun(t *testing.T) {
 				positive["kv_puts_per_s"] = res.KVPutsPerS
 				positive["ratio"] = res.Ratio
 				positive["cpu_ratio"] = res.CPURatio
+				if tc.via == ViaHTTP {
+					positive["http_floor_req_per_s"] = res.HTTPFloorReqPerS
+					positive["http_floor_cpu_s_per_1k"] = res.HTTPFloorCPUSPer1k
+					positive["http_floor_ratio"] = res.HTTPFloorRatio
+				}
 			}
 			for name, v := range positive {
 				if !(v > 0) {
@@ -98,6 +108,11 @@ func TestRun(t *testing.T) {
 					t.Errorf("the JSON form lacks %q", k)
 				}
 			}
+			if tc.references && tc.via == ViaHTTP {
+				if _, ok := m["http_floor_req_per_s"]; !ok {
+					t.Errorf("the JSON form of an http run lacks http_floor_req_per_s")
+				}
+			}
 			if !strings.Contains(progress.String(), "replicate") {
 				t.Errorf("no progress bar on the progress writer:\n%s", progress.String())
 			}
@@ -120,12 +135,12 @@ func TestRate(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	o := Options{Topology: "tree", DCs: 2, Writes: 0, ValueSize: 10, Concurrency: 1, Via: "grpc", Partitions: 16}
+	o := Options{Topology: "tree", DCs: 2, Writes: 0, ValueSize: 10, Concurrency: 1, Via: "grpc", TxnOps: -1, Partitions: 16}
 	err := o.Validate()
 	if err == nil {
-		t.Fatal("Validate accepted a bad topology, write count and via")
+		t.Fatal("Validate accepted a bad topology, write count, via and txn-ops")
 	}
-	for _, want := range []string{`topology "tree"`, "writes 0", `via "grpc"`} {
+	for _, want := range []string{`topology "tree"`, "writes 0", `via "grpc"`, "txn-ops -1"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate error %q does not mention %s", err, want)
 		}
@@ -201,5 +216,22 @@ func TestOverheadGrowsLinearly(t *testing.T) {
 			}
 		}
 		prev = o
+	}
+}
+
+// TestTxnJSON checks the fields a --via txn run adds to the JSON form.
+func TestTxnJSON(t *testing.T) {
+	var out bytes.Buffer
+	if err := WriteJSON(&out, Result{Via: ViaTxn, TxnOps: 100, WritesPerS: 60000, TxnKeysPerS: 60000, BaselineMsgsPerS: 50000, Ratio: 1.2}); err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(out.Bytes(), &m); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]float64{"txn_ops": 100, "txn_keys_per_s": 60000, "ratio": 1.2} {
+		if got, ok := m[k].(float64); !ok || got != want {
+			t.Errorf("%s = %v in %s, want %v", k, m[k], out.String(), want)
+		}
 	}
 }
