@@ -331,6 +331,13 @@ type Result struct {
 	Forwarded  uint64 `json:"forwarded"`
 	Gaps       uint64 `json:"gaps"`
 	Duplicates uint64 `json:"duplicates"`
+	// The committers' work summed over the DCs: batches committed (one
+	// fsync each) and the requests (local writes, applied fetches,
+	// bookkeeping) they carried. The fewer requests per group, the more
+	// each write pays for its batch and its fsync.
+	CommitGroups     uint64  `json:"commit_groups"`
+	CommitRequests   uint64  `json:"commit_requests"`
+	RequestsPerGroup float64 `json:"requests_per_group"`
 
 	// MemorySamples is a timed run's memory series and Memory its summary.
 	MemorySamples []MemorySample `json:"memory_samples,omitempty"`
@@ -474,6 +481,7 @@ func WriteTable(w io.Writer, r Result) {
 		row("local durable write", "p50 %.2f ms  p99 %.2f ms", r.WriteP50MS, r.WriteP99MS)
 	}
 	row("deepest outbox", "%d events", r.MaxOutboxDepth)
+	row("commit groups (all DCs)", "%d, %.1f requests each", r.CommitGroups, r.RequestsPerGroup)
 	row("CPU per 1,000 writes", "%.3f s", r.CPUSPer1k)
 	row("heap allocations per write", "%.0f (%.0f B)", r.AllocsPerWrite, r.AllocBytesPerWrite)
 	row("peak RSS", "%.0f MB", r.PeakRSSMB)

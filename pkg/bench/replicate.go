@@ -142,6 +142,12 @@ func (c *cluster) measure(ctx context.Context, o Options, res *Result) error {
 		res.Forwarded += st.Forwarded
 		res.Gaps += st.Gaps
 		res.Duplicates += st.Duplicates
+		cs := n.Store().Stats()
+		res.CommitGroups += cs.Groups
+		res.CommitRequests += cs.Requests
+	}
+	if res.CommitGroups > 0 {
+		res.RequestsPerGroup = float64(res.CommitRequests) / float64(res.CommitGroups)
 	}
 	if err := measureWire(ctx, c.ns.ClientURL(), c.names, o, res); err != nil {
 		return err
