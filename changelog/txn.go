@@ -78,10 +78,11 @@ func (t *txn) closeKeys() {
 // committedState returns the encoded state of the key as committed before
 // this group, or ok false when the store holds none.
 func (t *txn) committedState(key string) (b []byte, ok bool, err error) {
+	// As every read: nothing from a closed or failed store.
+	if err := t.s.usable(); err != nil {
+		return nil, false, err
+	}
 	if t.keys == nil {
-		if t.s.isClosed() {
-			return nil, false, ErrClosed
-		}
 		it, err := t.s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxKey}, UpperBound: []byte{pfxKey + 1}})
 		if err != nil {
 			return nil, false, fmt.Errorf("changelog: read key states: %w", err)
