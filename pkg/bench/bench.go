@@ -306,7 +306,8 @@ type Result struct {
 	StreamMsgsPerWrite float64 `json:"stream_msgs_per_write"`
 	// OverheadBytesPerEvent is a stored event's NATS header block plus its
 	// msgpack payload, minus its key and value, averaged over sampled
-	// messages. OverheadMaxBytesPerEvent is the same for an event whose
+	// messages (a transaction's message over its ops: with via txn, per
+	// key). OverheadMaxBytesPerEvent is the same for an event whose
 	// context and path name every DC, the most this DC count can carry.
 	OverheadBytesPerEvent    float64 `json:"overhead_bytes_per_event"`
 	OverheadMaxBytesPerEvent int     `json:"overhead_max_bytes_per_event"`

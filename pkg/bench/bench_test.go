@@ -26,17 +26,18 @@ func TestRun(t *testing.T) {
 		{"star", ViaAPI, false},
 		{"mesh", ViaHTTP, false},
 		{"mesh", ViaHTTP, true},
+		{"mesh", ViaTxn, false}, // 10 transactions of 20 puts
 	} {
 		name := tc.topology + "/" + tc.via
-		if tc.references {
-			name += "/references"
+		if tc.references && tc.via == ViaHTTP {
+			name += "/floor" // the references, and the HTTP floor
 		}
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			var progress bytes.Buffer
 			res, err := Run(ctx, Options{
-				Topology: tc.topology, DCs: 3, Writes: 200, Concurrency: 8, Via: tc.via,
+				Topology: tc.topology, DCs: 3, Writes: 200, Concurrency: 8, Via: tc.via, TxnOps: 20,
 				NoReferences: !tc.references, Dir: t.TempDir(), Progress: &progress,
 			})
 			if err != nil {
@@ -75,7 +76,15 @@ func TestRun(t *testing.T) {
 			if res.LagP50MS > res.LagP99MS || res.LagP99MS > res.LagMaxMS {
 				t.Errorf("lag p50 %.2f, p99 %.2f, max %.2f ms are not in order", res.LagP50MS, res.LagP99MS, res.LagMaxMS)
 			}
-			if res.StreamMsgsPerWrite < 1 {
+			if tc.via == ViaTxn {
+				// One message per transaction of 20 puts.
+				if res.StreamMsgsPerWrite < 1.0/20 {
+					t.Errorf("stream_msgs_per_write = %.3f, want at least 1/20: every transaction is stored in its origin's stream", res.StreamMsgsPerWrite)
+				}
+				if res.TxnKeysPerS != res.WritesPerS || res.TxnOps != 20 {
+					t.Errorf("txn_keys_per_s = %v, txn_ops = %d; want writes_per_s (%v) and 20", res.TxnKeysPerS, res.TxnOps, res.WritesPerS)
+				}
+			} else if res.StreamMsgsPerWrite < 1 {
 				t.Errorf("stream_msgs_per_write = %.2f, want at least 1: every write is stored in its origin's stream", res.StreamMsgsPerWrite)
 			}
 			if res.OverheadBytesPerEvent > float64(res.OverheadMaxBytesPerEvent) {
@@ -90,7 +99,7 @@ func TestRun(t *testing.T) {
 			if got := sum - float64(len(key(0))); math.Abs(got-res.OverheadBytesPerEvent) > 1e-6 {
 				t.Errorf("overhead breakdown %v sums to %.2f B beyond the key, the overhead is %.2f B", res.OverheadBreakdown, got, res.OverheadBytesPerEvent)
 			}
-			if res.OverheadBreakdown["Repl-Key"] < float64(len("Repl-Key: \r\n")+len(key(0))) {
+			if tc.via != ViaTxn && res.OverheadBreakdown["Repl-Key"] < float64(len("Repl-Key: \r\n")+len(key(0))) {
 				t.Errorf("overhead breakdown %v lacks the Repl-Key line", res.OverheadBreakdown)
 			}
 			var out bytes.Buffer
