@@ -86,12 +86,11 @@ func recordID(key string) string { return keyHash(key) + "-record" }
 func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
 	r := t.s.opts.Resolvers.For(key)
 	isRecord := r.Name() == "record"
-	rid := recordID(key)
 	if len(st.Siblings) < 2 {
 		if !isRecord {
 			return nil // only the record resolver opens records
 		}
-		return t.closeRecord(rid, hlc)
+		return t.closeRecord(recordID(key), hlc)
 	}
 	res := r.Resolve(key, st.Siblings)
 	for _, d := range res.Discarded {
@@ -115,6 +114,7 @@ func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
 	if !isRecord {
 		return nil
 	}
+	rid := recordID(key)
 	if !res.Conflict {
 		return t.closeRecord(rid, hlc)
 	}

@@ -1,6 +1,7 @@
 package changelog
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -16,9 +17,15 @@ import (
 // overlay is folded into the store's in-memory bookkeeping only after the
 // batch commits.
 type txn struct {
-	s       *Store
-	b       *pebble.Batch
-	states  map[string]*dvv.State // nil value: deleted in this batch
+	s      *Store
+	b      *pebble.Batch
+	states map[string]*dvv.State // nil value: deleted in this batch
+	// keys reads the committed key states for the whole group: one
+	// iterator seeked per key costs a fraction of a Get each, since Get
+	// sets up the memtable and level iterators anew every time. Opened on
+	// the first read, after the previous group's batch was applied, and
+	// closed before this group's batch is.
+	keys    *pebble.Iterator
 	seq     map[uint32]uint64
 	applied map[appliedRef]uint64
 	purged  map[uint32]vclock.VV
@@ -56,7 +63,42 @@ func (s *Store) newTxn() *txn {
 	}
 }
 
-func (t *txn) close() { t.b.Close() }
+func (t *txn) close() {
+	t.closeKeys()
+	t.b.Close()
+}
+
+func (t *txn) closeKeys() {
+	if t.keys != nil {
+		t.keys.Close()
+		t.keys = nil
+	}
+}
+
+// committedState returns the encoded state of the key as committed before
+// this group, or ok false when the store holds none.
+func (t *txn) committedState(key string) (b []byte, ok bool, err error) {
+	// As every read: nothing from a closed or failed store.
+	if err := t.s.usable(); err != nil {
+		return nil, false, err
+	}
+	if t.keys == nil {
+		it, err := t.s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxKey}, UpperBound: []byte{pfxKey + 1}})
+		if err != nil {
+			return nil, false, fmt.Errorf("changelog: read key states: %w", err)
+		}
+		t.keys = it
+	}
+	k := keyKey(key)
+	if !t.keys.SeekPrefixGE(k) || !bytes.Equal(t.keys.Key(), k) {
+		return nil, false, t.keys.Error()
+	}
+	v, err := t.keys.ValueAndErr()
+	if err != nil {
+		return nil, false, fmt.Errorf("changelog: get %q: %w", k, err)
+	}
+	return bytes.Clone(v), true, nil
+}
 
 // mark and dirtySince let commitGroup tell a request that failed before
 // changing anything from one that failed half way; every change to the
@@ -83,7 +125,7 @@ func (t *txn) state(key string) (dvv.State, bool, error) {
 		}
 		return *st, true, nil
 	}
-	b, ok, err := t.s.get(keyKey(key))
+	b, ok, err := t.committedState(key)
 	if err != nil || !ok {
 		return dvv.State{Clock: vclock.VV{}}, false, err
 	}
@@ -225,6 +267,7 @@ func (t *txn) appendOutbox(ev *event.Event) error {
 // acknowledges anything, and the batch is pipelined with the next group's.
 func (t *txn) commit() error {
 	s := t.s
+	t.closeKeys()
 	if t.b.Empty() && len(t.seq) == 0 {
 		return nil
 	}

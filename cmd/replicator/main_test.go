@@ -43,6 +43,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"conflicts"}, 2, "want list or resolve"},
 		{[]string{"conflicts", "resolve", "id"}, 2, "conflicts resolve ID VALUE"},
 		{[]string{"run", "--config", "/nonexistent/x.yaml"}, 1, "x.yaml"},
+		{[]string{"bench", "--via", "grpc"}, 2, `via "grpc": want api, http or txn`},
+		{[]string{"bench", "--via", "txn", "--txn-ops", "0"}, 2, "txn-ops 0"},
 	}
 	for _, c := range cases {
 		code, _, stderr := runCLI(c.args...)
@@ -60,6 +62,17 @@ func TestEveryCommandHasHelp(t *testing.T) {
 		code, _, stderr := runCLI(c.name, "--help")
 		if code != 0 || !strings.Contains(stderr, "usage: replicator "+c.name) {
 			t.Errorf("%s --help: exit %d, stderr %q", c.name, code, stderr)
+		}
+	}
+}
+
+// TestBenchHelp checks that bench --help names the transaction driver and
+// its flag.
+func TestBenchHelp(t *testing.T) {
+	_, _, stderr := runCLI("bench", "--help")
+	for _, want := range []string{"--via api|http|txn [--txn-ops N]", "-txn-ops int", "POST /v1/txn", "HTTP floor"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("bench --help lacks %q:\n%s", want, stderr)
 		}
 	}
 }

@@ -7,7 +7,9 @@
 //     messages of the same size, each consumed and acked by one durable pull
 //     consumer per downstream DC (no Pebble, no msgpack): the transport's
 //     ceiling on this machine;
-//   - NATS KV Put throughput, what a user who "just uses NATS KV" gets.
+//   - NATS KV Put throughput, what a user who "just uses NATS KV" gets;
+//   - with writes over HTTP, the HTTP floor: a trivial handler driven by
+//     the same client, what the HTTP row can reach at most.
 //
 // It is what `replicator bench` runs:
 //
@@ -35,6 +37,7 @@ import (
 const (
 	ViaAPI  = "api"  // node.Write, in process
 	ViaHTTP = "http" // PUT /v1/kv/{key} through the sidecar's HTTP API
+	ViaTxn  = "txn"  // POST /v1/txn, Options.TxnOps puts per transaction
 )
 
 // Options configure a run. A zero field takes the default in its comment.
@@ -51,8 +54,12 @@ type Options struct {
 	// Concurrency is the number of concurrent writers in total (spread
 	// round-robin over the DCs), and of KV putters. Default 64.
 	Concurrency int
-	// Via is ViaAPI or ViaHTTP. Default ViaAPI.
+	// Via is ViaAPI, ViaHTTP or ViaTxn. Default ViaAPI.
 	Via string
+	// TxnOps is the number of puts per transaction with ViaTxn; Writes
+	// counts keys, so a run makes Writes/TxnOps transactions (the last one
+	// smaller when it does not divide). Default 100.
+	TxnOps int
 	// Rate is the target replicated write rate in writes/s; 0 writes as
 	// fast as the writers can.
 	Rate float64
@@ -74,8 +81,8 @@ type Options struct {
 	// NoFsync runs the DCs with durability.fsync false. Only to measure
 	// what fsync costs: such a DC acknowledges writes a power failure loses.
 	NoFsync bool
-	// NoReferences skips the baseline and KV phases (for rate sweeps and
-	// profiling); the ratio is then 0.
+	// NoReferences skips the baseline, KV and HTTP floor phases (for rate
+	// sweeps and profiling); the ratio is then 0.
 	NoReferences bool
 	// Timeout bounds the wait, once the last write is acknowledged, for
 	// every DC to apply every write. Default 2m.
@@ -117,6 +124,9 @@ func (o *Options) defaults() {
 	}
 	if o.Via == "" {
 		o.Via = ViaAPI
+	}
+	if o.TxnOps == 0 {
+		o.TxnOps = 100
 	}
 	if o.Partitions == 0 {
 		o.Partitions = config.Default().Partitions
@@ -161,8 +171,13 @@ func (o Options) Validate() error {
 	if o.Concurrency < 1 || o.Concurrency > 4096 {
 		errs = append(errs, fmt.Errorf("concurrency %d: want 1..4096", o.Concurrency))
 	}
-	if o.Via != ViaAPI && o.Via != ViaHTTP {
-		errs = append(errs, fmt.Errorf("via %q: want api or http", o.Via))
+	switch o.Via {
+	case ViaAPI, ViaHTTP, ViaTxn:
+	default:
+		errs = append(errs, fmt.Errorf("via %q: want api, http or txn", o.Via))
+	}
+	if o.TxnOps < 1 || o.TxnOps > 100000 {
+		errs = append(errs, fmt.Errorf("txn-ops %d: want 1..100000 puts per transaction", o.TxnOps))
 	}
 	if o.Rate < 0 {
 		errs = append(errs, fmt.Errorf("rate %g: want 0 (as fast as possible) or a positive writes/s", o.Rate))
@@ -200,6 +215,7 @@ type Result struct {
 	ValueSize   int     `json:"value_size"`
 	Concurrency int     `json:"concurrency"`
 	Via         string  `json:"via"`
+	TxnOps      int     `json:"txn_ops,omitempty"` // with via txn
 	Rate        float64 `json:"rate"`
 	Partitions  int     `json:"partitions"`
 	Fsync       bool    `json:"fsync"`
@@ -226,13 +242,25 @@ type Result struct {
 	KVPutP50MS  float64 `json:"kv_put_p50_ms"`
 	KVPutP99MS  float64 `json:"kv_put_p99_ms"`
 	KVCPUSPer1k float64 `json:"kv_cpu_s_per_1k"`
+	// The third reference, with via http: a trivial handler (read the
+	// body, answer a fixed write answer) served and driven in this process
+	// with the writers' client, the same number of keep-alive connections
+	// and PUTs of the same values, HTTPFloorReqPerS PUTs/s at
+	// HTTPFloorCPUSPer1k CPU-s per 1,000: what the HTTP row can reach at
+	// most. HTTPFloorRatio is WritesPerS / HTTPFloorReqPerS.
+	HTTPFloorReqPerS   float64 `json:"http_floor_req_per_s,omitempty"`
+	HTTPFloorCPUSPer1k float64 `json:"http_floor_cpu_s_per_1k,omitempty"`
+	HTTPFloorRatio     float64 `json:"http_floor_ratio,omitempty"`
 
 	// WritesPerS is end-to-end: writes over the time from the first write
-	// to the moment the last DC applied the last write.
-	WritesPerS float64 `json:"writes_per_s"`
+	// to the moment the last DC applied the last write. With via txn a
+	// write is a key (one op of a transaction), and TxnKeysPerS repeats it.
+	WritesPerS  float64 `json:"writes_per_s"`
+	TxnKeysPerS float64 `json:"txn_keys_per_s,omitempty"`
 	// AckedWritesPerS is the local acknowledgement rate during the writes.
 	AckedWritesPerS float64 `json:"acked_writes_per_s"`
-	// Ratio is WritesPerS / BaselineMsgsPerS.
+	// Ratio is WritesPerS / BaselineMsgsPerS (with via txn, keys written
+	// per second over the baseline's messages per second).
 	Ratio float64 `json:"ratio"`
 	// CPURatio is BaselineCPUSPer1k / CPUSPer1k: the ratio a machine
 	// that both saturate would show, and far less sensitive than Ratio to
@@ -249,7 +277,8 @@ type Result struct {
 	// bound: the apply happened at or before the sample).
 	LagResolutionMS float64 `json:"lag_resolution_ms"`
 	LagSamples      int     `json:"lag_samples"`
-	// Local durable write latency, call to acknowledgement.
+	// Local durable write latency, call to acknowledgement (with via txn,
+	// of a whole transaction).
 	WriteP50MS float64 `json:"write_p50_ms"`
 	WriteP99MS float64 `json:"write_p99_ms"`
 	// ConvergeTailMS is the time from the last acknowledgement to the last
@@ -277,7 +306,8 @@ type Result struct {
 	StreamMsgsPerWrite float64 `json:"stream_msgs_per_write"`
 	// OverheadBytesPerEvent is a stored event's NATS header block plus its
 	// msgpack payload, minus its key and value, averaged over sampled
-	// messages. OverheadMaxBytesPerEvent is the same for an event whose
+	// messages (a transaction's message over its ops: with via txn, per
+	// key). OverheadMaxBytesPerEvent is the same for an event whose
 	// context and path name every DC, the most this DC count can carry.
 	OverheadBytesPerEvent    float64 `json:"overhead_bytes_per_event"`
 	OverheadMaxBytesPerEvent int     `json:"overhead_max_bytes_per_event"`
@@ -302,6 +332,13 @@ type Result struct {
 	Forwarded  uint64 `json:"forwarded"`
 	Gaps       uint64 `json:"gaps"`
 	Duplicates uint64 `json:"duplicates"`
+	// The committers' work summed over the DCs: batches committed (one
+	// fsync each) and the requests (local writes, applied fetches,
+	// bookkeeping) they carried. The fewer requests per group, the more
+	// each write pays for its batch and its fsync.
+	CommitGroups     uint64  `json:"commit_groups"`
+	CommitRequests   uint64  `json:"commit_requests"`
+	RequestsPerGroup float64 `json:"requests_per_group"`
 
 	// The applied-vector reports every DC sent while the writes were
 	// replicated (repl.applied.<dc>: periodic, and soon after each move of
@@ -319,6 +356,7 @@ type Result struct {
 	ReplicatorMS float64 `json:"replicator_ms"`
 	BaselineMS   float64 `json:"baseline_ms"`
 	KVMS         float64 `json:"kv_ms"`
+	HTTPFloorMS  float64 `json:"http_floor_ms,omitempty"`
 	ElapsedMS    float64 `json:"elapsed_ms"`
 }
 
@@ -345,6 +383,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		Topology: o.Topology, DCs: o.DCs, Writes: o.Writes, ValueSize: o.ValueSize,
 		Concurrency: o.Concurrency, Via: o.Via, Rate: o.Rate, Partitions: o.Partitions,
 		Fsync: !o.NoFsync, GoMaxProcs: runtime.GOMAXPROCS(0),
+	}
+	if o.Via == ViaTxn {
+		res.TxnOps = o.TxnOps
 	}
 	if o.Duration > 0 {
 		res.DurationS, res.Keys = o.Duration.Seconds(), o.Keys
@@ -380,6 +421,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		if err := runKV(ctx, o, filepath.Join(o.Dir, "kv"), values, &res); err != nil {
 			return res, err
 		}
+		if o.Via == ViaHTTP {
+			settle()
+			if err := runHTTPFloor(ctx, o, values, &res); err != nil {
+				return res, err
+			}
+			res.HTTPFloorRatio = res.WritesPerS / res.HTTPFloorReqPerS
+		}
 		res.Ratio = res.WritesPerS / res.BaselineMsgsPerS
 		if res.CPUSPer1k > 0 {
 			res.CPURatio = res.BaselineCPUSPer1k / res.CPUSPer1k
@@ -406,6 +454,9 @@ func WriteJSON(w io.Writer, r Result) error {
 // WriteTable writes r for people.
 func WriteTable(w io.Writer, r Result) {
 	fmt.Fprintf(w, "replicator bench: %s, %d DCs, %d writes of %d B, %d writers via %s", r.Topology, r.DCs, r.Writes, r.ValueSize, r.Concurrency, r.Via)
+	if r.TxnOps > 0 {
+		fmt.Fprintf(w, " (%d puts per transaction)", r.TxnOps)
+	}
 	if r.Rate > 0 {
 		fmt.Fprintf(w, ", rate %.0f/s", r.Rate)
 	}
@@ -424,15 +475,22 @@ func WriteTable(w io.Writer, r Result) {
 			r.BaselineMsgsPerS, r.BaselineCPUSPer1k, r.BaselineBeforeMsgsPerS, r.BaselineAfterMsgsPerS)
 		row("NATS KV put", "%10.0f puts/s   p50 %.2f ms  p99 %.2f ms", r.KVPutsPerS, r.KVPutP50MS, r.KVPutP99MS)
 	}
+	if r.HTTPFloorReqPerS > 0 {
+		row("HTTP floor (trivial handler)", "%10.0f PUTs/s     %.3f CPU-s/1k", r.HTTPFloorReqPerS, r.HTTPFloorCPUSPer1k)
+	}
 	row("replicator end-to-end", "%10.0f writes/s (acked at %.0f/s)", r.WritesPerS, r.AckedWritesPerS)
 	if r.Ratio > 0 {
 		row("ratio to baseline", "%10.1f %% (CPU per write: %.1f %%)", 100*r.Ratio, 100*r.CPURatio)
+	}
+	if r.HTTPFloorRatio > 0 {
+		row("ratio to the HTTP floor", "%10.1f %%", 100*r.HTTPFloorRatio)
 	}
 	if r.DurationS == 0 { // a timed run keeps no per-write times
 		row("replication lag", "p50 %.1f ms  p99 %.1f ms  max %.1f ms (±%.1f ms, %d samples)", r.LagP50MS, r.LagP99MS, r.LagMaxMS, r.LagResolutionMS, r.LagSamples)
 		row("local durable write", "p50 %.2f ms  p99 %.2f ms", r.WriteP50MS, r.WriteP99MS)
 	}
 	row("deepest outbox", "%d events", r.MaxOutboxDepth)
+	row("commit groups (all DCs)", "%d, %.1f requests each", r.CommitGroups, r.RequestsPerGroup)
 	row("CPU per 1,000 writes", "%.3f s", r.CPUSPer1k)
 	row("heap allocations per write", "%.0f (%.0f B)", r.AllocsPerWrite, r.AllocBytesPerWrite)
 	row("peak RSS", "%.0f MB", r.PeakRSSMB)

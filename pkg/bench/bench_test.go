@@ -25,13 +25,19 @@ func TestRun(t *testing.T) {
 		{"ring", ViaAPI, false},
 		{"star", ViaAPI, false},
 		{"mesh", ViaHTTP, false},
+		{"mesh", ViaHTTP, true},
+		{"mesh", ViaTxn, false}, // 10 transactions of 20 puts
 	} {
-		t.Run(tc.topology+"/"+tc.via, func(t *testing.T) {
+		name := tc.topology + "/" + tc.via
+		if tc.references && tc.via == ViaHTTP {
+			name += "/floor" // the references, and the HTTP floor
+		}
+		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			var progress bytes.Buffer
 			res, err := Run(ctx, Options{
-				Topology: tc.topology, DCs: 3, Writes: 200, Concurrency: 8, Via: tc.via,
+				Topology: tc.topology, DCs: 3, Writes: 200, Concurrency: 8, Via: tc.via, TxnOps: 20,
 				NoReferences: !tc.references, Dir: t.TempDir(), Progress: &progress,
 			})
 			if err != nil {
@@ -54,6 +60,11 @@ func TestRun(t *testing.T) {
 				positive["kv_puts_per_s"] = res.KVPutsPerS
 				positive["ratio"] = res.Ratio
 				positive["cpu_ratio"] = res.CPURatio
+				if tc.via == ViaHTTP {
+					positive["http_floor_req_per_s"] = res.HTTPFloorReqPerS
+					positive["http_floor_cpu_s_per_1k"] = res.HTTPFloorCPUSPer1k
+					positive["http_floor_ratio"] = res.HTTPFloorRatio
+				}
 			}
 			for name, v := range positive {
 				if !(v > 0) {
@@ -66,7 +77,15 @@ func TestRun(t *testing.T) {
 			if res.LagP50MS > res.LagP99MS || res.LagP99MS > res.LagMaxMS {
 				t.Errorf("lag p50 %.2f, p99 %.2f, max %.2f ms are not in order", res.LagP50MS, res.LagP99MS, res.LagMaxMS)
 			}
-			if res.StreamMsgsPerWrite < 1 {
+			if tc.via == ViaTxn {
+				// One message per transaction of 20 puts.
+				if res.StreamMsgsPerWrite < 1.0/20 {
+					t.Errorf("stream_msgs_per_write = %.3f, want at least 1/20: every transaction is stored in its origin's stream", res.StreamMsgsPerWrite)
+				}
+				if res.TxnKeysPerS != res.WritesPerS || res.TxnOps != 20 {
+					t.Errorf("txn_keys_per_s = %v, txn_ops = %d; want writes_per_s (%v) and 20", res.TxnKeysPerS, res.TxnOps, res.WritesPerS)
+				}
+			} else if res.StreamMsgsPerWrite < 1 {
 				t.Errorf("stream_msgs_per_write = %.2f, want at least 1: every write is stored in its origin's stream", res.StreamMsgsPerWrite)
 			}
 			if res.OverheadBytesPerEvent > float64(res.OverheadMaxBytesPerEvent) {
@@ -81,7 +100,7 @@ func TestRun(t *testing.T) {
 			if got := sum - float64(len(key(0))); math.Abs(got-res.OverheadBytesPerEvent) > 1e-6 {
 				t.Errorf("overhead breakdown %v sums to %.2f B beyond the key, the overhead is %.2f B", res.OverheadBreakdown, got, res.OverheadBytesPerEvent)
 			}
-			if res.OverheadBreakdown["Repl-Key"] < float64(len("Repl-Key: \r\n")+len(key(0))) {
+			if tc.via != ViaTxn && res.OverheadBreakdown["Repl-Key"] < float64(len("Repl-Key: \r\n")+len(key(0))) {
 				t.Errorf("overhead breakdown %v lacks the Repl-Key line", res.OverheadBreakdown)
 			}
 			var out bytes.Buffer
@@ -97,6 +116,11 @@ func TestRun(t *testing.T) {
 				"overhead_bytes_per_event", "topology", "dcs", "writes", "value_size", "concurrency", "via", "rate"} {
 				if _, ok := m[k]; !ok {
 					t.Errorf("the JSON form lacks %q", k)
+				}
+			}
+			if tc.references && tc.via == ViaHTTP {
+				if _, ok := m["http_floor_req_per_s"]; !ok {
+					t.Errorf("the JSON form of an http run lacks http_floor_req_per_s")
 				}
 			}
 			if !strings.Contains(progress.String(), "replicate") {
@@ -121,12 +145,12 @@ func TestRate(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	o := Options{Topology: "tree", DCs: 2, Writes: 0, ValueSize: 10, Concurrency: 1, Via: "grpc", Partitions: 16}
+	o := Options{Topology: "tree", DCs: 2, Writes: 0, ValueSize: 10, Concurrency: 1, Via: "grpc", TxnOps: -1, Partitions: 16}
 	err := o.Validate()
 	if err == nil {
-		t.Fatal("Validate accepted a bad topology, write count and via")
+		t.Fatal("Validate accepted a bad topology, write count, via and txn-ops")
 	}
-	for _, want := range []string{`topology "tree"`, "writes 0", `via "grpc"`} {
+	for _, want := range []string{`topology "tree"`, "writes 0", `via "grpc"`, "txn-ops -1"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate error %q does not mention %s", err, want)
 		}
@@ -202,5 +226,22 @@ func TestOverheadGrowsLinearly(t *testing.T) {
 			}
 		}
 		prev = o
+	}
+}
+
+// TestTxnJSON checks the fields a --via txn run adds to the JSON form.
+func TestTxnJSON(t *testing.T) {
+	var out bytes.Buffer
+	if err := WriteJSON(&out, Result{Via: ViaTxn, TxnOps: 100, WritesPerS: 60000, TxnKeysPerS: 60000, BaselineMsgsPerS: 50000, Ratio: 1.2}); err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(out.Bytes(), &m); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]float64{"txn_ops": 100, "txn_keys_per_s": 60000, "ratio": 1.2} {
+		if got, ok := m[k].(float64); !ok || got != want {
+			t.Errorf("%s = %v in %s, want %v", k, m[k], out.String(), want)
+		}
 	}
 }

@@ -2,11 +2,9 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -199,35 +197,20 @@ func runKV(ctx context.Context, o Options, dir string, vals values, res *Result)
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, referenceWait)
 	defer cancel()
-	var next atomic.Int64
 	lats := make([][]time.Duration, o.Concurrency)
-	errs := make([]error, o.Concurrency)
-	var wg sync.WaitGroup
-	for g := range o.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= o.Writes {
-					return
-				}
-				t := time.Now()
-				if _, err := kv.Put(pctx, key(i), vals.at(i)); err != nil {
-					errs[g] = fmt.Errorf("bench: kv: put %s: %w", key(i), err)
-					cancel()
-					return
-				}
-				lats[g] = append(lats[g], time.Since(t))
-				bar.done.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
+	err = drive(pctx, o, func(ctx context.Context, g, i int) error {
+		t := time.Now()
+		if _, err := kv.Put(ctx, key(i), vals.at(i)); err != nil {
+			return fmt.Errorf("bench: kv: put %s: %w", key(i), err)
+		}
+		lats[g] = append(lats[g], time.Since(t))
+		bar.done.Add(1)
+		return nil
+	})
 	elapsed := time.Since(start)
 	after := readUsage()
 	bar.stop()
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		return err
 	}
 	var all []time.Duration

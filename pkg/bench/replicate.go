@@ -94,6 +94,9 @@ func runReplicator(ctx context.Context, o Options, dir string, vals values, res 
 	total := smp.coveredAt.Sub(t0)
 
 	res.WritesPerS = float64(o.Writes) / total.Seconds()
+	if o.Via == ViaTxn {
+		res.TxnKeysPerS = res.WritesPerS
+	}
 	res.AckedWritesPerS = float64(o.Writes) / acked.Seconds()
 	res.ConvergeTailMS = ms(total - acked)
 	lags := sortDurations(smp.lags(cm))
@@ -144,6 +147,12 @@ func (c *cluster) measure(ctx context.Context, o Options, res *Result) error {
 		res.Forwarded += st.Forwarded
 		res.Gaps += st.Gaps
 		res.Duplicates += st.Duplicates
+		cs := n.Store().Stats()
+		res.CommitGroups += cs.Groups
+		res.CommitRequests += cs.Requests
+	}
+	if res.CommitGroups > 0 {
+		res.RequestsPerGroup = float64(res.CommitRequests) / float64(res.CommitGroups)
 	}
 	if err := measureWire(ctx, c.ns.ClientURL(), c.names, o, res); err != nil {
 		return err
@@ -189,7 +198,7 @@ func startCluster(ctx context.Context, o Options, dir string) (*cluster, error) 
 		cfg.Durability.Fsync = !o.NoFsync
 		cfg.HTTP.Listen = "127.0.0.1:0"
 		cfg.Complete()
-		n, err := node.New(cfg, node.Options{Logger: o.Logger, NATSURL: ns.ClientURL(), NoHTTP: o.Via != ViaHTTP})
+		n, err := node.New(cfg, node.Options{Logger: o.Logger, NATSURL: ns.ClientURL(), NoHTTP: o.Via == ViaAPI})
 		if err != nil {
 			c.close()
 			return nil, fmt.Errorf("bench: %s: %w", dc, err)
@@ -322,10 +331,10 @@ func (w *writers) run(ctx context.Context) ([]time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var client *http.Client
-	if w.o.Via == ViaHTTP {
-		tr := &http.Transport{MaxIdleConns: w.o.Concurrency, MaxIdleConnsPerHost: w.o.Concurrency, IdleConnTimeout: time.Minute}
-		defer tr.CloseIdleConnections()
-		client = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	if w.o.Via == ViaHTTP || w.o.Via == ViaTxn {
+		var closeClient func()
+		client, closeClient = newClient(w.o)
+		defer closeClient()
 	}
 	lats := make([][]time.Duration, w.o.Concurrency)
 	errs := make([]error, w.o.Concurrency)
@@ -335,13 +344,22 @@ func (w *writers) run(ctx context.Context) ([]time.Duration, error) {
 		go func() {
 			defer wg.Done()
 			d := g % len(w.nodes)
-			lats[g], errs[g] = w.loop(ctx, d, client)
+			if w.o.Via == ViaTxn {
+				lats[g], errs[g] = w.txnLoop(ctx, d, client)
+			} else {
+				lats[g], errs[g] = w.loop(ctx, d, client)
+			}
 			if errs[g] != nil {
 				cancel()
 			}
 		}()
 	}
 	wg.Wait()
+	for _, err := range errs {
+		if errors.Is(err, ErrNoTxnEndpoint) {
+			return nil, err // once, not once per writer
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -358,32 +376,16 @@ func (w *writers) loop(ctx context.Context, d int, client *http.Client) ([]time.
 	if client != nil {
 		base = "http://" + n.HTTPAddr() + "/v1/kv/"
 	}
-	var pace *time.Timer
-	defer func() {
-		if pace != nil {
-			pace.Stop()
-		}
-	}()
+	pace := w.pacer()
+	defer pace.stop()
 	var lats []time.Duration
 	for {
 		i := int(w.next.Add(1) - 1)
 		if w.until.IsZero() && i >= w.o.Writes || !w.until.IsZero() && !time.Now().Before(w.until) {
 			return lats, nil
 		}
-		if w.o.Rate > 0 {
-			due := w.t0.Add(time.Duration(float64(i) / w.o.Rate * float64(time.Second)))
-			if wait := time.Until(due); wait > 0 {
-				if pace == nil {
-					pace = time.NewTimer(wait)
-				} else {
-					pace.Reset(wait)
-				}
-				select {
-				case <-ctx.Done():
-					return lats, ctx.Err()
-				case <-pace.C:
-				}
-			}
+		if err := pace.wait(ctx, i); err != nil {
+			return lats, err
 		}
 		k, v := key(i), w.vals.at(i)
 		op := changelog.WriteOp{Key: k, Value: v}
@@ -420,6 +422,83 @@ func (w *writers) loop(ctx context.Context, d int, client *http.Client) ([]time.
 			w.commits.record(d, p, seq, now)
 		}
 		w.done.Add(1)
+	}
+}
+
+// txnLoop writes transactions of TxnOps keys through POST /v1/txn at DC d
+// until every key is written, and returns their latencies.
+func (w *writers) txnLoop(ctx context.Context, d int, client *http.Client) ([]time.Duration, error) {
+	u := "http://" + w.nodes[d].HTTPAddr() + "/v1/txn"
+	pace := w.pacer()
+	defer pace.stop()
+	keys := make([]string, 0, w.o.TxnOps)
+	vals := make([][]byte, 0, w.o.TxnOps)
+	var lats []time.Duration
+	for {
+		j := int(w.next.Add(1) - 1)
+		if j >= txnCount(w.o.Writes, w.o.TxnOps) {
+			return lats, nil
+		}
+		lo, hi := txnRange(j, w.o.TxnOps, w.o.Writes)
+		if err := pace.wait(ctx, lo); err != nil {
+			return lats, err
+		}
+		keys, vals = keys[:0], vals[:0]
+		for i := lo; i < hi; i++ {
+			keys, vals = append(keys, key(i)), append(vals, w.vals.at(i))
+		}
+		start := time.Now()
+		dots, err := postTxn(ctx, client, u, keys, vals)
+		if errors.Is(err, ErrNoTxnEndpoint) {
+			return lats, fmt.Errorf("%w: dc%d answers 404 for POST /v1/txn, so this build does not serve transactions; run --via api or http, or a build that serves /v1/txn", err, d+1)
+		}
+		if err != nil {
+			return lats, fmt.Errorf("bench: POST /v1/txn of %s..%s at dc%d: %w", keys[0], keys[len(keys)-1], d+1, err)
+		}
+		now := time.Now()
+		lats = append(lats, now.Sub(start))
+		for i, dot := range dots {
+			w.commits.record(d, event.PartitionOf(keys[i], w.o.Partitions), dot.N, now)
+		}
+		w.done.Add(int64(len(keys)))
+	}
+}
+
+// pacer holds writers to Options.Rate: write i is due i/Rate seconds after
+// t0.
+type pacer struct {
+	w     *writers
+	timer *time.Timer
+}
+
+func (w *writers) pacer() *pacer { return &pacer{w: w} }
+
+// wait waits until write i is due, or ctx ends.
+func (p *pacer) wait(ctx context.Context, i int) error {
+	if p.w.o.Rate <= 0 {
+		return nil
+	}
+	due := p.w.t0.Add(time.Duration(float64(i) / p.w.o.Rate * float64(time.Second)))
+	wait := time.Until(due)
+	if wait <= 0 {
+		return nil
+	}
+	if p.timer == nil {
+		p.timer = time.NewTimer(wait)
+	} else {
+		p.timer.Reset(wait)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-p.timer.C:
+		return nil
+	}
+}
+
+func (p *pacer) stop() {
+	if p.timer != nil {
+		p.timer.Stop()
 	}
 }
 

@@ -54,14 +54,20 @@ func measureWire(ctx context.Context, url string, names []string, o Options, res
 			if err != nil {
 				return fmt.Errorf("bench: read message %d of %s: %w", seq, bridge.StreamName(dc), err)
 			}
-			ev, err := event.Decode(m.Data, event.Limits{})
+			// A transaction's message carries its ops: its overhead is
+			// shared by them, and counted per op.
+			evs, err := event.DecodeMessage(m.Data, event.Limits{})
 			if err != nil {
 				return fmt.Errorf("bench: decode message %d of %s: %w", seq, bridge.StreamName(dc), err)
 			}
 			headers += addHeaderBytes(byHeader, m.Header)
-			payload += len(m.Data) - len(ev.Key) - len(ev.Value)
-			payloadKey += len(m.Data) - len(ev.Value)
-			sampled++
+			payload += len(m.Data)
+			payloadKey += len(m.Data)
+			for _, ev := range evs {
+				payload -= len(ev.Key) + len(ev.Value)
+				payloadKey -= len(ev.Value)
+			}
+			sampled += len(evs)
 		}
 	}
 	res.WireBytesPerWrite = float64(stored) / float64(o.Writes)

@@ -68,7 +68,9 @@ import (
 	"path"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -354,12 +356,26 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 		code = http.StatusInternalServerError
 		b, _ = json.Marshal(errorBody{Error: "encode response: " + err.Error()})
 	}
+	writeJSONBytes(w, code, append(b, '\n'))
+}
+
+// The headers of every JSON answer, in canonical form. Assigning these
+// shared slices saves an allocation each per answer; nothing changes a
+// header value in place (Add appends past their capacity).
+var (
+	contentTypeJSON = []string{"application/json"}
+	noSniff         = []string{"nosniff"}
+	noStore         = []string{"no-store"}
+)
+
+// writeJSONBytes sends b, a JSON document and its newline, with code.
+func writeJSONBytes(w http.ResponseWriter, code int, b []byte) {
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Cache-Control", "no-store")
+	h["Content-Type"] = contentTypeJSON
+	h["X-Content-Type-Options"] = noSniff
+	h["Cache-Control"] = noStore
 	w.WriteHeader(code)
-	w.Write(append(b, '\n'))
+	w.Write(b)
 }
 
 // cleanPath is net/http's canonical form of a request path: path.Clean,
@@ -427,6 +443,19 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	watchers prometheus.Gauge
 	handler  http.Handler
+	// series holds each (route, method, code)'s counter and histogram
+	// once resolved, so that a request does not hash its labels again.
+	series sync.Map // seriesKey -> *series
+}
+
+type seriesKey struct {
+	route, method string
+	code          int
+}
+
+type series struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
 }
 
 func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
@@ -481,6 +510,15 @@ func (m *metrics) observe(route, method string, code int, d time.Duration) {
 	if !slices.Contains(probeMethods, method) && method != http.MethodHead {
 		method = "other"
 	}
-	m.requests.WithLabelValues(route, method, fmt.Sprint(code)).Inc()
-	m.duration.WithLabelValues(route, method).Observe(d.Seconds())
+	k := seriesKey{route, method, code}
+	v, ok := m.series.Load(k)
+	if !ok {
+		v, _ = m.series.LoadOrStore(k, &series{
+			requests: m.requests.WithLabelValues(route, method, strconv.Itoa(code)),
+			duration: m.duration.WithLabelValues(route, method),
+		})
+	}
+	sr := v.(*series)
+	sr.requests.Inc()
+	sr.duration.Observe(d.Seconds())
 }

@@ -318,8 +318,10 @@ func (s *server) write(w http.ResponseWriter, r *http.Request, op changelog.Writ
 	}
 	body, complete := AnswerWrite(r.Context(), s.b, op.Key, res, req.session, req.ack)
 	h := w.Header()
-	h.Set(ContextHeader, body.Context)
-	h.Set(SessionHeader, body.Session)
+	// Assigned, not Set: both names are already canonical, and every write
+	// answers with them.
+	h[ContextHeader] = []string{body.Context}
+	h[SessionHeader] = []string{body.Session}
 	code := http.StatusOK
 	if req.ack.N > 0 {
 		h.Set(ReplicatedHeader, strconv.Itoa(body.Replicated))
@@ -327,7 +329,7 @@ func (s *server) write(w http.ResponseWriter, r *http.Request, op changelog.Writ
 			code = http.StatusAccepted
 		}
 	}
-	writeJSON(w, code, body)
+	writeJSONBytes(w, code, body.append(make([]byte, 0, 48+len(body.Key)+len(body.Context)+len(body.Dot)+len(body.Session)+len(body.Error))))
 }
 
 // waitRead waits until this DC covers what a read carries: a context
@@ -362,6 +364,43 @@ func (s *server) waitRead(w http.ResponseWriter, r *http.Request, key string, al
 		return false
 	}
 	return true
+}
+
+// append appends b's JSON form and a newline to dst, byte for byte what
+// json.Marshal writes, without its reflection: every write answers with it.
+func (b WriteAnswer) append(dst []byte) []byte {
+	dst = append(dst, `{"key":`...)
+	dst = appendJSONString(dst, b.Key)
+	dst = append(dst, `,"context":`...)
+	dst = appendJSONString(dst, b.Context)
+	dst = append(dst, `,"dot":`...)
+	dst = appendJSONString(dst, b.Dot)
+	dst = append(dst, `,"session":`...)
+	dst = appendJSONString(dst, b.Session)
+	if b.Replicated != 0 {
+		dst = append(dst, `,"replicated":`...)
+		dst = strconv.AppendInt(dst, int64(b.Replicated), 10)
+	}
+	if b.Error != "" {
+		dst = append(dst, `,"error":`...)
+		dst = appendJSONString(dst, b.Error)
+	}
+	return append(dst, "}\n"...)
+}
+
+// appendJSONString appends s as json.Marshal quotes it: printable ASCII
+// that needs no escape (keys, contexts and dots almost always are) is
+// copied; anything else is left to encoding/json.
+func appendJSONString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(dst, q...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }
 
 // readBody reads the whole body, at most limit bytes; over it answers 413.
