@@ -2,12 +2,16 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"strconv"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/session"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -38,9 +42,16 @@ type TxnResult struct {
 	Dot     string `json:"dot"`
 }
 
-// TxnResponse is the body POST /v1/txn answers 200 with.
+// TxnResponse is the body POST /v1/txn answers 200 (or 202) with.
 type TxnResponse struct {
 	Results []TxnResult `json:"results"`
+	// Session is the session token of every op, merged with the token the
+	// request carried.
+	Session string `json:"session"`
+	// Replicated and Error are as in WriteAnswer: set when the request
+	// asked to wait for other DCs (X-Repl-Wait).
+	Replicated int    `json:"replicated,omitempty"`
+	Error      string `json:"error,omitempty"`
 }
 
 // ParseTxn checks a transaction request and returns its write ops, or an
@@ -101,22 +112,55 @@ func ParseTxn(req TxnRequest, maxKey, maxValue int) ([]changelog.WriteOp, error)
 	return out, nil
 }
 
-// TxnResults builds the answer to a committed transaction.
-func TxnResults(ops []changelog.WriteOp, res []changelog.WriteResult) TxnResponse {
+// AnswerTxn builds the answer to a committed transaction, whose request
+// carried the session token carried, waiting first, when ack asks, up to
+// ack.Timeout for ack.N DCs to have applied every op. It reports false when
+// the transaction stood but fewer DCs had applied it in time; the answer's
+// Error then says so (HTTP 202), as AnswerWrite does.
+func AnswerTxn(ctx context.Context, rep Replicas, ops []changelog.WriteOp, res []changelog.WriteResult, carried session.Token, ack session.Ack) (TxnResponse, bool) {
 	out := TxnResponse{Results: make([]TxnResult, len(res))}
+	var mine []session.Entry
 	for i, r := range res {
 		out.Results[i] = TxnResult{Key: ops[i].Key, Context: r.State.Clock.String()}
-		if r.Event != nil {
-			out.Results[i].Dot = r.Event.Dot.String()
+		if ev := r.Event; ev != nil {
+			out.Results[i].Dot = ev.Dot.String()
+			mine = append(mine, session.Entry{Origin: ev.Origin, Partition: ev.Partition, Seq: ev.Seq})
 		}
 	}
-	return out
+	tok := session.Of(mine...)
+	out.Session = carried.Merge(tok).String()
+	if ack.N == 0 || len(tok) == 0 {
+		return out, true
+	}
+	wctx, cancel := context.WithTimeout(ctx, ack.Timeout)
+	defer cancel()
+	k, err := rep.WaitReplicated(wctx, tok, ack.N)
+	out.Replicated = k
+	if k >= ack.N {
+		return out, true
+	}
+	out.Error = session.Shortfall(k, ack.N, ack.Timeout)
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		out.Error += fmt.Sprintf(" (the wait ended early: %v)", err)
+	}
+	return out, false
 }
 
 // txn serves POST /v1/txn: the ops commit at this DC in one durable batch
-// and reach every other DC together, or nothing is written.
+// and reach every other DC together, or nothing is written. Like a single
+// write it waits first for a session token it carries (X-Repl-Session or
+// ?min_session=), and with X-Repl-Wait answers once that many DCs applied
+// every op, or 202 saying how far it got.
 func (s *server) txn(w http.ResponseWriter, r *http.Request) {
-	if !s.query(w, r, nil) {
+	if !s.query(w, r, []string{"min_session"}) {
+		return
+	}
+	tok, ok := s.requestSession(w, r, "min_session")
+	if !ok {
+		return
+	}
+	ack, ok := s.requestAck(w, r)
+	if !ok {
 		return
 	}
 	body, ok := s.readBody(w, r, s.opts.MaxTxnBodyBytes)
@@ -139,10 +183,26 @@ func (s *server) txn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "txn: "+err.Error())
 		return
 	}
+	if len(tok) > 0 {
+		if err := s.b.WaitRead(r.Context(), "", nil, tok); err != nil {
+			s.backendError(w, r, "txn", err)
+			return
+		}
+	}
 	res, err := s.b.WriteTxn(r.Context(), ops)
 	if err != nil {
 		s.backendError(w, r, "txn", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, TxnResults(ops, res))
+	out, complete := AnswerTxn(r.Context(), s.b, ops, res, tok, ack)
+	h := w.Header()
+	h[SessionHeader] = []string{out.Session}
+	code := http.StatusOK
+	if ack.N > 0 {
+		h.Set(ReplicatedHeader, strconv.Itoa(out.Replicated))
+		if !complete {
+			code = http.StatusAccepted
+		}
+	}
+	writeJSON(w, code, out)
 }

@@ -82,3 +82,63 @@ func TestTxnRefusals(t *testing.T) {
 		t.Fatalf("a 9 MiB body: %d, want 413", w.Code)
 	}
 }
+
+// TestTxnSession: a transaction answers with the session token of every
+// op, waits for the token it carries, and takes X-Repl-Wait as a single
+// write does (invariant 12).
+func TestTxnSession(t *testing.T) {
+	f := newFixture(t, Options{})
+	body := `{"ops":[{"op":"put","key":"s/a","value_text":"1"},{"op":"put","key":"s/b","value_text":"2"}]}`
+	w := f.do(t, req{method: "POST", target: "/v1/txn", body: body, header: hdr(WaitHeader, "1")})
+	if w.Code != http.StatusOK {
+		t.Fatalf("txn: %d %s", w.Code, w.Body)
+	}
+	res := decode[TxnResponse](t, w)
+	for _, r := range res.Results {
+		var seq int
+		if _, err := fmt.Sscanf(r.Dot, "dc1:%d", &seq); err != nil {
+			t.Fatalf("dot %q", r.Dot)
+		}
+		if !strings.Contains(res.Session, fmt.Sprintf(":%d", seq)) {
+			t.Fatalf("session %q does not name op %s", res.Session, r.Dot)
+		}
+	}
+	if res.Session == "" || w.Header().Get(SessionHeader) != res.Session {
+		t.Fatalf("session %q, header %q", res.Session, w.Header().Get(SessionHeader))
+	}
+	if res.Replicated != 1 || w.Header().Get(ReplicatedHeader) != "1" {
+		t.Fatalf("replicated %d (header %q), want 1: this DC", res.Replicated, w.Header().Get(ReplicatedHeader))
+	}
+	// Two DCs cannot be reached with no peer reporting: 202, and the
+	// transaction stands.
+	w = f.do(t, req{method: "POST", target: "/v1/txn", body: `{"ops":[{"op":"put","key":"s/c","value_text":"3"}]}`,
+		header: hdr(WaitHeader, "all", WaitTimeoutHeader, "50ms")})
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("X-Repl-Wait: all without peers: %d %s, want 202", w.Code, w.Body)
+	}
+	if got := decode[TxnResponse](t, w); got.Replicated != 1 || got.Error == "" {
+		t.Fatalf("answer %+v, want replicated 1 and an error saying so", got)
+	}
+	if g := f.do(t, req{method: "GET", target: "/v1/kv/s/c"}); g.Code != http.StatusOK {
+		t.Fatalf("the transaction that timed out waiting did not stand: %d", g.Code)
+	}
+	// Bad waits and tokens are 400 before anything is written.
+	before := f.do(t, req{method: "GET", target: "/v1/digest"}).Body.String()
+	for _, h := range []http.Header{
+		hdr(WaitHeader, "0"), hdr(WaitHeader, "nine"), hdr(WaitHeader, "3"),
+		hdr(SessionHeader, "dc9:0:1"), hdr(SessionHeader, "garbage"),
+	} {
+		w := f.do(t, req{method: "POST", target: "/v1/txn", body: `{"ops":[{"op":"put","key":"s/d","value_text":"4"}]}`, header: h})
+		if w.Code != http.StatusBadRequest {
+			t.Fatalf("%v: %d %s, want 400", h, w.Code, w.Body)
+		}
+	}
+	// A token naming an event this DC has not applied: 503, nothing written.
+	w = f.do(t, req{method: "POST", target: "/v1/txn", body: `{"ops":[{"op":"put","key":"s/d","value_text":"4"}]}`, header: hdr(SessionHeader, "dc2:0:5")})
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("a token ahead of this DC: %d %s, want 503 with Retry-After", w.Code, w.Body)
+	}
+	if after := f.do(t, req{method: "GET", target: "/v1/digest"}).Body.String(); after != before {
+		t.Fatal("a refused transaction changed the state")
+	}
+}

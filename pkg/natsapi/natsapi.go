@@ -147,32 +147,60 @@ func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.
 // maxTxnRequest bounds a txn request before it is parsed.
 const maxTxnRequest = 8 << 20
 
+// TxnRequest is the body of txn: the ops of POST /v1/txn, and what a put
+// carries besides its op: a session token to wait for, and a wait for
+// other DCs to apply the transaction.
+type TxnRequest struct {
+	Ops         []httpapi.TxnOp `json:"ops"`
+	Session     string          `json:"session,omitempty"`
+	Wait        Wait            `json:"wait,omitempty"`
+	WaitTimeout string          `json:"wait_timeout,omitempty"`
+}
+
 func (h handler) txn(r micro.Request) {
 	if len(r.Data()) > maxTxnRequest {
 		r.Error("413", fmt.Sprintf("the request is %d bytes, over the %d-byte limit", len(r.Data()), maxTxnRequest), nil)
 		return
 	}
-	var req httpapi.TxnRequest
+	var req TxnRequest
 	dec := json.NewDecoder(bytes.NewReader(r.Data()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		r.Error("400", `request is not a transaction {"ops":[{"op":"put"|"del","key","value"|"value_text","context"}...]}: `+err.Error(), nil)
+		r.Error("400", `request is not a transaction {"ops":[{"op":"put"|"del","key","value"|"value_text","context"}...], "session", "wait", "wait_timeout"}: `+err.Error(), nil)
 		return
 	}
 	lim := event.DefaultLimits()
-	ops, err := httpapi.ParseTxn(req, lim.MaxKeyBytes, lim.MaxValueBytes)
+	ops, err := httpapi.ParseTxn(httpapi.TxnRequest{Ops: req.Ops}, lim.MaxKeyBytes, lim.MaxValueBytes)
 	if err != nil {
 		r.Error("400", "txn: "+err.Error(), nil)
 		return
 	}
+	tok, err := h.store.Scope().Parse(req.Session)
+	if err != nil {
+		r.Error("400", "session is not a valid session token: "+err.Error()+"; nothing was written", nil)
+		return
+	}
+	ack, err := h.store.Scope().ParseAck(string(req.Wait), req.WaitTimeout, "wait", "wait_timeout")
+	if err != nil {
+		r.Error("400", err.Error()+"; nothing was written", nil)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if len(tok) > 0 {
+		if err := h.store.WaitRead(ctx, "", nil, tok); err != nil {
+			fail(r, err)
+			return
+		}
+	}
 	res, err := h.txnFn(ctx, ops)
 	if err != nil {
 		fail(r, err)
 		return
 	}
-	r.RespondJSON(httpapi.TxnResults(ops, res))
+	// The wait has its own bound (wait_timeout), not the write's.
+	reply, _ := httpapi.AnswerTxn(context.Background(), h.store, ops, res, tok, ack)
+	r.RespondJSON(reply)
 }
 
 type handler struct {

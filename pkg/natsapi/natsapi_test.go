@@ -78,6 +78,15 @@ func TestServe(t *testing.T) {
 	if err := json.Unmarshal(m.Data, &v); err != nil || len(v.Values) != 1 || string(v.Values[0]) != "2" {
 		t.Fatalf("get t/b after the txn %s: %v", m.Data, err)
 	}
+	if tr.Session == "" {
+		t.Fatalf("txn reply %s has no session token", m.Data)
+	}
+	m, _ = call("txn", map[string]any{"wait": "all", "wait_timeout": "50ms", "session": tr.Session,
+		"ops": []any{map[string]any{"op": "put", "key": "t/c", "value_text": "3"}}})
+	var tw httpapi.TxnResponse
+	if err := json.Unmarshal(m.Data, &tw); err != nil || tw.Replicated != 1 || tw.Error == "" {
+		t.Fatalf("txn with wait all and no peers: %s: %v; want replicated 1 and an error", m.Data, err)
+	}
 	w.Context = tr.Results[2].Context
 	m, _ = call("del", Request{Key: "k", Context: w.Context})
 	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
@@ -101,6 +110,8 @@ func TestServe(t *testing.T) {
 			map[string]any{"op": "put", "key": "a", "value_text": "y"},
 		}}, "400"},
 		{"txn", map[string]any{"ops": []any{}, "extra": 1}, "400"},
+		{"txn", map[string]any{"ops": []any{map[string]any{"op": "put", "key": "a", "value_text": "x"}}, "wait": 0}, "400"},
+		{"txn", map[string]any{"ops": []any{map[string]any{"op": "put", "key": "a", "value_text": "x"}}, "session": "zz"}, "400"},
 	} {
 		m, err := call(c.op, c.req)
 		if err != nil {
