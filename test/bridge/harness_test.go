@@ -1,6 +1,7 @@
 // Package bridge_test runs DCs against real embedded NATS JetStream
-// servers: topologies, poison input, lost and redelivered messages, and
-// restarts of NATS, of a sidecar and from an old backup.
+// servers: topologies, poison input, lost and redelivered messages,
+// restarts of NATS, of a sidecar and from an old backup, and the atomic
+// visibility of transactions (txn_test.go).
 package bridge_test
 
 import (
@@ -378,6 +379,27 @@ func (c *cluster) waitConverged(timeout time.Duration) {
 			}
 		}
 		return c.digestsEqual()
+	})
+}
+
+// waitPublished waits until dc has published its whole outbox.
+func (c *cluster) waitPublished(dc string) {
+	c.t.Helper()
+	eventually(c.t, 10*time.Second, dc+" publishing", func() (bool, string) {
+		d := c.nodes[dc].store.OutboxDepth()
+		return d == 0, fmt.Sprintf("%d to publish", d)
+	})
+}
+
+// waitCaughtUp waits until dc has applied every event of origin and
+// published its outbox (its forwards).
+func (c *cluster) waitCaughtUp(dc, origin string) {
+	c.t.Helper()
+	eventually(c.t, 10*time.Second, dc+" catching up with "+origin, func() (bool, string) {
+		got := c.nodes[dc].store.Applied()[origin]
+		want := c.nodes[origin].store.Applied()[origin]
+		return fmt.Sprint(got) == fmt.Sprint(want) && c.nodes[dc].store.OutboxDepth() == 0,
+			fmt.Sprintf("applied %v of %v", got, want)
 	})
 }
 

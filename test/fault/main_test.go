@@ -14,7 +14,8 @@
 //
 // session_test.go checks the session guarantees and replicated
 // acknowledgement of invariant 12 in docs/DESIGN.md across a cut link and a
-// stopped DC.
+// stopped DC. txn_test.go checks the atomic visibility of transactions
+// (invariant 11) across SIGKILLs of a ring's forwarding DC.
 //
 // Every test has a fast form, run by `go test ./test/fault` and by CI, and
 // a long form run with -fault.long. The commands and the figures of the
