@@ -106,7 +106,10 @@ func (r *Replicator) repairDepth(ctx context.Context, origin string, p uint32, f
 							held = fmt.Errorf("repaired transaction %s waits for a gap in partition %d at %d: %v", evs[i].Dot, evs[i].Partition, x.Expected, err)
 						}
 					}
-				case evs[i].Partition == p && x.Expected < evs[i].Seq:
+				case evs[i].Partition == p && x.Expected < evs[i].Seq && elsewhere == nil:
+					// Behind a transaction that waited for another
+					// partition's gap, now filled: asking again applies
+					// them.
 					held = fmt.Errorf("repaired event %s still follows a gap at %d", evs[i].Dot, x.Expected)
 				}
 			}
