@@ -3,12 +3,12 @@ package httpapi
 import (
 	"bytes"
 	"context"
-	"errors"
-	"strconv"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/session"
