@@ -1,15 +1,19 @@
-// Package sim is a deterministic simulator of a mesh of DCs, each a real
-// changelog.Store on an in-memory filesystem, joined by FIFO links that
-// carry encoded events. The datadriven transcripts in testdata/ and the
-// seeded random schedules drive it; both check the contract of docs/DESIGN.md
-// (convergence, no lost writes, bounded siblings, deletes that stay
-// deleted) against the store itself, not a model of it.
+// Package sim is a deterministic simulator of DCs, each a real
+// changelog.Store on an in-memory filesystem, joined along a topology
+// (mesh, ring or star, as bridge.Plan lays it out) by FIFO links that carry
+// the messages of each DC's outbox: an encoded event, or a transaction
+// whose ops travel as one message (event.EncodeTxn). The datadriven
+// transcripts in testdata/ and the seeded random schedules drive it; both
+// check the contract of docs/DESIGN.md (convergence, no lost writes,
+// bounded siblings, deletes that stay deleted, transactions visible whole
+// or not at all) against the store itself, not a model of it.
 //
 // The usual loop is:
 //
 //	c, _ := sim.New(sim.Options{DCs: []string{"dc1", "dc2"}, Partitions: 1})
 //	defer c.Close()
 //	c.Write("dc1", sim.Op{Key: "k", Value: []byte("v")})
+//	c.WriteTxn("dc2", []sim.Op{{Key: "a", Value: []byte("1")}, {Key: "b", Delete: true}})
 //	c.DeliverAll(nil)
 //	c.ReportAll()
 //	c.Purge("dc2")
@@ -19,16 +23,21 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
+	"strings"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -40,15 +49,25 @@ import (
 // the store lost track of an event it was given in order.
 var ErrUnexpectedGap = errors.New("sim: unexpected gap")
 
+// ErrBadForward reports a forwarding DC whose outbox does not hold, for a
+// message it applied and its plan forwards, exactly that message with the
+// DC appended to its path (one entry per message; a transaction whole).
+var ErrBadForward = errors.New("sim: bad forward")
+
 // Options configure a Cluster.
 type Options struct {
-	// DCs names the DCs of the mesh.
+	// DCs names the DCs.
 	DCs []string
 	// Partitions is the partition count, the same at every DC.
 	Partitions int
 	// Resolvers picks each key's resolver, the same at every DC; nil means
 	// siblings for all.
 	Resolvers changelog.Resolvers
+	// Topology is config.Mesh (the default), config.Ring (in DCs order) or
+	// config.Star.
+	Topology string
+	// Hub is the star's hub; the first DC when empty.
+	Hub string
 }
 
 // Clock is a deterministic hybrid logical clock: a counter that a local
@@ -74,15 +93,21 @@ func (c *Clock) Observe(ts uint64) {
 // Advance moves the clock n ticks forward, as the passing of physical time.
 func (c *Clock) Advance(n uint64) { c.last.Add(n) }
 
-// DC is one datacenter: its store, its clock and its filesystem.
+// DC is one datacenter: its store, its clock, its place in the topology
+// and its filesystem.
 type DC struct {
 	ID    string
 	Store *changelog.Store
 	Clock *Clock
+	Plan  bridge.Plan
 	fs    vfs.FS
+	// published is the last outbox index sent down the DC's links; the
+	// links play the DC's stream, which outlives a restart.
+	published uint64
 }
 
-// Link is a directed connection from one DC to another.
+// Link is a directed connection from one DC to another: the consumer at To
+// of From's stream.
 type Link struct{ From, To string }
 
 func (l Link) String() string { return l.From + "->" + l.To }
@@ -94,25 +119,52 @@ type Ref struct {
 	Seq       uint64
 }
 
+func (r Ref) String() string {
+	return fmt.Sprintf("%s:%d (partition %d)", r.Origin, r.Seq, r.Partition)
+}
+
+// refsOf returns the refs of the events of one message.
+func refsOf(evs []*event.Event) []Ref {
+	out := make([]Ref, len(evs))
+	for i, ev := range evs {
+		out[i] = Ref{ev.Origin, ev.Partition, ev.Seq}
+	}
+	return out
+}
+
+// decode returns the events one message carries: one event, or a
+// transaction's ops.
+func decode(b []byte) ([]*event.Event, error) {
+	return event.DecodeMessage(b, event.DefaultLimits())
+}
+
 type link struct {
-	queue   [][]byte // encoded events, head first
-	last    []byte   // the last event popped, for Redeliver
-	missing []Ref    // dropped events, oldest first, waiting for repair
-	// disturbed is set once the harness dropped, reordered or re-sent an
-	// event on the link; until then the link is FIFO and a gap on it is
+	queue [][]byte // encoded messages, head first
+	last  []byte   // the last message popped, for Redeliver
+	// missing holds the refs of each dropped message, oldest first, waiting
+	// for repair.
+	missing [][]Ref
+	// disturbed is set once the harness dropped, reordered or re-sent a
+	// message on the link; until then the link is FIFO and a gap on it is
 	// a bug.
 	disturbed bool
 }
 
-// Cluster is a full mesh of DCs. It is driven from one goroutine.
+// Cluster is a set of DCs joined along a topology. It is driven from one
+// goroutine.
 type Cluster struct {
 	opts  Options
 	dcs   map[string]*DC
 	links map[Link]*link
 	keys  []Link // links in a stable order
+	// filled holds, per DC, the first op of every message Fill applied
+	// there from its origin: delivered later from a link, it must be a
+	// duplicate.
+	filled map[string]map[Ref]bool
 }
 
-// New opens one store per DC, each on its own in-memory filesystem.
+// New opens one store per DC, each on its own in-memory filesystem, and
+// lays the links out along the topology.
 func New(opts Options) (*Cluster, error) {
 	if len(opts.DCs) < 2 {
 		return nil, fmt.Errorf("sim: want at least two DCs, got %v", opts.DCs)
@@ -120,26 +172,34 @@ func New(opts Options) (*Cluster, error) {
 	if opts.Partitions < 1 {
 		opts.Partitions = 1
 	}
-	c := &Cluster{opts: opts, dcs: map[string]*DC{}, links: map[Link]*link{}}
+	if opts.Topology == "" {
+		opts.Topology = config.Mesh
+	}
+	if opts.Topology == config.Star && opts.Hub == "" {
+		opts.Hub = opts.DCs[0]
+	}
+	c := &Cluster{opts: opts, dcs: map[string]*DC{}, links: map[Link]*link{}, filled: map[string]map[Ref]bool{}}
 	for _, id := range opts.DCs {
 		if _, dup := c.dcs[id]; dup {
 			c.Close()
 			return nil, fmt.Errorf("sim: dc %q listed twice", id)
 		}
-		d := &DC{ID: id, Clock: &Clock{}, fs: vfs.NewMem()}
+		plan, err := bridge.NewPlan(opts.Topology, id, opts.DCs, opts.Hub)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("sim: %w", err)
+		}
+		d := &DC{ID: id, Clock: &Clock{}, Plan: plan, fs: vfs.NewMem()}
 		if err := c.open(d); err != nil {
 			c.Close()
 			return nil, err
 		}
 		c.dcs[id] = d
-	}
-	for _, a := range opts.DCs {
-		for _, b := range opts.DCs {
-			if a != b {
-				l := Link{a, b}
-				c.links[l] = &link{}
-				c.keys = append(c.keys, l)
-			}
+		c.filled[id] = map[Ref]bool{}
+		for _, up := range plan.Upstreams {
+			l := Link{up, id}
+			c.links[l] = &link{}
+			c.keys = append(c.keys, l)
 		}
 	}
 	sort.Slice(c.keys, func(i, j int) bool {
@@ -202,6 +262,9 @@ func (c *Cluster) Links() []Link { return slices.Clone(c.keys) }
 // Partitions returns the partition count.
 func (c *Cluster) Partitions() int { return c.opts.Partitions }
 
+// Topology returns the topology the links follow.
+func (c *Cluster) Topology() string { return c.opts.Topology }
+
 // DC returns the DC called id, or nil.
 func (c *Cluster) DC(id string) *DC { return c.dcs[id] }
 
@@ -262,16 +325,18 @@ type Op struct {
 	Context vclock.VV
 }
 
-// Write commits op at dc and sends the encoded event down every link out
-// of dc.
+func (op Op) write() changelog.WriteOp {
+	return changelog.WriteOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Context: op.Context}
+}
+
+// Write commits op at dc and sends the outbox entry down every link out of
+// dc.
 func (c *Cluster) Write(dc string, op Op) (changelog.WriteResult, error) {
 	d, err := c.dc(dc)
 	if err != nil {
 		return changelog.WriteResult{}, err
 	}
-	res, err := d.Store.Write(context.Background(), changelog.WriteOp{
-		Key: op.Key, Value: op.Value, Delete: op.Delete, Context: op.Context,
-	})
+	res, err := d.Store.Write(context.Background(), op.write())
 	if err != nil {
 		return res, fmt.Errorf("sim: write %s at %s: %w", op.Key, dc, err)
 	}
@@ -279,38 +344,200 @@ func (c *Cluster) Write(dc string, op Op) (changelog.WriteResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("sim: encode %s: %w", res.Event.Dot, err)
 	}
-	for _, l := range c.keys {
-		if l.From == dc {
-			c.links[l].queue = append(c.links[l].queue, b)
-		}
-	}
+	c.send(d, b)
 	return res, nil
 }
 
-// Delivery is one event applied at the end of a link.
-type Delivery struct {
-	Link   Link
-	Event  *event.Event
-	Result changelog.ApplyResult
-	// Requeued is set when the event met a gap and went to the back of
-	// the link's queue.
-	Requeued bool
+// WriteTxn commits ops at dc as one transaction (changelog.Store.WriteTxn)
+// and sends its one outbox entry down every link out of dc. Nothing is
+// written when it fails.
+func (c *Cluster) WriteTxn(dc string, ops []Op) ([]changelog.WriteResult, error) {
+	d, err := c.dc(dc)
+	if err != nil {
+		return nil, err
+	}
+	wops := make([]changelog.WriteOp, len(ops))
+	for i, op := range ops {
+		wops[i] = op.write()
+	}
+	res, err := d.Store.WriteTxn(context.Background(), wops)
+	if err != nil {
+		return nil, fmt.Errorf("sim: transaction at %s: %w", dc, err)
+	}
+	evs := make([]*event.Event, len(res))
+	for i, r := range res {
+		evs[i] = r.Event
+	}
+	b, err := event.EncodeTxn(nil, evs)
+	if err != nil {
+		return res, fmt.Errorf("sim: encode the transaction of %s: %w", evs[0].Dot, err)
+	}
+	c.send(d, b)
+	return res, nil
 }
 
-func (d Delivery) String() string {
-	ev := d.Event
-	what := ev.Op.String() + " " + ev.Key
-	if ev.Op != event.OpDelete {
-		what += fmt.Sprintf("=%q", ev.Value)
+// send publishes a local write's one outbox entry, encoded as the store
+// encodes it (the random schedules check the outbox holds these bytes),
+// down every link out of d.
+func (c *Cluster) send(d *DC, b []byte) {
+	for _, l := range c.keys {
+		if l.From == d.ID {
+			c.links[l].queue = append(c.links[l].queue, b)
+		}
 	}
-	s := fmt.Sprintf("%s %s %s ctx=%s: %s", d.Link, ev.Dot, what, ev.Context, d.Result.Outcome)
-	if d.Requeued {
-		s += fmt.Sprintf(" (waits for seq %d; requeued)", d.Result.Expected)
+	d.published++
+}
+
+// publishEntries sends d's outbox entries past the last one published down
+// every link out of d, as its publisher does to its stream, and returns
+// them.
+func (c *Cluster) publishEntries(d *DC) ([]changelog.OutboxEntry, error) {
+	es, err := d.Store.ReadOutbox(d.published, math.MaxInt32)
+	if err != nil {
+		return nil, fmt.Errorf("sim: read %s's outbox: %w", d.ID, err)
+	}
+	for _, e := range es {
+		for _, l := range c.keys {
+			if l.From == d.ID {
+				c.links[l].queue = append(c.links[l].queue, e.Data)
+			}
+		}
+		d.published = e.Index
+	}
+	return es, nil
+}
+
+// Delivery is one message applied at the end of a link: one event, or the
+// ops of one transaction.
+type Delivery struct {
+	Link Link
+	// Events are what the message carries, in order.
+	Events []*event.Event
+	// Results holds each event's outcome; nil when the message was
+	// dropped as a loop.
+	Results []changelog.ApplyResult
+	// Loop is set when To is the message's origin or already on its path:
+	// it was neither applied nor forwarded (docs/DESIGN.md, invariant 7).
+	Loop error
+	// Requeued is set when an op met a gap and the message went to the
+	// back of the link's queue.
+	Requeued bool
+	// Fetched is set for a message Fill fetched from its origin's outbox
+	// (Link is then origin->To), not taken from the link.
+	Fetched bool
+	// Refilled is set for a message Fill applied at To earlier: taken from
+	// the link now, every op must be a duplicate.
+	Refilled bool
+}
+
+// Txn reports whether the message is a transaction.
+func (d Delivery) Txn() bool { return len(d.Events) > 0 && d.Events[0].TxnOps > 0 }
+
+// Held reports whether some op met a gap, which holds the whole message.
+func (d Delivery) Held() bool {
+	for _, r := range d.Results {
+		if r.Outcome == changelog.Gap {
+			return true
+		}
+	}
+	return false
+}
+
+// Fresh reports whether some op was taken in sequence (changed or
+// obsolete): the message was applied, not a duplicate.
+func (d Delivery) Fresh() bool {
+	for _, r := range d.Results {
+		if r.Outcome == changelog.Changed || r.Outcome == changelog.Obsolete {
+			return true
+		}
+	}
+	return false
+}
+
+// Forwarded reports whether the store queued the message for forwarding.
+func (d Delivery) Forwarded() bool {
+	for _, r := range d.Results {
+		if r.Forwarded {
+			return true
+		}
+	}
+	return false
+}
+
+// opString renders one event without its outcome.
+func opString(ev *event.Event) string {
+	s := ev.Dot.String() + " " + ev.Op.String() + " " + ev.Key
+	if ev.Op != event.OpDelete {
+		s += fmt.Sprintf("=%q", ev.Value)
+	}
+	s += " ctx=" + ev.Context.String()
+	if len(ev.Path) > 1 {
+		s += " path=(" + strings.Join(ev.Path, ",") + ")"
 	}
 	return s
 }
 
-// Queued returns how many events wait on link l.
+// String renders the delivery as the transcripts show it: one line for an
+// event, and for a transaction a line for the whole followed by one line
+// per op.
+func (d Delivery) String() string {
+	via := d.Link.String()
+	if d.Fetched {
+		via += " (repair)"
+	}
+	if d.Loop != nil {
+		if d.Txn() {
+			return fmt.Sprintf("%s txn of %d ops from %s: dropped, %v", via, len(d.Events), d.Events[0].Origin, d.Loop)
+		}
+		return fmt.Sprintf("%s %s: dropped, %v", via, opString(d.Events[0]), d.Loop)
+	}
+	if !d.Txn() {
+		ev, r := d.Events[0], d.Results[0]
+		s := fmt.Sprintf("%s %s: %s", via, opString(ev), r.Outcome)
+		if r.Forwarded {
+			s += ", forwarded"
+		}
+		if d.Requeued {
+			s += fmt.Sprintf(" (waits for seq %d; requeued)", r.Expected)
+		}
+		return s
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s txn hlc=%d ops=%d: ", via, d.Events[0].HLC, len(d.Events))
+	switch {
+	case d.Held():
+		b.WriteString("held, waits for")
+		for i, r := range d.Results {
+			if ev := d.Events[i]; r.Outcome == changelog.Gap && r.Expected < ev.Seq {
+				fmt.Fprintf(&b, " seq %d in partition %d", r.Expected, ev.Partition)
+			}
+		}
+		if d.Requeued {
+			b.WriteString(" (requeued)")
+		}
+	case !d.Fresh():
+		b.WriteString("duplicate")
+	default:
+		b.WriteString("applied")
+		if d.Forwarded() {
+			b.WriteString(", forwarded")
+		}
+	}
+	for i, ev := range d.Events {
+		r := d.Results[i]
+		what := r.Outcome.String()
+		switch {
+		case r.Outcome == changelog.Gap && r.Expected < ev.Seq:
+			what = fmt.Sprintf("gap (waits for seq %d)", r.Expected)
+		case r.Outcome == changelog.Gap:
+			what = "held"
+		}
+		fmt.Fprintf(&b, "\n  %s: %s", opString(ev), what)
+	}
+	return b.String()
+}
+
+// Queued returns how many messages wait on link l.
 func (c *Cluster) Queued(l Link) int {
 	if q := c.links[l]; q != nil {
 		return len(q.queue)
@@ -318,15 +545,21 @@ func (c *Cluster) Queued(l Link) int {
 	return 0
 }
 
-// Missing returns the dropped events waiting for repair on link l.
+// Missing returns the dropped messages waiting for repair on link l, each
+// by its first op.
 func (c *Cluster) Missing(l Link) []Ref {
-	if q := c.links[l]; q != nil {
-		return slices.Clone(q.missing)
+	q := c.links[l]
+	if q == nil {
+		return nil
 	}
-	return nil
+	out := make([]Ref, len(q.missing))
+	for i, rs := range q.missing {
+		out[i] = rs[0]
+	}
+	return out
 }
 
-// Pending counts the events still to deliver: queued or dropped.
+// Pending counts the messages still to deliver: queued or dropped.
 func (c *Cluster) Pending() int {
 	n := 0
 	for _, q := range c.links {
@@ -335,9 +568,27 @@ func (c *Cluster) Pending() int {
 	return n
 }
 
+// Head decodes up to n messages at the head of link l, without popping
+// them.
+func (c *Cluster) Head(l Link, n int) ([][]*event.Event, error) {
+	q, err := c.link(l)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]*event.Event
+	for _, b := range q.queue[:min(n, len(q.queue))] {
+		evs, err := decode(b)
+		if err != nil {
+			return nil, fmt.Errorf("sim: decode on %s: %w", l, err)
+		}
+		out = append(out, evs)
+	}
+	return out, nil
+}
+
 // Deliver pops the head of link l and applies it at l.To; times > 1 applies
-// the same bytes again (a duplicate delivery). An event that meets a gap is
-// left queued, at the back of the link, and later attempts are skipped.
+// the same bytes again (a duplicate delivery). A message that meets a gap
+// is left queued, at the back of the link, and later attempts are skipped.
 func (c *Cluster) Deliver(l Link, times int) ([]Delivery, error) {
 	q, err := c.link(l)
 	if err != nil {
@@ -351,29 +602,38 @@ func (c *Cluster) Deliver(l Link, times int) ([]Delivery, error) {
 	q.last = b
 	var out []Delivery
 	for i := 0; i < max(times, 1); i++ {
-		d, err := c.apply(l, b)
+		ds, err := c.applyFromLink(l, [][]byte{b})
+		out = append(out, ds...)
 		if err != nil {
 			return out, err
 		}
-		out = append(out, d)
-		if d.Requeued {
+		if ds[0].Requeued {
 			break
 		}
 	}
 	return out, nil
 }
 
-// Peek decodes the event at the head of link l; nil when the link is
-// empty.
-func (c *Cluster) Peek(l Link) (*event.Event, error) {
+// DeliverBatch pops up to n messages off the head of link l and applies
+// them at l.To in one Store.Apply, as one fetch of a pull consumer: a
+// transaction is one message, so a fetch boundary never splits it. The
+// messages that meet a gap go to the back of the link, in order.
+func (c *Cluster) DeliverBatch(l Link, n int) ([]Delivery, error) {
 	q, err := c.link(l)
-	if err != nil || len(q.queue) == 0 {
+	if err != nil {
 		return nil, err
 	}
-	return event.Decode(q.queue[0], event.DefaultLimits())
+	n = min(n, len(q.queue))
+	if n == 0 {
+		return nil, nil
+	}
+	bs := slices.Clone(q.queue[:n])
+	q.queue = q.queue[n:]
+	q.last = bs[n-1]
+	return c.applyFromLink(l, bs)
 }
 
-// Redeliver applies again the last event Deliver popped from link l (a
+// Redeliver applies again the last message Deliver popped from link l (a
 // duplicate delivery); ok is false when nothing was delivered yet. A gap
 // requeues it like any delivery.
 func (c *Cluster) Redeliver(l Link) (d Delivery, ok bool, err error) {
@@ -381,50 +641,184 @@ func (c *Cluster) Redeliver(l Link) (d Delivery, ok bool, err error) {
 	if err != nil || q.last == nil {
 		return Delivery{}, false, err
 	}
-	d, err = c.apply(l, q.last)
-	return d, err == nil, err
+	ds, err := c.applyFromLink(l, [][]byte{q.last})
+	if err != nil {
+		return Delivery{}, false, err
+	}
+	return ds[0], true, nil
 }
 
-// apply decodes b and applies it at l.To. On a gap it checks that the
-// missing event is still on its way, and requeues b at the back.
-func (c *Cluster) apply(l Link, b []byte) (Delivery, error) {
-	ev, err := event.Decode(b, event.DefaultLimits())
+// applyFromLink applies bs, taken off link l, at l.To, checks each gap is
+// explained, and requeues the held messages at the back of the link.
+func (c *Cluster) applyFromLink(l Link, bs [][]byte) ([]Delivery, error) {
+	q, err := c.link(l)
 	if err != nil {
-		return Delivery{}, fmt.Errorf("sim: decode on %s: %w", l, err)
+		return nil, err
 	}
 	to := c.dcs[l.To]
-	to.Clock.Observe(ev.HLC)
-	res, err := to.Store.Apply(context.Background(), []*event.Event{ev}, nil)
+	ds, err := c.apply(l, bs)
 	if err != nil {
-		return Delivery{}, fmt.Errorf("sim: apply %s at %s: %w", ev.Dot, l.To, err)
+		return ds, err
 	}
-	d := Delivery{Link: l, Event: ev, Result: res[0]}
-	if d.Result.Outcome == changelog.Gap {
-		want := Ref{ev.Origin, ev.Partition, d.Result.Expected}
-		if !c.links[l].disturbed {
-			return d, fmt.Errorf("%w: %s at %s waits for %s:%d in partition %d, but %s is a FIFO link that lost nothing",
-				ErrUnexpectedGap, ev.Dot, l.To, want.Origin, want.Seq, want.Partition, l)
+	var after changelog.Applied
+	for i := range ds {
+		d := &ds[i]
+		d.Refilled = d.Loop == nil && c.filled[l.To][refsOf(d.Events)[0]]
+		if d.Held() {
+			q.queue = append(q.queue, bs[i])
+			d.Requeued = true
 		}
-		if !c.onItsWay(l, want) {
-			return d, fmt.Errorf("%w: %s at %s waits for %s:%d in partition %d, which is neither queued nor dropped on %s",
-				ErrUnexpectedGap, ev.Dot, l.To, want.Origin, want.Seq, want.Partition, l)
-		}
-		q := c.links[l]
-		q.queue = append(q.queue, b)
-		d.Requeued = true
 	}
-	return d, nil
+	for _, d := range ds {
+		if d.Held() {
+			if after == nil {
+				after = to.Store.Applied()
+			}
+			if err := c.explainGap(l, d, after); err != nil {
+				return ds, err
+			}
+		}
+	}
+	return ds, nil
+}
+
+// explainGap returns an ErrUnexpectedGap unless every op of d that waits
+// for a gap waits for an event still on its way down link l: dropped,
+// queued, or taken later in the same batch (after, the applied vector
+// once the batch committed, covers it). A gap on a link that lost and
+// reordered nothing is a bug.
+func (c *Cluster) explainGap(l Link, d Delivery, after changelog.Applied) error {
+	q := c.links[l]
+	for i, ev := range d.Events {
+		r := d.Results[i]
+		if r.Outcome != changelog.Gap || r.Expected >= ev.Seq {
+			continue
+		}
+		want := Ref{ev.Origin, ev.Partition, r.Expected}
+		switch {
+		case !q.disturbed:
+			return fmt.Errorf("%w: %s at %s waits for %s, but %s is a FIFO link that lost nothing",
+				ErrUnexpectedGap, ev.Dot, l.To, want, l)
+		case !after.Covers(want.Origin, want.Partition, want.Seq) && !c.onItsWay(l, want):
+			return fmt.Errorf("%w: %s at %s waits for %s, which is neither queued nor dropped on %s",
+				ErrUnexpectedGap, ev.Dot, l.To, want, l)
+		}
+	}
+	return nil
+}
+
+// apply decodes bs and applies them at l.To in one Store.Apply, with the
+// forwarding the DC's plan asks for; a message whose origin is l.To or
+// whose path holds it is dropped as a loop first, as the consumer does.
+// It checks that the DC forwarded exactly the messages it should have,
+// each whole, and sends what it forwarded down its links.
+func (c *Cluster) apply(l Link, bs [][]byte) ([]Delivery, error) {
+	to := c.dcs[l.To]
+	ds := make([]Delivery, len(bs))
+	var evs []*event.Event
+	for i, b := range bs {
+		msg, err := decode(b)
+		if err != nil {
+			return nil, fmt.Errorf("sim: decode on %s: %w", l, err)
+		}
+		ds[i] = Delivery{Link: l, Events: msg}
+		if err := to.Plan.Accept(msg[0].Origin, msg[0].Path); err != nil {
+			ds[i].Loop = err
+			continue
+		}
+		to.Clock.Observe(msg[0].HLC)
+		evs = append(evs, msg...)
+	}
+	if len(evs) == 0 {
+		return ds, nil
+	}
+	var forward func(*event.Event) bool
+	if to.Plan.Forward {
+		forward = func(ev *event.Event) bool { return to.Plan.ShouldForward(ev.Path, ev.Origin) }
+	}
+	res, err := to.Store.Apply(context.Background(), evs, forward)
+	if err != nil {
+		return nil, fmt.Errorf("sim: apply at %s: %w", l.To, err)
+	}
+	if len(res) != len(evs) {
+		return nil, fmt.Errorf("sim: apply at %s: %d results for %d events", l.To, len(res), len(evs))
+	}
+	k := 0
+	for i := range ds {
+		if ds[i].Loop == nil {
+			ds[i].Results = res[k : k+len(ds[i].Events)]
+			k += len(ds[i].Events)
+		}
+	}
+	return ds, c.checkForwards(to, ds)
+}
+
+// checkForwards publishes what d's outbox gained while it applied ds, and
+// checks that it is, in order, each applied message whose plan forwards it,
+// whole, with d appended to its path.
+func (c *Cluster) checkForwards(d *DC, ds []Delivery) error {
+	if !d.Plan.Forward {
+		return nil // Apply had no forward function: it cannot forward
+	}
+	es, err := c.publishEntries(d)
+	if err != nil {
+		return err
+	}
+	var want [][]byte
+	var what []string
+	for _, dl := range ds {
+		if dl.Loop != nil || dl.Held() || !dl.Fresh() || !d.Plan.ShouldForward(dl.Events[0].Path, dl.Events[0].Origin) {
+			continue
+		}
+		fw := make([]*event.Event, len(dl.Events))
+		for i, ev := range dl.Events {
+			cp := *ev
+			cp.Path = append(slices.Clone(ev.Path), d.ID)
+			fw[i] = &cp
+		}
+		var b []byte
+		if dl.Txn() {
+			b, err = event.EncodeTxn(nil, fw)
+		} else {
+			b, err = fw[0].Encode(nil)
+		}
+		if err != nil {
+			return fmt.Errorf("sim: encode the forward of %s: %w", dl.Events[0].Dot, err)
+		}
+		want = append(want, b)
+		what = append(what, fmt.Sprintf("%s (%d ops)", dl.Events[0].Dot, len(dl.Events)))
+	}
+	if len(es) != len(want) {
+		var got []string
+		for _, e := range es {
+			got = append(got, fmt.Sprintf("%s (%d ops)", e.Event.Dot, len(e.Events())))
+		}
+		return fmt.Errorf("%w: %s queued %d forwards %v, want %d %v", ErrBadForward, d.ID, len(es), got, len(want), what)
+	}
+	for i, e := range es {
+		if !bytes.Equal(e.Data, want[i]) {
+			var got []string
+			for _, ev := range e.Events() {
+				got = append(got, fmt.Sprintf("%s %s path=%v", ev.Dot, ev.Key, ev.Path))
+			}
+			return fmt.Errorf("%w: %s forwarded %s as %d ops %v, want the message whole with %s appended to its path",
+				ErrBadForward, d.ID, what[i], len(e.Events()), got, d.ID)
+		}
+	}
+	return nil
 }
 
 // onItsWay reports whether the event want is queued or dropped on link l.
 func (c *Cluster) onItsWay(l Link, want Ref) bool {
 	q := c.links[l]
-	if slices.Contains(q.missing, want) {
-		return true
+	for _, rs := range q.missing {
+		if slices.Contains(rs, want) {
+			return true
+		}
 	}
 	for _, b := range q.queue {
-		ev, err := event.Decode(b, event.DefaultLimits())
-		if err == nil && (Ref{ev.Origin, ev.Partition, ev.Seq}) == want {
+		evs, err := decode(b)
+		if err == nil && slices.Contains(refsOf(evs), want) {
 			return true
 		}
 	}
@@ -432,39 +826,52 @@ func (c *Cluster) onItsWay(l Link, want Ref) bool {
 }
 
 // Drop pops the head of link l and loses it, as NATS may; Repair sends it
-// again from the origin's outbox. ok is false when the link is empty.
-func (c *Cluster) Drop(l Link) (Ref, bool, error) {
+// again from the origin's outbox. It returns the refs of the message's
+// events; ok is false when the link is empty.
+func (c *Cluster) Drop(l Link) ([]Ref, bool, error) {
 	q, err := c.link(l)
 	if err != nil || len(q.queue) == 0 {
-		return Ref{}, false, err
+		return nil, false, err
 	}
-	ev, err := event.Decode(q.queue[0], event.DefaultLimits())
+	evs, err := decode(q.queue[0])
 	if err != nil {
-		return Ref{}, false, fmt.Errorf("sim: decode on %s: %w", l, err)
+		return nil, false, fmt.Errorf("sim: decode on %s: %w", l, err)
 	}
 	q.queue = q.queue[1:]
-	r := Ref{ev.Origin, ev.Partition, ev.Seq}
-	q.missing = append(q.missing, r)
+	rs := refsOf(evs)
 	q.disturbed = true
-	return r, true, nil
+	if c.dcs[l.To].Plan.Accept(evs[0].Origin, evs[0].Path) == nil {
+		// A message l.To would drop as a loop needs no repair.
+		q.missing = append(q.missing, rs)
+	}
+	return rs, true, nil
 }
 
-// Repair re-sends the events dropped on link l, read from the origin's
+// Repair re-sends the messages dropped on link l, read from each origin's
 // outbox with OwnEvents, ahead of everything still queued (which was sent
-// after them). It returns how many it re-sent.
+// after them). A transaction comes back whole, as one message, from any of
+// its sequences. It returns how many it re-sent.
 func (c *Cluster) Repair(l Link) (int, error) {
 	q, err := c.link(l)
 	if err != nil || len(q.missing) == 0 {
 		return 0, err
 	}
 	var resent [][]byte
-	for _, r := range q.missing {
+	for _, rs := range q.missing {
+		r := rs[0]
 		bs, err := c.dcs[r.Origin].Store.OwnEvents(r.Partition, r.Seq, r.Seq, 1)
 		if err != nil {
-			return 0, fmt.Errorf("sim: repair %s:%d on %s: %w", r.Origin, r.Seq, l, err)
+			return 0, fmt.Errorf("sim: repair %s on %s: %w", r, l, err)
 		}
 		if len(bs) != 1 {
-			return 0, fmt.Errorf("sim: repair %s:%d in partition %d on %s: the origin's outbox no longer holds it", r.Origin, r.Seq, r.Partition, l)
+			return 0, fmt.Errorf("sim: repair %s on %s: the origin's outbox no longer holds it", r, l)
+		}
+		evs, err := decode(bs[0])
+		if err != nil {
+			return 0, fmt.Errorf("sim: repair %s on %s: %w", r, l, err)
+		}
+		if got := refsOf(evs); !slices.Equal(got, rs) {
+			return 0, fmt.Errorf("sim: repair %s on %s: the origin's outbox holds %v, but the link dropped %v", r, l, got, rs)
 		}
 		resent = append(resent, bs[0])
 	}
@@ -474,7 +881,138 @@ func (c *Cluster) Repair(l Link) (int, error) {
 	return n, nil
 }
 
-// Swap exchanges the first two events queued on l (a reordering), and
+// Fill takes the head of link l and applies it at l.To as the bridge's
+// consumer does: when an op meets a gap, it asks that op's origin for the
+// events it misses (OwnEvents of the op's partition, from the sequence the
+// DC waits for up to the op's), applies them, and applies the head again.
+// A transaction fetched for partition p that waits for a gap in partition
+// q has q filled first. A message it fetched that is still dropped on a
+// link into l.To leaves that link's dropped list; one still queued arrives
+// later as a duplicate (Delivery.Refilled). It returns every delivery, the
+// fetched ones marked Fetched, in the order applied.
+func (c *Cluster) Fill(l Link) ([]Delivery, error) {
+	q, err := c.link(l)
+	if err != nil || len(q.queue) == 0 {
+		return nil, err
+	}
+	b := q.queue[0]
+	q.queue = q.queue[1:]
+	q.last = b
+	out, err := c.applyFromLink(l, [][]byte{b})
+	if err != nil || !out[0].Requeued {
+		return out, err
+	}
+	// The head waits: take it back from the end of the queue, repair, and
+	// offer it again.
+	q.queue = q.queue[:len(q.queue)-1]
+	to := c.dcs[l.To]
+	head := out[0]
+	for i, ev := range head.Events {
+		r := head.Results[i]
+		if r.Outcome != changelog.Gap || r.Expected >= ev.Seq {
+			continue
+		}
+		ds, err := c.fetch(to, ev.Origin, ev.Partition, r.Expected, ev.Seq-1, 0)
+		out = append(out, ds...)
+		if err != nil {
+			return out, err
+		}
+	}
+	ds, err := c.applyFromLink(l, [][]byte{b})
+	out = append(out, ds...)
+	if err != nil {
+		return out, err
+	}
+	if ds[0].Held() {
+		return out, fmt.Errorf("%w: %s at %s still waits after its gaps were repaired from the origin", ErrUnexpectedGap, ds[0].Events[0].Dot, l.To)
+	}
+	return out, nil
+}
+
+// fetch applies at to origin's own events of partition p from seq from up
+// to upto, read from the origin's outbox a few messages at a time, as the
+// bridge's gap repair does, following a transaction that waits for a gap
+// in another partition into that partition (at most Partitions deep).
+func (c *Cluster) fetch(to *DC, origin string, p uint32, from, upto uint64, depth int) ([]Delivery, error) {
+	var out []Delivery
+	src := c.dcs[origin]
+	for rounds := 0; ; rounds++ {
+		have := to.Store.Applied()[origin]
+		cur := uint64(0)
+		if int(p) < len(have) {
+			cur = have[p]
+		}
+		if cur >= upto {
+			return out, nil
+		}
+		if rounds > 10*int(upto-from+1) {
+			return out, fmt.Errorf("sim: repair of %s's partition %d at %s makes no progress past %d", origin, p, to.ID, cur)
+		}
+		bs, err := src.Store.OwnEvents(p, max(from, cur+1), upto, 4)
+		if err != nil {
+			return out, fmt.Errorf("sim: repair %s's partition %d [%d, %d] at %s: %w", origin, p, max(from, cur+1), upto, to.ID, err)
+		}
+		if len(bs) == 0 {
+			return out, fmt.Errorf("sim: repair %s's partition %d at %s: the origin's outbox no longer holds seq %d", origin, p, to.ID, cur+1)
+		}
+		ds, err := c.apply(Link{origin, to.ID}, bs)
+		for i := range ds {
+			ds[i].Fetched = true
+		}
+		out = append(out, ds...)
+		if err != nil {
+			return out, err
+		}
+		for _, d := range ds {
+			if d.Held() {
+				continue
+			}
+			c.forget(to.ID, refsOf(d.Events))
+		}
+		heldBefore := false // an earlier message of the batch is held
+		for _, d := range ds {
+			for i, ev := range d.Events {
+				r := d.Results[i]
+				if r.Outcome != changelog.Gap || r.Expected >= ev.Seq {
+					continue
+				}
+				if ev.Partition == p {
+					// It follows a transaction held for another partition,
+					// filled below; the next round takes both.
+					if heldBefore {
+						continue
+					}
+					return out, fmt.Errorf("%w: %s's outbox gave %s for partition %d from seq %d, but %s waits for seq %d there",
+						ErrUnexpectedGap, origin, ev.Dot, p, max(from, cur+1), to.ID, r.Expected)
+				}
+				if depth >= c.opts.Partitions {
+					return out, fmt.Errorf("sim: repair at %s follows transactions through more than %d partitions", to.ID, depth)
+				}
+				sub, err := c.fetch(to, origin, ev.Partition, r.Expected, ev.Seq-1, depth+1)
+				out = append(out, sub...)
+				if err != nil {
+					return out, err
+				}
+			}
+			heldBefore = heldBefore || d.Held()
+		}
+	}
+}
+
+// forget records that the message with refs rs was applied at dc by a
+// repair, and takes it off the dropped lists of the links into dc.
+func (c *Cluster) forget(dc string, rs []Ref) {
+	c.filled[dc][rs[0]] = true
+	for _, l := range c.keys {
+		if l.To != dc {
+			continue
+		}
+		q := c.links[l]
+		q.missing = slices.DeleteFunc(q.missing, func(m []Ref) bool { return m[0] == rs[0] })
+	}
+}
+
+// Swap exchanges the first two messages queued on l (a reordering), and
 // reports whether there were two to swap.
 func (c *Cluster) Swap(l Link) (bool, error) {
 	q, err := c.link(l)
@@ -486,39 +1024,52 @@ func (c *Cluster) Swap(l Link) (bool, error) {
 	return true, nil
 }
 
-// Resend queues again, at the back of link l, the origin's own event seq of
-// partition p, read from its outbox: a redelivery long after the fact.
-func (c *Cluster) Resend(l Link, p uint32, seq uint64) error {
+// Resend queues again, at the back of link l, the message of l.From's own
+// event seq of partition p, read from its outbox: a redelivery long after
+// the fact. It returns the refs of the message's events (a transaction's
+// every op).
+func (c *Cluster) Resend(l Link, p uint32, seq uint64) ([]Ref, error) {
 	q, err := c.link(l)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	bs, err := c.dcs[l.From].Store.OwnEvents(p, seq, seq, 1)
 	if err != nil {
-		return fmt.Errorf("sim: resend %s:%d on %s: %w", l.From, seq, l, err)
+		return nil, fmt.Errorf("sim: resend %s:%d on %s: %w", l.From, seq, l, err)
 	}
 	if len(bs) != 1 {
-		return fmt.Errorf("sim: resend %s:%d in partition %d on %s: the outbox no longer holds it", l.From, seq, p, l)
+		return nil, fmt.Errorf("sim: resend %s:%d in partition %d on %s: the outbox no longer holds it", l.From, seq, p, l)
+	}
+	evs, err := decode(bs[0])
+	if err != nil {
+		return nil, fmt.Errorf("sim: resend %s:%d on %s: %w", l.From, seq, l, err)
 	}
 	q.queue = append(q.queue, bs[0])
 	q.disturbed = true
-	return nil
+	return refsOf(evs), nil
 }
 
 // DeliverAll delivers everything, a round at a time over the links in a
-// stable order, repairing dropped events when nothing else moves. fn, if
+// stable order, repairing dropped messages when nothing else moves. fn, if
 // not nil, sees every delivery.
 func (c *Cluster) DeliverAll(fn func(Delivery)) error {
+	// Forwarding multiplies messages by at most the DC count; far more
+	// deliveries than that means a store that keeps forwarding.
+	limit, n := 10000+100*c.Pending()*len(c.opts.DCs), 0
 	for c.Pending() > 0 {
+		if n > limit {
+			return fmt.Errorf("sim: %d deliveries and %d messages still pending: the DCs keep sending each other messages", n, c.Pending())
+		}
 		progress := false
 		for _, l := range c.keys {
-			// Deliver one event of the link; events that meet a gap go to
-			// the back, so try each queued event at most once.
+			// Deliver one message of the link; messages that meet a gap go
+			// to the back, so try each queued message at most once.
 			for tries := c.Queued(l); tries > 0; tries-- {
 				ds, err := c.Deliver(l, 1)
 				if err != nil {
 					return err
 				}
+				n++
 				d := ds[0]
 				if fn != nil {
 					fn(d)
@@ -541,7 +1092,7 @@ func (c *Cluster) DeliverAll(fn func(Delivery)) error {
 			repaired += n
 		}
 		if repaired == 0 {
-			return fmt.Errorf("sim: %d events pending and none can be delivered", c.Pending())
+			return fmt.Errorf("sim: %d messages pending and none can be delivered", c.Pending())
 		}
 	}
 	return nil
@@ -563,9 +1114,14 @@ func (c *Cluster) Report(from, to string) error {
 
 // ReportAll has every DC report its applied vector to every other.
 func (c *Cluster) ReportAll() error {
-	for _, l := range c.keys {
-		if err := c.Report(l.From, l.To); err != nil {
-			return err
+	for _, a := range c.opts.DCs {
+		for _, b := range c.opts.DCs {
+			if a == b {
+				continue
+			}
+			if err := c.Report(a, b); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -598,7 +1154,8 @@ func (c *Cluster) Trim(dc string) (int, error) {
 	return d.Store.TrimOutbox(ctx)
 }
 
-// Snapshot returns every key's state at dc.
+// Snapshot returns every key's state at dc, from one consistent snapshot
+// (Store.Scan), as a prefix listing reads it.
 func (c *Cluster) Snapshot(dc string) (map[string]dvv.State, error) {
 	d, err := c.dc(dc)
 	if err != nil {

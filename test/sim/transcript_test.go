@@ -22,17 +22,23 @@ import (
 // Commands (DCs and links are bare words; values are key=value):
 //
 //	setup dcs=(dc1,dc2) [partitions=1] [resolver=siblings] [rules=(lww:t/,concat:c/)] [order=(dc2,dc1)] [sep=/]
+//	      [topology=mesh|ring|star] [hub=dc1]
 //	write dc1 k=title v=B [ctx=none|read|read@dc2|{dc1:1}]   default ctx=none
 //	delete dc1 k=title [ctx=...]
+//	txn dc1 a=1 b=2 del:c [ctx=...]     one transaction: put a and b, delete c; ctx for every op
 //	tick dc1 [n=1]                      advance dc1's HLC
-//	deliver dc1->dc2 [n=1|all]          pop the link's head and apply it
+//	deliver dc1->dc2 [n=1|all]          pop the link's head and apply it (one message: an event or a transaction)
+//	deliver dc1->dc2 batch=3            pop three messages and apply them in one Store.Apply (one fetch)
 //	deliver all                         deliver every link until nothing is pending
 //	dup dc1->dc2                        apply the head twice
 //	drop dc1->dc2                       lose the head; repair re-sends it
-//	repair dc1->dc2                     re-send dropped events from the origin's outbox
-//	reorder dc1->dc2                    swap the first two queued events
-//	resend dc1->dc2 k=title seq=1       queue dc1's own event again (from its outbox)
+//	repair dc1->dc2                     re-send dropped messages from the origin's outbox
+//	fill dc1->dc2                       deliver the head; on a gap, fetch what it waits for from the origin (as the bridge does)
+//	reorder dc1->dc2                    swap the first two queued messages
+//	resend dc1->dc2 k=title seq=1       queue dc1's own event (or its transaction) again, from its outbox
 //	show dc1 [k=title]                  clock, siblings and what the resolver shows
+//	scan dc1 [k=(a,b)] [prefix=p]       what a reader sees in one consistent snapshot (Store.Scan)
+//	applied dc1                         dc1's applied vector, per origin and partition
 //	conflicts dc1                       the DC's conflict log
 //	digest                              are the DCs' digests equal, and each
 //	report all | report dc1->dc2        send applied vectors (SetPeerApplied)
@@ -137,7 +143,7 @@ func setupCluster(td *datadriven.TestData) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	return New(Options{DCs: dcs, Partitions: parts, Resolvers: rs})
+	return New(Options{DCs: dcs, Partitions: parts, Resolvers: rs, Topology: val(td, "topology", ""), Hub: val(td, "hub", "")})
 }
 
 // positional returns the first argument without a value (a DC or a link).
@@ -208,6 +214,67 @@ func runCommand(c *Cluster, td *datadriven.TestData) (string, error) {
 		}
 		b.WriteString("\n")
 
+	case "txn":
+		dc := positional(td)
+		var ops []Op
+		for _, a := range td.CmdArgs {
+			switch {
+			case a.Key == dc && len(a.Vals) == 0, a.Key == "ctx":
+				continue
+			case len(a.Vals) == 0 && strings.HasPrefix(a.Key, "del:"):
+				ops = append(ops, Op{Key: strings.TrimPrefix(a.Key, "del:"), Delete: true})
+			case len(a.Vals) > 0:
+				ops = append(ops, Op{Key: a.Key, Value: []byte(strings.Join(a.Vals, ","))})
+			default:
+				return "", fmt.Errorf("txn op %q: want key=value or del:key", a.Key)
+			}
+		}
+		befores := make([]dvv.State, len(ops))
+		for i := range ops {
+			ctx, err := parseContext(c, dc, ops[i].Key, val(td, "ctx", "none"))
+			if err != nil {
+				return "", err
+			}
+			ops[i].Context = ctx
+			if befores[i], _, err = c.Read(dc, ops[i].Key); err != nil {
+				return "", err
+			}
+		}
+		res, err := c.WriteTxn(dc, ops)
+		if err != nil {
+			return "", err
+		}
+		// The ops share one HLC and one outbox entry: every op's sequence
+		// leads to the same message.
+		entries := map[string]bool{}
+		for _, r := range res {
+			bs, err := c.DC(dc).Store.OwnEvents(r.Event.Partition, r.Event.Seq, r.Event.Seq, 1)
+			if err != nil {
+				return "", err
+			}
+			for _, b := range bs {
+				entries[string(b)] = true
+			}
+		}
+		fmt.Fprintf(&b, "%s txn hlc=%d ops=%d in %d outbox entry\n", dc, res[0].Event.HLC, len(res), len(entries))
+		for i, r := range res {
+			ev := r.Event
+			if ev.HLC != res[0].Event.HLC {
+				fmt.Fprintf(&b, "  (op %d has hlc=%d)\n", i, ev.HLC)
+			}
+			fmt.Fprintf(&b, "  %s", opString(ev))
+			if c.Partitions() > 1 {
+				fmt.Fprintf(&b, " (partition %d)", ev.Partition)
+			}
+			if sup := befores[i].Superseded(ev.Context); len(sup) > 0 {
+				b.WriteString(" supersedes")
+				for _, sb := range sup {
+					b.WriteString(" " + sb.Dot.String())
+				}
+			}
+			b.WriteString("\n")
+		}
+
 	case "tick":
 		d := c.DC(positional(td))
 		if d == nil {
@@ -232,6 +299,21 @@ func runCommand(c *Cluster, td *datadriven.TestData) (string, error) {
 		l, err := parseLink(which)
 		if err != nil {
 			return "", err
+		}
+		if bs := val(td, "batch", ""); bs != "" {
+			n, err := strconv.Atoi(bs)
+			if err != nil {
+				return "", err
+			}
+			ds, err := c.DeliverBatch(l, n)
+			fmt.Fprintf(&b, "one Store.Apply of %d message(s):\n", len(ds))
+			for _, d := range ds {
+				print(d)
+			}
+			if err != nil {
+				return b.String(), err
+			}
+			break
 		}
 		times := 1
 		if td.Cmd == "dup" {
@@ -272,14 +354,38 @@ func runCommand(c *Cluster, td *datadriven.TestData) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		r, ok, err := c.Drop(l)
+		rs, ok, err := c.Drop(l)
 		if err != nil {
 			return "", err
 		}
 		if !ok {
 			return l.String() + ": nothing queued\n", nil
 		}
-		fmt.Fprintf(&b, "%s: dropped %s:%d (partition %d)\n", l, r.Origin, r.Seq, r.Partition)
+		if len(rs) == 1 {
+			fmt.Fprintf(&b, "%s: dropped %s\n", l, rs[0])
+			break
+		}
+		parts := make([]string, len(rs))
+		for i, r := range rs {
+			parts[i] = r.String()
+		}
+		fmt.Fprintf(&b, "%s: dropped a transaction: %s\n", l, strings.Join(parts, ", "))
+
+	case "fill":
+		l, err := parseLink(positional(td))
+		if err != nil {
+			return "", err
+		}
+		ds, err := c.Fill(l)
+		for _, d := range ds {
+			b.WriteString(d.String() + "\n")
+		}
+		if err != nil {
+			return b.String(), err
+		}
+		if len(ds) == 0 {
+			b.WriteString(l.String() + ": nothing queued\n")
+		}
 
 	case "repair":
 		l, err := parseLink(positional(td))
@@ -316,10 +422,19 @@ func runCommand(c *Cluster, td *datadriven.TestData) (string, error) {
 			return "", err
 		}
 		p := event.PartitionOf(val(td, "k", ""), c.Partitions())
-		if err := c.Resend(l, p, seq); err != nil {
+		rs, err := c.Resend(l, p, seq)
+		if err != nil {
 			return "", err
 		}
-		fmt.Fprintf(&b, "%s: queued %s:%d again\n", l, l.From, seq)
+		if len(rs) == 1 {
+			fmt.Fprintf(&b, "%s: queued %s:%d again\n", l, l.From, seq)
+			break
+		}
+		parts := make([]string, len(rs))
+		for i, r := range rs {
+			parts[i] = r.String()
+		}
+		fmt.Fprintf(&b, "%s: queued %s:%d again, in its transaction: %s\n", l, l.From, seq, strings.Join(parts, ", "))
 
 	case "show":
 		dc := positional(td)
@@ -343,6 +458,72 @@ func runCommand(c *Cluster, td *datadriven.TestData) (string, error) {
 				return "", err
 			}
 			b.WriteString(showState(c.Resolver(k), k, st, ok))
+		}
+
+	case "scan":
+		dc := positional(td)
+		d := c.DC(dc)
+		if d == nil {
+			return "", fmt.Errorf("no dc %q", dc)
+		}
+		// One Store.Scan: one consistent snapshot, as GET /v1/kv?prefix=.
+		snap := map[string]dvv.State{}
+		err := d.Store.Scan(val(td, "prefix", ""), func(key string, st dvv.State) error {
+			snap[key] = st.Clone()
+			return nil
+		})
+		if err != nil {
+			return "", err
+		}
+		keys := vals(td, "k")
+		if len(keys) == 0 {
+			keys = sortedKeys(snap)
+		}
+		if len(keys) == 0 {
+			return "no keys\n", nil
+		}
+		for _, k := range keys {
+			st, ok := snap[k]
+			if !ok {
+				fmt.Fprintf(&b, "%s = absent\n", k)
+				continue
+			}
+			res := c.Resolver(k).Resolve(k, st.Siblings)
+			shown := "deleted"
+			if !res.Deleted {
+				vs := make([]string, len(res.Values))
+				for i, v := range res.Values {
+					vs[i] = fmt.Sprintf("%q", v)
+				}
+				shown = strings.Join(vs, ", ")
+			}
+			if res.Conflict {
+				shown += " [conflict]"
+			}
+			dots := make([]string, len(res.Kept))
+			for i, sb := range res.Kept {
+				dots[i] = sb.Dot.String()
+			}
+			fmt.Fprintf(&b, "%s = %s  (%s)\n", k, shown, strings.Join(dots, " "))
+		}
+
+	case "applied":
+		dc := positional(td)
+		d := c.DC(dc)
+		if d == nil {
+			return "", fmt.Errorf("no dc %q", dc)
+		}
+		a := d.Store.Applied()
+		for _, o := range c.DCs() {
+			what := "applied"
+			if o == dc {
+				what = "issued"
+			}
+			fmt.Fprintf(&b, "%s %s:", o, what)
+			for p := range c.Partitions() {
+				fmt.Fprintf(&b, " p%d=%d", p, a.Vector(uint32(p))[o])
+			}
+			b.WriteString("\n")
 		}
 
 	case "conflicts":
