@@ -760,9 +760,12 @@ func (c *Cluster) checkForwards(d *DC, ds []Delivery) error {
 	if !d.Plan.Forward {
 		return nil // Apply had no forward function: it cannot forward
 	}
-	es, err := c.publishEntries(d)
-	if err != nil {
-		return err
+	var es []changelog.OutboxEntry
+	if last := d.Store.Checkpoint() + d.Store.OutboxDepth(); last > d.published {
+		var err error
+		if es, err = c.publishEntries(d); err != nil {
+			return err
+		}
 	}
 	var want [][]byte
 	var what []string
@@ -777,6 +780,7 @@ func (c *Cluster) checkForwards(d *DC, ds []Delivery) error {
 			fw[i] = &cp
 		}
 		var b []byte
+		var err error
 		if dl.Txn() {
 			b, err = event.EncodeTxn(nil, fw)
 		} else {
