@@ -209,11 +209,24 @@ func (r *Replicator) runPublisher(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-r.drain:
+			// A notification may be ready too, and select picks either:
+			// leave only once nothing durable is left to publish (Close
+			// bounds the flush with FlushTimeout).
+			if r.unpublished() {
+				continue
+			}
 			return
 		case <-r.store.Notify():
 		case <-poll.C:
 		}
 	}
+}
+
+// unpublished reports whether the outbox holds a durable entry past the
+// publisher's cursor.
+func (r *Replicator) unpublished() bool {
+	e, err := r.store.ReadOutbox(max(r.cursor, r.store.Checkpoint()), 1)
+	return err == nil && len(e) > 0
 }
 
 // publishWindow publishes up to PublishWindow outbox entries after the
