@@ -37,6 +37,7 @@ type txn struct {
 	pending bool   // applied, WAL sync not yet waited for
 	trimTo  uint64 // outbox entries below this index were deleted
 	changes []Change
+	feed    feedTxn // what the batch does to the change feed (feed.go)
 	after   []func()
 	changed int // changes made so far, to the batch or the overlay
 }
@@ -289,6 +290,10 @@ func (t *txn) commit() error {
 			return err
 		}
 	}
+	// Each change's feed entry goes into the same batch (invariant 15).
+	if err := t.writeFeed(); err != nil {
+		return err
+	}
 	var err error
 	if s.wo.Sync {
 		err = s.db.ApplyNoSyncWait(t.b, s.wo)
@@ -325,6 +330,7 @@ func (t *txn) commit() error {
 		s.mu.progress = make(chan struct{})
 	}
 	s.mu.Unlock()
+	t.foldFeed()
 	return nil
 }
 
@@ -348,6 +354,7 @@ func (t *txn) wait() error {
 	}
 	t.foldDurable()
 	s.mu.Unlock()
+	t.feedSynced()
 	if t.outbox {
 		select {
 		case s.notify <- struct{}{}:
