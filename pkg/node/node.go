@@ -153,6 +153,9 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		TxnMaxBytes:        cfg.Limits.MaxTxnBytes,
 		ConflictRetention:  time.Duration(cfg.ConflictLog.Retention),
 		ConflictMaxEntries: cfg.ConflictLog.MaxEntries,
+		FeedRetention:      time.Duration(cfg.Changes.Retention),
+		FeedMaxBytes:       cfg.Changes.MaxBytes,
+		Now:                opts.Now,
 	})
 	if err != nil {
 		return nil, err
