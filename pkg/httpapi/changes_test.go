@@ -286,59 +286,66 @@ func TestChangesGone(t *testing.T) {
 }
 
 // TestChangesSnapshot: snapshot=true sends the live keys under the prefix
-// from one view, then its cursor, then the changes after it; a mirror
-// built from that, with writes going on all along, equals the listing.
+// from one view, then its cursor, then the changes after it. Writes made
+// while the snapshot is being sent (the server is held up by a client
+// that reads slowly) are not in it, and come after its cursor: a mirror
+// built from the stream equals the listing.
 func TestChangesSnapshot(t *testing.T) {
 	f := newFixture(t, Options{})
 	srv := httptest.NewServer(f.h)
 	defer srv.Close()
-	for i := range 20 {
-		f.put(t, fmt.Sprint("m/", i), fmt.Sprint(i), "")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Enough data that the server blocks on the connection mid-snapshot.
+	big := strings.Repeat("v", 2<<10)
+	for i := 0; i < 3000; i += 100 {
+		ops := make([]changelog.WriteOp, 100)
+		for j := range ops {
+			ops[j] = changelog.WriteOp{Key: fmt.Sprintf("m/%04d", i+j), Value: []byte(big)}
+		}
+		if _, err := f.store.WriteTxn(ctx, ops); err != nil {
+			t.Fatal(err)
+		}
 	}
-	f.do(t, req{method: "DELETE", target: "/v1/kv/m/3"})
+	f.do(t, req{method: "DELETE", target: "/v1/kv/m/0003"})
 	f.put(t, "other", "x", "")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	hr, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/v1/changes?snapshot=true&prefix=m/&feed=continuous&heartbeat=1s", nil)
 	resp, err := srv.Client().Do(hr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	writes := make(chan error, 1)
-	go func() {
-		for i := range 60 {
-			k := fmt.Sprint("m/", i%25)
-			if i%7 == 0 {
-				if _, err := f.store.Write(ctx, changelog.WriteOp{Key: k, Delete: true}); err != nil {
-					writes <- err
-					return
-				}
-				continue
-			}
-			if _, err := f.store.Write(ctx, changelog.WriteOp{Key: k, Value: []byte(fmt.Sprint("w", i))}); err != nil {
-				writes <- err
-				return
-			}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	if !sc.Scan() {
+		t.Fatal(sc.Err())
+	}
+	first := sc.Bytes()
+	// The server is now part way through the snapshot: write meanwhile.
+	for i := range 60 {
+		k := fmt.Sprintf("m/%04d", (i*53)%3100)
+		var err error
+		if i%7 == 0 {
+			_, err = f.store.Write(ctx, changelog.WriteOp{Key: k, Delete: true})
+		} else {
+			_, err = f.store.Write(ctx, changelog.WriteOp{Key: k, Value: []byte(fmt.Sprint("w", i))})
 		}
-		writes <- f.store.WaitFeed(ctx, 0)
-	}()
-	if err := <-writes; err != nil {
-		t.Fatal(err)
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	_, last, _ := f.store.FeedBounds()
 	mirror := map[string]string{}
-	sc := bufio.NewScanner(resp.Body)
 	snapshotDone, pos := false, uint64(0)
-	for pos < last && sc.Scan() {
+	apply := func(b []byte) {
 		var l feedLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+		if err := json.Unmarshal(b, &l); err != nil {
 			t.Fatal(err)
 		}
 		switch l.Type {
 		case LineSnapshot:
-			if snapshotDone || !strings.HasPrefix(l.Key, "m/") || l.Deleted || l.Key == "m/3" && l.cursor() == 0 && len(l.Values) == 0 {
+			if snapshotDone || !strings.HasPrefix(l.Key, "m/") || l.Deleted || l.Cursor != nil || len(l.Values) == 0 {
 				t.Fatalf("snapshot line %+v", l)
 			}
 			mirror[l.Key] = fmt.Sprint(l.Values)
@@ -360,13 +367,22 @@ func TestChangesSnapshot(t *testing.T) {
 			t.Fatalf("line %+v", l)
 		}
 	}
+	apply(first)
+	for pos < last && sc.Scan() {
+		apply(sc.Bytes())
+	}
 	want := map[string]string{}
 	w := f.do(t, req{method: "GET", target: "/v1/kv?prefix=m/"})
 	for _, l := range lines(t, w.Body.String()) {
 		want[l.Key] = fmt.Sprint(l.Values)
 	}
-	if fmt.Sprint(mirror) != fmt.Sprint(want) {
-		t.Fatalf("the mirror built from the snapshot and the feed:\n %v\nthe listing:\n %v", mirror, want)
+	if len(mirror) != len(want) {
+		t.Fatalf("the mirror built from the snapshot and the feed holds %d keys, the listing %d", len(mirror), len(want))
+	}
+	for k, v := range want {
+		if mirror[k] != v {
+			t.Fatalf("key %s: the mirror has %.40s, the listing %.40s", k, mirror[k], v)
+		}
 	}
 }
 
