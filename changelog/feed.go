@@ -120,6 +120,28 @@ type feedTxn struct {
 	low     uint64 // the lowest cursor retained after the batch
 	delta   int64  // bytes the batch's deletions free
 	bytes   int64  // bytes held after the batch
+	// enc holds, per key, the encoding of the state putState last
+	// stored and the index in txn.changes the change that made it takes,
+	// so writeFeed need not encode the state again.
+	enc map[string]encodedState
+}
+
+type encodedState struct {
+	b   []byte
+	idx int
+}
+
+// encoded records that the key's state encodes to b, the state of the
+// change at index idx of txn.changes; a nil b forgets the key.
+func (f *feedTxn) encoded(key string, b []byte, idx int) {
+	if b == nil {
+		delete(f.enc, key)
+		return
+	}
+	if f.enc == nil {
+		f.enc = make(map[string]encodedState)
+	}
+	f.enc[key] = encodedState{b, idx}
 }
 
 func feedKey(c uint64) []byte { return binary.BigEndian.AppendUint64([]byte{pfxFeed}, c) }
@@ -162,10 +184,14 @@ func (t *txn) writeFeed() error {
 		c := &t.changes[i]
 		c.Cursor = next
 		k := feedKey(next)
-		var err error
-		if buf, err = appendFeedEntry(buf[:0], now, c); err != nil {
-			return fmt.Errorf("feed entry of %q: %w", c.Key, err)
+		st := t.feed.enc[c.Key]
+		if st.idx != i || st.b == nil {
+			var err error
+			if st.b, err = encodeState(c.State); err != nil {
+				return fmt.Errorf("feed entry of %q: %w", c.Key, err)
+			}
 		}
+		buf = appendFeedEntry(buf[:0], now, c, st.b)
 		if err := t.set(k, buf); err != nil {
 			return err
 		}
@@ -242,16 +268,12 @@ func (s *Store) wakeFeed() {
 }
 
 // appendFeedEntry appends the encoding of change c committed at ms (Unix
-// milliseconds) to dst:
+// milliseconds) to dst, with state, c.State encoded (EncodeState):
 //
 //	version byte (1) | uvarint ms | op byte | uvarint len, origin |
 //	uvarint dot counter (0: no dot) [| uvarint len, dot DC (0: the origin)] |
 //	uvarint hlc | uvarint len, key | the key's state (EncodeState)
-func appendFeedEntry(dst []byte, ms int64, c *Change) ([]byte, error) {
-	st, err := encodeState(c.State)
-	if err != nil {
-		return nil, err
-	}
+func appendFeedEntry(dst []byte, ms int64, c *Change, state []byte) []byte {
 	dst = append(dst, feedEntryVersion)
 	dst = binary.AppendUvarint(dst, uint64(max(ms, 0)))
 	dst = append(dst, byte(c.Op))
@@ -266,7 +288,7 @@ func appendFeedEntry(dst []byte, ms int64, c *Change) ([]byte, error) {
 	}
 	dst = binary.AppendUvarint(dst, c.HLC)
 	dst = appendFeedString(dst, c.Key)
-	return append(dst, st...), nil
+	return append(dst, state...)
 }
 
 func appendFeedString(dst []byte, s string) []byte {

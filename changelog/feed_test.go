@@ -586,10 +586,7 @@ func TestFeedQuery(t *testing.T) {
 func TestFeedEntryDecode(t *testing.T) {
 	c := Change{Key: "k/é", Op: event.OpResolve, Origin: "dc2", Dot: vclock.Dot{DC: "dc2", N: 300}, HLC: 1 << 40,
 		State: dvv.State{Clock: vclock.VV{"dc2": 300}, Siblings: []dvv.Sibling{{Dot: vclock.Dot{DC: "dc2", N: 300}, Version: dvv.Version{Value: []byte("v"), HLC: 1 << 40}}}}}
-	b, err := appendFeedEntry(nil, 12345, &c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := appendFeedEntry(nil, 12345, &c, []byte(encoded(t, c.State)))
 	e, err := decodeFeedEntry(9, b)
 	if err != nil {
 		t.Fatal(err)

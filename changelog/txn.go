@@ -159,6 +159,7 @@ func (t *txn) putState(key string, prev, st dvv.State) error {
 		}
 	}
 	t.states[key] = &st
+	t.feed.encoded(key, b, len(t.changes))
 	return nil
 }
 
@@ -170,6 +171,7 @@ func (t *txn) deleteState(key string) error {
 		return err
 	}
 	t.states[key] = nil
+	t.feed.encoded(key, nil, -1)
 	return nil
 }
 
