@@ -150,6 +150,7 @@ func (b StoreBackend) WaitRead(ctx context.Context, key string, client vclock.VV
 func (b StoreBackend) WaitReplicated(ctx context.Context, tok session.Token, n int) (int, error) {
 	return b.Store.WaitReplicated(ctx, tok, n)
 }
+
 // Feed implements Backend.
 func (b StoreBackend) Feed() Feed { return b.Store }
 
