@@ -33,6 +33,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -709,24 +710,7 @@ func (t *txn) dropFeed() error {
 // feedPruneLoop prunes the feed every Options.FeedPruneEvery, and as soon
 // as a commit takes it over its size bound.
 func (s *Store) feedPruneLoop() {
-	defer s.wg.Done()
-	tick := time.NewTicker(s.opts.FeedPruneEvery)
-	defer tick.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-tick.C:
-		case <-s.feed.prune:
-		}
-		n, err := s.PruneFeed(context.Background(), s.opts.Now())
-		switch {
-		case errors.Is(err, ErrClosed):
-			return
-		case err != nil:
-			s.log.Warn("pruning the change feed failed; retried at the next interval", "err", err)
-		case n > 0:
-			s.log.Debug("pruned the change feed", "entries", n)
-		}
-	}
+	s.pruneEvery(s.opts.FeedPruneEvery, s.feed.prune, "the change feed", slog.LevelDebug, func() (int, error) {
+		return s.PruneFeed(context.Background(), s.opts.Now())
+	})
 }
