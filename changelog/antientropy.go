@@ -636,7 +636,7 @@ func (t *txn) merge(key string, remote dvv.State, peer string, localKnows, remot
 	if next.LiveCount() == 0 {
 		op = event.OpDelete
 	}
-	t.changes = append(t.changes, Change{Key: key, State: next, Origin: peer, Op: op})
+	t.changes = append(t.changes, Change{Key: key, State: next, Origin: peer, Op: op, HLC: c.hlc})
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -178,23 +179,33 @@ func (s *Store) pruneOnce(ctx context.Context, cutoff uint64) (int, error) {
 
 // pruneLoop prunes the conflict log every ConflictPruneEvery.
 func (s *Store) pruneLoop() {
+	s.pruneEvery(s.opts.ConflictPruneEvery, nil, "the conflict log", slog.LevelInfo, func() (int, error) {
+		return s.PruneConflicts(context.Background(), time.Now())
+	})
+}
+
+// pruneEvery runs prune every interval, and whenever wake receives, until
+// the store closes; it logs what prune deleted at level, and its errors.
+// The caller has added the goroutine to s.wg.
+func (s *Store) pruneEvery(every time.Duration, wake <-chan struct{}, what string, level slog.Level, prune func() (int, error)) {
 	defer s.wg.Done()
-	tick := time.NewTicker(s.opts.ConflictPruneEvery)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-tick.C:
+		case <-wake:
 		}
-		n, err := s.PruneConflicts(context.Background(), time.Now())
+		n, err := prune()
 		switch {
 		case errors.Is(err, ErrClosed):
 			return
 		case err != nil:
-			s.log.Warn("pruning the conflict log failed; retried at the next interval", "err", err)
+			s.log.Warn("pruning "+what+" failed; retried at the next interval", "err", err)
 		case n > 0:
-			s.log.Info("pruned the conflict log", "entries", n)
+			s.log.Log(context.Background(), level, "pruned "+what, "entries", n)
 		}
 	}
 }

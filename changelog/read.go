@@ -35,7 +35,12 @@ func (s *Store) Scan(prefix string, fn func(key string, st dvv.State) error) err
 		return err
 	}
 	lo := keyKey(prefix)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(lo)})
+	return scanStates(s.db, lo, prefixEnd(lo), fn)
+}
+
+// scanStates calls fn for every key state of r in [lo, hi), in key order.
+func scanStates(r pebble.Reader, lo, hi []byte, fn func(key string, st dvv.State) error) error {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return err
 	}

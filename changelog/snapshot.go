@@ -541,6 +541,11 @@ func (im *importer) finish(ctx context.Context) error {
 			}
 		}
 		t.observeHLC(im.hlc)
+		// The imported states follow from no change of this DC's feed:
+		// a reader holding a cursor of it must start from a snapshot.
+		if err := t.dropFeed(); err != nil {
+			return err
+		}
 		return t.del(metaKey(metaJoin))
 	})
 }

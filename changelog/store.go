@@ -106,19 +106,37 @@ type Options struct {
 	ConflictRetention  time.Duration
 	ConflictMaxEntries int
 	ConflictPruneEvery time.Duration
+	// FeedRetention and FeedMaxBytes bound the change feed (feed.go):
+	// entries committed longer ago than the retention, and the oldest
+	// while the feed holds more bytes than the bound, are pruned every
+	// FeedPruneEvery (default DefaultFeedPruneEvery). Zero disables each
+	// bound.
+	FeedRetention  time.Duration
+	FeedMaxBytes   int64
+	FeedPruneEvery time.Duration
+	// Now is the physical clock the change feed stamps entries with and
+	// prunes by; default time.Now.
+	Now func() time.Time
 
 	// serial makes each group wait for its own sync before the next group
 	// starts: the one-fsync-per-write baseline of the benchmarks.
 	serial bool
 }
 
-// Change describes one key change, for watchers.
+// Change describes one key change, for watchers and the change feed.
 type Change struct {
 	Key   string
 	State dvv.State
 	// Origin is the DC whose event caused the change.
 	Origin string
 	Op     event.Op
+	// Dot and HLC are those of the version that made the change; the Dot
+	// is zero for an anti-entropy merge (Origin is then the peer).
+	Dot vclock.Dot
+	HLC uint64
+	// Cursor is the change's position in the change feed, set when its
+	// batch commits.
+	Cursor uint64
 }
 
 // Store is one DC's change log. Its methods are safe for concurrent use.
@@ -149,6 +167,9 @@ type Store struct {
 	conflictsPruned  atomic.Uint64
 	conflictsMu      sync.Mutex
 	conflicts        map[string]uint64 // entries logged or opened, by resolver
+	// feed is the change feed's bookkeeping (feed.go).
+	feed        feedState
+	feedPruneMu sync.Mutex
 
 	// mu guards the in-memory copies of persisted bookkeeping. The
 	// committer changes them only after a batch commits.
@@ -194,6 +215,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	def := event.DefaultLimits()
 	if opts.Limits.MaxKeyBytes <= 0 {
 		opts.Limits.MaxKeyBytes = def.MaxKeyBytes
@@ -237,6 +261,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := s.loadFeed(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("changelog: open %s: the change feed: %w", dir, err)
+	}
 	if err := s.indexConflicts(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("changelog: open %s: index the conflict log: %w", dir, err)
@@ -250,6 +278,13 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		s.wg.Add(1)
 		go s.pruneLoop()
+	}
+	if s.opts.FeedRetention > 0 || s.opts.FeedMaxBytes > 0 {
+		if s.opts.FeedPruneEvery <= 0 {
+			s.opts.FeedPruneEvery = DefaultFeedPruneEvery
+		}
+		s.wg.Add(1)
+		go s.feedPruneLoop()
 	}
 	return s, nil
 }
@@ -345,6 +380,7 @@ func (s *Store) Close() error {
 		s.mu.Lock()
 		s.mu.closed = true
 		s.mu.Unlock()
+		s.wakeFeed()
 		close(s.stop)
 		s.wg.Wait()
 		err = s.db.Close()
@@ -526,6 +562,7 @@ func (s *Store) fail(err error) error {
 	werr := fmt.Errorf("%w (%v)", ErrFailed, err)
 	if s.failed.CompareAndSwap(nil, &werr) {
 		s.log.Error("a write to the store's log failed; the store stops and serves nothing more", "err", err)
+		s.wakeFeed()
 		if s.opts.OnFatal != nil {
 			s.opts.OnFatal(werr)
 		}

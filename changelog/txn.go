@@ -37,6 +37,7 @@ type txn struct {
 	pending bool   // applied, WAL sync not yet waited for
 	trimTo  uint64 // outbox entries below this index were deleted
 	changes []Change
+	feed    feedTxn // what the batch does to the change feed (feed.go)
 	after   []func()
 	changed int // changes made so far, to the batch or the overlay
 }
@@ -158,6 +159,7 @@ func (t *txn) putState(key string, prev, st dvv.State) error {
 		}
 	}
 	t.states[key] = &st
+	t.feed.encoded(key, b, len(t.changes))
 	return nil
 }
 
@@ -169,6 +171,7 @@ func (t *txn) deleteState(key string) error {
 		return err
 	}
 	t.states[key] = nil
+	t.feed.encoded(key, nil, -1)
 	return nil
 }
 
@@ -289,6 +292,10 @@ func (t *txn) commit() error {
 			return err
 		}
 	}
+	// Each change's feed entry goes into the same batch (invariant 15).
+	if err := t.writeFeed(); err != nil {
+		return err
+	}
 	var err error
 	if s.wo.Sync {
 		err = s.db.ApplyNoSyncWait(t.b, s.wo)
@@ -325,6 +332,7 @@ func (t *txn) commit() error {
 		s.mu.progress = make(chan struct{})
 	}
 	s.mu.Unlock()
+	t.foldFeed()
 	return nil
 }
 
@@ -348,6 +356,7 @@ func (t *txn) wait() error {
 	}
 	t.foldDurable()
 	s.mu.Unlock()
+	t.feedSynced()
 	if t.outbox {
 		select {
 		case s.notify <- struct{}{}:

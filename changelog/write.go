@@ -215,7 +215,7 @@ func (t *txn) make(w prepared, hlc uint64) (WriteResult, error) {
 	if err := t.noteConflicts(op.Key, next, ver.HLC); err != nil {
 		return WriteResult{}, err
 	}
-	t.changes = append(t.changes, Change{Key: op.Key, State: next, Origin: s.opts.DC, Op: ev.Op})
+	t.changes = append(t.changes, Change{Key: op.Key, State: next, Origin: s.opts.DC, Op: ev.Op, Dot: dot, HLC: ver.HLC})
 	t.after = append(t.after, func() { s.writes.Add(1) })
 	return WriteResult{State: next, Event: ev}, nil
 }
@@ -342,7 +342,7 @@ func (t *txn) apply(ev *event.Event, forward func(*event.Event) bool) (ApplyResu
 		if err := t.noteConflicts(ev.Key, next, ev.HLC); err != nil {
 			return ApplyResult{}, err
 		}
-		t.changes = append(t.changes, Change{Key: ev.Key, State: next, Origin: ev.Origin, Op: ev.Op})
+		t.changes = append(t.changes, Change{Key: ev.Key, State: next, Origin: ev.Origin, Op: ev.Op, Dot: ev.Dot, HLC: ev.HLC})
 	}
 	if err := t.setApplied(ev.Origin, ev.Partition, ev.Seq); err != nil {
 		return ApplyResult{}, err

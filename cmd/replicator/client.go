@@ -39,19 +39,9 @@ func envOr(k, def string) string {
 // do sends one request and returns the body, or an error carrying the
 // server's message for a status of 400 or more.
 func (c *clientFlags) do(ctx context.Context, method, path string, body io.Reader, hdr map[string]string) (*http.Response, []byte, error) {
-	base := c.addr
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(base, "/")+path, body)
+	req, err := c.request(ctx, method, path, body, hdr)
 	if err != nil {
 		return nil, nil, err
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
 	}
 	cl := &http.Client{Timeout: 30 * time.Second}
 	resp, err := cl.Do(req)
@@ -71,6 +61,25 @@ func (c *clientFlags) do(ctx context.Context, method, path string, body io.Reade
 		return resp, b, fmt.Errorf("%s", resp.Status)
 	}
 	return resp, b, nil
+}
+
+// request builds a request to the sidecar, with the token.
+func (c *clientFlags) request(ctx context.Context, method, path string, body io.Reader, hdr map[string]string) (*http.Request, error) {
+	base := c.addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(base, "/")+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	return req, nil
 }
 
 func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {

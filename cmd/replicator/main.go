@@ -1,6 +1,6 @@
 // Command replicator is the multi-leader replication sidecar: one process
 // per DC (`run`), a one-process demo (`demo`), an event decoder (`inspect`),
-// a client of a running sidecar (`kv`, `conflicts`, `status`) and the
+// a client of a running sidecar (`kv`, `conflicts`, `changes`, `status`) and the
 // build's version (`version`, `--version`).
 package main
 
@@ -35,6 +35,7 @@ var commands = []command{
 	{"inspect", "decode msgpack change events to JSON (stdin, files, or as a nats --translate filter)", cmdInspect},
 	{"kv", "get, put or delete a key, or commit a transaction, on a running sidecar: kv get|put|del KEY [VALUE], kv txn [FILE]", cmdKV},
 	{"conflicts", "list or resolve conflicts on a running sidecar: conflicts list|resolve", cmdConflicts},
+	{"changes", "print a running sidecar's change feed, one JSON line per change with its cursor: changes [--since C] [--prefix P] [--follow] [--snapshot] [--limit N]", cmdChanges},
 	{"status", "show a running sidecar's status", cmdStatus},
 	{"repair", "run anti-entropy now on a running sidecar against every peer: repair --config FILE", cmdRepair},
 	{"join", "bootstrap a new or restored DC from a running peer's snapshot: join --config FILE --from DC", cmdJoin},

@@ -104,6 +104,8 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// ConflictLog bounds the conflict log (conflictlog.go).
 	ConflictLog ConflictLog `yaml:"conflict_log"`
+	// Changes bounds the change feed (changes.go).
+	Changes Changes `yaml:"changes"`
 }
 
 // NATS says where NATS runs. Either URL names an external server (cluster,
@@ -343,6 +345,10 @@ func Default() Config {
 		ConflictLog: ConflictLog{
 			Retention:  Duration(DefaultConflictRetention),
 			MaxEntries: DefaultConflictMaxEntries,
+		},
+		Changes: Changes{
+			Retention: Duration(DefaultChangesRetention),
+			MaxBytes:  DefaultChangesMaxBytes,
 		},
 	}
 }

@@ -106,6 +106,13 @@ func TestValidate(t *testing.T) {
 			want: []string{`context_wait: 2m0s: want 0 (no wait) to 1m0s`}},
 		{name: "context wait negative", edit: func(c *Config) { c.ContextWait = Duration(-time.Second) },
 			want: []string{`context_wait: -1s: want 0 (no wait) to 1m0s`}},
+		{name: "changes retention too short", edit: func(c *Config) { c.Changes.Retention = Duration(time.Second) },
+			want: []string{`changes.retention: 1s is out of range; want 0 (no age bound) or at least 1m`}},
+		{name: "changes without a size bound", edit: func(c *Config) { c.Changes = Changes{} },
+			want: []string{`changes.max_bytes: 0 is out of range; want at least 1048576 (1 MiB): the feed always has a size bound`}},
+		{name: "changes max bytes too small", edit: func(c *Config) { c.Changes.MaxBytes = 4096; c.Changes.Retention = Duration(-time.Minute) },
+			want: []string{`changes.retention: -1m0s is out of range; want 0 (no age bound) or at least 1m`, `changes.max_bytes: 4096 is out of range; want at least 1048576 (1 MiB): the feed always has a size bound`}},
+		{name: "changes kept whatever their age", edit: func(c *Config) { c.Changes.Retention = 0 }},
 		{name: "healing off", edit: func(c *Config) { c.HealAfter = 0 }},
 		{name: "heal after too short", edit: func(c *Config) { c.HealAfter = Duration(500 * time.Millisecond) },
 			want: []string{`heal_after: 500ms: want 0 (healing off) or at least 2s; DCs report every second, and a shorter wait takes live DCs for dead`}},
@@ -333,6 +340,7 @@ func TestDefault(t *testing.T) {
 		Durability:  Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute), StreamRetention: Duration(24 * time.Hour)},
 		Limits:      Limits{MaxEventBytes: 1 << 20, MaxKeyBytes: 4096, MaxValueBytes: 1<<20 - 32<<10, MaxTxnOps: 1000, MaxTxnBytes: 4 << 20},
 		ConflictLog: ConflictLog{Retention: Duration(720 * time.Hour), MaxEntries: 1000000},
+		Changes:     Changes{Retention: Duration(24 * time.Hour), MaxBytes: 1 << 30},
 	}
 	if got := Default(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Default() =\n %+v\nwant\n %+v", got, want)
@@ -398,7 +406,7 @@ func TestParseRejects(t *testing.T) {
 		want       []string // substrings of the error, in order
 	}{
 		{"unknown top-level key", "dc: a\ndcs: [a, b]\ntopolgy: ring\n",
-			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: conflict_log, context_wait, data_dir, dc, dcs, durability, heal_after, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
+			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: changes, conflict_log, context_wait, data_dir, dc, dcs, durability, heal_after, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
 		{"unknown nested key", "dc: a\ndcs: [a, b]\nnats:\n  embeded: true\n",
 			[]string{`nats.embeded: line 4: unknown key; did you mean "embedded"?`}},
 		{"unknown key in a rule", "dc: a\ndcs: [a, b]\nresolvers:\n  rules:\n    - prefix: x\n      resolver: lww\n      prio: [a]\n",

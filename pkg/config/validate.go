@@ -74,6 +74,7 @@ func (c Config) Validate() error {
 	c.validateDurability(&p)
 	c.validateLimits(&p)
 	c.validateConflictLog(&p)
+	c.validateChanges(&p)
 	if len(p) == 0 {
 		return nil
 	}

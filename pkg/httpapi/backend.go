@@ -50,6 +50,8 @@ type Backend interface {
 	// WaitReplicated waits until n DCs have applied every event tok names
 	// (see changelog.Store.WaitReplicated).
 	WaitReplicated(ctx context.Context, tok session.Token, n int) (int, error)
+	// Feed is the change feed and the point-in-time views of the store.
+	Feed() Feed
 }
 
 var _ Backend = StoreBackend{}
@@ -148,6 +150,9 @@ func (b StoreBackend) WaitRead(ctx context.Context, key string, client vclock.VV
 func (b StoreBackend) WaitReplicated(ctx context.Context, tok session.Token, n int) (int, error) {
 	return b.Store.WaitReplicated(ctx, tok, n)
 }
+
+// Feed implements Backend.
+func (b StoreBackend) Feed() Feed { return b.Store }
 
 // Ready implements Backend.
 func (b StoreBackend) Ready() error {

@@ -2,11 +2,13 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -47,6 +49,10 @@ func FuzzHandler(f *testing.F) {
 		{"GET", "/v1/status", "Authorization", "Bearer " + token, nil, true},
 		{"GET", "/v1/status", "Authorization", "Bearer", nil, true},
 		{"GET", "/v1/watch?prefix=a", "", "", nil, false},
+		{"GET", "/v1/changes?since=1&prefix=a&limit=2", "", "", nil, false},
+		{"GET", "/v1/changes?snapshot=true&prefix=a", "", "", nil, false},
+		{"GET", "/v1/changes?since=now&feed=continuous&heartbeat=1s", "", "", nil, false},
+		{"GET", "/v1/kv?prefix=a&limit=1&after=a", "", "", nil, false},
 		{"GET", "/healthz", "", "", nil, true},
 		{"GET", "/metrics", "", "", nil, false},
 		{"OPTIONS", "*", "", "", nil, false},
@@ -67,7 +73,10 @@ func FuzzHandler(f *testing.F) {
 		if !strings.HasPrefix(target, "/") {
 			target = "/" + target
 		}
-		r, err := http.NewRequest(method, "http://sidecar"+target, bytes.NewReader(body))
+		// A continuous change feed ends only when its client leaves.
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		r, err := http.NewRequestWithContext(ctx, method, "http://sidecar"+target, bytes.NewReader(body))
 		if err != nil {
 			return // net/http's server would refuse it before any handler
 		}

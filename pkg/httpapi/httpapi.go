@@ -15,7 +15,8 @@
 //	DELETE /v1/kv/{key}                 X-Repl-Context, X-Repl-Session, X-Repl-Wait optional
 //	GET    /v1/kv/{key}                 the key's values, siblings and context; X-Repl-Context
 //	                                    (?min_context=) and X-Repl-Session (?min_session=) optional
-//	GET    /v1/kv?prefix=P&limit=N      NDJSON, one line per key with a live value; X-Repl-Session
+//	GET    /v1/kv?prefix=P&limit=N&after=K
+//	                                    NDJSON, one line per key with a live value; X-Repl-Session
 //	                                    (?min_session=) optional
 //	GET    /v1/digest                   {"digest", "keys", "partitions"}
 //	GET    /v1/conflicts?status=&prefix=&limit=
@@ -23,6 +24,8 @@
 //	POST   /v1/conflicts/{id}/resolve   {"value": base64 | "value_text": s | "delete": true}
 //	GET    /v1/status
 //	GET    /v1/watch?prefix=P           NDJSON of applied changes, until the client leaves
+//	GET    /v1/changes?since=&prefix=&limit=&feed=&heartbeat=&snapshot=
+//	                                    NDJSON change feed with cursors (changes.go)
 //	GET    /v1/deadletters?limit=N      {"dead_letters": [...], "total"}, newest first
 //	GET    /ui, /ui/...                 the status page (package ui)
 //	GET    /healthz
@@ -52,7 +55,8 @@
 // lines also carry "resolver" (the key's resolver name); a 404 from
 // GET /v1/kv/{key} carries "key" and "context" beside "error"; the write
 // responses carry "dot"; conflict entries carry "context" (the clock a
-// resolution supersedes); GET /v1/conflicts/{id} and GET /v1/watch are new.
+// resolution supersedes); GET /v1/conflicts/{id}, GET /v1/watch and
+// GET /v1/changes are new.
 package httpapi
 
 import (
@@ -123,6 +127,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Watch feeds GET /v1/watch. Default nil: the route answers 404.
 	Watch WatchSource
+	// Stop, when closed, ends the continuous GET /v1/changes streams with
+	// a line saying the sidecar is shutting down (the node closes it when
+	// its HTTP server shuts down). Default nil: they end when the client
+	// leaves or the store closes.
+	Stop <-chan struct{}
 }
 
 // New returns the API handler over b.
@@ -174,6 +183,7 @@ func (s *server) routes() {
 	m.HandleFunc("POST /v1/conflicts/{id}/resolve", s.resolveConflict)
 	m.HandleFunc("GET /v1/status", s.status)
 	m.HandleFunc("GET /v1/watch", s.watch)
+	m.HandleFunc("GET /v1/changes", s.changes)
 	m.HandleFunc("GET /v1/deadletters", s.deadLetters)
 	for p := range uiPatterns {
 		m.Handle(p, ui.Handler())
@@ -226,7 +236,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(rec, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s; use %s", r.Method, r.URL.Path, strings.Join(allowed, ", ")))
 			return
 		}
-		writeError(rec, http.StatusNotFound, fmt.Sprintf("no route %s %s; the API lives under /v1/ (kv, digest, conflicts, status, watch, deadletters), plus /healthz, /metrics and the status page /ui", r.Method, r.URL.Path))
+		writeError(rec, http.StatusNotFound, fmt.Sprintf("no route %s %s; the API lives under /v1/ (kv, txn, changes, digest, conflicts, status, watch, deadletters), plus /healthz, /metrics and the status page /ui", r.Method, r.URL.Path))
 		return
 	}
 	s.mux.ServeHTTP(rec, r)

@@ -522,7 +522,7 @@ func (n *ndjson) flush() error {
 }
 
 func (s *server) listKeys(w http.ResponseWriter, r *http.Request) {
-	if !s.query(w, r, []string{"prefix", "limit", "min_session", "min_context"}) || !s.waitRead(w, r, "", false) {
+	if !s.query(w, r, []string{"prefix", "limit", "after", "min_session", "min_context"}) || !s.waitRead(w, r, "", false) {
 		return
 	}
 	prefix, ok := s.prefixParam(w, r)
@@ -533,38 +533,12 @@ func (s *server) listKeys(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	out := newNDJSON(w)
-	var sendErr error
-	sent := 0
-	err := s.b.Scan(prefix, func(key string, st dvv.State) error {
-		if err := r.Context().Err(); err != nil {
-			return err
-		}
-		line, deleted := view(s.b.Resolver(key), key, st)
-		if deleted {
-			return nil
-		}
-		if sendErr = out.send(line); sendErr != nil {
-			return sendErr
-		}
-		sent++
-		if limit > 0 && sent >= limit {
-			return errStop
-		}
-		return nil
-	})
-	switch {
-	case err == nil || errors.Is(err, errStop):
-		out.start() // an empty listing is still a 200
-	case sendErr != nil || r.Context().Err() != nil:
-		// The client is gone; nobody reads the rest.
-	case !out.started:
-		s.backendError(w, r, "list keys", err)
-	default:
-		s.log.Error("http key listing failed midway", "prefix", prefix, "err", err)
-		out.enc.Encode(errorBody{Error: "the listing failed midway inside the sidecar and is incomplete; retry"})
-		out.flush()
+	after := r.URL.Query().Get("after")
+	if len(after) > s.opts.MaxKeyBytes {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("after is %d bytes, longer than the %d-byte key limit; give the last key of the previous page (%s)", len(after), s.opts.MaxKeyBytes, NextAfterHeader))
+		return
 	}
+	s.listPage(w, r, prefix, after, limit)
 }
 
 // View is the JSON shape of a key as reads show it; the NATS API answers

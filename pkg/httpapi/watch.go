@@ -128,6 +128,9 @@ type watchLine struct {
 	Op      string `json:"op"`
 	Origin  string `json:"origin"`
 	Deleted bool   `json:"deleted"`
+	// Cursor is the change's position in the change feed: a watcher that
+	// falls behind continues with GET /v1/changes?since=<cursor>.
+	Cursor uint64 `json:"cursor,omitempty"`
 }
 
 func (s *server) watch(w http.ResponseWriter, r *http.Request) {
@@ -167,7 +170,7 @@ func (s *server) watch(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			kj, deleted := view(s.b.Resolver(c.Key), c.Key, c.State)
-			line := watchLine{keyJSON: kj, Op: c.Op.String(), Origin: c.Origin, Deleted: deleted}
+			line := watchLine{keyJSON: kj, Op: c.Op.String(), Origin: c.Origin, Deleted: deleted, Cursor: c.Cursor}
 			if out.send(line) != nil {
 				return
 			}

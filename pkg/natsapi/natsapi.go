@@ -2,15 +2,19 @@
 // request/reply, as a NATS micro service that `nats micro ls` discovers,
 // for applications that already speak NATS.
 //
-// Endpoints, for DC d: repl.api.d.get, repl.api.d.put, repl.api.d.del and
-// repl.api.d.txn. A get, put or del request is JSON {"key", "value"
-// (base64) or "value_text", "context", "session", "wait", "wait_timeout"};
-// the answer to get is the same JSON as GET /v1/kv/{key}, to put and del
-// {"key","context","dot","session"} (plus "replicated", and "error" when
-// the wait timed out). A txn request and its answer are those of POST
-// /v1/txn. Errors use the micro error headers with an HTTP status code as
-// the code: 400 bad request, 404 no live value, 503 closed or not caught up
-// with the request's context or session (retry), 500 otherwise.
+// Endpoints, for DC d: repl.api.d.get, repl.api.d.put, repl.api.d.del,
+// repl.api.d.txn and repl.api.d.changes. A get, put or del request is
+// JSON {"key", "value" (base64) or "value_text", "context", "session",
+// "wait", "wait_timeout"}; the answer to get is the same JSON as GET
+// /v1/kv/{key}, to put and del {"key","context","dot","session"} (plus
+// "replicated", and "error" when the wait timed out). A txn request and
+// its answer are those of POST /v1/txn. A changes request {"since",
+// "prefix", "limit"} answers a page of the change feed, {"changes",
+// "next", "more"} (changes.go), and 410 when the feed no longer holds the
+// changes after since. Errors use the micro error headers with an HTTP
+// status code as the code: 400 bad request, 404 no live value, 503 closed
+// or not caught up with the request's context or session (retry), 500
+// otherwise.
 //
 // The fields mean what the HTTP headers do (invariant 12 in
 // docs/DESIGN.md): "context" is X-Repl-Context, on a get too, where it
@@ -140,6 +144,10 @@ func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.
 	if err := g.AddEndpoint("txn", micro.HandlerFunc(h.txn)); err != nil {
 		svc.Stop()
 		return nil, fmt.Errorf("natsapi: add endpoint txn: %w", err)
+	}
+	if err := g.AddEndpoint("changes", micro.HandlerFunc(func(r micro.Request) { h.changes(r, nc.MaxPayload()) })); err != nil {
+		svc.Stop()
+		return nil, fmt.Errorf("natsapi: add endpoint changes: %w", err)
 	}
 	return svc, nil
 }

@@ -132,7 +132,7 @@ func TestServe(t *testing.T) {
 			Subject string `json:"subject"`
 		} `json:"endpoints"`
 	}
-	if err := json.Unmarshal(m.Data, &info); err != nil || info.Name != "replicator" || len(info.Endpoints) != 4 {
+	if err := json.Unmarshal(m.Data, &info); err != nil || info.Name != "replicator" || len(info.Endpoints) != 5 { // get, put, del, txn, changes
 		t.Fatalf("service info %s: %v", m.Data, err)
 	}
 }

@@ -153,6 +153,9 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		TxnMaxBytes:        cfg.Limits.MaxTxnBytes,
 		ConflictRetention:  time.Duration(cfg.ConflictLog.Retention),
 		ConflictMaxEntries: cfg.ConflictLog.MaxEntries,
+		FeedRetention:      time.Duration(cfg.Changes.Retention),
+		FeedMaxBytes:       cfg.Changes.MaxBytes,
+		Now:                opts.Now,
 	})
 	if err != nil {
 		return nil, err
@@ -339,15 +342,18 @@ func (n *Node) serveHTTP() error {
 	if err != nil {
 		return fmt.Errorf("node: http.listen %s: %w", n.cfg.HTTP.Listen, err)
 	}
+	// Closed at shutdown: continuous change feeds end, as watchers do.
+	stop := make(chan struct{})
 	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, WriteTxnFn: n.WriteTxn, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, DeadLettersFn: n.deadLetters}, httpapi.Options{
 		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
-		Registry: n.reg, Logger: n.log, Watch: n.hub,
+		Registry: n.reg, Logger: n.log, Watch: n.hub, Stop: stop,
 	})
 	n.ln = ln
 	n.http = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	// Watch streams end when the hub closes; without this, Shutdown would
 	// wait for every watcher to leave.
 	n.http.RegisterOnShutdown(n.hub.Close)
+	n.http.RegisterOnShutdown(func() { close(stop) })
 	go func() {
 		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("http server stopped", "err", err)

@@ -50,10 +50,12 @@ var (
 )
 
 // binPath is the replicator binary TestMain builds; buildErr says why
-// there is none.
+// there is none. buildDir is the directory it builds in, which lasts as
+// long as the test binary.
 var (
 	binPath  string
 	buildErr error
+	buildDir string
 )
 
 func TestMain(m *testing.M) {
@@ -65,6 +67,7 @@ func TestMain(m *testing.M) {
 // module root; FAULT_RACE=1 builds it with the race detector, and
 // FAULT_BIN=PATH uses a binary built beforehand instead.
 func buildBinary(dir string) {
+	buildDir = dir
 	var noGo string
 	binPath, noGo, buildErr = sidecar.Build(dir, "FAULT_RACE", "FAULT_BIN")
 	if noGo != "" {

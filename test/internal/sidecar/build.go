@@ -14,7 +14,7 @@ import (
 )
 
 // Build runs `go build -o DIR/replicator ./cmd/replicator` at the module
-// root and returns the binary's path. When the environment variable
+// root (BuildPackage) and returns the binary's path. When the environment variable
 // raceEnv is set the binary is built with the race detector; when binEnv
 // is not "" and that variable is set, its value is the path of a binary
 // built beforehand. noGo is not "" (and the rest empty) when the go tool
@@ -28,24 +28,33 @@ func Build(dir, raceEnv, binEnv string) (bin, noGo string, err error) {
 			return p, "", nil
 		}
 	}
+	return BuildPackage(dir, "./cmd/replicator", raceEnv)
+}
+
+// BuildPackage runs `go build -o DIR/<name> PKG` at the module root, where
+// name is the package path's last element, and returns the binary's path;
+// with the environment variable raceEnv set, with the race detector. noGo
+// is not "" (and the rest empty) when the go tool is not on PATH; err says
+// why the build failed.
+func BuildPackage(dir, pkg, raceEnv string) (bin, noGo string, err error) {
 	gotool, err := exec.LookPath("go")
 	if err != nil {
-		return "", "the go tool is not on PATH, so the replicator binary cannot be built: " + err.Error(), nil
+		return "", "the go tool is not on PATH, so " + pkg + " cannot be built: " + err.Error(), nil
 	}
 	out, err := exec.Command(gotool, "env", "GOMOD").Output()
 	gomod := strings.TrimSpace(string(out))
 	if err != nil || gomod == "" || gomod == os.DevNull {
 		return "", "", fmt.Errorf("go env GOMOD: %q, %v: run the test inside the module", gomod, err)
 	}
-	bin = filepath.Join(dir, "replicator")
+	bin = filepath.Join(dir, filepath.Base(pkg))
 	args := []string{"build", "-o", bin}
 	if os.Getenv(raceEnv) != "" {
 		args = append(args, "-race")
 	}
-	cmd := exec.Command(gotool, append(args, "./cmd/replicator")...)
+	cmd := exec.Command(gotool, append(args, pkg)...)
 	cmd.Dir = filepath.Dir(gomod)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return bin, "", fmt.Errorf("go %s in %s: %v\n%s", strings.Join(args, " "), cmd.Dir, err, out)
+		return bin, "", fmt.Errorf("go %s %s in %s: %v\n%s", strings.Join(args, " "), pkg, cmd.Dir, err, out)
 	}
 	return bin, "", nil
 }
