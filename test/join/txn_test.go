@@ -81,9 +81,10 @@ func TestJoinDuringTransactions(t *testing.T) {
 	var committed atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, len(writers))
+	defer func() { cancel(); wg.Wait() }() // before the cluster's cleanup closes the nodes
 	for _, dc := range writers {
 		wg.Go(func() {
-			for n := 0; ctx.Err() == nil && n < 400; n++ {
+			for n := 0; ctx.Err() == nil; n++ {
 				if err := orderLines(ctx, c, dc, n, 1+n%5); err != nil {
 					if ctx.Err() == nil {
 						errs <- fmt.Errorf("order %d at %s: %w", n, dc, err)
@@ -114,6 +115,8 @@ func TestJoinDuringTransactions(t *testing.T) {
 	var readErr error
 	stopRead := make(chan struct{})
 	var rd sync.WaitGroup
+	stopReader := sync.OnceFunc(func() { close(stopRead); rd.Wait() })
+	defer stopReader() // before the cluster's cleanup closes the stores
 	rd.Go(func() {
 		for {
 			bad, n, err := partialOrders(c.node("dc4").Store())
@@ -134,8 +137,7 @@ func TestJoinDuringTransactions(t *testing.T) {
 	cancel()
 	wg.Wait()
 	c.waitConverged(60 * time.Second)
-	close(stopRead)
-	rd.Wait()
+	stopReader()
 	if readErr != nil {
 		t.Fatal(readErr)
 	}
