@@ -10,7 +10,7 @@ import (
 )
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench", "[--topology mesh|ring|star] [--dcs N] [--writes N] [--value-size B] [--concurrency C] [--via api|http|txn [--txn-ops N]] [--rate R] [--duration D [--keys K] [--sample-every I]] [--json] [--cpuprofile FILE]", stderr)
+	fs := newFlags("bench", "[--topology mesh|ring|star] [--dcs N] [--writes N] [--value-size B] [--concurrency C] [--via api|http|txn [--txn-ops N]] [--rate R] [--duration D [--keys K] [--sample-every I] [--changes-max-bytes B]] [--json] [--cpuprofile FILE]", stderr)
 	var o bench.Options
 	fs.StringVar(&o.Topology, "topology", "mesh", "mesh, ring or star")
 	fs.IntVar(&o.DCs, "dcs", 3, "number of DCs")
@@ -24,6 +24,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&o.Duration, "duration", 0, "write for this long instead of --writes, over --keys keys, sampling memory (skips the baseline and KV phases)")
 	fs.IntVar(&o.Keys, "keys", 10000, "key space of a --duration run: each write overwrites one of them")
 	fs.DurationVar(&o.SampleEvery, "sample-every", 10*time.Second, "memory sampling interval of a --duration run")
+	fs.Int64Var(&o.ChangesMaxBytes, "changes-max-bytes", 0, "each DC's changes.max_bytes (the change feed's size bound; 0: the config default, 1 GiB)")
 	fs.BoolVar(&o.NoFsync, "no-fsync", false, "run the DCs without fsync, to measure what fsync costs (unsafe)")
 	fs.BoolVar(&o.NoReferences, "no-references", false, "skip the JetStream baseline, the KV reference and the HTTP floor")
 	fs.DurationVar(&o.Timeout, "timeout", 0, "bound on the wait, after the last write, for every DC to apply every write (default 2m)")

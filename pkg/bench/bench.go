@@ -78,6 +78,11 @@ type Options struct {
 	// Partitions is each DC's partition count. Default 16 (the config
 	// default).
 	Partitions int
+	// ChangesMaxBytes, if above 0, is each DC's changes.max_bytes, the
+	// change feed's size bound, so that a --duration run shows the feed's
+	// disk use level off within the run. Default 0: the config default
+	// (1 GiB).
+	ChangesMaxBytes int64
 	// NoFsync runs the DCs with durability.fsync false. Only to measure
 	// what fsync costs: such a DC acknowledges writes a power failure loses.
 	NoFsync bool

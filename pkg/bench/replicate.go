@@ -196,6 +196,9 @@ func startCluster(ctx context.Context, o Options, dir string) (*cluster, error) 
 		cfg.Partitions = o.Partitions
 		cfg.Resolvers.Rules = nil // the bench's keys take the default resolver
 		cfg.Durability.Fsync = !o.NoFsync
+		if o.ChangesMaxBytes > 0 {
+			cfg.Changes.MaxBytes = o.ChangesMaxBytes
+		}
 		cfg.HTTP.Listen = "127.0.0.1:0"
 		cfg.Complete()
 		n, err := node.New(cfg, node.Options{Logger: o.Logger, NATSURL: ns.ClientURL(), NoHTTP: o.Via == ViaAPI})
