@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -262,6 +263,9 @@ type Replicator struct {
 	// alive hands the DCs whose reports arrived from the report intake to
 	// the reporter goroutine, which judges liveness.
 	alive *reporters
+	// ready judges readiness (GET /readyz) and keeps each peer's last
+	// report time; set by Start.
+	ready atomic.Pointer[readiness]
 
 	// drain tells the publisher that intake has stopped: it publishes what
 	// the outbox holds and exits.
@@ -398,6 +402,12 @@ func (r *Replicator) Start(ctx context.Context) error {
 		return fmt.Errorf("bridge: flush subscriptions: %w", err)
 	}
 
+	silent := r.opts.HealAfter
+	if silent <= 0 {
+		silent = defaultSilentAfter
+	}
+	r.ready.Store(newReadiness(r.self, r.opts.DCs, silent, r.now()))
+
 	base := context.WithoutCancel(ctx)
 	intakeCtx, stopIntake := context.WithCancel(base)
 	pubCtx, stopPub := context.WithCancel(base)
@@ -435,8 +445,16 @@ func (r *Replicator) Start(ctx context.Context) error {
 		defer r.intake.Done()
 		r.runReports(intakeCtx)
 	}()
-	r.log.Info("replicator started", "stream", r.stream, "upstreams", r.plan.Upstreams, "partitions", r.opts.Partitions,
-		"heal_after", r.opts.HealAfter, "standby_hub", r.opts.StandbyHub)
+	attrs := []any{"stream", r.stream, "upstreams", r.plan.Upstreams, "partitions", r.opts.Partitions}
+	if r.heal != nil {
+		// Only where healing can happen (ring, star): a mesh has nothing
+		// to heal, and heal_after there would mislead.
+		attrs = append(attrs, "heal_after", r.opts.HealAfter)
+		if r.opts.StandbyHub != "" {
+			attrs = append(attrs, "standby_hub", r.opts.StandbyHub)
+		}
+	}
+	r.log.Info("replicator started", attrs...)
 	return nil
 }
 
@@ -510,7 +528,13 @@ type Status struct {
 	// repl.applied.<dc>, by DC; a DC that has not reported since this one
 	// started is missing.
 	PeerApplied map[string]changelog.Applied
-	Links       []LinkStats
+	// Peers is each other DC's liveness as this DC judges it from their
+	// reports: last report, its age and a state (see PeerStatus).
+	Peers []PeerStatus
+	// Ready is whether this DC has caught up since it started (GET
+	// /readyz; see Readiness).
+	Ready bool
+	Links []LinkStats
 }
 
 // Status returns the Replicator's current state.
@@ -527,6 +551,8 @@ func (r *Replicator) Status() Status {
 		OutboxDepth: r.store.OutboxDepth(),
 		Applied:     r.store.Applied(),
 		PeerApplied: r.store.PeerApplied(),
+		Peers:       r.Peers(),
+		Ready:       r.Readiness().Ready,
 	}
 	eff := r.effectivePlan()
 	st.EffectiveUpstreams, st.Healing = eff.EffectiveUpstreams(), slices.Clone(eff.Healing)

@@ -92,6 +92,9 @@ func (r *Replicator) runReportIntake(ctx context.Context, reports <-chan *nats.M
 				r.store.UpdatePeerApplied(dc, a)
 			}
 			r.alive.add(dc)
+			if rd := r.ready.Load(); rd != nil {
+				rd.seen(dc, a, r.now())
+			}
 		}
 	}
 }

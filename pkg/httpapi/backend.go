@@ -41,6 +41,9 @@ type Backend interface {
 	// Ready is nil when the sidecar can serve requests; otherwise it says
 	// why not, for /healthz.
 	Ready() error
+	// Readiness says whether the DC has caught up since it started, for
+	// /readyz, and what it still waits for: anything that encodes to JSON.
+	Readiness() (ready bool, detail any)
 	// Scope is what session tokens and X-Repl-Wait may name here.
 	Scope() session.Scope
 	// WaitRead waits, up to the sidecar's context_wait, until this DC
@@ -71,6 +74,10 @@ type StoreBackend struct {
 	// ReadyFn, if set, is asked by /healthz after the store is checked,
 	// for the node's own readiness (links up, caught up).
 	ReadyFn func() error
+	// ReadinessFn, if set, is asked by /readyz once Ready is nil: whether
+	// the DC has caught up since it started (bridge.Replicator.Readiness).
+	// Nil counts the DC as caught up.
+	ReadinessFn func() (bool, any)
 	// WriteFn, if set, takes the writes instead of Store.Write: the node's
 	// write path, which forwards writes to keys with a home DC elsewhere.
 	WriteFn func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error)
@@ -153,6 +160,14 @@ func (b StoreBackend) WaitReplicated(ctx context.Context, tok session.Token, n i
 
 // Feed implements Backend.
 func (b StoreBackend) Feed() Feed { return b.Store }
+
+// Readiness implements Backend.
+func (b StoreBackend) Readiness() (bool, any) {
+	if b.ReadinessFn == nil {
+		return true, nil
+	}
+	return b.ReadinessFn()
+}
 
 // Ready implements Backend.
 func (b StoreBackend) Ready() error {

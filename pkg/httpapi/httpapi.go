@@ -4,8 +4,8 @@
 //
 // New builds an http.Handler over a Backend (StoreBackend wraps a
 // changelog.Store); the node serves it on its listener after CheckListen
-// has approved the address. Every route but /healthz and the status page
-// (/ui, which holds no data and sends the token on its own API calls) takes
+// has approved the address. Every route but /healthz and /readyz (probes)
+// and the status page (/ui, which holds no data and sends the token on its own API calls) takes
 // the bearer token when one is set. Every error body is {"error": "..."}, saying what was
 // wrong and what to do, with a 4xx status for bad requests.
 //
@@ -29,6 +29,7 @@
 //	GET    /v1/deadletters?limit=N      {"dead_letters": [...], "total"}, newest first
 //	GET    /ui, /ui/...                 the status page (package ui)
 //	GET    /healthz
+//	GET    /readyz                      200 once caught up since the start, else 503 saying what it waits for
 //	GET    /metrics
 //
 // Keys are path segments after /v1/kv/: a key may contain '/', and a client
@@ -189,12 +190,17 @@ func (s *server) routes() {
 		m.Handle(p, ui.Handler())
 	}
 	m.HandleFunc("GET /healthz", s.healthz)
+	m.HandleFunc("GET /readyz", s.readyz)
 	m.HandleFunc("GET /metrics", s.serveMetrics)
 }
 
 // uiPatterns are the status page's routes: served without the token, since
 // the page holds no data and sends the token on its own API calls.
 var uiPatterns = map[string]bool{"GET " + ui.Prefix: true, "GET " + ui.Prefix + "/": true}
+
+// openPaths need no token: probes of supervisors and load balancers,
+// which hold no data.
+var openPaths = map[string]bool{"/healthz": true, "/readyz": true}
 
 // probeMethods are the methods the routes use, tried to tell 405 from 404.
 var probeMethods = []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPost}
@@ -210,7 +216,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	defer s.recoverPanic(rec, r)
 
-	if r.URL.Path != "/healthz" && !uiPatterns[pattern] && !s.authorized(r) {
+	if !openPaths[r.URL.Path] && !uiPatterns[pattern] && !s.authorized(r) {
 		rec.Header().Set("WWW-Authenticate", `Bearer realm="replicator"`)
 		writeError(rec, http.StatusUnauthorized, "missing or wrong bearer token: send the header \"Authorization: Bearer <token>\" with the sidecar's http.token")
 		return
@@ -279,6 +285,27 @@ func (s *server) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	fmt.Fprintln(w, "ok")
+}
+
+// readyz answers 200 once the DC is healthy and has caught up since it
+// started, else 503 with what it waits for (see bridge.Readiness).
+func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if !s.query(w, r, nil) {
+		return
+	}
+	if err := s.b.Ready(); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "error": "not healthy: " + err.Error()})
+		return
+	}
+	ready, detail := s.b.Readiness()
+	code := http.StatusOK
+	if !ready {
+		code = http.StatusServiceUnavailable
+	}
+	if detail == nil {
+		detail = map[string]bool{"ready": ready}
+	}
+	writeJSON(w, code, detail)
 }
 
 func (s *server) status(w http.ResponseWriter, r *http.Request) {

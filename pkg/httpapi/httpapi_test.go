@@ -373,6 +373,7 @@ func TestAuth(t *testing.T) {
 		code               int
 	}{
 		{"healthz needs no token", "/healthz", "", http.StatusOK},
+		{"readyz needs no token", "/readyz", "", http.StatusOK},
 		{"no token", "/v1/status", "", http.StatusUnauthorized},
 		{"wrong token", "/v1/status", "Bearer nope", http.StatusUnauthorized},
 		{"token prefix", "/v1/status", "Bearer s3cre", http.StatusUnauthorized},
@@ -491,6 +492,38 @@ func TestHealthz(t *testing.T) {
 			wantStatus(t, w, tt.code)
 			if tt.ready != nil && !strings.Contains(decode[errResp](t, w).Error, tt.ready.Error()) {
 				t.Fatalf("503 body %q does not give the reason", w.Body.String())
+			}
+		})
+	}
+}
+
+// TestReadyz: /readyz is 503 while the sidecar is unhealthy or not caught
+// up, with the readiness detail as its body, and 200 once both hold.
+func TestReadyz(t *testing.T) {
+	st := openStore(t, "dc1", nil, nil)
+	tests := []struct {
+		name    string
+		healthy error
+		ready   bool
+		code    int
+		body    string
+	}{
+		{"caught up", nil, true, http.StatusOK, `{"ready":true,"why":"caught up"}`},
+		{"catching up", nil, false, http.StatusServiceUnavailable, `{"ready":false,"why":"waiting for dc2"}`},
+		{"unhealthy", errors.New("not connected to NATS"), true, http.StatusServiceUnavailable, `{"error":"not healthy: not connected to NATS","ready":false}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			why := "caught up"
+			if !tt.ready {
+				why = "waiting for dc2"
+			}
+			h := New(StoreBackend{Store: st, ReadyFn: func() error { return tt.healthy },
+				ReadinessFn: func() (bool, any) { return tt.ready, map[string]any{"ready": tt.ready, "why": why} }}, Options{Token: "t"})
+			w := serve(h, req{method: "GET", target: "/readyz"})
+			wantStatus(t, w, tt.code)
+			if got := strings.TrimSpace(w.Body.String()); got != tt.body {
+				t.Fatalf("body %s, want %s", got, tt.body)
 			}
 		})
 	}

@@ -344,7 +344,7 @@ func (n *Node) serveHTTP() error {
 	}
 	// Closed at shutdown: continuous change feeds end, as watchers do.
 	stop := make(chan struct{})
-	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, WriteTxnFn: n.WriteTxn, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, DeadLettersFn: n.deadLetters}, httpapi.Options{
+	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, WriteTxnFn: n.WriteTxn, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, ReadinessFn: n.readiness, DeadLettersFn: n.deadLetters}, httpapi.Options{
 		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
 		Registry: n.reg, Logger: n.log, Watch: n.hub, Stop: stop,
 	})
@@ -572,6 +572,16 @@ func (n *Node) ready() error {
 		return errors.New("not connected to NATS")
 	}
 	return nil
+}
+
+// readiness is /readyz's verdict: whether the DC has caught up since it
+// started (bridge.Readiness).
+func (n *Node) readiness() (bool, any) {
+	if n.repl == nil {
+		return false, bridge.Readiness{WaitingFor: []bridge.ReadyWait{{Reason: "replication has not started"}}}
+	}
+	r := n.repl.Readiness()
+	return r.Ready, r
 }
 
 // onCommit fans the store's commits out to watchers and the arbiter.
