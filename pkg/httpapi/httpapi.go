@@ -124,6 +124,10 @@ type Options struct {
 	// /metrics serves it when it is also a prometheus.Gatherer, such as a
 	// *prometheus.Registry; otherwise /metrics answers 404.
 	Registry prometheus.Registerer
+	// MetricLabels are constant labels on every request metric, such as
+	// the node's {"dc": "dc1"}, so its HTTP series carry the DC as its
+	// other series do. Default none.
+	MetricLabels prometheus.Labels
 	// Logger receives server errors and recovered panics. Default: discard.
 	Logger *slog.Logger
 	// Watch feeds GET /v1/watch. Default nil: the route answers 404.
@@ -154,7 +158,7 @@ func New(b Backend, opts Options) http.Handler {
 		sum := sha256.Sum256([]byte(opts.Token))
 		s.tokenSum = sum[:]
 	}
-	s.metrics = newMetrics(opts.Registry, opts.Logger)
+	s.metrics = newMetrics(opts.Registry, opts.MetricLabels, opts.Logger)
 	s.routes()
 	return s
 }
@@ -495,20 +499,23 @@ type series struct {
 	duration prometheus.Observer
 }
 
-func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
+func newMetrics(reg prometheus.Registerer, labels prometheus.Labels, log *slog.Logger) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "replicator_http_requests_total",
-			Help: "HTTP API requests, by route pattern, method and status code.",
+			Name:        "replicator_http_requests_total",
+			Help:        "HTTP API requests, by route pattern, method and status code.",
+			ConstLabels: labels,
 		}, []string{"route", "method", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "replicator_http_request_duration_seconds",
-			Help:    "HTTP API request latency, by route pattern and method; streams count until they end.",
-			Buckets: prometheus.DefBuckets,
+			Name:        "replicator_http_request_duration_seconds",
+			Help:        "HTTP API request latency, by route pattern and method; streams count until they end.",
+			Buckets:     prometheus.DefBuckets,
+			ConstLabels: labels,
 		}, []string{"route", "method"}),
 		watchers: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "replicator_http_watchers",
-			Help: "Open GET /v1/watch streams.",
+			Name:        "replicator_http_watchers",
+			Help:        "Open GET /v1/watch streams.",
+			ConstLabels: labels,
 		}),
 	}
 	if reg == nil {

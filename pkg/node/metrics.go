@@ -1,8 +1,30 @@
 package node
 
 import (
+	"errors"
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
+
+// registerRuntime adds the Go runtime (go_*) and process (process_*)
+// collectors to reg, with the dc label every other series carries. A
+// registry that already holds them for this DC (a node started again on
+// it) keeps the ones it has.
+func registerRuntime(reg prometheus.Registerer, dc string) error {
+	wrapped := prometheus.WrapRegistererWith(prometheus.Labels{"dc": dc}, reg)
+	for _, c := range []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		var are prometheus.AlreadyRegisteredError
+		if err := wrapped.Register(c); err != nil && !errors.As(err, &are) {
+			return fmt.Errorf("node: register runtime metrics: %w", err)
+		}
+	}
+	return nil
+}
 
 // collector exposes the node's counters to Prometheus at scrape time, from
 // the store's and the bridge's own counters, so the hot paths pay nothing
@@ -15,6 +37,7 @@ type collector struct {
 	conflictLog, conflictsPruned *prometheus.Desc
 	heal                         *prometheus.Desc
 	reportsSent, reportBytes     *prometheus.Desc
+	ready, peerAge               *prometheus.Desc
 }
 
 // newPublishLatency is the histogram of JetStream publish latency, fed by
@@ -57,13 +80,15 @@ func newCollector(n *Node) *collector {
 		heal:            d("heal_active", "1 while this DC heals around the unreachable DC dead (heal_after), else 0.", "dead"),
 		reportsSent:     d("reports_sent_total", "Applied-vector reports published on repl.applied.<dc>, periodic and soon after a move."),
 		reportBytes:     d("report_bytes_total", "Payload bytes of the applied-vector reports published."),
+		ready:           d("ready", "1 once this DC has caught up since it started (GET /readyz answers 200), else 0."),
+		peerAge:         d("peer_report_age_seconds", "Seconds since the peer's last applied-vector report (since this DC started, for a peer not heard from).", "peer"),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.writes, c.applies, c.obsolete, c.duplicates, c.loops, c.dead, c.published,
 		c.pubErrors, c.gaps, c.repairs, c.purged, c.conflicts, c.lagEvents, c.lagSeconds, c.outbox, c.groups, c.drift,
-		c.conflictLog, c.conflictsPruned, c.heal, c.reportsSent, c.reportBytes} {
+		c.conflictLog, c.conflictsPruned, c.heal, c.reportsSent, c.reportBytes, c.ready, c.peerAge} {
 		ch <- d
 	}
 }
@@ -85,7 +110,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.conflictLog, float64(ss.ConflictsHeld))
 	counter(c.conflictsPruned, ss.ConflictsPruned)
 	if c.n.repl == nil {
+		gauge(c.ready, 0)
 		return
+	}
+	ready := 0.0
+	if c.n.repl.Readiness().Ready {
+		ready = 1
+	}
+	gauge(c.ready, ready)
+	for _, p := range c.n.repl.Peers() {
+		gauge(c.peerAge, p.ReportAgeSeconds, p.DC)
 	}
 	bs := c.n.repl.Stats()
 	counter(c.applies, bs.Applied)

@@ -183,6 +183,10 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 			return nil, fmt.Errorf("node: register metrics: %w", err)
 		}
 	}
+	if err := registerRuntime(n.reg, cfg.DC); err != nil {
+		st.Close()
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -346,7 +350,7 @@ func (n *Node) serveHTTP() error {
 	stop := make(chan struct{})
 	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, WriteTxnFn: n.WriteTxn, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, ReadinessFn: n.readiness, DeadLettersFn: n.deadLetters}, httpapi.Options{
 		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
-		Registry: n.reg, Logger: n.log, Watch: n.hub, Stop: stop,
+		Registry: n.reg, MetricLabels: prometheus.Labels{"dc": n.cfg.DC}, Logger: n.log, Watch: n.hub, Stop: stop,
 	})
 	n.ln = ln
 	n.http = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}

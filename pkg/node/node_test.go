@@ -98,10 +98,31 @@ func TestNodeServesAndReplicates(t *testing.T) {
 		"replicator_outbox_depth", "replicator_http_requests_total", "replicator_publish_latency_seconds_bucket",
 		`replicator_conflict_log_entries{dc="dc2"} 1`, `replicator_conflicts_pruned_total{dc="dc2"} 0`,
 		`replicator_heal_active{dc="dc2",dead="dc1"} 0`, "replicator_reports_sent_total", "replicator_report_bytes_total",
+		`replicator_http_requests_total{code="200",dc="dc2",method="GET",route="GET /v1/status"} 1`,
+		`go_goroutines{dc="dc2"}`, `replicator_peer_report_age_seconds{dc="dc2",peer="dc1"}`, `replicator_ready{dc="dc2"}`, `go_memstats_heap_alloc_bytes{dc="dc2"}`, `process_resident_memory_bytes{dc="dc2"}`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	// Every series carries the DC, so that one Prometheus can tell the
+	// sidecars of a host apart.
+	for _, line := range strings.Split(metrics, "\n") {
+		if line != "" && !strings.HasPrefix(line, "#") && !strings.Contains(line, `dc="dc2"`) {
+			t.Errorf("series without dc=\"dc2\": %s", line)
+		}
+	}
+	checkAlertRules(t, metrics)
+	waitFor(t, "dc2 to be ready", func() bool {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	if status := get(t, base+"/v1/status"); !strings.Contains(status, `"Peers":[{"DC":"dc1"`) || !strings.Contains(status, `"State":"alive"`) {
+		t.Errorf("status lacks dc1 as an alive peer: %s", status)
 	}
 	if err := nodes[0].Close(); err != nil {
 		t.Fatalf("Close: %v", err)
