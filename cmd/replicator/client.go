@@ -6,27 +6,70 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 )
 
 // clientFlags are the flags every client command shares.
 type clientFlags struct {
-	addr, token string
+	addr, token, config string
 }
 
-func (c *clientFlags) register(fs interface {
-	StringVar(*string, string, string, string)
-}) {
-	fs.StringVar(&c.addr, "addr", envOr("REPLICATOR_ADDR", "http://127.0.0.1:7070"), "sidecar HTTP address (env REPLICATOR_ADDR)")
-	fs.StringVar(&c.token, "token", os.Getenv("REPLICATOR_TOKEN"), "bearer token (env REPLICATOR_TOKEN)")
+// defaultAddr is the sidecar's default http.listen.
+const defaultAddr = "http://127.0.0.1:7070"
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.addr, "addr", "", "sidecar HTTP address (default: --config's http.listen, else env REPLICATOR_ADDR, else "+defaultAddr+")")
+	fs.StringVar(&c.token, "token", "", "bearer token (default: --config's http.token, else env REPLICATOR_TOKEN)")
+	fs.StringVar(&c.config, "config", "", "the sidecar's config FILE: take the address and token from its http.listen and http.token")
+}
+
+// finish fills in the address and token left unset by flags: from the
+// config file when --config is given, else from the environment, else the
+// default address. Call it after parsing.
+func (c *clientFlags) finish() error {
+	if c.config != "" {
+		cfg, err := config.Load(c.config)
+		if err != nil {
+			return err
+		}
+		if c.addr == "" {
+			c.addr = dialAddr(cfg.HTTP.Listen)
+		}
+		if c.token == "" {
+			c.token = cfg.HTTP.Token
+		}
+	}
+	if c.addr == "" {
+		c.addr = envOr("REPLICATOR_ADDR", defaultAddr)
+	}
+	if c.token == "" {
+		c.token = os.Getenv("REPLICATOR_TOKEN")
+	}
+	return nil
+}
+
+// dialAddr turns a listen address into one to dial: an unspecified host
+// (":7070", "0.0.0.0:7070", "[::]:7070") becomes loopback.
+func dialAddr(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }
 
 func envOr(k, def string) string {
@@ -89,6 +132,9 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	ctxHdr := fs.String("context", "", "causal context from an earlier read (X-Repl-Context)")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
+		return err
+	}
+	if err := c.finish(); err != nil {
 		return err
 	}
 	if len(rest) >= 1 && rest[0] == "txn" {
@@ -187,6 +233,9 @@ func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	if err := c.finish(); err != nil {
+		return err
+	}
 	if len(rest) == 0 {
 		return usagef("want list or resolve")
 	}
@@ -205,20 +254,6 @@ func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return indent(stdout, body)
 	}
 	return usagef("unknown conflicts operation %q: want list or resolve", rest[0])
-}
-
-func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("status", "[--addr URL]", stderr)
-	var c clientFlags
-	c.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	_, body, err := c.do(ctx, http.MethodGet, "/v1/status", nil, nil)
-	if err != nil {
-		return err
-	}
-	return indent(stdout, body)
 }
 
 // listConflicts prints every entry of the conflict log, following the

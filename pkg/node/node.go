@@ -507,6 +507,16 @@ type Status struct {
 	// Edges are every replication link of the topology, not only this
 	// DC's: the status page draws them.
 	Edges []bridge.Edge `json:"edges"`
+	// Conflicts counts the conflict log: entries held (logged and
+	// resolved; open records are listed by GET /v1/conflicts?status=open)
+	// and conflicts detected since this sidecar started, by resolver.
+	Conflicts ConflictCounts `json:"conflicts"`
+}
+
+// ConflictCounts is the conflict log's figures in /v1/status.
+type ConflictCounts struct {
+	Held       int64             `json:"held"`
+	SinceStart map[string]uint64 `json:"since_start"`
 }
 
 // Status returns the node's status.
@@ -519,6 +529,11 @@ func (n *Node) Status() Status {
 		s.Bridge = &bs
 	}
 	s.Home = n.home.Status()
+	ss := n.store.Stats()
+	s.Conflicts = ConflictCounts{Held: ss.ConflictsHeld, SinceStart: ss.Conflicts}
+	if s.Conflicts.SinceStart == nil {
+		s.Conflicts.SinceStart = map[string]uint64{}
+	}
 	return s
 }
 
