@@ -617,7 +617,7 @@ func (t *txn) merge(key string, remote dvv.State, peer string, localKnows, remot
 	if err := t.putState(key, cur, next); err != nil {
 		return err
 	}
-	if err := t.noteConflicts(key, next, c.hlc); err != nil {
+	if err := t.noteConflicts(key, next, c.hlc, cause{}); err != nil {
 		return err
 	}
 	for _, n := range c.ownTaken(s.opts.DC) {

@@ -3,14 +3,19 @@ package changelog
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -50,6 +55,87 @@ type Conflict struct {
 	// DetectedHLC is the HLC of the event that revealed the conflict.
 	DetectedHLC uint64 `msgpack:"detected_hlc" json:"detected_hlc"`
 	ResolvedHLC uint64 `msgpack:"resolved_hlc,omitempty" json:"resolved_hlc,omitempty"`
+	// ResolvedTo is what a resolved record's key held once it was
+	// resolved: the value written (or a deleted version, for a delete).
+	ResolvedTo []Version `msgpack:"resolved_to,omitempty" json:"resolved_to,omitempty"`
+	// ResolvedBy is the DC whose write resolved the record, and
+	// ResolvedVia how: "resolve" (POST /v1/conflicts/{id}/resolve),
+	// "write" (a write or delete carrying the record's context) or
+	// "anti-entropy" (a merge from a peer, which names no writer).
+	ResolvedBy  string `msgpack:"resolved_by,omitempty" json:"resolved_by,omitempty"`
+	ResolvedVia string `msgpack:"resolved_via,omitempty" json:"resolved_via,omitempty"`
+}
+
+// conflictJSON is Conflict's JSON form, with its clock in text form and
+// wall-clock times beside the HLCs.
+type conflictJSON struct {
+	conflictAlias
+	Context      string `json:"context"`
+	DetectedTime string `json:"detected_time"`
+	ResolvedTime string `json:"resolved_time,omitempty"`
+}
+
+type conflictAlias Conflict
+
+// MarshalJSON adds context, the clock a resolution supersedes in text
+// form, and detected_time and resolved_time, the HLCs as wall-clock time
+// and logical counter (2026-12-02T10:11:12.345Z/0). Kept and Discarded are
+// arrays, never null.
+func (c Conflict) MarshalJSON() ([]byte, error) {
+	if c.Kept == nil {
+		c.Kept = []Version{}
+	}
+	if c.Discarded == nil {
+		c.Discarded = []Version{}
+	}
+	out := conflictJSON{conflictAlias: conflictAlias(c), Context: c.Clock.String(),
+		DetectedTime: hlcTime(c.DetectedHLC), ResolvedTime: hlcTime(c.ResolvedHLC)}
+	return json.Marshal(out)
+}
+
+type versionAlias Version
+
+// MarshalJSON adds hlc_time, the HLC as wall-clock time, and value_text,
+// the value when it is printable UTF-8.
+func (v Version) MarshalJSON() ([]byte, error) {
+	out := struct {
+		versionAlias
+		ValueText *string `json:"value_text,omitempty"`
+		HLCTime   string  `json:"hlc_time"`
+	}{versionAlias: versionAlias(v), HLCTime: hlcTime(v.HLC)}
+	if !v.Deleted && printable(v.Value) {
+		s := string(v.Value)
+		out.ValueText = &s
+	}
+	return json.Marshal(out)
+}
+
+func hlcTime(ts uint64) string {
+	if ts == 0 {
+		return ""
+	}
+	return hlc.Timestamp(ts).String()
+}
+
+// printable reports whether b is UTF-8 text without control characters
+// other than tab and newlines.
+func printable(b []byte) bool {
+	if !utf8.Valid(b) {
+		return false
+	}
+	for _, r := range string(b) {
+		if unicode.IsControl(r) && r != '\t' && r != '\n' && r != '\r' {
+			return false
+		}
+	}
+	return true
+}
+
+// cause is the write behind a change of a key's state, for the conflict
+// log: the DC that made it and its op. A merge by anti-entropy has none.
+type cause struct {
+	dc string
+	op event.Op
 }
 
 // ErrNotFound reports a missing conflict id or key.
@@ -83,14 +169,14 @@ func recordID(key string) string { return keyHash(key) + "-record" }
 
 // noteConflicts runs the key's resolver over its new state and writes what
 // it discards, or the open record it asks for, to the conflict log.
-func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
+func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64, by cause) error {
 	r := t.s.opts.Resolvers.For(key)
 	isRecord := r.Name() == "record"
 	if len(st.Siblings) < 2 {
 		if !isRecord {
 			return nil // only the record resolver opens records
 		}
-		return t.closeRecord(recordID(key), hlc)
+		return t.closeRecord(recordID(key), hlc, st, by)
 	}
 	res := r.Resolve(key, st.Siblings)
 	for _, d := range res.Discarded {
@@ -116,7 +202,7 @@ func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
 	}
 	rid := recordID(key)
 	if !res.Conflict {
-		return t.closeRecord(rid, hlc)
+		return t.closeRecord(rid, hlc, st, by)
 	}
 	prev, existed, err := t.conflict(rid)
 	if err != nil {
@@ -130,13 +216,25 @@ func (t *txn) noteConflicts(key string, st dvv.State, hlc uint64) error {
 	return t.putConflict(c, isNew)
 }
 
-func (t *txn) closeRecord(id string, hlc uint64) error {
+// closeRecord marks an open record resolved by the write by, keeping
+// what the key then held.
+func (t *txn) closeRecord(id string, hlc uint64, st dvv.State, by cause) error {
 	c, ok, err := t.conflict(id)
 	if err != nil || !ok || c.Status != StatusOpen {
 		return err
 	}
 	c.Status = StatusResolved
 	c.ResolvedHLC = hlc
+	c.ResolvedTo = versionsOf(st.Siblings)
+	c.ResolvedBy = by.dc
+	switch {
+	case by.dc == "":
+		c.ResolvedVia = "anti-entropy"
+	case by.op == event.OpResolve:
+		c.ResolvedVia = "resolve"
+	default:
+		c.ResolvedVia = "write"
+	}
 	return t.putConflict(c, false)
 }
 

@@ -3,8 +3,10 @@ package changelog
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/resolve"
 )
@@ -307,8 +310,11 @@ func TestRecordOpensAndResolves(t *testing.T) {
 	a := openMem(t, fs, "dc1", Options{Resolvers: res})
 	b := openMem(t, fs, "dc2", Options{Resolvers: res})
 	eb := mustWrite(t, b, WriteOp{Key: "doc", Value: []byte("C")}).Event
-	mustWrite(t, a, WriteOp{Key: "doc", Value: []byte("B")})
+	ea := mustWrite(t, a, WriteOp{Key: "doc", Value: []byte("B")}).Event
 	if _, err := a.Apply(context.Background(), []*event.Event{eb}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Apply(context.Background(), []*event.Event{ea}, nil); err != nil {
 		t.Fatal(err)
 	}
 	open, _ := a.Conflicts(ConflictFilter{Status: StatusOpen})
@@ -322,6 +328,48 @@ func TestRecordOpensAndResolves(t *testing.T) {
 	c, err := a.Conflict(open[0].ID)
 	if err != nil || c.Status != StatusResolved {
 		t.Fatalf("record after resolution: %+v %v", c, err)
+	}
+	// The record keeps what it was resolved to and who resolved it, at the
+	// resolving DC and at the others once they apply the resolution.
+	if _, err := b.Apply(context.Background(), []*event.Event{w.Event}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cb, err := b.Conflict(open[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []Conflict{c, cb} {
+		if len(c.ResolvedTo) != 1 || string(c.ResolvedTo[0].Value) != "B+C" || c.ResolvedTo[0].Dot != w.Event.Dot.String() ||
+			c.ResolvedBy != "dc1" || c.ResolvedVia != "resolve" || c.ResolvedHLC != w.Event.HLC {
+			t.Errorf("resolved record %+v: want resolved to B+C (%s) by dc1 via resolve at HLC %d", c, w.Event.Dot, w.Event.HLC)
+		}
+	}
+	// Its JSON shows the HLCs as wall-clock times and text values as text.
+	j, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"detected_time":"` + hlc.Timestamp(c.DetectedHLC).String() + `"`,
+		`"resolved_time":"` + hlc.Timestamp(c.ResolvedHLC).String() + `"`, `"resolved_by":"dc1"`, `"resolved_via":"resolve"`,
+		`"resolved_to":[{"origin":"dc1","dot":"dc1:2","value":"QitD","deleted":false,"hlc":`, `"value_text":"B+C","hlc_time":"`} {
+		if !strings.Contains(string(j), want) {
+			t.Errorf("JSON %s lacks %s", j, want)
+		}
+	}
+	// A plain delete carrying the context resolves a record too.
+	eb2 := mustWrite(t, b, WriteOp{Key: "doc2", Value: []byte("x")}).Event
+	mustWrite(t, a, WriteOp{Key: "doc2", Value: []byte("y")})
+	if _, err := a.Apply(context.Background(), []*event.Event{eb2}, nil); err != nil {
+		t.Fatal(err)
+	}
+	open, _ = a.Conflicts(ConflictFilter{Status: StatusOpen, KeyPrefix: "doc2"})
+	if len(open) != 1 {
+		t.Fatalf("open records of doc2: %+v", open)
+	}
+	mustWrite(t, a, WriteOp{Key: "doc2", Delete: true, Context: open[0].Clock})
+	if c, err := a.Conflict(open[0].ID); err != nil || c.Status != StatusResolved || c.ResolvedVia != "write" ||
+		c.ResolvedBy != "dc1" || len(c.ResolvedTo) != 1 || !c.ResolvedTo[0].Deleted {
+		t.Errorf("record resolved by a delete: %+v %v; want resolved to a deleted version by dc1 via write", c, err)
 	}
 	if _, err := a.Conflict("nope"); err == nil {
 		t.Fatal("unknown conflict id: no error")

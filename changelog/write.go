@@ -212,7 +212,7 @@ func (t *txn) make(w prepared, hlc uint64) (WriteResult, error) {
 	if err := t.putState(op.Key, w.st, next); err != nil {
 		return WriteResult{}, err
 	}
-	if err := t.noteConflicts(op.Key, next, ver.HLC); err != nil {
+	if err := t.noteConflicts(op.Key, next, ver.HLC, cause{dc: s.opts.DC, op: ev.Op}); err != nil {
 		return WriteResult{}, err
 	}
 	t.changes = append(t.changes, Change{Key: op.Key, State: next, Origin: s.opts.DC, Op: ev.Op, Dot: dot, HLC: ver.HLC})
@@ -339,7 +339,7 @@ func (t *txn) apply(ev *event.Event, forward func(*event.Event) bool) (ApplyResu
 		if err := t.putState(ev.Key, st, next); err != nil {
 			return ApplyResult{}, err
 		}
-		if err := t.noteConflicts(ev.Key, next, ev.HLC); err != nil {
+		if err := t.noteConflicts(ev.Key, next, ev.HLC, cause{dc: ev.Origin, op: ev.Op}); err != nil {
 			return ApplyResult{}, err
 		}
 		t.changes = append(t.changes, Change{Key: ev.Key, State: next, Origin: ev.Origin, Op: ev.Op, Dot: ev.Dot, HLC: ev.HLC})

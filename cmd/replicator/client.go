@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -225,10 +226,12 @@ func printRead(w io.Writer, resp *http.Response, body []byte) error {
 }
 
 func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("conflicts", "list [--status S] | resolve ID VALUE", stderr)
+	fs := newFlags("conflicts", "list [--status S] [--prefix P] [--limit N] | resolve ID VALUE", stderr)
 	var c clientFlags
 	c.register(fs)
 	status := fs.String("status", "", "list only this status: logged, open or resolved")
+	prefix := fs.String("prefix", "", "list only the entries of keys with this prefix")
+	limit := fs.Int("limit", 0, "list at most N entries (0: all of them, page by page)")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -239,9 +242,15 @@ func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if len(rest) == 0 {
 		return usagef("want list or resolve")
 	}
+	if *limit < 0 {
+		return usagef("--limit %d: want 0 (all) or more", *limit)
+	}
 	switch rest[0] {
 	case "list":
-		return listConflicts(ctx, &c, *status, stdout)
+		if len(rest) != 1 {
+			return usagef("conflicts list takes no arguments, got %q", strings.Join(rest[1:], " "))
+		}
+		return listConflicts(ctx, &c, conflictQuery{status: *status, prefix: *prefix, limit: *limit}, stdout)
 	case "resolve":
 		if len(rest) != 3 {
 			return usagef("conflicts resolve ID VALUE")
@@ -256,15 +265,30 @@ func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return usagef("unknown conflicts operation %q: want list or resolve", rest[0])
 }
 
-// listConflicts prints every entry of the conflict log, following the
-// API's pages (X-Repl-Next-After) until the last.
-func listConflicts(ctx context.Context, c *clientFlags, status string, stdout io.Writer) error {
+// conflictQuery selects the entries `conflicts list` prints.
+type conflictQuery struct {
+	status, prefix string
+	limit          int // 0: all
+}
+
+// listConflicts prints the entries of the conflict log q selects,
+// following the API's pages (X-Repl-Next-After) until the last or q's
+// limit. Each version carries its value as base64 ("value") and, when it
+// is printable UTF-8, as text ("value_text").
+func listConflicts(ctx context.Context, c *clientFlags, cq conflictQuery, stdout io.Writer) error {
 	var all []json.RawMessage
 	after := ""
 	for {
-		q := url.Values{"limit": {"10000"}}
-		if status != "" {
-			q.Set("status", status)
+		page := 10000
+		if cq.limit > 0 {
+			page = min(page, cq.limit-len(all))
+		}
+		q := url.Values{"limit": {strconv.Itoa(page)}}
+		if cq.status != "" {
+			q.Set("status", cq.status)
+		}
+		if cq.prefix != "" {
+			q.Set("prefix", cq.prefix)
 		}
 		if after != "" {
 			q.Set("after", after)
@@ -273,12 +297,12 @@ func listConflicts(ctx context.Context, c *clientFlags, status string, stdout io
 		if err != nil {
 			return err
 		}
-		var page []json.RawMessage
-		if err := json.Unmarshal(body, &page); err != nil {
+		var entries []json.RawMessage
+		if err := json.Unmarshal(body, &entries); err != nil {
 			return fmt.Errorf("conflicts list: the sidecar's answer is not a JSON array: %w", err)
 		}
-		all = append(all, page...)
-		if after = resp.Header.Get("X-Repl-Next-After"); after == "" || len(page) == 0 {
+		all = append(all, entries...)
+		if after = resp.Header.Get("X-Repl-Next-After"); after == "" || len(entries) == 0 || cq.limit > 0 && len(all) >= cq.limit {
 			break
 		}
 	}

@@ -171,7 +171,7 @@ func TestConflictsListPages(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		after := r.URL.Query().Get("after")
 		mu.Lock()
-		asked = append(asked, after+"|"+r.URL.Query().Get("status"))
+		asked = append(asked, after+"|"+r.URL.Query().Get("status")+"|"+r.URL.Query().Get("prefix")+"|"+r.URL.Query().Get("limit"))
 		mu.Unlock()
 		p, ok := pages[after]
 		if !ok {
@@ -199,7 +199,15 @@ func TestConflictsListPages(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if ids != "abc" || strings.Join(asked, ",") != "|logged,b|logged" {
+	if ids != "abc" || strings.Join(asked, ",") != "|logged||10000,b|logged||10000" {
 		t.Fatalf("printed ids %q after asking %v; want abc after the pages '' and b, each with status=logged", ids, asked)
+	}
+	// --limit stops after that many entries; --prefix is passed on.
+	asked = nil
+	mu.Unlock()
+	code, out, errOut = runCLI("conflicts", "list", "--prefix", "t/", "--limit", "2", "--addr", srv.URL)
+	mu.Lock()
+	if code != 0 || strings.Count(out, `"id"`) != 2 || strings.Join(asked, ",") != "||t/|2" {
+		t.Fatalf("--limit 2 --prefix t/: exit %d %s %s, asked %v", code, out, errOut, asked)
 	}
 }

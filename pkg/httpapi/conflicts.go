@@ -15,22 +15,12 @@ import (
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
-// conflictJSON is a conflict log entry with its clock in text form: the
-// context a resolution supersedes.
-type conflictJSON struct {
-	changelog.Conflict
-	Context string `json:"context"`
-}
+// conflictJSON is a conflict log entry as the API shows it:
+// changelog.Conflict's JSON, with its clock in text form ("context", the
+// context a resolution supersedes) and wall-clock times beside the HLCs.
+type conflictJSON = changelog.Conflict
 
-func toConflictJSON(c changelog.Conflict) conflictJSON {
-	if c.Kept == nil {
-		c.Kept = []changelog.Version{}
-	}
-	if c.Discarded == nil {
-		c.Discarded = []changelog.Version{}
-	}
-	return conflictJSON{Conflict: c, Context: c.Clock.String()}
-}
+func toConflictJSON(c changelog.Conflict) conflictJSON { return c }
 
 var conflictStatuses = []string{changelog.StatusOpen, changelog.StatusLogged, changelog.StatusResolved}
 

@@ -345,6 +345,11 @@ func TestConflicts(t *testing.T) {
 	if c := decode[conflictResp](t, w); c.Status != "resolved" {
 		t.Fatalf("conflict after resolving: status %q, want resolved", c.Status)
 	}
+	for _, want := range []string{`"resolved_to":[{"origin":"dc1"`, `"value_text":"B+C"`, `"resolved_by":"dc1"`, `"resolved_via":"resolve"`, `"detected_time":"`, `"resolved_time":"`, `"hlc_time":"`} {
+		if !strings.Contains(w.Body.String(), want) {
+			t.Errorf("resolved record %s lacks %s", w.Body.String(), want)
+		}
+	}
 
 	refused := []struct {
 		name, id string
