@@ -47,6 +47,9 @@ type Store interface {
 	Buckets(p uint32, buckets []int) ([]changelog.KeyHash, error)
 	Export(keys []string) (changelog.Knowledge, map[string][]byte, error)
 	MergeStates(ctx context.Context, states map[string]dvv.State, from changelog.Knowledge) (changelog.MergeStats, error)
+	// Digest is the whole state's digest, for peers that ask for it
+	// (GET /v1/digests).
+	Digest() (changelog.Digest, error)
 }
 
 var _ Store = (*changelog.Store)(nil)

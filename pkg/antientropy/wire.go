@@ -43,6 +43,7 @@ const (
 	opTrees   = "trees"
 	opBuckets = "buckets"
 	opStates  = "states"
+	opDigest  = "digest"
 )
 
 // request is one anti-entropy request, as msgpack.
@@ -101,6 +102,12 @@ type statesReply struct {
 	TooBig []string `msgpack:"too_big,omitempty"`
 }
 
+// digestReply is the server's whole-state digest (GET /v1/digest).
+type digestReply struct {
+	Digest string `msgpack:"digest"`
+	Keys   int    `msgpack:"keys"`
+}
+
 var errBadRequest = errors.New("antientropy: bad request")
 
 // answer serves one request.
@@ -140,13 +147,25 @@ func (w *Worker) reply(data []byte) ([]byte, error) {
 		out, err = w.serveBuckets(req)
 	case opStates:
 		out, err = w.serveStates(req)
+	case opDigest:
+		out, err = w.serveDigest()
 	default:
-		return nil, fmt.Errorf("%w: op %q: want %s, %s or %s", errBadRequest, req.Op, opTrees, opBuckets, opStates)
+		return nil, fmt.Errorf("%w: op %q: want %s, %s, %s or %s", errBadRequest, req.Op, opTrees, opBuckets, opStates, opDigest)
 	}
 	if err != nil {
 		return nil, err
 	}
 	return msgpack.Marshal(out)
+}
+
+// serveDigest computes the digest of the whole state: one scan of the
+// keys, as GET /v1/digest does.
+func (w *Worker) serveDigest() (digestReply, error) {
+	d, err := w.opts.Store.Digest()
+	if err != nil {
+		return digestReply{}, err
+	}
+	return digestReply{Digest: d.Hex(), Keys: d.Keys}, nil
 }
 
 func (w *Worker) serveTrees(req request) (treesReply, error) {

@@ -25,6 +25,10 @@ type Backend interface {
 	Scan(prefix string, fn func(key string, st dvv.State) error) error
 	// Digest summarises the whole key state.
 	Digest() (changelog.Digest, error)
+	// Digests is this DC's digest and every peer's, each computed when
+	// asked (antientropy.Worker.Digests): anything that encodes to JSON,
+	// or an error wrapping ErrNoPeers without replication.
+	Digests(ctx context.Context) (any, error)
 	// Conflicts lists the conflict log.
 	Conflicts(f changelog.ConflictFilter) ([]changelog.Conflict, error)
 	// Conflict returns one conflict log entry, or an error wrapping
@@ -74,6 +78,9 @@ type StoreBackend struct {
 	// ReadyFn, if set, is asked by /healthz after the store is checked,
 	// for the node's own readiness (links up, caught up).
 	ReadyFn func() error
+	// DigestsFn, if set, answers GET /v1/digests. Nil: the route answers
+	// 404 (no peers to ask).
+	DigestsFn func(ctx context.Context) any
 	// ReadinessFn, if set, is asked by /readyz once Ready is nil: whether
 	// the DC has caught up since it started (bridge.Replicator.Readiness).
 	// Nil counts the DC as caught up.
@@ -160,6 +167,17 @@ func (b StoreBackend) WaitReplicated(ctx context.Context, tok session.Token, n i
 
 // Feed implements Backend.
 func (b StoreBackend) Feed() Feed { return b.Store }
+
+// ErrNoPeers is what Digests returns without replication.
+var ErrNoPeers = errors.New("httpapi: no peers to ask: replication is off")
+
+// Digests implements Backend.
+func (b StoreBackend) Digests(ctx context.Context) (any, error) {
+	if b.DigestsFn == nil {
+		return nil, ErrNoPeers
+	}
+	return b.DigestsFn(ctx), nil
+}
 
 // Readiness implements Backend.
 func (b StoreBackend) Readiness() (bool, any) {

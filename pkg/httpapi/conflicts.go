@@ -44,6 +44,24 @@ func (s *server) digest(w http.ResponseWriter, r *http.Request) {
 	}{d.Hex(), d.Keys, parts})
 }
 
+// digests answers GET /v1/digests: this DC's digest and each peer's,
+// fetched over NATS when asked. Each costs one scan of that DC's keys.
+func (s *server) digests(w http.ResponseWriter, r *http.Request) {
+	if !s.query(w, r, nil) {
+		return
+	}
+	d, err := s.b.Digests(r.Context())
+	if errors.Is(err, ErrNoPeers) {
+		writeError(w, http.StatusNotFound, "no peer digests: this sidecar runs without replication; GET /v1/digest gives its own")
+		return
+	}
+	if err != nil {
+		s.backendError(w, r, "digests", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
 // Paging of GET /v1/conflicts: a listing holds at most limit entries
 // (default DefaultConflictLimit); when more follow, NextAfterHeader names
 // the last id, to pass as after= for the next page.

@@ -19,6 +19,7 @@
 //	                                    NDJSON, one line per key with a live value; X-Repl-Session
 //	                                    (?min_session=) optional
 //	GET    /v1/digest                   {"digest", "keys", "partitions"}
+//	GET    /v1/digests                  {"dcs": [{"dc", "digest", "keys", "self", "error", "ms"}], "agree"}: every DC's, asked now
 //	GET    /v1/conflicts?status=&prefix=&limit=
 //	GET    /v1/conflicts/{id}
 //	POST   /v1/conflicts/{id}/resolve   {"value": base64 | "value_text": s | "delete": true}
@@ -183,6 +184,7 @@ func (s *server) routes() {
 	m.HandleFunc("DELETE /v1/kv", s.missingKey)
 	m.HandleFunc("POST /v1/txn", s.txn)
 	m.HandleFunc("GET /v1/digest", s.digest)
+	m.HandleFunc("GET /v1/digests", s.digests)
 	m.HandleFunc("GET /v1/conflicts", s.listConflicts)
 	m.HandleFunc("GET /v1/conflicts/{id}", s.getConflict)
 	m.HandleFunc("POST /v1/conflicts/{id}/resolve", s.resolveConflict)
@@ -246,7 +248,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(rec, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s; use %s", r.Method, r.URL.Path, strings.Join(allowed, ", ")))
 			return
 		}
-		writeError(rec, http.StatusNotFound, fmt.Sprintf("no route %s %s; the API lives under /v1/ (kv, txn, changes, digest, conflicts, status, watch, deadletters), plus /healthz, /metrics and the status page /ui", r.Method, r.URL.Path))
+		writeError(rec, http.StatusNotFound, fmt.Sprintf("no route %s %s; the API lives under /v1/ (kv, txn, changes, digest, digests, conflicts, status, watch, deadletters), plus /healthz, /readyz, /metrics and the status page /ui", r.Method, r.URL.Path))
 		return
 	}
 	s.mux.ServeHTTP(rec, r)

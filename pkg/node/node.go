@@ -348,7 +348,7 @@ func (n *Node) serveHTTP() error {
 	}
 	// Closed at shutdown: continuous change feeds end, as watchers do.
 	stop := make(chan struct{})
-	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, WriteTxnFn: n.WriteTxn, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, ReadinessFn: n.readiness, DeadLettersFn: n.deadLetters}, httpapi.Options{
+	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, WriteTxnFn: n.WriteTxn, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, ReadinessFn: n.readiness, DigestsFn: n.digests, DeadLettersFn: n.deadLetters}, httpapi.Options{
 		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
 		Registry: n.reg, MetricLabels: prometheus.Labels{"dc": n.cfg.DC}, Logger: n.log, Watch: n.hub, Stop: stop,
 	})
@@ -592,6 +592,9 @@ func (n *Node) ready() error {
 	}
 	return nil
 }
+
+// digests is GET /v1/digests: this DC's digest and every peer's.
+func (n *Node) digests(ctx context.Context) any { return n.ae.Digests(ctx) }
 
 // readiness is /readyz's verdict: whether the DC has caught up since it
 // started (bridge.Readiness).

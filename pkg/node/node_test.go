@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/antientropy"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
@@ -124,8 +126,19 @@ func TestNodeServesAndReplicates(t *testing.T) {
 	if status := get(t, base+"/v1/status"); !strings.Contains(status, `"Peers":[{"DC":"dc1"`) || !strings.Contains(status, `"State":"alive"`) {
 		t.Errorf("status lacks dc1 as an alive peer: %s", status)
 	}
+	// Every DC's digest, asked now: the two agree once converged.
+	var ds antientropy.Digests
+	if err := json.Unmarshal([]byte(get(t, base+"/v1/digests")), &ds); err != nil || !ds.Agree || len(ds.DCs) != 2 ||
+		ds.DCs[0].DC != "dc1" || ds.DCs[0].Self || !ds.DCs[1].Self || ds.DCs[0].Digest == "" || ds.DCs[0].Keys != 1 {
+		t.Errorf("GET /v1/digests: %+v %v", ds, err)
+	}
 	if err := nodes[0].Close(); err != nil {
 		t.Fatalf("Close: %v", err)
+	}
+	// A peer that is gone is named, and the digests no longer agree.
+	if err := json.Unmarshal([]byte(get(t, base+"/v1/digests")), &ds); err != nil || ds.Agree ||
+		!strings.Contains(ds.DCs[0].Error, "no sidecar of dc1 answers") {
+		t.Errorf("GET /v1/digests with dc1 closed: %+v %v", ds, err)
 	}
 	if err := nodes[0].Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
