@@ -30,6 +30,44 @@ func findBrowser(t *testing.T) string {
 	return ""
 }
 
+// checkLabels checks that no two link labels of the drawing overlap and
+// that each lies inside the view box.
+func checkLabels(t *testing.T, svg string) {
+	t.Helper()
+	vb := regexp.MustCompile(`viewBox="(-?[\d.]+) (-?[\d.]+) ([\d.]+) ([\d.]+)"`).FindStringSubmatch(svg)
+	if vb == nil {
+		t.Fatalf("no viewBox: %s", svg)
+	}
+	f := func(s string) float64 {
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	x0, y0, w, h := f(vb[1]), f(vb[2]), f(vb[3]), f(vb[4])
+	type box struct {
+		id         string
+		x, y, w, h float64
+	}
+	var boxes []box
+	for _, m := range regexp.MustCompile(`data-testid="(link-lag-[^"]+)" data-box="([-\d.]+) ([-\d.]+) ([\d.]+) ([\d.]+)"`).FindAllStringSubmatch(svg, -1) {
+		b := box{m[1], f(m[2]), f(m[3]), f(m[4]), f(m[5])}
+		if b.x < x0 || b.y < y0 || b.x+b.w > x0+w || b.y+b.h > y0+h {
+			t.Errorf("label %s at %+v leaves the view box %v", b.id, b, vb[1:])
+		}
+		for _, o := range boxes {
+			if b.x < o.x+o.w && o.x < b.x+b.w && b.y < o.y+o.h && o.y < b.y+b.h {
+				t.Errorf("labels %s %+v and %s %+v overlap", b.id, b, o.id, o)
+			}
+		}
+		boxes = append(boxes, b)
+	}
+	if len(boxes) == 0 {
+		t.Errorf("no labelled links in %s", svg)
+	}
+}
+
 // dumpDOM loads url in headless Chromium, lets the page run for 5 s of
 // virtual time (its polls included), and returns the DOM it rendered.
 func dumpDOM(t *testing.T, browser, url string) string {
@@ -90,8 +128,11 @@ func TestStatusPage(t *testing.T) {
 	}
 	c.conflict("title/contested", "from-dc1", "from-dc2")
 	c.conflict("title/binary", "\x00\x01\xff", "\xfe\xfd")
+	c.conflict("doc/contract", "terms-dc1", "terms-dc2")
+	c.resolve("dc1", "doc/contract", "merged terms")
 	c.poison("dc2")
 	c.waitDeadLetter("dc1", "dc2", "malformed")
+	c.waitConverged()
 
 	dom := dumpDOM(t, browser, c.base("dc1")+"/ui#token="+token)
 	if t.Failed() {
@@ -142,13 +183,13 @@ func TestStatusPage(t *testing.T) {
 		}
 	}
 
-	// dc1 applied 5 writes and the two conflicting ones from dc2; dc2 and
-	// dc3 report their vectors every 200 ms.
-	if got := text(t, dom, "applied-dc1-dc2"); got != "7" {
-		t.Errorf("dc1's applied count from dc2 is %q, want 7", got)
+	// dc1 applied 5 writes and the three conflicting ones from dc2; dc2
+	// and dc3 report their vectors every 200 ms.
+	if got := text(t, dom, "applied-dc1-dc2"); got != "8" {
+		t.Errorf("dc1's applied count from dc2 is %q, want 8", got)
 	}
-	if got := text(t, dom, "applied-dc1-dc1"); got != "7" {
-		t.Errorf("dc1's own count is %q, want 7 (5 writes and 2 contested)", got)
+	if got := text(t, dom, "applied-dc1-dc1"); got != "9" {
+		t.Errorf("dc1's own count is %q, want 9 (5 writes, 3 contested and a resolution)", got)
 	}
 	for _, peer := range []string{"dc2", "dc3"} {
 		if row := element(t, dom, "tr", "applied-row-"+peer); !strings.Contains(row, "(reported)") {
@@ -156,10 +197,37 @@ func TestStatusPage(t *testing.T) {
 		}
 	}
 
-	// Printable values show as text, others as base64.
+	// Each peer's liveness and report age, readiness, and every DC's
+	// digest, which agree once the writes have replicated.
+	if got := text(t, dom, "ready"); got != "yes" {
+		t.Errorf("ready %q, want yes", got)
+	}
+	for _, peer := range []string{"dc2", "dc3"} {
+		if got := text(t, dom, "peer-state-"+peer); got != "alive" {
+			t.Errorf("%s is %q, want alive", peer, got)
+		}
+		if got := text(t, dom, "peer-age-"+peer); !regexp.MustCompile(`^\d+\.\d s ago$`).MatchString(got) {
+			t.Errorf("%s's report age is %q, want \"N.N s ago\"", peer, got)
+		}
+		if node := element(t, svg, "g", "dc-node-"+peer); !strings.Contains(node, `data-state="alive"`) {
+			t.Errorf("%s is not drawn alive: %s", peer, node)
+		}
+	}
+	if got := text(t, dom, "digest-verdict"); got != "— all DCs agree" {
+		t.Errorf("digest verdict %q, want all DCs agree", got)
+	}
+	for _, dc := range []string{"dc1", "dc2", "dc3"} {
+		if got := text(t, dom, "digest-"+dc); !regexp.MustCompile(`^[0-9a-f]{16}…$`).MatchString(got) {
+			t.Errorf("digest of %s shows %q", dc, got)
+		}
+	}
+	checkLabels(t, svg)
+
+	// Printable values show as text, others as base64; HLCs as wall-clock
+	// time beside the raw number.
 	rows := regexp.MustCompile(`(?s)<tr data-testid="conflict-row".*?</tr>`).FindAllString(dom, -1)
-	if len(rows) != 2 {
-		t.Fatalf("%d conflict rows, want 2:\n%s", len(rows), dom)
+	if len(rows) != 3 {
+		t.Fatalf("%d conflict rows, want 3:\n%s", len(rows), dom)
 	}
 	for key, values := range map[string][]string{
 		"title/contested": {">from-dc1<", ">from-dc2<"},
@@ -175,6 +243,23 @@ func TestStatusPage(t *testing.T) {
 			if !strings.Contains(row, want) {
 				t.Errorf("conflict row of %s lacks %q: %s", key, want, row)
 			}
+		}
+	}
+	for _, r := range rows {
+		if !regexp.MustCompile(`data-testid="detected"[^>]*><span class="wall">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC /\d+</span> <span class="dim raw">hlc \d+</span>`).MatchString(r) {
+			t.Errorf("conflict row without a wall-clock detection time next to its HLC: %s", r)
+		}
+	}
+	var record string
+	for _, r := range rows {
+		if strings.Contains(r, `data-key="doc/contract"`) {
+			record = r
+		}
+	}
+	resolved := element(t, record, "td", "resolved")
+	for _, want := range []string{">merged terms<", ">resolved<", "by dc1 via resolve", `data-testid="resolved-at"`} {
+		if !strings.Contains(record, want) {
+			t.Errorf("the resolved record's row lacks %q: %s", want, resolved)
 		}
 	}
 	if got := text(t, dom, "dlq-total"); got != "1" {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -123,6 +124,52 @@ func (c *cluster) conflict(key, v1, v2 string) {
 			return false, err.Error()
 		}
 		return len(cs) > 0, fmt.Sprintf("%d conflicts", len(cs))
+	})
+}
+
+// resolve resolves dc's open record of key to value through
+// POST /v1/conflicts/{id}/resolve, and waits until every DC shows it.
+func (c *cluster) resolve(dc, key, value string) {
+	c.t.Helper()
+	var open []changelog.Conflict
+	testutil.Eventually(c.t, 30*time.Second, 50*time.Millisecond, "open record of "+key+" at "+dc, func() (bool, string) {
+		var err error
+		open, err = c.nodes[dc].Store().Conflicts(changelog.ConflictFilter{KeyPrefix: key, Status: changelog.StatusOpen})
+		return err == nil && len(open) == 1, fmt.Sprintf("%d open: %v", len(open), err)
+	})
+	req, err := http.NewRequest(http.MethodPost, c.base(dc)+"/v1/conflicts/"+open[0].ID+"/resolve", strings.NewReader(`{"value_text":`+strconv.Quote(value)+`}`))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		c.t.Fatalf("resolve %s at %s: %s", key, dc, resp.Status)
+	}
+}
+
+// waitConverged waits until every DC holds the same digest and has
+// published its outbox.
+func (c *cluster) waitConverged() {
+	c.t.Helper()
+	testutil.Eventually(c.t, 30*time.Second, 50*time.Millisecond, "convergence", func() (bool, string) {
+		var first string
+		for dc, n := range c.nodes {
+			d, err := n.Store().Digest()
+			if err != nil || n.Store().OutboxDepth() > 0 {
+				return false, fmt.Sprintf("%s: %v, outbox %d", dc, err, n.Store().OutboxDepth())
+			}
+			if first == "" {
+				first = d.Hex()
+			} else if d.Hex() != first {
+				return false, "digests differ"
+			}
+		}
+		return true, ""
 	})
 }
 

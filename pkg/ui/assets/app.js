@@ -88,11 +88,27 @@
     return e;
   }
 
+  // hlcString shows an HLC as its wall-clock time (UTC, to the
+  // millisecond) and logical counter: "2026-12-02 10:11:12.345 UTC /0".
   function hlcString(ts) {
     if (typeof ts !== 'bigint' || ts === 0n) return '';
     const ms = Number(ts >> 16n);
     const logical = Number(ts & 0xffffn);
-    return new Date(ms).toISOString() + '/' + logical;
+    return new Date(ms).toISOString().replace('T', ' ').replace('Z', ' UTC') + ' /' + logical;
+  }
+
+  // hlcCell shows an HLC as wall-clock time next to the raw number.
+  function hlcCell(ts, testid) {
+    if (typeof ts !== 'bigint' || ts === 0n) return el('span', { class: 'dim' }, '');
+    return el('span', { 'data-testid': testid, title: 'HLC ' + String(ts) },
+      el('span', { class: 'wall' }, hlcString(ts)), ' ', el('span', { class: 'dim raw' }, 'hlc ' + String(ts)));
+  }
+
+  function ageString(seconds) {
+    const s = Number(seconds);
+    if (s < 60) return s.toFixed(1) + ' s ago';
+    if (s < 3600) return (s / 60).toFixed(1) + ' min ago';
+    return (s / 3600).toFixed(1) + ' h ago';
   }
 
   function goTime(s) {
@@ -103,7 +119,8 @@
 
   // valueText shows a value as text when it is printable UTF-8, else as
   // base64 (the form the API sends it in).
-  function valueText(b64) {
+  function valueText(b64, given) {
+    if (typeof given === 'string') return { text: given, kind: 'text' };
     if (b64 === null || b64 === undefined) return { text: '(empty)', kind: 'text' };
     const bin = atob(b64);
     const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
@@ -117,11 +134,11 @@
   function versionList(versions, testid) {
     const ul = el('ul', { class: 'versions', 'data-testid': testid });
     for (const v of versions || []) {
-      const val = v.deleted ? { text: '(deleted)', kind: 'deleted' } : valueText(v.value);
+      const val = v.deleted ? { text: '(deleted)', kind: 'deleted' } : valueText(v.value, v.value_text);
       ul.append(el('li', {},
         el('span', { class: 'value ' + val.kind, 'data-testid': 'value' }, val.text), ' ',
-        el('span', { class: 'dim' }, 'dot ' + v.dot + ' · origin ' + v.origin + ' · hlc '),
-        el('span', { class: 'dim', title: String(v.hlc) }, hlcString(v.hlc))));
+        el('span', { class: 'dim' }, 'dot ' + v.dot + ' · origin ' + v.origin + ' · '),
+        el('span', { class: 'dim' }, hlcCell(v.hlc, 'version-hlc'))));
     }
     return ul;
   }
@@ -140,35 +157,81 @@
     return edges;
   }
 
+  // peerStates maps each other DC to its liveness as this DC sees it.
+  function peerStates(st) {
+    const out = {};
+    for (const p of (st.bridge && st.bridge.Peers) || []) out[p.DC] = p;
+    return out;
+  }
+
+  // Label geometry: the status page's font is 11px; a character is at
+  // most about 6.6px wide there.
+  const CHAR_W = 6.6, LABEL_H = 15;
+
+  function overlaps(a, b) {
+    return a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+  }
+
+  // placeLabels puts each edge's label on its own side of the edge, at
+  // the first spot along it where the label's box meets no other label
+  // and no DC circle (the least crowded spot if none is free).
+  function placeLabels(items, circles) {
+    const placed = [];
+    const ts = [0.5, 0.4, 0.6, 0.32, 0.68, 0.25, 0.75];
+    for (const it of items) {
+      const w = it.label.length * CHAR_W + 6, h = LABEL_H;
+      let best = null, bestHits = Infinity;
+      for (const t of ts) {
+        for (const off of [16, 26]) {
+          const cx = it.x1 + (it.x2 - it.x1) * t + it.nx * off, cy = it.y1 + (it.y2 - it.y1) * t + it.ny * off;
+          const box = { x: cx - w / 2, y: cy - h / 2, w, h, cx, cy };
+          let hits = 0;
+          for (const p of placed) if (overlaps(box, p)) hits++;
+          for (const c of circles) if (overlaps(box, c)) hits++;
+          if (hits < bestHits) { best = box; bestHits = hits; }
+          if (hits === 0) break;
+        }
+        if (bestHits === 0) break;
+      }
+      placed.push(best);
+      it.box = best;
+    }
+  }
+
   function renderTopology(st) {
     const root = $('topology-svg');
     const dcs = st.dcs || [];
     const links = {};
     for (const l of (st.bridge && st.bridge.Links) || []) links[l.Upstream] = l;
-    const R = 30, ring = 150, margin = R + 50;
+    const peers = peerStates(st);
+    // The drawing takes the card's width: DCs sit on an ellipse as wide
+    // as the card allows and at most 380px tall, in user units of one
+    // CSS pixel, so labels keep their size whatever the width.
+    const width = Math.max(320, Math.round(root.parentElement ? root.parentElement.clientWidth - 28 : 640));
+    const R = 26, height = Math.min(380, Math.max(240, 90 * dcs.length));
+    const ry = height / 2 - R - 24, rx = Math.max(60, Math.min(width / 2 - R - 70, 2.6 * ry));
+    root.setAttribute('viewBox', [-width / 2, -height / 2, width, height].map((v) => v.toFixed(0)).join(' '));
+    root.setAttribute('width', String(width));
+    root.setAttribute('height', String(height));
     const pos = {};
+    // The first DC on top; two DCs side by side.
+    const first = dcs.length === 2 ? Math.PI : -Math.PI / 2;
     dcs.forEach((dc, i) => {
-      const a = -Math.PI / 2 + (2 * Math.PI * i) / dcs.length;
-      pos[dc] = { x: ring * Math.cos(a), y: ring * Math.sin(a) };
+      const a = first + (2 * Math.PI * i) / dcs.length;
+      pos[dc] = { x: rx * Math.cos(a), y: ry * Math.sin(a) };
     });
-    // Fit the drawing: the view box spans the DCs plus room for labels.
-    const xs = dcs.map((d) => pos[d].x), ys = dcs.map((d) => pos[d].y);
-    if (dcs.length > 0) {
-      const x0 = Math.min(...xs) - margin - 40, y0 = Math.min(...ys) - margin;
-      const w = Math.max(...xs) - Math.min(...xs) + 2 * (margin + 40), h = Math.max(...ys) - Math.min(...ys) + 2 * margin;
-      root.setAttribute('viewBox', [x0, y0, w, h].map((v) => v.toFixed(0)).join(' '));
-    }
     const nodes = [];
     const defs = svg('defs');
     const marker = svg('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: '9', refY: '5', markerWidth: '7', markerHeight: '7', orient: 'auto-start-reverse' });
     marker.append(svg('path', { d: 'M0,0 L10,5 L0,10 z', class: 'arrowhead' }));
     defs.append(marker);
     nodes.push(defs);
+    const items = [];
     for (const e of edgesOf(st)) {
       const a = pos[e.upstream], b = pos[e.dc];
       if (!a || !b) continue;
       const dx = b.x - a.x, dy = b.y - a.y, len = Math.hypot(dx, dy) || 1;
-      const ux = dx / len, uy = dy / len, nx = -uy, ny = ux, off = 7;
+      const ux = dx / len, uy = dy / len, nx = -uy, ny = ux, off = 6;
       const x1 = a.x + ux * R + nx * off, y1 = a.y + uy * R + ny * off;
       const x2 = b.x - ux * (R + 2) + nx * off, y2 = b.y - uy * (R + 2) + ny * off;
       const ls = e.dc === st.dc ? links[e.upstream] : undefined;
@@ -177,23 +240,63 @@
         label = ls.LagEvents + ' ev · ' + Number(ls.LagSeconds).toFixed(1) + ' s';
         cls = 'link known' + (ls.Connected ? '' : ' down') + (e.extra ? ' extra' : '');
       }
-      const id = e.upstream + '-' + e.dc;
-      const g = svg('g', { class: cls, 'data-testid': 'link-' + id, 'data-upstream': e.upstream, 'data-dc': e.dc });
-      g.append(svg('line', { x1, y1, x2, y2, 'marker-end': 'url(#arrow)' }));
-      const t = (x1 + x2) / 2 + nx * 18, u = (y1 + y2) / 2 + ny * 18;
-      const text = svg('text', { x: t, y: u, 'text-anchor': 'middle', 'dominant-baseline': 'middle', 'data-testid': 'link-lag-' + id }, label);
-      text.append(svg('title', {}, ls ? e.upstream + ' → ' + e.dc + ': measured by this DC' : e.upstream + ' → ' + e.dc + ': measured only by ' + e.dc));
-      g.append(text);
+      items.push({ e, ls, label, cls, x1, y1, x2, y2, nx, ny });
+    }
+    const circles = dcs.map((d) => ({ x: pos[d].x - R - 2, y: pos[d].y - R - 2, w: 2 * R + 4, h: 2 * R + 4 }));
+    // Measured labels first: they matter more than the "?" ones.
+    items.sort((p, q) => (q.ls ? 1 : 0) - (p.ls ? 1 : 0));
+    placeLabels(items, circles);
+    const labels = [];
+    for (const it of items) {
+      const id = it.e.upstream + '-' + it.e.dc;
+      const g = svg('g', { class: it.cls, 'data-testid': 'link-' + id, 'data-upstream': it.e.upstream, 'data-dc': it.e.dc });
+      g.append(svg('line', { x1: it.x1, y1: it.y1, x2: it.x2, y2: it.y2, 'marker-end': 'url(#arrow)' }));
       nodes.push(g);
+      const b = it.box;
+      const lg = svg('g', { class: it.cls + ' label' });
+      lg.append(svg('rect', { x: b.x, y: b.y, width: b.w, height: b.h, rx: 3, class: 'label-bg' }));
+      const text = svg('text', { x: b.cx, y: b.cy, 'text-anchor': 'middle', 'dominant-baseline': 'central', 'data-testid': 'link-lag-' + id,
+        'data-box': [b.x, b.y, b.w, b.h].map((v) => v.toFixed(1)).join(' ') }, it.label);
+      text.append(svg('title', {}, it.ls ? it.e.upstream + ' → ' + it.e.dc + ': measured by this DC' : it.e.upstream + ' → ' + it.e.dc + ': measured only by ' + it.e.dc));
+      lg.append(text);
+      labels.push(lg);
     }
     for (const dc of dcs) {
       const p = pos[dc];
-      const g = svg('g', { class: 'dc' + (dc === st.dc ? ' self' : ''), 'data-testid': 'dc-node-' + dc, 'data-dc': dc });
+      const ps = peers[dc];
+      const state = dc === st.dc ? 'self' : (ps ? ps.State.replace(' ', '-') : 'unknown');
+      const g = svg('g', { class: 'dc ' + state, 'data-testid': 'dc-node-' + dc, 'data-dc': dc, 'data-state': state });
       g.append(svg('circle', { cx: p.x, cy: p.y, r: R }));
       g.append(svg('text', { x: p.x, y: p.y, 'text-anchor': 'middle', 'dominant-baseline': 'central' }, dc));
+      g.append(svg('title', {}, dc === st.dc ? dc + ': this DC' : dc + ': ' + (ps ? ps.State + ', last report ' + ageString(ps.ReportAgeSeconds) : 'no report')));
       nodes.push(g);
     }
-    root.replaceChildren(...nodes);
+    // Labels last, over the lines and circles.
+    root.replaceChildren(...nodes, ...labels);
+  }
+
+  function renderPeers(st) {
+    const rows = ((st.bridge && st.bridge.Peers) || []).map((p) => el('tr', { 'data-testid': 'peer-row-' + p.DC },
+      el('td', {}, p.DC),
+      el('td', { class: 'state ' + p.State.replace(' ', '-'), 'data-testid': 'peer-state-' + p.DC }, p.State),
+      el('td', { class: 'num', 'data-testid': 'peer-age-' + p.DC }, p.LastReport ? ageString(p.ReportAgeSeconds) : 'none for ' + Number(p.ReportAgeSeconds).toFixed(1) + ' s'),
+      el('td', {}, p.LastReport ? goTime(p.LastReport) : 'never since this DC started')));
+    if (rows.length === 0) rows.push(el('tr', {}, el('td', { colspan: 4, class: 'dim' }, 'no peers (replication is off or this is the only DC)')));
+    $('peers').replaceChildren(...rows);
+  }
+
+  function renderDigests(d) {
+    const rows = (d.dcs || []).map((x) => el('tr', { 'data-testid': 'digest-row-' + x.dc },
+      el('td', {}, x.dc + (x.self ? ' (this DC)' : '')),
+      el('td', { class: 'key', 'data-testid': 'digest-' + x.dc, title: x.digest || '' }, x.digest ? x.digest.slice(0, 16) + '…' : '—'),
+      el('td', { class: 'num' }, x.digest ? x.keys : ''),
+      el('td', { class: 'num' }, x.ms + ' ms'),
+      el('td', { class: x.error ? 'bad' : '' }, x.error || '')));
+    $('digests').replaceChildren(...rows);
+    const v = $('digest-verdict');
+    v.textContent = d.agree ? '— all DCs agree' : '— DCs differ';
+    v.className = 'count ' + (d.agree ? 'ok' : 'bad');
+    $('digest-when').textContent = ' last compared ' + new Date().toLocaleTimeString();
   }
 
   function renderLinks(st) {
@@ -241,6 +344,16 @@
     $('applied').replaceChildren(...rows);
   }
 
+  // resolvedCell shows what a resolved record's key was resolved to, by
+  // which DC, how and when.
+  function resolvedCell(c) {
+    if (c.status !== 'resolved') return el('span', { class: 'dim' }, c.status === 'open' ? 'open: waiting for a resolution' : '');
+    const by = c.resolved_by ? 'by ' + c.resolved_by : 'by a merge';
+    return el('div', {}, versionList(c.resolved_to, 'resolved-to'),
+      el('span', { class: 'dim', 'data-testid': 'resolved-by' }, by + (c.resolved_via ? ' via ' + c.resolved_via : '') + ' · '),
+      hlcCell(c.resolved_hlc, 'resolved-at'));
+  }
+
   function renderConflicts(list) {
     const sorted = (list || []).slice().sort((a, b) => (a.detected_hlc < b.detected_hlc ? 1 : a.detected_hlc > b.detected_hlc ? -1 : 0));
     const rows = sorted.map((c) => el('tr', { 'data-testid': 'conflict-row', 'data-key': c.key },
@@ -249,8 +362,9 @@
       el('td', {}, c.status),
       el('td', {}, versionList(c.kept, 'kept')),
       el('td', {}, versionList(c.discarded, 'discarded')),
-      el('td', { title: String(c.detected_hlc) }, hlcString(c.detected_hlc))));
-    if (rows.length === 0) rows.push(el('tr', {}, el('td', { colspan: 6, class: 'dim' }, 'no conflicts logged')));
+      el('td', { 'data-testid': 'resolved' }, resolvedCell(c)),
+      el('td', {}, hlcCell(c.detected_hlc, 'detected'))));
+    if (rows.length === 0) rows.push(el('tr', {}, el('td', { colspan: 7, class: 'dim' }, 'no conflicts logged')));
     $('conflicts').replaceChildren(...rows);
   }
 
@@ -279,9 +393,11 @@
     $('dc').textContent = st.dc;
     $('topology').textContent = st.topology + ' (' + (st.dcs || []).join(', ') + ')';
     $('running').textContent = st.bridge ? (b.Running ? 'yes' : 'no') : 'no replication';
+    $('ready').textContent = st.bridge ? (b.Ready ? 'yes' : 'catching up (see /readyz)') : 'n/a';
     $('outbox').textContent = st.bridge ? b.OutboxDepth + ' pending' : 'n/a';
     document.title = 'replicator ' + st.dc;
     renderTopology(st);
+    renderPeers(st);
     renderLinks(st);
     renderApplied(st);
   }
@@ -330,9 +446,26 @@
     showErrors(errors.map((e) => (e instanceof APIError ? e : new APIError('?', 0, String(e)))));
   }
 
+  const DIGEST_MS = 30000;
+  let digestsAt = 0;
+
+  // pollDigests asks for every DC's digest every DIGEST_MS while the page
+  // is shown, or at once when forced.
+  async function pollDigests(force) {
+    if (!force && (document.visibilityState === 'hidden' || Date.now() - digestsAt < DIGEST_MS)) return;
+    digestsAt = Date.now();
+    try {
+      renderDigests(await get('/v1/digests'));
+    } catch (e) {
+      $('digests').replaceChildren(el('tr', {}, el('td', { colspan: 5, class: e.status === 404 ? 'dim' : 'bad' }, 'GET /v1/digests: ' + e.message)));
+    }
+  }
+
+  $('digest-refresh').addEventListener('click', () => pollDigests(true));
+
   async function loop() {
     try {
-      await poll();
+      await Promise.all([poll(), pollDigests(false)]);
     } catch (e) {
       showErrors([new APIError('?', 0, 'the page failed to render: ' + e)]);
     }
