@@ -107,10 +107,8 @@ func (s *Store) WaitApplied(ctx context.Context, tok session.Token) error {
 // *ContextAheadError (with Read set) or a *SessionAheadError, both
 // ErrContextAhead: the read should answer 503 and be retried.
 func (s *Store) WaitRead(ctx context.Context, key string, client vclock.VV, tok session.Token) error {
-	for dc := range client {
-		if !slices.Contains(s.opts.DCs, dc) {
-			return fmt.Errorf("%w: context names dc %q, which is not one of %v", ErrBadInput, dc, s.opts.DCs)
-		}
+	if err := s.checkContextDCs(client); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ContextWait)
 	defer cancel()

@@ -558,3 +558,24 @@ func TestApplyFeedsTheClock(t *testing.T) {
 		t.Fatalf("a reading beyond the bound: result %+v, clock now %d; want ClockErr and the clock not taking it", res[0], clk.Now())
 	}
 }
+
+// TestContextNamingUnknownDCRefusedAtOnce: a write, transaction or read
+// whose context names a DC outside dcs (a DC added elsewhere before this
+// sidecar restarted with it) is bad input at once, not a 503 after
+// ContextWait: this DC would never catch up with it.
+func TestContextNamingUnknownDCRefusedAtOnce(t *testing.T) {
+	s := openMem(t, vfs.NewMem(), "dc1", Options{ContextWait: time.Minute})
+	ctx := vclock.VV{"dc4": 1}
+	start := time.Now()
+	_, werr := s.Write(context.Background(), WriteOp{Key: "k", Value: []byte("v"), Context: ctx})
+	_, terr := s.WriteTxn(context.Background(), []WriteOp{{Key: "k", Value: []byte("v"), Context: ctx}})
+	rerr := s.WaitRead(context.Background(), "k", ctx, nil)
+	for what, err := range map[string]error{"write": werr, "txn": terr, "read": rerr} {
+		if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), `context names dc "dc4", which is not one of [dc1 dc2 dc3]`) {
+			t.Errorf("%s with a context naming dc4: %v, want ErrBadInput naming dc4", what, err)
+		}
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("refusing took %s: it waited for ContextWait", d)
+	}
+}

@@ -102,6 +102,12 @@ func contextAhead(client, clock vclock.VV, self string, applied func(dc string) 
 // the contiguous applied sequence of the key's partition. It returns a
 // *ContextAheadError when ctx ends first.
 func (s *Store) WaitContext(ctx context.Context, key string, client vclock.VV) error {
+	// A DC outside the configuration never catches up: refuse at once
+	// rather than after the wait (a DC added to dcs elsewhere before
+	// this sidecar restarted with it).
+	if err := s.checkContextDCs(client); err != nil {
+		return err
+	}
 	p := event.PartitionOf(key, s.opts.Partitions)
 	for {
 		s.mu.RLock()
@@ -388,10 +394,10 @@ func (t *txn) checkContext(key string, client, clock vclock.VV, p uint32) (vcloc
 	if len(client) == 0 {
 		return client, nil
 	}
+	if err := t.s.checkContextDCs(client); err != nil {
+		return nil, err
+	}
 	for dc, n := range client {
-		if !slices.Contains(t.s.opts.DCs, dc) {
-			return nil, fmt.Errorf("%w: context names dc %q, which is not one of %v", ErrBadInput, dc, t.s.opts.DCs)
-		}
 		if dc == t.s.opts.DC && n > t.lastSeq(p) {
 			return nil, fmt.Errorf("%w: context names event %s:%d, but this DC has issued only %d in the key's partition", ErrBadInput, dc, n, t.lastSeq(p))
 		}
@@ -401,6 +407,16 @@ func (t *txn) checkContext(key string, client, clock vclock.VV, p uint32) (vcloc
 		return nil, &ContextAheadError{Key: key, Partition: p, DC: dc, Named: n, Applied: have}
 	}
 	return client, nil
+}
+
+// checkContextDCs refuses a context naming a DC outside Options.DCs.
+func (s *Store) checkContextDCs(client vclock.VV) error {
+	for dc := range client {
+		if !slices.Contains(s.opts.DCs, dc) {
+			return fmt.Errorf("%w: context names dc %q, which is not one of %v; a DC added elsewhere is known here once this sidecar restarts with it in dcs", ErrBadInput, dc, s.opts.DCs)
+		}
+	}
+	return nil
 }
 
 // Recover applies events this DC itself wrote that its store no longer
