@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/replicatorhq/replicator/pkg/bench"
@@ -32,11 +33,13 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	memprofile := fs.String("memprofile", "", "write the allocation profile at the end of the replicator phase to `FILE`")
 	tracefile := fs.String("trace", "", "write an execution trace of the replicator phase to `FILE`")
 	asJSON := fs.Bool("json", false, "print one JSON object on stdout")
-	if err := parse(fs, args); err != nil {
+	if err := parseNone(fs, args); err != nil {
 		return err
 	}
 	if err := o.Validate(); err != nil {
-		return usagef("%v", err)
+		// One line, without the package's prefix: "replicator bench: dcs
+		// 0: want 2..16; writes 0: want at least 1 (see --help)".
+		return usagef("%s", strings.ReplaceAll(strings.TrimPrefix(err.Error(), "bench: "), "\n", "; "))
 	}
 	for _, out := range []struct {
 		path string

@@ -42,6 +42,9 @@ func cmdChanges(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	case *heartbeat != 0 && !*follow:
 		return usagef("--heartbeat is only for --follow")
 	}
+	if err := c.finish(); err != nil {
+		return err
+	}
 	q := url.Values{}
 	if *since != "" {
 		q.Set("since", *since)

@@ -126,25 +126,57 @@ func (c *clientFlags) request(ctx context.Context, method, path string, body io.
 	return req, nil
 }
 
+// stdin is where `kv put KEY -` and `kv txn` read; tests replace it.
+var stdin io.Reader = os.Stdin
+
+// exitNotFound is the exit status of `kv get` for a key without a live
+// value: not a failure of the command, and not a usage error.
+const exitNotFound = 3
+
+const kvSynopsis = "get KEY [--json] | put KEY VALUE|- | del KEY [--context CTX] | txn [FILE]"
+
 func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("kv", "get|put|del KEY [VALUE] [--context CTX] | txn [FILE]", stderr)
+	fs := newFlags("kv", kvSynopsis+"\n\n"+
+		"get prints each value on stdout and the context on stderr; --json prints the API's JSON answer instead.\n"+
+		"A key without a live value exits with status 3 (errors 1, usage errors 2).\n"+
+		"put - reads the value from stdin, byte for byte.", stderr)
 	var c clientFlags
 	c.register(fs)
-	ctxHdr := fs.String("context", "", "causal context from an earlier read (X-Repl-Context)")
+	ctxHdr := fs.String("context", "", "causal context from an earlier read (X-Repl-Context); on get, wait until this DC covers it")
+	asJSON := fs.Bool("json", false, "get: print the JSON answer of GET /v1/kv/{key} (also for a missing key)")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
 		return err
 	}
+	if len(rest) == 0 {
+		return usagef("want get|put|del KEY [VALUE], or txn [FILE]")
+	}
+	want := map[string]int{"get": 2, "put": 3, "del": 2}
+	op := rest[0]
+	switch n, ok := want[op]; {
+	case op == "txn":
+		if len(rest) > 2 {
+			return usagef("kv txn [FILE]: one file at most, got %d arguments", len(rest)-1)
+		}
+	case !ok:
+		return usagef("unknown kv operation %q: want get, put, del or txn", op)
+	case len(rest) < n && op == "put":
+		return usagef("kv put KEY VALUE (or - to read the value from stdin)")
+	case len(rest) < n:
+		return usagef("kv %s KEY: the key is missing", op)
+	case len(rest) > n:
+		return usagef("kv %s takes %d argument(s), got %d: %q", op, n-1, len(rest)-1, strings.Join(rest[1:], " "))
+	}
+	if *asJSON && op != "get" {
+		return usagef("--json is for kv get")
+	}
 	if err := c.finish(); err != nil {
 		return err
 	}
-	if len(rest) >= 1 && rest[0] == "txn" {
+	if op == "txn" {
 		return kvTxn(ctx, &c, rest[1:], stdout)
 	}
-	if len(rest) < 2 {
-		return usagef("want get|put|del KEY [VALUE], or txn [FILE]")
-	}
-	op, key := rest[0], url.PathEscape(rest[1])
+	key := url.PathEscape(rest[1])
 	hdr := map[string]string{}
 	if *ctxHdr != "" {
 		hdr["X-Repl-Context"] = *ctxHdr
@@ -153,38 +185,48 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var body []byte
 	switch op {
 	case "get":
-		resp, body, err = c.do(ctx, http.MethodGet, "/v1/kv/"+key, nil, nil)
+		resp, body, err = c.do(ctx, http.MethodGet, "/v1/kv/"+key, nil, hdr)
 	case "put":
-		if len(rest) != 3 {
-			return usagef("kv put KEY VALUE")
+		var value io.Reader = strings.NewReader(rest[2])
+		if rest[2] == "-" {
+			b, err := io.ReadAll(stdin)
+			if err != nil {
+				return fmt.Errorf("read the value from stdin: %w", err)
+			}
+			value = bytes.NewReader(b)
 		}
-		resp, body, err = c.do(ctx, http.MethodPut, "/v1/kv/"+key, strings.NewReader(rest[2]), hdr)
+		resp, body, err = c.do(ctx, http.MethodPut, "/v1/kv/"+key, value, hdr)
 	case "del":
 		resp, body, err = c.do(ctx, http.MethodDelete, "/v1/kv/"+key, nil, hdr)
-	default:
-		return usagef("unknown kv operation %q: want get, put, del or txn", op)
 	}
 	if err != nil {
 		return err
 	}
-	if op == "get" {
-		return printRead(stdout, resp, body)
+	if op != "get" {
+		_, err = stdout.Write(body)
+		return err
 	}
-	_, err = stdout.Write(body)
-	return err
+	if *asJSON {
+		if _, err := stdout.Write(body); err != nil {
+			return err
+		}
+	} else if err := printRead(stdout, stderr, resp, body); err != nil {
+		return err
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return &exitError{code: exitNotFound, msg: fmt.Sprintf("key %q has no live value (context %s)", rest[1], resp.Header.Get("X-Repl-Context"))}
+	}
+	return nil
 }
 
 // kvTxn posts a transaction read from a file, or from stdin when the file
 // is "-" or not given: the JSON body of POST /v1/txn,
 // {"ops":[{"op":"put","key":K,"value_text":V}, ...]}.
 func kvTxn(ctx context.Context, c *clientFlags, args []string, stdout io.Writer) error {
-	if len(args) > 1 {
-		return usagef("kv txn [FILE]: one file at most, got %d arguments", len(args))
-	}
 	var body []byte
 	var err error
 	if len(args) == 0 || args[0] == "-" {
-		body, err = io.ReadAll(os.Stdin)
+		body, err = io.ReadAll(stdin)
 	} else {
 		body, err = os.ReadFile(args[0])
 	}
@@ -199,11 +241,11 @@ func kvTxn(ctx context.Context, c *clientFlags, args []string, stdout io.Writer)
 	return err
 }
 
-// printRead shows a read with values decoded to text where they are text.
-func printRead(w io.Writer, resp *http.Response, body []byte) error {
+// printRead shows a read: each value on w, one per line, and the context
+// on meta, so that w holds only the values.
+func printRead(w, meta io.Writer, resp *http.Response, body []byte) error {
 	if resp.StatusCode == http.StatusNotFound {
-		fmt.Fprintf(w, "not found (context %s)\n", resp.Header.Get("X-Repl-Context"))
-		return nil
+		return nil // the caller reports it
 	}
 	var r struct {
 		Key      string   `json:"key"`
@@ -217,11 +259,11 @@ func printRead(w io.Writer, resp *http.Response, body []byte) error {
 	for _, v := range r.Values {
 		fmt.Fprintf(w, "%s\n", v)
 	}
-	fmt.Fprintf(w, "context %s", r.Context)
+	fmt.Fprintf(meta, "context %s", r.Context)
 	if r.Conflict {
-		fmt.Fprint(w, " (conflict: more than one value)")
+		fmt.Fprint(meta, " (conflict: more than one value)")
 	}
-	fmt.Fprintln(w)
+	fmt.Fprintln(meta)
 	return nil
 }
 

@@ -24,7 +24,7 @@ func cmdJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	force := fs.Bool("force", false, "discard what the DC's store holds before the copy (own sequence numbers are kept)")
 	timeout := fs.Duration("timeout", 30*time.Minute, "how long the whole copy may take")
 	asJSON := fs.Bool("json", false, "print the figures as one JSON object")
-	if err := parse(fs, args); err != nil {
+	if err := parseNone(fs, args); err != nil {
 		return err
 	}
 	switch {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -20,6 +21,15 @@ import (
 type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg + " (see --help)" }
+
+// exitError ends a command with its own exit status and a one-line
+// message (kv get of a missing key: 3).
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
 
 // usagef returns a usageError.
 func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
@@ -65,9 +75,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if c.name == args[0] {
 			err := c.run(ctx, args[1:], stdout, stderr)
 			var ue *usageError
+			var ee *exitError
 			switch {
 			case err == nil, errors.Is(err, flag.ErrHelp):
 				return 0
+			case errors.As(err, &ee):
+				fmt.Fprintf(stderr, "replicator %s: %v\n", c.name, err)
+				return ee.code
 			case errors.As(err, &ue):
 				fmt.Fprintf(stderr, "replicator %s: %v\n", c.name, err)
 				return 2
@@ -119,6 +133,19 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
+}
+
+// parseNone parses the flags of a command that takes no positional
+// arguments: any is a usage error.
+func parseNone(fs *flag.FlagSet, args []string) error {
+	rest, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("%s takes no arguments, got %q", strings.TrimPrefix(fs.Name(), "replicator "), strings.Join(rest, " "))
+	}
+	return nil
 }
 
 // parse parses flags; a bad flag becomes a one-line usage error.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -44,7 +45,24 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"conflicts", "resolve", "id"}, 2, "conflicts resolve ID VALUE"},
 		{[]string{"run", "--config", "/nonexistent/x.yaml"}, 1, "x.yaml"},
 		{[]string{"bench", "--via", "grpc"}, 2, `via "grpc": want api, http or txn`},
+		{[]string{"bench", "--dcs", "0", "--writes", "0"}, 2, "replicator bench: dcs 0: want 2..16; writes 0: want at least 1 (see --help)"},
 		{[]string{"bench", "--via", "txn", "--txn-ops", "0"}, 2, "txn-ops 0"},
+		// Extra positional arguments are usage errors, for every command.
+		{[]string{"kv", "get", "k", "extra"}, 2, `kv get takes 1 argument(s), got 2: "k extra"`},
+		{[]string{"kv", "del", "k", "extra"}, 2, `kv del takes 1 argument(s), got 2`},
+		{[]string{"kv", "put", "k", "v", "extra"}, 2, `kv put takes 2 argument(s), got 3`},
+		{[]string{"kv", "get"}, 2, "kv get KEY: the key is missing"},
+		{[]string{"kv", "txn", "a", "b"}, 2, "one file at most"},
+		{[]string{"kv", "put", "k", "v", "--json"}, 2, "--json is for kv get"},
+		{[]string{"conflicts", "list", "extra"}, 2, `conflicts list takes no arguments, got "extra"`},
+		{[]string{"conflicts", "list", "--limit", "-1"}, 2, "--limit -1"},
+		{[]string{"run", "--config", "x.yaml", "extra"}, 2, `run takes no arguments, got "extra"`},
+		{[]string{"demo", "extra"}, 2, `demo takes no arguments, got "extra"`},
+		{[]string{"bench", "extra"}, 2, `bench takes no arguments, got "extra"`},
+		{[]string{"join", "extra"}, 2, `join takes no arguments, got "extra"`},
+		{[]string{"repair", "extra"}, 2, `repair takes no arguments, got "extra"`},
+		{[]string{"version", "extra"}, 2, `version takes no arguments, got "extra"`},
+		{[]string{"status", "extra"}, 2, `status takes no arguments, got "extra"`},
 	}
 	for _, c := range cases {
 		code, _, stderr := runCLI(c.args...)
@@ -69,7 +87,14 @@ func TestEveryCommandHasHelp(t *testing.T) {
 // TestBenchHelp checks that bench --help names the transaction driver and
 // its flag.
 func TestBenchHelp(t *testing.T) {
-	_, _, stderr := runCLI("bench", "--help")
+	_, _, stderr := runCLI("demo", "--help")
+	if !strings.Contains(stderr, "writes per DC: each DC makes W writes") || !strings.Contains(stderr, "the same seed gives the same writes") {
+		t.Errorf("demo --help does not say --writes is per DC and what --seed fixes:\n%s", stderr)
+	}
+	_, _, stderr = runCLI("bench", "--help")
+	if !strings.Contains(stderr, "replicated writes in total") {
+		t.Errorf("bench --help does not say --writes is a total:\n%s", stderr)
+	}
 	for _, want := range []string{"--via api|http|txn [--txn-ops N]", "-txn-ops int", "POST /v1/txn", "HTTP floor"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("bench --help lacks %q:\n%s", want, stderr)
@@ -209,5 +234,61 @@ func TestConflictsListPages(t *testing.T) {
 	mu.Lock()
 	if code != 0 || strings.Count(out, `"id"`) != 2 || strings.Join(asked, ",") != "||t/|2" {
 		t.Fatalf("--limit 2 --prefix t/: exit %d %s %s, asked %v", code, out, errOut, asked)
+	}
+}
+
+// TestKVGetAndPut: kv get prints the values on stdout and the context on
+// stderr, --json the API's answer, and exits 3 for a key without a live
+// value; kv put - sends stdin as the value, byte for byte.
+func TestKVGetAndPut(t *testing.T) {
+	var (
+		mu  sync.Mutex
+		put []byte
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/kv/greeting":
+			w.Header().Set("X-Repl-Context", "{dc1:1,dc2:1}")
+			fmt.Fprint(w, `{"key":"greeting","context":"{dc1:1,dc2:1}","values":["aGVsbG8=","aGkgdGhlcmU="],"conflict":true}`)
+		case r.Method == http.MethodGet:
+			w.Header().Set("X-Repl-Context", "{dc1:4}")
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprint(w, `{"error":"no live value","key":"missing","context":"{dc1:4}"}`)
+		case r.Method == http.MethodPut:
+			b, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			put = b
+			mu.Unlock()
+			fmt.Fprint(w, `{"key":"k","context":"{dc1:5}","dot":"dc1:5"}`)
+		}
+	}))
+	defer srv.Close()
+
+	code, out, errOut := runCLI("kv", "get", "greeting", "--addr", srv.URL)
+	if code != 0 || out != "hello\nhi there\n" || errOut != "context {dc1:1,dc2:1} (conflict: more than one value)\n" {
+		t.Errorf("kv get: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, _ = runCLI("kv", "get", "greeting", "--json", "--addr", srv.URL)
+	if code != 0 || !strings.HasPrefix(out, `{"key":"greeting"`) {
+		t.Errorf("kv get --json: exit %d, %q", code, out)
+	}
+	code, out, errOut = runCLI("kv", "get", "missing", "--addr", srv.URL)
+	if code != exitNotFound || out != "" || errOut != "replicator kv: key \"missing\" has no live value (context {dc1:4})\n" {
+		t.Errorf("kv get of a missing key: exit %d, stdout %q, stderr %q; want exit 3", code, out, errOut)
+	}
+	code, out, _ = runCLI("kv", "get", "missing", "--json", "--addr", srv.URL)
+	if code != exitNotFound || !strings.Contains(out, `"context":"{dc1:4}"`) {
+		t.Errorf("kv get --json of a missing key: exit %d, %q", code, out)
+	}
+
+	value := []byte("line one\n\x00binary\xff")
+	stdin = bytes.NewReader(value)
+	defer func() { stdin = os.Stdin }()
+	code, out, errOut = runCLI("kv", "put", "k", "-", "--addr", srv.URL)
+	mu.Lock()
+	defer mu.Unlock()
+	if code != 0 || !bytes.Equal(put, value) || !strings.Contains(out, `"dot":"dc1:5"`) {
+		t.Errorf("kv put k -: exit %d %q %q, sent %q, want %q", code, out, errOut, put, value)
 	}
 }

@@ -25,7 +25,7 @@ func cmdRepair(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	path := fs.String("config", "", "the sidecar's YAML config file (required): its dc and nats settings are used")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how long to wait for the run to finish")
 	asJSON := fs.Bool("json", false, "print the reports as one JSON object")
-	if err := parse(fs, args); err != nil {
+	if err := parseNone(fs, args); err != nil {
 		return err
 	}
 	if *path == "" {

@@ -15,7 +15,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := newFlags("run", "--config FILE", stderr)
 	path := fs.String("config", "", "the sidecar's YAML config file (required)")
 	verbose := fs.Bool("v", false, "log at debug level")
-	if err := parse(fs, args); err != nil {
+	if err := parseNone(fs, args); err != nil {
 		return err
 	}
 	if *path == "" {
@@ -58,10 +58,10 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&o.Topology, "topology", "mesh", "mesh, ring or star")
 	fs.IntVar(&o.DCs, "dcs", 3, "number of DCs")
 	fs.IntVar(&o.Keys, "keys", 20, "keys per resolver prefix")
-	fs.IntVar(&o.Writes, "writes", 300, "writes per DC")
-	fs.Uint64Var(&o.Seed, "seed", 1, "workload seed")
+	fs.IntVar(&o.Writes, "writes", 300, "writes per DC: each DC makes W writes, so N DCs make N×W in all (bench's --writes counts all DCs together)")
+	fs.Uint64Var(&o.Seed, "seed", 1, "workload seed: the same seed gives the same writes (keys, values, contexts, order per DC); timing, and so which writes conflict and how the HLC resolves them, still varies")
 	asJSON := fs.Bool("json", false, "print one JSON object on stdout")
-	if err := parse(fs, args); err != nil {
+	if err := parseNone(fs, args); err != nil {
 		return err
 	}
 	switch o.Topology {

@@ -23,7 +23,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlags("status", "[--config FILE | --addr URL] [--json]", stderr)
 	var c clientFlags
 	c.register(fs)
-	raw := fs.Bool("json", false, "print GET /v1/status as it is (indented JSON) instead of the summary")
+	raw := fs.Bool("json", false, "print GET /v1/status as it is (indented JSON) instead of the statusSummary")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -45,7 +45,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("decode GET /v1/status: %w", err)
 	}
-	var sum summary
+	var sum statusSummary
 	sum.status = st
 	// /readyz says what the DC waits for; it needs no token.
 	if resp, b, err := c.do(ctx, http.MethodGet, "/readyz", nil, nil); err == nil || resp != nil && resp.StatusCode == http.StatusServiceUnavailable {
@@ -62,8 +62,8 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-// summary is what `replicator status` prints by default.
-type summary struct {
+// statusSummary is what `replicator status` prints by default.
+type statusSummary struct {
 	status     node.Status
 	ready      bridge.Readiness
 	readyKnown bool
@@ -72,7 +72,7 @@ type summary struct {
 	openMore   bool
 }
 
-func (s summary) write(w io.Writer) {
+func (s statusSummary) write(w io.Writer) {
 	st := s.status
 	fmt.Fprintf(w, "%s · %s of %s · %d partitions\n", st.DC, st.Topology, strings.Join(st.DCs, ", "), st.Partitions)
 	switch {

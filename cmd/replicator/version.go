@@ -73,7 +73,7 @@ func writeVersion(w io.Writer, v buildVersion) error {
 func cmdVersion(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("version", "[--json]", stderr)
 	asJSON := fs.Bool("json", false, "print one JSON object: version, revision, time, modified, go")
-	if err := parse(fs, args); err != nil {
+	if err := parseNone(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
