@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/replicatorhq/replicator/pkg/demo"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
@@ -150,6 +151,8 @@ func TestDemoJSON(t *testing.T) {
 		Conflicts map[string]int    `json:"conflicts"`
 		Digests   map[string]string `json:"digests"`
 		ElapsedMS *int64            `json:"elapsed_ms"`
+		Seed      uint64            `json:"seed"`
+		Workload  string            `json:"workload"`
 	}
 	if err := dec.Decode(&s); err != nil {
 		t.Fatalf("stdout %q: %v", out, err)
@@ -159,6 +162,10 @@ func TestDemoJSON(t *testing.T) {
 	}
 	if s.Converged == nil || !*s.Converged || s.Topology != "mesh" || s.DCs != 3 || s.Writes != 180 || len(s.Digests) != 3 || s.ElapsedMS == nil || len(s.Conflicts) != 6 {
 		t.Fatalf("demo summary %+v", s)
+	}
+	// The workload is the seed's: the same digest as the plan of seed 1.
+	if want := demo.Workload(demo.Options{DCs: 3, Writes: 60, Keys: 5, Seed: 1}); s.Seed != 1 || s.Workload != want {
+		t.Errorf("seed %d workload %q, want seed 1 workload %q", s.Seed, s.Workload, want)
 	}
 	first := s.Digests["dc1"]
 	for dc, d := range s.Digests {

@@ -6,6 +6,8 @@ package demo
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,6 +62,11 @@ type Summary struct {
 	Txns       int `json:"transactions"`
 	TxnReads   int `json:"transaction_reads"`
 	TxnPartial int `json:"transactions_seen_partial"`
+	// Seed and Workload name the workload: the same seed (with the same
+	// DCs, writes and keys) gives the same Workload digest, while the
+	// conflicts and digests depend on timing too (see Plan).
+	Seed     uint64 `json:"seed"`
+	Workload string `json:"workload"`
 
 	// Not in the JSON object: the table shows them.
 	WritePhase  time.Duration `json:"-"`
@@ -186,6 +193,8 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		partial += partialOrders(n.Store())
 	}
 	s := Summary{
+		Seed:        o.Seed,
+		Workload:    Workload(o),
 		Txns:        o.DCs * txnsPerDC(o),
 		TxnReads:    reads,
 		TxnPartial:  partial,
@@ -325,38 +334,89 @@ func (w *orderWatch) stop() (reads, partial int) {
 	return int(w.reads.Load()), int(w.partial.Load())
 }
 
-// drive writes o.Writes times at one DC: mostly read-modify-writes with the
-// context from a local read, some blind writes, some deletes, all on keys
-// the other DCs write too, so conflicts happen.
-func drive(ctx context.Context, n *node.Node, i int, o Options, done *atomic.Int64) error {
+// Step is one step of a DC's workload: a transaction (an order and its
+// lines) or a write of one key.
+type Step struct {
+	// OrderLines, when positive, commits the DC's next order with that
+	// many lines as one transaction, before the write.
+	OrderLines int
+	Key        string
+	Value      []byte
+	Delete     bool
+	// WithContext makes the write a read-modify-write: it carries the
+	// context of a local read of the key, taken when the write runs.
+	WithContext bool
+}
+
+// Plan returns the workload of DC number i (0-based) for o: o.Writes
+// writes, mostly read-modify-writes, some blind writes, some deletes, all
+// on keys the other DCs write too, so conflicts happen, and one order per
+// ten writes. It depends only on o.Seed, i, o.Writes and o.Keys: the same
+// seed gives the same workload. What a run makes of it still depends on
+// timing: the context a read-modify-write carries is whatever the DC
+// holds when it runs, so which writes are concurrent, and so the conflicts
+// and how the HLC resolves them under lww, vary from run to run.
+func Plan(o Options, i int) []Step {
+	o.defaults()
 	rng := rand.New(rand.NewPCG(o.Seed, uint64(i)))
 	dc := fmt.Sprintf("dc%d", i+1)
 	txnEvery, orders := o.Writes/txnsPerDC(o), 0
+	steps := make([]Step, 0, o.Writes)
 	for w := 0; w < o.Writes; w++ {
+		var st Step
 		if w%txnEvery == 0 && orders < txnsPerDC(o) {
-			if err := writeOrder(ctx, n, dc, orders, 1+rng.IntN(4)); err != nil {
+			st.OrderLines = 1 + rng.IntN(4)
+			orders++
+		}
+		p := prefixes[rng.IntN(len(prefixes))]
+		st.Key = fmt.Sprintf("%s%d", p.prefix, rng.IntN(o.Keys))
+		st.Value = []byte(fmt.Sprintf("%s-%d", dc, w))
+		if p.resolver == config.Union {
+			st.Value = []byte(fmt.Sprintf(`["%s","%s-%d"]`, dc, dc, w%5))
+		}
+		st.WithContext = rng.IntN(3) > 0
+		if rng.IntN(20) == 0 {
+			st.Delete, st.Value = true, nil
+		}
+		steps = append(steps, st)
+	}
+	return steps
+}
+
+// Workload returns a digest of every DC's plan for o, which `demo --json`
+// prints: equal for equal seeds (and DCs, writes and keys).
+func Workload(o Options) string {
+	o.defaults()
+	h := sha256.New()
+	for i := range o.DCs {
+		for _, st := range Plan(o, i) {
+			fmt.Fprintf(h, "%d|%d|%q|%q|%t|%t\n", i, st.OrderLines, st.Key, st.Value, st.Delete, st.WithContext)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// drive runs DC i's plan at n.
+func drive(ctx context.Context, n *node.Node, i int, o Options, done *atomic.Int64) error {
+	dc := fmt.Sprintf("dc%d", i+1)
+	orders := 0
+	for _, st := range Plan(o, i) {
+		if st.OrderLines > 0 {
+			if err := writeOrder(ctx, n, dc, orders, st.OrderLines); err != nil {
 				return err
 			}
 			orders++
 		}
-		p := prefixes[rng.IntN(len(prefixes))]
-		key := fmt.Sprintf("%s%d", p.prefix, rng.IntN(o.Keys))
-		op := changelog.WriteOp{Key: key, Value: []byte(fmt.Sprintf("%s-%d", dc, w))}
-		if p.resolver == config.Union {
-			op.Value = []byte(fmt.Sprintf(`["%s","%s-%d"]`, dc, dc, w%5))
-		}
-		if rng.IntN(3) > 0 {
-			_, st, _, err := n.Read(key)
+		op := changelog.WriteOp{Key: st.Key, Value: st.Value, Delete: st.Delete}
+		if st.WithContext {
+			_, cur, _, err := n.Read(st.Key)
 			if err != nil {
 				return err
 			}
-			op.Context = st.Clock
-		}
-		if rng.IntN(20) == 0 {
-			op.Delete, op.Value = true, nil
+			op.Context = cur.Clock
 		}
 		if _, err := n.Write(ctx, op); err != nil {
-			return fmt.Errorf("demo: write %s at %s: %w", key, dc, err)
+			return fmt.Errorf("demo: write %s at %s: %w", st.Key, dc, err)
 		}
 		done.Add(1)
 	}
@@ -499,7 +559,8 @@ func progress(w io.Writer, what string, done *atomic.Int64, total int64) func() 
 
 // WriteTable prints the summary for people.
 func WriteTable(w io.Writer, s Summary) {
-	fmt.Fprintf(w, "topology %s, %d DCs, %d writes\n\n", s.Topology, s.DCs, s.Writes)
+	fmt.Fprintf(w, "topology %s, %d DCs, %d writes; seed %d, workload %s (the same for the same seed; the conflicts depend on timing too)\n\n",
+		s.Topology, s.DCs, s.Writes, s.Seed, s.Workload)
 	fmt.Fprintf(w, "%-6s %s\n", "DC", "digest")
 	names := append([]string(nil), s.Names...)
 	sort.Strings(names)
