@@ -36,6 +36,10 @@ import (
 var (
 	ErrClosed   = errors.New("changelog: closed")
 	ErrBadInput = errors.New("changelog: bad input")
+	// ErrValueTooLarge marks a value over Limits.MaxValueBytes (the
+	// config's limits.max_value_bytes); its errors also wrap ErrBadInput.
+	// The HTTP API answers it with 413.
+	ErrValueTooLarge = errors.New("changelog: value too large")
 	// ErrContextAhead reports a client context naming another DC's event
 	// that this DC has not applied yet. The write is not made; it can be
 	// retried once this DC has caught up (see ContextAheadError).

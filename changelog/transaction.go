@@ -83,7 +83,7 @@ func (s *Store) WriteTxn(ctx context.Context, ops []WriteOp) ([]WriteResult, err
 			return nil, &TxnError{i, fmt.Errorf("%w: %v", ErrBadInput, err)}
 		}
 		if len(op.Value) > s.opts.Limits.MaxValueBytes {
-			return nil, &TxnError{i, fmt.Errorf("%w: value is %d bytes, over the %d-byte limit", ErrBadInput, len(op.Value), s.opts.Limits.MaxValueBytes)}
+			return nil, &TxnError{i, ValueTooLarge(len(op.Value), s.opts.Limits.MaxValueBytes)}
 		}
 		if op.Resolve {
 			return nil, &TxnError{i, fmt.Errorf("%w: a transaction cannot resolve a conflict; resolve it on its own", ErrBadInput)}

@@ -38,7 +38,7 @@ func (s *Store) Write(ctx context.Context, op WriteOp) (WriteResult, error) {
 		return WriteResult{}, fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
 	if len(op.Value) > s.opts.Limits.MaxValueBytes {
-		return WriteResult{}, fmt.Errorf("%w: value is %d bytes, over the %d-byte limit", ErrBadInput, len(op.Value), s.opts.Limits.MaxValueBytes)
+		return WriteResult{}, ValueTooLarge(len(op.Value), s.opts.Limits.MaxValueBytes)
 	}
 	if s.opts.ContextWait > 0 && len(op.Context) > 0 {
 		wctx, cancel := context.WithTimeout(ctx, s.opts.ContextWait)
@@ -407,6 +407,12 @@ func (t *txn) checkContext(key string, client, clock vclock.VV, p uint32) (vcloc
 		return nil, &ContextAheadError{Key: key, Partition: p, DC: dc, Named: n, Applied: have}
 	}
 	return client, nil
+}
+
+// ValueTooLarge is the error for a value of n bytes over the limit of max
+// bytes: ErrBadInput and ErrValueTooLarge, naming the limit's config key.
+func ValueTooLarge(n, max int) error {
+	return fmt.Errorf("%w: %w: the value is %d bytes, over limits.max_value_bytes (%d bytes); store a smaller value", ErrBadInput, ErrValueTooLarge, n, max)
 }
 
 // checkContextDCs refuses a context naming a DC outside Options.DCs.

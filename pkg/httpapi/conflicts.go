@@ -148,7 +148,7 @@ func (s *server) resolveConflict(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The value travels base64-encoded inside JSON: allow for that.
-	body, ok := s.readBody(w, r, s.opts.MaxBodyBytes/3*4+4096)
+	body, ok := s.readBody(w, r, max(s.opts.MaxBodyBytes, int64(s.opts.MaxValueBytes))/3*4+4096)
 	if !ok {
 		return
 	}
@@ -219,8 +219,8 @@ func (s *server) parseResolution(w http.ResponseWriter, body []byte) (resolution
 	if res.ValueText != nil {
 		n = len(*res.ValueText)
 	}
-	if int64(n) > s.opts.MaxBodyBytes {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the resolved value is %d bytes, over the %d-byte limit; store a smaller value", n, s.opts.MaxBodyBytes))
+	if n > s.opts.MaxValueBytes {
+		writeError(w, http.StatusRequestEntityTooLarge, "resolve: "+changelog.ValueTooLarge(n, s.opts.MaxValueBytes).Error())
 		return res, false
 	}
 	return res, true

@@ -109,11 +109,15 @@ type Options struct {
 	// requires. Default "" (no authentication; loopback only, see
 	// CheckListen).
 	Token string
-	// MaxBodyBytes bounds a PUT body (the value) and a resolution's value.
-	// Default event.DefaultLimits().MaxValueBytes (1 MiB - 32 KiB): a
-	// larger value would make an event the other DCs reject, so raise it
-	// only together with the event limits of every DC.
+	// MaxBodyBytes bounds a request body: a PUT body (the value) and a
+	// resolution's JSON. Default event.DefaultLimits().MaxValueBytes.
 	MaxBodyBytes int64
+	// MaxValueBytes bounds a value: a PUT body, a resolution's value, a
+	// transaction op's. Over it the answer is 413 naming
+	// limits.max_value_bytes, the store's limit (the value a DC takes must
+	// fit an event the others accept). Default
+	// event.DefaultLimits().MaxValueBytes (1 MiB - 32 KiB).
+	MaxValueBytes int
 	// MaxTxnBodyBytes bounds a POST /v1/txn body. Default 8 MiB: a
 	// transaction's values in base64, within the store's transaction
 	// limits (4 MiB encoded by default), and their JSON.
@@ -144,6 +148,9 @@ type Options struct {
 func New(b Backend, opts Options) http.Handler {
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = int64(event.DefaultLimits().MaxValueBytes)
+	}
+	if opts.MaxValueBytes <= 0 {
+		opts.MaxValueBytes = event.DefaultLimits().MaxValueBytes
 	}
 	if opts.MaxKeyBytes <= 0 {
 		opts.MaxKeyBytes = event.DefaultLimits().MaxKeyBytes
@@ -366,7 +373,7 @@ func (s *server) backendError(w http.ResponseWriter, r *http.Request, what strin
 		}
 		writeError(w, se.HTTPStatus(), fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, changelog.ErrBadInput):
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %v", what, err))
+		writeError(w, InputStatus(err), fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, changelog.ErrNotFound):
 		writeError(w, http.StatusNotFound, fmt.Sprintf("%s: %v", what, err))
 	case errors.Is(err, changelog.ErrContextAhead):
@@ -383,6 +390,15 @@ func (s *server) backendError(w http.ResponseWriter, r *http.Request, what strin
 		s.log.Error("http request failed", "method", r.Method, "path", r.URL.Path, "op", what, "err", err)
 		writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s failed inside the sidecar; the sidecar logged the details", what))
 	}
+}
+
+// InputStatus is the HTTP status of a refused input: 413 for a value over
+// the value limit (changelog.ErrValueTooLarge), 400 for anything else.
+func InputStatus(err error) int {
+	if errors.Is(err, changelog.ErrValueTooLarge) {
+		return http.StatusRequestEntityTooLarge
+	}
+	return http.StatusBadRequest
 }
 
 type errorBody struct {

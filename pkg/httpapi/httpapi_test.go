@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/replicatorhq/replicator/changelog"
@@ -404,14 +405,14 @@ func TestAuth(t *testing.T) {
 }
 
 func TestBadRequests(t *testing.T) {
-	f := newFixture(t, Options{MaxBodyBytes: 16, MaxKeyBytes: 8})
+	f := newFixture(t, Options{MaxBodyBytes: 16, MaxValueBytes: 16, MaxKeyBytes: 8})
 	tests := []struct {
 		name string
 		r    req
 		code int
 		msg  string // a fragment the error must contain
 	}{
-		{"oversize body", req{method: "PUT", target: "/v1/kv/k", body: strings.Repeat("x", 17)}, http.StatusRequestEntityTooLarge, "limit"},
+		{"oversize body", req{method: "PUT", target: "/v1/kv/k", body: strings.Repeat("x", 17)}, http.StatusRequestEntityTooLarge, "the value is over limits.max_value_bytes (16 bytes)"},
 		{"bad context", req{method: "PUT", target: "/v1/kv/k", header: hdr(ContextHeader, "{dc1:x}")}, http.StatusBadRequest, ContextHeader},
 		{"bad context id", req{method: "DELETE", target: "/v1/kv/k", header: hdr(ContextHeader, "{d c:1}")}, http.StatusBadRequest, ContextHeader},
 		{"absurd counter", req{method: "PUT", target: "/v1/kv/k", header: hdr(ContextHeader, "{dc1:18446744073709551615}")}, http.StatusBadRequest, "absurd"},
@@ -431,7 +432,7 @@ func TestBadRequests(t *testing.T) {
 		{"bad limit", req{method: "GET", target: "/v1/kv?limit=-1"}, http.StatusBadRequest, "positive"},
 		{"bad escape in query", req{method: "GET", target: "/v1/kv?prefix=%zz"}, http.StatusBadRequest, "malformed"},
 		{"bad status", req{method: "GET", target: "/v1/conflicts?status=closed"}, http.StatusBadRequest, "open, logged or resolved"},
-		{"resolution too large", req{method: "POST", target: "/v1/conflicts/x/resolve", body: `{"value_text":"` + strings.Repeat("x", 17) + `"}`}, http.StatusRequestEntityTooLarge, "limit"},
+		{"resolution too large", req{method: "POST", target: "/v1/conflicts/x/resolve", body: `{"value_text":"` + strings.Repeat("x", 17) + `"}`}, http.StatusRequestEntityTooLarge, "the value is 17 bytes, over limits.max_value_bytes (16 bytes)"},
 		{"watch disabled", req{method: "GET", target: "/v1/watch"}, http.StatusNotFound, "not enabled"},
 		{"bad session", req{method: "PUT", target: "/v1/kv/k", header: hdr(SessionHeader, "dc1:0")}, http.StatusBadRequest, SessionHeader + " is not a valid session token: entry 1 \"dc1:0\""},
 		{"session of unknown DC", req{method: "DELETE", target: "/v1/kv/k", header: hdr(SessionHeader, "dc1:0:1,dc9:0:1")}, http.StatusBadRequest, `entry 2 "dc9:0:1": DC "dc9" is not one of dc1, dc2`},
@@ -476,6 +477,40 @@ func TestMethodNotAllowedListsMethods(t *testing.T) {
 	wantStatus(t, w, http.StatusMethodNotAllowed)
 	if got := w.Header().Get("Allow"); got != "GET, PUT, DELETE, HEAD" {
 		t.Fatalf("Allow %q, want GET, PUT, DELETE, HEAD", got)
+	}
+}
+
+// TestValueLimitOneStatus: a value over the value limit is 413 naming
+// limits.max_value_bytes, whichever layer sees it first: the handler (a
+// PUT body, a resolution, a transaction op) or the store (whose limit may
+// be the lower one), never a 400.
+func TestValueLimitOneStatus(t *testing.T) {
+	big := strings.Repeat("x", 20)
+	rules := testRules(t)
+	st, err := changelog.Open("data-small", changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: testPartitions,
+		FS: vfs.NewMem(), Clock: &counterClock{}, Resolvers: rules, Limits: event.Limits{MaxValueBytes: 16}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"handler limit", Options{MaxBodyBytes: 1 << 20, MaxValueBytes: 16}},
+		{"store limit", Options{MaxBodyBytes: 1 << 20, MaxValueBytes: 1 << 20}},
+	} {
+		h := New(StoreBackend{Store: st, Rules: rules}, tc.opts)
+		for _, r := range []req{
+			{method: "PUT", target: "/v1/kv/k", body: big},
+			{method: "POST", target: "/v1/txn", body: `{"ops":[{"op":"put","key":"a","value_text":"` + big + `"}]}`},
+		} {
+			w := serve(h, r)
+			wantStatus(t, w, http.StatusRequestEntityTooLarge)
+			if msg := decode[errResp](t, w).Error; !strings.Contains(msg, "limits.max_value_bytes (16 bytes)") {
+				t.Errorf("%s: %s %s: error %q does not name limits.max_value_bytes", tc.name, r.method, r.target, msg)
+			}
+		}
 	}
 }
 

@@ -263,7 +263,7 @@ func (s *server) putKey(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if op.Value, ok = s.readBody(w, r, s.opts.MaxBodyBytes); !ok {
+	if op.Value, ok = s.readValue(w, r); !ok {
 		return
 	}
 	s.write(w, r, op, req)
@@ -403,10 +403,26 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
+// readValue reads a PUT body, the value: at most the value limit (or the
+// body limit, if lower); over it answers 413 naming the limit.
+func (s *server) readValue(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	limit, name := int64(s.opts.MaxValueBytes), "limits.max_value_bytes"
+	if s.opts.MaxBodyBytes < limit {
+		limit, name = s.opts.MaxBodyBytes, "http.max_body_bytes"
+	}
+	return readLimited(w, r, limit, fmt.Sprintf("the value is over %s (%d bytes); store a smaller value (a value travels in one NATS message)", name, limit))
+}
+
 // readBody reads the whole body, at most limit bytes; over it answers 413.
 func (s *server) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
+	return readLimited(w, r, limit, fmt.Sprintf("the body is over the %d-byte limit; store smaller values (a value travels in one NATS message)", limit))
+}
+
+// readLimited reads the whole body, at most limit bytes; over it answers
+// 413 with tooLargeMsg.
+func readLimited(w http.ResponseWriter, r *http.Request, limit int64, tooLargeMsg string) ([]byte, bool) {
 	tooLarge := func() ([]byte, bool) {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is over the %d-byte limit; store smaller values (a value travels in one NATS message)", limit))
+		writeError(w, http.StatusRequestEntityTooLarge, tooLargeMsg)
 		return nil, false
 	}
 	if r.ContentLength > limit {

@@ -87,7 +87,7 @@ func ParseTxn(req TxnRequest, maxKey, maxValue int) ([]changelog.WriteOp, error)
 				return nil, bad(`a put needs "value" (base64) or "value_text"`)
 			}
 			if len(w.Value) > maxValue {
-				return nil, bad("the value is %d bytes, over the %d-byte limit", len(w.Value), maxValue)
+				return nil, fmt.Errorf("op %d: %w", i, changelog.ValueTooLarge(len(w.Value), maxValue))
 			}
 		case "del", "delete":
 			if op.Value != nil || op.ValueText != nil {
@@ -178,9 +178,9 @@ func (s *server) txn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "the body holds more than one JSON value; send one transaction")
 		return
 	}
-	ops, err := ParseTxn(req, s.opts.MaxKeyBytes, int(s.opts.MaxBodyBytes))
+	ops, err := ParseTxn(req, s.opts.MaxKeyBytes, s.opts.MaxValueBytes)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "txn: "+err.Error())
+		writeError(w, InputStatus(err), "txn: "+err.Error())
 		return
 	}
 	if len(tok) > 0 {

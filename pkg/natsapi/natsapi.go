@@ -180,7 +180,7 @@ func (h handler) txn(r micro.Request) {
 	lim := event.DefaultLimits()
 	ops, err := httpapi.ParseTxn(httpapi.TxnRequest{Ops: req.Ops}, lim.MaxKeyBytes, lim.MaxValueBytes)
 	if err != nil {
-		r.Error("400", "txn: "+err.Error(), nil)
+		r.Error(strconv.Itoa(httpapi.InputStatus(err)), "txn: "+err.Error(), nil)
 		return
 	}
 	tok, err := h.store.Scope().Parse(req.Session)
@@ -313,7 +313,7 @@ func fail(r micro.Request, err error) {
 	case errors.As(err, &se):
 		r.Error(strconv.Itoa(se.HTTPStatus()), err.Error(), nil)
 	case errors.Is(err, changelog.ErrBadInput):
-		r.Error("400", err.Error(), nil)
+		r.Error(strconv.Itoa(httpapi.InputStatus(err)), err.Error(), nil)
 	case errors.Is(err, changelog.ErrClosed):
 		r.Error("503", "the sidecar is shutting down; retry at another moment", nil)
 	case errors.Is(err, changelog.ErrContextAhead):

@@ -349,7 +349,7 @@ func (n *Node) serveHTTP() error {
 	// Closed at shutdown: continuous change feeds end, as watchers do.
 	stop := make(chan struct{})
 	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, WriteTxnFn: n.WriteTxn, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, ReadinessFn: n.readiness, DigestsFn: n.digests, DeadLettersFn: n.deadLetters}, httpapi.Options{
-		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
+		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxValueBytes: n.cfg.Limits.MaxValueBytes, MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
 		Registry: n.reg, MetricLabels: prometheus.Labels{"dc": n.cfg.DC}, Logger: n.log, Watch: n.hub, Stop: stop,
 	})
 	n.ln = ln
