@@ -18,8 +18,10 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -36,6 +38,9 @@ import (
 var (
 	ErrClosed   = errors.New("changelog: closed")
 	ErrBadInput = errors.New("changelog: bad input")
+	// ErrLocked reports a store another process (or this one) has open:
+	// a running sidecar holds its store's lock.
+	ErrLocked = errors.New("changelog: the store is open in another process, such as this DC's running sidecar")
 	// ErrValueTooLarge marks a value over Limits.MaxValueBytes (the
 	// config's limits.max_value_bytes); its errors also wrap ErrBadInput.
 	// The HTTP API answers it with 413.
@@ -205,6 +210,13 @@ type Store struct {
 	}
 }
 
+// lockHeld reports whether Pebble's open failed on the directory's lock:
+// another process holds it (fcntl's EAGAIN, "resource temporarily
+// unavailable") or this one does (Pebble's own message).
+func lockHeld(err error) bool {
+	return errors.Is(err, syscall.EAGAIN) || strings.Contains(err.Error(), "lock held by current process")
+}
+
 // Open opens or creates the store in dir.
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.DC == "" || opts.Partitions < 1 {
@@ -246,6 +258,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	po.EnsureDefaults()
 	db, err := pebble.Open(dir, po)
 	if err != nil {
+		if lockHeld(err) {
+			return nil, fmt.Errorf("%w: %s (%v)", ErrLocked, dir, err)
+		}
 		return nil, fmt.Errorf("changelog: open pebble at %s: %w", dir, err)
 	}
 	s := &Store{

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -40,7 +42,8 @@ func cmdJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if cfg.NATS.UseEmbedded() {
-		return fmt.Errorf("the config runs an embedded NATS server, which is down while the sidecar is stopped; join needs the NATS %s's sidecar is on: set nats.url", *from)
+		return fmt.Errorf("%s runs NATS embedded in its sidecar (no nats.url), and that NATS is down while the sidecar is stopped, as join needs it to be. "+
+			"Set nats.url in %s to the NATS server %s's sidecar uses (or one joined to it by a cluster or leafnode), run join again, and keep that nats.url for run", *path, *path, *from)
 	}
 	url, opts, err := natsClient(cfg)
 	if err != nil {
@@ -56,7 +59,8 @@ func cmdJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	res, err := join.Run(ctx, cfg, nc, join.Options{From: *from, Force: *force, Logger: log})
 	if err != nil {
-		return err
+		// "replicator join:" already names the command.
+		return errors.New(strings.TrimPrefix(err.Error(), "join: "))
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)

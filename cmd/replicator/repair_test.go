@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -105,4 +108,70 @@ func TestRepairRuns(t *testing.T) {
 			t.Fatalf("k%d not repaired at a: %v", i, err)
 		}
 	}
+}
+
+// TestJoinRefusals: join says what to do when the DC's sidecar is still
+// running (its store is locked) and when its config runs NATS embedded.
+func TestJoinRefusals(t *testing.T) {
+	dir := t.TempDir()
+	embedded := filepath.Join(dir, "embedded.yaml")
+	if err := os.WriteFile(embedded, []byte("dc: b\ndcs: [a, b]\ndata_dir: "+filepath.Join(dir, "e")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := runCLI("join", "--config", embedded, "--from", "a")
+	if code != 1 || !strings.Contains(errOut, "runs NATS embedded in its sidecar") || !strings.Contains(errOut, "Set nats.url in "+embedded+" to the NATS server a's sidecar uses") {
+		t.Errorf("join with embedded NATS: exit %d, %s", code, errOut)
+	}
+
+	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{JetStream: true, StoreDir: filepath.Join(dir, "nats")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	data := filepath.Join(dir, "b")
+	running := filepath.Join(dir, "running.yaml")
+	if err := os.WriteFile(running, []byte("dc: b\ndcs: [a, b]\ndata_dir: "+data+"\nnats:\n  url: "+ns.ClientURL()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The running sidecar's store, held open by another process as a
+	// running sidecar holds it.
+	holder := exec.Command(os.Args[0], "-test.run=^TestHelperHoldStore$")
+	holder.Env = append(os.Environ(), "REPL_HOLD_STORE="+filepath.Join(data, "store"))
+	stdin, err := holder.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Wait()
+	defer stdin.Close()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "held\n" {
+		t.Fatalf("the store holder said %q: %v", line, err)
+	}
+	code, _, errOut = runCLI("join", "--config", running, "--from", "a", "--timeout", "10s")
+	if code != 1 || !strings.Contains(errOut, "stop the sidecar of b first") || strings.Contains(errOut, "join: join") {
+		t.Errorf("join against a running sidecar: exit %d, %s", code, errOut)
+	}
+}
+
+// TestHelperHoldStore is not a test: TestJoinRefusals runs it in another
+// process to hold a store open until its stdin closes.
+func TestHelperHoldStore(t *testing.T) {
+	dir := os.Getenv("REPL_HOLD_STORE")
+	if dir == "" {
+		t.Skip("a helper of TestJoinRefusals")
+	}
+	st, err := changelog.Open(dir, changelog.Options{DC: "b", DCs: []string{"a", "b"}, Partitions: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	fmt.Println("held")
+	io.Copy(io.Discard, os.Stdin)
 }

@@ -103,6 +103,9 @@ func openStore(cfg config.Config, o Options) (*changelog.Store, error) {
 		})
 	}
 	st, err := open()
+	if errors.Is(err, changelog.ErrLocked) {
+		return nil, fmt.Errorf("join: the store of %s is in use: stop the sidecar of %s first (join writes into its store while it is stopped), then run join again: %w", cfg.DC, cfg.DC, err)
+	}
 	if err != nil {
 		return nil, err
 	}
