@@ -76,6 +76,7 @@ func (r *Replicator) consumerConfig(l *link) jetstream.ConsumerConfig {
 func (r *Replicator) runLink(ctx context.Context, l *link) {
 	l.failures = map[uint64]int{}
 	bo := backoff{min: r.opts.RetryMin, max: r.opts.RetryMax}
+	var missing quietLog // the upstream's stream does not exist
 	for {
 		progress, err := r.consume(ctx, l)
 		l.connected.Store(false)
@@ -89,15 +90,44 @@ func (r *Replicator) runLink(ctx context.Context, l *link) {
 		d := bo.next()
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			// The upstream DC has not created its stream yet, as at a
-			// first start: not a fault.
-			r.log.Info("waiting for the upstream's stream", "upstream", l.up, "stream", l.stream, "retry_in", d)
+			// first start, or is not running at all: not a fault, and
+			// said once, then at growing intervals, not every retry.
+			if n, waited, ok := missing.due(r.now()); ok {
+				r.log.Info("waiting for the upstream's stream; it appears once that DC's sidecar has started",
+					"upstream", l.up, "stream", l.stream, "attempts", n, "waited", waited.Round(time.Second), "next_note_in", missing.every)
+			}
 		} else {
+			missing = quietLog{}
 			r.log.Warn("link failed; setting it up again", "upstream", l.up, "consumer", l.consumer, "err", err, "retry_in", d)
 		}
 		if !wait(ctx, d) {
 			return
 		}
 	}
+}
+
+// quietLog spaces out the notes about a condition that lasts: the first
+// time it is due at once, then after 1 minute, 2, 4, ... up to 1 hour.
+type quietLog struct {
+	first, next time.Time
+	every       time.Duration
+	attempts    int
+}
+
+// due counts one more occurrence at now and reports whether to log it,
+// with the occurrences so far and how long the condition has lasted.
+func (q *quietLog) due(now time.Time) (attempts int, lasted time.Duration, ok bool) {
+	q.attempts++
+	if q.first.IsZero() {
+		q.first, q.next, q.every = now, now.Add(time.Minute), time.Minute
+		return q.attempts, 0, true
+	}
+	if now.Before(q.next) {
+		return q.attempts, now.Sub(q.first), false
+	}
+	q.every = min(2*q.every, time.Hour)
+	q.next = now.Add(q.every)
+	return q.attempts, now.Sub(q.first), true
 }
 
 // consume runs the link's consumer until ctx ends or the consumer fails.

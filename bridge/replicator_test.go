@@ -1,10 +1,14 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -265,4 +269,46 @@ func TestTrimStream(t *testing.T) {
 			t.Fatalf("partition %d's last message names %d (err %v) as the highest own sequence, want %d", p, hi, err, own[p])
 		}
 	}
+}
+
+// TestStartLogNamesHealAfterOnlyWhereItHeals: a mesh, which has nothing
+// to heal, does not log heal_after at start; the missing stream of a DC
+// that never started is noted once, not at every retry.
+func TestStartLogNamesHealAfterOnlyWhereItHeals(t *testing.T) {
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&lockedWriter{mu: &mu, w: &buf}, nil))
+	r, _, _ := single(t, func(o *Options) {
+		o.Logger, o.HealAfter, o.RetryMin, o.RetryMax = log, 30*time.Second, time.Millisecond, 5*time.Millisecond
+	})
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// dc2's stream never appears: the link retries every few milliseconds.
+	waitFor(t, "the link to retry", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Contains(buf.String(), "waiting for the upstream's stream")
+	})
+	r.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	out := buf.String()
+	if !strings.Contains(out, "replicator started") || strings.Contains(out, "heal_after") {
+		t.Errorf("a mesh's start log names heal_after:\n%s", out)
+	}
+	if n := strings.Count(out, "waiting for the upstream's stream"); n != 1 {
+		t.Errorf("the missing stream was noted %d times, want once:\n%s", n, out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
