@@ -70,6 +70,8 @@ type readiness struct {
 		first   map[string]changelog.Applied
 		last    map[string]time.Time
 		readyAt time.Time
+		// notWaited is NotWaitedFor when the DC became ready.
+		notWaited []string
 	}
 }
 
@@ -111,7 +113,7 @@ func (rd *readiness) judge(now time.Time, mine func() changelog.Applied) Readine
 	out := Readiness{Started: rd.start, SilentAfter: rd.silent.String()}
 	if !rd.mu.readyAt.IsZero() {
 		at := rd.mu.readyAt
-		out.Ready, out.ReadyAt = true, &at
+		out.Ready, out.ReadyAt, out.NotWaitedFor = true, &at, slices.Clone(rd.mu.notWaited)
 		return out
 	}
 	own := mine()
@@ -132,7 +134,7 @@ func (rd *readiness) judge(now time.Time, mine func() changelog.Applied) Readine
 		}
 	}
 	if len(out.WaitingFor) == 0 {
-		rd.mu.readyAt = now
+		rd.mu.readyAt, rd.mu.notWaited = now, slices.Clone(out.NotWaitedFor)
 		out.Ready, out.ReadyAt = true, &now
 	}
 	return out

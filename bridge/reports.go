@@ -94,6 +94,7 @@ func (r *Replicator) runReportIntake(ctx context.Context, reports <-chan *nats.M
 			r.alive.add(dc)
 			if rd := r.ready.Load(); rd != nil {
 				rd.seen(dc, a, r.now())
+				r.Readiness() // latches the moment it is reached
 			}
 		}
 	}
@@ -125,6 +126,7 @@ func (r *Replicator) runReports(ctx context.Context) {
 			// Reports that arrived while this goroutine was busy (a slow
 			// repair, say) count before liveness is judged.
 			seen()
+			r.Readiness() // a silent peer's bound may have passed
 			r.healTick(ctx)
 			r.refreshLag(ctx)
 			r.catchUp(ctx)
