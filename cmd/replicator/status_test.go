@@ -112,3 +112,21 @@ func TestDialAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestProbe: probe exits 0 on a 200 from /healthz, 1 on a 503 from
+// /readyz, saying so.
+func TestProbe(t *testing.T) {
+	srv := statusServer(t, "tok")
+	defer srv.Close()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.Handle("/readyz", srv.Config.Handler)
+	probe := httptest.NewServer(mux)
+	defer probe.Close()
+	if code, out, errOut := runCLI("probe", "--addr", probe.URL); code != 0 || out != "/healthz: ok\n" {
+		t.Errorf("probe: exit %d, %q %q", code, out, errOut)
+	}
+	if code, _, errOut := runCLI("probe", "--ready", "--addr", probe.URL); code != 1 || !strings.Contains(errOut, "/readyz: 503") {
+		t.Errorf("probe --ready of a DC catching up: exit %d, %q", code, errOut)
+	}
+}
