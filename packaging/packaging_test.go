@@ -38,9 +38,9 @@ func TestDockerfile(t *testing.T) {
 	}
 	for _, want := range []string{
 		"FROM golang:" + goVersion[1] + "-bookworm AS build", // the toolchain go.mod asks for
-		"CGO_ENABLED=0 go build",                           // a static binary
-		"FROM gcr.io/distroless/static-debian12:nonroot",   // no shell, no libc needed
-		"USER 65532:65532",                                 // not root
+		"CGO_ENABLED=0 go build",                             // a static binary
+		"FROM gcr.io/distroless/static-debian12:nonroot",     // no shell, no libc needed
+		"USER 65532:65532",                                   // not root
 		`VOLUME ["/data"]`,
 		"EXPOSE 7070",
 		`CMD ["/usr/local/bin/replicator", "probe", "--addr", "http://127.0.0.1:7070"]`,
