@@ -28,6 +28,7 @@
 //	GET    /v1/changes?since=&prefix=&limit=&feed=&heartbeat=&snapshot=
 //	                                    NDJSON change feed with cursors (changes.go)
 //	GET    /v1/deadletters?limit=N      {"dead_letters": [...], "total"}, newest first
+//	GET    /v1/openapi.json             the API reference, an OpenAPI 3 document (openapi.json), no token
 //	GET    /ui, /ui/...                 the status page (package ui)
 //	GET    /healthz
 //	GET    /readyz                      200 once caught up since the start, else 503 saying what it waits for
@@ -178,10 +179,12 @@ type server struct {
 	mux      *http.ServeMux
 	tokenSum []byte
 	metrics  *metrics
+	// patterns are the routes registered on mux.
+	patterns []string
 }
 
 func (s *server) routes() {
-	m := s.mux
+	m := routeRecorder{s}
 	m.HandleFunc("PUT /v1/kv/{key...}", s.putKey)
 	m.HandleFunc("DELETE /v1/kv/{key...}", s.deleteKey)
 	m.HandleFunc("GET /v1/kv/{key...}", s.getKey)
@@ -202,9 +205,23 @@ func (s *server) routes() {
 	for p := range uiPatterns {
 		m.Handle(p, ui.Handler())
 	}
+	m.HandleFunc("GET /v1/openapi.json", serveOpenAPI)
 	m.HandleFunc("GET /healthz", s.healthz)
 	m.HandleFunc("GET /readyz", s.readyz)
 	m.HandleFunc("GET /metrics", s.serveMetrics)
+}
+
+// routeRecorder registers routes on the server's mux and keeps their
+// patterns, which TestOpenAPI holds against the API reference.
+type routeRecorder struct{ s *server }
+
+func (m routeRecorder) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	m.Handle(pattern, http.HandlerFunc(h))
+}
+
+func (m routeRecorder) Handle(pattern string, h http.Handler) {
+	m.s.mux.Handle(pattern, h)
+	m.s.patterns = append(m.s.patterns, pattern)
 }
 
 // uiPatterns are the status page's routes: served without the token, since
@@ -213,7 +230,7 @@ var uiPatterns = map[string]bool{"GET " + ui.Prefix: true, "GET " + ui.Prefix + 
 
 // openPaths need no token: probes of supervisors and load balancers,
 // which hold no data.
-var openPaths = map[string]bool{"/healthz": true, "/readyz": true}
+var openPaths = map[string]bool{"/healthz": true, "/readyz": true, "/v1/openapi.json": true}
 
 // probeMethods are the methods the routes use, tried to tell 405 from 404.
 var probeMethods = []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPost}
