@@ -158,7 +158,7 @@ type schema struct {
 func checkFields(t *testing.T, what string, resp json.RawMessage, body []byte, schemas map[string]schema) {
 	t.Helper()
 	var r struct {
-		Ref     string                       `json:"$ref"`
+		Ref     string `json:"$ref"`
 		Content map[string]struct{ Schema schema }
 	}
 	if err := json.Unmarshal(resp, &r); err != nil {
