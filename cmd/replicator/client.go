@@ -4,19 +4,18 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/replicatorhq/replicator/client"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 )
@@ -173,56 +172,81 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := c.finish(); err != nil {
 		return err
 	}
-	if op == "txn" {
-		return kvTxn(ctx, &c, rest[1:], stdout)
-	}
-	key := url.PathEscape(rest[1])
-	hdr := map[string]string{}
-	if *ctxHdr != "" {
-		hdr["X-Repl-Context"] = *ctxHdr
-	}
-	var resp *http.Response
-	var body []byte
-	switch op {
-	case "get":
-		resp, body, err = c.do(ctx, http.MethodGet, "/v1/kv/"+key, nil, hdr)
-	case "put":
-		var value io.Reader = strings.NewReader(rest[2])
-		if rest[2] == "-" {
-			b, err := io.ReadAll(stdin)
-			if err != nil {
-				return fmt.Errorf("read the value from stdin: %w", err)
-			}
-			value = bytes.NewReader(b)
-		}
-		resp, body, err = c.do(ctx, http.MethodPut, "/v1/kv/"+key, value, hdr)
-	case "del":
-		resp, body, err = c.do(ctx, http.MethodDelete, "/v1/kv/"+key, nil, hdr)
-	}
+	cl, err := c.client()
 	if err != nil {
 		return err
 	}
-	if op != "get" {
-		_, err = stdout.Write(body)
-		return err
+	if op == "txn" {
+		return kvTxn(ctx, cl, rest[1:], stdout)
 	}
-	if *asJSON {
-		if _, err := stdout.Write(body); err != nil {
-			return err
+	key := rest[1]
+	var opts []client.Opt
+	if *ctxHdr != "" {
+		opts = append(opts, client.Context(*ctxHdr))
+	}
+	var res client.WriteResult
+	switch op {
+	case "get":
+		item, err := cl.Get(ctx, key, opts...)
+		if errors.Is(err, client.ErrNotFound) {
+			if *asJSON {
+				writeJSONLine(stdout, map[string]string{"error": "no live value", "key": key, "context": item.Context})
+			}
+			return &exitError{code: exitNotFound, msg: fmt.Sprintf("key %q has no live value (context %s)", key, item.Context)}
 		}
-	} else if err := printRead(stdout, stderr, resp, body); err != nil {
+		if err != nil {
+			return cliError(err)
+		}
+		if *asJSON {
+			return writeJSONLine(stdout, item)
+		}
+		printRead(stdout, stderr, item)
+		return nil
+	case "put":
+		value := []byte(rest[2])
+		if rest[2] == "-" {
+			if value, err = io.ReadAll(stdin); err != nil {
+				return fmt.Errorf("read the value from stdin: %w", err)
+			}
+		}
+		res, err = cl.Put(ctx, key, value, opts...)
+	case "del":
+		res, err = cl.Delete(ctx, key, opts...)
+	}
+	if err != nil {
+		return cliError(err)
+	}
+	return writeJSONLine(stdout, res)
+}
+
+// client returns a client of the sidecar the flags name.
+func (c *clientFlags) client() (*client.Client, error) {
+	return client.New(c.addr, client.WithToken(c.token), client.WithHTTPClient(&http.Client{Timeout: 30 * time.Second}))
+}
+
+// cliError words a sidecar's refusal as the CLI always has: "503 Service
+// Unavailable: <its message>".
+func cliError(err error) error {
+	var e *client.Error
+	if errors.As(err, &e) {
+		return fmt.Errorf("%d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
+	}
+	return err
+}
+
+func writeJSONLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
 		return err
 	}
-	if resp.StatusCode == http.StatusNotFound {
-		return &exitError{code: exitNotFound, msg: fmt.Sprintf("key %q has no live value (context %s)", rest[1], resp.Header.Get("X-Repl-Context"))}
-	}
-	return nil
+	_, err = w.Write(append(b, '\n'))
+	return err
 }
 
 // kvTxn posts a transaction read from a file, or from stdin when the file
 // is "-" or not given: the JSON body of POST /v1/txn,
 // {"ops":[{"op":"put","key":K,"value_text":V}, ...]}.
-func kvTxn(ctx context.Context, c *clientFlags, args []string, stdout io.Writer) error {
+func kvTxn(ctx context.Context, cl *client.Client, args []string, stdout io.Writer) error {
 	var body []byte
 	var err error
 	if len(args) == 0 || args[0] == "-" {
@@ -233,29 +257,44 @@ func kvTxn(ctx context.Context, c *clientFlags, args []string, stdout io.Writer)
 	if err != nil {
 		return fmt.Errorf("read the transaction: %w", err)
 	}
-	_, out, err := c.do(ctx, http.MethodPost, "/v1/txn", bytes.NewReader(body), map[string]string{"Content-Type": "application/json"})
-	if err != nil {
-		return err
+	var req struct {
+		Ops []struct {
+			Op        string  `json:"op"`
+			Key       string  `json:"key"`
+			Value     []byte  `json:"value"`
+			ValueText *string `json:"value_text"`
+			Context   string  `json:"context"`
+		} `json:"ops"`
 	}
-	_, err = stdout.Write(out)
-	return err
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return fmt.Errorf("the transaction is not the JSON of POST /v1/txn ({\"ops\":[{\"op\":\"put\",\"key\":K,\"value_text\":V}, ...]}): %w", err)
+	}
+	ops := make([]client.TxnOp, len(req.Ops))
+	for i, op := range req.Ops {
+		ops[i] = client.TxnOp{Key: op.Key, Value: op.Value, Context: op.Context}
+		switch op.Op {
+		case "put":
+			if op.ValueText != nil {
+				ops[i].Value = []byte(*op.ValueText)
+			}
+		case "del", "delete":
+			ops[i].Delete = true
+		default:
+			return fmt.Errorf("op %d: \"op\" is %q; want \"put\" or \"del\"", i, op.Op)
+		}
+	}
+	res, err := cl.Txn(ctx, ops)
+	if err != nil {
+		return cliError(err)
+	}
+	return writeJSONLine(stdout, res)
 }
 
 // printRead shows a read: each value on w, one per line, and the context
 // on meta, so that w holds only the values.
-func printRead(w, meta io.Writer, resp *http.Response, body []byte) error {
-	if resp.StatusCode == http.StatusNotFound {
-		return nil // the caller reports it
-	}
-	var r struct {
-		Key      string   `json:"key"`
-		Context  string   `json:"context"`
-		Values   [][]byte `json:"values"`
-		Conflict bool     `json:"conflict"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return fmt.Errorf("decode response: %w", err)
-	}
+func printRead(w, meta io.Writer, r client.Item) {
 	for _, v := range r.Values {
 		fmt.Fprintf(w, "%s\n", v)
 	}
@@ -264,7 +303,6 @@ func printRead(w, meta io.Writer, resp *http.Response, body []byte) error {
 		fmt.Fprint(meta, " (conflict: more than one value)")
 	}
 	fmt.Fprintln(meta)
-	return nil
 }
 
 func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -292,70 +330,43 @@ func cmdConflicts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		if len(rest) != 1 {
 			return usagef("conflicts list takes no arguments, got %q", strings.Join(rest[1:], " "))
 		}
-		return listConflicts(ctx, &c, conflictQuery{status: *status, prefix: *prefix, limit: *limit}, stdout)
+		cl, err := c.client()
+		if err != nil {
+			return err
+		}
+		// Each version carries its value as base64 ("value") and, when it
+		// is printable UTF-8, as text ("value_text").
+		all, err := cl.Conflicts(ctx, client.ConflictFilter{Status: *status, Prefix: *prefix, Limit: *limit})
+		if err != nil {
+			return cliError(err)
+		}
+		if all == nil {
+			all = []client.Conflict{}
+		}
+		body, err := json.Marshal(all)
+		if err != nil {
+			return err
+		}
+		return indent(stdout, body)
 	case "resolve":
 		if len(rest) != 3 {
 			return usagef("conflicts resolve ID VALUE")
 		}
-		req, _ := json.Marshal(map[string]string{"value": base64.StdEncoding.EncodeToString([]byte(rest[2]))})
-		_, body, err := c.do(ctx, http.MethodPost, "/v1/conflicts/"+url.PathEscape(rest[1])+"/resolve", bytes.NewReader(req), map[string]string{"Content-Type": "application/json"})
+		cl, err := c.client()
+		if err != nil {
+			return err
+		}
+		item, err := cl.Resolve(ctx, rest[1], []byte(rest[2]), false)
+		if err != nil {
+			return cliError(err)
+		}
+		body, err := json.Marshal(item)
 		if err != nil {
 			return err
 		}
 		return indent(stdout, body)
 	}
 	return usagef("unknown conflicts operation %q: want list or resolve", rest[0])
-}
-
-// conflictQuery selects the entries `conflicts list` prints.
-type conflictQuery struct {
-	status, prefix string
-	limit          int // 0: all
-}
-
-// listConflicts prints the entries of the conflict log q selects,
-// following the API's pages (X-Repl-Next-After) until the last or q's
-// limit. Each version carries its value as base64 ("value") and, when it
-// is printable UTF-8, as text ("value_text").
-func listConflicts(ctx context.Context, c *clientFlags, cq conflictQuery, stdout io.Writer) error {
-	var all []json.RawMessage
-	after := ""
-	for {
-		page := 10000
-		if cq.limit > 0 {
-			page = min(page, cq.limit-len(all))
-		}
-		q := url.Values{"limit": {strconv.Itoa(page)}}
-		if cq.status != "" {
-			q.Set("status", cq.status)
-		}
-		if cq.prefix != "" {
-			q.Set("prefix", cq.prefix)
-		}
-		if after != "" {
-			q.Set("after", after)
-		}
-		resp, body, err := c.do(ctx, http.MethodGet, "/v1/conflicts?"+q.Encode(), nil, nil)
-		if err != nil {
-			return err
-		}
-		var entries []json.RawMessage
-		if err := json.Unmarshal(body, &entries); err != nil {
-			return fmt.Errorf("conflicts list: the sidecar's answer is not a JSON array: %w", err)
-		}
-		all = append(all, entries...)
-		if after = resp.Header.Get("X-Repl-Next-After"); after == "" || len(entries) == 0 || cq.limit > 0 && len(all) >= cq.limit {
-			break
-		}
-	}
-	if all == nil {
-		all = []json.RawMessage{}
-	}
-	body, err := json.Marshal(all)
-	if err != nil {
-		return err
-	}
-	return indent(stdout, body)
 }
 
 func indent(w io.Writer, body []byte) error {

@@ -231,7 +231,7 @@ func TestConflictsListPages(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if ids != "abc" || strings.Join(asked, ",") != "|logged||10000,b|logged||10000" {
+	if ids != "abc" || strings.Join(asked, ",") != "|logged||1000,b|logged||1000" {
 		t.Fatalf("printed ids %q after asking %v; want abc after the pages '' and b, each with status=logged", ids, asked)
 	}
 	// --limit stops after that many entries; --prefix is passed on.
