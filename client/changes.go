@@ -71,9 +71,8 @@ var ErrFeedGone = errors.New("client: the change feed no longer holds the change
 // feed, fn's error, ErrFeedGone, another refusal of the sidecar (an
 // *Error), or ctx's error.
 //
-// Written against the change feed's documented interface
-// (docs/INTERFACES.md, "Change feed"): GET /v1/changes with since, prefix,
-// feed=continuous, heartbeat and snapshot.
+// It reads GET /v1/changes (docs/INTERFACES.md, "Change feed") with since,
+// prefix, feed=continuous, heartbeat and snapshot.
 func (c *Client) Changes(ctx context.Context, o FeedOptions, fn func(Change) error) error {
 	cursor, snapshot, fromNow := o.Since, o.Snapshot, o.FromNow && !o.Snapshot
 	delay := 100 * time.Millisecond

@@ -84,7 +84,7 @@ func (f *feedServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // cursor of the last line it handled each time the stream breaks, so it
 // sees every change exactly once, and reports a pruned cursor as
 // ErrFeedGone. The feed is the documented one, served by a fake: the
-// sidecar's lands with the change feed's branch.
+// resume is checked here; client_test reads a real sidecar's feed.
 func TestChangesResumes(t *testing.T) {
 	f := &feedServer{n: 8, oldest: 1}
 	srv := httptest.NewServer(f)

@@ -109,9 +109,10 @@ func strs(vs [][]byte) []string {
 
 // TestAgainstSidecars runs the client against two real sidecars: reads
 // and writes with contexts, siblings resolved by Update, a transaction,
-// the record resolver's conflict resolved, read-your-writes across DCs
-// through a Session, a write waiting for every DC, a 503 retried after
-// its Retry-After, and a watch.
+// the change feed read to its end and followed, the record resolver's
+// conflict resolved, read-your-writes across DCs through a Session, a
+// write waiting for every DC, a 503 retried after its Retry-After, and a
+// watch.
 func TestAgainstSidecars(t *testing.T) {
 	addrs := sidecars(t)
 	ctx := context.Background()
@@ -169,6 +170,41 @@ func TestAgainstSidecars(t *testing.T) {
 	}
 	if list, err := dc1.List(ctx, "order/", 0); err != nil || len(list) != 2 {
 		t.Fatalf("List order/: %+v %v", list, err)
+	}
+
+	// The change feed: from the start, unfollowed, the transaction's two
+	// order keys; then followed from the last cursor, the next change.
+	var last uint64
+	var keys []string
+	if err := dc1.Changes(ctx, client.FeedOptions{Prefix: "order/"}, func(ch client.Change) error {
+		keys, last = append(keys, ch.Key), ch.Cursor
+		return nil
+	}); err != nil || fmt.Sprint(keys) != "[order/7 order/7/line/0]" || last == 0 {
+		t.Fatalf("Changes of order/: %v, last cursor %d, %v", keys, last, err)
+	}
+	fctx, stop := context.WithCancel(ctx)
+	next := make(chan client.Change, 1)
+	fdone := make(chan error, 1)
+	go func() {
+		fdone <- dc1.Changes(fctx, client.FeedOptions{Since: last, Prefix: "order/", Follow: true, Heartbeat: time.Second}, func(ch client.Change) error {
+			next <- ch
+			return nil
+		})
+	}()
+	if _, err := dc2.Put(ctx, "order/8", []byte("lines=0")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ch := <-next:
+		if ch.Key != "order/8" || ch.Origin != "dc2" || ch.Cursor <= last || ch.Op != "put" {
+			t.Errorf("the followed feed's next change: %+v", ch)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the followed feed did not deliver dc2's write")
+	}
+	stop()
+	if err := <-fdone; !errors.Is(err, context.Canceled) {
+		t.Errorf("Changes after cancel: %v", err)
 	}
 
 	// The record resolver keeps both values in an open record until it is

@@ -23,7 +23,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlags("status", "[--config FILE | --addr URL] [--json]", stderr)
 	var c clientFlags
 	c.register(fs)
-	raw := fs.Bool("json", false, "print GET /v1/status as it is (indented JSON) instead of the statusSummary")
+	raw := fs.Bool("json", false, "print GET /v1/status as it is (indented JSON) instead of the summary")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
 		return err
