@@ -80,18 +80,25 @@ func AnswerWrite(ctx context.Context, rep Replicas, key string, res changelog.Wr
 	if ack.N == 0 {
 		return out, true
 	}
+	var complete bool
+	out.Replicated, out.Error, complete = replicate(ctx, rep, mine, ack)
+	return out, complete
+}
+
+// replicate waits, up to ack.Timeout, for ack.N DCs to have applied every
+// event tok names. It returns how many had, and when fewer did, says so.
+func replicate(ctx context.Context, rep Replicas, tok session.Token, ack session.Ack) (k int, shortfall string, complete bool) {
 	wctx, cancel := context.WithTimeout(ctx, ack.Timeout)
 	defer cancel()
-	k, err := rep.WaitReplicated(wctx, mine, ack.N)
-	out.Replicated = k
+	k, err := rep.WaitReplicated(wctx, tok, ack.N)
 	if k >= ack.N {
-		return out, true
+		return k, "", true
 	}
-	out.Error = session.Shortfall(k, ack.N, ack.Timeout)
+	shortfall = session.Shortfall(k, ack.N, ack.Timeout)
 	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		out.Error += fmt.Sprintf(" (the wait ended early: %v)", err)
+		shortfall += fmt.Sprintf(" (the wait ended early: %v)", err)
 	}
-	return out, false
+	return k, shortfall, false
 }
 
 // notFoundBody is the 404 of GET /v1/kv/{key}: the context lets a client

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -132,18 +131,9 @@ func AnswerTxn(ctx context.Context, rep Replicas, ops []changelog.WriteOp, res [
 	if ack.N == 0 || len(tok) == 0 {
 		return out, true
 	}
-	wctx, cancel := context.WithTimeout(ctx, ack.Timeout)
-	defer cancel()
-	k, err := rep.WaitReplicated(wctx, tok, ack.N)
-	out.Replicated = k
-	if k >= ack.N {
-		return out, true
-	}
-	out.Error = session.Shortfall(k, ack.N, ack.Timeout)
-	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		out.Error += fmt.Sprintf(" (the wait ended early: %v)", err)
-	}
-	return out, false
+	var complete bool
+	out.Replicated, out.Error, complete = replicate(ctx, rep, tok, ack)
+	return out, complete
 }
 
 // txn serves POST /v1/txn: the ops commit at this DC in one durable batch

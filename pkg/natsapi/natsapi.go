@@ -188,18 +188,11 @@ func (h handler) txn(r micro.Request) {
 		r.Error("400", "session is not a valid session token: "+err.Error()+"; nothing was written", nil)
 		return
 	}
-	ack, err := h.store.Scope().ParseAck(string(req.Wait), req.WaitTimeout, "wait", "wait_timeout")
-	if err != nil {
-		r.Error("400", err.Error()+"; nothing was written", nil)
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if len(tok) > 0 {
-		if err := h.store.WaitRead(ctx, "", nil, tok); err != nil {
-			fail(r, err)
-			return
-		}
+	ack, ok := h.begin(ctx, r, tok, req.Wait, req.WaitTimeout)
+	if !ok {
+		return
 	}
 	res, err := h.txnFn(ctx, ops)
 	if err != nil {
@@ -278,24 +271,36 @@ func (h handler) del(r micro.Request, req Request) {
 	h.write(r, req, changelog.WriteOp{Key: req.Key, Delete: true})
 }
 
+// begin parses what a write or transaction asks to wait for after it, and
+// waits until this DC covers the session token tok it carries. It answers
+// the request itself (400, 503) and returns false when nothing may be
+// written.
+func (h handler) begin(ctx context.Context, r micro.Request, tok session.Token, wait Wait, timeout string) (session.Ack, bool) {
+	ack, err := h.store.Scope().ParseAck(string(wait), timeout, "wait", "wait_timeout")
+	if err != nil {
+		r.Error("400", err.Error()+"; nothing was written", nil)
+		return ack, false
+	}
+	if len(tok) > 0 {
+		if err := h.store.WaitRead(ctx, "", nil, tok); err != nil {
+			fail(r, err)
+			return ack, false
+		}
+	}
+	return ack, true
+}
+
 func (h handler) write(r micro.Request, req Request, op changelog.WriteOp) {
 	var tok session.Token
 	var ok bool
 	if op.Context, tok, ok = h.need(r, req); !ok {
 		return
 	}
-	ack, err := h.store.Scope().ParseAck(string(req.Wait), req.WaitTimeout, "wait", "wait_timeout")
-	if err != nil {
-		r.Error("400", err.Error()+"; nothing was written", nil)
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if len(tok) > 0 {
-		if err := h.store.WaitRead(ctx, "", nil, tok); err != nil {
-			fail(r, err)
-			return
-		}
+	ack, ok := h.begin(ctx, r, tok, req.Wait, req.WaitTimeout)
+	if !ok {
+		return
 	}
 	res, err := h.writeFn(ctx, op)
 	if err != nil {
