@@ -63,6 +63,16 @@ func EncodeTxn(dst []byte, ops []*Event) ([]byte, error) {
 // same origin, HLC and path, and no key twice.
 func CheckTxn(ops []*Event, lim Limits) error {
 	lim = lim.withDefaults()
+	for i, op := range ops {
+		if err := op.Validate(lim); err != nil {
+			return fmt.Errorf("op %d: %w", i, err)
+		}
+	}
+	return checkShape(ops, lim)
+}
+
+// checkShape is CheckTxn for ops each already valid, as Decode leaves them.
+func checkShape(ops []*Event, lim Limits) error {
 	if len(ops) == 0 {
 		return fmt.Errorf("%w: a transaction has no ops", ErrInvalid)
 	}
@@ -72,9 +82,6 @@ func CheckTxn(ops []*Event, lim Limits) error {
 	first := ops[0]
 	keys := make(map[string]struct{}, len(ops))
 	for i, op := range ops {
-		if err := op.Validate(lim); err != nil {
-			return fmt.Errorf("op %d: %w", i, err)
-		}
 		switch {
 		case op.Origin != first.Origin:
 			return fmt.Errorf("%w: op %d has origin %q, op 0 %q", ErrInvalid, i, op.Origin, first.Origin)
@@ -174,7 +181,7 @@ func decodeTxn(b []byte, lim Limits) ([]*Event, error) {
 	if r.off != len(b) {
 		return nil, fmt.Errorf("%w: %d bytes after the end of the transaction", ErrMalformed, len(b)-r.off)
 	}
-	if err := CheckTxn(ops, lim); err != nil {
+	if err := checkShape(ops, lim); err != nil { // Decode validated each op
 		return nil, err
 	}
 	return ops, nil
