@@ -36,7 +36,7 @@ func (c checker) check(up, subject string, h map[string][]string, data []byte) (
 	if !ok {
 		return nil, reject("subject %q is not in %s's stream (want %s<partition> or %stxn)", subject, up, prefix, prefix)
 	}
-	isTxn := subject == TxnSubject(up)
+	tp, named, isTxn := isTxnSubject(up, subject)
 	var sp uint64
 	if !isTxn {
 		var err error
@@ -55,6 +55,8 @@ func (c checker) check(up, subject string, h map[string][]string, data []byte) (
 		return nil, reject("event %s is not a transaction but was published on %q", first.Dot, subject)
 	case !isTxn && first.TxnOps > 0:
 		return nil, reject("transaction %s was published on %q, not on %s", first.Dot, subject, TxnSubject(up))
+	case named && first.Partition != tp:
+		return nil, reject("transaction %s opens with an op of partition %d but was published on %q", first.Dot, first.Partition, subject)
 	case !isTxn && uint64(first.Partition) != sp:
 		return nil, reject("event %s names partition %d but was published on %q", first.Dot, first.Partition, subject)
 	}

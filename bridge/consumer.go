@@ -62,6 +62,8 @@ func (r *Replicator) consumerConfig(l *link) jetstream.ConsumerConfig {
 		MaxDeliver:    -1,
 		MaxAckPending: r.opts.MaxAckPending,
 		ReplayPolicy:  jetstream.ReplayInstantPolicy,
+		// A shard reads its own partitions and every transaction.
+		FilterSubjects: r.filterSubjects(l.up),
 	}
 	if l.startSeq > 0 {
 		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
@@ -213,6 +215,11 @@ func (r *Replicator) handle(ctx context.Context, l *link, msgs []jetstream.Msg) 
 			continue
 		}
 		ev := evs[0]
+		if evs = r.ownOps(evs); len(evs) == 0 {
+			// A transaction with no op in this shard's partitions.
+			r.ack(l, m)
+			continue
+		}
 		if err := r.plan.Accept(ev.Origin, ev.Path); err != nil {
 			r.c.loops.Add(1)
 			l.loops.Add(1)

@@ -29,8 +29,8 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 	his := make([]uint64, r.opts.Partitions)
 	var behind []uint32
 	own := r.store.Applied()[r.self]
-	for p := range r.opts.Partitions {
-		subj := Subject(r.self, uint32(p))
+	for _, p := range r.ownedPartitions() {
+		subj := Subject(r.self, p)
 		m, err := s.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
@@ -43,23 +43,41 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", subj, m.Sequence, err)
 		}
 		his[p] = hi
-		if p < len(own) && own[p] < hi {
-			behind = append(behind, uint32(p))
+	}
+	// The transaction subjects: repl.<dc>.txn, and for a sharded DC
+	// (now or before) repl.<dc>.txn.<p> of each own partition. Each last
+	// message names the highest own sequences of its publisher's
+	// partitions; this shard takes those of its own.
+	txnSubjects := []string{TxnSubject(r.self)}
+	if r.sharded() {
+		for _, p := range r.ownedPartitions() {
+			txnSubjects = append(txnSubjects, ShardTxnSubject(r.self, p))
 		}
 	}
-	switch m, err := s.GetLastMsgForSubject(ctx, TxnSubject(r.self)); {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-	case err != nil:
-		return fmt.Errorf("bridge: read the last message on %s: %w", TxnSubject(r.self), err)
-	case m.Header.Get(HeaderSeqHis) != "":
-		if err := parseSeqHis(m.Header.Get(HeaderSeqHis), his); err != nil {
-			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", TxnSubject(r.self), m.Sequence, err)
+	for _, subj := range txnSubjects {
+		m, err := s.GetLastMsgForSubject(ctx, subj)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			continue
+		case err != nil:
+			return fmt.Errorf("bridge: read the last message on %s: %w", subj, err)
+		case m.Header.Get(HeaderSeqHis) == "":
+			continue
 		}
-		behind = behind[:0]
-		for p, hi := range his {
-			if p < len(own) && own[p] < hi {
-				behind = append(behind, uint32(p))
+		named := make([]uint64, r.opts.Partitions)
+		if err := parseSeqHis(m.Header.Get(HeaderSeqHis), named); err != nil {
+			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", subj, m.Sequence, err)
+		}
+		for p, hi := range named {
+			if r.owns(uint32(p)) {
+				his[p] = max(his[p], hi)
 			}
+		}
+	}
+	behind = behind[:0]
+	for p, hi := range his {
+		if p < len(own) && own[p] < hi {
+			behind = append(behind, uint32(p))
 		}
 	}
 	if len(behind) > 0 {
@@ -103,6 +121,9 @@ func (r *Replicator) recoverOwn(ctx context.Context, s jetstream.Stream, parts [
 		subjects[i] = Subject(r.self, p)
 	}
 	subjects = append(subjects, TxnSubject(r.self))
+	if r.sharded() {
+		subjects = append(subjects, TxnSubject(r.self)+".*")
+	}
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy})
 	if err != nil {
 		return fmt.Errorf("bridge: read own stream %s: %w", r.stream, err)
@@ -125,7 +146,7 @@ func (r *Replicator) recoverOwn(ctx context.Context, s jetstream.Stream, parts [
 			if err != nil || got[0].Origin != r.self || len(got[0].Path) != 1 {
 				continue
 			}
-			evs = append(evs, got...)
+			evs = append(evs, r.ownOps(got)...)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return fmt.Errorf("bridge: read own stream %s: %w", r.stream, err)
@@ -366,7 +387,7 @@ func (r *Replicator) txnMessage(e changelog.OutboxEntry) *nats.Msg {
 	if b.Len() > 0 {
 		h.Set(HeaderSeqHis, b.String())
 	}
-	return &nats.Msg{Subject: TxnSubject(r.self), Header: h, Data: e.Data}
+	return &nats.Msg{Subject: r.txnSubject(e.Txn), Header: h, Data: e.Data}
 }
 
 // parseSeqHis parses Repl-Seq-His into his, keeping the higher of each.

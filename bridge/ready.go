@@ -64,6 +64,9 @@ type readiness struct {
 	peers  []string
 	start  time.Time
 	silent time.Duration
+	// owns says which partitions this DC's sidecar owns (a shard's own;
+	// nil: all); the others are not waited for.
+	owns func(uint32) bool
 
 	mu struct {
 		sync.Mutex
@@ -154,7 +157,7 @@ func (rd *readiness) lacking(peer string, first, own changelog.Applied) (ReadyWa
 			if p < len(have) {
 				h = have[p]
 			}
-			if h >= want {
+			if h >= want || (rd.owns != nil && !rd.owns(uint32(p))) {
 				continue
 			}
 			if w.Behind == 0 {

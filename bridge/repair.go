@@ -76,6 +76,7 @@ func (r *Replicator) repairDepth(ctx context.Context, origin string, p uint32, f
 		if err != nil {
 			return err
 		}
+		evs = r.ownOps(evs)
 		if len(evs) == 0 {
 			return fmt.Errorf("%w: %s, partition %d, from seq %d", errOriginLacks, origin, p, from)
 		}
@@ -210,6 +211,14 @@ func (r *Replicator) serveRepairs(ctx context.Context, reqs <-chan *nats.Msg) {
 func (r *Replicator) answerRepair(m *nats.Msg) {
 	if m.Reply == "" {
 		return
+	}
+	if r.sharded() {
+		// Every shard of this DC hears the request; only the owner of
+		// its partition answers.
+		var req RepairRequest
+		if err := msgpackcheck.Unmarshal(m.Data, &req); err == nil && !r.owns(req.Partition) {
+			return
+		}
 	}
 	events, err := r.repairEvents(m.Data)
 	reply := &nats.Msg{Subject: m.Reply, Header: nats.Header{}}

@@ -137,6 +137,14 @@ type Options struct {
 	// StandbyHub is the star's standby hub, which relays between the
 	// leaves while the hub is unreachable (with HealAfter); "" for none.
 	StandbyHub string
+
+	// Owned lists the partitions this sidecar owns when its DC runs
+	// several (shards, invariant 16; see shard.go); nil owns every
+	// partition. The store must hold no other partition's data.
+	Owned []uint32
+	// Shard names this shard in its consumers' names (ShardName); set
+	// with Owned.
+	Shard string
 }
 
 func (o Options) withDefaults() Options {
@@ -212,6 +220,19 @@ func (o Options) validate() error {
 		}
 	}
 	errs = append(errs, o.validateHealing()...)
+	if o.Owned != nil {
+		if o.Shard == "" {
+			errs = append(errs, errors.New("Owned needs Shard, the shard's name in its consumers' names"))
+		}
+		for _, p := range o.Owned {
+			if int(p) >= o.Partitions {
+				errs = append(errs, fmt.Errorf("Owned names partition %d, want below %d", p, o.Partitions))
+			}
+		}
+		if o.HealAfter > 0 {
+			errs = append(errs, errors.New("a sharded DC does not heal (HealAfter must be 0): it runs only in a mesh"))
+		}
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("bridge: options: %w", errors.Join(errs...))
 	}
@@ -238,6 +259,13 @@ type Replicator struct {
 	// heal runs topology healing; nil when it is off or the topology has
 	// nothing to heal.
 	heal *healer
+	// owned marks, by partition, those this shard owns; nil when the DC
+	// is not sharded (see shard.go).
+	owned []bool
+	// peerMax holds, per peer DC, the pointwise highest applied vector its
+	// reports named: the shards of a sharded peer each report their own
+	// partitions. Only the report intake goroutine uses it.
+	peerMax map[string]changelog.Applied
 
 	// seqHi is the publisher's highest own sequence per partition known to
 	// be in the stream or sent to it; only the publisher goroutine uses it
@@ -307,6 +335,13 @@ func New(opts Options) (*Replicator, error) {
 		alive:  newReporters(),
 
 		replayed: map[string]time.Time{},
+		peerMax:  map[string]changelog.Applied{},
+	}
+	if opts.Owned != nil {
+		r.owned = make([]bool, opts.Partitions)
+		for _, p := range opts.Owned {
+			r.owned[p] = true
+		}
 	}
 	for _, dc := range opts.DCs {
 		r.known[dc] = true
@@ -330,7 +365,7 @@ func New(opts Options) (*Replicator, error) {
 		if up == self || !r.known[up] {
 			return nil, fmt.Errorf("bridge: plan names upstream %q, which is this DC or not in DCs %v", up, opts.DCs)
 		}
-		r.links = append(r.links, &link{up: up, stream: StreamName(up), consumer: ConsumerName(self, up)})
+		r.links = append(r.links, &link{up: up, stream: StreamName(up), consumer: ShardConsumerName(self, up, opts.Shard)})
 	}
 	if r.healPossible() {
 		r.heal = newHealer(r.plan)
@@ -368,7 +403,9 @@ func (r *Replicator) Start(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 	}
-	if err := EnsureStream(ctx, r.js, r.self, r.opts.Partitions, r.opts.Stream); err != nil {
+	sopts := r.opts.Stream
+	sopts.Sharded = r.sharded()
+	if err := EnsureStream(ctx, r.js, r.self, r.opts.Partitions, sopts); err != nil {
 		if errors.Is(err, ErrNoJetStream) {
 			where := "this server's JetStream"
 			if r.opts.Domain != "" {
@@ -406,7 +443,11 @@ func (r *Replicator) Start(ctx context.Context) error {
 	if silent <= 0 {
 		silent = defaultSilentAfter
 	}
-	r.ready.Store(newReadiness(r.self, r.opts.DCs, silent, r.now()))
+	rd := newReadiness(r.self, r.opts.DCs, silent, r.now())
+	if r.sharded() {
+		rd.owns = r.owns
+	}
+	r.ready.Store(rd)
 
 	base := context.WithoutCancel(ctx)
 	intakeCtx, stopIntake := context.WithCancel(base)

@@ -85,6 +85,7 @@ func (r *Replicator) runReportIntake(ctx context.Context, reports <-chan *nats.M
 			if !ok {
 				continue
 			}
+			a = r.mergePeer(dc, a)
 			if now := r.now(); now.Sub(kept[dc]) >= r.opts.ReportInterval {
 				kept[dc] = now
 				r.store.SetPeerApplied(dc, a)
@@ -290,6 +291,9 @@ func (r *Replicator) catchUp(ctx context.Context) {
 		}
 		have := mine[origin]
 		for p, target := range report[origin] {
+			if !r.owns(uint32(p)) {
+				continue
+			}
 			var h uint64
 			if p < len(have) {
 				h = have[p]

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -72,25 +73,11 @@ func (r *Replicator) trimStream(ctx context.Context) {
 	if cutoff == 0 {
 		return
 	}
-	floor := cutoff
-	for _, dc := range r.downstreams() {
-		c, err := s.Consumer(ctx, ConsumerName(dc, r.self))
-		if err != nil {
-			if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-				r.log.Debug("trim stream: consumer info", "downstream", dc, "err", err)
-			}
-			return // a downstream that never consumed needs everything
-		}
-		floor = min(floor, c.CachedInfo().AckFloor.Stream)
-	}
-	if floor <= r.trimmedTo {
+	floor, ok := r.downstreamFloor(ctx, s, cutoff)
+	if !ok || floor <= r.trimmedTo {
 		return
 	}
-	for p := range r.opts.Partitions + 1 {
-		subj := TxnSubject(r.self)
-		if p < r.opts.Partitions {
-			subj = Subject(r.self, uint32(p))
-		}
+	for _, subj := range r.ownSubjects() {
 		last, err := s.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
@@ -110,4 +97,50 @@ func (r *Replicator) trimStream(ctx context.Context) {
 	}
 	r.trimmedTo = floor
 	r.c.streamTrims.Add(1)
+}
+
+// downstreamFloor returns the lowest stream sequence every downstream DC's
+// static consumers have acknowledged, at most cutoff; ok is false when a
+// downstream has no consumer yet (it needs everything). A sharded
+// downstream has a consumer per shard, each reading its partitions: the
+// lowest of their floors is acknowledged by every shard that reads it.
+func (r *Replicator) downstreamFloor(ctx context.Context, s jetstream.Stream, cutoff uint64) (uint64, bool) {
+	floor := cutoff
+	var names []string
+	for _, dc := range r.downstreams() {
+		c, err := s.Consumer(ctx, ConsumerName(dc, r.self))
+		if err == nil {
+			floor = min(floor, c.CachedInfo().AckFloor.Stream)
+			continue
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			r.log.Debug("trim stream: consumer info", "downstream", dc, "err", err)
+			return 0, false
+		}
+		if names == nil {
+			lister := s.ConsumerNames(ctx)
+			for n := range lister.Name() {
+				names = append(names, n)
+			}
+			if lister.Err() != nil {
+				return 0, false
+			}
+		}
+		found := false
+		for _, n := range names {
+			if !strings.HasPrefix(n, ConsumerName(dc, r.self)+"_shard") {
+				continue
+			}
+			c, err := s.Consumer(ctx, n)
+			if err != nil {
+				return 0, false
+			}
+			found = true
+			floor = min(floor, c.CachedInfo().AckFloor.Stream)
+		}
+		if !found {
+			return 0, false // a downstream that never consumed needs everything
+		}
+	}
+	return floor, true
 }

@@ -87,6 +87,9 @@ type StreamOptions struct {
 	// Memory selects memory storage instead of file storage. Only for
 	// tests; the default, file storage, survives a server restart.
 	Memory bool
+	// Sharded adds the subjects of a sharded DC's transactions,
+	// repl.<dc>.txn.* (see ShardTxnSubject).
+	Sharded bool
 }
 
 // Defaults of StreamOptions.
@@ -122,6 +125,9 @@ func StreamConfig(dc string, partitions int, opts StreamOptions) jetstream.Strea
 		subjects[p] = Subject(dc, uint32(p))
 	}
 	subjects = append(subjects, TxnSubject(dc))
+	if opts.Sharded {
+		subjects = append(subjects, TxnSubject(dc)+".*")
+	}
 	return jetstream.StreamConfig{
 		Name:        StreamName(dc),
 		Description: "replicator events emitted by DC " + dc,
@@ -238,6 +244,13 @@ func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamCo
 		return fmt.Errorf("bridge: look up stream %s: %w", want.Name, err)
 	}
 	got := s.CachedInfo().Config
+	if n := len(got.Subjects); n == len(want.Subjects)+1 && got.Subjects[n-1] == TxnSubject(strings.TrimPrefix(want.Name, "REPL_"))+".*" &&
+		slices.Equal(sortedCopy(got.Subjects[:n-1]), sortedCopy(want.Subjects)) {
+		// The DC ran several shards before and runs one sidecar now: the
+		// shards' transaction subjects stay, so their last messages still
+		// tell where sequences resume.
+		want.Subjects = got.Subjects
+	}
 	if onlyLacksTxn(want, got) {
 		// A stream made before transactions existed: adding their subject
 		// changes nothing else.
@@ -293,7 +306,7 @@ func streamDiffs(want, got jetstream.StreamConfig) []string {
 // want's less the transaction subject, its last.
 func onlyLacksTxn(want, got jetstream.StreamConfig) bool {
 	n := len(want.Subjects)
-	if n < 2 || !strings.HasSuffix(want.Subjects[n-1], ".txn") || len(got.Subjects) != n-1 {
+	if n < 2 || !(strings.HasSuffix(want.Subjects[n-1], ".txn") || strings.HasSuffix(want.Subjects[n-1], ".txn.*")) || len(got.Subjects) != n-1 {
 		return false
 	}
 	return slices.Equal(sortedCopy(got.Subjects), sortedCopy(want.Subjects[:n-1]))

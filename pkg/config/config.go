@@ -86,6 +86,15 @@ type Config struct {
 	// repl.<dc>.<partition>). It must be equal in every DC. Default 16,
 	// range 1..1024.
 	Partitions int `yaml:"partitions"`
+	// Shard places this sidecar among its DC's sidecars when the DC runs
+	// several, each owning a disjoint set of partitions with its own
+	// Pebble store (shard.go, invariant 16): "i of S", i counting from 0.
+	// Default "" (one sidecar owns every partition). S > 1 needs topology
+	// mesh and at most partitions shards.
+	Shard string `yaml:"shard"`
+	// ShardPartitions lists the partitions this shard owns, instead of the
+	// default p mod S = i. Default none. Needs shard.
+	ShardPartitions []int `yaml:"shard_partitions"`
 	// NATS says where NATS runs and how to reach it.
 	NATS NATS `yaml:"nats"`
 	// DataDir holds the Pebble store (and the embedded NATS server's store

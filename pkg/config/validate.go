@@ -67,6 +67,7 @@ func (c Config) Validate() error {
 	if c.DataDir == "" && vclock.ValidID(c.DC) == nil {
 		p.add("data_dir", "required; Complete sets the default ./data/<dc>")
 	}
+	c.validateShard(&p)
 	c.validateNATS(&p)
 	c.validateHTTP(&p)
 	c.validateResolvers(&p)

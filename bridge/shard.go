@@ -1,0 +1,172 @@
+package bridge
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/event"
+)
+
+// Sharding (invariant 16 in docs/DESIGN.md): a DC may run several
+// sidecars, each owning a disjoint set of partitions with its own store.
+// They share the DC's stream REPL_<dc>: each publishes its own partitions'
+// subjects, and its transactions on repl.<dc>.txn.<p>, p being the
+// transaction's first op's partition (one of the shard's own, since a
+// transaction never spans a DC's shards at its origin). A shard consumes
+// only its partitions' subjects, and every transaction subject, from
+// each upstream, and applies the ops of its own partitions.
+
+// ShardTxnSubject returns the subject a sharded DC publishes a transaction
+// on, repl.<dc>.txn.<p>, p being its first op's partition: the last
+// message of the subjects of a shard's partitions then names (in
+// Repl-Seq-His) the highest own sequence of each of them, as the last
+// message of repl.<dc>.txn does for an unsharded DC.
+func ShardTxnSubject(dc string, p uint32) string {
+	return TxnSubject(dc) + "." + strconv.FormatUint(uint64(p), 10)
+}
+
+// ShardConsumerName returns the durable consumer name of a shard of DC
+// self (shard being its ShardName) on up's stream, repl_<self>_from_<up>
+// _shard<i>of<S>; ConsumerName(self, up) when shard is "".
+func ShardConsumerName(self, up, shard string) string {
+	if shard == "" {
+		return ConsumerName(self, up)
+	}
+	return ConsumerName(self, up) + "_shard" + shard
+}
+
+// ShardName is the token naming shard i of n in consumer names, "<i>of<n>".
+func ShardName(i, n int) string {
+	if n < 2 {
+		return ""
+	}
+	return strconv.Itoa(i) + "of" + strconv.Itoa(n)
+}
+
+// sharded reports whether this DC runs several shards.
+func (r *Replicator) sharded() bool { return r.owned != nil }
+
+// owns reports whether this shard owns partition p (every partition when
+// the DC is not sharded).
+func (r *Replicator) owns(p uint32) bool {
+	return r.owned == nil || (int(p) < len(r.owned) && r.owned[p])
+}
+
+// ownedPartitions lists the partitions this shard owns, in order.
+func (r *Replicator) ownedPartitions() []uint32 {
+	out := make([]uint32, 0, r.opts.Partitions)
+	for p := range r.opts.Partitions {
+		if r.owns(uint32(p)) {
+			out = append(out, uint32(p))
+		}
+	}
+	return out
+}
+
+// filterSubjects returns what a shard's consumer of up reads: its own
+// partitions' subjects and every transaction subject; nil (the whole
+// stream) for an unsharded DC.
+func (r *Replicator) filterSubjects(up string) []string {
+	if !r.sharded() {
+		return nil
+	}
+	var out []string
+	for _, p := range r.ownedPartitions() {
+		out = append(out, Subject(up, p))
+	}
+	return append(out, TxnSubject(up), TxnSubject(up)+".*")
+}
+
+// txnSubject is the subject this DC publishes a transaction on.
+func (r *Replicator) txnSubject(ops []*event.Event) string {
+	if !r.sharded() || len(ops) == 0 {
+		return TxnSubject(r.self)
+	}
+	return ShardTxnSubject(r.self, ops[0].Partition)
+}
+
+// ownSubjects lists the subjects of this DC's stream this shard publishes
+// and keeps trimmed: its partitions' subjects and transaction subjects,
+// and repl.<dc>.txn.
+func (r *Replicator) ownSubjects() []string {
+	var out []string
+	for _, p := range r.ownedPartitions() {
+		out = append(out, Subject(r.self, p))
+		if r.sharded() {
+			out = append(out, ShardTxnSubject(r.self, p))
+		}
+	}
+	return append(out, TxnSubject(r.self))
+}
+
+// ownOps keeps, of a message's events (one event, or a transaction's
+// ops), those of this shard's partitions; a transaction keeps its ops of
+// those partitions as a smaller transaction, applied in one batch here
+// (its other ops are the other shards'). Unsharded DCs keep everything.
+func (r *Replicator) ownOps(evs []*event.Event) []*event.Event {
+	if !r.sharded() {
+		return evs
+	}
+	groups, err := event.Group(evs)
+	if err != nil {
+		return evs // the store refuses it with the same error
+	}
+	out := evs[:0:0]
+	for _, g := range groups {
+		start := len(out)
+		for _, ev := range g {
+			if r.owns(ev.Partition) {
+				out = append(out, ev)
+			}
+		}
+		if g[0].TxnOps > 0 {
+			for _, ev := range out[start:] {
+				ev.TxnOps = len(out) - start
+			}
+		}
+	}
+	return out
+}
+
+// isTxnSubject reports whether subject is one of up's transaction subjects
+// (repl.<up>.txn, or repl.<up>.txn.<p> for a sharded DC) and, for the
+// latter, the partition it names.
+func isTxnSubject(up, subject string) (p uint32, named, ok bool) {
+	if subject == TxnSubject(up) {
+		return 0, false, true
+	}
+	rest, found := strings.CutPrefix(subject, TxnSubject(up)+".")
+	if !found {
+		return 0, false, false
+	}
+	n, err := strconv.ParseUint(rest, 10, 32)
+	if err != nil {
+		return 0, false, false
+	}
+	return uint32(n), true, true
+}
+
+// mergePeer folds a report from peer dc into the pointwise highest of its
+// reports so far and returns that: a sharded peer's shards each report
+// their own partitions (the others at 0), and a report that does not move
+// forward changes nothing, as before (a peer restored from an old copy
+// keeps counting at what it last reported).
+func (r *Replicator) mergePeer(dc string, a changelog.Applied) changelog.Applied {
+	m := r.peerMax[dc]
+	if m == nil {
+		r.peerMax[dc] = a.Clone()
+		return a
+	}
+	for origin, row := range a {
+		have := m[origin]
+		if len(have) < len(row) {
+			have = append(have, make([]uint64, len(row)-len(have))...)
+		}
+		for p, n := range row {
+			have[p] = max(have[p], n)
+		}
+		m[origin] = have
+	}
+	return m.Clone()
+}
