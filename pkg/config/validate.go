@@ -85,7 +85,7 @@ func (c Config) Validate() error {
 // ReservedIDs are the second tokens of the sidecars' own NATS subjects
 // (repl.ae.<dc>, repl.api.<dc>.*, ...); a DC with such an id would have
 // its event stream repl.<dc>.<partition> overlap them.
-var ReservedIDs = []string{"ae", "api", "applied", "home", "repair", "snap"}
+var ReservedIDs = []string{"ae", "api", "applied", "home", "repair", "shard", "shards", "snap"}
 
 func checkID(p *problems, field, id string) bool {
 	if slices.Contains(ReservedIDs, id) {

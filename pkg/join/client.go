@@ -62,6 +62,9 @@ func Run(ctx context.Context, cfg config.Config, nc *nats.Conn, o Options) (Resu
 	if !slices.Contains(cfg.DCs, o.From) {
 		return Result{}, fmt.Errorf("join: --from %q is not one of the config's dcs %v", o.From, cfg.DCs)
 	}
+	if cfg.Sharded() {
+		return Result{}, fmt.Errorf("join: this sidecar is shard %s of DC %s, and join copies a whole DC into one store: joining a shard is not built yet (docs/DESIGN.md, invariant 16); start the shard empty and let the streams and the peers' outboxes bring its partitions back", cfg.ShardOf(), cfg.DC)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}

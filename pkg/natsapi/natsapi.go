@@ -113,19 +113,31 @@ func ServeWrites(nc *nats.Conn, dc string, store *changelog.Store, rules *resolv
 // ServeNode is ServeWrites with txn going through txn (the node's, which
 // checks the keys' home DCs).
 func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.Rules, write WriteFunc, txn TxnFunc) (micro.Service, error) {
-	svc, err := micro.AddService(nc, micro.Config{
-		Name:        "replicator",
-		Version:     Version,
-		Description: "replicator key-value API of DC " + dc,
-		Metadata:    map[string]string{"dc": dc},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("natsapi: add service: %w", err)
-	}
+	svc, _, err := ServeRouted(nc, dc, store, rules, write, txn, nil)
+	return svc, err
+}
+
+// Route, when a sidecar is one of its DC's shards, sees every request
+// first (op is the endpoint: get, put, del, txn, changes) and returns true
+// when it has answered it itself, by forwarding it to the shard that owns
+// its keys (which answers r.Reply directly) or refusing it.
+type Route func(op string, r micro.Request) bool
+
+// Handler runs an endpoint's handler on a request that did not come
+// through the service (a request another shard forwarded); false for an
+// unknown op.
+type Handler func(op string, r micro.Request) bool
+
+// ServeRouted is ServeNode with route (nil for none) asked before every
+// endpoint; it also returns the endpoints' handler for forwarded requests.
+func ServeRouted(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.Rules, write WriteFunc, txn TxnFunc, route Route) (micro.Service, Handler, error) {
 	h := handler{store: store, rules: rules, writeFn: write, txnFn: txn}
-	g := svc.AddGroup("repl.api." + dc)
+	eps := map[string]micro.HandlerFunc{
+		"txn":     h.txn,
+		"changes": func(r micro.Request) { h.changes(r, nc.MaxPayload()) },
+	}
 	for op, fn := range map[string]func(micro.Request, Request){"get": h.get, "put": h.put, "del": h.del} {
-		if err := g.AddEndpoint(op, micro.HandlerFunc(func(r micro.Request) {
+		eps[op] = func(r micro.Request) {
 			var req Request
 			if err := json.Unmarshal(r.Data(), &req); err != nil {
 				r.Error("400", "request is not JSON {key, value|value_text, context, session, wait, wait_timeout}: "+err.Error(), nil)
@@ -136,21 +148,87 @@ func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.
 				return
 			}
 			fn(r, req)
-		})); err != nil {
-			svc.Stop()
-			return nil, fmt.Errorf("natsapi: add endpoint %s: %w", op, err)
 		}
 	}
-	if err := g.AddEndpoint("txn", micro.HandlerFunc(h.txn)); err != nil {
-		svc.Stop()
-		return nil, fmt.Errorf("natsapi: add endpoint txn: %w", err)
+	direct := func(op string, r micro.Request) bool {
+		fn, ok := eps[op]
+		if ok {
+			fn(r)
+		}
+		return ok
 	}
-	if err := g.AddEndpoint("changes", micro.HandlerFunc(func(r micro.Request) { h.changes(r, nc.MaxPayload()) })); err != nil {
-		svc.Stop()
-		return nil, fmt.Errorf("natsapi: add endpoint changes: %w", err)
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:        "replicator",
+		Version:     Version,
+		Description: "replicator key-value API of DC " + dc,
+		Metadata:    map[string]string{"dc": dc},
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("natsapi: add service: %w", err)
 	}
-	return svc, nil
+	g := svc.AddGroup("repl.api." + dc)
+	for _, op := range []string{"get", "put", "del", "txn", "changes"} {
+		fn := eps[op]
+		if route != nil {
+			fn = func(r micro.Request) {
+				if !route(op, r) {
+					eps[op](r)
+				}
+			}
+		}
+		if err := g.AddEndpoint(op, fn); err != nil {
+			svc.Stop()
+			return nil, nil, fmt.Errorf("natsapi: add endpoint %s: %w", op, err)
+		}
+	}
+	return svc, direct, nil
 }
+
+// MsgRequest is a micro.Request over a plain NATS message, for requests
+// another shard forwarded: answers go to the message's reply subject,
+// which is the original requester's.
+type MsgRequest struct{ Msg *nats.Msg }
+
+var _ micro.Request = MsgRequest{}
+
+func (r MsgRequest) respond(m *nats.Msg, opts []micro.RespondOpt) error {
+	for _, opt := range opts {
+		opt(m)
+	}
+	return r.Msg.RespondMsg(m)
+}
+
+// Respond answers data.
+func (r MsgRequest) Respond(data []byte, opts ...micro.RespondOpt) error {
+	return r.respond(&nats.Msg{Data: data}, opts)
+}
+
+// RespondJSON answers v as JSON.
+func (r MsgRequest) RespondJSON(v any, opts ...micro.RespondOpt) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return r.Respond(b, opts...)
+}
+
+// Error answers an error as micro does, in its headers.
+func (r MsgRequest) Error(code, description string, data []byte, opts ...micro.RespondOpt) error {
+	h := nats.Header{micro.ErrorHeader: {description}, micro.ErrorCodeHeader: {code}}
+	return r.respond(&nats.Msg{Header: h, Data: data}, opts)
+}
+
+// Data is the request's body.
+func (r MsgRequest) Data() []byte { return r.Msg.Data }
+
+// Headers are the request's headers.
+func (r MsgRequest) Headers() micro.Headers { return micro.Headers(r.Msg.Header) }
+
+// Subject is the subject the request arrived on.
+func (r MsgRequest) Subject() string { return r.Msg.Subject }
+
+// Reply is where the answer goes.
+func (r MsgRequest) Reply() string { return r.Msg.Reply }
 
 // maxTxnRequest bounds a txn request before it is parsed.
 const maxTxnRequest = 8 << 20

@@ -88,9 +88,18 @@ type Node struct {
 	http *http.Server
 	ln   net.Listener
 
+	// shards routes requests among the DC's sidecars; nil unless the DC
+	// runs several (shard.go).
+	shards *shards
+	// api is the sidecar's own HTTP API.
+	api http.Handler
+
 	once sync.Once
 	// fatal receives the error that stopped the store (see Fatal).
 	fatal chan error
+	// stopAPI is closed at shutdown; stopOnce closes it.
+	stopAPI  chan struct{}
+	stopOnce sync.Once
 }
 
 // Fatal delivers the error that stopped the DC's store for good (a failed
@@ -125,6 +134,8 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		hub:   httpapi.NewHub(256),
 		reg:   opts.Registry,
 		fatal: make(chan error, 1),
+		// Closed at shutdown: continuous change feeds end, as watchers do.
+		stopAPI: make(chan struct{}),
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("node: data_dir %s: %w", cfg.DataDir, err)
@@ -169,6 +180,9 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	}
 	n.clock.Restore(st.HLCHighWater())
 	n.store = st
+	if cfg.Sharded() {
+		n.shards = newShards(n)
+	}
 	if hasExternal(cfg) && external.Arbiter(cfg.DCs) == cfg.DC {
 		n.arbiter = external.New(external.Options{Store: st, Rules: rules, Logger: n.log})
 	}
@@ -278,7 +292,13 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	lim := event.Limits{MaxEventBytes: n.cfg.Limits.MaxEventBytes, MaxKeyBytes: n.cfg.Limits.MaxKeyBytes, MaxValueBytes: n.cfg.Limits.MaxValueBytes}
+	var owned []uint32
+	shard, healAfter := "", time.Duration(n.cfg.HealAfter)
+	if n.shards != nil {
+		owned, shard, healAfter = n.shards.list, bridge.ShardName(n.shards.shard.Index, n.shards.shard.Count), 0
+	}
 	repl, err := bridge.New(bridge.Options{
+		Owned: owned, Shard: shard,
 		Store: n.store, NC: nc, Domain: n.cfg.NATS.Domain, Plan: plan, DCs: n.cfg.DCs,
 		Partitions: n.cfg.Partitions, Limits: lim, Logger: n.opts.Logger, Now: n.opts.Now,
 		ObservePublish: func(d time.Duration) { n.pubLatency.Observe(d.Seconds()) },
@@ -288,7 +308,7 @@ func (n *Node) Start(ctx context.Context) error {
 		},
 		ReportInterval:  n.opts.ReportInterval,
 		StreamRetention: time.Duration(n.cfg.Durability.StreamRetention),
-		HealAfter:       time.Duration(n.cfg.HealAfter),
+		HealAfter:       healAfter,
 		StandbyHub:      n.cfg.StandbyHub,
 	})
 	if err != nil {
@@ -302,6 +322,9 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	// Everything that can write starts after the bridge, which first
 	// makes sure this DC never reissues a sequence its stream holds.
+	if n.shards != nil {
+		return n.startShard(ctx, nc)
+	}
 	ae, err := antientropy.New(antientropy.Options{
 		Store: n.store, NC: nc, DC: n.cfg.DC, DCs: n.cfg.DCs, Partitions: n.cfg.Partitions, Logger: n.log,
 	})
@@ -338,6 +361,55 @@ func (n *Node) Start(ctx context.Context) error {
 	return n.serveHTTP()
 }
 
+// startShard starts what a shard of a sharded DC runs besides the bridge:
+// the NATS API with routing among the shards, the shards' own subjects,
+// and HTTP. Anti-entropy and the snapshot server for join are not run by
+// a shard (docs/DESIGN.md, invariant 16).
+func (n *Node) startShard(ctx context.Context, nc *nats.Conn) error {
+	if err := n.home.Start(ctx, nc); err != nil {
+		return err
+	}
+	svc, direct, err := natsapi.ServeRouted(nc, n.cfg.DC, n.store, n.rules, n.Write, n.WriteTxn, n.shards.route)
+	if err != nil {
+		return err
+	}
+	n.svc = svc
+	n.shards.api = direct
+	n.shards.local = n.apiHandler()
+	if err := n.shards.start(nc); err != nil {
+		return err
+	}
+	if n.arbiter != nil {
+		n.arbiter.SetConn(nc)
+		n.arbiter.Start(ctx)
+	}
+	if n.opts.NoHTTP {
+		return nil
+	}
+	return n.serveHTTP()
+}
+
+// Handler is the sidecar's HTTP API: for a shard of a sharded DC, the
+// router among the shards (shard.go). Set by Start.
+func (n *Node) Handler() http.Handler {
+	if n.shards != nil {
+		return n.shards
+	}
+	return n.api
+}
+
+// apiHandler builds the sidecar's own HTTP API once.
+func (n *Node) apiHandler() http.Handler {
+	if n.api != nil {
+		return n.api
+	}
+	n.api = httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, WriteTxnFn: n.WriteTxn, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, ReadinessFn: n.readiness, DigestsFn: n.digests, DeadLettersFn: n.deadLetters}, httpapi.Options{
+		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxValueBytes: n.cfg.Limits.MaxValueBytes, MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
+		Registry: n.reg, MetricLabels: prometheus.Labels{"dc": n.cfg.DC}, Logger: n.log, Watch: n.hub, Stop: n.stopAPI,
+	})
+	return n.api
+}
+
 func (n *Node) serveHTTP() error {
 	if err := httpapi.CheckListen(n.cfg.HTTP.Listen, n.cfg.HTTP.Token); err != nil {
 		return err
@@ -346,18 +418,13 @@ func (n *Node) serveHTTP() error {
 	if err != nil {
 		return fmt.Errorf("node: http.listen %s: %w", n.cfg.HTTP.Listen, err)
 	}
-	// Closed at shutdown: continuous change feeds end, as watchers do.
-	stop := make(chan struct{})
-	h := httpapi.New(httpapi.StoreBackend{Store: n.store, Rules: n.rules, WriteFn: n.Write, WriteTxnFn: n.WriteTxn, StatusFn: func() any { return n.Status() }, ReadyFn: n.ready, ReadinessFn: n.readiness, DigestsFn: n.digests, DeadLettersFn: n.deadLetters}, httpapi.Options{
-		Token: n.cfg.HTTP.Token, MaxBodyBytes: int64(n.cfg.HTTP.MaxBodyBytes), MaxValueBytes: n.cfg.Limits.MaxValueBytes, MaxKeyBytes: n.cfg.Limits.MaxKeyBytes,
-		Registry: n.reg, MetricLabels: prometheus.Labels{"dc": n.cfg.DC}, Logger: n.log, Watch: n.hub, Stop: stop,
-	})
+	n.apiHandler()
 	n.ln = ln
-	n.http = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	n.http = &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	// Watch streams end when the hub closes; without this, Shutdown would
 	// wait for every watcher to leave.
 	n.http.RegisterOnShutdown(n.hub.Close)
-	n.http.RegisterOnShutdown(func() { close(stop) })
+	n.http.RegisterOnShutdown(n.closeStopAPI)
 	go func() {
 		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("http server stopped", "err", err)
@@ -558,6 +625,10 @@ func (n *Node) Close() error {
 		if n.svc != nil {
 			warn("nats api", n.svc.Stop())
 		}
+		n.closeStopAPI()
+		if n.shards != nil {
+			n.shards.close()
+		}
 		warn("home router", n.home.Close())
 		if n.arbiter != nil {
 			n.arbiter.Close()
@@ -622,3 +693,5 @@ func hasExternal(cfg config.Config) bool {
 	}
 	return false
 }
+
+func (n *Node) closeStopAPI() { n.stopOnce.Do(func() { close(n.stopAPI) }) }
