@@ -1,0 +1,284 @@
+// Package shard_test checks DCs that run several sidecars (shards), each
+// owning a disjoint set of partitions (invariant 16 in docs/DESIGN.md),
+// against real embedded NATS and real Pebble.
+package shard_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/config"
+	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/node"
+	"github.com/replicatorhq/replicator/test/internal/testutil"
+)
+
+const partitions = 16
+
+// sidecar is one running sidecar: a whole DC or one of its shards.
+type sidecar struct {
+	dc, name string
+	n        *node.Node
+	base     string
+}
+
+// mesh starts a mesh of DCs on one embedded NATS server, DC i running
+// shards[i] sidecars.
+func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
+	t.Helper()
+	dir := t.TempDir()
+	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	dcs := []string{"dc1", "dc2", "dc3"}
+	var out []*sidecar
+	for _, dc := range dcs {
+		for i := range max(shards[dc], 1) {
+			cfg := config.Default()
+			cfg.DC, cfg.DCs, cfg.Topology, cfg.Partitions = dc, dcs, config.Mesh, partitions
+			cfg.DataDir = filepath.Join(dir, fmt.Sprintf("%s-%d", dc, i))
+			cfg.HTTP.Listen = "127.0.0.1:0"
+			if shards[dc] > 1 {
+				cfg.Shard = fmt.Sprintf("%d of %d", i, shards[dc])
+			}
+			cfg.Complete()
+			n, err := node.New(cfg, node.Options{NATSURL: ns.ClientURL(), ReportInterval: 100 * time.Millisecond, Logger: testutil.Logger(t, dc)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { n.Close() })
+			if err := n.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, &sidecar{dc: dc, name: fmt.Sprintf("%s shard %s", dc, cfg.Shard), n: n, base: "http://" + n.HTTPAddr()})
+		}
+	}
+	return ns, out
+}
+
+func do(t *testing.T, method, url string, body []byte) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+// digest is a sidecar's GET /v1/digest: the whole DC's for a shard.
+func digest(t *testing.T, s *sidecar) (string, int) {
+	code, _, b := do(t, http.MethodGet, s.base+"/v1/digest", nil)
+	if code != http.StatusOK {
+		return fmt.Sprintf("%d %s", code, b), -1
+	}
+	var d struct {
+		Digest string `json:"digest"`
+		Keys   int    `json:"keys"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	return d.Digest, d.Keys
+}
+
+// converged waits until every sidecar shows the same whole-DC digest over
+// keys keys.
+func converged(t *testing.T, all []*sidecar, keys int) {
+	t.Helper()
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, "every DC's whole digest to agree", func() (bool, string) {
+		want, n := digest(t, all[0])
+		if n != keys {
+			return false, fmt.Sprintf("%s holds %d keys (%s), want %d", all[0].name, n, want, keys)
+		}
+		for _, s := range all[1:] {
+			if got, m := digest(t, s); got != want {
+				return false, fmt.Sprintf("%s: %s over %d keys, %s: %s over %d", all[0].name, want, n, s.name, got, m)
+			}
+		}
+		return true, ""
+	})
+}
+
+// owner returns the index (in dc's shards) of the shard owning key with
+// the default layout.
+func owner(key string, count int) int {
+	return int(event.PartitionOf(key, partitions)) % count
+}
+
+// TestShardedMesh: dc1 runs 4 shards, dc2 and dc3 one sidecar each. Writes
+// go through every sidecar, most to keys another shard owns; every DC's
+// whole digest converges, every key reads back through every shard, the
+// key listing is the whole DC's, and a transaction is forwarded whole to
+// its shard, refused across shards, and applied at dc1 when it came from
+// dc2 spanning dc1's shards.
+func TestShardedMesh(t *testing.T) {
+	_, all := mesh(t, map[string]int{"dc1": 4})
+	const perSidecar = 40
+	for i, s := range all {
+		for j := range perSidecar {
+			key := fmt.Sprintf("k/%d/%d", i, j)
+			code, _, b := do(t, http.MethodPut, s.base+"/v1/kv/"+key, []byte("v-"+key))
+			if code != http.StatusOK {
+				t.Fatalf("PUT %s at %s: %d %s", key, s.name, code, b)
+			}
+		}
+	}
+	keys := perSidecar * len(all)
+	converged(t, all, keys)
+
+	// Every key reads back through every shard of dc1, forwarded or not.
+	for _, s := range all[:4] {
+		for i := range all {
+			key := fmt.Sprintf("k/%d/7", i)
+			code, h, b := do(t, http.MethodGet, s.base+"/v1/kv/"+key, nil)
+			if code != http.StatusOK || !strings.Contains(string(b), `"key":"`+key+`"`) {
+				t.Fatalf("GET %s through %s: %d %s", key, s.name, code, b)
+			}
+			if h.Get(node.HeaderShard) == "" {
+				t.Fatalf("GET %s through %s: no %s header", key, s.name, node.HeaderShard)
+			}
+		}
+	}
+
+	// The listing is the whole DC's, in key order, paged.
+	seen, after := 0, ""
+	last := ""
+	for {
+		code, h, b := do(t, http.MethodGet, all[1].base+"/v1/kv?prefix=k/&limit=50&after="+after, nil)
+		if code != http.StatusOK {
+			t.Fatalf("list: %d %s", code, b)
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			var line struct {
+				Key string `json:"key"`
+			}
+			if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+				t.Fatalf("list line %q: %v", sc.Text(), err)
+			}
+			if line.Key <= last {
+				t.Fatalf("list: %q after %q, out of order or repeated", line.Key, last)
+			}
+			last = line.Key
+			seen++
+		}
+		if after = h.Get("X-Repl-Next-After"); after == "" {
+			break
+		}
+	}
+	if seen != keys {
+		t.Fatalf("the whole DC's listing has %d keys, want %d", seen, keys)
+	}
+
+	// A transaction of keys of one shard is forwarded whole from another.
+	var one []string
+	for i := 0; len(one) < 3; i++ {
+		if k := fmt.Sprintf("t/one/%d", i); owner(k, 4) == 2 {
+			one = append(one, k)
+		}
+	}
+	code, _, b := do(t, http.MethodPost, all[0].base+"/v1/txn", txnBody(one))
+	if code != http.StatusOK {
+		t.Fatalf("txn of shard 2's keys through shard 0: %d %s", code, b)
+	}
+	// One spanning shards is refused, naming them, and writes nothing.
+	span := []string{"t/span/a", "t/span/b", "t/span/c", "t/span/d", "t/span/e"}
+	code, _, b = do(t, http.MethodPost, all[0].base+"/v1/txn", txnBody(span))
+	if code != http.StatusConflict || !strings.Contains(string(b), "shard") {
+		t.Fatalf("txn spanning dc1's shards: %d %s, want 409 naming the shards", code, b)
+	}
+	// The same transaction at dc2, one sidecar, commits and reaches
+	// dc1's shards, each applying its ops.
+	code, _, b = do(t, http.MethodPost, all[4].base+"/v1/txn", txnBody(span))
+	if code != http.StatusOK {
+		t.Fatalf("txn at dc2: %d %s", code, b)
+	}
+	converged(t, all, keys+len(one)+len(span))
+	for _, k := range span {
+		code, _, b := do(t, http.MethodGet, all[3].base+"/v1/kv/"+k, nil)
+		if code != http.StatusOK {
+			t.Fatalf("GET %s at dc1 after dc2's transaction: %d %s", k, code, b)
+		}
+	}
+
+	// Status and conflicts are the whole DC's.
+	code, _, b = do(t, http.MethodGet, all[2].base+"/v1/status", nil)
+	var st struct {
+		Shards []struct {
+			Shard      string   `json:"shard"`
+			Partitions []uint32 `json:"partitions"`
+		} `json:"shards"`
+	}
+	if code != http.StatusOK || json.Unmarshal(b, &st) != nil || len(st.Shards) != 4 {
+		t.Fatalf("status through a shard: %d %s, want the 4 shards'", code, b)
+	}
+	code, _, b = do(t, http.MethodGet, all[2].base+"/v1/conflicts", nil)
+	if code != http.StatusOK {
+		t.Fatalf("conflicts through a shard: %d %s", code, b)
+	}
+}
+
+func txnBody(keys []string) []byte {
+	type op struct {
+		Op        string `json:"op"`
+		Key       string `json:"key"`
+		ValueText string `json:"value_text"`
+	}
+	var ops []op
+	for _, k := range keys {
+		ops = append(ops, op{Op: "put", Key: k, ValueText: "tx"})
+	}
+	b, _ := json.Marshal(map[string]any{"ops": ops})
+	return b
+}
+
+// TestShardNATSForwarding: the NATS API of a sharded DC serves keys of
+// every shard, whichever shard the request reaches; a transaction
+// spanning shards is refused with 409.
+func TestShardNATSForwarding(t *testing.T) {
+	ns, all := mesh(t, map[string]int{"dc1": 3, "dc3": 2})
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for i := range 30 {
+		key := fmt.Sprintf("n/%d", i)
+		req, _ := json.Marshal(map[string]string{"key": key, "value_text": "x" + key})
+		m, err := nc.Request("repl.api.dc1.put", req, 5*time.Second)
+		if err != nil || m.Header.Get("Nats-Service-Error") != "" {
+			t.Fatalf("put %s over NATS: %v %v", key, err, m.Header)
+		}
+		m, err = nc.Request("repl.api.dc1.get", []byte(`{"key":"`+key+`"}`), 5*time.Second)
+		if err != nil || m.Header.Get("Nats-Service-Error") != "" || !strings.Contains(string(m.Data), key) {
+			t.Fatalf("get %s over NATS: %v %v %s", key, err, m.Header, m.Data)
+		}
+	}
+	m, err := nc.Request("repl.api.dc1.txn", txnBody([]string{"t/span/a", "t/span/b", "t/span/c", "t/span/d", "t/span/e"}), 5*time.Second)
+	if err != nil || m.Header.Get("Nats-Service-Error-Code") != "409" {
+		t.Fatalf("txn spanning shards over NATS: %v %v, want 409", err, m.Header)
+	}
+	// dc3 runs 2 shards, dc1 3: different shard counts converge.
+	converged(t, all, 30)
+}
