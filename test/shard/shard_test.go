@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/config"
