@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -11,7 +13,7 @@ import (
 )
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench", "[--topology mesh|ring|star] [--dcs N] [--writes N] [--value-size B] [--concurrency C] [--via api|http|txn [--txn-ops N]] [--rate R] [--duration D [--keys K] [--sample-every I] [--changes-max-bytes B]] [--json] [--cpuprofile FILE]", stderr)
+	fs := newFlags("bench", "[--topology mesh|ring|star] [--dcs N] [--writes N] [--value-size B] [--concurrency C] [--via api|http|txn [--txn-ops N]] [--rate R] [--duration D [--keys K] [--sample-every I] [--changes-max-bytes B]] [--json] [--cpuprofile FILE] | --shards 1,2,4 [--runs N]", stderr)
 	var o bench.Options
 	fs.StringVar(&o.Topology, "topology", "mesh", "mesh, ring or star")
 	fs.IntVar(&o.DCs, "dcs", 3, "number of DCs")
@@ -33,8 +35,30 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	memprofile := fs.String("memprofile", "", "write the allocation profile at the end of the replicator phase to `FILE`")
 	tracefile := fs.String("trace", "", "write an execution trace of the replicator phase to `FILE`")
 	asJSON := fs.Bool("json", false, "print one JSON object on stdout")
+	shards := fs.String("shards", "", "instead of the DC bench: dc1 as N sidecars (shards; a comma-separated list such as 1,2,4) and dc2 as one, in a mesh, writes over HTTP to dc1 (to the key's shard, then through any shard); reports writes/s and CPU per write, medians of --runs")
+	runs := fs.Int("runs", 3, "runs per shard count and routing with --shards")
 	if err := parseNone(fs, args); err != nil {
 		return err
+	}
+	if *shards != "" {
+		var counts []int
+		for part := range strings.SplitSeq(*shards, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(part))
+			if err != nil || n < 1 || n > o.Partitions {
+				return usagef("--shards %q: want shard counts from 1 to --partitions (%d), comma-separated", *shards, o.Partitions)
+			}
+			counts = append(counts, n)
+		}
+		rs, err := bench.RunShards(ctx, bench.ShardOptions{Shards: counts, Writes: o.Writes, Concurrency: o.Concurrency, ValueSize: o.ValueSize,
+			Partitions: o.Partitions, Runs: *runs, NoFsync: o.NoFsync, Progress: stderr})
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(rs)
+		}
+		bench.WriteShardTable(stdout, rs)
+		return nil
 	}
 	if err := o.Validate(); err != nil {
 		// One line, without the package's prefix: "replicator bench: dcs
