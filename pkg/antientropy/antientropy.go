@@ -71,6 +71,12 @@ type Options struct {
 	RequestTimeout time.Duration
 	// Logger receives the worker's log lines; nil discards them.
 	Logger *slog.Logger
+	// Owned lists the partitions this sidecar owns when its DC runs
+	// several (shards, invariant 16); nil owns every partition. A shard
+	// compares and merges only its partitions, and answers only requests
+	// that start with one of them (the other shards answer the rest; see
+	// answer).
+	Owned []uint32
 }
 
 // Report is what one run against one peer did.
@@ -312,11 +318,9 @@ func (w *Worker) runOnce(ctx context.Context, peer string, rep *Report) error {
 		return fmt.Errorf("local trees: %d partitions, want %d", len(local), w.opts.Partitions)
 	}
 	per := w.treesPerRequest()
-	for next := 0; next < w.opts.Partitions; {
-		var ps []uint32
-		for p := next; p < min(next+per, w.opts.Partitions); p++ {
-			ps = append(ps, uint32(p))
-		}
+	mine := w.partitions()
+	for next := 0; next < len(mine); {
+		ps := mine[next:min(next+per, len(mine))]
 		remote, err := w.fetchTrees(ctx, peer, ps, rep)
 		if err != nil {
 			return err
@@ -549,4 +553,62 @@ func RequestRun(ctx context.Context, nc *nats.Conn, dc string) (RunReply, error)
 		return r, fmt.Errorf("dc %s: %s", dc, r.Error)
 	}
 	return r, nil
+}
+
+// partitions lists the partitions this worker compares: its own.
+func (w *Worker) partitions() []uint32 {
+	if w.opts.Owned != nil {
+		return w.opts.Owned
+	}
+	out := make([]uint32, w.opts.Partitions)
+	for p := range out {
+		out[p] = uint32(p)
+	}
+	return out
+}
+
+// owns reports whether this sidecar owns partition p.
+func (w *Worker) owns(p uint32) bool {
+	return w.opts.Owned == nil || slices.Contains(w.opts.Owned, p)
+}
+
+// errNotMine marks a request another shard of this DC answers: this one
+// stays silent, and the request goes to whichever shard answers.
+var errNotMine = errors.New("antientropy: another shard's partition")
+
+// forShard narrows a request to this shard's part: a trees request to
+// the prefix of its partitions this shard owns (the asker asks again for
+// the rest, as when a reply is cut for size), and refuses with errNotMine
+// a request whose first partition, bucket listing or keys another shard
+// owns, and a whole-DC digest, which no shard holds alone.
+func (w *Worker) forShard(req *request) error {
+	if w.opts.Owned == nil {
+		return nil
+	}
+	switch req.Op {
+	case opTrees:
+		n := 0
+		for n < len(req.Partitions) && int(req.Partitions[n]) < w.opts.Partitions && w.owns(req.Partitions[n]) {
+			n++
+		}
+		if n == 0 && len(req.Partitions) > 0 && int(req.Partitions[0]) < w.opts.Partitions {
+			return errNotMine
+		}
+		if n > 0 {
+			req.Partitions = req.Partitions[:n]
+		}
+	case opBuckets:
+		if int(req.Partition) < w.opts.Partitions && !w.owns(req.Partition) {
+			return errNotMine
+		}
+	case opStates:
+		for _, k := range req.Keys {
+			if !w.owns(event.PartitionOf(k, w.opts.Partitions)) {
+				return errNotMine
+			}
+		}
+	case opDigest:
+		return errNotMine
+	}
+	return nil
 }

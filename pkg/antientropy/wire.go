@@ -116,6 +116,9 @@ func (w *Worker) answer(m *nats.Msg) {
 		return
 	}
 	data, err := w.reply(m.Data)
+	if errors.Is(err, errNotMine) {
+		return
+	}
 	if err == nil && len(data) > w.maxPayload() {
 		err = fmt.Errorf("the reply is %d bytes, over this connection's max payload of %d", len(data), w.maxPayload())
 	}
@@ -137,6 +140,9 @@ func (w *Worker) reply(data []byte) ([]byte, error) {
 	}
 	if req.V != Protocol {
 		return nil, fmt.Errorf("%w: protocol version %d, this DC speaks %d", errBadRequest, req.V, Protocol)
+	}
+	if err := w.forShard(&req); err != nil {
+		return nil, err
 	}
 	var out any
 	var err error

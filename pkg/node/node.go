@@ -322,11 +322,8 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	// Everything that can write starts after the bridge, which first
 	// makes sure this DC never reissues a sequence its stream holds.
-	if n.shards != nil {
-		return n.startShard(ctx, nc)
-	}
 	ae, err := antientropy.New(antientropy.Options{
-		Store: n.store, NC: nc, DC: n.cfg.DC, DCs: n.cfg.DCs, Partitions: n.cfg.Partitions, Logger: n.log,
+		Store: n.store, NC: nc, DC: n.cfg.DC, DCs: n.cfg.DCs, Partitions: n.cfg.Partitions, Logger: n.log, Owned: owned,
 	})
 	if err != nil {
 		return err
@@ -335,6 +332,9 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.ae = ae
+	if n.shards != nil {
+		return n.startShard(ctx, nc)
+	}
 	snap, err := join.NewServer(join.ServerOptions{Store: n.store, NC: nc, Logger: n.log})
 	if err != nil {
 		return err
@@ -363,8 +363,9 @@ func (n *Node) Start(ctx context.Context) error {
 
 // startShard starts what a shard of a sharded DC runs besides the bridge:
 // the NATS API with routing among the shards, the shards' own subjects,
-// and HTTP. Anti-entropy and the snapshot server for join are not run by
-// a shard (docs/DESIGN.md, invariant 16).
+// and HTTP. Anti-entropy runs per shard over its own partitions (started
+// by Start); the snapshot server for join is not run by a shard
+// (docs/DESIGN.md, invariant 16).
 func (n *Node) startShard(ctx context.Context, nc *nats.Conn) error {
 	if err := n.home.Start(ctx, nc); err != nil {
 		return err
