@@ -40,6 +40,14 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parseNone(fs, args); err != nil {
 		return err
 	}
+	if *shards != "" && *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		o.CPUProfile = f
+	}
 	if *shards != "" {
 		var counts []int
 		for part := range strings.SplitSeq(*shards, ",") {
@@ -50,7 +58,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			counts = append(counts, n)
 		}
 		rs, err := bench.RunShards(ctx, bench.ShardOptions{Shards: counts, Writes: o.Writes, Concurrency: o.Concurrency, ValueSize: o.ValueSize,
-			Partitions: o.Partitions, Runs: *runs, NoFsync: o.NoFsync, Progress: stderr})
+			Partitions: o.Partitions, Runs: *runs, NoFsync: o.NoFsync, Progress: stderr, CPUProfile: o.CPUProfile})
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,9 @@ type ShardOptions struct {
 	Runs        int
 	NoFsync     bool
 	Progress    io.Writer
+	// CPUProfile, if set, receives a CPU profile of the first run's
+	// writes.
+	CPUProfile io.Writer
 }
 
 // ShardResult is one run at one shard count and one routing.
@@ -64,6 +68,7 @@ func RunShards(ctx context.Context, o ShardOptions) ([]ShardResult, error) {
 		for _, routing := range []string{"owner", "any"} {
 			for run := range o.Runs {
 				r, err := runShards(ctx, o, s, routing)
+				o.CPUProfile = nil // the first run's profile only
 				if err != nil {
 					return out, fmt.Errorf("bench: %d shards, %s: %w", s, routing, err)
 				}
@@ -126,6 +131,11 @@ func runShards(ctx context.Context, o ShardOptions, shards int, routing string) 
 	value := bytes.Repeat([]byte("x"), o.ValueSize)
 	var next, failed atomic.Int64
 	var firstErr atomic.Value
+	if o.CPUProfile != nil {
+		if err := pprof.StartCPUProfile(o.CPUProfile); err == nil {
+			defer pprof.StopCPUProfile()
+		}
+	}
 	cpu0, _ := rusage()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -183,7 +193,7 @@ func runShards(ctx context.Context, o ShardOptions, shards int, routing string) 
 	return ShardResult{
 		Shards: shards, Routing: routing, Writes: o.Writes, Seconds: took.Seconds(),
 		WritesPerSec:  float64(o.Writes) / took.Seconds(),
-		CPUPerWriteUS: float64((cpu1-cpu0).Microseconds()) / float64(o.Writes),
+		CPUPerWriteUS: float64((cpu1 - cpu0).Microseconds()) / float64(o.Writes),
 	}, nil
 }
 

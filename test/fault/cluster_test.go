@@ -96,12 +96,12 @@ type member struct {
 	// dc is the member's DC: its name, or for a shard the DC it is part
 	// of; shard is its shard line ("i of S"), "" for none.
 	dc, shard string
-	addr    string // host:port of the HTTP API
-	dataDir string
-	cfgPath string
-	logPath string
-	proxy   *netproxy.Proxy
-	yaml    []byte
+	addr      string // host:port of the HTTP API
+	dataDir   string
+	cfgPath   string
+	logPath   string
+	proxy     *netproxy.Proxy
+	yaml      []byte
 
 	mu struct {
 		sync.Mutex
