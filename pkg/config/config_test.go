@@ -95,7 +95,7 @@ func TestValidate(t *testing.T) {
 		{name: "hub not in dcs", edit: func(c *Config) { c.Topology = Star; c.Hub = "x" },
 			want: []string{`hub: "x" is not in dcs [a b c]`}},
 		{name: "reserved dc id", edit: func(c *Config) { c.DCs = []string{"a", "b", "api"} },
-			want: []string{`dcs[2]: "api" is reserved: the sidecars' own NATS subjects repl.api.* would overlap its event stream; choose another dc id (reserved: ae, api, applied, home, repair, snap)`}},
+			want: []string{`dcs[2]: "api" is reserved: the sidecars' own NATS subjects repl.api.* would overlap its event stream; choose another dc id (reserved: ae, api, applied, home, repair, shard, shards, snap)`}},
 		{name: "conflict log retention too short", edit: func(c *Config) { c.ConflictLog.Retention = Duration(time.Second) },
 			want: []string{`conflict_log.retention: 1s is out of range; want 0 (keep for ever) or at least 1m`}},
 		{name: "conflict log max entries negative", edit: func(c *Config) { c.ConflictLog.MaxEntries = -1 },
@@ -135,6 +135,30 @@ func TestValidate(t *testing.T) {
 			want: []string{`partitions: 1025 is out of range; want 1 to 1024, the same in every DC`}},
 		{name: "no data dir", edit: func(c *Config) { c.DataDir = "" },
 			want: []string{`data_dir: required; Complete sets the default ./data/<dc>`}},
+
+		// Shards (invariant 16).
+		{name: "valid shard", edit: func(c *Config) { c.Shard = "3 of 4" }},
+		{name: "valid shard partitions", edit: func(c *Config) { c.Shard = "1 of 2"; c.ShardPartitions = []int{0, 5, 7} }},
+		{name: "shard not i of S", edit: func(c *Config) { c.Shard = "1/4" },
+			want: []string{`shard: "1/4": want "i of S", such as "0 of 4" (i counts from 0)`}},
+		{name: "shard index counts from 0", edit: func(c *Config) { c.Shard = "4 of 4" },
+			want: []string{`shard: "4 of 4": the index counts from 0, so it must be 0 to 3`}},
+		{name: "shard words", edit: func(c *Config) { c.Shard = "one of four" },
+			want: []string{`shard: "one of four": want "i of S" with whole numbers, such as "0 of 4"`}},
+		{name: "more shards than partitions", edit: func(c *Config) { c.Shard = "0 of 32" },
+			want: []string{`shard: "0 of 32": 32 shards for 16 partitions would leave a shard with none; use at most 16 shards or more partitions (partitions must be equal in every DC)`}},
+		{name: "shard in a ring", edit: func(c *Config) { c.Shard = "0 of 2"; c.Topology = Ring },
+			want: []string{`shard: "0 of 2" with topology ring: a DC runs several shards only in a mesh (forwarding and healing per shard are not built); use topology: mesh or one sidecar`}},
+		{name: "shard with home rules", edit: func(c *Config) { c.Shard = "0 of 2"; c.Home = []HomeRule{{Prefix: "h/", DCs: []string{"a"}}}; c.Complete() },
+			want: []string{`shard: "0 of 2" with home rules: home-DC writes are not routed among a DC's shards yet; run one sidecar in a DC with home rules`}},
+		{name: "shard partitions without shard", edit: func(c *Config) { c.ShardPartitions = []int{1} },
+			want: []string{`shard_partitions: given without shard: name this sidecar's place among its DC's sidecars with shard: "i of S" (S at least 2)`}},
+		{name: "bad shard partitions", edit: func(c *Config) { c.Shard = "0 of 2"; c.ShardPartitions = []int{3, 16, 3, -1} },
+			want: []string{
+				`shard_partitions: partition 16 is out of range; want 0 to 15 (partitions is 16)`,
+				`shard_partitions: partition 3 is listed twice`,
+				`shard_partitions: partition -1 is out of range; want 0 to 15 (partitions is 16)`,
+			}},
 
 		// HTTP.
 		{name: "open api without token", edit: func(c *Config) { c.HTTP.Listen = "0.0.0.0:7070" },
@@ -406,7 +430,7 @@ func TestParseRejects(t *testing.T) {
 		want       []string // substrings of the error, in order
 	}{
 		{"unknown top-level key", "dc: a\ndcs: [a, b]\ntopolgy: ring\n",
-			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: changes, conflict_log, context_wait, data_dir, dc, dcs, durability, heal_after, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
+			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: changes, conflict_log, context_wait, data_dir, dc, dcs, durability, heal_after, home, http, hub, limits, nats, partitions, resolvers, shard, shard_partitions, standby_hub, topology)`}},
 		{"unknown nested key", "dc: a\ndcs: [a, b]\nnats:\n  embeded: true\n",
 			[]string{`nats.embeded: line 4: unknown key; did you mean "embedded"?`}},
 		{"unknown key in a rule", "dc: a\ndcs: [a, b]\nresolvers:\n  rules:\n    - prefix: x\n      resolver: lww\n      prio: [a]\n",
