@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,9 @@ type link struct {
 type inbound struct {
 	msg jetstream.Msg
 	evs []*event.Event
+	// all holds every op of a transaction that spans this DC's shards;
+	// evs holds this shard's.
+	all []*event.Event
 }
 
 // consumerConfig returns the durable pull consumer of a link: explicit
@@ -206,6 +210,7 @@ func nextBatch(ctx context.Context, it jetstream.MessagesContext, max int) ([]je
 // handle checks, filters and applies one batch of messages.
 func (r *Replicator) handle(ctx context.Context, l *link, msgs []jetstream.Msg) {
 	in := make([]inbound, 0, len(msgs))
+	var spanning []inbound
 	for _, m := range msgs {
 		r.c.received.Add(1)
 		l.received.Add(1)
@@ -215,7 +220,8 @@ func (r *Replicator) handle(ctx context.Context, l *link, msgs []jetstream.Msg) 
 			continue
 		}
 		ev := evs[0]
-		if evs = r.ownOps(evs); len(evs) == 0 {
+		all := evs
+		if evs = r.ownOps(slices.Clone(evs)); len(evs) == 0 {
 			// A transaction with no op in this shard's partitions.
 			r.ack(l, m)
 			continue
@@ -227,10 +233,17 @@ func (r *Replicator) handle(ctx context.Context, l *link, msgs []jetstream.Msg) 
 			r.ack(l, m)
 			continue
 		}
+		if len(evs) < len(all) && r.opts.Coordinator != nil {
+			spanning = append(spanning, inbound{msg: m, evs: evs, all: all})
+			continue
+		}
 		in = append(in, inbound{msg: m, evs: evs})
 	}
 	if len(in) > 0 {
 		r.apply(ctx, l, in)
+	}
+	for _, x := range spanning {
+		r.applySpanning(ctx, l, x)
 	}
 }
 

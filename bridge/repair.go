@@ -76,13 +76,21 @@ func (r *Replicator) repairDepth(ctx context.Context, origin string, p uint32, f
 		if err != nil {
 			return err
 		}
-		evs = r.ownOps(evs)
+		evs, prepared, waiting := r.repairedOwn(ctx, evs)
+		if len(evs) == 0 && waiting {
+			return fmt.Errorf("a repaired transaction spanning this DC's shards waits for its other shards to prepare it")
+		}
 		if len(evs) == 0 {
 			return fmt.Errorf("%w: %s, partition %d, from seq %d", errOriginLacks, origin, p, from)
 		}
 		res, err := r.store.Apply(ctx, evs, r.forwardEvent)
 		if err != nil {
 			return fmt.Errorf("apply repaired events: %w", err)
+		}
+		if !gapped(res) {
+			for _, id := range prepared {
+				r.opts.Coordinator.Done(ctx, id)
+			}
 		}
 		applied := 0
 		var elsewhere *event.Event // an op of another partition that waits for a gap

@@ -145,6 +145,10 @@ type Options struct {
 	// Shard names this shard in its consumers' names (ShardName); set
 	// with Owned.
 	Shard string
+	// Coordinator makes a transaction whose ops span this DC's shards
+	// visible at once (see Coordinator); nil applies each shard's part on
+	// its own.
+	Coordinator Coordinator
 }
 
 func (o Options) withDefaults() Options {

@@ -1,6 +1,9 @@
 package bridge
 
 import (
+	"context"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -169,4 +172,115 @@ func (r *Replicator) mergePeer(dc string, a changelog.Applied) changelog.Applied
 		m[origin] = have
 	}
 	return m.Clone()
+}
+
+// Coordinator makes a transaction whose ops span this DC's shards visible
+// at every shard at once (invariants 11 and 16 in docs/DESIGN.md). A
+// shard ready to apply its ops (no gap before them) first prepares: it
+// records them durably and makes reads of their keys wait; once every
+// other shard owning an op has prepared or applied the transaction, it
+// applies its ops and forgets them. Reads of one shard's keys thus never
+// show the transaction while another's show it, then not.
+type Coordinator interface {
+	// Prepare records that this shard holds id's own ops, ready, and
+	// reports whether every other owner of one of all's partitions has
+	// prepared or applied it (it waits a little for them).
+	Prepare(ctx context.Context, id string, all, own []*event.Event) (bool, error)
+	// Done forgets id once its own ops are applied here.
+	Done(ctx context.Context, id string)
+}
+
+// TxnID names a transaction in the shards' coordination: its first op's
+// Nats-Msg-Id.
+func TxnID(all []*event.Event) string {
+	return fmt.Sprintf("%s:%d:%d", all[0].Origin, all[0].Partition, all[0].Seq)
+}
+
+// applySpanning applies this shard's ops of a transaction that spans the
+// DC's shards, through the Coordinator: already applied, it is
+// acknowledged; held by a gap, repaired and offered again later; ready,
+// prepared, and applied once every other owner is prepared too, else
+// offered again later.
+func (r *Replicator) applySpanning(ctx context.Context, l *link, x inbound) {
+	id := TxnID(x.all)
+	applied := r.store.Applied()[x.evs[0].Origin]
+	next := map[uint32]uint64{}
+	dup, gap := true, false
+	for _, ev := range x.evs {
+		n, ok := next[ev.Partition]
+		if !ok && int(ev.Partition) < len(applied) {
+			n = applied[ev.Partition] + 1
+		} else if !ok {
+			n = 1
+		}
+		switch {
+		case ev.Seq < n:
+			continue
+		case ev.Seq > n:
+			gap = true
+			if err := r.repair(ctx, ev.Origin, ev.Partition, n, ev.Seq-1); err != nil {
+				r.log.Debug("gap repair before a transaction spanning shards", "id", id, "err", err)
+			}
+		}
+		dup = false
+		next[ev.Partition] = ev.Seq + 1
+	}
+	switch {
+	case dup:
+		r.opts.Coordinator.Done(ctx, id)
+		r.ack(l, x.msg)
+		return
+	case gap:
+		r.nak(x.msg, r.opts.GapDelay)
+		return
+	}
+	ready, err := r.opts.Coordinator.Prepare(ctx, id, x.all, x.evs)
+	if err != nil || !ready {
+		if err != nil {
+			r.log.Warn("prepare a transaction spanning shards", "id", id, "err", err)
+		}
+		r.nak(x.msg, r.opts.GapDelay)
+		return
+	}
+	res, err := r.store.Apply(ctx, x.evs, r.forwardEvent)
+	if err != nil {
+		r.applyFailed(ctx, l, []inbound{x}, err)
+		return
+	}
+	if gapped(res) {
+		r.nak(x.msg, r.opts.GapDelay)
+		return
+	}
+	r.settle(l, x, res)
+	r.opts.Coordinator.Done(ctx, id)
+}
+
+// repairedOwn keeps, of repaired events, this shard's ops; a transaction
+// spanning the DC's shards is prepared through the Coordinator first (ids
+// lists them, to be forgotten once applied), and when the other shards
+// are not ready yet, it and everything after it are left for later (held).
+func (r *Replicator) repairedOwn(ctx context.Context, evs []*event.Event) (own []*event.Event, ids []string, held bool) {
+	if !r.sharded() || r.opts.Coordinator == nil {
+		return r.ownOps(evs), nil, false
+	}
+	groups, err := event.Group(evs)
+	if err != nil {
+		return r.ownOps(evs), nil, false
+	}
+	for _, g := range groups {
+		mine := r.ownOps(slices.Clone(g))
+		if len(mine) == 0 {
+			continue
+		}
+		if len(mine) < len(g) {
+			id := TxnID(g)
+			ready, err := r.opts.Coordinator.Prepare(ctx, id, g, mine)
+			if err != nil || !ready {
+				return own, ids, true
+			}
+			ids = append(ids, id)
+		}
+		own = append(own, mine...)
+	}
+	return own, ids, false
 }

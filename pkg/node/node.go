@@ -293,12 +293,16 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	lim := event.Limits{MaxEventBytes: n.cfg.Limits.MaxEventBytes, MaxKeyBytes: n.cfg.Limits.MaxKeyBytes, MaxValueBytes: n.cfg.Limits.MaxValueBytes}
 	var owned []uint32
+	var coord bridge.Coordinator
 	shard, healAfter := "", time.Duration(n.cfg.HealAfter)
 	if n.shards != nil {
-		owned, shard, healAfter = n.shards.list, bridge.ShardName(n.shards.shard.Index, n.shards.shard.Count), 0
+		owned, shard, healAfter, coord = n.shards.list, bridge.ShardName(n.shards.shard.Index, n.shards.shard.Count), 0, n.shards
+		if err := n.shards.loadPrepared(ctx); err != nil {
+			return err
+		}
 	}
 	repl, err := bridge.New(bridge.Options{
-		Owned: owned, Shard: shard,
+		Owned: owned, Shard: shard, Coordinator: coord,
 		Store: n.store, NC: nc, Domain: n.cfg.NATS.Domain, Plan: plan, DCs: n.cfg.DCs,
 		Partitions: n.cfg.Partitions, Limits: lim, Logger: n.opts.Logger, Now: n.opts.Now,
 		ObservePublish: func(d time.Duration) { n.pubLatency.Observe(d.Seconds()) },

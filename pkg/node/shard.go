@@ -97,13 +97,16 @@ type shards struct {
 	api   natsapi.Handler
 	subs  []*nats.Subscription
 	wg    sync.WaitGroup
+	// held makes reads wait for the keys of prepared transactions that
+	// span the DC's shards (shardtxn.go).
+	held *held
 	// stop ends forwarded work at Close.
 	stop context.Context
 	quit context.CancelFunc
 }
 
 func newShards(n *Node) *shards {
-	s := &shards{n: n, shard: n.cfg.ShardOf(), owned: make([]bool, n.cfg.Partitions), list: n.cfg.OwnedPartitions()}
+	s := &shards{n: n, shard: n.cfg.ShardOf(), owned: make([]bool, n.cfg.Partitions), list: n.cfg.OwnedPartitions(), held: newHeld()}
 	for _, p := range s.list {
 		s.owned[p] = true
 	}
@@ -156,7 +159,14 @@ func (s *shards) serveForwarded(m *nats.Msg) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		if kind == "txn.state" {
+			s.answerTxnState(m)
+			return
+		}
 		if op, ok := strings.CutPrefix(kind, "api."); ok {
+			if !s.waitHeldNATS(op, natsapi.MsgRequest{Msg: m}) {
+				return
+			}
 			if !s.api(op, natsapi.MsgRequest{Msg: m}) {
 				_ = natsapi.MsgRequest{Msg: m}.Error("400", "unknown operation "+strconv.Quote(op), nil)
 			}
@@ -194,7 +204,7 @@ func (s *shards) answerHTTP(m *nats.Msg) {
 	r.Header.Set(HeaderShardHop, "1")
 	r.RemoteAddr = "nats"
 	rec := &recorder{header: http.Header{}}
-	s.local.ServeHTTP(rec, r)
+	s.ServeHTTP(rec, r) // the hop header keeps it here; reads wait for held keys
 	out, err := msgpack.Marshal(shardHTTP{Status: rec.status(), Header: rec.header, Body: rec.body.Bytes()})
 	if err != nil {
 		out, _ = msgpack.Marshal(shardHTTP{Status: http.StatusInternalServerError, Body: []byte(`{"error":"encode the answer"}`)})
@@ -238,11 +248,14 @@ func (r *recorder) status() int {
 // and the rest to this shard's own API.
 func (s *shards) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(HeaderShard, s.shard.String())
+	path := r.URL.Path
 	if r.Header.Get(HeaderShardHop) != "" {
+		if r.Method == http.MethodGet && !s.waitHeld(w, r, path) {
+			return
+		}
 		s.local.ServeHTTP(w, r)
 		return
 	}
-	path := r.URL.Path
 	switch {
 	case strings.HasPrefix(path, "/v1/kv/") && len(path) > len("/v1/kv/"):
 		key := strings.TrimPrefix(r.URL.EscapedPath(), "/v1/kv/")
@@ -251,6 +264,9 @@ func (s *shards) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if p := s.partitionOf(key); !s.owns(p) {
 			s.forward(w, r, p, nil)
+			return
+		}
+		if r.Method == http.MethodGet && !s.waitHeld(w, r, path) {
 			return
 		}
 	case path == "/v1/txn" && r.Method == http.MethodPost:
@@ -735,7 +751,7 @@ func (s *shards) route(op string, r micro.Request) bool {
 		return false
 	}
 	if s.owns(p) {
-		return false
+		return !s.waitHeldNATS(op, r)
 	}
 	m := &nats.Msg{Subject: ShardSubject(s.n.cfg.DC, p), Reply: r.Reply(), Data: r.Data(), Header: nats.Header{HeaderShardKind: {"api." + op}}}
 	for k, v := range r.Headers() {
@@ -743,6 +759,50 @@ func (s *shards) route(op string, r micro.Request) bool {
 	}
 	if err := s.n.nc.PublishMsg(m); err != nil {
 		_ = r.Error("503", fmt.Sprintf("forward to the shard owning partition %d: %v", p, err), nil)
+	}
+	return true
+}
+
+// waitHeld makes a read of a key (GET /v1/kv/{key}) or a listing (GET
+// /v1/kv) wait, up to context_wait, while a prepared transaction spanning
+// the DC's shards holds the key (or any key of this shard), and answers
+// 503 past it.
+func (s *shards) waitHeld(w http.ResponseWriter, r *http.Request, path string) bool {
+	key := ""
+	switch {
+	case strings.HasPrefix(path, "/v1/kv/"):
+		key = strings.TrimPrefix(r.URL.EscapedPath(), "/v1/kv/")
+		if k, err := unescapePath(key); err == nil {
+			key = k
+		}
+	case path != "/v1/kv":
+		return true
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(s.n.cfg.ContextWait))
+	defer cancel()
+	if err := s.held.wait(ctx, key); err != nil {
+		w.Header().Set("Retry-After", "1")
+		writeJSONError(w, http.StatusServiceUnavailable, err.Error())
+		return false
+	}
+	return true
+}
+
+// waitHeldNATS is waitHeld for a NATS get; false (after answering 503)
+// when the key stays held.
+func (s *shards) waitHeldNATS(op string, r micro.Request) bool {
+	if op != "get" {
+		return true
+	}
+	var req struct {
+		Key string `json:"key"`
+	}
+	_ = json.Unmarshal(r.Data(), &req)
+	ctx, cancel := context.WithTimeout(s.stop, time.Duration(s.n.cfg.ContextWait))
+	defer cancel()
+	if err := s.held.wait(ctx, req.Key); err != nil {
+		_ = r.Error("503", err.Error(), nil)
+		return false
 	}
 	return true
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -281,4 +282,85 @@ func TestShardNATSForwarding(t *testing.T) {
 	}
 	// dc3 runs 2 shards, dc1 3: different shard counts converge.
 	converged(t, all, 30)
+}
+
+// TestTxnSpanningReceiverShards (invariants 11 and 16): dc2, one sidecar,
+// commits transactions whose keys span dc1's 4 shards, while readers at
+// dc1 read each transaction's keys one after another, each through a
+// different shard. Once a read shows a transaction's write, every later
+// read of another of its keys must show it too: the shards apply their
+// parts only once every shard has prepared, and reads of prepared keys
+// wait. Afterwards every DC converges.
+func TestTxnSpanningReceiverShards(t *testing.T) {
+	_, all := mesh(t, map[string]int{"dc1": 4})
+	dc1, dc2 := all[:4], all[4]
+	const txns, ops = 40, 6
+	keyOf := func(i, j int) string { return fmt.Sprintf("x/%02d/%d", i, j) }
+	for i := range txns {
+		var ks []string
+		for j := range ops {
+			ks = append(ks, keyOf(i, j))
+		}
+		shardsHit := map[int]bool{}
+		for _, k := range ks {
+			shardsHit[owner(k, 4)] = true
+		}
+		if len(shardsHit) < 2 {
+			t.Fatalf("transaction %d's keys all fall in one shard of dc1; the test needs them spread", i)
+		}
+	}
+	stop := make(chan struct{})
+	violations := make(chan string, 16)
+	var readers sync.WaitGroup
+	for r := range 3 {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			client := &http.Client{Timeout: 10 * time.Second}
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				i := (n*7 + r) % txns
+				seen := -1
+				for j := range ops {
+					s := dc1[(j+r)%len(dc1)]
+					resp, err := client.Get(s.base + "/v1/kv/" + keyOf(i, j))
+					if err != nil {
+						continue
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					switch {
+					case resp.StatusCode == http.StatusOK && seen < 0:
+						seen = j
+					case resp.StatusCode == http.StatusNotFound && seen >= 0:
+						select {
+						case violations <- fmt.Sprintf("transaction %d: %s showed, then %s (through %s) did not", i, keyOf(i, seen), keyOf(i, j), s.name):
+						default:
+						}
+					}
+				}
+			}
+		}()
+	}
+	for i := range txns {
+		var ks []string
+		for j := range ops {
+			ks = append(ks, keyOf(i, j))
+		}
+		code, _, b := do(t, http.MethodPost, dc2.base+"/v1/txn", txnBody(ks))
+		if code != http.StatusOK {
+			t.Fatalf("txn %d at dc2: %d %s", i, code, b)
+		}
+	}
+	converged(t, all, txns*ops)
+	close(stop)
+	readers.Wait()
+	close(violations)
+	for v := range violations {
+		t.Error("part of a transaction was visible: " + v)
+	}
 }
