@@ -45,6 +45,15 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("decode GET /v1/status: %w", err)
 	}
+	// A sharded DC answers every shard's status (INTERFACES.md "Shards").
+	var sharded struct {
+		Shards []struct {
+			Shard      string      `json:"shard"`
+			Partitions []uint32    `json:"partitions"`
+			Status     node.Status `json:"status"`
+		} `json:"shards"`
+	}
+	_ = json.Unmarshal(body, &sharded)
 	var sum statusSummary
 	sum.status = st
 	// /readyz says what the DC waits for; it needs no token.
@@ -58,7 +67,18 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			sum.openMore = resp.Header.Get("X-Repl-Next-After") != ""
 		}
 	}
-	sum.write(stdout)
+	if len(sharded.Shards) == 0 {
+		sum.write(stdout)
+		return nil
+	}
+	for i, sh := range sharded.Shards {
+		if i > 0 {
+			fmt.Fprintln(stdout)
+		}
+		fmt.Fprintf(stdout, "shard %s, partitions %v\n", sh.Shard, sh.Partitions)
+		sum.status = sh.Status
+		sum.write(stdout)
+	}
 	return nil
 }
 
