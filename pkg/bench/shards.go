@@ -53,6 +53,11 @@ type ShardResult struct {
 	// CPUPerWrite is the process's CPU time (every sidecar of both DCs,
 	// NATS and the clients, until dc2 applied every write) per write.
 	CPUPerWriteUS float64 `json:"cpu_us_per_write"`
+	// IdleCPUPerSec is the process's CPU time per second of wall time
+	// over the 2 s after dc2 applied every write, in ms: what the
+	// sidecars cost with nothing to do (reports, maintenance, consumers'
+	// pulls).
+	IdleCPUMSPerSec float64 `json:"idle_cpu_ms_per_s"`
 }
 
 // RunShards runs the sharded-DC benchmark and returns every run.
@@ -190,10 +195,18 @@ func runShards(ctx context.Context, o ShardOptions, shards int, routing string) 
 		}
 	}
 	cpu1, _ := rusage()
+	idleStart := time.Now()
+	select {
+	case <-ctx.Done():
+		return ShardResult{}, ctx.Err()
+	case <-time.After(2 * time.Second): // the idle interval measured
+	}
+	cpu2, _ := rusage()
 	return ShardResult{
 		Shards: shards, Routing: routing, Writes: o.Writes, Seconds: took.Seconds(),
-		WritesPerSec:  float64(o.Writes) / took.Seconds(),
-		CPUPerWriteUS: float64((cpu1 - cpu0).Microseconds()) / float64(o.Writes),
+		WritesPerSec:    float64(o.Writes) / took.Seconds(),
+		CPUPerWriteUS:   float64((cpu1 - cpu0).Microseconds()) / float64(o.Writes),
+		IdleCPUMSPerSec: float64((cpu2 - cpu1).Milliseconds()) / time.Since(idleStart).Seconds(),
 	}, nil
 }
 
@@ -213,17 +226,17 @@ func WriteShardTable(w io.Writer, rs []ShardResult) {
 		by[key] = append(by[key], r)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "shards\trouting\truns\twrites/s (median)\tCPU µs/write (median)")
+	fmt.Fprintln(tw, "shards\trouting\truns\twrites/s (median)\tCPU µs/write (median)\tidle CPU ms/s (median)")
 	med := func(v []float64) float64 {
 		sort.Float64s(v)
 		return v[len(v)/2]
 	}
 	for _, key := range order {
-		var tput, cpu []float64
+		var tput, cpu, idle []float64
 		for _, r := range by[key] {
-			tput, cpu = append(tput, r.WritesPerSec), append(cpu, r.CPUPerWriteUS)
+			tput, cpu, idle = append(tput, r.WritesPerSec), append(cpu, r.CPUPerWriteUS), append(idle, r.IdleCPUMSPerSec)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%.0f\t%.0f\n", key.s, key.r, len(by[key]), med(tput), med(cpu))
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%.0f\t%.0f\t%.1f\n", key.s, key.r, len(by[key]), med(tput), med(cpu), med(idle))
 	}
 	tw.Flush()
 }
