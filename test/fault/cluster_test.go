@@ -64,9 +64,6 @@ type clusterOptions struct {
 	reportInterval time.Duration
 	// noStart leaves the DCs stopped; the test starts them.
 	noStart bool
-	// shards runs a DC as that many sidecars (shard: "i of S"), members
-	// named <dc>.s<i>; default one.
-	shards map[string]int
 }
 
 // cluster is one embedded JetStream server in the test process and the
@@ -91,17 +88,14 @@ type cluster struct {
 // member is one DC's sidecar: a process or an in-process node, started and
 // stopped on the same config and data dir.
 type member struct {
-	c    *cluster
-	name string
-	// dc is the member's DC: its name, or for a shard the DC it is part
-	// of; shard is its shard line ("i of S"), "" for none.
-	dc, shard string
-	addr      string // host:port of the HTTP API
-	dataDir   string
-	cfgPath   string
-	logPath   string
-	proxy     *netproxy.Proxy
-	yaml      []byte
+	c       *cluster
+	name    string
+	addr    string // host:port of the HTTP API
+	dataDir string
+	cfgPath string
+	logPath string
+	proxy   *netproxy.Proxy
+	yaml    []byte
 
 	mu struct {
 		sync.Mutex
@@ -158,28 +152,20 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 		}
 	})
 	for _, dc := range o.dcs {
-		for i := range max(o.shards[dc], 1) {
-			name, shard := dc, ""
-			if o.shards[dc] > 1 {
-				name, shard = fmt.Sprintf("%s.s%d", dc, i), fmt.Sprintf("%d of %d", i, o.shards[dc])
-			}
-			m := &member{
-				c:       c,
-				name:    name,
-				dc:      dc,
-				shard:   shard,
-				addr:    sidecar.FreeAddr(t),
-				dataDir: filepath.Join(dir, "data", name),
-				cfgPath: filepath.Join(dir, name+".yaml"),
-				logPath: filepath.Join(dir, name+".log"),
-				proxy:   netproxy.Start(t, c.natsAddr),
-			}
-			m.yaml = c.configYAML(m)
-			if err := os.WriteFile(m.cfgPath, m.yaml, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			c.members = append(c.members, m)
+		m := &member{
+			c:       c,
+			name:    dc,
+			addr:    sidecar.FreeAddr(t),
+			dataDir: filepath.Join(dir, "data", dc),
+			cfgPath: filepath.Join(dir, dc+".yaml"),
+			logPath: filepath.Join(dir, dc+".log"),
+			proxy:   netproxy.Start(t, c.natsAddr),
 		}
+		m.yaml = c.configYAML(m)
+		if err := os.WriteFile(m.cfgPath, m.yaml, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.members = append(c.members, m)
 	}
 	if !o.noStart {
 		c.startAll()
@@ -192,10 +178,7 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 func (c *cluster) configYAML(m *member) []byte {
 	o := c.opts
 	var b strings.Builder
-	fmt.Fprintf(&b, "# written by test/fault\ndc: %s\ndcs: [%s]\ntopology: %s\n", m.dc, strings.Join(o.dcs, ", "), o.topology)
-	if m.shard != "" {
-		fmt.Fprintf(&b, "shard: %q\n", m.shard)
-	}
+	fmt.Fprintf(&b, "# written by test/fault\ndc: %s\ndcs: [%s]\ntopology: %s\n", m.name, strings.Join(o.dcs, ", "), o.topology)
 	if o.topology == config.Star {
 		fmt.Fprintf(&b, "hub: %s\n", o.dcs[0])
 	}
