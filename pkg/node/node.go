@@ -336,53 +336,37 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.ae = ae
+	if n.shards == nil {
+		// A shard does not serve join's snapshots (docs/DESIGN.md,
+		// invariant 16).
+		snap, err := join.NewServer(join.ServerOptions{Store: n.store, NC: nc, Logger: n.log})
+		if err != nil {
+			return err
+		}
+		if err := snap.Start(ctx); err != nil {
+			return err
+		}
+		n.snap = snap
+	}
+	if err := n.home.Start(ctx, nc); err != nil {
+		return err
+	}
+	var route natsapi.Route
 	if n.shards != nil {
-		return n.startShard(ctx, nc)
+		route = n.shards.route
 	}
-	snap, err := join.NewServer(join.ServerOptions{Store: n.store, NC: nc, Logger: n.log})
-	if err != nil {
-		return err
-	}
-	if err := snap.Start(ctx); err != nil {
-		return err
-	}
-	n.snap = snap
-	if err := n.home.Start(ctx, nc); err != nil {
-		return err
-	}
-	svc, err := natsapi.ServeNode(nc, n.cfg.DC, n.store, n.rules, n.Write, n.WriteTxn)
+	svc, direct, err := natsapi.ServeRouted(nc, n.cfg.DC, n.store, n.rules, n.Write, n.WriteTxn, route)
 	if err != nil {
 		return err
 	}
 	n.svc = svc
-	if n.arbiter != nil {
-		n.arbiter.SetConn(nc)
-		n.arbiter.Start(ctx)
-	}
-	if n.opts.NoHTTP {
-		return nil
-	}
-	return n.serveHTTP()
-}
-
-// startShard starts what a shard of a sharded DC runs besides the bridge:
-// the NATS API with routing among the shards, the shards' own subjects,
-// and HTTP. Anti-entropy runs per shard over its own partitions (started
-// by Start); the snapshot server for join is not run by a shard
-// (docs/DESIGN.md, invariant 16).
-func (n *Node) startShard(ctx context.Context, nc *nats.Conn) error {
-	if err := n.home.Start(ctx, nc); err != nil {
-		return err
-	}
-	svc, direct, err := natsapi.ServeRouted(nc, n.cfg.DC, n.store, n.rules, n.Write, n.WriteTxn, n.shards.route)
-	if err != nil {
-		return err
-	}
-	n.svc = svc
-	n.shards.api = direct
-	n.shards.local = n.apiHandler()
-	if err := n.shards.start(nc); err != nil {
-		return err
+	if n.shards != nil {
+		// A shard serves the other shards' forwarded requests and gathers
+		// (shard.go).
+		n.shards.api, n.shards.local = direct, n.apiHandler()
+		if err := n.shards.start(nc); err != nil {
+			return err
+		}
 	}
 	if n.arbiter != nil {
 		n.arbiter.SetConn(nc)
