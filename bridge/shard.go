@@ -159,7 +159,7 @@ func (r *Replicator) mergePeer(dc string, a changelog.Applied) changelog.Applied
 	m := r.peerMax[dc]
 	if m == nil {
 		r.peerMax[dc] = a.Clone()
-		return a
+		return r.ownView(a)
 	}
 	for origin, row := range a {
 		have := m[origin]
@@ -171,7 +171,25 @@ func (r *Replicator) mergePeer(dc string, a changelog.Applied) changelog.Applied
 		}
 		m[origin] = have
 	}
-	return m.Clone()
+	return r.ownView(m.Clone())
+}
+
+// ownView zeroes, in a peer's report, the partitions this shard does not
+// own: the shard's store knows nothing of them (its applied vector holds
+// 0 there), and purging and trimming compare the peer's report with it,
+// entry by entry.
+func (r *Replicator) ownView(a changelog.Applied) changelog.Applied {
+	if !r.sharded() {
+		return a
+	}
+	for _, row := range a {
+		for p := range row {
+			if !r.owns(uint32(p)) {
+				row[p] = 0
+			}
+		}
+	}
+	return a
 }
 
 // Coordinator makes a transaction whose ops span this DC's shards visible
