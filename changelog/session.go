@@ -50,7 +50,9 @@ func (e *SessionAheadError) Unwrap() error { return ErrContextAhead }
 // caller holds s.mu.
 func (s *Store) uncovered(tok session.Token) (first session.Entry, have uint64, n int) {
 	for _, e := range tok {
-		if e.Origin == s.opts.DC {
+		if e.Origin == s.opts.DC || (s.opts.Owns != nil && !s.opts.Owns(e.Partition)) {
+			// This DC's own events are covered; another shard's
+			// partitions are that shard's to cover.
 			continue
 		}
 		var got uint64

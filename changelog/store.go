@@ -103,6 +103,11 @@ type Options struct {
 	// ErrContextAhead, and how long WaitRead waits for what a reader's
 	// context or session token names. Zero does not wait.
 	ContextWait time.Duration
+	// Owns, for one of several sidecars (shards) of a DC, says which
+	// partitions this store holds (docs/DESIGN.md, invariant 16): a
+	// session token's entries of other partitions are the other shards'
+	// to wait for. Nil: every partition.
+	Owns func(p uint32) bool
 	// TxnMaxOps and TxnMaxBytes bound a local transaction (WriteTxn): its
 	// ops, and its encoded message. Defaults DefaultTxnMaxOps and
 	// DefaultTxnMaxBytes; never above what Limits lets other DCs accept.

@@ -137,6 +137,14 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		// Closed at shutdown: continuous change feeds end, as watchers do.
 		stopAPI: make(chan struct{}),
 	}
+	var owns func(uint32) bool
+	if cfg.Sharded() {
+		owned := map[uint32]bool{}
+		for _, p := range cfg.OwnedPartitions() {
+			owned[p] = true
+		}
+		owns = func(p uint32) bool { return owned[p] }
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("node: data_dir %s: %w", cfg.DataDir, err)
 	}
@@ -160,6 +168,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		// this DC to catch up before its write or read is refused with
 		// 503.
 		ContextWait:        time.Duration(cfg.ContextWait),
+		Owns:               owns,
 		TxnMaxOps:          cfg.Limits.MaxTxnOps,
 		TxnMaxBytes:        cfg.Limits.MaxTxnBytes,
 		ConflictRetention:  time.Duration(cfg.ConflictLog.Retention),

@@ -237,6 +237,38 @@ func TestShardedMesh(t *testing.T) {
 	}
 	converged(t, all, keys+len(one)+len(span)-10*len(all))
 
+	// A session token naming writes in several partitions (at dc2) is
+	// waited for by each shard for its own partitions only: a listing
+	// and reads through any shard answer once dc1 has them.
+	tok := ""
+	for j := range 6 {
+		req, _ := http.NewRequest(http.MethodPut, all[4].base+fmt.Sprintf("/v1/kv/sess/%d", j), strings.NewReader("s"))
+		req.Header.Set("X-Repl-Session", tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var w struct {
+			Session string `json:"session"`
+		}
+		json.NewDecoder(resp.Body).Decode(&w)
+		resp.Body.Close()
+		tok = w.Session
+	}
+	for _, path := range []string{"/v1/kv?prefix=sess/", "/v1/kv/sess/0", "/v1/kv/sess/5"} {
+		req, _ := http.NewRequest(http.MethodGet, all[1].base+path, nil)
+		req.Header.Set("X-Repl-Session", tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "sess/") {
+			t.Fatalf("GET %s at dc1 with session %s: %d %s", path, tok, resp.StatusCode, b)
+		}
+	}
+
 	// Status and conflicts are the whole DC's.
 	code, _, b = do(t, http.MethodGet, all[2].base+"/v1/status", nil)
 	var st struct {
