@@ -306,6 +306,9 @@ func (n *Node) Start(ctx context.Context) error {
 	shard, healAfter := "", time.Duration(n.cfg.HealAfter)
 	if n.shards != nil {
 		owned, shard, healAfter, coord = n.shards.list, bridge.ShardName(n.shards.shard.Index, n.shards.shard.Count), 0, n.shards
+		if err := n.shards.checkAlone(ctx, nc); err != nil {
+			return err
+		}
 		if err := n.shards.loadPrepared(ctx); err != nil {
 			return err
 		}

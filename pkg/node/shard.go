@@ -126,6 +126,27 @@ func (s *shards) partitionsText() string {
 	return strings.Join(parts, ",")
 }
 
+// checkAlone refuses to start a shard when another running sidecar of its
+// DC already answers for one of its partitions (two shards with the same
+// shard line, or overlapping shard_partitions): they would both number
+// that partition's events, each in its own store.
+func (s *shards) checkAlone(ctx context.Context, nc *nats.Conn) error {
+	for _, p := range s.list {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		m, err := nc.RequestMsgWithContext(rctx, &nats.Msg{Subject: ShardSubject(s.n.cfg.DC, p), Header: nats.Header{HeaderShardKind: {"owner"}}})
+		cancel()
+		switch {
+		case errors.Is(err, nats.ErrNoResponders):
+			continue
+		case err != nil:
+			return fmt.Errorf("node: shard %s: ask whether another sidecar of DC %s owns partition %d: %w", s.shard, s.n.cfg.DC, p, err)
+		}
+		return fmt.Errorf("node: shard %s of DC %s owns partition %d, but shard %q already runs and answers for it on %s: give each shard its own shard line (\"i of S\") or disjoint shard_partitions",
+			s.shard, s.n.cfg.DC, p, m.Header.Get(HeaderShard), ShardSubject(s.n.cfg.DC, p))
+	}
+	return nil
+}
+
 // start subscribes to the subjects of this shard's partitions and to the
 // DC's gather subject.
 func (s *shards) start(nc *nats.Conn) error {
@@ -159,8 +180,12 @@ func (s *shards) serveForwarded(m *nats.Msg) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if kind == "txn.state" {
+		switch kind {
+		case "txn.state":
 			s.answerTxnState(m)
+			return
+		case "owner":
+			_ = m.RespondMsg(&nats.Msg{Header: nats.Header{HeaderShard: {s.shard.String()}, HeaderShardPartitions: {s.partitionsText()}}})
 			return
 		}
 		if op, ok := strings.CutPrefix(kind, "api."); ok {

@@ -481,3 +481,21 @@ func TestShardRestoreResumes(t *testing.T) {
 	}
 	converged(t, all, written)
 }
+
+// TestShardRefusesOverlap: a second sidecar with a shard line already
+// running in its DC (so owning the same partitions) refuses to start,
+// naming the partition and the shard that owns it.
+func TestShardRefusesOverlap(t *testing.T) {
+	_, all := mesh(t, map[string]int{"dc1": 2})
+	cfg := all[1].cfg
+	cfg.DataDir = filepath.Join(t.TempDir(), "dup")
+	n, err := node.New(cfg, node.Options{NATSURL: all[1].url, Logger: testutil.Logger(t, "dup")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	err = n.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), `shard "1 of 2" already runs and answers for it`) {
+		t.Fatalf("a second \"1 of 2\" started: %v", err)
+	}
+}
