@@ -120,7 +120,7 @@ func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.
 // Route, when a sidecar is one of its DC's shards, sees every request
 // first (op is the endpoint: get, put, del, txn, changes) and returns true
 // when it has answered it itself, by forwarding it to the shard that owns
-// its keys (which answers r.Reply directly) or refusing it.
+// its keys and relaying the answer, or refusing it.
 type Route func(op string, r micro.Request) bool
 
 // Handler runs an endpoint's handler on a request that did not come
@@ -185,8 +185,7 @@ func ServeRouted(nc *nats.Conn, dc string, store *changelog.Store, rules *resolv
 }
 
 // MsgRequest is a micro.Request over a plain NATS message, for requests
-// another shard forwarded: answers go to the message's reply subject,
-// which is the original requester's.
+// another shard forwarded: answers go to the message's reply subject.
 type MsgRequest struct{ Msg *nats.Msg }
 
 var _ micro.Request = MsgRequest{}

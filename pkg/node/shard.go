@@ -740,7 +740,7 @@ func mergePages(w http.ResponseWriter, r *http.Request, answers []gathered, ndjs
 
 // route is the NATS API's router (natsapi.Route): get, put and del of a
 // key of another shard, and a transaction all of whose keys are another
-// shard's, are forwarded to the owner, which answers the client directly;
+// shard's, are forwarded to the owner and its answer relayed;
 // a transaction spanning shards is refused with 409; the change feed is
 // this shard's.
 func (s *shards) route(op string, r micro.Request) bool {
@@ -778,12 +778,22 @@ func (s *shards) route(op string, r micro.Request) bool {
 	if s.owns(p) {
 		return !s.waitHeldNATS(op, r)
 	}
-	m := &nats.Msg{Subject: ShardSubject(s.n.cfg.DC, p), Reply: r.Reply(), Data: r.Data(), Header: nats.Header{HeaderShardKind: {"api." + op}}}
+	m := &nats.Msg{Subject: ShardSubject(s.n.cfg.DC, p), Data: r.Data(), Header: nats.Header{HeaderShardKind: {"api." + op}}}
 	for k, v := range r.Headers() {
 		m.Header[k] = v
 	}
-	if err := s.n.nc.PublishMsg(m); err != nil {
-		_ = r.Error("503", fmt.Sprintf("forward to the shard owning partition %d: %v", p, err), nil)
+	// Asked and relayed (rather than published with the client's reply
+	// subject), so an owner that is down is a 503 the client hears.
+	ctx, cancel := context.WithTimeout(s.stop, shardWait)
+	defer cancel()
+	reply, err := s.n.nc.RequestMsgWithContext(ctx, m)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		_ = r.Error("503", fmt.Sprintf("no shard of DC %s owns partition %d (nothing answers on %s): start that shard, or check the shards' shard and shard_partitions", s.n.cfg.DC, p, ShardSubject(s.n.cfg.DC, p)), nil)
+	case err != nil:
+		_ = r.Error("503", fmt.Sprintf("forward to the shard owning partition %d of DC %s: %v", p, s.n.cfg.DC, err), nil)
+	default:
+		_ = r.Respond(reply.Data, micro.WithHeaders(micro.Headers(reply.Header)))
 	}
 	return true
 }

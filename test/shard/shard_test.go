@@ -352,6 +352,23 @@ func TestShardNATSForwarding(t *testing.T) {
 	}
 	// dc3 runs 2 shards, dc1 3: different shard counts converge.
 	converged(t, all, 30)
+	// With dc1's shard 2 stopped, a key it owns is a 503 naming the
+	// partition, whichever shard takes the request.
+	if err := all[2].n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var key string
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("n/%d", i); owner(k, 3) == 2 {
+			key = k
+		}
+	}
+	for range 3 {
+		m, err := nc.Request("repl.api.dc1.get", []byte(`{"key":"`+key+`"}`), 5*time.Second)
+		if err != nil || m.Header.Get("Nats-Service-Error-Code") != "503" || !strings.Contains(m.Header.Get("Nats-Service-Error"), "owns partition") {
+			t.Fatalf("get %s with its shard down: %v %v, want 503 naming the partition", key, err, m.Header)
+		}
+	}
 }
 
 // TestTxnSpanningReceiverShards (invariants 11 and 16): dc2, one sidecar,
