@@ -52,7 +52,7 @@ func ShardsSubject(dc string) string { return "repl.shards." + dc }
 const (
 	// HeaderShardKind says what a forwarded message carries: "http" (an
 	// HTTP request, msgpack shardHTTP) or "api.<op>" (a NATS API request,
-	// as the client sent it, answered straight to its reply subject).
+	// as the client sent it, answered as the endpoint answers).
 	HeaderShardKind = "Repl-Shard-Kind"
 	// HeaderShard names the answering shard ("i of S") and
 	// HeaderShardPartitions its partitions ("0,4,8"), on gather replies
