@@ -51,8 +51,9 @@ func ShardsSubject(dc string) string { return "repl.shards." + dc }
 // Headers of the shards' protocol.
 const (
 	// HeaderShardKind says what a forwarded message carries: "http" (an
-	// HTTP request, msgpack shardHTTP) or "api.<op>" (a NATS API request,
-	// as the client sent it, answered as the endpoint answers).
+	// HTTP request, msgpack shardHTTP), "api.<op>" (a NATS API request,
+	// as the client sent it, answered as the endpoint answers),
+	// "txn.state" (shardtxn.go) or "owner" (checkAlone).
 	HeaderShardKind = "Repl-Shard-Kind"
 	// HeaderShard names the answering shard ("i of S") and
 	// HeaderShardPartitions its partitions ("0,4,8"), on gather replies
