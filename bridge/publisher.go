@@ -4,28 +4,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 )
 
 // publisher publishes the store's outbox to this DC's stream, in order,
-// on its own goroutine (run), which owns seqHi and cursor; resume sets
-// seqHi at Start, before run begins. drain is closed by Close once intake
+// on its own goroutine (run), which owns out and cursor; resume sets
+// out's high-water marks at Start, before run begins. drain is closed by Close once intake
 // has stopped.
 type publisher struct {
 	*env
 	pub    jetstream.JetStream // publishing, with a bounded async window
 	stream string
-	// seqHi is the highest own sequence per partition known to be in the
-	// stream or sent to it.
-	seqHi []uint64
+	// out builds the messages and keeps the highest own sequence per
+	// partition known to be in the stream or sent to it.
+	out *core.Publisher
 	// cursor is the last acknowledged outbox index.
 	cursor uint64
 	// drain tells the publisher that intake has stopped: it publishes what
@@ -40,7 +39,7 @@ func newPublisher(e *env) (*publisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bridge: jetstream publisher: %w", err)
 	}
-	return &publisher{env: e, pub: pub, stream: StreamName(e.self), seqHi: make([]uint64, e.opts.Partitions), drain: make(chan struct{})}, nil
+	return &publisher{env: e, pub: pub, stream: StreamName(e.self), out: core.NewPublisher(e.self, e.opts.Partitions), drain: make(chan struct{})}, nil
 }
 
 // resume reads the last message of each of this DC's partition
@@ -66,7 +65,7 @@ func (r *publisher) resume(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("bridge: read the last message on %s: %w", subj, err)
 		}
-		hi, err := lastOwnSeq(r.self, uint32(p), m.Header)
+		hi, err := core.LastOwnSeq(r.self, uint32(p), m.Header)
 		if err != nil {
 			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", subj, m.Sequence, err)
 		}
@@ -80,7 +79,7 @@ func (r *publisher) resume(ctx context.Context) error {
 	case err != nil:
 		return fmt.Errorf("bridge: read the last message on %s: %w", TxnSubject(r.self), err)
 	case m.Header.Get(HeaderSeqHis) != "":
-		if err := parseSeqHis(m.Header.Get(HeaderSeqHis), his); err != nil {
+		if err := core.ParseSeqHis(m.Header.Get(HeaderSeqHis), his); err != nil {
 			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", TxnSubject(r.self), m.Sequence, err)
 		}
 		behind = behind[:0]
@@ -109,7 +108,7 @@ func (r *publisher) resume(ctx context.Context) error {
 			r.log.Warn("own events neither the store nor the stream holds; marked lost, anti-entropy takes them back from the peers",
 				"partition", p, "from", lost.From, "to", lost.To)
 		}
-		r.seqHi[p] = hi
+		r.out.Resume(uint32(p), hi)
 	}
 	return nil
 }
@@ -181,30 +180,6 @@ func (r *publisher) recoverOwn(ctx context.Context, s jetstream.Stream, parts []
 	}
 	r.log.Info("took back own events from the stream", "events", recovered)
 	return nil
-}
-
-// lastOwnSeq returns the highest own sequence number the headers of a
-// message on self's partition p subject name: its Repl-Seq-Hi, and its own
-// sequence when self is the origin.
-func lastOwnSeq(self string, p uint32, h nats.Header) (uint64, error) {
-	var hi uint64
-	if v := h.Get(HeaderSeqHi); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil || n >= event.MaxCounter {
-			return 0, fmt.Errorf("%s %q is not a sequence number", HeaderSeqHi, v)
-		}
-		hi = n
-	}
-	if id := h.Get(jetstream.MsgIDHeader); id != "" {
-		origin, mp, seq, err := event.ParseMsgID(id)
-		if err != nil {
-			return 0, err
-		}
-		if origin == self && mp == p {
-			hi = max(hi, seq)
-		}
-	}
-	return hi, nil
 }
 
 // run publishes the outbox in order until ctx ends, or until
@@ -337,78 +312,11 @@ func (r *publisher) awaitAcks(ctx context.Context, ckpt uint64, entries []change
 	return last, firstErr
 }
 
-// message builds the JetStream message of an outbox entry: the event's
-// headers, Repl-Seq-Hi when needed, and the encoded event. Repl-Seq-Hi is
-// the highest own sequence of the partition sent to the stream so far,
-// this message included, rather than the store's last issued sequence:
-// after a restore the DC continues right above what the stream holds, so a
-// sequence issued but never published leaves no gap that no DC could ever
-// repair. An own event that is that highest sequence leaves the header
-// out, since its Nats-Msg-Id says the same (see lastOwnSeq): it is 20-odd
-// bytes of every own event, stored and delivered to every consumer. A
-// forwarded event, or an own one below the high-water mark, carries it.
+// message builds the JetStream message of an outbox entry (see
+// core.Publisher.Message).
 func (r *publisher) message(e changelog.OutboxEntry) *nats.Msg {
-	if e.Txn != nil {
-		return r.txnMessage(e)
-	}
-	ev := e.Event
-	p := ev.Partition
-	h := nats.Header(event.ToHeaders(ev))
-	if int(p) < len(r.seqHi) {
-		own := ev.Origin == r.self
-		if own && ev.Seq > r.seqHi[p] {
-			r.seqHi[p] = ev.Seq
-		}
-		if r.seqHi[p] > 0 && !(own && ev.Seq == r.seqHi[p]) {
-			h.Set(HeaderSeqHi, strconv.FormatUint(r.seqHi[p], 10))
-		}
-	}
-	return &nats.Msg{Subject: Subject(r.self, p), Header: h, Data: e.Data}
-}
-
-// txnMessage builds the JetStream message of a transaction's outbox entry,
-// on this DC's transaction subject. Its Repl-Seq-His header lists the
-// highest own sequence sent so far of every partition, this transaction's
-// ops included: the last message on the transaction subject then tells a
-// DC restored from an old copy how far each partition's sequence went in
-// transactions, however many single events followed on other subjects.
-func (r *publisher) txnMessage(e changelog.OutboxEntry) *nats.Msg {
-	h := nats.Header(event.TxnHeaders(e.Txn))
-	for _, ev := range e.Txn {
-		if p := ev.Partition; ev.Origin == r.self && int(p) < len(r.seqHi) && ev.Seq > r.seqHi[p] {
-			r.seqHi[p] = ev.Seq
-		}
-	}
-	var b strings.Builder
-	for p, hi := range r.seqHi {
-		if hi == 0 {
-			continue
-		}
-		if b.Len() > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.Itoa(p))
-		b.WriteByte(':')
-		b.WriteString(strconv.FormatUint(hi, 10))
-	}
-	if b.Len() > 0 {
-		h.Set(HeaderSeqHis, b.String())
-	}
-	return &nats.Msg{Subject: TxnSubject(r.self), Header: h, Data: e.Data}
-}
-
-// parseSeqHis parses Repl-Seq-His into his, keeping the higher of each.
-func parseSeqHis(v string, his []uint64) error {
-	for part := range strings.SplitSeq(v, ",") {
-		ps, ns, ok := strings.Cut(part, ":")
-		p, err1 := strconv.ParseUint(ps, 10, 32)
-		n, err2 := strconv.ParseUint(ns, 10, 64)
-		if !ok || err1 != nil || err2 != nil || int(p) >= len(his) || n >= event.MaxCounter {
-			return fmt.Errorf("%s entry %q: want <partition below %d>:<sequence>", HeaderSeqHis, part, len(his))
-		}
-		his[p] = max(his[p], n)
-	}
-	return nil
+	m := r.out.Message(e)
+	return &nats.Msg{Subject: m.Subject, Header: m.Header, Data: m.Data}
 }
 
 // flushCheckpoint makes the publisher's cursor the durable checkpoint, once

@@ -2,7 +2,7 @@ package core
 
 import (
 	"errors"
-	"fmt"
+
 	"strings"
 	"testing"
 
@@ -35,7 +35,7 @@ func TestCheck(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return msg{subject("b", ev.Partition), event.ToHeaders(ev), b}
+		return msg{Subject("b", ev.Partition), event.ToHeaders(ev), b}
 	}
 	with := func(m msg, f func(*msg)) msg { f(&m); return m }
 	txnOf := func(ops ...*event.Event) msg {
@@ -61,14 +61,14 @@ func TestCheck(t *testing.T) {
 		{"event back at its origin (the plan drops it)", of(testEvent("c", 1, "k3", "c", "a", "b")), ""},
 		{"malformed", with(of(good), func(m *msg) { m.data = []byte{0xc1} }), "malformed"},
 		{"empty", with(of(good), func(m *msg) { m.data = nil }), "malformed"},
-		{"forged origin", with(of(testEvent("c", 1, "k1")), func(m *msg) { m.subject = subject("b", event.PartitionOf("k1", testParts)) }), "forged"},
+		{"forged origin", with(of(testEvent("c", 1, "k1")), func(m *msg) { m.subject = Subject("b", event.PartitionOf("k1", testParts)) }), "forged"},
 		{"unknown origin", of(testEvent("zz", 1, "k1", "zz", "b")), `origin "zz" is not a known DC`},
 		{"unknown DC on the path", of(testEvent("a", 1, "k1", "a", "zz", "b")), `path[1] "zz" is not a known DC`},
 		{"another DC's subject", with(of(good), func(m *msg) { m.subject = "repl.a.0" }), "not in b's stream"},
 		{"dead-letter subject", with(of(good), func(m *msg) { m.subject = "repl.b.dlq" }), "does not name a partition"},
 		{"partition out of range", with(of(good), func(m *msg) { m.subject = "repl.b.4" }), "does not name a partition"},
 		{"subject of another partition", with(of(good), func(m *msg) {
-			m.subject = subject("b", (good.Partition+1)%testParts)
+			m.subject = Subject("b", (good.Partition+1)%testParts)
 		}), "was published on"},
 		{"partition not the key's", func() msg {
 			ev := testEvent("b", 1, "k1")
@@ -83,7 +83,7 @@ func TestCheck(t *testing.T) {
 		{"transaction", txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), ""},
 		{"forwarded transaction", txnOf(testEvent("a", 4, "k1", "a", "b"), testEvent("a", 5, "k2", "a", "b")), ""},
 		{"transaction on a partition subject", with(txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), func(m *msg) {
-			m.subject = subject("b", 0)
+			m.subject = Subject("b", 0)
 		}), "not on repl.b.txn"},
 		{"single event on the transaction subject", with(of(good), func(m *msg) { m.subject = txnSubject("b") }), "is not a transaction"},
 		{"transaction op in the wrong partition", func() msg {
@@ -111,6 +111,3 @@ func TestCheck(t *testing.T) {
 		})
 	}
 }
-
-// subject is the subject of partition p of dc's stream.
-func subject(dc string, p uint32) string { return fmt.Sprintf("repl.%s.%d", dc, p) }
