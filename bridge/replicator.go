@@ -58,7 +58,7 @@ type Options struct {
 	// Now reads the wall clock, for lag figures only. Default time.Now.
 	Now func() time.Time
 	// StreamRetention is how long this DC's stream keeps messages every
-	// downstream DC has acknowledged (see trimStream). Default 24h.
+	// downstream DC has acknowledged (see core.Retention). Default 24h.
 	StreamRetention time.Duration
 	// ObservePublish, if set, receives the time from sending each event to
 	// JetStream to reading its acknowledgement (acks are read in order, so

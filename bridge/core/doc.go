@@ -11,6 +11,12 @@
 // (Plan.Downstreams), which events it drops as loops (Plan.Accept) and
 // which it forwards (Plan.ShouldForward).
 //
+// Publish. A Publisher per DC turns its outbox entries, in outbox order,
+// into the messages of its stream (Publisher.Message: subject, headers,
+// data). At start the driver reads the last message of each partition
+// subject (LastOwnSeq) and of the transaction subject (ParseSeqHis) and
+// hands the highest own sequences to Publisher.Resume.
+//
 // Receive. One Link per upstream. The driver takes a batch of messages
 // from the upstream's stream, in stream order, and calls Link.Receive with
 // them. Receive checks each (Checker; a bad one is dead-lettered), drops
