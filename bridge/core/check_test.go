@@ -2,9 +2,10 @@ package core
 
 import (
 	"errors"
-
 	"strings"
 	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -107,6 +108,43 @@ func TestCheck(t *testing.T) {
 				t.Fatalf("accepted %v, want an error saying %q", evs[0].Dot, tc.want)
 			case tc.want != "" && (!errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), tc.want)):
 				t.Fatalf("error %q, want ErrRejected saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCheckReport(t *testing.T) {
+	c := NewChecker([]string{"a", "b", "c"}, 2, event.Limits{})
+	enc := func(v any) []byte {
+		b, err := msgpack.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		dc   string
+		data []byte
+		want string // "" accepts
+	}{
+		{"good", "b", enc(map[string][]uint64{"a": {1, 2}, "b": {3, 4}}), ""},
+		{"empty", "b", enc(map[string][]uint64{}), ""},
+		{"unknown reporter", "z", enc(map[string][]uint64{"a": {1, 2}}), `"z" is not a known DC`},
+		{"unknown origin", "b", enc(map[string][]uint64{"z": {1, 2}}), `unknown DC "z"`},
+		{"partition count", "b", enc(map[string][]uint64{"a": {1, 2, 3}}), "has 3 partitions, want 2"},
+		{"malformed", "b", []byte{0xc1}, "msgpack"},
+		{"huge declared length", "b", []byte{0xdf, 0xff, 0xff, 0xff, 0xff}, "msgpack"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := c.Report(tc.dc, tc.data)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want == "" && a == nil:
+				t.Fatal("accepted without a vector")
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err %v, want one saying %q", err, tc.want)
 			}
 		})
 	}
