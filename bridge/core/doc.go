@@ -50,6 +50,10 @@
 //     Repairer.Repair; one that fails with ErrOriginLacks has the links
 //     Replays.Due names replay their upstream's stream from the start.
 //
+// Readiness. Ready takes each peer's reports as they arrive (Ready.Seen)
+// and says whether this DC has caught up since it started (Ready.Judge)
+// and how each peer's reports stand (Ready.Peers).
+//
 // Retention. Every maintenance interval: Retention.Cutoff with the
 // stream's state, Retention.Floor with every downstream consumer's ack
 // floor, PurgeBelow per subject, then Retention.Trimmed. The outbox's own
