@@ -559,8 +559,12 @@ func (r *Replicator) effectivePlan() Plan {
 }
 
 // allLinks returns the static links and the running heal links.
-func (r *Replicator) allLinks() []*link {
-	return append(slices.Clone(r.links), r.heal.links()...)
+func (r *Replicator) allLinks() []*link { return allLinks(r.links, r.heal) }
+
+// allLinks returns the static links and h's running heal links (h may be
+// nil).
+func allLinks(static []*link, h *healer) []*link {
+	return append(slices.Clone(static), h.links()...)
 }
 
 // Healing returns the bypasses in effect; empty when nothing is healed.

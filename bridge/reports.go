@@ -3,7 +3,6 @@ package bridge
 import (
 	"context"
 	"errors"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -177,7 +176,7 @@ func (r *reporter) run(ctx context.Context) {
 	}
 }
 
-// reporters collects the DCs whose reports arrived since runReports last
+// reporters collects the DCs whose reports arrived since the reporter last
 // looked; a DC is kept once however often it reported.
 type reporters struct {
 	mu   sync.Mutex
@@ -260,7 +259,7 @@ func (r *reporter) maintain(ctx context.Context) {
 // refreshLag reads each link's consumer for its pending and unacknowledged
 // message counts.
 func (r *reporter) refreshLag(ctx context.Context) {
-	for _, l := range append(slices.Clone(r.links), r.heal.links()...) {
+	for _, l := range allLinks(r.links, r.heal) {
 		cons := l.getConsumer()
 		if cons == nil {
 			continue

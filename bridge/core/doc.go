@@ -35,6 +35,21 @@
 // and a Tally to add to its figures. A message must be acknowledged only
 // after Receive returned: the store has committed what it settled.
 //
+//	l := core.NewLink(core.LinkConfig{Up: "dc1", Plan: plan, Check: core.NewChecker(dcs, parts, limits),
+//		Repair: core.Repairer{Store: st, Source: src, Forward: fwd, Partitions: parts},
+//		MaxDeliver: 10, GapDelay: 200 * time.Millisecond, RetryDelay: time.Second})
+//	for batch := range fromUpstream {
+//		verdicts, tally := l.Receive(ctx, batch)
+//		for i, v := range verdicts {
+//			switch v.Action { // carry out, in order
+//			case core.Ack: ack(batch[i])
+//			case core.Nak: redeliver(batch[i], v.Delay)
+//			case core.DeadLetter: deadLetter(batch[i], v.Reason); l.Forget(batch[i].Seq)
+//			}
+//		}
+//		figures.Add(tally)
+//	}
+//
 // Repair serving. At the origin, ServeRepair answers a RepairRequest from
 // the DC's own events; a Source is the transport between Repairer and it.
 //
