@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // ErrRejected wraps every reason a message from an upstream is
@@ -31,12 +32,12 @@ func (c checker) check(up, subject string, h map[string][]string, data []byte) (
 	reject := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))
 	}
-	prefix := "repl." + up + "."
+	prefix := names.StreamPrefix(up)
 	rest, ok := strings.CutPrefix(subject, prefix)
 	if !ok {
 		return nil, reject("subject %q is not in %s's stream (want %s<partition> or %stxn)", subject, up, prefix, prefix)
 	}
-	isTxn := subject == TxnSubject(up)
+	isTxn := subject == names.TxnSubject(up)
 	var sp uint64
 	if !isTxn {
 		var err error
@@ -54,7 +55,7 @@ func (c checker) check(up, subject string, h map[string][]string, data []byte) (
 	case isTxn && first.TxnOps == 0:
 		return nil, reject("event %s is not a transaction but was published on %q", first.Dot, subject)
 	case !isTxn && first.TxnOps > 0:
-		return nil, reject("transaction %s was published on %q, not on %s", first.Dot, subject, TxnSubject(up))
+		return nil, reject("transaction %s was published on %q, not on %s", first.Dot, subject, names.TxnSubject(up))
 	case !isTxn && uint64(first.Partition) != sp:
 		return nil, reject("event %s names partition %d but was published on %q", first.Dot, first.Partition, subject)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -36,7 +37,7 @@ func TestCheck(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return msg{Subject("b", ev.Partition), event.ToHeaders(ev), b}
+		return msg{names.Subject("b", ev.Partition), event.ToHeaders(ev), b}
 	}
 	with := func(m msg, f func(*msg)) msg { f(&m); return m }
 	txnOf := func(ops ...*event.Event) msg {
@@ -47,7 +48,7 @@ func TestCheck(t *testing.T) {
 		for _, op := range ops {
 			op.TxnOps = len(ops)
 		}
-		return msg{TxnSubject("b"), event.TxnHeaders(ops), b}
+		return msg{names.TxnSubject("b"), event.TxnHeaders(ops), b}
 	}
 	good := testEvent("b", 7, "k1")
 	forwarded := testEvent("a", 3, "k2", "a", "b")
@@ -62,14 +63,14 @@ func TestCheck(t *testing.T) {
 		{"event back at its origin (the plan drops it)", of(testEvent("c", 1, "k3", "c", "a", "b")), ""},
 		{"malformed", with(of(good), func(m *msg) { m.data = []byte{0xc1} }), "malformed"},
 		{"empty", with(of(good), func(m *msg) { m.data = nil }), "malformed"},
-		{"forged origin", with(of(testEvent("c", 1, "k1")), func(m *msg) { m.subject = Subject("b", event.PartitionOf("k1", testParts)) }), "forged"},
+		{"forged origin", with(of(testEvent("c", 1, "k1")), func(m *msg) { m.subject = names.Subject("b", event.PartitionOf("k1", testParts)) }), "forged"},
 		{"unknown origin", of(testEvent("zz", 1, "k1", "zz", "b")), `origin "zz" is not a known DC`},
 		{"unknown DC on the path", of(testEvent("a", 1, "k1", "a", "zz", "b")), `path[1] "zz" is not a known DC`},
 		{"another DC's subject", with(of(good), func(m *msg) { m.subject = "repl.a.0" }), "not in b's stream"},
 		{"dead-letter subject", with(of(good), func(m *msg) { m.subject = "repl.b.dlq" }), "does not name a partition"},
 		{"partition out of range", with(of(good), func(m *msg) { m.subject = "repl.b.4" }), "does not name a partition"},
 		{"subject of another partition", with(of(good), func(m *msg) {
-			m.subject = Subject("b", (good.Partition+1)%testParts)
+			m.subject = names.Subject("b", (good.Partition+1)%testParts)
 		}), "was published on"},
 		{"partition not the key's", func() msg {
 			ev := testEvent("b", 1, "k1")
@@ -84,9 +85,9 @@ func TestCheck(t *testing.T) {
 		{"transaction", txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), ""},
 		{"forwarded transaction", txnOf(testEvent("a", 4, "k1", "a", "b"), testEvent("a", 5, "k2", "a", "b")), ""},
 		{"transaction on a partition subject", with(txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), func(m *msg) {
-			m.subject = Subject("b", 0)
+			m.subject = names.Subject("b", 0)
 		}), "not on repl.b.txn"},
-		{"single event on the transaction subject", with(of(good), func(m *msg) { m.subject = TxnSubject("b") }), "is not a transaction"},
+		{"single event on the transaction subject", with(of(good), func(m *msg) { m.subject = names.TxnSubject("b") }), "is not a transaction"},
 		{"transaction op in the wrong partition", func() msg {
 			ev := testEvent("b", 9, "k2")
 			ev.Partition = (ev.Partition + 1) % testParts

@@ -13,6 +13,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // batchLinger bounds how long a batch waits for more messages once its
@@ -419,10 +420,10 @@ func (r *Replicator) deadLetter(ctx context.Context, l *link, m jetstream.Msg, r
 	h.Set(HeaderDLQSubject, m.Subject())
 	h.Set(HeaderDLQStreamSeq, strconv.FormatUint(seq, 10))
 	h.Set(jetstream.MsgIDHeader, "dlq:"+l.stream+":"+strconv.FormatUint(seq, 10))
-	dm := &nats.Msg{Subject: DLQSubject(r.self), Header: h, Data: m.Data()}
+	dm := &nats.Msg{Subject: names.DLQSubject(r.self), Header: h, Data: m.Data()}
 	pctx, cancel := context.WithTimeout(ctx, r.opts.PublishAckTimeout)
 	defer cancel()
-	if _, err := r.js.PublishMsg(pctx, dm, jetstream.WithExpectStream(DLQStreamName(r.self))); err != nil {
+	if _, err := r.js.PublishMsg(pctx, dm, jetstream.WithExpectStream(names.DLQStream(r.self))); err != nil {
 		r.log.Error("dead-lettering failed; the message is redelivered later", "upstream", l.up, "stream_seq", seq, "reason", text, "err", err)
 		r.nak(m, r.opts.RetryDelay)
 		return

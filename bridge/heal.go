@@ -15,6 +15,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // Bypass is one upstream a DC consumes through a heal consumer while a DC
@@ -27,10 +28,6 @@ type Bypass struct {
 	// Via is the DC whose stream the heal consumer reads.
 	Via string
 }
-
-// HealConsumerName returns the durable name of the heal consumer through
-// which self reads up's stream while healing, repl_<self>_from_<up>_heal.
-func HealConsumerName(self, up string) string { return ConsumerName(self, up) + "_heal" }
 
 // Heal returns the effective plan of this DC while the DCs for which dead
 // reports true are unreachable; standby is the star's standby hub, or "".
@@ -304,13 +301,13 @@ func (r *Replicator) startHealing(ctx context.Context) {
 		if up == r.self {
 			continue
 		}
-		err := r.js.DeleteConsumer(ctx, StreamName(up), HealConsumerName(r.self, up))
+		err := r.js.DeleteConsumer(ctx, names.Stream(up), names.HealConsumer(r.self, up))
 		switch {
 		case err == nil:
-			r.log.Info("deleted a heal consumer left from an earlier run", "consumer", HealConsumerName(r.self, up), "stream", StreamName(up))
+			r.log.Info("deleted a heal consumer left from an earlier run", "consumer", names.HealConsumer(r.self, up), "stream", names.Stream(up))
 		case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
 		default:
-			r.log.Debug("delete a stale heal consumer", "stream", StreamName(up), "err", err)
+			r.log.Debug("delete a stale heal consumer", "stream", names.Stream(up), "err", err)
 		}
 	}
 }
@@ -391,7 +388,7 @@ func (r *Replicator) reconcile(ctx context.Context, plan Plan) {
 		b := want[up]
 		lctx, stop := context.WithCancel(ctx)
 		hl := &healLink{
-			link:   &link{up: up, stream: StreamName(up), consumer: HealConsumerName(r.self, up), heal: true},
+			link:   &link{up: up, stream: names.Stream(up), consumer: names.HealConsumer(r.self, up), heal: true},
 			bypass: b,
 			stop:   stop,
 			done:   make(chan struct{}),
@@ -465,12 +462,12 @@ func (r *Replicator) healStart(ctx context.Context, hl *healLink) (uint64, error
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return 0, fmt.Errorf("delete the old heal consumer %s: %w", hl.consumer, err)
 	}
-	c, err := r.js.Consumer(actx, hl.stream, ConsumerName(hl.bypass.Dead, hl.up))
+	c, err := r.js.Consumer(actx, hl.stream, names.Consumer(hl.bypass.Dead, hl.up))
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 		return 0, nil
 	case err != nil:
-		return 0, fmt.Errorf("read the dead DC's consumer %s: %w", ConsumerName(hl.bypass.Dead, hl.up), err)
+		return 0, fmt.Errorf("read the dead DC's consumer %s: %w", names.Consumer(hl.bypass.Dead, hl.up), err)
 	}
 	if floor := c.CachedInfo().AckFloor.Stream; floor > 0 {
 		return floor + 1, nil

@@ -13,6 +13,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // resumeSequences reads the last message of each of this DC's partition
@@ -30,7 +31,7 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 	var behind []uint32
 	own := r.store.Applied()[r.self]
 	for p := range r.opts.Partitions {
-		subj := Subject(r.self, uint32(p))
+		subj := names.Subject(r.self, uint32(p))
 		m, err := s.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
@@ -47,13 +48,13 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 			behind = append(behind, uint32(p))
 		}
 	}
-	switch m, err := s.GetLastMsgForSubject(ctx, TxnSubject(r.self)); {
+	switch m, err := s.GetLastMsgForSubject(ctx, names.TxnSubject(r.self)); {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 	case err != nil:
-		return fmt.Errorf("bridge: read the last message on %s: %w", TxnSubject(r.self), err)
+		return fmt.Errorf("bridge: read the last message on %s: %w", names.TxnSubject(r.self), err)
 	case m.Header.Get(HeaderSeqHis) != "":
 		if err := parseSeqHis(m.Header.Get(HeaderSeqHis), his); err != nil {
-			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", TxnSubject(r.self), m.Sequence, err)
+			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", names.TxnSubject(r.self), m.Sequence, err)
 		}
 		behind = behind[:0]
 		for p, hi := range his {
@@ -100,9 +101,9 @@ func (r *Replicator) recoverOwn(ctx context.Context, s jetstream.Stream, parts [
 	last := info.State.LastSeq
 	subjects := make([]string, len(parts), len(parts)+1)
 	for i, p := range parts {
-		subjects[i] = Subject(r.self, p)
+		subjects[i] = names.Subject(r.self, p)
 	}
-	subjects = append(subjects, TxnSubject(r.self))
+	subjects = append(subjects, names.TxnSubject(r.self))
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy})
 	if err != nil {
 		return fmt.Errorf("bridge: read own stream %s: %w", r.stream, err)
@@ -335,7 +336,7 @@ func (r *Replicator) message(e changelog.OutboxEntry) *nats.Msg {
 			h.Set(HeaderSeqHi, strconv.FormatUint(r.seqHi[p], 10))
 		}
 	}
-	return &nats.Msg{Subject: Subject(r.self, p), Header: h, Data: e.Data}
+	return &nats.Msg{Subject: names.Subject(r.self, p), Header: h, Data: e.Data}
 }
 
 // txnMessage builds the JetStream message of a transaction's outbox entry,
@@ -366,7 +367,7 @@ func (r *Replicator) txnMessage(e changelog.OutboxEntry) *nats.Msg {
 	if b.Len() > 0 {
 		h.Set(HeaderSeqHis, b.String())
 	}
-	return &nats.Msg{Subject: TxnSubject(r.self), Header: h, Data: e.Data}
+	return &nats.Msg{Subject: names.TxnSubject(r.self), Header: h, Data: e.Data}
 }
 
 // parseSeqHis parses Repl-Seq-His into his, keeping the higher of each.

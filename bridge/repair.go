@@ -11,6 +11,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // Bounds of one repair reply.
@@ -150,7 +151,7 @@ func (r *Replicator) fetchRepair(ctx context.Context, origin string, req RepairR
 	}
 	rctx, cancel := context.WithTimeout(ctx, r.opts.RepairTimeout)
 	defer cancel()
-	reply, err := r.nc.RequestWithContext(rctx, RepairSubject(origin), b)
+	reply, err := r.nc.RequestWithContext(rctx, names.RepairSubject(origin), b)
 	if err != nil {
 		return nil, fmt.Errorf("ask %s for partition %d [%d, %d]: %w", origin, req.Partition, req.From, req.To, err)
 	}

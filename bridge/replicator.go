@@ -15,6 +15,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // Errors the Replicator returns.
@@ -300,7 +301,7 @@ func New(opts Options) (*Replicator, error) {
 		self:   self,
 		known:  make(map[string]bool, len(opts.DCs)),
 		log:    opts.Logger.With("dc", self),
-		stream: StreamName(self),
+		stream: names.Stream(self),
 		seqHi:  make([]uint64, opts.Partitions),
 		drain:  make(chan struct{}),
 		behind: map[gapKey]lag{},
@@ -330,7 +331,7 @@ func New(opts Options) (*Replicator, error) {
 		if up == self || !r.known[up] {
 			return nil, fmt.Errorf("bridge: plan names upstream %q, which is this DC or not in DCs %v", up, opts.DCs)
 		}
-		r.links = append(r.links, &link{up: up, stream: StreamName(up), consumer: ConsumerName(self, up)})
+		r.links = append(r.links, &link{up: up, stream: names.Stream(up), consumer: names.Consumer(self, up)})
 	}
 	if r.healPossible() {
 		r.heal = newHealer(r.plan)
@@ -385,7 +386,7 @@ func (r *Replicator) Start(ctx context.Context) error {
 	repairs := make(chan *nats.Msg, 64)
 	reports := make(chan *nats.Msg, 256)
 	var subs []*nats.Subscription
-	for subj, ch := range map[string]chan *nats.Msg{RepairSubject(r.self): repairs, appliedWildcard: reports} {
+	for subj, ch := range map[string]chan *nats.Msg{names.RepairSubject(r.self): repairs, names.AppliedWildcard: reports} {
 		sub, err := r.nc.ChanSubscribe(subj, ch)
 		if err != nil {
 			for _, s := range subs {

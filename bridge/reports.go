@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // runHeartbeat publishes this DC's durable applied vector every
@@ -175,7 +175,7 @@ func (r *Replicator) publishApplied(a changelog.Applied) {
 		r.log.Error("encode the applied vector", "err", err)
 		return
 	}
-	if err := r.nc.Publish(AppliedSubject(r.self), b); err != nil {
+	if err := r.nc.Publish(names.AppliedSubject(r.self), b); err != nil {
 		r.log.Debug("publish the applied vector", "err", err)
 		return
 	}
@@ -186,7 +186,7 @@ func (r *Replicator) publishApplied(a changelog.Applied) {
 // peerReport decodes an applied vector another DC published, if it is
 // well formed and comes from a known DC, and counts it.
 func (r *Replicator) peerReport(m *nats.Msg) (string, changelog.Applied, bool) {
-	dc, ok := strings.CutPrefix(m.Subject, "repl.applied.")
+	dc, ok := names.AppliedDC(m.Subject)
 	if !ok || dc == r.self {
 		return "", nil, false
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // streamSample is this DC's stream's last sequence at one moment.
@@ -74,7 +76,7 @@ func (r *Replicator) trimStream(ctx context.Context) {
 	}
 	floor := cutoff
 	for _, dc := range r.downstreams() {
-		c, err := s.Consumer(ctx, ConsumerName(dc, r.self))
+		c, err := s.Consumer(ctx, names.Consumer(dc, r.self))
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 				r.log.Debug("trim stream: consumer info", "downstream", dc, "err", err)
@@ -87,9 +89,9 @@ func (r *Replicator) trimStream(ctx context.Context) {
 		return
 	}
 	for p := range r.opts.Partitions + 1 {
-		subj := TxnSubject(r.self)
+		subj := names.TxnSubject(r.self)
 		if p < r.opts.Partitions {
-			subj = Subject(r.self, uint32(p))
+			subj = names.Subject(r.self, uint32(p))
 		}
 		last, err := s.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {

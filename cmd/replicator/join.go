@@ -14,6 +14,7 @@ import (
 
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/join"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // cmdJoin bootstraps a new or restored DC, with its sidecar stopped, from
@@ -49,7 +50,7 @@ func cmdJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(url, append(opts, nats.Name("replicator-join-"+cfg.DC), nats.CustomInboxPrefix("_INBOX_"+cfg.DC))...)
+	nc, err := nats.Connect(url, append(opts, nats.Name("replicator-join-"+cfg.DC), nats.CustomInboxPrefix(names.Inbox(cfg.DC)))...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}

@@ -39,6 +39,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // Store is what anti-entropy needs of the DC's change log.
@@ -168,13 +169,13 @@ func New(o Options) (*Worker, error) {
 	return w, nil
 }
 
-// Start serves requests on Subject(DC) and RunSubject(DC), and runs
+// Start serves requests on names.AntiEntropySubject(DC) and names.AntiEntropyRunSubject(DC), and runs
 // against every peer every Interval, until Close or ctx ends.
 func (w *Worker) Start(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	reqs := make(chan *nats.Msg, 256)
 	runs := make(chan *nats.Msg, 8)
-	for subj, ch := range map[string]chan *nats.Msg{Subject(w.opts.DC): reqs, RunSubject(w.opts.DC): runs} {
+	for subj, ch := range map[string]chan *nats.Msg{names.AntiEntropySubject(w.opts.DC): reqs, names.AntiEntropyRunSubject(w.opts.DC): runs} {
 		sub, err := w.opts.NC.ChanSubscribe(subj, ch)
 		if err != nil {
 			cancel()
@@ -517,7 +518,7 @@ func (w *Worker) ask(ctx context.Context, peer string, req request, out any, rep
 	rctx, cancel := context.WithTimeout(ctx, w.opts.RequestTimeout)
 	defer cancel()
 	rep.Requests++
-	m, err := w.opts.NC.RequestWithContext(rctx, Subject(peer), b)
+	m, err := w.opts.NC.RequestWithContext(rctx, names.AntiEntropySubject(peer), b)
 	if err != nil {
 		return fmt.Errorf("ask %s for %s: %w", peer, req.Op, err)
 	}
@@ -534,9 +535,9 @@ func (w *Worker) ask(ctx context.Context, peer string, req request, out any, rep
 // now, and returns its reports. The run can take a while: ctx bounds the
 // wait.
 func RequestRun(ctx context.Context, nc *nats.Conn, dc string) (RunReply, error) {
-	m, err := nc.RequestWithContext(ctx, RunSubject(dc), nil)
+	m, err := nc.RequestWithContext(ctx, names.AntiEntropyRunSubject(dc), nil)
 	if errors.Is(err, nats.ErrNoResponders) {
-		return RunReply{}, fmt.Errorf("no sidecar of dc %s answers on %s: is it running, with anti-entropy enabled?", dc, RunSubject(dc))
+		return RunReply{}, fmt.Errorf("no sidecar of dc %s answers on %s: is it running, with anti-entropy enabled?", dc, names.AntiEntropyRunSubject(dc))
 	}
 	if err != nil {
 		return RunReply{}, fmt.Errorf("ask dc %s to run anti-entropy: %w", dc, err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -242,7 +243,7 @@ func TestBadRequests(t *testing.T) {
 		{"no keys", enc(request{V: Protocol, Op: opStates}), "0 keys"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := nc.Request(Subject("dc1"), tc.data, 5*time.Second)
+			m, err := nc.Request(names.AntiEntropySubject("dc1"), tc.data, 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,15 +11,6 @@ import (
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
-// Subject returns the core NATS subject on which dc answers anti-entropy
-// requests, repl.ae.<dc>.
-func Subject(dc string) string { return "repl.ae." + dc }
-
-// RunSubject returns the subject on which dc runs anti-entropy against
-// every peer on demand and answers with the reports as JSON,
-// repl.ae.<dc>.run.
-func RunSubject(dc string) string { return "repl.ae." + dc + ".run" }
-
 // HeaderError carries a server's error; its reply then holds nothing else.
 const HeaderError = "Repl-AE-Error"
 

@@ -57,6 +57,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -226,15 +227,15 @@ func (r *Router) Serve() error {
 	if r.mu.closed || r.mu.sub != nil {
 		return nil
 	}
-	sub, err := r.mu.nc.Subscribe(Subject(r.opts.DC), r.dispatch)
+	sub, err := r.mu.nc.Subscribe(names.HomeSubject(r.opts.DC), r.dispatch)
 	if err != nil {
-		return fmt.Errorf("home: subscribe %s: %w", Subject(r.opts.DC), err)
+		return fmt.Errorf("home: subscribe %s: %w", names.HomeSubject(r.opts.DC), err)
 	}
 	r.mu.sub = sub
 	// Once Serve returns, the server knows the interest: a request sent
 	// then finds a responder.
 	if err := r.mu.nc.FlushTimeout(5 * time.Second); err != nil {
-		return fmt.Errorf("home: flush subscription %s: %w", Subject(r.opts.DC), err)
+		return fmt.Errorf("home: flush subscription %s: %w", names.HomeSubject(r.opts.DC), err)
 	}
 	return nil
 }
@@ -497,7 +498,7 @@ func (r *Router) request(ctx context.Context, rl *rule, target string, req reque
 	}
 	rctx, cancel := context.WithTimeout(ctx, rl.Timeout)
 	defer cancel()
-	msg, err := nc.RequestWithContext(rctx, Subject(target), b)
+	msg, err := nc.RequestWithContext(rctx, names.HomeSubject(target), b)
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:

@@ -11,10 +11,6 @@ import (
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
-// Subject is the core NATS subject on which dc executes forwarded writes
-// and answers epoch probes, repl.home.<dc>.
-func Subject(dc string) string { return "repl.home." + dc }
-
 // Protocol is the version of the request format; a DC refuses others.
 const Protocol = 1
 

@@ -14,11 +14,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // Options tune Run.
@@ -184,12 +184,12 @@ func ask(ctx context.Context, nc *nats.Conn, from string, req request, out any, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	m, err := nc.RequestWithContext(ctx, Subject(from), data)
+	m, err := nc.RequestWithContext(ctx, names.SnapshotSubject(from), data)
 	if errors.Is(err, nats.ErrNoResponders) {
-		return fmt.Errorf("join: no snapshot server on %s: is %s's sidecar running, on this NATS?", Subject(from), from)
+		return fmt.Errorf("join: no snapshot server on %s: is %s's sidecar running, on this NATS?", names.SnapshotSubject(from), from)
 	}
 	if err != nil {
-		return fmt.Errorf("join: %s %s: %w", req.Op, Subject(from), err)
+		return fmt.Errorf("join: %s %s: %w", req.Op, names.SnapshotSubject(from), err)
 	}
 	if e := m.Header.Get(HeaderError); e != "" {
 		return fmt.Errorf("join: %s refused %s: %s", from, req.Op, e)
@@ -225,14 +225,14 @@ func ResetConsumers(ctx context.Context, nc *nats.Conn, domain, dc string, dcs [
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := js.DeleteConsumer(cctx, bridge.StreamName(up), bridge.ConsumerName(dc, up))
+		err := js.DeleteConsumer(cctx, names.Stream(up), names.Consumer(dc, up))
 		cancel()
 		switch {
 		case err == nil:
 			n++
 		case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
 		default:
-			return n, fmt.Errorf("deleting the old consumer %s on %s failed: %w", bridge.ConsumerName(dc, up), bridge.StreamName(up), err)
+			return n, fmt.Errorf("deleting the old consumer %s on %s failed: %w", names.Consumer(dc, up), names.Stream(up), err)
 		}
 	}
 	return n, nil

@@ -41,10 +41,8 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
-
-// Subject is the subject DC dc's snapshot server listens on.
-func Subject(dc string) string { return "repl.snap." + dc }
 
 // HeaderError carries a server's error instead of a reply body.
 const HeaderError = "Repl-Snap-Error"
@@ -131,12 +129,12 @@ func NewServer(o ServerOptions) (*Server, error) {
 	return &Server{o: o, log: o.Logger.With("component", "join"), sessions: map[string]*session{}}, nil
 }
 
-// Start subscribes to Subject(dc) and serves until Close.
+// Start subscribes to names.SnapshotSubject(dc) and serves until Close.
 func (s *Server) Start(ctx context.Context) error {
 	reqs := make(chan *nats.Msg, 16)
-	sub, err := s.o.NC.ChanSubscribe(Subject(s.o.Store.DC()), reqs)
+	sub, err := s.o.NC.ChanSubscribe(names.SnapshotSubject(s.o.Store.DC()), reqs)
 	if err != nil {
-		return fmt.Errorf("join: subscribe %s: %w", Subject(s.o.Store.DC()), err)
+		return fmt.Errorf("join: subscribe %s: %w", names.SnapshotSubject(s.o.Store.DC()), err)
 	}
 	s.sub = sub
 	ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -95,7 +96,7 @@ func TestFetchBadReplies(t *testing.T) {
 		}, "read reply"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sub, err := nc.Subscribe(Subject("dc1"), func(m *nats.Msg) {
+			sub, err := nc.Subscribe(names.SnapshotSubject("dc1"), func(m *nats.Msg) {
 				var req request
 				msgpack.Unmarshal(m.Data, &req)
 				m.Respond(tc.reply(req.Op))

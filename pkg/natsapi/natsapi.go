@@ -41,6 +41,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/session"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/resolve"
@@ -89,9 +90,6 @@ func (w *Wait) UnmarshalJSON(b []byte) error {
 // WriteReply answers put and del.
 type WriteReply = httpapi.WriteAnswer
 
-// Subject returns the subject of an endpoint at dc.
-func Subject(dc, op string) string { return "repl.api." + dc + "." + op }
-
 // WriteFunc is the write path put and del use.
 type WriteFunc func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error)
 
@@ -123,7 +121,7 @@ func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.
 		return nil, fmt.Errorf("natsapi: add service: %w", err)
 	}
 	h := handler{store: store, rules: rules, writeFn: write, txnFn: txn}
-	g := svc.AddGroup("repl.api." + dc)
+	g := svc.AddGroup(names.APIGroup(dc))
 	for op, fn := range map[string]func(micro.Request, Request){"get": h.get, "put": h.put, "del": h.del} {
 		if err := g.AddEndpoint(op, micro.HandlerFunc(func(r micro.Request) {
 			var req Request

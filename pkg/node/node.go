@@ -37,6 +37,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/home"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/pkg/join"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
 	"github.com/replicatorhq/replicator/resolve"
 )
@@ -382,7 +383,7 @@ func (n *Node) natsOptions() ([]nats.Option, error) {
 		// A per-DC inbox prefix lets NATS permissions keep each DC's
 		// replies and pulled messages (whose reply subject is the ack) away
 		// from the other DCs' credentials.
-		nats.CustomInboxPrefix("_INBOX_" + n.cfg.DC),
+		nats.CustomInboxPrefix(names.Inbox(n.cfg.DC)),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subject := ""
 			if sub != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/hlc"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
@@ -78,7 +79,7 @@ func TestMixedVersions(t *testing.T) {
 		}
 		h := nats.Header(event.ToHeaders(ev))
 		h.Set(bridge.HeaderSeqHi, fmt.Sprint(seqs[p]))
-		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: bridge.Subject("dc1", p), Header: h, Data: data}, jetstream.WithExpectStream(bridge.StreamName("dc1"))); err != nil {
+		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: names.Subject("dc1", p), Header: h, Data: data}, jetstream.WithExpectStream(names.Stream("dc1"))); err != nil {
 			t.Fatal(err)
 		}
 		s := &sentEvent{ev: ev, data: data, unknown: unknownJSON(t, dec), tailLen: tailLen}
@@ -182,7 +183,7 @@ func TestMixedVersions(t *testing.T) {
 			t.Errorf("%s dead-lettered %d messages", m.name, st.DeadLetters)
 		}
 	}
-	cons, err := js.Consumer(ctx, bridge.StreamName("dc3"), bridge.ConsumerName("dc4", "dc3"))
+	cons, err := js.Consumer(ctx, names.Stream("dc3"), names.Consumer("dc4", "dc3"))
 	if err != nil {
 		t.Fatal(err)
 	}

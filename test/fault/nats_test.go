@@ -12,6 +12,7 @@ import (
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/test/internal/ledger"
 )
 
@@ -171,7 +172,7 @@ func deliveredTo(t *testing.T, c *cluster, dc string) map[string]uint64 {
 	defer cancel()
 	out := map[string]uint64{}
 	for _, up := range plan.Upstreams {
-		cons, err := js.Consumer(ctx, bridge.StreamName(up), bridge.ConsumerName(dc, up))
+		cons, err := js.Consumer(ctx, names.Stream(up), names.Consumer(dc, up))
 		if err != nil {
 			t.Fatalf("consumer of %s on %s: %v", dc, up, err)
 		}
@@ -209,7 +210,7 @@ func loseMessages(t *testing.T, c *cluster, dc string, delivered map[string]uint
 	}
 	slices.Sort(ups)
 	for _, up := range ups {
-		s, err := js.Stream(ctx, bridge.StreamName(up))
+		s, err := js.Stream(ctx, names.Stream(up))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,9 +234,9 @@ func loseMessages(t *testing.T, c *cluster, dc string, delivered map[string]uint
 				continue // dc's own event, or one that passed it
 			}
 			if err := s.DeleteMsg(ctx, seq); err != nil {
-				t.Fatalf("delete message %d of %s: %v", seq, bridge.StreamName(up), err)
+				t.Fatalf("delete message %d of %s: %v", seq, names.Stream(up), err)
 			}
-			out = append(out, fmt.Sprintf("%s@%s#%d", msg.Header.Get(event.HeaderDot), bridge.StreamName(up), seq))
+			out = append(out, fmt.Sprintf("%s@%s#%d", msg.Header.Get(event.HeaderDot), names.Stream(up), seq))
 			n++
 		}
 	}
