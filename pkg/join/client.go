@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -16,9 +15,9 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
-	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/setup"
 )
 
 // Options tune Run.
@@ -48,9 +47,6 @@ type Result struct {
 	Applied changelog.Applied `json:"applied"`
 }
 
-// StoreDir is where a sidecar with config cfg keeps its change log.
-func StoreDir(cfg config.Config) string { return filepath.Join(cfg.DataDir, "store") }
-
 // Run bootstraps the DC of cfg from o.From's snapshot, with the sidecar
 // stopped: it opens the DC's store (which must be empty unless o.Force),
 // imports the snapshot and deletes the DC's old durable consumers, then
@@ -67,9 +63,6 @@ func Run(ctx context.Context, cfg config.Config, nc *nats.Conn, o Options) (Resu
 	}
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 30 * time.Second
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return Result{}, fmt.Errorf("join: data_dir %s: %w", cfg.DataDir, err)
 	}
 	st, err := openStore(cfg, o)
 	if err != nil {
@@ -92,16 +85,12 @@ func Run(ctx context.Context, cfg config.Config, nc *nats.Conn, o Options) (Resu
 	return res, st.Close()
 }
 
-// openStore opens the DC's store, empty: a store holding state is refused,
-// or with o.Force wiped, keeping its own sequences as a floor.
+// openStore opens the DC's store as `replicator run` does (setup.OpenStore),
+// empty: a store holding state is refused, or with o.Force wiped, keeping
+// its own sequences as a floor.
 func openStore(cfg config.Config, o Options) (*changelog.Store, error) {
-	dir := StoreDir(cfg)
-	open := func() (*changelog.Store, error) {
-		return changelog.Open(dir, changelog.Options{
-			DC: cfg.DC, DCs: cfg.DCs, Partitions: cfg.Partitions, NoSync: !cfg.Durability.Fsync, Logger: o.Logger,
-			Limits: event.Limits{MaxKeyBytes: cfg.Limits.MaxKeyBytes, MaxValueBytes: cfg.Limits.MaxValueBytes},
-		})
-	}
+	dir := setup.StoreDir(cfg)
+	open := func() (*changelog.Store, error) { return setup.OpenStore(cfg, setup.Hooks{Logger: o.Logger}) }
 	st, err := open()
 	if errors.Is(err, changelog.ErrLocked) {
 		return nil, fmt.Errorf("join: the store of %s is in use: stop the sidecar of %s first (join writes into its store while it is stopped), then run join again: %w", cfg.DC, cfg.DC, err)
