@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,6 +13,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 )
 
 // batchLinger bounds how long a batch waits for more messages once its
@@ -438,15 +438,7 @@ func (r *Replicator) deadLetter(ctx context.Context, l *link, m jetstream.Msg, r
 }
 
 // headerText makes s safe as a header value: one line, bounded.
-func headerText(s string) string {
-	s = strings.Map(func(c rune) rune {
-		if c == '\r' || c == '\n' || c < 0x20 && c != '\t' {
-			return ' '
-		}
-		return c
-	}, s)
-	return truncate(s, 1024)
-}
+func headerText(s string) string { return rpc.HeaderText(s) }
 
 func truncate(s string, n int) string {
 	if len(s) <= n {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 )
 
 // Bounds of one repair reply.
@@ -30,6 +30,9 @@ const HeaderRepairError = "Repl-Repair-Error"
 // at From, at most MaxRepairEvents and about MaxRepairBytes; the caller
 // asks again for the rest.
 type RepairRequest struct {
+	// V is the protocol version (package rpc); zero is left out, which a
+	// server reads as version 1.
+	V         int    `msgpack:"v,omitempty"`
 	Partition uint32 `msgpack:"partition"`
 	From      uint64 `msgpack:"from"`
 	To        uint64 `msgpack:"to"`
@@ -39,6 +42,9 @@ type RepairRequest struct {
 // asked for: it trimmed them once every DC had reported them applied, so
 // this DC must have lost them after reporting, as when its data dir is
 // restored from an old backup. The upstream streams may still hold them.
+// repairProtocol is gap repair's request/reply.
+var repairProtocol = rpc.Protocol{Name: "repair", ErrorHeader: HeaderRepairError}
+
 var errOriginLacks = errors.New("bridge: the origin no longer holds the events")
 
 type gapKey struct {
@@ -145,22 +151,18 @@ func lastIn(evs []*event.Event, p uint32) uint64 {
 
 // fetchRepair asks origin for req's events and checks what comes back.
 func (r *Replicator) fetchRepair(ctx context.Context, origin string, req RepairRequest) ([]*event.Event, error) {
-	b, err := msgpack.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
+	req.V = rpc.Version
 	rctx, cancel := context.WithTimeout(ctx, r.opts.RepairTimeout)
 	defer cancel()
-	reply, err := r.nc.RequestWithContext(rctx, names.RepairSubject(origin), b)
-	if err != nil {
-		return nil, fmt.Errorf("ask %s for partition %d [%d, %d]: %w", origin, req.Partition, req.From, req.To, err)
-	}
-	if e := reply.Header.Get(HeaderRepairError); e != "" {
-		return nil, fmt.Errorf("%s refused repair of partition %d [%d, %d]: %s", origin, req.Partition, req.From, req.To, e)
-	}
 	var raw [][]byte
-	if err := msgpackcheck.Unmarshal(reply.Data, &raw); err != nil {
+	var refused *rpc.Refused
+	switch err := repairProtocol.Call(rctx, r.nc, names.RepairSubject(origin), req, &raw); {
+	case errors.As(err, &refused):
+		return nil, fmt.Errorf("%s refused repair of partition %d [%d, %d]: %s", origin, req.Partition, req.From, req.To, refused.Msg)
+	case errors.Is(err, rpc.ErrBadReply):
 		return nil, fmt.Errorf("repair reply from %s: %w", origin, err)
+	case err != nil:
+		return nil, fmt.Errorf("ask %s for partition %d [%d, %d]: %w", origin, req.Partition, req.From, req.To, err)
 	}
 	evs := make([]*event.Event, 0, len(raw))
 	next := req.From
@@ -213,17 +215,13 @@ func (r *Replicator) answerRepair(m *nats.Msg) {
 		return
 	}
 	events, err := r.repairEvents(m.Data)
-	reply := &nats.Msg{Subject: m.Reply, Header: nats.Header{}}
+	var body []byte
 	if err != nil {
 		r.log.Warn("refused a repair request", "err", err)
-		reply.Header.Set(HeaderRepairError, headerText(err.Error()))
-		events = nil
+	} else {
+		body, err = msgpack.Marshal(events)
 	}
-	if reply.Data, err = msgpack.Marshal(events); err != nil {
-		reply.Header.Set(HeaderRepairError, headerText(err.Error()))
-		reply.Data = nil
-	}
-	if err := m.RespondMsg(reply); err != nil {
+	if err := repairProtocol.Respond(m, body, err); err != nil {
 		r.log.Debug("repair reply failed", "err", err)
 		return
 	}
@@ -234,7 +232,7 @@ var errBadRepair = errors.New("bridge: bad repair request")
 
 func (r *Replicator) repairEvents(data []byte) ([][]byte, error) {
 	var req RepairRequest
-	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
+	if err := repairProtocol.Decode(data, &req, &req.V); err != nil {
 		return nil, fmt.Errorf("%w: %w", errBadRepair, err)
 	}
 	if int(req.Partition) >= r.opts.Partitions || req.From == 0 || req.To < req.From {

@@ -33,13 +33,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 )
 
 // Store is what anti-entropy needs of the DC's change log.
@@ -511,22 +510,17 @@ func (w *Worker) fetchBuckets(ctx context.Context, peer string, p uint32, bucket
 // ask sends one request to peer and decodes the reply into out.
 func (w *Worker) ask(ctx context.Context, peer string, req request, out any, rep *Report) error {
 	req.V = Protocol
-	b, err := msgpack.Marshal(req)
-	if err != nil {
-		return err
-	}
 	rctx, cancel := context.WithTimeout(ctx, w.opts.RequestTimeout)
 	defer cancel()
 	rep.Requests++
-	m, err := w.opts.NC.RequestWithContext(rctx, names.AntiEntropySubject(peer), b)
-	if err != nil {
-		return fmt.Errorf("ask %s for %s: %w", peer, req.Op, err)
-	}
-	if e := m.Header.Get(HeaderError); e != "" {
-		return fmt.Errorf("%s refused %s: %s", peer, req.Op, e)
-	}
-	if err := msgpackcheck.Unmarshal(m.Data, out); err != nil {
+	var refused *rpc.Refused
+	switch err := aeProtocol.Call(rctx, w.opts.NC, names.AntiEntropySubject(peer), req, out); {
+	case errors.As(err, &refused):
+		return fmt.Errorf("%s refused %s: %s", peer, req.Op, refused.Msg)
+	case errors.Is(err, rpc.ErrBadReply):
 		return fmt.Errorf("%s reply from %s: %w", req.Op, peer, err)
+	case err != nil:
+		return fmt.Errorf("ask %s for %s: %w", peer, req.Op, err)
 	}
 	return nil
 }

@@ -236,6 +236,8 @@ func TestBadRequests(t *testing.T) {
 	}{
 		{"not msgpack", []byte("{"), "bad request"},
 		{"old protocol", enc(request{V: 0, Op: opTrees, Partitions: []uint32{0}}), "protocol version 0"},
+		{"newer protocol", enc(request{V: Protocol + 1, Op: opTrees, Partitions: []uint32{0}}), "protocol version 2; this DC speaks 1: upgrade"},
+		{"an array of 2^31 items", []byte{0xdd, 0x7f, 0xff, 0xff, 0xff}, "bad request"},
 		{"unknown op", enc(request{V: Protocol, Op: "drop"}), `op "drop"`},
 		{"partition out of range", enc(request{V: Protocol, Op: opTrees, Partitions: []uint32{parts}}), "partition 4 of 4"},
 		{"no buckets", enc(request{V: Protocol, Op: opBuckets}), "0 buckets"},

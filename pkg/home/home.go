@@ -56,8 +56,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/replicatorhq/replicator/changelog"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -488,19 +488,19 @@ func (r *Router) forward(ctx context.Context, rl *rule, target string, epoch uin
 }
 
 func (r *Router) request(ctx context.Context, rl *rule, target string, req request) (reply, *noAnswer, error) {
-	b, err := encode(&req)
-	if err != nil {
-		return reply{}, nil, err
-	}
 	nc := r.conn()
 	if nc == nil {
 		return reply{}, &noAnswer{why: "this DC is not connected to NATS yet"}, nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, rl.Timeout)
 	defer cancel()
-	msg, err := nc.RequestWithContext(rctx, names.HomeSubject(target), b)
+	var rep reply
+	err := homeProtocol.Call(rctx, nc, names.HomeSubject(target), &req, &rep)
 	switch {
 	case err == nil:
+		return rep, nil, nil
+	case errors.Is(err, rpc.ErrBadReply):
+		return reply{}, nil, &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home DC %s answered with an unreadable reply: %v", target, err)}
 	case ctx.Err() != nil:
 		return reply{}, nil, ctx.Err()
 	case errors.Is(err, nats.ErrNoResponders):
@@ -519,11 +519,6 @@ func (r *Router) request(ctx context.Context, rl *rule, target string, req reque
 	default:
 		return reply{}, &noAnswer{why: "request failed: " + err.Error()}, nil
 	}
-	var rep reply
-	if err := msgpackcheck.Unmarshal(msg.Data, &rep); err != nil {
-		return reply{}, nil, &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home DC %s answered with an unreadable reply: %v", target, err)}
-	}
-	return rep, nil, nil
 }
 
 // probeAll asks the other candidates of every failover rule for their view
@@ -573,7 +568,7 @@ func (r *Router) dispatch(m *nats.Msg) {
 		rep := r.handle(m.Data)
 		b, err := encode(&rep)
 		if err == nil {
-			err = m.Respond(b)
+			err = homeProtocol.Respond(m, b, nil)
 		}
 		if err != nil {
 			r.log.Warn("home: answer a forwarded request", "err", err)
@@ -585,11 +580,8 @@ func (r *Router) dispatch(m *nats.Msg) {
 // here or is refused.
 func (r *Router) handle(data []byte) reply {
 	var req request
-	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
-		return reply{Status: http.StatusBadRequest, Error: "request is not a msgpack home request: " + err.Error()}
-	}
-	if req.V != Protocol {
-		return reply{Status: http.StatusBadRequest, Error: fmt.Sprintf("protocol version %d; this DC speaks %d", req.V, Protocol)}
+	if err := homeProtocol.Decode(data, &req, &req.V); err != nil {
+		return reply{Status: http.StatusBadRequest, Error: err.Error()}
 	}
 	switch req.Op {
 	case opProbe:

@@ -11,12 +11,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 	"github.com/replicatorhq/replicator/pkg/setup"
 )
 
@@ -167,27 +166,19 @@ func Fetch(ctx context.Context, nc *nats.Conn, st *changelog.Store, from string,
 // ask sends one request to from's snapshot server and decodes the reply
 // into out (when not nil).
 func ask(ctx context.Context, nc *nats.Conn, from string, req request, out any, timeout time.Duration) error {
-	data, err := msgpack.Marshal(req)
-	if err != nil {
-		return err
-	}
+	req.V = rpc.Version
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	m, err := nc.RequestWithContext(ctx, names.SnapshotSubject(from), data)
-	if errors.Is(err, nats.ErrNoResponders) {
+	var refused *rpc.Refused
+	switch err := snapProtocol.Call(ctx, nc, names.SnapshotSubject(from), req, out); {
+	case errors.Is(err, nats.ErrNoResponders):
 		return fmt.Errorf("join: no snapshot server on %s: is %s's sidecar running, on this NATS?", names.SnapshotSubject(from), from)
-	}
-	if err != nil {
-		return fmt.Errorf("join: %s %s: %w", req.Op, names.SnapshotSubject(from), err)
-	}
-	if e := m.Header.Get(HeaderError); e != "" {
-		return fmt.Errorf("join: %s refused %s: %s", from, req.Op, e)
-	}
-	if out == nil {
-		return nil
-	}
-	if err := msgpackcheck.Unmarshal(m.Data, out); err != nil {
+	case errors.As(err, &refused):
+		return fmt.Errorf("join: %s refused %s: %s", from, req.Op, refused.Msg)
+	case errors.Is(err, rpc.ErrBadReply):
 		return fmt.Errorf("join: %s's %s reply: %w", from, req.Op, err)
+	case err != nil:
+		return fmt.Errorf("join: %s %s: %w", req.Op, names.SnapshotSubject(from), err)
 	}
 	return nil
 }

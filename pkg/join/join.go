@@ -40,8 +40,8 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 )
 
 // HeaderError carries a server's error instead of a reply body.
@@ -54,8 +54,14 @@ const (
 	opClose = "close"
 )
 
+// snapProtocol is the snapshots' request/reply.
+var snapProtocol = rpc.Protocol{Name: "snapshot", ErrorHeader: HeaderError}
+
 // request is what a joiner sends, msgpack-encoded.
 type request struct {
+	// V is the protocol version (package rpc); zero is left out, which a
+	// server reads as version 1.
+	V       int    `msgpack:"v,omitempty"`
 	Op      string `msgpack:"op"`
 	Session string `msgpack:"session,omitempty"`
 	After   string `msgpack:"after,omitempty"`
@@ -199,24 +205,17 @@ func (s *Server) reap() {
 
 func (s *Server) answer(m *nats.Msg) {
 	body, err := s.handle(m.Data)
-	out := nats.NewMsg(m.Reply)
 	if err != nil {
-		out.Header.Set(HeaderError, err.Error())
 		s.log.Warn("snapshot request failed", "err", err)
-	} else {
-		out.Data = body
 	}
-	if m.Reply == "" {
-		return
-	}
-	if err := m.RespondMsg(out); err != nil {
+	if err := snapProtocol.Respond(m, body, err); err != nil {
 		s.log.Warn("snapshot reply failed", "err", err)
 	}
 }
 
 func (s *Server) handle(data []byte) ([]byte, error) {
 	var req request
-	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
+	if err := snapProtocol.Decode(data, &req, &req.V); err != nil {
 		return nil, fmt.Errorf("bad request: %v", err)
 	}
 	switch req.Op {
