@@ -56,6 +56,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/apierr"
 	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/rpc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -622,7 +623,7 @@ func (r *Router) handle(data []byte) reply {
 	defer cancel()
 	res, cur, err := r.execute(ctx, rl, req.Epoch, op)
 	if err != nil {
-		rep := reply{Status: statusOf(err), Error: err.Error(), Epoch: cur.Epoch, Home: cur.Home}
+		rep := reply{Status: apierr.Status(err), Error: err.Error(), Epoch: cur.Epoch, Home: cur.Home}
 		if v := rl.view(); v.Epoch > rep.Epoch {
 			rep.Epoch, rep.Home = v.Epoch, v.Home
 		}
@@ -635,21 +636,6 @@ func (r *Router) handle(data []byte) reply {
 // refused as absurd (docs/DESIGN.md, invariant 9), so no forged epoch can
 // wrap the counter.
 const MaxEpoch = 1 << 62
-
-// statusOf maps a local write error to the status the sender surfaces.
-func statusOf(err error) int {
-	var se interface{ HTTPStatus() int }
-	switch {
-	case errors.As(err, &se):
-		return se.HTTPStatus()
-	case errors.Is(err, changelog.ErrBadInput):
-		return http.StatusBadRequest
-	case errors.Is(err, changelog.ErrClosed), errors.Is(err, changelog.ErrContextAhead),
-		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
-}
 
 // RuleStatus is one rule in GET /v1/status.
 type RuleStatus struct {

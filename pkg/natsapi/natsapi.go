@@ -39,6 +39,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/apierr"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/pkg/names"
@@ -178,7 +179,7 @@ func (h handler) txn(r micro.Request) {
 	lim := event.DefaultLimits()
 	ops, err := httpapi.ParseTxn(httpapi.TxnRequest{Ops: req.Ops}, lim.MaxKeyBytes, lim.MaxValueBytes)
 	if err != nil {
-		r.Error(strconv.Itoa(httpapi.InputStatus(err)), "txn: "+err.Error(), nil)
+		r.Error(strconv.Itoa(apierr.InputStatus(err)), "txn: "+err.Error(), nil)
 		return
 	}
 	tok, err := h.store.Scope().Parse(req.Session)
@@ -310,21 +311,20 @@ func (h handler) write(r micro.Request, req Request, op changelog.WriteOp) {
 	r.RespondJSON(reply)
 }
 
+// fail answers err with the status apierr.Status gives it.
 func fail(r micro.Request, err error) {
-	var se interface{ HTTPStatus() int }
+	code := strconv.Itoa(apierr.Status(err))
+	var se apierr.StatusError
 	switch {
 	case errors.As(err, &se):
-		r.Error(strconv.Itoa(se.HTTPStatus()), err.Error(), nil)
-	case errors.Is(err, changelog.ErrBadInput):
-		r.Error(strconv.Itoa(httpapi.InputStatus(err)), err.Error(), nil)
+		// It says why itself.
 	case errors.Is(err, changelog.ErrClosed):
-		r.Error("503", "the sidecar is shutting down; retry at another moment", nil)
-	case errors.Is(err, changelog.ErrContextAhead):
-		r.Error("503", err.Error(), nil)
+		r.Error(code, "the sidecar is shutting down; retry at another moment", nil)
+		return
 	case errors.Is(err, context.DeadlineExceeded):
 		// The write may still commit (or may have, at a home DC): say so.
-		r.Error("503", "the write did not complete in time and may still be applied; read the key before retrying: "+err.Error(), nil)
-	default:
-		r.Error("500", err.Error(), nil)
+		r.Error(code, "the write did not complete in time and may still be applied; read the key before retrying: "+err.Error(), nil)
+		return
 	}
+	r.Error(code, err.Error(), nil)
 }
