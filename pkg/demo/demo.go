@@ -58,7 +58,7 @@ type Summary struct {
 	// POST /v1/txn's path); TxnReads the consistent reads of every DC's
 	// orders taken while they streamed in, and TxnPartial the orders seen
 	// with only some of their lines, in those reads or at the end (0 is
-	// the only right answer: invariant 11).
+	// the only right answer: invariant 11 in docs/DESIGN.md).
 	Txns       int `json:"transactions"`
 	TxnReads   int `json:"transaction_reads"`
 	TxnPartial int `json:"transactions_seen_partial"`

@@ -35,19 +35,19 @@ func txnTestSeed(t *testing.T) uint64 {
 	return seed
 }
 
-// TestTxnAtomicVisibility (invariant 11) has every DC of a mesh of 3, a
-// ring of 4 (events forwarded twice) and a star of 4 (the hub forwards)
-// commit transactions of 2 to 8 puts and deletes over every partition,
-// interleaved with single-key writes before and after them to the same
-// keys, while a reader at every DC checks, over and over, that one
-// consistent snapshot and single-key reads in sequence never show part of
-// a transaction (see package txncheck). In the ring, the forwarding DC
-// dc2 has its Replicator and store closed mid-stream and reopened, and a
-// transaction it had not yet taken is deleted from its upstream's stream
-// meanwhile, so dc2 must repair it from its origin while the events behind
-// it wait. Then the DCs converge, each applied every other DC's events
-// (transaction ops included) exactly once, and every committed
-// transaction is whole everywhere.
+// TestTxnAtomicVisibility (invariant 11 in docs/DESIGN.md) has every DC of a
+// mesh of 3, a ring of 4 (events forwarded twice) and a star of 4 (the hub
+// forwards) commit transactions of 2 to 8 puts and deletes over every
+// partition, interleaved with single-key writes before and after them to the
+// same keys, while a reader at every DC checks, over and over, that one
+// consistent snapshot and single-key reads in sequence never show part of a
+// transaction (see package txncheck). In the ring, the forwarding DC dc2 has
+// its Replicator and store closed mid-stream and reopened, and a transaction
+// it had not yet taken is deleted from its upstream's stream meanwhile, so
+// dc2 must repair it from its origin while the events behind it wait. Then
+// the DCs converge, each applied every other DC's events (transaction ops
+// included) exactly once, and every committed transaction is whole
+// everywhere.
 func TestTxnAtomicVisibility(t *testing.T) {
 	seed := txnTestSeed(t)
 	for _, tc := range []struct {

@@ -16,9 +16,10 @@ import (
 	"github.com/replicatorhq/replicator/test/internal/ledger"
 )
 
-// TestNATSFaults (docs/RELIABILITY.md row 2; invariants 2, 3, 4 and 10 of
-// docs/DESIGN.md) runs three faults one after the other,
-// in mesh, ring and star, while every DC takes writes:
+// TestNATSFaults (invariants 2, 3, 4 and 10 of docs/DESIGN.md; figures in
+// docs/RELIABILITY.md, "NATS restarted, a link cut, a sidecar paused") runs
+// three faults one after the other, in mesh, ring and star, while every DC
+// takes writes:
 //
 //   - the NATS server is shut down and started again on the same store dir
 //     and port;

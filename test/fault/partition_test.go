@@ -16,12 +16,12 @@ import (
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
-// TestPartitionDeletes (docs/RELIABILITY.md row 5; docs/DESIGN.md,
-// invariant 8) cuts dc3's link while dc1 and dc2
-// delete every key (200; 1000 in the long form) and update some of them
-// concurrently, each delete reading the key first and deleting with the
-// context it read. dc3 meanwhile updates a fifth of the keys, concurrently
-// with their deletes. It requires:
+// TestPartitionDeletes (docs/DESIGN.md, invariant 8; figures in
+// docs/RELIABILITY.md, "One DC partitioned during deletes") cuts dc3's link
+// while dc1 and dc2 delete every key (200; 1000 in the long form) and update
+// some of them concurrently, each delete reading the key first and deleting
+// with the context it read. dc3 meanwhile updates a fifth of the keys,
+// concurrently with their deletes. It requires:
 //
 //   - while dc3 is cut off, dc1 and dc2 keep every tombstone of the
 //     partition: none is purged before every DC covers it;
