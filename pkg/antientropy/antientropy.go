@@ -19,6 +19,10 @@
 // under, and merges them locally. Pulling is one-way; both directions
 // converge because every DC pulls from every peer. RunSubject runs it
 // against every peer on demand (`replicator repair`).
+//
+// Internal to the sidecar: not a stable Go API. Its request/reply protocol
+// between sidecars (repl.ae.<dc>, package rpc) is versioned wire, described
+// in docs/DESIGN.md.
 package antientropy
 
 import (

@@ -2,6 +2,9 @@
 // server, drives concurrent and conflicting writes through every DC, waits
 // for convergence and summarises what happened. It is what
 // `replicator demo` runs.
+//
+// Internal to the sidecar: the engine of `replicator demo`, not a stable Go
+// API.
 package demo
 
 import (

@@ -40,6 +40,10 @@
 // replicate, and the key's resolver keeps them as siblings or logs the
 // loser, like any conflict. Nothing is lost (docs/DESIGN.md, invariants 5
 // and 6).
+//
+// Internal to the sidecar: not a stable Go API. Its request/reply protocol
+// between sidecars (repl.home.<dc>, package rpc) is versioned wire,
+// described in docs/DESIGN.md.
 package home
 
 import (

@@ -60,6 +60,9 @@
 // responses carry "dot"; conflict entries carry "context" (the clock a
 // resolution supersedes); GET /v1/conflicts/{id}, GET /v1/watch and
 // GET /v1/changes are new.
+//
+// The HTTP interface it serves is API (docs/INTERFACES.md, and the OpenAPI
+// document at /v1/openapi.json); the Go package is internal to the sidecar.
 package httpapi
 
 import (

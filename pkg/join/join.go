@@ -24,6 +24,10 @@
 // recreates them with DeliverAll and catches up from the streams: events
 // the snapshot covered are duplicates, the rest apply in order, and a gap
 // (a stream trimmed past what the snapshot covered) goes to gap repair.
+//
+// Internal to the sidecar: not a stable Go API. Its snapshot protocol
+// (repl.snap.<dc>, package rpc) is versioned wire, described in
+// docs/DESIGN.md.
 package join
 
 import (

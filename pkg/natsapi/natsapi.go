@@ -24,6 +24,9 @@
 // X-Repl-Wait-Timeout. A write whose wait times out still stands: its
 // answer is a normal reply, not an error, with "replicated" below what was
 // asked and "error" saying so.
+//
+// The NATS interface it serves (repl.api.<dc>.*) is API
+// (docs/INTERFACES.md); the Go package is internal to the sidecar.
 package natsapi
 
 import (

@@ -5,6 +5,8 @@
 //	err = n.Start(ctx) // NATS, streams, consumers, publisher, HTTP
 //	...
 //	n.Close()          // stop intake, flush the outbox, close Pebble
+//
+// Internal to the sidecar: not a stable Go API.
 package node
 
 import (
