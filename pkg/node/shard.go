@@ -27,6 +27,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
 )
 
@@ -37,16 +38,6 @@ import (
 // subject repl.shard.<dc>.<partition>; the whole DC's views (digest,
 // status, conflicts, key listings) are gathered from every shard on
 // repl.shards.<dc>.
-
-// ShardSubject is the subject on which the shard owning partition p of dc
-// takes requests other shards forward to it.
-func ShardSubject(dc string, p uint32) string {
-	return "repl.shard." + dc + "." + strconv.FormatUint(uint64(p), 10)
-}
-
-// ShardsSubject is the subject every shard of dc answers, for the whole
-// DC's views.
-func ShardsSubject(dc string) string { return "repl.shards." + dc }
 
 // Headers of the shards' protocol.
 const (
@@ -134,7 +125,7 @@ func (s *shards) partitionsText() string {
 func (s *shards) checkAlone(ctx context.Context, nc *nats.Conn) error {
 	for _, p := range s.list {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		m, err := nc.RequestMsgWithContext(rctx, &nats.Msg{Subject: ShardSubject(s.n.cfg.DC, p), Header: nats.Header{HeaderShardKind: {"owner"}}})
+		m, err := nc.RequestMsgWithContext(rctx, &nats.Msg{Subject: names.ShardSubject(s.n.cfg.DC, p), Header: nats.Header{HeaderShardKind: {"owner"}}})
 		cancel()
 		switch {
 		case errors.Is(err, nats.ErrNoResponders):
@@ -143,7 +134,7 @@ func (s *shards) checkAlone(ctx context.Context, nc *nats.Conn) error {
 			return fmt.Errorf("node: shard %s: ask whether another sidecar of DC %s owns partition %d: %w", s.shard, s.n.cfg.DC, p, err)
 		}
 		return fmt.Errorf("node: shard %s of DC %s owns partition %d, but shard %q already runs and answers for it on %s: give each shard its own shard line (\"i of S\") or disjoint shard_partitions",
-			s.shard, s.n.cfg.DC, p, m.Header.Get(HeaderShard), ShardSubject(s.n.cfg.DC, p))
+			s.shard, s.n.cfg.DC, p, m.Header.Get(HeaderShard), names.ShardSubject(s.n.cfg.DC, p))
 	}
 	return nil
 }
@@ -152,13 +143,13 @@ func (s *shards) checkAlone(ctx context.Context, nc *nats.Conn) error {
 // DC's gather subject.
 func (s *shards) start(nc *nats.Conn) error {
 	for _, p := range s.list {
-		sub, err := nc.Subscribe(ShardSubject(s.n.cfg.DC, p), s.serveForwarded)
+		sub, err := nc.Subscribe(names.ShardSubject(s.n.cfg.DC, p), s.serveForwarded)
 		if err != nil {
 			return fmt.Errorf("node: shard subscribe: %w", err)
 		}
 		s.subs = append(s.subs, sub)
 	}
-	sub, err := nc.Subscribe(ShardsSubject(s.n.cfg.DC), s.serveGather)
+	sub, err := nc.Subscribe(names.ShardsSubject(s.n.cfg.DC), s.serveGather)
 	if err != nil {
 		return fmt.Errorf("node: shard subscribe: %w", err)
 	}
@@ -464,13 +455,13 @@ func (s *shards) forward(w http.ResponseWriter, r *http.Request, p uint32, body 
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), shardWait)
 	defer cancel()
-	msg := &nats.Msg{Subject: ShardSubject(s.n.cfg.DC, p), Header: nats.Header{HeaderShardKind: {"http"}}, Data: data}
+	msg := &nats.Msg{Subject: names.ShardSubject(s.n.cfg.DC, p), Header: nats.Header{HeaderShardKind: {"http"}}, Data: data}
 	reply, err := s.n.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		status := http.StatusServiceUnavailable
-		msg := fmt.Sprintf("forward to the shard owning partition %d of DC %s on %s: %v", p, s.n.cfg.DC, ShardSubject(s.n.cfg.DC, p), err)
+		msg := fmt.Sprintf("forward to the shard owning partition %d of DC %s on %s: %v", p, s.n.cfg.DC, names.ShardSubject(s.n.cfg.DC, p), err)
 		if errors.Is(err, nats.ErrNoResponders) {
-			msg = fmt.Sprintf("no shard of DC %s owns partition %d (nothing answers on %s): start that shard, or check the shards' shard and shard_partitions", s.n.cfg.DC, p, ShardSubject(s.n.cfg.DC, p))
+			msg = fmt.Sprintf("no shard of DC %s owns partition %d (nothing answers on %s): start that shard, or check the shards' shard and shard_partitions", s.n.cfg.DC, p, names.ShardSubject(s.n.cfg.DC, p))
 		}
 		w.Header().Set("Retry-After", "1")
 		writeJSONError(w, status, msg)
@@ -523,7 +514,7 @@ func (s *shards) gather(ctx context.Context, r *http.Request, body []byte) ([]ga
 		return nil, err
 	}
 	defer sub.Unsubscribe()
-	if err := nc.PublishMsg(&nats.Msg{Subject: ShardsSubject(s.n.cfg.DC), Reply: inbox, Header: nats.Header{HeaderShardKind: {"http"}}, Data: data}); err != nil {
+	if err := nc.PublishMsg(&nats.Msg{Subject: names.ShardsSubject(s.n.cfg.DC), Reply: inbox, Header: nats.Header{HeaderShardKind: {"http"}}, Data: data}); err != nil {
 		return nil, err
 	}
 	owner := make([]string, s.n.cfg.Partitions)
@@ -779,7 +770,7 @@ func (s *shards) route(op string, r micro.Request) bool {
 	if s.owns(p) {
 		return !s.waitHeldNATS(op, r)
 	}
-	m := &nats.Msg{Subject: ShardSubject(s.n.cfg.DC, p), Data: r.Data(), Header: nats.Header{HeaderShardKind: {"api." + op}}}
+	m := &nats.Msg{Subject: names.ShardSubject(s.n.cfg.DC, p), Data: r.Data(), Header: nats.Header{HeaderShardKind: {"api." + op}}}
 	for k, v := range r.Headers() {
 		m.Header[k] = v
 	}
@@ -790,7 +781,7 @@ func (s *shards) route(op string, r micro.Request) bool {
 	reply, err := s.n.nc.RequestMsgWithContext(ctx, m)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		_ = r.Error("503", fmt.Sprintf("no shard of DC %s owns partition %d (nothing answers on %s): start that shard, or check the shards' shard and shard_partitions", s.n.cfg.DC, p, ShardSubject(s.n.cfg.DC, p)), nil)
+		_ = r.Error("503", fmt.Sprintf("no shard of DC %s owns partition %d (nothing answers on %s): start that shard, or check the shards' shard and shard_partitions", s.n.cfg.DC, p, names.ShardSubject(s.n.cfg.DC, p)), nil)
 	case err != nil:
 		_ = r.Error("503", fmt.Sprintf("forward to the shard owning partition %d of DC %s: %v", p, s.n.cfg.DC, err), nil)
 	default:

@@ -10,9 +10,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // A transaction from another DC may span this DC's shards (a DC with more
@@ -24,7 +25,7 @@ import (
 // docs/DESIGN.md). The shards ask each other on the owners' subjects
 // (repl.shard.<dc>.<p>, Repl-Shard-Kind "txn.state").
 
-var _ bridge.Coordinator = (*shards)(nil)
+var _ core.Coordinator = (*shards)(nil)
 
 // prepareWait bounds how long Prepare waits for the other shards before
 // the message is offered again later.
@@ -172,7 +173,7 @@ func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event
 		pending := others[:0:0]
 		for _, p := range others {
 			rctx, cancel := context.WithTimeout(ctx, time.Second)
-			m, err := s.n.nc.RequestMsgWithContext(rctx, &nats.Msg{Subject: ShardSubject(s.n.cfg.DC, p), Header: nats.Header{HeaderShardKind: {"txn.state"}}, Data: body})
+			m, err := s.n.nc.RequestMsgWithContext(rctx, &nats.Msg{Subject: names.ShardSubject(s.n.cfg.DC, p), Header: nats.Header{HeaderShardKind: {"txn.state"}}, Data: body})
 			cancel()
 			var a txnState
 			if err != nil || json.Unmarshal(m.Data, &a) != nil || (a.State != "prepared" && a.State != "applied") {
