@@ -137,6 +137,13 @@ type Options struct {
 	// StandbyHub is the star's standby hub, which relays between the
 	// leaves while the hub is unreachable (with HealAfter); "" for none.
 	StandbyHub string
+
+	// ExpiryTakeover is how long the DC that owns an expired value (its
+	// origin; see changelog.Deleter) may send no applied-vector report
+	// before the first other DC of DCs that still reports deletes the
+	// value in its place. Default 30s (or twice ReportInterval when that
+	// is longer); at least twice ReportInterval.
+	ExpiryTakeover time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -180,6 +187,7 @@ func (o Options) withDefaults() Options {
 	}
 	setDur(&o.MaintenanceInterval, o.ReportInterval)
 	setDur(&o.StreamRetention, 24*time.Hour)
+	setDur(&o.ExpiryTakeover, max(30*time.Second, 2*o.ReportInterval))
 	return o
 }
 
@@ -212,6 +220,9 @@ func (o Options) validate() error {
 		}
 	}
 	errs = append(errs, o.validateHealing()...)
+	if ri := o.withDefaults().ReportInterval; o.ExpiryTakeover != 0 && o.ExpiryTakeover < 2*ri {
+		errs = append(errs, fmt.Errorf("ExpiryTakeover is %s, shorter than two report intervals (%s): a live DC would be taken as unreachable and two DCs would delete one expired value; raise it", o.ExpiryTakeover, 2*ri))
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("bridge: options: %w", errors.Join(errs...))
 	}
@@ -428,10 +439,14 @@ func (r *Replicator) Start(ctx context.Context) error {
 			r.runLink(intakeCtx, l)
 		}()
 	}
-	r.intake.Add(4)
+	r.intake.Add(5)
 	go func() {
 		defer r.intake.Done()
 		r.serveRepairs(intakeCtx, repairs)
+	}()
+	go func() {
+		defer r.intake.Done()
+		r.runExpirer(intakeCtx)
 	}()
 	go func() {
 		defer r.intake.Done()
