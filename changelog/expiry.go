@@ -50,18 +50,20 @@ func (s *Store) expiryAdded() {
 // gave a key a new expiry, which may be earlier than any indexed before.
 func (s *Store) ExpiryAdded() <-chan struct{} { return s.expiries }
 
-// Now is this DC's HLC time for reads: the expiry a read compares against
-// (dvv.State.Visible). It issues no timestamp. Without a clock it is 0,
-// and nothing expires.
+// Peeker is a Clock that can be read without issuing a timestamp, as
+// hlc.Clock can. Expiry needs one: with a Clock that is not a Peeker, Now
+// is 0 and nothing expires.
+type Peeker interface {
+	Peek() uint64
+}
+
+// Now is this DC's HLC time for reads: the time a read compares expiries
+// against (dvv.State.Visible). It issues no timestamp.
 func (s *Store) Now() uint64 {
-	switch c := s.opts.Clock.(type) {
-	case nil:
-		return 0
-	case interface{ Peek() uint64 }:
+	if c, ok := s.opts.Clock.(Peeker); ok {
 		return c.Peek()
-	default:
-		return c.Now()
 	}
+	return 0
 }
 
 // NextExpiry returns the earliest expiry the index holds; ok is false when
