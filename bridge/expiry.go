@@ -67,8 +67,15 @@ func (r *Replicator) runExpirer(ctx context.Context) {
 	}
 }
 
-// expireOnce expires what is due now and returns how long to sleep.
+// expireOnce expires what is due now and returns how long to sleep. A DC
+// expires nothing before it is ready (Readiness: caught up with what its
+// peers had applied when it started): an origin coming back after another
+// DC took its expiries over first applies the deletes written meanwhile,
+// instead of writing a second one.
 func (r *Replicator) expireOnce(ctx context.Context) time.Duration {
+	if !r.Readiness().Ready {
+		return r.opts.ReportInterval
+	}
 	now := r.store.Now()
 	deleted, others, err := r.store.ExpireDue(ctx, now, r.expiryMine)
 	switch {
