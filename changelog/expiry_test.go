@@ -247,7 +247,9 @@ func TestExpireOnceAndOnlyWhatItSaw(t *testing.T) {
 	ft.Add(time.Second)
 	var dels []*event.Event
 	for _, dc := range []string{"dc2", "dc3", "dc1"} {
-		mine := func(expirer string) bool { return Deleter(expirer, []string{"dc1", "dc2", "dc3"}, func(string) bool { return false }) == dc }
+		mine := func(expirer string) bool {
+			return Deleter(expirer, []string{"dc1", "dc2", "dc3"}, func(string) bool { return false }) == dc
+		}
 		n, others, err := s[dc].ExpireDue(ctx, s[dc].Now(), mine)
 		if err != nil {
 			t.Fatal(err)
