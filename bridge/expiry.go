@@ -93,11 +93,11 @@ func (r *Replicator) expireOnce(ctx context.Context) time.Duration {
 	if others > 0 {
 		wait = r.opts.ReportInterval
 	}
-	next, ok, err := r.store.NextExpiry()
+	next, ok, err := r.store.NextExpiry(now)
 	if err != nil {
 		return r.opts.ReportInterval
 	}
-	if ok && next > now {
+	if ok {
 		// The expiry's physical part, less this DC's, plus a
 		// millisecond for the logical part.
 		d := time.Duration(hlc.Timestamp(next).Physical()-hlc.Timestamp(now).Physical())*time.Millisecond + time.Millisecond

@@ -66,23 +66,26 @@ func (s *Store) Now() uint64 {
 	return 0
 }
 
-// NextExpiry returns the earliest expiry the index holds; ok is false when
-// no key expires.
-func (s *Store) NextExpiry() (at uint64, ok bool, err error) {
-	err = s.scanExpiries(^uint64(0), func(e uint64, _ string) bool {
+// NextExpiry returns the earliest expiry the index holds after HLC time
+// after; ok is false when there is none.
+func (s *Store) NextExpiry(after uint64) (at uint64, ok bool, err error) {
+	if after == ^uint64(0) {
+		return 0, false, nil
+	}
+	err = s.scanExpiries(after+1, ^uint64(0), func(e uint64, _ string) bool {
 		at, ok = e, true
 		return false
 	})
 	return at, ok, err
 }
 
-// scanExpiries calls fn with the index entries due at or before now, in
-// expiry order, until fn returns false.
-func (s *Store) scanExpiries(now uint64, fn func(at uint64, key string) bool) error {
+// scanExpiries calls fn with the index entries due from HLC time from to
+// now, both included, in expiry order, until fn returns false.
+func (s *Store) scanExpiries(from, now uint64, fn func(at uint64, key string) bool) error {
 	if err := s.usable(); err != nil {
 		return err
 	}
-	lo := []byte{pfxExpiry}
+	lo := binary.BigEndian.AppendUint64([]byte{pfxExpiry}, from)
 	hi := []byte{pfxExpiry + 1}
 	if now < ^uint64(0) {
 		hi = binary.BigEndian.AppendUint64([]byte{pfxExpiry}, now+1)
@@ -108,7 +111,7 @@ func (s *Store) scanExpiries(now uint64, fn func(at uint64, key string) bool) er
 // earliest first.
 func (s *Store) Due(now uint64) ([]string, error) {
 	var out []string
-	err := s.scanExpiries(now, func(_ uint64, key string) bool {
+	err := s.scanExpiries(0, now, func(_ uint64, key string) bool {
 		out = append(out, key)
 		return true
 	})

@@ -89,7 +89,7 @@ func TestExpiryHidesAndIndexes(t *testing.T) {
 	if got := mustState(t, dc1, "k").Siblings[0].Expires; got != at {
 		t.Fatalf("stored expiry %d, want %d", got, at)
 	}
-	if next, ok, _ := dc1.NextExpiry(); !ok || next != at {
+	if next, ok, _ := dc1.NextExpiry(0); !ok || next != at {
 		t.Fatalf("NextExpiry = %d, %v; want %d", next, ok, at)
 	}
 	ft.Add(9999 * time.Millisecond)
@@ -107,20 +107,23 @@ func TestExpiryHidesAndIndexes(t *testing.T) {
 	if got := due(t, dc1); len(got) != 1 || got[0] != "k" {
 		t.Fatalf("due at expiry: %q, want [k]", got)
 	}
+	if next, ok, _ := dc1.NextExpiry(at); ok {
+		t.Fatalf("NextExpiry after the only expiry = %d; want none", next)
+	}
 
 	// A new TTL moves the entry; a write without one clears it.
 	w2 := mustWrite(t, dc1, WriteOp{Key: "k", Value: []byte("v2"), TTL: time.Minute, Context: st.Clock})
 	if len(due(t, dc1)) != 0 {
 		t.Fatalf("a new TTL left the old entry due: %q", due(t, dc1))
 	}
-	if next, _, _ := dc1.NextExpiry(); next != w2.Event.Expires {
+	if next, _, _ := dc1.NextExpiry(0); next != w2.Event.Expires {
 		t.Fatalf("NextExpiry %d, want the new expiry %d", next, w2.Event.Expires)
 	}
 	w3 := mustWrite(t, dc1, WriteOp{Key: "k", Value: []byte("v3"), Context: w2.State.Clock})
 	if w3.Event.Expires != 0 || w3.State.Expiry() != 0 {
 		t.Fatalf("a plain write kept an expiry: event %d, state %d", w3.Event.Expires, w3.State.Expiry())
 	}
-	if _, ok, _ := dc1.NextExpiry(); ok {
+	if _, ok, _ := dc1.NextExpiry(0); ok {
 		t.Fatal("a plain write left the key in the expiry index")
 	}
 	ft.Add(time.Hour)
