@@ -12,7 +12,7 @@ import (
 )
 
 // ttlSeeds is how many seeds TestTTLConverges runs per topology.
-const ttlSeeds = 50
+const ttlSeeds = 30
 
 // TestTTLConverges: under seeded random schedules (writes with and without
 // TTLs, with and without contexts, at every DC; deliveries reordered,
@@ -24,7 +24,7 @@ const ttlSeeds = 50
 func TestTTLConverges(t *testing.T) {
 	seeds := ttlSeeds
 	if testing.Short() {
-		seeds = 15
+		seeds = 10
 	}
 	for _, topo := range []string{config.Mesh, config.Ring, config.Star} {
 		t.Run(topo, func(t *testing.T) {
