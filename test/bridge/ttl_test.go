@@ -12,6 +12,7 @@ import (
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // expiryTakeover is the ExpiryTakeover of the TTL tests: five report
@@ -65,7 +66,7 @@ func (c *cluster) deleteDots(key string) map[string]bool {
 	defer cancel()
 	dots := map[string]bool{}
 	for _, dc := range c.dcs {
-		s, err := js.Stream(ctx, bridge.StreamName(dc))
+		s, err := js.Stream(ctx, names.Stream(dc))
 		if err != nil {
 			c.t.Fatalf("stream of %s: %v", dc, err)
 		}
