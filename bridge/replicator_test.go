@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/names"
@@ -82,6 +83,9 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 }
+
+// testParts is the partition count of these tests.
+const testParts = 4
 
 func TestLifecycle(t *testing.T) {
 	r, st, _ := single(t)
@@ -244,7 +248,7 @@ func TestTrimStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	js := reps[0].js
+	js := reps[0].env.js
 	waitFor(t, "the stream trimmed to one message per partition", func() bool {
 		s, err := js.Stream(ctx, names.Stream("dc1"))
 		if err != nil {
@@ -266,7 +270,7 @@ func TestTrimStream(t *testing.T) {
 		if err != nil {
 			continue // no key hashed to this partition
 		}
-		if hi, err := lastOwnSeq("dc1", uint32(p), m.Header); err != nil || hi != own[p] {
+		if hi, err := core.LastOwnSeq("dc1", uint32(p), m.Header); err != nil || hi != own[p] {
 			t.Fatalf("partition %d's last message names %d (err %v) as the highest own sequence, want %d", p, hi, err, own[p])
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/pkg/names"
 )
 
@@ -19,11 +20,11 @@ const (
 	// HeaderSeqHi is the publishing DC's highest own sequence number in the
 	// message's partition at publish time, so that a DC restored from an
 	// old backup can continue above it.
-	HeaderSeqHi = "Repl-Seq-Hi"
+	HeaderSeqHi = core.HeaderSeqHi
 	// HeaderSeqHis is on a transaction's message: the publishing DC's
 	// highest own sequence number in every partition at publish time, as
 	// <partition>:<seq> pairs separated by commas.
-	HeaderSeqHis = "Repl-Seq-His"
+	HeaderSeqHis = core.HeaderSeqHis
 	// HeaderDLQReason says why a message was dead-lettered.
 	HeaderDLQReason = "Repl-Dlq-Reason"
 	// HeaderDLQUpstream names the upstream DC whose stream held the message.
