@@ -507,8 +507,11 @@ func (c *Cluster) Stats(name string) bridge.Stats {
 }
 
 // Close stops every DC, the proxies and the server the cluster started;
-// calling it again is harmless.
+// calling it again, or on the nil a failed New may return, is harmless.
 func (c *Cluster) Close() error {
+	if c == nil {
+		return nil
+	}
 	var errs []error
 	for _, d := range c.dcs {
 		errs = append(errs, c.StopDC(d.name))
