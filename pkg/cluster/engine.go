@@ -131,6 +131,10 @@ func (c *Cluster) StopReplicator(name string) error {
 	return nil
 }
 
+// CloseConn closes engine DC name's NATS connection at once, without a
+// flush (a crash's lost socket); the next StartReplicator dials a new one.
+func (c *Cluster) CloseConn(name string) { c.closeConn(c.dc(name)) }
+
 func (c *Cluster) closeConn(d *dc) {
 	d.mu.Lock()
 	nc := d.mu.nc

@@ -17,11 +17,10 @@ import (
 
 // readyz serves GET /readyz for dc's current store and Replicator through
 // the real HTTP handler, as the node wires it.
-func (c *cluster) readyz(dc string) *httptest.Server {
+func (c *bridgeCluster) readyz(dc string) *httptest.Server {
 	c.t.Helper()
-	n := c.nodes[dc]
-	h := httpapi.New(httpapi.StoreBackend{Store: n.store, ReadinessFn: func() (bool, any) {
-		r := n.rep.Readiness()
+	h := httpapi.New(httpapi.StoreBackend{Store: c.store(dc), ReadinessFn: func() (bool, any) {
+		r := c.rep(dc).Readiness()
 		return r.Ready, r
 	}}, httpapi.Options{})
 	srv := httptest.NewServer(h)
@@ -58,10 +57,10 @@ func waitingFor(r bridge.Readiness) string {
 
 // restoreOld stops dc, restarts it on the copy of its data dir in backup,
 // and returns its /readyz server.
-func (c *cluster) restoreOld(dc, backup string) *httptest.Server {
+func (c *bridgeCluster) restoreOld(dc, backup string) *httptest.Server {
 	c.t.Helper()
 	c.stop(dc)
-	c.nodes[dc].dir = backup
+	c.SetDataDir(dc, backup)
 	c.openStore(dc)
 	c.startRep(dc)
 	return c.readyz(dc)
@@ -70,7 +69,7 @@ func (c *cluster) restoreOld(dc, backup string) *httptest.Server {
 // writeAroundBackup has every DC write a key, backs dc3 up once that has
 // replicated, then has each DC of after write 20 more keys and waits for
 // them to replicate; it returns dc3's backup.
-func (c *cluster) writeAroundBackup(after ...string) string {
+func (c *bridgeCluster) writeAroundBackup(after ...string) string {
 	c.t.Helper()
 	for _, dc := range c.dcs {
 		c.write(dc, "before/"+dc, "v", false)
@@ -115,9 +114,9 @@ func TestReadyzWhileCatchingUp(t *testing.T) {
 		code, r := getReadyz(t, srv)
 		return code == http.StatusOK && r.Ready && r.ReadyAt != nil, fmt.Sprintf("%d: %s", code, waitingFor(r))
 	})
-	mine := c.nodes["dc3"].store.Applied()
+	mine := c.store("dc3").Applied()
 	for _, dc := range []string{"dc1", "dc2"} {
-		own := c.nodes[dc].store.Applied()[dc]
+		own := c.store(dc).Applied()[dc]
 		if !slices.Equal(mine[dc], own) {
 			t.Errorf("ready, but dc3 has applied %v of %s's %v", mine[dc], dc, own)
 		}
@@ -144,7 +143,7 @@ func TestReadyzDoesNotWaitForADeadPeer(t *testing.T) {
 		t.Fatalf("GET /readyz right after the restart: %d %+v, want 503", code, r)
 	}
 	eventually(t, 10*time.Second, "dc3 caught up with dc1", func() (bool, string) {
-		got, want := c.nodes["dc3"].store.Applied()["dc1"], c.nodes["dc1"].store.Applied()["dc1"]
+		got, want := c.store("dc3").Applied()["dc1"], c.store("dc1").Applied()["dc1"]
 		return slices.Equal(got, want), fmt.Sprintf("dc3 has %v of dc1's %v", got, want)
 	})
 	var r bridge.Readiness
@@ -162,7 +161,7 @@ func TestReadyzDoesNotWaitForADeadPeer(t *testing.T) {
 	if !slices.Equal(r.NotWaitedFor, []string{"dc2"}) {
 		t.Errorf("not waited for %v, want [dc2]", r.NotWaitedFor)
 	}
-	peers := c.nodes["dc3"].rep.Peers()
+	peers := c.rep("dc3").Peers()
 	states := map[string]string{}
 	for _, p := range peers {
 		states[p.DC] = p.State

@@ -61,7 +61,7 @@ func TestTopologies(t *testing.T) {
 				// outbox entry once all the others have applied it.
 				eventually(t, 10*time.Second, "outbox trimming", func() (bool, string) {
 					for _, dc := range c.dcs {
-						s := c.nodes[dc].rep.Stats()
+						s := c.rep(dc).Stats()
 						if s.Trimmed != s.Published {
 							return false, fmt.Sprintf("%s trimmed %d of %d outbox entries (%d peer reports)", dc, s.Trimmed, s.Published, s.PeerReports)
 						}

@@ -55,7 +55,7 @@ func TestTxnHealRing(t *testing.T) {
 
 	live := []string{"dc1", "dc3", "dc4"}
 	eventually(t, 30*time.Second, "dc3 to heal around dc2", func() (bool, string) {
-		h := c.nodes["dc3"].rep.Healing()
+		h := c.rep("dc3").Healing()
 		return len(h) == 1 && h[0].Dead == dead && h[0].Via == "dc1", fmt.Sprintf("healing %v", h)
 	})
 	eventually(t, 60*time.Second, "every transaction whole at the live DCs", func() (bool, string) {
@@ -91,7 +91,7 @@ func TestTxnHealRing(t *testing.T) {
 
 // notWhole names a committed transaction op dc does not have yet, or "".
 func (r *txnRun) notWhole(dc string) string {
-	st := r.c.nodes[dc].store
+	st := r.c.store(dc)
 	for _, a := range r.committed.All() {
 		for i, op := range a.Txn.Ops {
 			s, ok, err := st.Get(op.Key)

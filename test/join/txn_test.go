@@ -16,7 +16,7 @@ import (
 
 // orderLines commits order n of dc and its lines as one transaction: the
 // order's value says how many lines it has.
-func orderLines(ctx context.Context, c *cluster, dc string, n, lines int) error {
+func orderLines(ctx context.Context, c *joinCluster, dc string, n, lines int) error {
 	id := fmt.Sprintf("order/%s/%04d", dc, n)
 	ops := []changelog.WriteOp{{Key: id, Value: fmt.Appendf(nil, "lines=%d", lines)}}
 	for j := range lines {
