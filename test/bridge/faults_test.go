@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/event"
 )
 
@@ -50,7 +51,7 @@ func TestRedelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.startRep("dc2")
-	eventually(t, 20*time.Second, "redelivery", func() (bool, string) {
+	cluster.Eventually(t, 20*time.Second, "redelivery", func() (bool, string) {
 		s := c.rep("dc2").Stats()
 		return s.Duplicates == uint64(perDC), fmt.Sprintf("%d duplicates of %d", s.Duplicates, perDC)
 	})
@@ -77,14 +78,14 @@ func TestLostMessages(t *testing.T) {
 	for i := range writes {
 		c.write("dc1", fmt.Sprintf("k%02d", i%10), fmt.Sprint(i), i%2 == 0)
 	}
-	eventually(t, 10*time.Second, "dc1 publishing", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "dc1 publishing", func() (bool, string) {
 		d := c.store("dc1").OutboxDepth()
 		return d == 0, fmt.Sprintf("%d to publish", d)
 	})
 	deleteMsgs(t, ctx, js, "dc1", 3, 4, 17)
 
 	c.startRep("dc2")
-	eventually(t, 10*time.Second, "dc2 catching up", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "dc2 catching up", func() (bool, string) {
 		got := c.store("dc2").Applied()["dc1"]
 		want := c.store("dc1").Applied()["dc1"]
 		return fmt.Sprint(got) == fmt.Sprint(want) && c.store("dc2").OutboxDepth() == 0,
@@ -116,7 +117,7 @@ func TestLostTail(t *testing.T) {
 	for i := range writes {
 		c.write("dc1", fmt.Sprintf("k%02d", i), fmt.Sprint(i), false)
 	}
-	eventually(t, 10*time.Second, "dc1 publishing", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "dc1 publishing", func() (bool, string) {
 		d := c.store("dc1").OutboxDepth()
 		return d == 0, fmt.Sprintf("%d to publish", d)
 	})
@@ -153,7 +154,7 @@ func TestRestartNATS(t *testing.T) {
 	done := make(chan error, 1)
 	const keys, rounds, whileDown = 20, 10, 10
 	go func() { done <- c.writeAll(c.dcs, keys, rounds) }()
-	eventually(t, 10*time.Second, "replication under way", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "replication under way", func() (bool, string) {
 		s := c.stats("dc2")
 		return s.Applied+s.Obsolete >= 20, fmt.Sprintf("dc2 applied %d", s.Applied+s.Obsolete)
 	})
@@ -191,7 +192,7 @@ func TestRestartSidecar(t *testing.T) {
 	for i := range 40 {
 		c.write("dc2", fmt.Sprintf("k%02d", i%keys), fmt.Sprint("dc2-", i), i%3 == 0)
 	}
-	eventually(t, 10*time.Second, "replication under way", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "replication under way", func() (bool, string) {
 		s := c.stats("dc2")
 		return s.Applied+s.Obsolete >= 20, fmt.Sprintf("dc2 applied %d", s.Applied+s.Obsolete)
 	})
@@ -230,7 +231,7 @@ func TestRestoreFromBackup(t *testing.T) {
 	high := c.store("dc1").Applied()["dc1"]
 	// dc2 drops the d-keys from its outbox once dc1 has applied them, so
 	// after the restore dc1 can only get them again from dc2's stream.
-	eventually(t, 10*time.Second, "dc2 trimming its outbox", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "dc2 trimming its outbox", func() (bool, string) {
 		s := c.rep("dc2").Stats()
 		return s.Trimmed == s.Published, fmt.Sprintf("trimmed %d of %d", s.Trimmed, s.Published)
 	})
@@ -288,7 +289,7 @@ func TestStreamFull(t *testing.T) {
 		c.write("dc1", fmt.Sprintf("k%02d", i%10), fmt.Sprint(i), false)
 	}
 	st := c.store("dc1")
-	eventually(t, 10*time.Second, "a rejected publish", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "a rejected publish", func() (bool, string) {
 		s := c.rep("dc1").Stats()
 		return s.PublishErrors > 0, fmt.Sprintf("%d published, outbox %d", s.Published, st.OutboxDepth())
 	})

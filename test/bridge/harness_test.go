@@ -230,7 +230,7 @@ func (c *bridgeCluster) writeAll(dcs []string, keys, rounds int) error {
 // and published its outbox, then checks that all digests are equal.
 func (c *bridgeCluster) waitConverged(timeout time.Duration) {
 	c.t.Helper()
-	eventually(c.t, timeout, "convergence", func() (bool, string) {
+	cluster.Eventually(c.t, timeout, "convergence", func() (bool, string) {
 		own := map[string][]uint64{}
 		for _, dc := range c.dcs {
 			own[dc] = c.store(dc).Applied()[dc]
@@ -260,7 +260,7 @@ func (c *bridgeCluster) waitConverged(timeout time.Duration) {
 // waitPublished waits until dc has published its whole outbox.
 func (c *bridgeCluster) waitPublished(dc string) {
 	c.t.Helper()
-	eventually(c.t, 10*time.Second, dc+" publishing", func() (bool, string) {
+	cluster.Eventually(c.t, 10*time.Second, dc+" publishing", func() (bool, string) {
 		d := c.store(dc).OutboxDepth()
 		return d == 0, fmt.Sprintf("%d to publish", d)
 	})
@@ -270,7 +270,7 @@ func (c *bridgeCluster) waitPublished(dc string) {
 // published its outbox (its forwards).
 func (c *bridgeCluster) waitCaughtUp(dc, origin string) {
 	c.t.Helper()
-	eventually(c.t, 10*time.Second, dc+" catching up with "+origin, func() (bool, string) {
+	cluster.Eventually(c.t, 10*time.Second, dc+" catching up with "+origin, func() (bool, string) {
 		got := c.store(dc).Applied()[origin]
 		want := c.store(origin).Applied()[origin]
 		return fmt.Sprint(got) == fmt.Sprint(want) && c.store(dc).OutboxDepth() == 0,
@@ -284,7 +284,7 @@ func (c *bridgeCluster) waitCaughtUp(dc, origin string) {
 // fails at once if it goes past.
 func (c *bridgeCluster) checkAppliedOnce(want map[string]uint64) {
 	c.t.Helper()
-	eventually(c.t, 5*time.Second, "exactly-once counts", func() (bool, string) {
+	cluster.Eventually(c.t, 5*time.Second, "exactly-once counts", func() (bool, string) {
 		var why []string
 		for dc, n := range want {
 			s := c.stats(dc)
@@ -307,11 +307,4 @@ func (c *bridgeCluster) digestsEqual() (bool, string) {
 		stores = append(stores, c.store(dc))
 	}
 	return cluster.SameDigests(stores)
-}
-
-// eventually polls cond every 20ms until it holds, and fails the test
-// with what and cond's last explanation after timeout.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	cluster.Eventually(t, timeout, what, cond)
 }

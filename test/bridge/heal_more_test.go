@@ -71,7 +71,7 @@ func (w *bgWriter) waitMore(n int) {
 	w.mu.Lock()
 	from := maps.Clone(w.n)
 	w.mu.Unlock()
-	eventually(w.h.t, 20*time.Second, fmt.Sprintf("%d more background writes at each of %v", n, w.dcs), func() (bool, string) {
+	cluster.Eventually(w.h.t, 20*time.Second, fmt.Sprintf("%d more background writes at each of %v", n, w.dcs), func() (bool, string) {
 		if err, _ := w.err.Load().(error); err != nil {
 			w.h.t.Fatalf("background write: %v", err)
 		}
@@ -288,7 +288,7 @@ func TestHealMoreHealerClosesMidHeal(t *testing.T) {
 		// The healer closes once its heal link has applied a batch more,
 		// mid-backlog (unless the backlog is through already).
 		from := h.stats("dc3").Applied
-		eventually(t, 20*time.Second, "dc3 healing a batch more", func() (bool, string) {
+		cluster.Eventually(t, 20*time.Second, "dc3 healing a batch more", func() (bool, string) {
 			got := h.stats("dc3").Applied
 			if done, _ := h.CaughtUp("dc3", "dc1"); done {
 				return true, ""

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 )
 
 // healAfter is the heal_after of the healing tests: ten report intervals
@@ -63,7 +64,7 @@ func (h *healRun) kill(dc string) {
 	st := h.store(dc)
 	// The test is about what the others do with what the DC published: let
 	// its outbox drain first, rather than count on Close's bounded flush.
-	eventually(h.t, 20*time.Second, dc+"'s outbox to drain", func() (bool, string) {
+	cluster.Eventually(h.t, 20*time.Second, dc+"'s outbox to drain", func() (bool, string) {
 		return st.OutboxDepth() == 0, fmt.Sprintf("%d events to publish", st.OutboxDepth())
 	})
 	h.stopRep(dc)
@@ -99,7 +100,7 @@ func (h *healRun) live() []string {
 func (h *healRun) waitLiveConverged(timeout time.Duration) {
 	h.t.Helper()
 	live := h.live()
-	eventually(h.t, timeout, fmt.Sprintf("convergence of %v with %v dead", live, slices.Sorted(maps.Keys(h.ownAt))), func() (bool, string) {
+	cluster.Eventually(h.t, timeout, fmt.Sprintf("convergence of %v with %v dead", live, slices.Sorted(maps.Keys(h.ownAt))), func() (bool, string) {
 		own := map[string][]uint64{}
 		for dc, row := range h.ownAt {
 			own[dc] = row
@@ -149,7 +150,7 @@ func (h *healRun) waitLiveConverged(timeout time.Duration) {
 // bypasses, and checks that its status and links show them.
 func (h *healRun) waitHealing(dc string, want []bridge.Bypass) {
 	h.t.Helper()
-	eventually(h.t, 20*time.Second, fmt.Sprintf("healing at %s to be %v", dc, want), func() (bool, string) {
+	cluster.Eventually(h.t, 20*time.Second, fmt.Sprintf("healing at %s to be %v", dc, want), func() (bool, string) {
 		st := h.rep(dc).Status()
 		if len(st.Healing) != len(want) || len(want) > 0 && !reflect.DeepEqual(st.Healing, want) {
 			return false, fmt.Sprintf("healing %v, effective upstreams %v", st.Healing, st.EffectiveUpstreams)
@@ -180,7 +181,7 @@ func (h *healRun) waitHealing(dc string, want []bridge.Bypass) {
 func (h *healRun) waitHealConsumersGone(dc string) {
 	h.t.Helper()
 	js := h.js(h.t)
-	eventually(h.t, 20*time.Second, "heal consumers deleted", func() (bool, string) {
+	cluster.Eventually(h.t, 20*time.Second, "heal consumers deleted", func() (bool, string) {
 		for _, up := range h.dcs {
 			if up == dc {
 				continue

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 )
 
@@ -101,7 +102,7 @@ func TestReadyzWhileCatchingUp(t *testing.T) {
 	}
 	// Both peers report within a report interval; dc3 lacks what they
 	// reported until the catch-up.
-	eventually(t, 10*time.Second, "503 naming the events dc3 lacks", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "503 naming the events dc3 lacks", func() (bool, string) {
 		code, r := getReadyz(t, srv)
 		if code == http.StatusOK {
 			t.Fatalf("ready before catching up: %+v", r)
@@ -110,7 +111,7 @@ func TestReadyzWhileCatchingUp(t *testing.T) {
 		return code == http.StatusServiceUnavailable && strings.Contains(w, "dc1: events dc1 reported applied and this DC lacks") &&
 			strings.Contains(w, "dc2: events dc2 reported applied and this DC lacks"), fmt.Sprintf("%d: %s", code, w)
 	})
-	eventually(t, 30*time.Second, "200 after the catch-up", func() (bool, string) {
+	cluster.Eventually(t, 30*time.Second, "200 after the catch-up", func() (bool, string) {
 		code, r := getReadyz(t, srv)
 		return code == http.StatusOK && r.Ready && r.ReadyAt != nil, fmt.Sprintf("%d: %s", code, waitingFor(r))
 	})
@@ -142,12 +143,12 @@ func TestReadyzDoesNotWaitForADeadPeer(t *testing.T) {
 	if code, r := getReadyz(t, srv); code != http.StatusServiceUnavailable {
 		t.Fatalf("GET /readyz right after the restart: %d %+v, want 503", code, r)
 	}
-	eventually(t, 10*time.Second, "dc3 caught up with dc1", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "dc3 caught up with dc1", func() (bool, string) {
 		got, want := c.store("dc3").Applied()["dc1"], c.store("dc1").Applied()["dc1"]
 		return slices.Equal(got, want), fmt.Sprintf("dc3 has %v of dc1's %v", got, want)
 	})
 	var r bridge.Readiness
-	eventually(t, 20*time.Second, "200 without dc2", func() (bool, string) {
+	cluster.Eventually(t, 20*time.Second, "200 without dc2", func() (bool, string) {
 		var code int
 		code, r = getReadyz(t, srv)
 		if code != http.StatusOK && !strings.Contains(waitingFor(r), "dc2: its first applied-vector report") {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/event"
 )
 
@@ -38,7 +39,7 @@ func TestRestoreAfterTransaction(t *testing.T) {
 	c.openStore("dc1")
 	c.startRep("dc1")
 	// The transaction is back at dc1, whole.
-	eventually(t, 10*time.Second, "the transaction back at dc1", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "the transaction back at dc1", func() (bool, string) {
 		for _, r := range res {
 			st, ok, err := c.store("dc1").Get(r.Event.Key)
 			if err != nil || !ok || !st.Clock.Covers(r.Event.Dot) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -365,7 +366,7 @@ func txnVisibility(t *testing.T, seed uint64, topo string, n int, restart string
 	var lost *lostTxn
 	if restart != "" {
 		total := workers * perWorker * n
-		eventually(t, 30*time.Second, "a third of the transactions", func() (bool, string) {
+		cluster.Eventually(t, 30*time.Second, "a third of the transactions", func() (bool, string) {
 			got := r.committedCount()
 			return got >= total/3, fmt.Sprintf("%d of %d committed", got, total)
 		})
@@ -518,7 +519,7 @@ func TestTxnLostMessages(t *testing.T) {
 	// gap, it has tried T1, and its batch is committed.
 	c.stopRep("dc1")
 	c.startRep("dc2")
-	eventually(t, 10*time.Second, "dc2 holding T1 for the gap", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "dc2 holding T1 for the gap", func() (bool, string) {
 		s := c.rep("dc2").Stats()
 		return s.Gaps > 0, fmt.Sprintf("%d gaps", s.Gaps)
 	})

@@ -204,7 +204,7 @@ func TestForwarding(t *testing.T) {
 	if r2.code != http.StatusOK || !strings.HasPrefix(r2.Dot, "dc1:") {
 		t.Fatalf("PUT with the returned context: %d %s", r2.code, r2.body)
 	}
-	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, "v2 alone at dc2", func() (bool, string) {
+	cluster.EventuallyEvery(t, 30*time.Second, 20*time.Millisecond, "v2 alone at dc2", func() (bool, string) {
 		st, _, err := c.Node("dc2").Store().Get("orders/1")
 		if err != nil || len(st.Siblings) != 1 || string(st.Siblings[0].Value) != "v2" {
 			return false, fmt.Sprintf("%+v %v", st.Siblings, err)

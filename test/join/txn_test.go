@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/dvv"
-	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
 
 // orderLines commits order n of dc and its lines as one transaction: the
@@ -97,7 +97,7 @@ func TestJoinDuringTransactions(t *testing.T) {
 	}
 	waitCommitted := func(n int64, what string) {
 		t.Helper()
-		testutil.Eventually(t, 60*time.Second, 5*time.Millisecond, what, func() (bool, string) {
+		cluster.EventuallyEvery(t, 60*time.Second, 5*time.Millisecond, what, func() (bool, string) {
 			select {
 			case err := <-errs:
 				t.Fatal(err)
