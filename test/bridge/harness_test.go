@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
@@ -138,20 +137,7 @@ func (c *bridgeCluster) stats(dc string) bridge.Stats { return c.Stats(dc) }
 
 // js returns a JetStream context on a connection of its own, closed at
 // the end of the test.
-func (c *bridgeCluster) js(t testing.TB) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(c.URL(), nats.Name("test"), nats.MaxReconnects(-1),
-		nats.ReconnectWait(20*time.Millisecond), nats.ReconnectJitter(0, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
+func (c *bridgeCluster) js(t testing.TB) jetstream.JetStream { return c.JetStream(t) }
 
 // write makes one local write at dc; with context, it sends the key's
 // current clock as the client context, as a read-modify-write does.
