@@ -187,7 +187,14 @@ func TestMixedVersions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info, err := cons.Info(ctx); err != nil || info.NumPending+uint64(info.NumAckPending) != 0 {
+	// dc4 acks what it applied asynchronously: wait for the acks, then
+	// require none pending.
+	var info *jetstream.ConsumerInfo
+	_ = repl.WaitFor(10*time.Second, 20*time.Millisecond, func() bool {
+		info, err = cons.Info(ctx)
+		return err == nil && info.NumPending+uint64(info.NumAckPending) == 0
+	})
+	if err != nil || info.NumPending+uint64(info.NumAckPending) != 0 {
 		t.Errorf("dc4 has not taken everything dc3 forwarded: %+v %v", info, err)
 	}
 	nc.Close()
