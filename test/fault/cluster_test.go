@@ -3,13 +3,13 @@ package fault_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -85,7 +85,8 @@ type member struct {
 	cfgPath string
 	logPath string
 	proxy   *repl.Proxy
-	yaml    []byte
+	// logw is the log file of the in-process node being started.
+	logw atomic.Pointer[os.File]
 
 	mu struct {
 		sync.Mutex
@@ -128,7 +129,13 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	c.cl = repl.Start(t, repl.Options{
 		DCs: o.dcs, Topology: o.topology, Partitions: o.partitions, Dir: filepath.Join(dir, "data"),
 		Server:  repl.RunServer(t, repl.ServerOptions{Dir: filepath.Join(dir, "nats"), Name: "fault"}),
-		Proxies: true, HTTP: true, NoStart: true,
+		Proxies: true, HTTP: true, NoStart: true, ReportInterval: o.reportInterval,
+		// In-process DCs (inProcess) log to their member's log file, on
+		// the injected clock.
+		Logger: func(dc string) *slog.Logger {
+			return slog.New(slog.NewTextHandler(c.member(dc).logw.Load(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+		},
+		Node: func(dc string, no *node.Options) { no.Now = o.clocks[dc] },
 		Config: func(cfg *config.Config) {
 			cfg.Resolvers.Rules = []config.Rule{{Prefix: lwwPrefix, Resolver: config.LWW}}
 			cfg.Durability.Fsync = true
@@ -159,8 +166,7 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m.yaml = append([]byte("# written by test/fault\n"), y...)
-		if err := os.WriteFile(m.cfgPath, m.yaml, 0o600); err != nil {
+		if err := os.WriteFile(m.cfgPath, append([]byte("# written by test/fault\n"), y...), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		c.members = append(c.members, m)
@@ -341,28 +347,16 @@ func (m *member) start() {
 	m.mu.cmd, m.mu.done = cmd, done
 }
 
-func (m *member) startNode(logf io.Writer) *node.Node {
+// startNode starts the DC as a node of the cluster, logging to logf.
+func (m *member) startNode(logf *os.File) *node.Node {
 	t := m.c.t
-	cfg, err := config.Parse(m.yaml)
-	if err != nil {
-		t.Fatalf("%s: config: %v", m.name, err)
-	}
-	opts := node.Options{
-		Logger:         slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		Now:            m.c.opts.clocks[m.name],
-		ReportInterval: m.c.opts.reportInterval,
-	}
-	n, err := node.New(cfg, opts)
-	if err != nil {
-		t.Fatalf("%s: node.New: %v", m.name, err)
-	}
+	m.logw.Store(logf)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := n.Start(ctx); err != nil {
-		n.Close()
-		t.Fatalf("%s: start: %v", m.name, err)
+	if err := m.c.cl.StartDC(ctx, m.name); err != nil {
+		t.Fatalf("%s: %v", m.name, err)
 	}
-	return n
+	return m.c.cl.Node(m.name)
 }
 
 // node returns the DC's in-process node, or nil.
@@ -434,8 +428,8 @@ func (m *member) halt() {
 	m.mu.node, m.mu.logf = nil, nil
 	m.mu.Unlock()
 	if n != nil {
-		if err := n.Close(); err != nil {
-			m.c.t.Errorf("%s: close: %v", m.name, err)
+		if err := m.c.cl.StopDC(m.name); err != nil {
+			m.c.t.Errorf("%s: %v", m.name, err)
 		}
 		f.Close()
 		return
@@ -457,7 +451,7 @@ func (m *member) stop(timeout time.Duration) error {
 			return fmt.Errorf("%s: not running", m.name)
 		}
 		defer f.Close()
-		return n.Close()
+		return m.c.cl.StopDC(m.name)
 	}
 	m.mu.Lock()
 	cmd, done := m.mu.cmd, m.mu.done
