@@ -11,6 +11,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/names"
 )
@@ -32,9 +33,9 @@ func ttlTune(topo string) func(*bridge.Options) {
 }
 
 // putTTL writes key at dc with a TTL.
-func (c *cluster) putTTL(dc, key, value string, ttl time.Duration) changelog.WriteResult {
+func (c *bridgeCluster) putTTL(dc, key, value string, ttl time.Duration) changelog.WriteResult {
 	c.t.Helper()
-	res, err := c.nodes[dc].store.Write(context.Background(), changelog.WriteOp{Key: key, Value: []byte(value), TTL: ttl})
+	res, err := c.store(dc).Write(context.Background(), changelog.WriteOp{Key: key, Value: []byte(value), TTL: ttl})
 	if err != nil {
 		c.t.Fatalf("write %s at %s: %v", key, dc, err)
 	}
@@ -43,25 +44,19 @@ func (c *cluster) putTTL(dc, key, value string, ttl time.Duration) changelog.Wri
 
 // expiredBy returns how many expired values each DC deleted, over all its
 // Replicators so far.
-func (c *cluster) expiredBy() map[string]uint64 {
+func (c *bridgeCluster) expiredBy() map[string]uint64 {
 	out := map[string]uint64{}
 	for _, dc := range c.dcs {
-		n := c.nodes[dc]
-		for _, s := range n.past {
-			out[dc] += s.Expired
-		}
-		if n.rep != nil {
-			out[dc] += n.rep.Stats().Expired
-		}
+		out[dc] = c.stats(dc).Expired
 	}
 	return out
 }
 
 // deleteDots returns the dots of the delete events for key that the DCs'
 // streams hold, each once however many streams carry it.
-func (c *cluster) deleteDots(key string) map[string]bool {
+func (c *bridgeCluster) deleteDots(key string) map[string]bool {
 	c.t.Helper()
-	js := c.ns.js(c.t)
+	js := c.js(c.t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	dots := map[string]bool{}
@@ -92,11 +87,11 @@ func (c *cluster) deleteDots(key string) map[string]bool {
 
 // waitGone waits until every DC in dcs stores key as tombstones only: the
 // replicated delete of its expired value has reached it.
-func (c *cluster) waitGone(key string, dcs ...string) {
+func (c *bridgeCluster) waitGone(key string, dcs ...string) {
 	c.t.Helper()
-	eventually(c.t, 10*time.Second, key+" deleted everywhere", func() (bool, string) {
+	cluster.Eventually(c.t, 10*time.Second, key+" deleted everywhere", func() (bool, string) {
 		for _, dc := range dcs {
-			st, _, err := c.nodes[dc].store.Get(key)
+			st, _, err := c.store(dc).Get(key)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -127,11 +122,11 @@ func TestTTLExpiresOnceEverywhere(t *testing.T) {
 			}
 			for _, dc := range c.dcs {
 				// The tombstone may already be purged (causally stable).
-				st, ok, _ := c.nodes[dc].store.Get("session/1")
+				st, ok, _ := c.store(dc).Get("session/1")
 				if ok && (len(st.Siblings) != 1 || !st.Clock.Covers(w.Event.Dot)) {
 					t.Fatalf("%s stores %+v; want the one tombstone of the delete, covering the expired %s", dc, st, w.Event.Dot)
 				}
-				if st, _, _ := c.nodes[dc].store.Get("keep"); st.LiveCount() != 1 {
+				if st, _, _ := c.store(dc).Get("keep"); st.LiveCount() != 1 {
 					t.Fatalf("%s lost the value without a TTL", dc)
 				}
 			}
