@@ -259,6 +259,7 @@ func (n *Node) Start(ctx context.Context) error {
 		StreamRetention: time.Duration(n.cfg.Durability.StreamRetention),
 		HealAfter:       healAfter,
 		StandbyHub:      n.cfg.StandbyHub,
+		ExpiryTakeover:  time.Duration(n.cfg.ExpiryTakeover),
 	})
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/bridge"
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
@@ -85,7 +86,7 @@ func TestShardSIGKILL(t *testing.T) {
 			if n > 1 {
 				name, shard = fmt.Sprintf("%s.s%d", dc, i), fmt.Sprintf("shard: \"%d of %d\"\n", i, n)
 			}
-			addr := sidecar.FreeAddr(t)
+			addr := repl.FreeAddr(t)
 			p := &shardProc{name: name, cfg: filepath.Join(dir, name+".yaml"), log: filepath.Join(dir, name+".log"), base: "http://" + addr}
 			y := fmt.Sprintf("dc: %s\ndcs: [dc1, dc2, dc3]\ntopology: mesh\npartitions: 8\n%snats:\n  url: %s\ndata_dir: %s\nhttp:\n  listen: %s\n",
 				dc, shard, ns.ClientURL(), filepath.Join(dir, "data", name), addr)
@@ -142,7 +143,7 @@ func TestShardSIGKILL(t *testing.T) {
 				}
 				mu.Unlock()
 				if err != nil || code != http.StatusOK {
-					hold(20*time.Millisecond, stop) // the sidecar or the key's shard is down: back off
+					repl.Hold(20*time.Millisecond, stop) // the sidecar or the key's shard is down: back off
 				}
 			}
 		}()
@@ -152,18 +153,18 @@ func TestShardSIGKILL(t *testing.T) {
 		defer mu.Unlock()
 		return len(acked)
 	}
-	if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return count() >= 200 }); err != nil {
+	if err := repl.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return count() >= 200 }); err != nil {
 		t.Fatalf("warm-up writes: %v (acked %d)", err, count())
 	}
 	for range cycles {
-		hold(time.Duration(rng.Int64N(int64(300*time.Millisecond))), nil)
+		repl.Hold(time.Duration(rng.Int64N(int64(300*time.Millisecond))), nil)
 		victim.kill()
-		hold(time.Duration(rng.Int64N(int64(500*time.Millisecond))), nil)
+		repl.Hold(time.Duration(rng.Int64N(int64(500*time.Millisecond))), nil)
 		victim.start(t)
 		sidecar.WaitHealthy(t, client, victim.name, victim.base, victim.exited, 30*time.Second, 10*time.Millisecond)
 	}
 	before := count()
-	if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return count() >= before+100 }); err != nil {
+	if err := repl.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return count() >= before+100 }); err != nil {
 		t.Fatalf("writes after the last restart: %v", err)
 	}
 	close(stop)
@@ -171,7 +172,7 @@ func TestShardSIGKILL(t *testing.T) {
 	t.Logf("%d SIGKILLs of %s; %d writes tried, %d acknowledged", cycles, victim.name, tries, count())
 
 	var last []string
-	if err := sidecar.WaitFor(60*time.Second, 50*time.Millisecond, func() bool {
+	if err := repl.WaitFor(60*time.Second, 50*time.Millisecond, func() bool {
 		last = last[:0]
 		var first string
 		equal := true

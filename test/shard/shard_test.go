@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/node"
@@ -131,7 +132,7 @@ func digest(t *testing.T, s *sidecar) (string, int) {
 // keys keys.
 func converged(t *testing.T, all []*sidecar, keys int) {
 	t.Helper()
-	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, "every DC's whole digest to agree", func() (bool, string) {
+	cluster.EventuallyEvery(t, 30*time.Second, 50*time.Millisecond, "every DC's whole digest to agree", func() (bool, string) {
 		want, n := digest(t, all[0])
 		if n != keys {
 			return false, fmt.Sprintf("%s holds %d keys (%s), want %d", all[0].name, n, want, keys)
