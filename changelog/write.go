@@ -3,11 +3,13 @@ package changelog
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // WriteOp is a local write.
@@ -21,6 +23,12 @@ type WriteOp struct {
 	// Context is the causal context the client read; nil when it sent none.
 	// A write supersedes exactly the siblings its context covers.
 	Context vclock.VV
+	// Typed is a typed operation (incr, patch, add, remove) on a key whose
+	// resolver is a resolve.Typed; Value and Delete are then unused. A
+	// plain write to such a key becomes the type's put or delete. The
+	// store reads the key's siblings and writes the new state in its
+	// committer, with a context covering every sibling it read.
+	Typed *resolve.Op
 }
 
 // WriteResult is what a durable local write produced.
@@ -157,10 +165,11 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 
 // prepared is a local write checked against the key's state, not yet made.
 type prepared struct {
-	op  WriteOp
-	p   uint32
-	st  dvv.State
-	ctx vclock.VV // the write's causal context
+	op    WriteOp
+	p     uint32
+	st    dvv.State
+	ctx   vclock.VV     // the write's causal context
+	typed resolve.Typed // the key's typed resolver, with op.Typed set
 }
 
 // prepare checks op against the key's state as this batch has left it. It
@@ -174,11 +183,48 @@ func (t *txn) prepare(op WriteOp) (prepared, error) {
 	}
 	r := s.opts.Resolvers.For(op.Key)
 	implicit := op.Context == nil && (op.Delete || r.OnWrite())
+	tr, typed := r.(resolve.Typed)
+	switch {
+	case typed:
+		op.Typed = typedOp(op)
+		// A typed write reads the whole state, so it supersedes every
+		// sibling it read; its join carries what they held.
+		implicit = true
+		// Check the operation against the state now, so a refusal leaves
+		// the batch as it was; make applies it again with the final dot
+		// and HLC, which the largest ones here bound in size.
+		v, err := tr.Apply(st.Live(), *op.Typed, vclock.Dot{DC: s.opts.DC, N: math.MaxUint64}, math.MaxUint64>>1)
+		if err != nil {
+			return prepared{}, fmt.Errorf("%w: key %q: %v", ErrBadInput, op.Key, err)
+		}
+		if len(v) > s.opts.Limits.MaxValueBytes {
+			return prepared{}, ValueTooLarge(len(v), s.opts.Limits.MaxValueBytes)
+		}
+	case op.Typed != nil:
+		return prepared{}, fmt.Errorf("%w: key %q uses the %s resolver; %s applies only to keys whose resolver is %s, %s or %s", ErrBadInput,
+			op.Key, r.Name(), op.Typed.Kind, resolve.NameCounter, resolve.NameFields, resolve.NameSet)
+	}
 	client, err := t.checkContext(op.Key, op.Context, st.Clock, p)
 	if err != nil {
 		return prepared{}, err
 	}
-	return prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}, nil
+	w := prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}
+	if typed {
+		w.typed = tr
+	}
+	return w, nil
+}
+
+// typedOp is the typed operation op makes on a typed key: its own, or the
+// put or delete a plain write becomes.
+func typedOp(op WriteOp) *resolve.Op {
+	switch {
+	case op.Typed != nil:
+		return op.Typed
+	case op.Delete:
+		return &resolve.Op{Kind: resolve.OpDelete}
+	}
+	return &resolve.Op{Kind: resolve.OpPut, Body: op.Value}
 }
 
 // make makes a prepared write at HLC hlc: the next sequence of its
@@ -190,6 +236,15 @@ func (t *txn) make(w prepared, hlc uint64) (WriteResult, error) {
 	seq := t.lastSeq(p) + 1
 	dot := vclock.Dot{DC: s.opts.DC, N: seq}
 	ver := dvv.Version{Value: op.Value, Deleted: op.Delete, HLC: hlc}
+	if w.typed != nil {
+		// prepare checked the same operation on the same state.
+		v, err := w.typed.Apply(w.st.Live(), *op.Typed, dot, hlc)
+		if err != nil {
+			return WriteResult{}, fmt.Errorf("changelog: a typed write prepare accepted failed: %w", err)
+		}
+		ver = dvv.Version{Value: v, HLC: hlc}
+		op.Delete, op.Resolve = false, false
+	}
 	ver.Value = normValue(ver)
 	next := w.st.Write(dot, w.ctx, ver)
 	ev := &event.Event{

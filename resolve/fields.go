@@ -264,14 +264,14 @@ func parseObject(what string, body []byte) (map[string]any, error) {
 	dec.UseNumber()
 	var x any
 	if err := dec.Decode(&x); err != nil {
-		return nil, badOp("%s body is not JSON: %v", what, err)
+		return nil, badOp("%s is not JSON: %v", what, err)
 	}
 	if dec.More() {
-		return nil, badOp("%s body has data after the JSON object", what)
+		return nil, badOp("%s has data after the JSON object", what)
 	}
 	obj, ok := x.(map[string]any)
 	if !ok {
-		return nil, badOp("%s body must be a JSON object, got %s", what, jsonKind(x))
+		return nil, badOp("%s must be a JSON object, got %s", what, jsonKind(x))
 	}
 	return obj, nil
 }
@@ -366,7 +366,7 @@ func (fields) Apply(sibs []dvv.Sibling, op Op, dot vclock.Dot, hlc uint64) ([]by
 			}
 		}
 	case OpPut:
-		obj, err := parseObject("a PUT to a fields key", op.Body)
+		obj, err := parseObject("the body of a PUT to a fields key", op.Body)
 		if err != nil {
 			return nil, err
 		}
