@@ -170,6 +170,7 @@ type prepared struct {
 	st    dvv.State
 	ctx   vclock.VV     // the write's causal context
 	typed resolve.Typed // the key's typed resolver, with op.Typed set
+	size  int           // a bound of the typed state's encoded size
 }
 
 // prepare checks op against the key's state as this batch has left it. It
@@ -184,6 +185,7 @@ func (t *txn) prepare(op WriteOp) (prepared, error) {
 	r := s.opts.Resolvers.For(op.Key)
 	implicit := op.Context == nil && (op.Delete || r.OnWrite())
 	tr, typed := r.(resolve.Typed)
+	typedSize := 0
 	switch {
 	case typed:
 		op.Typed = typedOp(op)
@@ -200,6 +202,7 @@ func (t *txn) prepare(op WriteOp) (prepared, error) {
 		if len(v) > s.opts.Limits.MaxValueBytes {
 			return prepared{}, ValueTooLarge(len(v), s.opts.Limits.MaxValueBytes)
 		}
+		typedSize = len(v)
 	case op.Typed != nil:
 		return prepared{}, fmt.Errorf("%w: key %q uses the %s resolver; %s applies only to keys whose resolver is %s, %s or %s", ErrBadInput,
 			op.Key, r.Name(), op.Typed.Kind, resolve.NameCounter, resolve.NameFields, resolve.NameSet)
@@ -210,7 +213,7 @@ func (t *txn) prepare(op WriteOp) (prepared, error) {
 	}
 	w := prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}
 	if typed {
-		w.typed = tr
+		w.typed, w.size = tr, typedSize
 	}
 	return w, nil
 }

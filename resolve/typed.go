@@ -46,13 +46,13 @@ const (
 
 // Op is one typed operation.
 type Op struct {
-	Kind OpKind
+	Kind OpKind `msgpack:"kind"`
 	// By is what incr adds (may be negative, never zero).
-	By int64
+	By int64 `msgpack:"by,omitempty"`
 	// Body is the JSON of patch (an RFC 7386 merge patch) or put.
-	Body []byte
+	Body []byte `msgpack:"body,omitempty"`
 	// Elements are the JSON values add and remove name.
-	Elements []json.RawMessage
+	Elements []json.RawMessage `msgpack:"elements,omitempty"`
 }
 
 // MaxElementBytes bounds one set element's canonical JSON encoding.

@@ -9,6 +9,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // Subject is the core NATS subject on which dc executes forwarded writes
@@ -50,6 +51,9 @@ type request struct {
 	// without it is the explicit "I read it absent" context.
 	Blind   bool      `msgpack:"blind,omitempty"`
 	Context vclock.VV `msgpack:"context,omitempty"`
+	// Typed is a typed operation (incr, patch, add, remove) for the home
+	// to apply to its state of the key.
+	Typed *resolve.Op `msgpack:"typed,omitempty"`
 }
 
 // reply answers a request. Status is an HTTP status: 200, or the error the

@@ -187,6 +187,8 @@ func (s *server) routes() {
 	m := routeRecorder{s}
 	m.HandleFunc("PUT /v1/kv/{key...}", s.putKey)
 	m.HandleFunc("DELETE /v1/kv/{key...}", s.deleteKey)
+	m.HandleFunc("POST /v1/kv/{key...}", s.postKey)
+	m.HandleFunc("PATCH /v1/kv/{key...}", s.patchKey)
 	m.HandleFunc("GET /v1/kv/{key...}", s.getKey)
 	m.HandleFunc("GET /v1/kv", s.listKeys)
 	// Without these, the mux would redirect PUT /v1/kv to /v1/kv/.
