@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -132,7 +133,7 @@ var stdin io.Reader = os.Stdin
 // value: not a failure of the command, and not a usage error.
 const exitNotFound = 3
 
-const kvSynopsis = "get KEY [--json] | put KEY VALUE|- | del KEY [--context CTX] | txn [FILE]"
+const kvSynopsis = "get KEY [--json] | put KEY VALUE|- | del KEY [--context CTX] | incr KEY N | patch KEY JSON|- | add|remove KEY JSON... | txn [FILE]"
 
 func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("kv", kvSynopsis+"\n\n"+
@@ -148,17 +149,25 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if len(rest) == 0 {
-		return usagef("want get|put|del KEY [VALUE], or txn [FILE]")
+		return usagef("want get|put|del KEY [VALUE], incr KEY N, patch KEY JSON, add|remove KEY JSON..., or txn [FILE]")
 	}
-	want := map[string]int{"get": 2, "put": 3, "del": 2}
+	want := map[string]int{"get": 2, "put": 3, "del": 2, "incr": 3, "patch": 3}
 	op := rest[0]
 	switch n, ok := want[op]; {
 	case op == "txn":
 		if len(rest) > 2 {
 			return usagef("kv txn [FILE]: one file at most, got %d arguments", len(rest)-1)
 		}
+	case op == "add" || op == "remove":
+		if len(rest) < 3 {
+			return usagef("kv %s KEY ELEMENT...: each element a JSON value (quote strings: '\"x\"')", op)
+		}
 	case !ok:
-		return usagef("unknown kv operation %q: want get, put, del or txn", op)
+		return usagef("unknown kv operation %q: want get, put, del, incr, patch, add, remove or txn", op)
+	case len(rest) < n && op == "incr":
+		return usagef("kv incr KEY N: N a non-zero integer (negative decrements)")
+	case len(rest) < n && op == "patch":
+		return usagef("kv patch KEY JSON: an RFC 7386 merge patch object (or - to read it from stdin)")
 	case len(rest) < n && op == "put":
 		return usagef("kv put KEY VALUE (or - to read the value from stdin)")
 	case len(rest) < n:
@@ -212,6 +221,33 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		res, err = cl.Put(ctx, key, value, opts...)
 	case "del":
 		res, err = cl.Delete(ctx, key, opts...)
+	case "incr":
+		by, perr := strconv.ParseInt(rest[2], 10, 64)
+		if perr != nil || by == 0 {
+			return usagef("kv incr KEY N: N is %q; want a non-zero integer within int64", rest[2])
+		}
+		res, err = cl.Incr(ctx, key, by, opts...)
+	case "patch":
+		patch := []byte(rest[2])
+		if rest[2] == "-" {
+			if patch, err = io.ReadAll(stdin); err != nil {
+				return fmt.Errorf("read the patch from stdin: %w", err)
+			}
+		}
+		res, err = cl.Patch(ctx, key, patch, opts...)
+	case "add", "remove":
+		elems := make([]json.RawMessage, len(rest)-2)
+		for i, e := range rest[2:] {
+			if !json.Valid([]byte(e)) {
+				return usagef("kv %s: element %q is not a JSON value; quote strings: '\"%s\"'", op, e, e)
+			}
+			elems[i] = json.RawMessage(e)
+		}
+		if op == "add" {
+			res, err = cl.Add(ctx, key, elems, opts...)
+		} else {
+			res, err = cl.Remove(ctx, key, elems, opts...)
+		}
 	}
 	if err != nil {
 		return cliError(err)
