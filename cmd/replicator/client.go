@@ -19,6 +19,7 @@ import (
 	"github.com/replicatorhq/replicator/client"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // clientFlags are the flags every client command shares.
@@ -445,16 +446,20 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("not a replicator event: %w", err)
 		}
-		var v any = evs[0]
-		if evs[0].TxnOps > 0 {
-			v = struct {
-				Version int            `json:"version"`
-				Txn     []*event.Event `json:"txn"`
-			}{event.TxnVersion, evs}
+		ops := make([]json.RawMessage, len(evs))
+		for i, ev := range evs {
+			if ops[i], err = inspectJSON(ev); err != nil {
+				return err
+			}
 		}
-		j, err := json.Marshal(v)
-		if err != nil {
-			return err
+		j := []byte(ops[0])
+		if evs[0].TxnOps > 0 {
+			if j, err = json.Marshal(struct {
+				Version int               `json:"version"`
+				Txn     []json.RawMessage `json:"txn"`
+			}{event.TxnVersion, ops}); err != nil {
+				return err
+			}
 		}
 		if *compact {
 			fmt.Fprintf(stdout, "%s\n", j)
@@ -465,4 +470,17 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	return nil
+}
+
+// inspectJSON is an event's JSON, with "value_typed", the readable state,
+// when its value is a counter, fields or set state.
+func inspectJSON(ev *event.Event) (json.RawMessage, error) {
+	j, err := json.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	if r, ok := resolve.Readable(ev.Value); ok && len(j) > 0 && j[len(j)-1] == '}' {
+		j = append(append(append(j[:len(j)-1], `,"value_typed":`...), r...), '}')
+	}
+	return j, nil
 }

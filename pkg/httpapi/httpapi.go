@@ -235,7 +235,7 @@ var uiPatterns = map[string]bool{"GET " + ui.Prefix: true, "GET " + ui.Prefix + 
 var openPaths = map[string]bool{"/healthz": true, "/readyz": true, "/v1/openapi.json": true}
 
 // probeMethods are the methods the routes use, tried to tell 405 from 404.
-var probeMethods = []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPost}
+var probeMethods = []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPost, http.MethodPatch}
 
 // ServeHTTP records metrics, recovers from panics, checks the token and the
 // path, and dispatches; 404 and 405 get JSON bodies like every other error.
