@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmihailenco/msgpack/v5"
@@ -19,7 +21,6 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
-	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // TestMixedVersions (docs/RELIABILITY.md row 6; docs/DESIGN.md "The change
@@ -110,7 +111,7 @@ func TestMixedVersions(t *testing.T) {
 		final[s.ev.Key] = s
 	}
 	converge := time.Now()
-	err := sidecar.WaitFor(time.Minute, 20*time.Millisecond, func() bool {
+	err := repl.WaitFor(time.Minute, 20*time.Millisecond, func() bool {
 		for _, m := range real {
 			for key, s := range final {
 				v, status, err := c.get(m, key)
