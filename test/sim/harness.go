@@ -323,10 +323,13 @@ type Op struct {
 	Delete bool
 	// Context is what the client read; nil when it sent none.
 	Context vclock.VV
+	// Typed is a typed operation (incr, patch, add, remove) on a key whose
+	// resolver is counter, fields or set.
+	Typed *resolve.Op
 }
 
 func (op Op) write() changelog.WriteOp {
-	return changelog.WriteOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Context: op.Context}
+	return changelog.WriteOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Context: op.Context, Typed: op.Typed}
 }
 
 // Write commits op at dc and sends the outbox entry down every link out of
@@ -468,7 +471,7 @@ func (d Delivery) Forwarded() bool {
 func opString(ev *event.Event) string {
 	s := ev.Dot.String() + " " + ev.Op.String() + " " + ev.Key
 	if ev.Op != event.OpDelete {
-		s += fmt.Sprintf("=%q", ev.Value)
+		s += "=" + valueText(ev.Value)
 	}
 	s += " ctx=" + ev.Context.String()
 	if len(ev.Path) > 1 {
