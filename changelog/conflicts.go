@@ -16,8 +16,8 @@ import (
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/hlc"
-	"github.com/replicatorhq/replicator/resolve"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // Conflict statuses.
