@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -88,6 +89,11 @@ func decodeFields(b []byte) (fieldsState, error) {
 	var st fieldsState
 	if err := decodeTyped(b, NameFields, &st); err != nil {
 		return st, err
+	}
+	for _, e := range st.F {
+		if !e.Del && !json.Valid(e.Val) {
+			return st, fmt.Errorf("%w: field %q holds %d bytes that are not JSON", errNotTyped, e.Name, len(e.Val))
+		}
 	}
 	return joinFields(emptyFields(), st), nil
 }

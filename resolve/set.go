@@ -3,6 +3,7 @@ package resolve
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"slices"
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
@@ -55,6 +56,9 @@ func decodeSet(b []byte) (setState, error) {
 	norm := emptySet()
 	norm.VV = vvJoin(nil, st.VV)
 	for _, e := range st.E {
+		if !json.Valid(e.Elem) {
+			return st, fmt.Errorf("%w: an element of %d bytes is not JSON", errNotTyped, len(e.Elem))
+		}
 		norm.E = addDots(norm.E, e.Elem, e.Dots)
 	}
 	return norm, nil
