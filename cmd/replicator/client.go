@@ -213,11 +213,9 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		printRead(stdout, stderr, item)
 		return nil
 	case "put":
-		value := []byte(rest[2])
-		if rest[2] == "-" {
-			if value, err = io.ReadAll(stdin); err != nil {
-				return fmt.Errorf("read the value from stdin: %w", err)
-			}
+		value, rerr := argOrStdin(rest[2], "value")
+		if rerr != nil {
+			return rerr
 		}
 		res, err = cl.Put(ctx, key, value, opts...)
 	case "del":
@@ -229,11 +227,9 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		res, err = cl.Incr(ctx, key, by, opts...)
 	case "patch":
-		patch := []byte(rest[2])
-		if rest[2] == "-" {
-			if patch, err = io.ReadAll(stdin); err != nil {
-				return fmt.Errorf("read the patch from stdin: %w", err)
-			}
+		patch, rerr := argOrStdin(rest[2], "patch")
+		if rerr != nil {
+			return rerr
 		}
 		res, err = cl.Patch(ctx, key, patch, opts...)
 	case "add", "remove":
@@ -254,6 +250,18 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cliError(err)
 	}
 	return writeJSONLine(stdout, res)
+}
+
+// argOrStdin is arg's bytes, or stdin's when arg is "-".
+func argOrStdin(arg, what string) ([]byte, error) {
+	if arg != "-" {
+		return []byte(arg), nil
+	}
+	b, err := io.ReadAll(stdin)
+	if err != nil {
+		return nil, fmt.Errorf("read the %s from stdin: %w", what, err)
+	}
+	return b, nil
 }
 
 // client returns a client of the sidecar the flags name.
