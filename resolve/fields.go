@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -308,7 +309,7 @@ func mergePatch(target, patch any) any {
 	if !ok {
 		t = map[string]any{}
 	} else {
-		t = mapsClone(t)
+		t = maps.Clone(t)
 	}
 	for k, v := range p {
 		if v == nil {
@@ -318,14 +319,6 @@ func mergePatch(target, patch any) any {
 		t[k] = mergePatch(t[k], v)
 	}
 	return t
-}
-
-func mapsClone(m map[string]any) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 func (fields) Apply(sibs []dvv.Sibling, op Op, dot vclock.Dot, hlc uint64) ([]byte, error) {

@@ -123,21 +123,16 @@ func decodeTyped(b []byte, typ string, v any) error {
 	if err := msgpackcheck.Check(b); err != nil {
 		return err
 	}
-	var h struct {
-		_msgpack struct{} `msgpack:",as_array"`
-		Type     string
-		V        int
-	}
 	dec := msgpack.NewDecoder(bytes.NewReader(b))
 	n, err := dec.DecodeArrayLen()
 	if err != nil || n < 2 {
 		return errNotTyped
 	}
-	if h.Type, err = dec.DecodeString(); err != nil || h.Type != typ {
+	if got, err := dec.DecodeString(); err != nil || got != typ {
 		return errNotTyped
 	}
-	if h.V, err = dec.DecodeInt(); err != nil || h.V != typedVersion {
-		return fmt.Errorf("%w: %s state of version %d, this build knows %d", errNotTyped, typ, h.V, typedVersion)
+	if version, err := dec.DecodeInt(); err != nil || version != typedVersion {
+		return fmt.Errorf("%w: %s state of version %d, this build knows %d", errNotTyped, typ, version, typedVersion)
 	}
 	return msgpack.Unmarshal(b, v)
 }

@@ -15,15 +15,15 @@ import (
 // The typed operations POST /v1/kv/{key}?op= takes.
 var postOps = []string{string(resolve.OpIncr), string(resolve.OpAdd), string(resolve.OpRemove)}
 
-// ErrTypedBody reports a typed operation's body that is not what the
+// errTypedBody reports a typed operation's body that is not what the
 // operation takes.
-var ErrTypedBody = errors.New("httpapi: bad typed operation body")
+var errTypedBody = errors.New("httpapi: bad typed operation body")
 
-// ParseTypedOp parses the JSON body of a typed operation: incr takes
+// parseTypedOp parses the JSON body of a typed operation: incr takes
 // {"by": N} (a non-zero int64), add and remove {"elements": [...]} (JSON
 // values), patch an RFC 7386 merge patch (checked by the key's resolver).
 // Unknown fields are refused, so a misspelt one is not silently ignored.
-func ParseTypedOp(kind resolve.OpKind, body []byte) (resolve.Op, error) {
+func parseTypedOp(kind resolve.OpKind, body []byte) (resolve.Op, error) {
 	op := resolve.Op{Kind: kind}
 	strict := func(v any) error {
 		dec := json.NewDecoder(bytes.NewReader(body))
@@ -42,10 +42,10 @@ func ParseTypedOp(kind resolve.OpKind, body []byte) (resolve.Op, error) {
 			By *int64 `json:"by"`
 		}
 		if err := strict(&b); err != nil {
-			return op, fmt.Errorf(`%w: incr takes {"by": N}, N a non-zero integer within int64: %v`, ErrTypedBody, err)
+			return op, fmt.Errorf(`%w: incr takes {"by": N}, N a non-zero integer within int64: %v`, errTypedBody, err)
 		}
 		if b.By == nil || *b.By == 0 {
-			return op, fmt.Errorf(`%w: incr takes {"by": N}, N a non-zero integer within int64; "by" is missing or 0`, ErrTypedBody)
+			return op, fmt.Errorf(`%w: incr takes {"by": N}, N a non-zero integer within int64; "by" is missing or 0`, errTypedBody)
 		}
 		op.By = *b.By
 	case resolve.OpAdd, resolve.OpRemove:
@@ -53,16 +53,16 @@ func ParseTypedOp(kind resolve.OpKind, body []byte) (resolve.Op, error) {
 			Elements []json.RawMessage `json:"elements"`
 		}
 		if err := strict(&b); err != nil {
-			return op, fmt.Errorf(`%w: %s takes {"elements": [...]}, JSON values: %v`, ErrTypedBody, kind, err)
+			return op, fmt.Errorf(`%w: %s takes {"elements": [...]}, JSON values: %v`, errTypedBody, kind, err)
 		}
 		if len(b.Elements) == 0 {
-			return op, fmt.Errorf(`%w: %s takes {"elements": [...]} with at least one element`, ErrTypedBody, kind)
+			return op, fmt.Errorf(`%w: %s takes {"elements": [...]} with at least one element`, errTypedBody, kind)
 		}
 		op.Elements = b.Elements
 	case resolve.OpPatch:
 		op.Body = body
 	default:
-		return op, fmt.Errorf("%w: unknown operation %q", ErrTypedBody, kind)
+		return op, fmt.Errorf("%w: unknown operation %q", errTypedBody, kind)
 	}
 	return op, nil
 }
@@ -95,7 +95,7 @@ func (s *server) typedWrite(w http.ResponseWriter, r *http.Request, op changelog
 	if !ok {
 		return
 	}
-	t, err := ParseTypedOp(kind, body)
+	t, err := parseTypedOp(kind, body)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error()+"; nothing was written")
 		return
