@@ -46,17 +46,40 @@ func (c *typedCluster) client(dc string) *client.Client {
 	return cl
 }
 
-// nats calls dc's NATS API endpoint op and fails the test on an error.
-func (c *typedCluster) nats(dc, op string, req natsapi.Request) {
-	c.t.Helper()
+// nats calls dc's NATS API endpoint op; an error says what failed.
+func (c *typedCluster) nats(dc, op string, req natsapi.Request) error {
 	b, _ := json.Marshal(req)
 	m, err := c.nc.Request(natsapi.Subject(dc, op), b, 10*time.Second)
 	if err != nil {
-		c.t.Fatalf("%s %s: %v", dc, op, err)
+		return fmt.Errorf("%s %s: %w", dc, op, err)
 	}
 	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
-		c.t.Fatalf("%s %s %+v: %s %s", dc, op, req, code, m.Header.Get("Nats-Service-Error"))
+		return fmt.Errorf("%s %s %+v: %s %s", dc, op, req, code, m.Header.Get("Nats-Service-Error"))
 	}
+	return nil
+}
+
+// mustNATS is nats on the test's goroutine, failing the test on an error.
+func (c *typedCluster) mustNATS(dc, op string, req natsapi.Request) {
+	c.t.Helper()
+	if err := c.nats(dc, op, req); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// waitAPI waits until every DC's NATS API answers: a sidecar's service
+// subscribes on its own connection, which reaches the server after Start
+// returns.
+func (c *typedCluster) waitAPI() {
+	c.t.Helper()
+	cluster.Eventually(c.t, 20*time.Second, "every DC's NATS API answers", func() (bool, string) {
+		for _, dc := range c.Names() {
+			if _, err := c.nc.Request(natsapi.Subject(dc, "get"), []byte(`{"key":"c/probe"}`), time.Second); err != nil {
+				return false, dc + ": " + err.Error()
+			}
+		}
+		return true, ""
+	})
 }
 
 // shows is what a GET of key at dc shows: its one value or <absent>.
@@ -106,6 +129,7 @@ func TestTypedTopologies(t *testing.T) {
 				Config: typedRules,
 			})}
 			c.nc = c.Connect(t, "typed-test")
+			c.waitAPI()
 			ctx := context.Background()
 			wr := must[client.WriteResult](t)
 			elems := func(e ...string) []json.RawMessage {
@@ -123,7 +147,9 @@ func TestTypedTopologies(t *testing.T) {
 					for range 10 {
 						if i == 1 {
 							by := int64(2)
-							c.nats(dc, "incr", natsapi.Request{Key: "c/sum", By: &by})
+							if err := c.nats(dc, "incr", natsapi.Request{Key: "c/sum", By: &by}); err != nil {
+								t.Error(err)
+							}
 							continue
 						}
 						if _, err := c.client(dc).Incr(ctx, "c/sum", 2); err != nil {
@@ -138,8 +164,8 @@ func TestTypedTopologies(t *testing.T) {
 			// Set up what the concurrent writes below start from.
 			wr(c.client("dc2").Incr(ctx, "c/del", 5))
 			wr(c.client("dc1").Put(ctx, "f/doc", []byte(`{"title":"t0","body":"b0"}`)))
-			c.nats("dc1", "patch", natsapi.Request{Key: "f/same", Patch: json.RawMessage(`{"title":"t0"}`)})
-			c.nats("dc1", "add", natsapi.Request{Key: "s/cart", Elements: elems(`"apple"`, `"pear"`)})
+			c.mustNATS("dc1", "patch", natsapi.Request{Key: "f/same", Patch: json.RawMessage(`{"title":"t0"}`)})
+			c.mustNATS("dc1", "add", natsapi.Request{Key: "s/cart", Elements: elems(`"apple"`, `"pear"`)})
 			c.wantEverywhere("c/del", "5")
 			c.wantEverywhere("f/same", `{"title":"t0"}`)
 			c.wantEverywhere("s/cart", `["apple","pear"]`)
