@@ -14,6 +14,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/resolve"
 )
 
@@ -51,7 +52,7 @@ func serveRules(t *testing.T, rules *resolve.Rules) (*changelog.Store, *nats.Con
 	t.Cleanup(func() { svc.Stop() })
 	return st, nc, func(op string, req any) (*nats.Msg, error) {
 		b, _ := json.Marshal(req)
-		return nc.Request(Subject("dc1", op), b, 5*time.Second)
+		return nc.Request(names.APISubject("dc1", op), b, 5*time.Second)
 	}
 }
 

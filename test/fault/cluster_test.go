@@ -3,13 +3,13 @@ package fault_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,10 +17,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/replicatorhq/replicator/bridge"
 	repl "github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
@@ -85,7 +85,8 @@ type member struct {
 	cfgPath string
 	logPath string
 	proxy   *repl.Proxy
-	yaml    []byte
+	// logw is the log file of the in-process node being started.
+	logw atomic.Pointer[os.File]
 
 	mu struct {
 		sync.Mutex
@@ -128,7 +129,13 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	c.cl = repl.Start(t, repl.Options{
 		DCs: o.dcs, Topology: o.topology, Partitions: o.partitions, Dir: filepath.Join(dir, "data"),
 		Server:  repl.RunServer(t, repl.ServerOptions{Dir: filepath.Join(dir, "nats"), Name: "fault"}),
-		Proxies: true, HTTP: true, NoStart: true,
+		Proxies: true, HTTP: true, NoStart: true, ReportInterval: o.reportInterval,
+		// In-process DCs (inProcess) log to their member's log file, on
+		// the injected clock.
+		Logger: func(dc string) *slog.Logger {
+			return slog.New(slog.NewTextHandler(c.member(dc).logw.Load(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+		},
+		Node: func(dc string, no *node.Options) { no.Now = o.clocks[dc] },
 		Config: func(cfg *config.Config) {
 			cfg.Resolvers.Rules = []config.Rule{{Prefix: lwwPrefix, Resolver: config.LWW}}
 			cfg.Durability.Fsync = true
@@ -159,8 +166,7 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m.yaml = append([]byte("# written by test/fault\n"), y...)
-		if err := os.WriteFile(m.cfgPath, m.yaml, 0o600); err != nil {
+		if err := os.WriteFile(m.cfgPath, append([]byte("# written by test/fault\n"), y...), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		c.members = append(c.members, m)
@@ -243,19 +249,19 @@ func (c *cluster) readStream(dc, subject string) []streamMsg {
 	if subject != "" {
 		cfg.FilterSubjects = []string{subject}
 	}
-	cons, err := js.OrderedConsumer(ctx, bridge.StreamName(dc), cfg)
+	cons, err := js.OrderedConsumer(ctx, names.Stream(dc), cfg)
 	if err != nil {
-		c.t.Fatalf("read stream %s: %v", bridge.StreamName(dc), err)
+		c.t.Fatalf("read stream %s: %v", names.Stream(dc), err)
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
-		c.t.Fatalf("read stream %s: %v", bridge.StreamName(dc), err)
+		c.t.Fatalf("read stream %s: %v", names.Stream(dc), err)
 	}
 	var out []streamMsg
 	for left := info.NumPending; left > 0; {
 		batch, err := cons.Fetch(int(min(left, 512)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			c.t.Fatalf("read stream %s: %v", bridge.StreamName(dc), err)
+			c.t.Fatalf("read stream %s: %v", names.Stream(dc), err)
 		}
 		got := 0
 		for m := range batch.Messages() {
@@ -266,12 +272,12 @@ func (c *cluster) readStream(dc, subject string) []streamMsg {
 			}
 			ev, err := event.Decode(m.Data(), event.Limits{})
 			if err != nil {
-				c.t.Fatalf("%s message %d on %s: %v", bridge.StreamName(dc), md.Sequence.Stream, m.Subject(), err)
+				c.t.Fatalf("%s message %d on %s: %v", names.Stream(dc), md.Sequence.Stream, m.Subject(), err)
 			}
 			out = append(out, streamMsg{seq: md.Sequence.Stream, subject: m.Subject(), header: m.Headers(), data: m.Data(), ev: ev})
 		}
 		if err := batch.Error(); err != nil {
-			c.t.Fatalf("read stream %s: %v", bridge.StreamName(dc), err)
+			c.t.Fatalf("read stream %s: %v", names.Stream(dc), err)
 		}
 		if got == 0 {
 			break
@@ -294,7 +300,7 @@ func (c *cluster) streamEvents(dc string) []*event.Event {
 // findEvent returns origin's own event putting value at key, from
 // origin's stream, or nil if there is none.
 func (c *cluster) findEvent(origin, key, value string) *event.Event {
-	for _, m := range c.readStream(origin, bridge.Subject(origin, event.PartitionOf(key, c.opts.partitions))) {
+	for _, m := range c.readStream(origin, names.Subject(origin, event.PartitionOf(key, c.opts.partitions))) {
 		ev := m.ev
 		if ev.Origin == origin && ev.Key == key && string(ev.Value) == value && ev.Op == event.OpPut {
 			return ev
@@ -341,28 +347,16 @@ func (m *member) start() {
 	m.mu.cmd, m.mu.done = cmd, done
 }
 
-func (m *member) startNode(logf io.Writer) *node.Node {
+// startNode starts the DC as a node of the cluster, logging to logf.
+func (m *member) startNode(logf *os.File) *node.Node {
 	t := m.c.t
-	cfg, err := config.Parse(m.yaml)
-	if err != nil {
-		t.Fatalf("%s: config: %v", m.name, err)
-	}
-	opts := node.Options{
-		Logger:         slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		Now:            m.c.opts.clocks[m.name],
-		ReportInterval: m.c.opts.reportInterval,
-	}
-	n, err := node.New(cfg, opts)
-	if err != nil {
-		t.Fatalf("%s: node.New: %v", m.name, err)
-	}
+	m.logw.Store(logf)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := n.Start(ctx); err != nil {
-		n.Close()
-		t.Fatalf("%s: start: %v", m.name, err)
+	if err := m.c.cl.StartDC(ctx, m.name); err != nil {
+		t.Fatalf("%s: %v", m.name, err)
 	}
-	return n
+	return m.c.cl.Node(m.name)
 }
 
 // node returns the DC's in-process node, or nil.
@@ -434,8 +428,8 @@ func (m *member) halt() {
 	m.mu.node, m.mu.logf = nil, nil
 	m.mu.Unlock()
 	if n != nil {
-		if err := n.Close(); err != nil {
-			m.c.t.Errorf("%s: close: %v", m.name, err)
+		if err := m.c.cl.StopDC(m.name); err != nil {
+			m.c.t.Errorf("%s: %v", m.name, err)
 		}
 		f.Close()
 		return
@@ -457,7 +451,7 @@ func (m *member) stop(timeout time.Duration) error {
 			return fmt.Errorf("%s: not running", m.name)
 		}
 		defer f.Close()
-		return n.Close()
+		return m.c.cl.StopDC(m.name)
 	}
 	m.mu.Lock()
 	cmd, done := m.mu.cmd, m.mu.done

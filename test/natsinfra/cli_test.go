@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/cluster"
 )
@@ -66,14 +65,10 @@ func TestNATSCLIReadsStream(t *testing.T) {
 	nats := natsCLI{bin: buildTool(t, bin, "nats", "github.com/nats-io/natscli/nats"), home: t.TempDir()}
 	replicator := buildTool(t, bin, "replicator", "github.com/replicatorhq/replicator/cmd/replicator")
 
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: t.TempDir(), JetStream: true, ServerName: "cli"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stopServer(ns) })
-	nats.server = ns.ClientURL()
+	ns := cluster.RunServer(t, cluster.ServerOptions{Name: "cli"})
+	nats.server = ns.URL()
 	dcs := []string{"dc1", "dc2"}
-	mesh := startMesh(t, dcs, func(int) string { return ns.ClientURL() }, nil)
+	mesh := startMesh(t, dcs, func(int) string { return ns.URL() }, nil)
 	nodes := mesh.Nodes()
 	dc1, dc2 := nodes[0], nodes[1]
 
