@@ -19,6 +19,7 @@ import (
 	"github.com/replicatorhq/replicator/client"
 	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
 )
 
@@ -49,7 +50,7 @@ func (c *typedCluster) client(dc string) *client.Client {
 // nats calls dc's NATS API endpoint op; an error says what failed.
 func (c *typedCluster) nats(dc, op string, req natsapi.Request) error {
 	b, _ := json.Marshal(req)
-	m, err := c.nc.Request(natsapi.Subject(dc, op), b, 10*time.Second)
+	m, err := c.nc.Request(names.APISubject(dc, op), b, 10*time.Second)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", dc, op, err)
 	}
@@ -74,7 +75,7 @@ func (c *typedCluster) waitAPI() {
 	c.t.Helper()
 	cluster.Eventually(c.t, 20*time.Second, "every DC's NATS API answers", func() (bool, string) {
 		for _, dc := range c.Names() {
-			if _, err := c.nc.Request(natsapi.Subject(dc, "get"), []byte(`{"key":"c/probe"}`), time.Second); err != nil {
+			if _, err := c.nc.Request(names.APISubject(dc, "get"), []byte(`{"key":"c/probe"}`), time.Second); err != nil {
 				return false, dc + ": " + err.Error()
 			}
 		}
