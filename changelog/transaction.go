@@ -119,12 +119,17 @@ func (s *Store) WriteTxn(ctx context.Context, ops []WriteOp) ([]WriteResult, err
 	out := make([]WriteResult, len(ops))
 	err := s.do(ctx, func(t *txn) error {
 		ws := make([]prepared, len(ops))
+		typedSize := size
 		for i, op := range ops {
 			w, err := t.prepare(op)
 			if err != nil {
 				return &TxnError{i, err}
 			}
 			ws[i] = w
+			typedSize += w.size
+		}
+		if typedSize > maxBytes {
+			return fmt.Errorf("%w: the transaction's typed values take up to %d bytes encoded with the rest, over the %d-byte limit", ErrBadInput, typedSize, maxBytes)
 		}
 		// Every check has passed; from here on the batch changes.
 		var hlc uint64

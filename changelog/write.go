@@ -3,6 +3,7 @@ package changelog
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // WriteOp is a local write.
@@ -28,6 +30,12 @@ type WriteOp struct {
 	// value that never expires. It must be within (0, MaxTTL] when set and
 	// is refused on a delete.
 	TTL time.Duration
+	// Typed is a typed operation (incr, patch, add, remove) on a key whose
+	// resolver is a resolve.Typed; Value and Delete are then unused. A
+	// plain write to such a key becomes the type's put or delete. The
+	// store reads the key's siblings and writes the new state in its
+	// committer, with a context covering every sibling it read.
+	Typed *resolve.Op
 }
 
 // MaxTTL bounds WriteOp.TTL: ten years.
@@ -204,10 +212,12 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 
 // prepared is a local write checked against the key's state, not yet made.
 type prepared struct {
-	op  WriteOp
-	p   uint32
-	st  dvv.State
-	ctx vclock.VV // the write's causal context
+	op    WriteOp
+	p     uint32
+	st    dvv.State
+	ctx   vclock.VV     // the write's causal context
+	typed resolve.Typed // the key's typed resolver, with op.Typed set
+	size  int           // a bound of the typed state's encoded size
 }
 
 // prepare checks op against the key's state as this batch has left it. It
@@ -221,11 +231,50 @@ func (t *txn) prepare(op WriteOp) (prepared, error) {
 	}
 	r := s.opts.Resolvers.For(op.Key)
 	implicit := op.Context == nil && (op.Delete || r.OnWrite())
+	tr, typed := r.(resolve.Typed)
+	typedSize := 0
+	switch {
+	case typed:
+		op.Typed = typedOp(op)
+		// A typed write reads the whole state, so it supersedes every
+		// sibling it read; its join carries what they held.
+		implicit = true
+		// Check the operation against the state now, so a refusal leaves
+		// the batch as it was; make applies it again with the final dot
+		// and HLC, which the largest ones here bound in size.
+		v, err := tr.Apply(st.Live(), *op.Typed, vclock.Dot{DC: s.opts.DC, N: math.MaxUint64}, math.MaxUint64>>1)
+		if err != nil {
+			return prepared{}, fmt.Errorf("%w: key %q: %v", ErrBadInput, op.Key, err)
+		}
+		if len(v) > s.opts.Limits.MaxValueBytes {
+			return prepared{}, ValueTooLarge(len(v), s.opts.Limits.MaxValueBytes)
+		}
+		typedSize = len(v)
+	case op.Typed != nil:
+		return prepared{}, fmt.Errorf("%w: key %q uses the %s resolver; %s applies only to keys whose resolver is %s, %s or %s", ErrBadInput,
+			op.Key, r.Name(), op.Typed.Kind, resolve.NameCounter, resolve.NameFields, resolve.NameSet)
+	}
 	client, err := t.checkContext(op.Key, op.Context, st.Clock, p)
 	if err != nil {
 		return prepared{}, err
 	}
-	return prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}, nil
+	w := prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}
+	if typed {
+		w.typed, w.size = tr, typedSize
+	}
+	return w, nil
+}
+
+// typedOp is the typed operation op makes on a typed key: its own, or the
+// put or delete a plain write becomes.
+func typedOp(op WriteOp) *resolve.Op {
+	switch {
+	case op.Typed != nil:
+		return op.Typed
+	case op.Delete:
+		return &resolve.Op{Kind: resolve.OpDelete}
+	}
+	return &resolve.Op{Kind: resolve.OpPut, Body: op.Value}
 }
 
 // make makes a prepared write at HLC hlc: the next sequence of its
@@ -237,6 +286,15 @@ func (t *txn) make(w prepared, hlc uint64) (WriteResult, error) {
 	seq := t.lastSeq(p) + 1
 	dot := vclock.Dot{DC: s.opts.DC, N: seq}
 	ver := dvv.Version{Value: op.Value, Deleted: op.Delete, HLC: hlc}
+	if w.typed != nil {
+		// prepare checked the same operation on the same state.
+		v, err := w.typed.Apply(w.st.Live(), *op.Typed, dot, hlc)
+		if err != nil {
+			return WriteResult{}, fmt.Errorf("changelog: a typed write prepare accepted failed: %w", err)
+		}
+		ver = dvv.Version{Value: v, HLC: hlc}
+		op.Delete, op.Resolve = false, false
+	}
 	if !op.Delete {
 		ver.Expires = ExpiryAt(hlc, op.TTL)
 	}

@@ -211,10 +211,15 @@ const (
 	Union    = "union"
 	Record   = "record"
 	External = "external"
+	// Counter, Fields and Set are the typed resolvers: their keys take
+	// typed operations (incr; PATCH; add and remove).
+	Counter = "counter"
+	Fields  = "fields"
+	Set     = "set"
 )
 
 // resolverNames lists the resolver names in the order error messages show.
-var resolverNames = []string{Siblings, LWW, Priority, Concat, Union, Record, External}
+var resolverNames = []string{Siblings, LWW, Priority, Concat, Union, Record, External, Counter, Fields, Set}
 
 // Default values of rule fields that Complete fills in.
 const (
@@ -240,7 +245,7 @@ type Rule struct {
 	// Prefixes must be distinct.
 	Prefix string `yaml:"prefix"`
 	// Resolver is one of siblings, lww, priority, concat, union, record,
-	// external. Required.
+	// external, counter, fields, set. Required.
 	Resolver string `yaml:"resolver"`
 	// Priority lists every DC, the winner first (priority, or external
 	// with fallback priority).
@@ -249,7 +254,8 @@ type Rule struct {
 	// concat). Default "/".
 	Separator string `yaml:"separator"`
 	// Fallback is used when the external resolver times out or fails; any
-	// resolver but external. Default "siblings" (external only).
+	// resolver but external and the typed ones. Default "siblings"
+	// (external only).
 	Fallback string `yaml:"fallback"`
 	// Subject is the NATS subject of the application's resolver service
 	// (external only, required there).

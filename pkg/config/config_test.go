@@ -223,7 +223,7 @@ func TestValidate(t *testing.T) {
 
 		// Resolvers.
 		{name: "unknown default resolver", edit: func(c *Config) { c.Resolvers.Default = "newest" },
-			want: []string{`resolvers.default: "newest" is not a resolver; want one of siblings, lww, priority, concat, union, record, external`}},
+			want: []string{`resolvers.default: "newest" is not a resolver; want one of siblings, lww, priority, concat, union, record, external, counter, fields, set`}},
 		{name: "default needs parameters", edit: func(c *Config) { c.Resolvers.Default = Priority },
 			want: []string{`resolvers.default: "priority" needs parameters; add a rule with prefix "" and resolver priority instead`}},
 		{name: "every resolver", edit: func(c *Config) {
@@ -236,9 +236,9 @@ func TestValidate(t *testing.T) {
 			c.Complete()
 		}},
 		{name: "rule without resolver", edit: func(c *Config) { c.Resolvers.Rules = []Rule{{Prefix: "x/"}} },
-			want: []string{`resolvers.rules[0].resolver: required; want one of siblings, lww, priority, concat, union, record, external`}},
+			want: []string{`resolvers.rules[0].resolver: required; want one of siblings, lww, priority, concat, union, record, external, counter, fields, set`}},
 		{name: "rule with unknown resolver", edit: func(c *Config) { c.Resolvers.Rules = []Rule{{Prefix: "x/", Resolver: "max"}} },
-			want: []string{`resolvers.rules[0].resolver: "max" is not a resolver; want one of siblings, lww, priority, concat, union, record, external`}},
+			want: []string{`resolvers.rules[0].resolver: "max" is not a resolver; want one of siblings, lww, priority, concat, union, record, external, counter, fields, set`}},
 		{name: "duplicate prefixes", edit: func(c *Config) {
 			c.Resolvers.Rules = []Rule{{Prefix: "x/", Resolver: LWW}, {Prefix: "y/", Resolver: LWW}, {Prefix: "x/", Resolver: Union}}
 		},
@@ -275,7 +275,7 @@ func TestValidate(t *testing.T) {
 		{name: "external falls back to itself", edit: ext(Rule{Resolver: External, Subject: "s", Fallback: External}),
 			want: []string{`resolvers.rules[0].fallback: "external" cannot fall back to itself; want another resolver, e.g. siblings`}},
 		{name: "external unknown fallback", edit: ext(Rule{Resolver: External, Subject: "s", Fallback: "max"}),
-			want: []string{`resolvers.rules[0].fallback: "max" is not a resolver; want one of siblings, lww, priority, concat, union, record, external`}},
+			want: []string{`resolvers.rules[0].fallback: "max" is not a resolver; want one of siblings, lww, priority, concat, union, record, external, counter, fields, set`}},
 		{name: "external timeout too long", edit: ext(Rule{Resolver: External, Subject: "s", Timeout: Duration(2 * time.Minute)}),
 			want: []string{`resolvers.rules[0].timeout: 2m0s is out of range; want more than 0 and at most 1m`}},
 		{name: "external priority fallback needs list", edit: ext(Rule{Resolver: External, Subject: "s", Fallback: Priority}),

@@ -360,6 +360,8 @@ func (c Config) validateRule(p *problems, at string, r Rule) {
 			p.add(at+".fallback", "%q is not a resolver; want one of %s", r.Fallback, resolverList())
 		case r.Fallback == External:
 			p.add(at+".fallback", "%q cannot fall back to itself; want another resolver, e.g. siblings", r.Fallback)
+		case r.Fallback == Counter || r.Fallback == Fields || r.Fallback == Set:
+			p.add(at+".fallback", "%q is a typed resolver, whose keys take typed operations; an external rule's keys do not: want another resolver, e.g. siblings", r.Fallback)
 		}
 		if d := time.Duration(r.Timeout); d <= 0 || d > time.Minute {
 			p.add(at+".timeout", "%s is out of range; want more than 0 and at most 1m", d)

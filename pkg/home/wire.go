@@ -11,6 +11,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/rpc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // Protocol is the version of the request format (rpc.Version); a DC
@@ -55,6 +56,9 @@ type request struct {
 	// without it is the explicit "I read it absent" context.
 	Blind   bool      `msgpack:"blind,omitempty"`
 	Context vclock.VV `msgpack:"context,omitempty"`
+	// Typed is a typed operation (incr, patch, add, remove) for the home
+	// to apply to its state of the key.
+	Typed *resolve.Op `msgpack:"typed,omitempty"`
 }
 
 // reply answers a request. Status is an HTTP status: 200, or the error the

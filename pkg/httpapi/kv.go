@@ -47,6 +47,8 @@ type siblingJSON struct {
 	// Expires is the sibling's own expiry (its TTL), an HLC time; absent
 	// without a TTL.
 	Expires uint64 `json:"expires,omitempty"`
+	// Typed is a typed sibling's state, readable (resolve.Readable).
+	Typed json.RawMessage `json:"typed,omitempty"`
 }
 
 // WriteAnswer is the answer to a write: HTTP PUT and DELETE, NATS put and
@@ -139,6 +141,9 @@ func view(r resolve.Resolver, key string, st dvv.State) (out keyJSON, deleted bo
 	}
 	for i, sb := range st.Siblings {
 		out.Siblings[i] = siblingJSON{Value: sb.Value, Deleted: sb.Deleted, Origin: sb.Origin(), Dot: sb.Dot.String(), HLC: sb.HLC, Expires: sb.Expires}
+		if _, typed := r.(resolve.Typed); typed {
+			out.Siblings[i].Typed, _ = resolve.Readable(sb.Value)
+		}
 	}
 	if at := st.Expiry(); at != 0 {
 		out.Expires, out.ExpiresTime = at, hlc.Timestamp(at).String()
@@ -354,10 +359,16 @@ type writeReq struct {
 // writeRequest parses a PUT's or DELETE's key and headers. On a bad one
 // it answers 400 and returns false, before anything is written.
 func (s *server) writeRequest(w http.ResponseWriter, r *http.Request) (changelog.WriteOp, writeReq, bool) {
+	return s.writeRequestQuery(w, r, nil)
+}
+
+// writeRequestQuery is writeRequest for a route taking the query
+// parameters allowed.
+func (s *server) writeRequestQuery(w http.ResponseWriter, r *http.Request, allowed []string) (changelog.WriteOp, writeReq, bool) {
 	var op changelog.WriteOp
 	var req writeReq
 	var ok bool
-	if op.Key, ok = s.pathKey(w, r); !ok || !s.query(w, r, nil) {
+	if op.Key, ok = s.pathKey(w, r); !ok || !s.query(w, r, allowed) {
 		return op, req, false
 	}
 	if op.Context, ok = requestContext(w, r, ""); !ok {

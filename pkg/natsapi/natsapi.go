@@ -3,10 +3,13 @@
 // for applications that already speak NATS.
 //
 // Endpoints, for DC d: repl.api.d.get, repl.api.d.put, repl.api.d.del,
+// repl.api.d.incr, repl.api.d.patch, repl.api.d.add, repl.api.d.remove,
 // repl.api.d.txn and repl.api.d.changes. A get, put or del request is
 // JSON {"key", "value" (base64) or "value_text", "context", "session",
-// "wait", "wait_timeout", and on put "ttl"}; the answer to get is the same JSON as GET
-// /v1/kv/{key}, to put and del {"key","context","dot","session"} (plus
+// "wait", "wait_timeout", and on put "ttl"}; incr takes "by" instead of a value, add and
+// remove "elements", patch "patch" (the operations of POST and PATCH
+// /v1/kv/{key}). The answer to get is the same JSON as GET
+// /v1/kv/{key}, to the writes {"key","context","dot","session"} (plus
 // "replicated", and "error" when the wait timed out). A txn request and
 // its answer are those of POST /v1/txn. A changes request {"since",
 // "prefix", "limit"} answers a page of the change feed, {"changes",
@@ -74,6 +77,12 @@ type Request struct {
 	// TTL, on put, gives the value a time to live in Go duration text
 	// ("30s"), as X-Repl-TTL does.
 	TTL string `json:"ttl,omitempty"`
+	// By is incr's non-zero amount (counter keys).
+	By *int64 `json:"by,omitempty"`
+	// Elements are add's and remove's JSON values (set keys).
+	Elements []json.RawMessage `json:"elements,omitempty"`
+	// Patch is patch's RFC 7386 merge patch, a JSON object (fields keys).
+	Patch json.RawMessage `json:"patch,omitempty"`
 }
 
 // Wait is the "wait" field: a JSON number or a string ("all", "2").
@@ -141,11 +150,12 @@ func ServeRouted(nc *nats.Conn, dc string, store *changelog.Store, rules *resolv
 		"txn":     h.txn,
 		"changes": func(r micro.Request) { h.changes(r, nc.MaxPayload()) },
 	}
-	for op, fn := range map[string]func(micro.Request, Request){"get": h.get, "put": h.put, "del": h.del} {
+	for op, fn := range map[string]func(micro.Request, Request){"get": h.get, "put": h.put, "del": h.del,
+		"incr": h.typed(resolve.OpIncr), "patch": h.typed(resolve.OpPatch), "add": h.typed(resolve.OpAdd), "remove": h.typed(resolve.OpRemove)} {
 		eps[op] = func(r micro.Request) {
 			var req Request
 			if err := json.Unmarshal(r.Data(), &req); err != nil {
-				r.Error("400", "request is not JSON {key, value|value_text, context, session, wait, wait_timeout, ttl}: "+err.Error(), nil)
+				r.Error("400", "request is not JSON {key, value|value_text, by, elements, patch, context, session, wait, wait_timeout, ttl}: "+err.Error(), nil)
 				return
 			}
 			if req.Key == "" {
@@ -172,7 +182,7 @@ func ServeRouted(nc *nats.Conn, dc string, store *changelog.Store, rules *resolv
 		return nil, nil, fmt.Errorf("natsapi: add service: %w", err)
 	}
 	g := svc.AddGroup(names.APIGroup(dc))
-	for _, op := range []string{"get", "put", "del", "txn", "changes"} {
+	for _, op := range []string{"get", "put", "del", "incr", "patch", "add", "remove", "txn", "changes"} {
 		fn := eps[op]
 		if route != nil {
 			fn = func(r micro.Request) {
@@ -360,6 +370,35 @@ func (h handler) del(r micro.Request, req Request) {
 		return
 	}
 	h.write(r, req, changelog.WriteOp{Key: req.Key, Delete: true})
+}
+
+// typed returns the handler of a typed operation: incr takes "by", add
+// and remove "elements", patch "patch"; a value or another operation's
+// field is a 400.
+func (h handler) typed(kind resolve.OpKind) func(micro.Request, Request) {
+	return func(r micro.Request, req Request) {
+		op := resolve.Op{Kind: kind, Elements: req.Elements, Body: req.Patch}
+		var msg string
+		switch {
+		case req.Value != nil || req.ValueText != nil:
+			msg = fmt.Sprintf("%s takes no value; incr takes \"by\", add and remove \"elements\", patch \"patch\"", kind)
+		case kind != resolve.OpIncr && req.By != nil, kind != resolve.OpAdd && kind != resolve.OpRemove && req.Elements != nil, kind != resolve.OpPatch && req.Patch != nil:
+			msg = fmt.Sprintf("%s takes only its own field: incr \"by\", add and remove \"elements\", patch \"patch\"", kind)
+		case kind == resolve.OpIncr && (req.By == nil || *req.By == 0):
+			msg = `incr needs "by", a non-zero integer within int64`
+		case kind == resolve.OpIncr:
+			op.By = *req.By
+		case kind == resolve.OpPatch && len(req.Patch) == 0:
+			msg = `patch needs "patch", an RFC 7386 merge patch object`
+		case (kind == resolve.OpAdd || kind == resolve.OpRemove) && len(req.Elements) == 0:
+			msg = fmt.Sprintf(`%s needs "elements", a non-empty array of JSON values`, kind)
+		}
+		if msg != "" {
+			r.Error("400", msg+"; nothing was written", nil)
+			return
+		}
+		h.write(r, req, changelog.WriteOp{Key: req.Key, Typed: &op})
+	}
 }
 
 // begin parses what a write or transaction asks to wait for after it, and

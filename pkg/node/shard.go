@@ -738,7 +738,7 @@ func mergePages(w http.ResponseWriter, r *http.Request, answers []gathered, ndjs
 func (s *shards) route(op string, r micro.Request) bool {
 	var p uint32
 	switch op {
-	case "get", "put", "del":
+	case "get", "put", "del", "incr", "patch", "add", "remove":
 		var req struct {
 			Key string `json:"key"`
 		}

@@ -331,10 +331,13 @@ type Op struct {
 	// TTL gives the value a time to live; a millisecond is 1<<16 ticks
 	// of a DC's Clock.
 	TTL time.Duration
+	// Typed is a typed operation (incr, patch, add, remove) on a key whose
+	// resolver is counter, fields or set.
+	Typed *resolve.Op
 }
 
 func (op Op) write() changelog.WriteOp {
-	return changelog.WriteOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Context: op.Context, TTL: op.TTL}
+	return changelog.WriteOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Context: op.Context, TTL: op.TTL, Typed: op.Typed}
 }
 
 // Expire has dc delete, as its expirer does, the expired values that are
@@ -511,7 +514,7 @@ func (d Delivery) Forwarded() bool {
 func opString(ev *event.Event) string {
 	s := ev.Dot.String() + " " + ev.Op.String() + " " + ev.Key
 	if ev.Op != event.OpDelete {
-		s += fmt.Sprintf("=%q", ev.Value)
+		s += "=" + valueText(ev.Value)
 	}
 	s += " ctx=" + ev.Context.String()
 	if len(ev.Path) > 1 {
