@@ -77,4 +77,6 @@
 //
 // Every type here is used by one goroutine at a time; Plan is a value and
 // may be shared.
+//
+// Internal to the sidecar: not a stable Go API.
 package core

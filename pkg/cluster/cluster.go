@@ -21,6 +21,9 @@
 //	cluster.Hold(2*time.Second, nil)
 //	c.Heal("dc2")
 //	c.WaitConverged(t, 30*time.Second)
+//
+// Internal to the sidecar: the test cluster of its tests, demo and bench,
+// not a stable Go API.
 package cluster
 
 import (
