@@ -22,7 +22,7 @@ import (
 // would carry an old Nats-Msg-Id and be dropped as a duplicate, and its dot
 // would be taken for an event other DCs already applied.
 func (r *Replicator) resumeSequences(ctx context.Context) error {
-	s, err := r.js.Stream(ctx, r.stream)
+	s, err := lookupStream(ctx, r.js, r.stream)
 	if err != nil {
 		return fmt.Errorf("bridge: open stream %s: %w", r.stream, err)
 	}
@@ -31,7 +31,7 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 	own := r.store.Applied()[r.self]
 	for p := range r.opts.Partitions {
 		subj := Subject(r.self, uint32(p))
-		m, err := s.GetLastMsgForSubject(ctx, subj)
+		m, err := lastMsg(ctx, s, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
 		}
@@ -47,7 +47,7 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 			behind = append(behind, uint32(p))
 		}
 	}
-	switch m, err := s.GetLastMsgForSubject(ctx, TxnSubject(r.self)); {
+	switch m, err := lastMsg(ctx, s, TxnSubject(r.self)); {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 	case err != nil:
 		return fmt.Errorf("bridge: read the last message on %s: %w", TxnSubject(r.self), err)

@@ -217,7 +217,10 @@ var (
 func createStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
 	wait := createBackoff
 	for try := 0; ; try++ {
-		_, err := js.CreateStream(ctx, want)
+		err := retryUnavailable(ctx, func() error {
+			_, err := js.CreateStream(ctx, want)
+			return err
+		})
 		var api *jetstream.APIError
 		if try >= createRetries || !errors.As(err, &api) || api.ErrorCode != errStoreCreate {
 			return err
@@ -231,8 +234,67 @@ func createStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	}
 }
 
+// errUnavailable is JetStream's "JetStream system temporarily
+// unavailable" (API error 10008). A clustered JetStream answers it while
+// its meta group has no leader: during an election, and for as long as
+// the servers answering are cut off from most of the meta group's
+// servers, as a region cut off from the rest of a supercluster is (see
+// docs/SCALING.md). Stream look-ups, message reads and creates all meet
+// it then, even for a stream whose own servers are fine.
+const errUnavailable = 10008
+
+// unavailableMaxWait caps the doubling waits of retryUnavailable.
+const unavailableMaxWait = time.Second
+
+// ErrMetaLeaderless reports that JetStream kept answering "temporarily
+// unavailable" until the context ended.
+var ErrMetaLeaderless = errors.New("bridge: JetStream has no meta leader (an election, or this region is cut off from most of the supercluster's servers); the sidecar starts once it has one")
+
+// retryUnavailable runs op again while it fails with errUnavailable and
+// ctx lasts; then it returns op's error, wrapped in ErrMetaLeaderless if
+// it was still errUnavailable.
+func retryUnavailable(ctx context.Context, op func() error) error {
+	wait := createBackoff
+	for {
+		err := op()
+		var api *jetstream.APIError
+		if !errors.As(err, &api) || api.ErrorCode != errUnavailable {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ErrMetaLeaderless, err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, unavailableMaxWait)
+	}
+}
+
+// lookupStream is js.Stream, retried while JetStream is unavailable.
+func lookupStream(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
+	var s jetstream.Stream
+	err := retryUnavailable(ctx, func() error {
+		var err error
+		s, err = js.Stream(ctx, name)
+		return err
+	})
+	return s, err
+}
+
+// lastMsg is s.GetLastMsgForSubject, retried while JetStream is
+// unavailable.
+func lastMsg(ctx context.Context, s jetstream.Stream, subject string) (*jetstream.RawStreamMsg, error) {
+	var m *jetstream.RawStreamMsg
+	err := retryUnavailable(ctx, func() error {
+		var err error
+		m, err = s.GetLastMsgForSubject(ctx, subject)
+		return err
+	})
+	return m, err
+}
+
 func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
-	s, err := js.Stream(ctx, want.Name)
+	s, err := lookupStream(ctx, js, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		err = createStream(ctx, js, want)
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
@@ -248,7 +310,7 @@ func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamCo
 		}
 		// A JetStream that is not clustered accepts a placement it cannot
 		// honour: check where the stream went.
-		s, err = js.Stream(ctx, want.Name)
+		s, err = lookupStream(ctx, js, want.Name)
 		if err != nil {
 			return fmt.Errorf("bridge: look up stream %s after creating it: %w", want.Name, err)
 		}
