@@ -43,6 +43,10 @@ func runReplicator(ctx context.Context, o Options, dir string, vals values, res 
 	stores := c.stores()
 	settle()
 	reportsBefore, reportBytesBefore := c.reports()
+	trafficBefore, err := c.traffic()
+	if err != nil {
+		return err
+	}
 	bar := startProgress(o.Progress, "replicate", int64(o.Writes)).withSecond("applied", int64(o.Writes*(o.DCs-1)))
 	defer bar.stop()
 	before := readUsage()
@@ -107,6 +111,14 @@ func runReplicator(ctx context.Context, o Options, dir string, vals values, res 
 	}
 	res.LagResolutionMS = ms(smp.resolution())
 	reports, reportBytes := c.reports()
+	trafficAfter, err := c.traffic()
+	if err != nil {
+		return err
+	}
+	res.ServerInBytesPerWrite = float64(trafficAfter.InBytes-trafficBefore.InBytes) / float64(o.Writes)
+	res.ServerOutBytesPerWrite = float64(trafficAfter.OutBytes-trafficBefore.OutBytes) / float64(o.Writes)
+	res.ServerInMsgsPerWrite = float64(trafficAfter.InMsgs-trafficBefore.InMsgs) / float64(o.Writes)
+	res.ServerOutMsgsPerWrite = float64(trafficAfter.OutMsgs-trafficBefore.OutMsgs) / float64(o.Writes)
 	res.ReportsPerS = float64(reports-reportsBefore) / total.Seconds()
 	res.ReportBytesPerS = float64(reportBytes-reportBytesBefore) / total.Seconds()
 	res.ReportBytesPerWrite = float64(reportBytes-reportBytesBefore) / float64(o.Writes)
@@ -147,10 +159,14 @@ func (c *cluster) measure(ctx context.Context, o Options, res *Result) error {
 		res.Forwarded += st.Forwarded
 		res.Gaps += st.Gaps
 		res.Duplicates += st.Duplicates
+		res.Received += st.Received
+		res.Consumers += len(n.Replicator().Status().Links)
 		cs := n.Store().Stats()
 		res.CommitGroups += cs.Groups
 		res.CommitRequests += cs.Requests
 	}
+	res.PublishesPerWrite = float64(res.Published) / float64(o.Writes)
+	res.DeliveriesPerWrite = float64(res.Received) / float64(o.Writes)
 	if res.CommitGroups > 0 {
 		res.RequestsPerGroup = float64(res.CommitRequests) / float64(res.CommitGroups)
 	}
@@ -159,6 +175,15 @@ func (c *cluster) measure(ctx context.Context, o Options, res *Result) error {
 	}
 	res.Converged = sameDigests(c.nodes)
 	return nil
+}
+
+// traffic is the NATS server's client traffic so far.
+func (c *cluster) traffic() (*server.Varz, error) {
+	v, err := c.ns.Varz(nil)
+	if err != nil {
+		return nil, fmt.Errorf("bench: server traffic: %w", err)
+	}
+	return v, nil
 }
 
 // reports sums the applied-vector reports the DCs sent, and their bytes.
