@@ -315,6 +315,25 @@ func (s *Super) MetaLeader() (srvName, clusterName string) {
 	return "", ""
 }
 
+// LeaderSeen returns, for each running server of cluster c, the meta
+// leader it follows ("" for none).
+func (s *Super) LeaderSeen(c string) []string {
+	var out []string
+	for _, srv := range s.clusters[c] {
+		ns := srv.NATS()
+		if ns == nil {
+			continue
+		}
+		jsz, err := ns.Jsz(&server.JSzOptions{})
+		if err != nil || jsz.Meta == nil {
+			out = append(out, "")
+			continue
+		}
+		out = append(out, jsz.Meta.Leader)
+	}
+	return out
+}
+
 // MetaView says how each running server sees the JetStream meta group:
 // its leader and which peers it takes as current, for failure messages.
 func (s *Super) MetaView() string {

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -184,7 +185,7 @@ func (w *writers) run(dc string) {
 }
 
 // writePace is the least time between two writes of one DC's writer.
-const writePace = 2 * time.Millisecond
+const writePace = 4 * time.Millisecond
 
 func uniqueKey(dc string, i int64) string { return fmt.Sprintf("u/%s/%d", dc, i) }
 
@@ -340,6 +341,13 @@ func TestLongR3(t *testing.T) {
 	testClusterRestart(t, d, regions[2])
 }
 
+// probeCtx bounds one JetStream API call of a test.
+func probeCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 // waitBehind waits until DC at has applied at least n fewer of origin's
 // events than origin itself holds: events from origin do not reach it.
 func waitBehind(t *testing.T, c *cluster.Cluster, at, origin string, n uint64) {
@@ -400,6 +408,14 @@ func TestIsolatedRegion(t *testing.T) {
 		return leader != "" && in != isolated, fmt.Sprintf("meta leader %q in %q; %s", leader, in, d.sc.MetaView())
 	})
 
+	// Until its servers notice they lost the quorum, the old leader goes
+	// on believing it leads: reads are answered there, proposals (creates)
+	// time out. Then every server of the region follows no leader.
+	cluster.Eventually(t, 30*time.Second, isolated+" following no meta leader", func() (bool, string) {
+		seen := d.sc.LeaderSeen(isolated)
+		return !slices.ContainsFunc(seen, func(l string) bool { return l != "" }), fmt.Sprintf("%s follows %q", isolated, seen)
+	})
+
 	// The isolated DC still takes writes and publishes them into its own
 	// stream.
 	before := w.snapshot()
@@ -426,18 +442,18 @@ func TestIsolatedRegion(t *testing.T) {
 	}
 	probe := jetstream.StreamConfig{Name: "PROBE_ISOLATED", Subjects: []string{"probe.>"}, Storage: jetstream.MemoryStorage,
 		Placement: &jetstream.Placement{Cluster: isolated}}
-	if _, err := isoJS.CreateStream(ctx, probe); err == nil {
+	if _, err := isoJS.CreateStream(probeCtx(t), probe); err == nil {
 		t.Errorf("isolated: creating a stream in %s succeeded without a meta leader", isolated)
 	} else {
 		t.Logf("isolated: create stream: %v", err)
 	}
-	if _, err := isoJS.CreateOrUpdateConsumer(ctx, bridge.StreamName(dc), jetstream.ConsumerConfig{Durable: "probe", AckPolicy: jetstream.AckExplicitPolicy}); err == nil {
+	if _, err := isoJS.CreateOrUpdateConsumer(probeCtx(t), bridge.StreamName(dc), jetstream.ConsumerConfig{Durable: "probe", AckPolicy: jetstream.AckExplicitPolicy}); err == nil {
 		t.Errorf("isolated: creating a consumer on %s succeeded without a meta leader", bridge.StreamName(dc))
 	} else {
 		t.Logf("isolated: create consumer: %v", err)
 	}
 	probe.Name, probe.Subjects, probe.Placement.Cluster = "PROBE_MAJORITY", []string{"majority.>"}, d.region[other]
-	if _, err := majJS.CreateStream(ctx, probe); err != nil {
+	if _, err := majJS.CreateStream(probeCtx(t), probe); err != nil {
 		t.Errorf("majority: create stream in %s: %v", d.region[other], err)
 	}
 	w.finish(t)
