@@ -482,3 +482,60 @@ func TestIsolatedRegion(t *testing.T) {
 	d.c.WaitConverged(t, 60*time.Second)
 	checkNoneLost(t, d.c, w)
 }
+
+// TestPlacement creates streams through a connection to one region and
+// places them in others, by cluster and by server tag; a stream that
+// lives elsewhere than asked is reported, with the command that moves it,
+// and left where it is; a cluster that does not exist is named in the
+// error.
+func TestPlacement(t *testing.T) {
+	sc := cluster.RunSuper(t, cluster.SuperOptions{Clusters: regions})
+	d := &deployment{sc: sc}
+	_, js := d.connect(t, "west")
+	ensure := func(dc string, p jetstream.Placement) error {
+		return bridge.EnsureStream(probeCtx(t), js, dc, 2, bridge.StreamOptions{Placement: &p})
+	}
+	where := func(name string) string {
+		info := d.streamInfo(t, "west", name)
+		if info.Cluster == nil {
+			return ""
+		}
+		return info.Cluster.Name
+	}
+
+	if err := ensure("dc1", jetstream.Placement{Cluster: "east"}); err != nil {
+		t.Fatalf("place dc1's streams in east: %v", err)
+	}
+	if err := ensure("dc2", jetstream.Placement{Tags: []string{"region:south"}}); err != nil {
+		t.Fatalf("place dc2's streams on servers tagged region:south: %v", err)
+	}
+	for name, want := range map[string]string{"REPL_dc1": "east", "REPL_dc1_DLQ": "east", "REPL_dc2": "south", "REPL_dc2_DLQ": "south"} {
+		if got := where(name); got != want {
+			t.Errorf("stream %s lives in %q, want %q", name, got, want)
+		}
+	}
+	// Asking again finds them where they are.
+	if err := ensure("dc1", jetstream.Placement{Cluster: "east"}); err != nil {
+		t.Errorf("dc1's streams, again: %v", err)
+	}
+
+	err := ensure("dc1", jetstream.Placement{Cluster: "west"})
+	t.Logf("dc1 placed in west while its stream is in east: %v", err)
+	if !errors.Is(err, bridge.ErrPlacement) || !strings.Contains(err.Error(), `lives in cluster "east", want "west"`) ||
+		!strings.Contains(err.Error(), "nats stream edit REPL_dc1 --cluster west") {
+		t.Errorf("a stream in another cluster than asked: %v; want ErrPlacement naming both clusters and the command that moves it", err)
+	}
+	if got := where("REPL_dc1"); got != "east" {
+		t.Errorf("REPL_dc1 moved to %q; the sidecar must not move streams", got)
+	}
+	err = ensure("dc2", jetstream.Placement{Tags: []string{"region:east"}})
+	if !errors.Is(err, bridge.ErrPlacement) || !strings.Contains(err.Error(), "placement.tags: have [region:south], want [region:east]") {
+		t.Errorf("a stream placed by other tags: %v; want ErrPlacement naming both", err)
+	}
+
+	err = ensure("dc3", jetstream.Placement{Cluster: "north"})
+	t.Logf("dc3 placed in a cluster that does not exist: %v", err)
+	if err == nil || !strings.Contains(err.Error(), `create stream REPL_dc3 in cluster "north"`) {
+		t.Errorf("placement in a cluster that does not exist: %v; want an error naming the stream and the cluster", err)
+	}
+}
