@@ -123,12 +123,13 @@ func (d *deployment) streamInfo(t *testing.T, region, name string) *jetstream.St
 }
 
 // writers drives writes at every DC until halted. Every write puts a key
-// of its own (u/<dc>/<n>), so that each acknowledged write can be looked
+// of its own (u/<round>/<dc>/<n>), so that each acknowledged write can be looked
 // for at every DC afterwards; every fourth one also does a
 // read-modify-write of a key every DC writes, so that concurrent writes
 // meet.
 type writers struct {
 	c     *cluster.Cluster
+	round int64 // tells the keys of one run of writers from another's
 	stop  chan struct{}
 	once  sync.Once
 	wg    sync.WaitGroup
@@ -141,7 +142,7 @@ type writers struct {
 
 func startWriters(t *testing.T, c *cluster.Cluster) *writers {
 	t.Helper()
-	w := &writers{c: c, stop: make(chan struct{}), acked: map[string]*atomic.Int64{}}
+	w := &writers{c: c, round: rounds.Add(1), stop: make(chan struct{}), acked: map[string]*atomic.Int64{}}
 	for _, dc := range c.Names() {
 		w.acked[dc] = &atomic.Int64{}
 	}
@@ -165,7 +166,7 @@ func (w *writers) run(dc string) {
 		case <-pace.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := n.Write(ctx, changelog.WriteOp{Key: uniqueKey(dc, i), Value: fmt.Appendf(nil, "%s-%d", dc, i)})
+		_, err := n.Write(ctx, changelog.WriteOp{Key: w.uniqueKey(dc, i), Value: fmt.Appendf(nil, "%s-%d", dc, i)})
 		if err == nil && i%4 == 0 {
 			key := fmt.Sprintf("k/%d", i%16)
 			var st dvv.State
@@ -187,7 +188,10 @@ func (w *writers) run(dc string) {
 // writePace is the least time between two writes of one DC's writer.
 const writePace = 4 * time.Millisecond
 
-func uniqueKey(dc string, i int64) string { return fmt.Sprintf("u/%s/%d", dc, i) }
+// rounds numbers the runs of writers of the test binary.
+var rounds atomic.Int64
+
+func (w *writers) uniqueKey(dc string, i int64) string { return fmt.Sprintf("u/%d/%s/%d", w.round, dc, i) }
 
 // halt stops the writers and waits for them.
 func (w *writers) halt() {
@@ -241,10 +245,10 @@ func checkNoneLost(t *testing.T, c *cluster.Cluster, w *writers) {
 		n := c.Node(at)
 		for _, origin := range c.Names() {
 			for i := range w.total(origin) {
-				r, _, ok, err := n.Read(uniqueKey(origin, i))
+				r, _, ok, err := n.Read(w.uniqueKey(origin, i))
 				want := fmt.Sprintf("%s-%d", origin, i)
 				if err != nil || !ok || len(r.Values) != 1 || string(r.Values[0]) != want {
-					t.Fatalf("%s lost %s's acknowledged write %s=%s: ok=%t values=%q err=%v", at, origin, uniqueKey(origin, i), want, ok, r.Values, err)
+					t.Fatalf("%s lost %s's acknowledged write %s=%s: ok=%t values=%q err=%v", at, origin, w.uniqueKey(origin, i), want, ok, r.Values, err)
 				}
 			}
 		}
