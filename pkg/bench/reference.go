@@ -29,9 +29,17 @@ const (
 )
 
 // startNATS starts a fresh embedded server for one phase.
+// The bench's server lets every DC's streams reserve their MaxBytes (2 GiB
+// a DC, its stream and its dead-letter stream) however many DCs run: the
+// server's default bound, derived from the free disk, refuses the streams
+// of about 20 DCs on a disk with 50 GB free, though a run writes far less.
 func startNATS(dir, name string) (*server.Server, error) {
-	return bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true, ServerName: name})
+	return bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true, ServerName: name, MaxFileStore: benchMaxFileStore})
 }
+
+// benchMaxFileStore is the bench server's JetStream file store bound: 64
+// DCs' reservations.
+const benchMaxFileStore = 64 * 2 << 30
 
 func stopNATS(ns *server.Server) {
 	ns.Shutdown()
