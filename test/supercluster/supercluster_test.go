@@ -191,7 +191,9 @@ const writePace = 4 * time.Millisecond
 // rounds numbers the runs of writers of the test binary.
 var rounds atomic.Int64
 
-func (w *writers) uniqueKey(dc string, i int64) string { return fmt.Sprintf("u/%d/%s/%d", w.round, dc, i) }
+func (w *writers) uniqueKey(dc string, i int64) string {
+	return fmt.Sprintf("u/%d/%s/%d", w.round, dc, i)
+}
 
 // halt stops the writers and waits for them.
 func (w *writers) halt() {
