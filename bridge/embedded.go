@@ -25,11 +25,6 @@ type EmbeddedOptions struct {
 	Domain string
 	// User and Password, or Token, if set, are required of every client.
 	User, Password, Token string
-	// MaxFileStore bounds JetStream's file storage, against which every
-	// stream's MaxBytes is reserved (a DC's streams reserve 2 GiB by
-	// default). Zero takes the server's default, which is derived from
-	// the free disk space.
-	MaxFileStore int64
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	// Default 10s.
 	ReadyTimeout time.Duration
@@ -52,18 +47,17 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		return nil, errors.New("bridge: embedded NATS: JetStream needs a StoreDir")
 	}
 	opts := &server.Options{
-		ServerName:        o.ServerName,
-		Host:              o.Host,
-		Port:              o.Port,
-		JetStream:         o.JetStream,
-		StoreDir:          o.StoreDir,
-		JetStreamDomain:   o.Domain,
-		JetStreamMaxStore: o.MaxFileStore,
-		Username:          o.User,
-		Password:          o.Password,
-		Authorization:     o.Token,
-		NoLog:             true,
-		NoSigs:            true,
+		ServerName:      o.ServerName,
+		Host:            o.Host,
+		Port:            o.Port,
+		JetStream:       o.JetStream,
+		StoreDir:        o.StoreDir,
+		JetStreamDomain: o.Domain,
+		Username:        o.User,
+		Password:        o.Password,
+		Authorization:   o.Token,
+		NoLog:           true,
+		NoSigs:          true,
 		// A transaction travels as one message, up to 8 MiB.
 		MaxPayload: 8 << 20,
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 )
 
 // The product's settings the references copy, so that they measure the
@@ -33,18 +34,19 @@ const (
 // a DC, its stream and its dead-letter stream) however many DCs run: the
 // server's default bound, derived from the free disk, refuses the streams
 // of about 20 DCs on a disk with 50 GB free, though a run writes far less.
-func startNATS(dir, name string) (*server.Server, error) {
-	return bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true, ServerName: name, MaxFileStore: benchMaxFileStore})
+func startNATS(dir, name string) (*cluster.Server, error) {
+	return cluster.StartServer(cluster.ServerOptions{Dir: filepath.Join(dir, "nats"), Raw: &server.Options{
+		ServerName: name, JetStream: true, JetStreamMaxStore: benchMaxFileStore,
+		// A transaction travels as one message, up to 8 MiB.
+		MaxPayload: 8 << 20,
+	}})
 }
 
 // benchMaxFileStore is the bench server's JetStream file store bound: 64
 // DCs' reservations.
 const benchMaxFileStore = 64 * 2 << 30
 
-func stopNATS(ns *server.Server) {
-	ns.Shutdown()
-	ns.WaitForShutdown()
-}
+func stopNATS(ns *cluster.Server) { ns.Stop() }
 
 // baseline is one baseline measure.
 type baseline struct {
@@ -65,7 +67,7 @@ func runBaseline(ctx context.Context, o Options, dir, label string, vals values)
 		return b, err
 	}
 	defer stopNATS(ns)
-	nc, err := nats.Connect(ns.ClientURL(), nats.Name("bench-baseline-pub"))
+	nc, err := nats.Connect(ns.URL(), nats.Name("bench-baseline-pub"))
 	if err != nil {
 		return b, fmt.Errorf("bench: baseline: connect: %w", err)
 	}
@@ -96,7 +98,7 @@ func runBaseline(ctx context.Context, o Options, dir, label string, vals values)
 	var pending atomic.Int64
 	pending.Store(int64(downstream))
 	for c := range downstream {
-		cnc, err := nats.Connect(ns.ClientURL(), nats.Name(fmt.Sprintf("bench-baseline-dc%d", c+2)))
+		cnc, err := nats.Connect(ns.URL(), nats.Name(fmt.Sprintf("bench-baseline-dc%d", c+2)))
 		if err != nil {
 			return b, fmt.Errorf("bench: baseline: connect: %w", err)
 		}
@@ -185,7 +187,7 @@ func runKV(ctx context.Context, o Options, dir string, vals values, res *Result)
 		return err
 	}
 	defer stopNATS(ns)
-	nc, err := nats.Connect(ns.ClientURL(), nats.Name("bench-kv"))
+	nc, err := nats.Connect(ns.URL(), nats.Name("bench-kv"))
 	if err != nil {
 		return fmt.Errorf("bench: kv: connect: %w", err)
 	}

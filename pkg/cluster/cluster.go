@@ -394,14 +394,17 @@ func (c *Cluster) StopDC(name string) error {
 	d.mu.Lock()
 	n := d.mu.node
 	d.mu.node = nil
-	if n != nil && n.Replicator() != nil {
-		d.mu.past = append(d.mu.past, n.Replicator().Stats())
-	}
 	d.mu.Unlock()
 	if n == nil {
 		return nil
 	}
-	if err := n.Close(); err != nil {
+	err := n.Close()
+	if r := n.Replicator(); r != nil {
+		d.mu.Lock()
+		d.mu.past = append(d.mu.past, r.Stats())
+		d.mu.Unlock()
+	}
+	if err != nil {
 		return fmt.Errorf("close %s: %w", name, err)
 	}
 	return nil
@@ -507,8 +510,11 @@ func (c *Cluster) Stats(name string) bridge.Stats {
 }
 
 // Close stops every DC, the proxies and the server the cluster started;
-// calling it again is harmless.
+// calling it again, or on the nil a failed New may return, is harmless.
 func (c *Cluster) Close() error {
+	if c == nil {
+		return nil
+	}
 	var errs []error
 	for _, d := range c.dcs {
 		errs = append(errs, c.StopDC(d.name))

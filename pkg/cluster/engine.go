@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
@@ -131,6 +132,10 @@ func (c *Cluster) StopReplicator(name string) error {
 	return nil
 }
 
+// CloseConn closes engine DC name's NATS connection at once, without a
+// flush (a crash's lost socket); the next StartReplicator dials a new one.
+func (c *Cluster) CloseConn(name string) { c.closeConn(c.dc(name)) }
+
 func (c *Cluster) closeConn(d *dc) {
 	d.mu.Lock()
 	nc := d.mu.nc
@@ -139,4 +144,27 @@ func (c *Cluster) closeConn(d *dc) {
 	if nc != nil {
 		nc.Close()
 	}
+}
+
+// Connect opens a test's own connection to the server (no proxy), which
+// reconnects for ever, quickly, and closes at the end of the test.
+func (c *Cluster) Connect(t TB, name string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(c.URL(), nats.Name(name), nats.MaxReconnects(-1),
+		nats.ReconnectWait(20*time.Millisecond), nats.ReconnectJitter(0, 0))
+	if err != nil {
+		t.Fatalf("connect to %s: %v", c.URL(), err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// JetStream is a JetStream context on a Connect connection.
+func (c *Cluster) JetStream(t TB) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(c.Connect(t, "test"))
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
 }

@@ -90,3 +90,12 @@ func Hold(d time.Duration, stop <-chan struct{}) {
 	case <-stop:
 	}
 }
+
+// WaitFor checks cond every interval until it holds or timeout passes;
+// the error then says so. It is Wait for a condition with nothing to
+// explain.
+func WaitFor(timeout, interval time.Duration, cond func() bool) error {
+	return Wait(context.Background(), timeout, interval, "condition", func() (bool, string) {
+		return cond(), "not met"
+	})
+}
