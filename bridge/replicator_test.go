@@ -15,8 +15,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // single starts one DC, dc1 of a mesh with dc2, against an embedded server;
@@ -81,6 +83,9 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 }
+
+// testParts is the partition count of these tests.
+const testParts = 4
 
 func TestLifecycle(t *testing.T) {
 	r, st, _ := single(t)
@@ -147,7 +152,7 @@ func TestRepairServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := nc.RequestWithContext(ctx, RepairSubject("dc1"), b)
+		m, err := nc.RequestWithContext(ctx, names.RepairSubject("dc1"), b)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -243,9 +248,9 @@ func TestTrimStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	js := reps[0].js
+	js := reps[0].env.js
 	waitFor(t, "the stream trimmed to one message per partition", func() bool {
-		s, err := js.Stream(ctx, StreamName("dc1"))
+		s, err := js.Stream(ctx, names.Stream("dc1"))
 		if err != nil {
 			return false
 		}
@@ -258,14 +263,14 @@ func TestTrimStream(t *testing.T) {
 	if got := reps[1].Stats().Applied; got != 200 {
 		t.Fatalf("dc2 applied %d of 200", got)
 	}
-	s, _ := js.Stream(ctx, StreamName("dc1"))
+	s, _ := js.Stream(ctx, names.Stream("dc1"))
 	own := stores[0].Applied()["dc1"]
 	for p := range testParts {
-		m, err := s.GetLastMsgForSubject(ctx, Subject("dc1", uint32(p)))
+		m, err := s.GetLastMsgForSubject(ctx, names.Subject("dc1", uint32(p)))
 		if err != nil {
 			continue // no key hashed to this partition
 		}
-		if hi, err := lastOwnSeq("dc1", uint32(p), m.Header); err != nil || hi != own[p] {
+		if hi, err := core.LastOwnSeq("dc1", uint32(p), m.Header); err != nil || hi != own[p] {
 			t.Fatalf("partition %d's last message names %d (err %v) as the highest own sequence, want %d", p, hi, err, own[p])
 		}
 	}

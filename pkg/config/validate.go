@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -84,8 +85,9 @@ func (c Config) Validate() error {
 
 // ReservedIDs are the second tokens of the sidecars' own NATS subjects
 // (repl.ae.<dc>, repl.api.<dc>.*, ...); a DC with such an id would have
-// its event stream repl.<dc>.<partition> overlap them.
-var ReservedIDs = []string{"ae", "api", "applied", "home", "repair", "snap"}
+// its event stream repl.<dc>.<partition> overlap them. Package names owns
+// them.
+var ReservedIDs = names.Reserved()
 
 func checkID(p *problems, field, id string) bool {
 	if slices.Contains(ReservedIDs, id) {

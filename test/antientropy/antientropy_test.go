@@ -22,12 +22,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/antientropy"
 	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/demo"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
 )
 
@@ -361,12 +361,12 @@ func forgetStreams(t *testing.T, url string, partitions int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, dc := range dcNames {
-		s, err := js.Stream(ctx, bridge.StreamName(dc))
+		s, err := js.Stream(ctx, names.Stream(dc))
 		if err != nil {
 			t.Fatal(err)
 		}
 		for p := range partitions {
-			if err := s.Purge(ctx, jetstream.WithPurgeSubject(bridge.Subject(dc, uint32(p))), jetstream.WithPurgeKeep(1)); err != nil {
+			if err := s.Purge(ctx, jetstream.WithPurgeSubject(names.Subject(dc, uint32(p))), jetstream.WithPurgeKeep(1)); err != nil {
 				t.Fatal(err)
 			}
 		}

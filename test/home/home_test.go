@@ -23,6 +23,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/home"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
@@ -269,7 +270,7 @@ func (c *homeCluster) natsPut(dc, key, value string) *nats.Msg {
 	}
 	defer nc.Close()
 	req, _ := json.Marshal(natsapi.Request{Key: key, ValueText: &value})
-	msg, err := nc.Request(natsapi.Subject(dc, "put"), req, 10*time.Second)
+	msg, err := nc.Request(names.APISubject(dc, "put"), req, 10*time.Second)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -35,6 +35,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -78,7 +79,7 @@ func start(t *testing.T, topology string, servers, replicas int) *deployment {
 	// Each DC's streams live in its own cluster, on as many of its servers
 	// as asked.
 	for _, dc := range dcs {
-		for _, name := range []string{bridge.StreamName(dc), bridge.DLQStreamName(dc)} {
+		for _, name := range []string{names.Stream(dc), names.DLQStream(dc)} {
 			info := d.streamInfo(t, d.region[dc], name)
 			if info.Cluster == nil || info.Cluster.Name != d.region[dc] || len(info.Cluster.Replicas)+1 != replicas {
 				t.Fatalf("stream %s: cluster %+v; want it in cluster %s with %d replicas", name, info.Cluster, d.region[dc], replicas)
@@ -438,7 +439,7 @@ func TestIsolatedRegion(t *testing.T) {
 		now := d.c.Stats(dc).Published
 		return now >= published+50, fmt.Sprintf("published %d, was %d", now, published)
 	})
-	t.Logf("%s published %d events into %s while cut off", dc, d.c.Stats(dc).Published-published, bridge.StreamName(dc))
+	t.Logf("%s published %d events into %s while cut off", dc, d.c.Stats(dc).Published-published, names.Stream(dc))
 	waitBehind(t, d.c, other, dc, 50)
 	waitBehind(t, d.c, dc, other, 50)
 	for _, l := range d.c.Node(dc).Status().Bridge.Links {
@@ -448,10 +449,10 @@ func TestIsolatedRegion(t *testing.T) {
 	// What the isolated region's JetStream API still answers.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if s, err := isoJS.Stream(ctx, bridge.StreamName(dc)); err != nil {
-		t.Logf("isolated: stream info of %s: %v", bridge.StreamName(dc), err)
+	if s, err := isoJS.Stream(ctx, names.Stream(dc)); err != nil {
+		t.Logf("isolated: stream info of %s: %v", names.Stream(dc), err)
 	} else {
-		t.Logf("isolated: stream info of %s answered: %d messages", bridge.StreamName(dc), s.CachedInfo().State.Msgs)
+		t.Logf("isolated: stream info of %s answered: %d messages", names.Stream(dc), s.CachedInfo().State.Msgs)
 	}
 	probe := jetstream.StreamConfig{Name: "PROBE_ISOLATED", Subjects: []string{"probe.>"}, Storage: jetstream.MemoryStorage,
 		Placement: &jetstream.Placement{Cluster: isolated}}
@@ -460,8 +461,8 @@ func TestIsolatedRegion(t *testing.T) {
 	} else {
 		t.Logf("isolated: create stream: %v", err)
 	}
-	if _, err := isoJS.CreateOrUpdateConsumer(probeCtx(t), bridge.StreamName(dc), jetstream.ConsumerConfig{Durable: "probe", AckPolicy: jetstream.AckExplicitPolicy}); err == nil {
-		t.Errorf("isolated: creating a consumer on %s succeeded without a meta leader", bridge.StreamName(dc))
+	if _, err := isoJS.CreateOrUpdateConsumer(probeCtx(t), names.Stream(dc), jetstream.ConsumerConfig{Durable: "probe", AckPolicy: jetstream.AckExplicitPolicy}); err == nil {
+		t.Errorf("isolated: creating a consumer on %s succeeded without a meta leader", names.Stream(dc))
 	} else {
 		t.Logf("isolated: create consumer: %v", err)
 	}

@@ -1,11 +1,11 @@
-package bridge
+package core
 
 import (
 	"errors"
 	"strings"
 	"testing"
 
-	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -25,7 +25,7 @@ func testEvent(origin string, seq uint64, key string, path ...string) *event.Eve
 }
 
 func TestCheck(t *testing.T) {
-	c := checker{partitions: testParts, known: map[string]bool{"a": true, "b": true, "c": true}}
+	c := NewChecker([]string{"a", "b", "c"}, testParts, event.Limits{})
 	type msg struct {
 		subject string
 		header  map[string][]string
@@ -98,7 +98,7 @@ func TestCheck(t *testing.T) {
 		{"transaction of another DC's stream", txnOf(testEvent("c", 8, "k1"), testEvent("c", 9, "k2")), "forged"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			evs, err := c.check("b", tc.msg.subject, nats.Header(tc.msg.header), tc.msg.data)
+			evs, err := c.Check("b", tc.msg.subject, tc.msg.header, tc.msg.data)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("rejected: %v", err)
@@ -113,36 +113,39 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-func TestLastOwnSeq(t *testing.T) {
+func TestCheckReport(t *testing.T) {
+	c := NewChecker([]string{"a", "b", "c"}, 2, event.Limits{})
+	enc := func(v any) []byte {
+		b, err := msgpack.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
 	for _, tc := range []struct {
-		name   string
-		header nats.Header
-		want   uint64
-		err    bool
+		name string
+		dc   string
+		data []byte
+		want string // "" accepts
 	}{
-		{"nothing", nats.Header{}, 0, false},
-		{"own event", nats.Header{"Nats-Msg-Id": {"a:2:17"}}, 17, false},
-		{"own event with a higher Seq-Hi", nats.Header{"Nats-Msg-Id": {"a:2:17"}, HeaderSeqHi: {"20"}}, 20, false},
-		{"forwarded event", nats.Header{"Nats-Msg-Id": {"b:2:99"}, HeaderSeqHi: {"5"}}, 5, false},
-		{"other partition's id", nats.Header{"Nats-Msg-Id": {"a:1:99"}}, 0, false},
-		{"bad Seq-Hi", nats.Header{HeaderSeqHi: {"x"}}, 0, true},
-		{"absurd Seq-Hi", nats.Header{HeaderSeqHi: {"9223372036854775808"}}, 0, true},
+		{"good", "b", enc(map[string][]uint64{"a": {1, 2}, "b": {3, 4}}), ""},
+		{"empty", "b", enc(map[string][]uint64{}), ""},
+		{"unknown reporter", "z", enc(map[string][]uint64{"a": {1, 2}}), `"z" is not a known DC`},
+		{"unknown origin", "b", enc(map[string][]uint64{"z": {1, 2}}), `unknown DC "z"`},
+		{"partition count", "b", enc(map[string][]uint64{"a": {1, 2, 3}}), "has 3 partitions, want 2"},
+		{"malformed", "b", []byte{0xc1}, "msgpack"},
+		{"huge declared length", "b", []byte{0xdf, 0xff, 0xff, 0xff, 0xff}, "msgpack"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := lastOwnSeq("a", 2, tc.header)
-			if (err != nil) != tc.err || got != tc.want {
-				t.Fatalf("lastOwnSeq = %d, %v; want %d, error %v", got, err, tc.want, tc.err)
+			a, err := c.Report(tc.dc, tc.data)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want == "" && a == nil:
+				t.Fatal("accepted without a vector")
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err %v, want one saying %q", err, tc.want)
 			}
 		})
-	}
-}
-
-func TestHeaderText(t *testing.T) {
-	got := headerText("line one\r\nline two\x00" + strings.Repeat("é", 1000))
-	if strings.ContainsAny(got, "\r\n\x00") || len(got) > 1024+len("…") {
-		t.Fatalf("headerText left %q (%d bytes)", got[:40], len(got))
-	}
-	if !strings.HasSuffix(got, "…") || !strings.HasPrefix(got, "line one  line two ") {
-		t.Fatalf("headerText = %q...", got[:40])
 	}
 }
