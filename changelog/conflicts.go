@@ -17,6 +17,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // Conflict statuses.
@@ -95,17 +96,22 @@ func (c Conflict) MarshalJSON() ([]byte, error) {
 
 type versionAlias Version
 
-// MarshalJSON adds hlc_time, the HLC as wall-clock time, and value_text,
-// the value when it is printable UTF-8.
+// MarshalJSON adds hlc_time, the HLC as wall-clock time, value_text, the
+// value when it is printable UTF-8, and value_typed, a counter's, fields'
+// or set's state readable (resolve.Readable).
 func (v Version) MarshalJSON() ([]byte, error) {
 	out := struct {
 		versionAlias
-		ValueText *string `json:"value_text,omitempty"`
-		HLCTime   string  `json:"hlc_time"`
+		ValueText  *string         `json:"value_text,omitempty"`
+		ValueTyped json.RawMessage `json:"value_typed,omitempty"`
+		HLCTime    string          `json:"hlc_time"`
 	}{versionAlias: versionAlias(v), HLCTime: hlcTime(v.HLC)}
 	if !v.Deleted && printable(v.Value) {
 		s := string(v.Value)
 		out.ValueText = &s
+	}
+	if !v.Deleted {
+		out.ValueTyped, _ = resolve.Readable(v.Value)
 	}
 	return json.Marshal(out)
 }

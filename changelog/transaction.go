@@ -55,6 +55,9 @@ func (s *Store) TxnLimits() (ops, bytes int) { return s.txnLimits() }
 // most every DC, and each counter takes at most 9 bytes.
 func (s *Store) encodedBound(op WriteOp) int {
 	n := 96 + len(op.Key) + len(op.Value) + 2*len(s.opts.DC)
+	if op.TTL > 0 {
+		n += 13 // "exp" and a uint64
+	}
 	for _, dc := range s.opts.DCs {
 		n += len(dc) + 10
 	}
@@ -85,6 +88,9 @@ func (s *Store) WriteTxn(ctx context.Context, ops []WriteOp) ([]WriteResult, err
 		if len(op.Value) > s.opts.Limits.MaxValueBytes {
 			return nil, &TxnError{i, ValueTooLarge(len(op.Value), s.opts.Limits.MaxValueBytes)}
 		}
+		if err := op.checkTTL(); err != nil {
+			return nil, &TxnError{i, err}
+		}
 		if op.Resolve {
 			return nil, &TxnError{i, fmt.Errorf("%w: a transaction cannot resolve a conflict; resolve it on its own", ErrBadInput)}
 		}
@@ -113,12 +119,17 @@ func (s *Store) WriteTxn(ctx context.Context, ops []WriteOp) ([]WriteResult, err
 	out := make([]WriteResult, len(ops))
 	err := s.do(ctx, func(t *txn) error {
 		ws := make([]prepared, len(ops))
+		typedSize := size
 		for i, op := range ops {
 			w, err := t.prepare(op)
 			if err != nil {
 				return &TxnError{i, err}
 			}
 			ws[i] = w
+			typedSize += w.size
+		}
+		if typedSize > maxBytes {
+			return fmt.Errorf("%w: the transaction's typed values take up to %d bytes encoded with the rest, over the %d-byte limit", ErrBadInput, typedSize, maxBytes)
 		}
 		// Every check has passed; from here on the batch changes.
 		var hlc uint64

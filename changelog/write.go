@@ -3,11 +3,15 @@ package changelog
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
+	"time"
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // WriteOp is a local write.
@@ -21,6 +25,43 @@ type WriteOp struct {
 	// Context is the causal context the client read; nil when it sent none.
 	// A write supersedes exactly the siblings its context covers.
 	Context vclock.VV
+	// TTL, when positive, makes the value expire at the write's HLC plus
+	// TTL (dvv.Version.Expires), the same instant at every DC; 0 writes a
+	// value that never expires. It must be within (0, MaxTTL] when set and
+	// is refused on a delete.
+	TTL time.Duration
+	// Typed is a typed operation (incr, patch, add, remove) on a key whose
+	// resolver is a resolve.Typed; Value and Delete are then unused. A
+	// plain write to such a key becomes the type's put or delete. The
+	// store reads the key's siblings and writes the new state in its
+	// committer, with a context covering every sibling it read.
+	Typed *resolve.Op
+}
+
+// MaxTTL bounds WriteOp.TTL: ten years.
+const MaxTTL = 10 * 365 * 24 * time.Hour
+
+// CheckTTL says why ttl is not a TTL a write may carry, or nil.
+func CheckTTL(ttl time.Duration) error {
+	switch {
+	case ttl < 0:
+		return fmt.Errorf("%w: ttl %s is negative; give a positive duration such as 30s, or none for a value that never expires", ErrBadInput, ttl)
+	case ttl > MaxTTL:
+		return fmt.Errorf("%w: ttl %s is over the maximum of %s", ErrBadInput, ttl, MaxTTL)
+	case ttl > 0 && ttl < time.Millisecond:
+		return fmt.Errorf("%w: ttl %s is under the 1ms resolution of the HLC; give at least 1ms", ErrBadInput, ttl)
+	}
+	return nil
+}
+
+// ExpiryAt is the expiry of a value written at HLC time hlc with ttl: hlc
+// plus ttl's whole milliseconds in the HLC's physical part; 0 when ttl is
+// not positive.
+func ExpiryAt(at uint64, ttl time.Duration) uint64 {
+	if ttl <= 0 {
+		return 0
+	}
+	return at + uint64(ttl.Milliseconds())<<hlc.LogicalBits
 }
 
 // WriteResult is what a durable local write produced.
@@ -40,6 +81,9 @@ func (s *Store) Write(ctx context.Context, op WriteOp) (WriteResult, error) {
 	if len(op.Value) > s.opts.Limits.MaxValueBytes {
 		return WriteResult{}, ValueTooLarge(len(op.Value), s.opts.Limits.MaxValueBytes)
 	}
+	if err := op.checkTTL(); err != nil {
+		return WriteResult{}, err
+	}
 	if s.opts.ContextWait > 0 && len(op.Context) > 0 {
 		wctx, cancel := context.WithTimeout(ctx, s.opts.ContextWait)
 		err := s.WaitContext(wctx, op.Key, op.Context)
@@ -57,6 +101,17 @@ func (s *Store) Write(ctx context.Context, op WriteOp) (WriteResult, error) {
 		return err
 	})
 	return res, err
+}
+
+// checkTTL refuses a bad TTL, or one on a delete.
+func (op WriteOp) checkTTL() error {
+	if err := CheckTTL(op.TTL); err != nil {
+		return err
+	}
+	if op.TTL != 0 && op.Delete {
+		return fmt.Errorf("%w: a delete cannot carry a ttl (%s); only a value expires", ErrBadInput, op.TTL)
+	}
+	return nil
 }
 
 // ContextAheadError is the ErrContextAhead a write gets when its context
@@ -157,10 +212,12 @@ func (t *txn) write(op WriteOp) (WriteResult, error) {
 
 // prepared is a local write checked against the key's state, not yet made.
 type prepared struct {
-	op  WriteOp
-	p   uint32
-	st  dvv.State
-	ctx vclock.VV // the write's causal context
+	op    WriteOp
+	p     uint32
+	st    dvv.State
+	ctx   vclock.VV     // the write's causal context
+	typed resolve.Typed // the key's typed resolver, with op.Typed set
+	size  int           // a bound of the typed state's encoded size
 }
 
 // prepare checks op against the key's state as this batch has left it. It
@@ -174,11 +231,50 @@ func (t *txn) prepare(op WriteOp) (prepared, error) {
 	}
 	r := s.opts.Resolvers.For(op.Key)
 	implicit := op.Context == nil && (op.Delete || r.OnWrite())
+	tr, typed := r.(resolve.Typed)
+	typedSize := 0
+	switch {
+	case typed:
+		op.Typed = typedOp(op)
+		// A typed write reads the whole state, so it supersedes every
+		// sibling it read; its join carries what they held.
+		implicit = true
+		// Check the operation against the state now, so a refusal leaves
+		// the batch as it was; make applies it again with the final dot
+		// and HLC, which the largest ones here bound in size.
+		v, err := tr.Apply(st.Live(), *op.Typed, vclock.Dot{DC: s.opts.DC, N: math.MaxUint64}, math.MaxUint64>>1)
+		if err != nil {
+			return prepared{}, fmt.Errorf("%w: key %q: %v", ErrBadInput, op.Key, err)
+		}
+		if len(v) > s.opts.Limits.MaxValueBytes {
+			return prepared{}, ValueTooLarge(len(v), s.opts.Limits.MaxValueBytes)
+		}
+		typedSize = len(v)
+	case op.Typed != nil:
+		return prepared{}, fmt.Errorf("%w: key %q uses the %s resolver; %s applies only to keys whose resolver is %s, %s or %s", ErrBadInput,
+			op.Key, r.Name(), op.Typed.Kind, resolve.NameCounter, resolve.NameFields, resolve.NameSet)
+	}
 	client, err := t.checkContext(op.Key, op.Context, st.Clock, p)
 	if err != nil {
 		return prepared{}, err
 	}
-	return prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}, nil
+	w := prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}
+	if typed {
+		w.typed, w.size = tr, typedSize
+	}
+	return w, nil
+}
+
+// typedOp is the typed operation op makes on a typed key: its own, or the
+// put or delete a plain write becomes.
+func typedOp(op WriteOp) *resolve.Op {
+	switch {
+	case op.Typed != nil:
+		return op.Typed
+	case op.Delete:
+		return &resolve.Op{Kind: resolve.OpDelete}
+	}
+	return &resolve.Op{Kind: resolve.OpPut, Body: op.Value}
 }
 
 // make makes a prepared write at HLC hlc: the next sequence of its
@@ -190,6 +286,18 @@ func (t *txn) make(w prepared, hlc uint64) (WriteResult, error) {
 	seq := t.lastSeq(p) + 1
 	dot := vclock.Dot{DC: s.opts.DC, N: seq}
 	ver := dvv.Version{Value: op.Value, Deleted: op.Delete, HLC: hlc}
+	if w.typed != nil {
+		// prepare checked the same operation on the same state.
+		v, err := w.typed.Apply(w.st.Live(), *op.Typed, dot, hlc)
+		if err != nil {
+			return WriteResult{}, fmt.Errorf("changelog: a typed write prepare accepted failed: %w", err)
+		}
+		ver = dvv.Version{Value: v, HLC: hlc}
+		op.Delete, op.Resolve = false, false
+	}
+	if !op.Delete {
+		ver.Expires = ExpiryAt(hlc, op.TTL)
+	}
 	ver.Value = normValue(ver)
 	next := w.st.Write(dot, w.ctx, ver)
 	ev := &event.Event{
@@ -204,6 +312,7 @@ func (t *txn) make(w prepared, hlc uint64) (WriteResult, error) {
 		Context:   w.ctx,
 		HLC:       ver.HLC,
 		Path:      []string{s.opts.DC},
+		Expires:   ver.Expires,
 	}
 	switch {
 	case op.Delete:
@@ -334,7 +443,7 @@ func (t *txn) apply(ev *event.Event, forward func(*event.Event) bool) (ApplyResu
 	if err != nil {
 		return ApplyResult{}, err
 	}
-	ver := dvv.Version{Value: ev.Value, Deleted: ev.Op == event.OpDelete, HLC: ev.HLC}
+	ver := dvv.Version{Value: ev.Value, Deleted: ev.Op == event.OpDelete, HLC: ev.HLC, Expires: ev.Expires}
 	ver.Value = normValue(ver)
 	res := ApplyResult{Outcome: Obsolete}
 	if next, ok := st.Apply(ev.Dot, ev.Context, ver); ok {

@@ -162,6 +162,10 @@ type call struct {
 // covers it.
 func Context(kctx string) Opt { return func(c *call) { c.hdr.Set("X-Repl-Context", kctx) } }
 
+// TTL gives a Put's value a time to live (X-Repl-TTL): it expires then at
+// every DC, and reads anywhere no longer show it.
+func TTL(d time.Duration) Opt { return func(c *call) { c.hdr.Set("X-Repl-TTL", d.String()) } }
+
 // SessionToken sends a session token (X-Repl-Session): the call waits until
 // this DC has applied every write it names.
 func SessionToken(tok string) Opt {
@@ -371,9 +375,45 @@ func (c *Client) Delete(ctx context.Context, key string, opts ...Opt) (WriteResu
 	return c.write(ctx, http.MethodDelete, key, nil, opts)
 }
 
+// Incr adds by (non-zero; negative subtracts) to a counter key: POST
+// /v1/kv/{key}?op=incr.
+func (c *Client) Incr(ctx context.Context, key string, by int64, opts ...Opt) (WriteResult, error) {
+	body, _ := json.Marshal(map[string]int64{"by": by})
+	return c.writeTo(ctx, http.MethodPost, keyPath(key)+"?op=incr", key, body, opts)
+}
+
+// Patch merges an RFC 7386 merge patch (a JSON object; a null removes a
+// field) into a fields key: PATCH /v1/kv/{key}.
+func (c *Client) Patch(ctx context.Context, key string, patch []byte, opts ...Opt) (WriteResult, error) {
+	return c.write(ctx, http.MethodPatch, key, patch, opts)
+}
+
+// Add adds elements (JSON values) to a set key: POST /v1/kv/{key}?op=add.
+func (c *Client) Add(ctx context.Context, key string, elements []json.RawMessage, opts ...Opt) (WriteResult, error) {
+	return c.setOp(ctx, "add", key, elements, opts)
+}
+
+// Remove removes elements (JSON values) from a set key, the adds this DC
+// has seen of them: POST /v1/kv/{key}?op=remove.
+func (c *Client) Remove(ctx context.Context, key string, elements []json.RawMessage, opts ...Opt) (WriteResult, error) {
+	return c.setOp(ctx, "remove", key, elements, opts)
+}
+
+func (c *Client) setOp(ctx context.Context, op, key string, elements []json.RawMessage, opts []Opt) (WriteResult, error) {
+	body, err := json.Marshal(map[string][]json.RawMessage{"elements": elements})
+	if err != nil {
+		return WriteResult{}, fmt.Errorf("client: %s %q: elements: %w", op, key, err)
+	}
+	return c.writeTo(ctx, http.MethodPost, keyPath(key)+"?op="+op, key, body, opts)
+}
+
 func (c *Client) write(ctx context.Context, method, key string, value []byte, opts []Opt) (WriteResult, error) {
+	return c.writeTo(ctx, method, keyPath(key), key, value, opts)
+}
+
+func (c *Client) writeTo(ctx context.Context, method, path, key string, value []byte, opts []Opt) (WriteResult, error) {
 	cl := c.options(opts)
-	_, b, err := c.do(ctx, method, keyPath(key), value, cl)
+	_, b, err := c.do(ctx, method, path, value, cl)
 	if err != nil {
 		return WriteResult{}, err
 	}

@@ -60,6 +60,9 @@ const (
 	NameConcat   = "concat"
 	NameUnion    = "union"
 	NameRecord   = "record"
+	NameCounter  = "counter"
+	NameFields   = "fields"
+	NameSet      = "set"
 	// NameExternal is valid in the config but built by the node, which
 	// owns the NATS connection; ByName rejects it.
 	NameExternal = "external"
@@ -70,7 +73,7 @@ const DefaultSeparator = "/"
 
 // Names returns the resolvers ByName builds, in a stable order.
 func Names() []string {
-	return []string{NameSiblings, NameLWW, NamePriority, NameConcat, NameUnion, NameRecord}
+	return []string{NameSiblings, NameLWW, NamePriority, NameConcat, NameUnion, NameRecord, NameCounter, NameFields, NameSet}
 }
 
 // Options holds the settings some resolvers take. A setting given to a
@@ -112,6 +115,12 @@ func ByName(name string, opts Options) (Resolver, error) {
 		r = Union()
 	case NameRecord:
 		r = Record()
+	case NameCounter:
+		r = Counter()
+	case NameFields:
+		r = Fields()
+	case NameSet:
+		r = Set()
 	case NameExternal:
 		return nil, fmt.Errorf("resolve: %q is built by the node, which wraps a fallback resolver from this package", name)
 	default:

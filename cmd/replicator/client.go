@@ -12,12 +12,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/replicatorhq/replicator/client"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // clientFlags are the flags every client command shares.
@@ -132,7 +134,7 @@ var stdin io.Reader = os.Stdin
 // value: not a failure of the command, and not a usage error.
 const exitNotFound = 3
 
-const kvSynopsis = "get KEY [--json] | put KEY VALUE|- | del KEY [--context CTX] | txn [FILE]"
+const kvSynopsis = "get KEY [--json] | put KEY VALUE|- [--ttl D] | del KEY [--context CTX] | incr KEY N | patch KEY JSON|- | add|remove KEY JSON... | txn [FILE]"
 
 func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("kv", kvSynopsis+"\n\n"+
@@ -143,22 +145,31 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c.register(fs)
 	ctxHdr := fs.String("context", "", "causal context from an earlier read (X-Repl-Context); on get, wait until this DC covers it")
 	asJSON := fs.Bool("json", false, "get: print the JSON answer of GET /v1/kv/{key} (also for a missing key)")
+	ttl := fs.Duration("ttl", 0, "put: the value's time to live (X-Repl-TTL), such as 30s; it expires then at every DC")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(rest) == 0 {
-		return usagef("want get|put|del KEY [VALUE], or txn [FILE]")
+		return usagef("want get|put|del KEY [VALUE], incr KEY N, patch KEY JSON, add|remove KEY JSON..., or txn [FILE]")
 	}
-	want := map[string]int{"get": 2, "put": 3, "del": 2}
+	want := map[string]int{"get": 2, "put": 3, "del": 2, "incr": 3, "patch": 3}
 	op := rest[0]
 	switch n, ok := want[op]; {
 	case op == "txn":
 		if len(rest) > 2 {
 			return usagef("kv txn [FILE]: one file at most, got %d arguments", len(rest)-1)
 		}
+	case op == "add" || op == "remove":
+		if len(rest) < 3 {
+			return usagef("kv %s KEY ELEMENT...: each element a JSON value (quote strings: '\"x\"')", op)
+		}
 	case !ok:
-		return usagef("unknown kv operation %q: want get, put, del or txn", op)
+		return usagef("unknown kv operation %q: want get, put, del, incr, patch, add, remove or txn", op)
+	case len(rest) < n && op == "incr":
+		return usagef("kv incr KEY N: N a non-zero integer (negative decrements)")
+	case len(rest) < n && op == "patch":
+		return usagef("kv patch KEY JSON: an RFC 7386 merge patch object (or - to read it from stdin)")
 	case len(rest) < n && op == "put":
 		return usagef("kv put KEY VALUE (or - to read the value from stdin)")
 	case len(rest) < n:
@@ -168,6 +179,12 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *asJSON && op != "get" {
 		return usagef("--json is for kv get")
+	}
+	if *ttl != 0 && op != "put" {
+		return usagef("--ttl is for kv put")
+	}
+	if *ttl < 0 {
+		return usagef("--ttl %s is negative; give a positive duration such as 30s", *ttl)
 	}
 	if err := c.finish(); err != nil {
 		return err
@@ -203,20 +220,58 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		printRead(stdout, stderr, item)
 		return nil
 	case "put":
-		value := []byte(rest[2])
-		if rest[2] == "-" {
-			if value, err = io.ReadAll(stdin); err != nil {
-				return fmt.Errorf("read the value from stdin: %w", err)
-			}
+		value, rerr := argOrStdin(rest[2], "value")
+		if rerr != nil {
+			return rerr
+		}
+		if *ttl > 0 {
+			opts = append(opts, client.TTL(*ttl))
 		}
 		res, err = cl.Put(ctx, key, value, opts...)
 	case "del":
 		res, err = cl.Delete(ctx, key, opts...)
+	case "incr":
+		by, perr := strconv.ParseInt(rest[2], 10, 64)
+		if perr != nil || by == 0 {
+			return usagef("kv incr KEY N: N is %q; want a non-zero integer within int64", rest[2])
+		}
+		res, err = cl.Incr(ctx, key, by, opts...)
+	case "patch":
+		patch, rerr := argOrStdin(rest[2], "patch")
+		if rerr != nil {
+			return rerr
+		}
+		res, err = cl.Patch(ctx, key, patch, opts...)
+	case "add", "remove":
+		elems := make([]json.RawMessage, len(rest)-2)
+		for i, e := range rest[2:] {
+			if !json.Valid([]byte(e)) {
+				return usagef("kv %s: element %q is not a JSON value; quote strings: '\"%s\"'", op, e, e)
+			}
+			elems[i] = json.RawMessage(e)
+		}
+		if op == "add" {
+			res, err = cl.Add(ctx, key, elems, opts...)
+		} else {
+			res, err = cl.Remove(ctx, key, elems, opts...)
+		}
 	}
 	if err != nil {
 		return cliError(err)
 	}
 	return writeJSONLine(stdout, res)
+}
+
+// argOrStdin is arg's bytes, or stdin's when arg is "-".
+func argOrStdin(arg, what string) ([]byte, error) {
+	if arg != "-" {
+		return []byte(arg), nil
+	}
+	b, err := io.ReadAll(stdin)
+	if err != nil {
+		return nil, fmt.Errorf("read the %s from stdin: %w", what, err)
+	}
+	return b, nil
 }
 
 // client returns a client of the sidecar the flags name.
@@ -409,16 +464,20 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("not a replicator event: %w", err)
 		}
-		var v any = evs[0]
-		if evs[0].TxnOps > 0 {
-			v = struct {
-				Version int            `json:"version"`
-				Txn     []*event.Event `json:"txn"`
-			}{event.TxnVersion, evs}
+		ops := make([]json.RawMessage, len(evs))
+		for i, ev := range evs {
+			if ops[i], err = inspectJSON(ev); err != nil {
+				return err
+			}
 		}
-		j, err := json.Marshal(v)
-		if err != nil {
-			return err
+		j := []byte(ops[0])
+		if evs[0].TxnOps > 0 {
+			if j, err = json.Marshal(struct {
+				Version int               `json:"version"`
+				Txn     []json.RawMessage `json:"txn"`
+			}{event.TxnVersion, ops}); err != nil {
+				return err
+			}
 		}
 		if *compact {
 			fmt.Fprintf(stdout, "%s\n", j)
@@ -429,4 +488,17 @@ func cmdInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	return nil
+}
+
+// inspectJSON is an event's JSON, with "value_typed", the readable state,
+// when its value is a counter, fields or set state.
+func inspectJSON(ev *event.Event) (json.RawMessage, error) {
+	j, err := json.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	if r, ok := resolve.Readable(ev.Value); ok && len(j) > 0 && j[len(j)-1] == '}' {
+		j = append(append(append(j[:len(j)-1], `,"value_typed":`...), r...), '}')
+	}
+	return j, nil
 }

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -124,10 +125,16 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
+		// A negative number that is no flag's value is an argument
+		// (kv incr KEY -2), not an unknown flag.
+		var after []string
+		if i := negativeArg(fs, args); i >= 0 {
+			args, after = args[:i], args[i:]
+		}
 		if err := parse(fs, args); err != nil {
 			return nil, err
 		}
-		rest := fs.Args()
+		rest := append(fs.Args(), after...)
 		if len(rest) == 0 {
 			return pos, nil
 		}
@@ -137,6 +144,29 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
+}
+
+// negativeArg returns the index of the first argument that is a negative
+// integer and not the value of the flag before it, or -1.
+func negativeArg(fs *flag.FlagSet, args []string) int {
+	for i, a := range args {
+		if a == "--" {
+			return -1
+		}
+		if _, err := strconv.ParseInt(a, 10, 64); err != nil || !strings.HasPrefix(a, "-") {
+			continue
+		}
+		if i > 0 {
+			prev := strings.TrimLeft(args[i-1], "-")
+			if f := fs.Lookup(prev); f != nil && strings.HasPrefix(args[i-1], "-") && !strings.Contains(prev, "=") {
+				if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !ok || !b.IsBoolFlag() {
+					continue // the flag's value
+				}
+			}
+		}
+		return i
+	}
+	return -1
 }
 
 // parseNone parses the flags of a command that takes no positional

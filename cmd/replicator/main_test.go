@@ -55,6 +55,14 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"kv", "get"}, 2, "kv get KEY: the key is missing"},
 		{[]string{"kv", "txn", "a", "b"}, 2, "one file at most"},
 		{[]string{"kv", "put", "k", "v", "--json"}, 2, "--json is for kv get"},
+		{[]string{"kv", "get", "k", "--ttl", "1s"}, 2, "--ttl is for kv put"},
+		{[]string{"kv", "put", "k", "v", "--ttl", "-1s"}, 2, "--ttl -1s is negative"},
+		{[]string{"kv", "put", "k", "v", "--ttl", "soon"}, 2, `invalid value "soon" for flag -ttl`},
+		{[]string{"kv", "incr", "k"}, 2, "kv incr KEY N"},
+		{[]string{"kv", "incr", "k", "x"}, 2, "want a non-zero integer"},
+		{[]string{"kv", "add", "k"}, 2, "kv add KEY ELEMENT"},
+		{[]string{"kv", "add", "k", "x"}, 2, "is not a JSON value"},
+		{[]string{"kv", "patch", "k", "{}", "extra"}, 2, "kv patch takes 2 argument(s)"},
 		{[]string{"conflicts", "list", "extra"}, 2, `conflicts list takes no arguments, got "extra"`},
 		{[]string{"conflicts", "list", "--limit", "-1"}, 2, "--limit -1"},
 		{[]string{"run", "--config", "x.yaml", "extra"}, 2, `run takes no arguments, got "extra"`},
@@ -153,6 +161,7 @@ func TestDemoJSON(t *testing.T) {
 		ElapsedMS *int64            `json:"elapsed_ms"`
 		Seed      uint64            `json:"seed"`
 		Workload  string            `json:"workload"`
+		Merged    map[string]string `json:"merged"`
 	}
 	if err := dec.Decode(&s); err != nil {
 		t.Fatalf("stdout %q: %v", out, err)
@@ -160,8 +169,25 @@ func TestDemoJSON(t *testing.T) {
 	if dec.More() {
 		t.Fatalf("more than one JSON value on stdout: %q", out)
 	}
-	if s.Converged == nil || !*s.Converged || s.Topology != "mesh" || s.DCs != 3 || s.Writes != 180 || len(s.Digests) != 3 || s.ElapsedMS == nil || len(s.Conflicts) != 6 {
+	if s.Converged == nil || !*s.Converged || s.Topology != "mesh" || s.DCs != 3 || s.Writes != 180 || len(s.Digests) != 3 || s.ElapsedMS == nil || len(s.Conflicts) != 9 {
 		t.Fatalf("demo summary %+v", s)
+	}
+	// The typed keys' merged values: a counter's decimal total, a
+	// document's object, a set's array.
+	kinds := map[string]bool{}
+	for k, v := range s.Merged {
+		prefix, _, _ := strings.Cut(k, "/")
+		kinds[prefix] = true
+		if v == "(deleted)" {
+			continue
+		}
+		number := !strings.ContainsAny(v[:1], "{[")
+		if number != (prefix == "views") || !json.Valid([]byte(v)) {
+			t.Errorf("merged %s = %s", k, v)
+		}
+	}
+	if !kinds["views"] || !kinds["profile"] || !kinds["cart"] {
+		t.Errorf("merged values of %v, want views/, profile/ and cart/ keys", kinds)
 	}
 	// The workload is the seed's: the same digest as the plan of seed 1.
 	if want := demo.Workload(demo.Options{DCs: 3, Writes: 60, Keys: 5, Seed: 1}); s.Seed != 1 || s.Workload != want {
@@ -251,6 +277,7 @@ func TestKVGetAndPut(t *testing.T) {
 	var (
 		mu  sync.Mutex
 		put []byte
+		ttl string
 	)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -265,7 +292,7 @@ func TestKVGetAndPut(t *testing.T) {
 		case r.Method == http.MethodPut:
 			b, _ := io.ReadAll(r.Body)
 			mu.Lock()
-			put = b
+			put, ttl = b, r.Header.Get("X-Repl-TTL")
 			mu.Unlock()
 			fmt.Fprint(w, `{"key":"k","context":"{dc1:5}","dot":"dc1:5"}`)
 		}
@@ -295,7 +322,13 @@ func TestKVGetAndPut(t *testing.T) {
 	code, out, errOut = runCLI("kv", "put", "k", "-", "--addr", srv.URL)
 	mu.Lock()
 	defer mu.Unlock()
-	if code != 0 || !bytes.Equal(put, value) || !strings.Contains(out, `"dot":"dc1:5"`) {
-		t.Errorf("kv put k -: exit %d %q %q, sent %q, want %q", code, out, errOut, put, value)
+	if code != 0 || !bytes.Equal(put, value) || !strings.Contains(out, `"dot":"dc1:5"`) || ttl != "" {
+		t.Errorf("kv put k -: exit %d %q %q, sent %q (ttl %q), want %q and no ttl", code, out, errOut, put, ttl, value)
+	}
+	mu.Unlock()
+	code, _, errOut = runCLI("kv", "put", "k", "v", "--ttl", "90s", "--addr", srv.URL)
+	mu.Lock()
+	if code != 0 || ttl != "1m30s" {
+		t.Errorf("kv put --ttl 90s: exit %d %q, sent X-Repl-TTL %q; want 1m30s", code, errOut, ttl)
 	}
 }

@@ -505,6 +505,7 @@ func (c *Cluster) Stats(name string) bridge.Stats {
 		s.Replays += x.Replays
 		s.ReportsSent += x.ReportsSent
 		s.ReportBytes += x.ReportBytes
+		s.Expired += x.Expired
 	}
 	return s
 }

@@ -78,6 +78,12 @@ type Config struct {
 	// standby_hub stands in for the hub. 0 turns healing off. Default 30s;
 	// 0 or at least 2s (reports go out every second).
 	HealAfter Duration `yaml:"heal_after"`
+	// ExpiryTakeover is how long the DC that owns an expired value (the
+	// origin of the version with the longest TTL) may send no
+	// applied-vector report before another DC deletes the value in its
+	// place: the first DC of dcs, in order, that still reports. Default
+	// 30s; at least 2s (reports go out every second).
+	ExpiryTakeover Duration `yaml:"expiry_takeover"`
 	// ContextWait bounds how long a request that carries what its client
 	// has seen waits for this DC to cover it: a write or read with
 	// X-Repl-Context, a read with X-Repl-Session (and the NATS API's
@@ -221,10 +227,15 @@ const (
 	Union    = "union"
 	Record   = "record"
 	External = "external"
+	// Counter, Fields and Set are the typed resolvers: their keys take
+	// typed operations (incr; PATCH; add and remove).
+	Counter = "counter"
+	Fields  = "fields"
+	Set     = "set"
 )
 
 // resolverNames lists the resolver names in the order error messages show.
-var resolverNames = []string{Siblings, LWW, Priority, Concat, Union, Record, External}
+var resolverNames = []string{Siblings, LWW, Priority, Concat, Union, Record, External, Counter, Fields, Set}
 
 // Default values of rule fields that Complete fills in.
 const (
@@ -250,7 +261,7 @@ type Rule struct {
 	// Prefixes must be distinct.
 	Prefix string `yaml:"prefix"`
 	// Resolver is one of siblings, lww, priority, concat, union, record,
-	// external. Required.
+	// external, counter, fields, set. Required.
 	Resolver string `yaml:"resolver"`
 	// Priority lists every DC, the winner first (priority, or external
 	// with fallback priority).
@@ -259,7 +270,8 @@ type Rule struct {
 	// concat). Default "/".
 	Separator string `yaml:"separator"`
 	// Fallback is used when the external resolver times out or fails; any
-	// resolver but external. Default "siblings" (external only).
+	// resolver but external and the typed ones. Default "siblings"
+	// (external only).
 	Fallback string `yaml:"fallback"`
 	// Subject is the NATS subject of the application's resolver service
 	// (external only, required there).
@@ -347,10 +359,11 @@ const EnvelopeBytes = 16 * kib
 // fields and are filled in by Complete.
 func Default() Config {
 	return Config{
-		Topology:    Mesh,
-		Partitions:  16,
-		HealAfter:   Duration(30 * time.Second),
-		ContextWait: Duration(DefaultContextWait),
+		Topology:       Mesh,
+		Partitions:     16,
+		HealAfter:      Duration(30 * time.Second),
+		ExpiryTakeover: Duration(30 * time.Second),
+		ContextWait:    Duration(DefaultContextWait),
 		HTTP: HTTP{
 			Listen:       "127.0.0.1:7070",
 			MaxBodyBytes: mib,

@@ -116,6 +116,8 @@ func TestValidate(t *testing.T) {
 		{name: "healing off", edit: func(c *Config) { c.HealAfter = 0 }},
 		{name: "heal after too short", edit: func(c *Config) { c.HealAfter = Duration(500 * time.Millisecond) },
 			want: []string{`heal_after: 500ms: want 0 (healing off) or at least 2s; DCs report every second, and a shorter wait takes live DCs for dead`}},
+		{name: "expiry takeover too short", edit: func(c *Config) { c.ExpiryTakeover = Duration(time.Second) },
+			want: []string{`expiry_takeover: 1s: want at least 2s; DCs report every second, and a shorter wait takes live DCs for dead, so two DCs would delete one expired value`}},
 		{name: "heal after negative", edit: func(c *Config) { c.HealAfter = Duration(-time.Second) },
 			want: []string{`heal_after: -1s: want 0 (healing off) or at least 2s; DCs report every second, and a shorter wait takes live DCs for dead`}},
 		{name: "standby hub is the hub", edit: func(c *Config) { c.Topology = Star; c.Hub = "a"; c.StandbyHub = "a" },
@@ -209,7 +211,7 @@ func TestValidate(t *testing.T) {
 
 		// Resolvers.
 		{name: "unknown default resolver", edit: func(c *Config) { c.Resolvers.Default = "newest" },
-			want: []string{`resolvers.default: "newest" is not a resolver; want one of siblings, lww, priority, concat, union, record, external`}},
+			want: []string{`resolvers.default: "newest" is not a resolver; want one of siblings, lww, priority, concat, union, record, external, counter, fields, set`}},
 		{name: "default needs parameters", edit: func(c *Config) { c.Resolvers.Default = Priority },
 			want: []string{`resolvers.default: "priority" needs parameters; add a rule with prefix "" and resolver priority instead`}},
 		{name: "every resolver", edit: func(c *Config) {
@@ -222,9 +224,9 @@ func TestValidate(t *testing.T) {
 			c.Complete()
 		}},
 		{name: "rule without resolver", edit: func(c *Config) { c.Resolvers.Rules = []Rule{{Prefix: "x/"}} },
-			want: []string{`resolvers.rules[0].resolver: required; want one of siblings, lww, priority, concat, union, record, external`}},
+			want: []string{`resolvers.rules[0].resolver: required; want one of siblings, lww, priority, concat, union, record, external, counter, fields, set`}},
 		{name: "rule with unknown resolver", edit: func(c *Config) { c.Resolvers.Rules = []Rule{{Prefix: "x/", Resolver: "max"}} },
-			want: []string{`resolvers.rules[0].resolver: "max" is not a resolver; want one of siblings, lww, priority, concat, union, record, external`}},
+			want: []string{`resolvers.rules[0].resolver: "max" is not a resolver; want one of siblings, lww, priority, concat, union, record, external, counter, fields, set`}},
 		{name: "duplicate prefixes", edit: func(c *Config) {
 			c.Resolvers.Rules = []Rule{{Prefix: "x/", Resolver: LWW}, {Prefix: "y/", Resolver: LWW}, {Prefix: "x/", Resolver: Union}}
 		},
@@ -261,7 +263,7 @@ func TestValidate(t *testing.T) {
 		{name: "external falls back to itself", edit: ext(Rule{Resolver: External, Subject: "s", Fallback: External}),
 			want: []string{`resolvers.rules[0].fallback: "external" cannot fall back to itself; want another resolver, e.g. siblings`}},
 		{name: "external unknown fallback", edit: ext(Rule{Resolver: External, Subject: "s", Fallback: "max"}),
-			want: []string{`resolvers.rules[0].fallback: "max" is not a resolver; want one of siblings, lww, priority, concat, union, record, external`}},
+			want: []string{`resolvers.rules[0].fallback: "max" is not a resolver; want one of siblings, lww, priority, concat, union, record, external, counter, fields, set`}},
 		{name: "external timeout too long", edit: ext(Rule{Resolver: External, Subject: "s", Timeout: Duration(2 * time.Minute)}),
 			want: []string{`resolvers.rules[0].timeout: 2m0s is out of range; want more than 0 and at most 1m`}},
 		{name: "external priority fallback needs list", edit: ext(Rule{Resolver: External, Subject: "s", Fallback: Priority}),
@@ -347,16 +349,17 @@ func TestValidationErrorText(t *testing.T) {
 
 func TestDefault(t *testing.T) {
 	want := Config{
-		Topology:    "mesh",
-		Partitions:  16,
-		HealAfter:   Duration(30 * time.Second),
-		ContextWait: Duration(5 * time.Second),
-		HTTP:        HTTP{Listen: "127.0.0.1:7070", MaxBodyBytes: 1 << 20},
-		Resolvers:   Resolvers{Default: "siblings"},
-		Durability:  Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute), StreamRetention: Duration(24 * time.Hour)},
-		Limits:      Limits{MaxEventBytes: 1 << 20, MaxKeyBytes: 4096, MaxValueBytes: 1<<20 - 32<<10, MaxTxnOps: 1000, MaxTxnBytes: 4 << 20},
-		ConflictLog: ConflictLog{Retention: Duration(720 * time.Hour), MaxEntries: 1000000},
-		Changes:     Changes{Retention: Duration(24 * time.Hour), MaxBytes: 1 << 30},
+		Topology:       "mesh",
+		Partitions:     16,
+		HealAfter:      Duration(30 * time.Second),
+		ExpiryTakeover: Duration(30 * time.Second),
+		ContextWait:    Duration(5 * time.Second),
+		HTTP:           HTTP{Listen: "127.0.0.1:7070", MaxBodyBytes: 1 << 20},
+		Resolvers:      Resolvers{Default: "siblings"},
+		Durability:     Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute), StreamRetention: Duration(24 * time.Hour)},
+		Limits:         Limits{MaxEventBytes: 1 << 20, MaxKeyBytes: 4096, MaxValueBytes: 1<<20 - 32<<10, MaxTxnOps: 1000, MaxTxnBytes: 4 << 20},
+		ConflictLog:    ConflictLog{Retention: Duration(720 * time.Hour), MaxEntries: 1000000},
+		Changes:        Changes{Retention: Duration(24 * time.Hour), MaxBytes: 1 << 30},
 	}
 	if got := Default(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Default() =\n %+v\nwant\n %+v", got, want)
@@ -422,7 +425,7 @@ func TestParseRejects(t *testing.T) {
 		want       []string // substrings of the error, in order
 	}{
 		{"unknown top-level key", "dc: a\ndcs: [a, b]\ntopolgy: ring\n",
-			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: changes, conflict_log, context_wait, data_dir, dc, dcs, durability, heal_after, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
+			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: changes, conflict_log, context_wait, data_dir, dc, dcs, durability, expiry_takeover, heal_after, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
 		{"unknown nested key", "dc: a\ndcs: [a, b]\nnats:\n  embeded: true\n",
 			[]string{`nats.embeded: line 4: unknown key; did you mean "embedded"?`}},
 		{"unknown key in a rule", "dc: a\ndcs: [a, b]\nresolvers:\n  rules:\n    - prefix: x\n      resolver: lww\n      prio: [a]\n",

@@ -156,6 +156,9 @@ func (c Config) validateDCs(p *problems) {
 	if w := time.Duration(c.ContextWait); w < 0 || w > MaxContextWait {
 		p.add("context_wait", "%s: want 0 (no wait) to %s", w, MaxContextWait)
 	}
+	if e := time.Duration(c.ExpiryTakeover); e < 2*time.Second {
+		p.add("expiry_takeover", "%s: want at least 2s; DCs report every second, and a shorter wait takes live DCs for dead, so two DCs would delete one expired value", e)
+	}
 	if h := time.Duration(c.HealAfter); h < 0 || h > 0 && h < 2*time.Second {
 		p.add("heal_after", "%s: want 0 (healing off) or at least 2s; DCs report every second, and a shorter wait takes live DCs for dead", h)
 	}
@@ -391,6 +394,8 @@ func (c Config) validateRule(p *problems, at string, r Rule) {
 			p.add(at+".fallback", "%q is not a resolver; want one of %s", r.Fallback, resolverList())
 		case r.Fallback == External:
 			p.add(at+".fallback", "%q cannot fall back to itself; want another resolver, e.g. siblings", r.Fallback)
+		case r.Fallback == Counter || r.Fallback == Fields || r.Fallback == Set:
+			p.add(at+".fallback", "%q is a typed resolver, whose keys take typed operations; an external rule's keys do not: want another resolver, e.g. siblings", r.Fallback)
 		}
 		if d := time.Duration(r.Timeout); d <= 0 || d > time.Minute {
 			p.add(at+".timeout", "%s is out of range; want more than 0 and at most 1m", d)

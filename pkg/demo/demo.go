@@ -29,6 +29,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/node"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // Options configure a demo run.
@@ -69,6 +70,9 @@ type Summary struct {
 	// conflicts and digests depend on timing too (see Plan).
 	Seed     uint64 `json:"seed"`
 	Workload string `json:"workload"`
+	// Merged is what every typed key (counter, fields, set) shows at the
+	// first DC once converged: the values the DCs merged by themselves.
+	Merged map[string]string `json:"merged"`
 
 	// Not in the JSON object: the table shows them.
 	WritePhase  time.Duration `json:"-"`
@@ -91,6 +95,14 @@ var prefixes = []struct{ prefix, resolver string }{
 	{"path/", config.Concat},
 	{"tags/", config.Union},
 	{"doc/", config.Record},
+	{"views/", config.Counter},
+	{"profile/", config.Fields},
+	{"cart/", config.Set},
+}
+
+// isTyped reports whether resolver merges typed values by itself.
+func isTyped(resolver string) bool {
+	return resolver == config.Counter || resolver == config.Fields || resolver == config.Set
 }
 
 func (o *Options) defaults() {
@@ -195,6 +207,7 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		WritePhase:  writePhase,
 		ConvergeLag: time.Since(conv),
 		Names:       names,
+		Merged:      merged(nodes[0]),
 	}
 	if open, err := nodes[0].Store().Conflicts(changelog.ConflictFilter{Status: changelog.StatusOpen}); err == nil {
 		s.Open = len(open)
@@ -340,6 +353,9 @@ type Step struct {
 	// WithContext makes the write a read-modify-write: it carries the
 	// context of a local read of the key, taken when the write runs.
 	WithContext bool
+	// Typed is a typed operation (incr, patch, add, remove) on a counter,
+	// fields or set key, instead of Value.
+	Typed *resolve.Op
 }
 
 // Plan returns the workload of DC number i (0-based) for o: o.Writes
@@ -369,12 +385,38 @@ func Plan(o Options, i int) []Step {
 			st.Value = []byte(fmt.Sprintf(`["%s","%s-%d"]`, dc, dc, w%5))
 		}
 		st.WithContext = rng.IntN(3) > 0
+		if isTyped(p.resolver) {
+			st.Value, st.WithContext = nil, false
+			st.Typed = typedStep(rng, p.resolver, dc, w)
+		}
 		if rng.IntN(20) == 0 {
-			st.Delete, st.Value = true, nil
+			st.Delete, st.Value, st.Typed = true, nil, nil
 		}
 		steps = append(steps, st)
 	}
 	return steps
+}
+
+// typedStep is a typed operation of the demo's workload: an increment of
+// a view counter, a change of one profile field, or a cart's add or
+// remove.
+func typedStep(rng *rand.Rand, resolver, dc string, w int) *resolve.Op {
+	switch resolver {
+	case config.Counter:
+		by := int64(1 + rng.IntN(5))
+		if rng.IntN(5) == 0 {
+			by = -by
+		}
+		return &resolve.Op{Kind: resolve.OpIncr, By: by}
+	case config.Fields:
+		field := []string{"name", "email", "city"}[rng.IntN(3)]
+		return &resolve.Op{Kind: resolve.OpPatch, Body: fmt.Appendf(nil, `{%q:"%s-%d"}`, field, dc, w)}
+	}
+	item := json.RawMessage(fmt.Sprintf(`"item-%d"`, rng.IntN(6)))
+	if rng.IntN(3) == 0 {
+		return &resolve.Op{Kind: resolve.OpRemove, Elements: []json.RawMessage{item}}
+	}
+	return &resolve.Op{Kind: resolve.OpAdd, Elements: []json.RawMessage{item}}
 }
 
 // Workload returns a digest of every DC's plan for o, which `demo --json`
@@ -384,7 +426,11 @@ func Workload(o Options) string {
 	h := sha256.New()
 	for i := range o.DCs {
 		for _, st := range Plan(o, i) {
-			fmt.Fprintf(h, "%d|%d|%q|%q|%t|%t\n", i, st.OrderLines, st.Key, st.Value, st.Delete, st.WithContext)
+			fmt.Fprintf(h, "%d|%d|%q|%q|%t|%t", i, st.OrderLines, st.Key, st.Value, st.Delete, st.WithContext)
+			if st.Typed != nil {
+				fmt.Fprintf(h, "|%s|%d|%q|%q", st.Typed.Kind, st.Typed.By, st.Typed.Body, st.Typed.Elements)
+			}
+			fmt.Fprintln(h)
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
@@ -401,7 +447,7 @@ func drive(ctx context.Context, n *node.Node, i int, o Options, done *atomic.Int
 			}
 			orders++
 		}
-		op := changelog.WriteOp{Key: st.Key, Value: st.Value, Delete: st.Delete}
+		op := changelog.WriteOp{Key: st.Key, Value: st.Value, Delete: st.Delete, Typed: st.Typed}
 		if st.WithContext {
 			_, cur, _, err := n.Read(st.Key)
 			if err != nil {
@@ -449,6 +495,27 @@ func conflicts(nodes []*node.Node) map[string]int {
 	for _, p := range prefixes {
 		out[p.resolver] = len(keys[p.resolver])
 	}
+	return out
+}
+
+// merged is what every typed key shows at n; a deleted one shows
+// "(deleted)".
+func merged(n *node.Node) map[string]string {
+	out := map[string]string{}
+	_ = n.Store().Scan("", func(key string, st dvv.State) error {
+		r := n.Rules().For(key)
+		if _, typed := r.(resolve.Typed); !typed {
+			return nil
+		}
+		res := r.Resolve(key, st.Siblings)
+		switch {
+		case res.Deleted:
+			out[key] = "(deleted)"
+		case len(res.Values) == 1:
+			out[key] = string(res.Values[0])
+		}
+		return nil
+	})
 	return out
 }
 
@@ -517,6 +584,12 @@ func WriteTable(w io.Writer, s Summary) {
 			how = fmt.Sprintf("%d open records await a person (POST /v1/conflicts/{id}/resolve)", s.Open)
 		case config.Siblings:
 			how = "kept as siblings; the next write with the read context replaces them"
+		case config.Counter:
+			how = "merged by type: each DC's increments add up" + sample(s.Merged, p.prefix)
+		case config.Fields:
+			how = fmt.Sprintf("merged field by field; %d losing field values logged", s.Discarded[p.resolver]) + sample(s.Merged, p.prefix)
+		case config.Set:
+			how = "merged by type: a concurrent add beats a remove" + sample(s.Merged, p.prefix)
 		}
 		fmt.Fprintf(w, "%-10s %-8s %-16d %s\n", p.resolver, p.prefix, s.Conflicts[p.resolver], how)
 	}
@@ -531,6 +604,22 @@ func WriteTable(w io.Writer, s Summary) {
 	} else {
 		fmt.Fprintf(w, "\nNOT CONVERGED within the timeout: digests differ\n")
 	}
+}
+
+// sample is the merged value of the first live key under prefix, for the
+// table.
+func sample(m map[string]string, prefix string) string {
+	var keys []string
+	for k, v := range m {
+		if strings.HasPrefix(k, prefix) && v != "(deleted)" {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return ""
+	}
+	sort.Strings(keys)
+	return fmt.Sprintf(", e.g. %s = %s", keys[0], m[keys[0]])
 }
 
 func short(h string) string {

@@ -2,6 +2,7 @@ package home
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/rpc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // Protocol is the version of the request format (rpc.Version); a DC
@@ -48,10 +50,15 @@ type request struct {
 	Value   []byte `msgpack:"value,omitempty"`
 	Delete  bool   `msgpack:"delete,omitempty"`
 	Resolve bool   `msgpack:"resolve,omitempty"`
+	// TTL is the write's time to live (changelog.WriteOp.TTL); 0 for none.
+	TTL time.Duration `msgpack:"ttl,omitempty"`
 	// Blind marks a write without a client context; an empty Context
 	// without it is the explicit "I read it absent" context.
 	Blind   bool      `msgpack:"blind,omitempty"`
 	Context vclock.VV `msgpack:"context,omitempty"`
+	// Typed is a typed operation (incr, patch, add, remove) for the home
+	// to apply to its state of the key.
+	Typed *resolve.Op `msgpack:"typed,omitempty"`
 }
 
 // reply answers a request. Status is an HTTP status: 200, or the error the
@@ -134,7 +141,7 @@ func (rep reply) result(home string, op changelog.WriteOp) changelog.WriteResult
 	ev := &event.Event{
 		Version: event.SchemaVersion, Origin: home, Partition: rep.Partition, Seq: rep.Seq,
 		Key: op.Key, Op: event.Op(rep.Op), Value: op.Value, Dot: dot, Context: rep.EvContext,
-		HLC: rep.HLC, Path: []string{home},
+		HLC: rep.HLC, Path: []string{home}, Expires: changelog.ExpiryAt(rep.HLC, op.TTL),
 	}
 	return changelog.WriteResult{State: st, Event: ev}
 }

@@ -106,6 +106,9 @@ const (
 	// ReplicatedHeader says, on the answer to a write with WaitHeader,
 	// how many DCs had applied it.
 	ReplicatedHeader = "X-Repl-Replicated"
+	// TTLHeader gives a PUT's value a time to live (Go duration text,
+	// "30s"): it expires then at every DC.
+	TTLHeader = "X-Repl-TTL"
 )
 
 // Options configure the API handler.
@@ -191,6 +194,8 @@ func (s *server) routes() {
 	m := routeRecorder{s}
 	m.HandleFunc("PUT /v1/kv/{key...}", s.putKey)
 	m.HandleFunc("DELETE /v1/kv/{key...}", s.deleteKey)
+	m.HandleFunc("POST /v1/kv/{key...}", s.postKey)
+	m.HandleFunc("PATCH /v1/kv/{key...}", s.patchKey)
 	m.HandleFunc("GET /v1/kv/{key...}", s.getKey)
 	m.HandleFunc("GET /v1/kv", s.listKeys)
 	// Without these, the mux would redirect PUT /v1/kv to /v1/kv/.
@@ -237,7 +242,7 @@ var uiPatterns = map[string]bool{"GET " + ui.Prefix: true, "GET " + ui.Prefix + 
 var openPaths = map[string]bool{"/healthz": true, "/readyz": true, "/v1/openapi.json": true}
 
 // probeMethods are the methods the routes use, tried to tell 405 from 404.
-var probeMethods = []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPost}
+var probeMethods = []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPost, http.MethodPatch}
 
 // ServeHTTP records metrics, recovers from panics, checks the token and the
 // path, and dispatches; 404 and 405 get JSON bodies like every other error.

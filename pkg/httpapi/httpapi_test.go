@@ -35,6 +35,9 @@ type (
 		Resolver string    `json:"resolver"`
 		Dot      string    `json:"dot"`
 		Error    string    `json:"error"`
+		// Expires and ExpiresTime: a value with a TTL.
+		Expires     uint64 `json:"expires"`
+		ExpiresTime string `json:"expires_time"`
 	}
 	sibResp struct {
 		Value   []byte `json:"value"`
@@ -42,6 +45,7 @@ type (
 		Origin  string `json:"origin"`
 		Dot     string `json:"dot"`
 		HLC     uint64 `json:"hlc"`
+		Expires uint64 `json:"expires"`
 	}
 	writeResp struct {
 		Key     string `json:"key"`
@@ -425,7 +429,8 @@ func TestBadRequests(t *testing.T) {
 		{"unencoded empty segment", req{method: "GET", target: "/v1/kv/a//b"}, http.StatusBadRequest, "percent-encode"},
 		{"unencoded dot segment", req{method: "PUT", target: "/v1/kv/a/../b"}, http.StatusBadRequest, "percent-encode"},
 		{"unknown route", req{method: "GET", target: "/v2/kv/a"}, http.StatusNotFound, "no route"},
-		{"wrong method", req{method: "POST", target: "/v1/kv/a"}, http.StatusMethodNotAllowed, "not allowed"},
+		{"wrong method", req{method: "OPTIONS", target: "/v1/kv/a"}, http.StatusMethodNotAllowed, "not allowed"},
+		{"post without op", req{method: "POST", target: "/v1/kv/a"}, http.StatusBadRequest, "needs ?op=incr"},
 		{"wrong method on digest", req{method: "DELETE", target: "/v1/digest"}, http.StatusMethodNotAllowed, "GET"},
 		{"unknown parameter", req{method: "GET", target: "/v1/kv?prefx=a"}, http.StatusBadRequest, "prefix, limit"},
 		{"repeated parameter", req{method: "GET", target: "/v1/kv?prefix=a&prefix=b"}, http.StatusBadRequest, "2 times"},
@@ -473,10 +478,10 @@ func TestBadRequests(t *testing.T) {
 
 func TestMethodNotAllowedListsMethods(t *testing.T) {
 	f := newFixture(t, Options{})
-	w := f.do(t, req{method: "PATCH", target: "/v1/kv/a"})
+	w := f.do(t, req{method: "OPTIONS", target: "/v1/kv/a"})
 	wantStatus(t, w, http.StatusMethodNotAllowed)
-	if got := w.Header().Get("Allow"); got != "GET, PUT, DELETE, HEAD" {
-		t.Fatalf("Allow %q, want GET, PUT, DELETE, HEAD", got)
+	if got := w.Header().Get("Allow"); got != "GET, PUT, DELETE, POST, PATCH, HEAD" {
+		t.Fatalf("Allow %q, want GET, PUT, DELETE, POST, PATCH, HEAD", got)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/apierr"
 	"github.com/replicatorhq/replicator/pkg/session"
 	"github.com/replicatorhq/replicator/pkg/vclock"
+	"github.com/replicatorhq/replicator/resolve"
 )
 
 // TxnOp is one op of a POST /v1/txn body.
@@ -27,6 +28,15 @@ type TxnOp struct {
 	// Context is the key's context from a read, in its text form; empty
 	// for a blind write.
 	Context string `json:"context,omitempty"`
+	// TTL gives a put's value a time to live, in Go duration text ("30s"),
+	// as X-Repl-TTL does; empty for none.
+	TTL string `json:"ttl,omitempty"`
+	// By is an incr's amount; Elements an add's or remove's elements;
+	// Patch a patch's RFC 7386 merge patch (typed keys: counter, set,
+	// fields).
+	By       *int64            `json:"by,omitempty"`
+	Elements []json.RawMessage `json:"elements,omitempty"`
+	Patch    json.RawMessage   `json:"patch,omitempty"`
 }
 
 // TxnRequest is the body of POST /v1/txn.
@@ -70,7 +80,26 @@ func ParseTxn(req TxnRequest, maxKey, maxValue int) ([]changelog.WriteOp, error)
 			return nil, bad("%s", msg)
 		}
 		w := changelog.WriteOp{Key: op.Key}
+		if op.Op != "incr" && op.By != nil || op.Op != "add" && op.Op != "remove" && op.Elements != nil || op.Op != "patch" && op.Patch != nil {
+			return nil, bad(`a %q op takes no "by", "elements" or "patch" but its own: incr "by", add and remove "elements", patch "patch"`, op.Op)
+		}
 		switch op.Op {
+		case "incr", "add", "remove", "patch":
+			if op.Value != nil || op.ValueText != nil {
+				return nil, bad("a %s carries no value", op.Op)
+			}
+			t := resolve.Op{Kind: resolve.OpKind(op.Op), Elements: op.Elements, Body: op.Patch}
+			switch {
+			case op.Op == "incr" && (op.By == nil || *op.By == 0):
+				return nil, bad(`an incr needs a non-zero "by"`)
+			case op.Op == "incr":
+				t.By = *op.By
+			case op.Op == "patch" && len(op.Patch) == 0:
+				return nil, bad(`a patch needs "patch", an RFC 7386 merge patch object`)
+			case op.Op != "patch" && len(op.Elements) == 0:
+				return nil, bad(`an %s needs "elements", a non-empty array`, op.Op)
+			}
+			w.Typed = &t
 		case "put":
 			switch {
 			case op.Value != nil && op.ValueText != nil:
@@ -89,13 +118,21 @@ func ParseTxn(req TxnRequest, maxKey, maxValue int) ([]changelog.WriteOp, error)
 			if len(w.Value) > maxValue {
 				return nil, fmt.Errorf("op %d: %w", i, changelog.ValueTooLarge(len(w.Value), maxValue))
 			}
+			ttl, err := ParseTTL(op.TTL)
+			if err != nil {
+				return nil, bad("%v", err)
+			}
+			w.TTL = ttl
 		case "del", "delete":
 			if op.Value != nil || op.ValueText != nil {
 				return nil, bad("a delete carries no value")
 			}
+			if op.TTL != "" {
+				return nil, bad("a delete carries no ttl: only a value expires")
+			}
 			w.Delete = true
 		default:
-			return nil, bad(`"op" is %q; want "put" or "del"`, op.Op)
+			return nil, bad(`"op" is %q; want "put", "del", "incr", "patch", "add" or "remove"`, op.Op)
 		}
 		if op.Context != "" {
 			vv, err := vclock.Parse(op.Context)

@@ -3,10 +3,13 @@
 // for applications that already speak NATS.
 //
 // Endpoints, for DC d: repl.api.d.get, repl.api.d.put, repl.api.d.del,
+// repl.api.d.incr, repl.api.d.patch, repl.api.d.add, repl.api.d.remove,
 // repl.api.d.txn and repl.api.d.changes. A get, put or del request is
 // JSON {"key", "value" (base64) or "value_text", "context", "session",
-// "wait", "wait_timeout"}; the answer to get is the same JSON as GET
-// /v1/kv/{key}, to put and del {"key","context","dot","session"} (plus
+// "wait", "wait_timeout", and on put "ttl"}; incr takes "by" instead of a value, add and
+// remove "elements", patch "patch" (the operations of POST and PATCH
+// /v1/kv/{key}). The answer to get is the same JSON as GET
+// /v1/kv/{key}, to the writes {"key","context","dot","session"} (plus
 // "replicated", and "error" when the wait timed out). A txn request and
 // its answer are those of POST /v1/txn. A changes request {"since",
 // "prefix", "limit"} answers a page of the change feed, {"changes",
@@ -71,6 +74,15 @@ type Request struct {
 	// WaitTimeout bounds Wait, in Go duration text ("2s"); default 5s, at
 	// most 1m.
 	WaitTimeout string `json:"wait_timeout,omitempty"`
+	// TTL, on put, gives the value a time to live in Go duration text
+	// ("30s"), as X-Repl-TTL does.
+	TTL string `json:"ttl,omitempty"`
+	// By is incr's non-zero amount (counter keys).
+	By *int64 `json:"by,omitempty"`
+	// Elements are add's and remove's JSON values (set keys).
+	Elements []json.RawMessage `json:"elements,omitempty"`
+	// Patch is patch's RFC 7386 merge patch, a JSON object (fields keys).
+	Patch json.RawMessage `json:"patch,omitempty"`
 }
 
 // Wait is the "wait" field: a JSON number or a string ("all", "2").
@@ -126,11 +138,12 @@ func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.
 	}
 	h := handler{store: store, rules: rules, writeFn: write, txnFn: txn}
 	g := svc.AddGroup(names.APIGroup(dc))
-	for op, fn := range map[string]func(micro.Request, Request){"get": h.get, "put": h.put, "del": h.del} {
+	for op, fn := range map[string]func(micro.Request, Request){"get": h.get, "put": h.put, "del": h.del,
+		"incr": h.typed(resolve.OpIncr), "patch": h.typed(resolve.OpPatch), "add": h.typed(resolve.OpAdd), "remove": h.typed(resolve.OpRemove)} {
 		if err := g.AddEndpoint(op, micro.HandlerFunc(func(r micro.Request) {
 			var req Request
 			if err := json.Unmarshal(r.Data(), &req); err != nil {
-				r.Error("400", "request is not JSON {key, value|value_text, context, session, wait, wait_timeout}: "+err.Error(), nil)
+				r.Error("400", "request is not JSON {key, value|value_text, by, elements, patch, context, session, wait, wait_timeout, ttl}: "+err.Error(), nil)
 				return
 			}
 			if req.Key == "" {
@@ -176,7 +189,7 @@ func (h handler) txn(r micro.Request) {
 	dec := json.NewDecoder(bytes.NewReader(r.Data()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		r.Error("400", `request is not a transaction {"ops":[{"op":"put"|"del","key","value"|"value_text","context"}...], "session", "wait", "wait_timeout"}: `+err.Error(), nil)
+		r.Error("400", `request is not a transaction {"ops":[{"op":"put"|"del","key","value"|"value_text","context","ttl"}...], "session", "wait", "wait_timeout"}: `+err.Error(), nil)
 		return
 	}
 	lim := event.DefaultLimits()
@@ -249,7 +262,7 @@ func (h handler) get(r micro.Request, req Request) {
 		fail(r, err)
 		return
 	}
-	v, deleted := httpapi.NewView(h.rules.For(req.Key), req.Key, st)
+	v, deleted := httpapi.NewView(h.rules.For(req.Key), req.Key, st, h.store.Now())
 	if deleted {
 		r.Error("404", fmt.Sprintf("key %q has no live value (context %s)", req.Key, v.Context), nil)
 		return
@@ -266,11 +279,49 @@ func (h handler) put(r micro.Request, req Request) {
 		}
 		val = []byte(*req.ValueText)
 	}
-	h.write(r, req, changelog.WriteOp{Key: req.Key, Value: val})
+	ttl, err := httpapi.ParseTTL(req.TTL)
+	if err != nil {
+		r.Error("400", err.Error()+"; nothing was written", nil)
+		return
+	}
+	h.write(r, req, changelog.WriteOp{Key: req.Key, Value: val, TTL: ttl})
 }
 
 func (h handler) del(r micro.Request, req Request) {
+	if req.TTL != "" {
+		r.Error("400", "a del carries no ttl: only a value expires; nothing was written", nil)
+		return
+	}
 	h.write(r, req, changelog.WriteOp{Key: req.Key, Delete: true})
+}
+
+// typed returns the handler of a typed operation: incr takes "by", add
+// and remove "elements", patch "patch"; a value or another operation's
+// field is a 400.
+func (h handler) typed(kind resolve.OpKind) func(micro.Request, Request) {
+	return func(r micro.Request, req Request) {
+		op := resolve.Op{Kind: kind, Elements: req.Elements, Body: req.Patch}
+		var msg string
+		switch {
+		case req.Value != nil || req.ValueText != nil:
+			msg = fmt.Sprintf("%s takes no value; incr takes \"by\", add and remove \"elements\", patch \"patch\"", kind)
+		case kind != resolve.OpIncr && req.By != nil, kind != resolve.OpAdd && kind != resolve.OpRemove && req.Elements != nil, kind != resolve.OpPatch && req.Patch != nil:
+			msg = fmt.Sprintf("%s takes only its own field: incr \"by\", add and remove \"elements\", patch \"patch\"", kind)
+		case kind == resolve.OpIncr && (req.By == nil || *req.By == 0):
+			msg = `incr needs "by", a non-zero integer within int64`
+		case kind == resolve.OpIncr:
+			op.By = *req.By
+		case kind == resolve.OpPatch && len(req.Patch) == 0:
+			msg = `patch needs "patch", an RFC 7386 merge patch object`
+		case (kind == resolve.OpAdd || kind == resolve.OpRemove) && len(req.Elements) == 0:
+			msg = fmt.Sprintf(`%s needs "elements", a non-empty array of JSON values`, kind)
+		}
+		if msg != "" {
+			r.Error("400", msg+"; nothing was written", nil)
+			return
+		}
+		h.write(r, req, changelog.WriteOp{Key: req.Key, Typed: &op})
+	}
 }
 
 // begin parses what a write or transaction asks to wait for after it, and

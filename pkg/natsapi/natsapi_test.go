@@ -23,6 +23,26 @@ import (
 // caller of its endpoints.
 func serve(t *testing.T) (*changelog.Store, *nats.Conn, func(op string, req any) (*nats.Msg, error)) {
 	t.Helper()
+	return serveWith(t, nil, nil)
+}
+
+// serveClock is serve with the store's HLC clock.
+func serveClock(t *testing.T, clock changelog.Clock) (*changelog.Store, *nats.Conn, func(op string, req any) (*nats.Msg, error)) {
+	return serveWith(t, clock, nil)
+}
+
+// serveRules is serve with the store and the API under rules.
+func serveRules(t *testing.T, rules *resolve.Rules) (*changelog.Store, *nats.Conn, func(op string, req any) (*nats.Msg, error)) {
+	return serveWith(t, nil, rules)
+}
+
+// serveWith is serve with the store's clock and resolver rules (nil: the
+// default clock; siblings for every key).
+func serveWith(t *testing.T, clock changelog.Clock, rules *resolve.Rules) (*changelog.Store, *nats.Conn, func(op string, req any) (*nats.Msg, error)) {
+	t.Helper()
+	if rules == nil {
+		rules, _ = resolve.NewRules(resolve.Siblings(), nil)
+	}
 	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -33,12 +53,11 @@ func serve(t *testing.T) (*changelog.Store, *nats.Conn, func(op string, req any)
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	st, err := changelog.Open("/s", changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: 2, FS: vfs.NewMem()})
+	st, err := changelog.Open("/s", changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: 2, FS: vfs.NewMem(), Clock: clock, Resolvers: rules})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	rules, _ := resolve.NewRules(resolve.Siblings(), nil)
 	svc, err := Serve(nc, "dc1", st, rules)
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +152,7 @@ func TestServe(t *testing.T) {
 			Subject string `json:"subject"`
 		} `json:"endpoints"`
 	}
-	if err := json.Unmarshal(m.Data, &info); err != nil || info.Name != "replicator" || len(info.Endpoints) != 5 { // get, put, del, txn, changes
+	if err := json.Unmarshal(m.Data, &info); err != nil || info.Name != "replicator" || len(info.Endpoints) != 9 { // get, put, del, incr, patch, add, remove, txn, changes
 		t.Fatalf("service info %s: %v", m.Data, err)
 	}
 }
@@ -218,5 +237,68 @@ func TestServeSession(t *testing.T) {
 	}
 	if after := st.Stats().Writes; after != before {
 		t.Errorf("bad requests made %d writes", after-before)
+	}
+}
+
+func TestTypedOps(t *testing.T) {
+	rules, err := resolve.NewRules(resolve.Siblings(), []resolve.Rule{
+		{Prefix: "c/", Resolver: resolve.Counter()},
+		{Prefix: "f/", Resolver: resolve.Fields()},
+		{Prefix: "s/", Resolver: resolve.Set()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, call := serveRules(t, rules)
+	by := func(n int64) *int64 { return &n }
+	ok := func(op string, req Request) {
+		t.Helper()
+		m, err := call(op, req)
+		if err != nil || m.Header.Get("Nats-Service-Error-Code") != "" {
+			t.Fatalf("%s %+v: %v %s %s", op, req, err, m.Header.Get("Nats-Service-Error"), m.Data)
+		}
+	}
+	shows := func(key string) string {
+		t.Helper()
+		m, err := call("get", Request{Key: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct{ Values [][]byte }
+		if err := json.Unmarshal(m.Data, &v); err != nil || len(v.Values) != 1 {
+			t.Fatalf("get %s: %s %v", key, m.Data, err)
+		}
+		return string(v.Values[0])
+	}
+	ok("incr", Request{Key: "c/1", By: by(7)})
+	ok("incr", Request{Key: "c/1", By: by(-3)})
+	ok("patch", Request{Key: "f/1", Patch: json.RawMessage(`{"title":"T"}`)})
+	ok("add", Request{Key: "s/1", Elements: []json.RawMessage{json.RawMessage(`"x"`), json.RawMessage(`"y"`)}})
+	ok("remove", Request{Key: "s/1", Elements: []json.RawMessage{json.RawMessage(`"x"`)}})
+	for k, want := range map[string]string{"c/1": "4", "f/1": `{"title":"T"}`, "s/1": `["y"]`} {
+		if got := shows(k); got != want {
+			t.Errorf("%s shows %s, want %s", k, got, want)
+		}
+	}
+	text := "5"
+	for _, c := range []struct {
+		op   string
+		req  Request
+		want string
+	}{
+		{"put", Request{Key: "c/2", ValueText: &text}, "use POST"},
+		{"incr", Request{Key: "c/2"}, "non-zero"},
+		{"incr", Request{Key: "c/2", By: by(1), ValueText: &text}, "takes no value"},
+		{"incr", Request{Key: "s/2", By: by(1)}, "the key is a set"},
+		{"patch", Request{Key: "f/2", Patch: json.RawMessage(`[1]`)}, "must be a JSON object"},
+		{"add", Request{Key: "s/2", By: by(1)}, "only its own field"},
+	} {
+		m, err := call(c.op, c.req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Header.Get("Nats-Service-Error-Code") != "400" || !strings.Contains(m.Header.Get("Nats-Service-Error"), c.want) {
+			t.Errorf("%s %+v: %q %q, want 400 saying %q", c.op, c.req, m.Header.Get("Nats-Service-Error-Code"), m.Header.Get("Nats-Service-Error"), c.want)
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/client"
 	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/home"
@@ -403,4 +404,39 @@ func TestFailoverRace(t *testing.T) {
 	}
 	c.wantHome("acct/", "dc1", 2, "dc2")
 	c.converge()
+}
+
+// TestTypedOpsForwardedHome: a typed operation at a DC that is not the
+// key's home is forwarded as the operation (not as a value) and applied to
+// the home's state: increments from every DC, all made at dc1, sum.
+func TestTypedOpsForwardedHome(t *testing.T) {
+	c := newCluster(t,
+		[]config.HomeRule{{Prefix: "views/", DCs: []string{"dc1"}}},
+		[]config.Rule{{Prefix: "views/", Resolver: config.Counter}})
+	for i, dc := range dcs {
+		cl, err := client.New("http://" + c.Node(dc).HTTPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := cl.Incr(context.Background(), "views/1", int64(i+1))
+		if err != nil {
+			t.Fatalf("incr at %s: %v", dc, err)
+		}
+		if !strings.HasPrefix(res.Dot, "dc1:") {
+			t.Fatalf("incr at %s made %s, not at the home dc1", dc, res.Dot)
+		}
+	}
+	cluster.Eventually(t, 20*time.Second, "views/1 shows 6 everywhere", func() (bool, string) {
+		for _, dc := range dcs {
+			_, st, _, err := c.Node(dc).Read("views/1")
+			if err != nil {
+				return false, err.Error()
+			}
+			res := c.Node(dc).Rules().For("views/1").Resolve("views/1", st.Siblings)
+			if len(res.Values) != 1 || string(res.Values[0]) != "6" {
+				return false, fmt.Sprintf("%s shows %q", dc, res.Values)
+			}
+		}
+		return true, ""
+	})
 }

@@ -32,6 +32,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
@@ -92,6 +93,10 @@ func (c *Clock) Observe(ts uint64) {
 
 // Advance moves the clock n ticks forward, as the passing of physical time.
 func (c *Clock) Advance(n uint64) { c.last.Add(n) }
+
+// Peek reads the clock without moving it (changelog.Peeker): the time
+// reads and the expirer compare expiries against.
+func (c *Clock) Peek() uint64 { return c.last.Load() }
 
 // DC is one datacenter: its store, its clock, its place in the topology
 // and its filesystem.
@@ -323,10 +328,51 @@ type Op struct {
 	Delete bool
 	// Context is what the client read; nil when it sent none.
 	Context vclock.VV
+	// TTL gives the value a time to live; a millisecond is 1<<16 ticks
+	// of a DC's Clock.
+	TTL time.Duration
+	// Typed is a typed operation (incr, patch, add, remove) on a key whose
+	// resolver is counter, fields or set.
+	Typed *resolve.Op
 }
 
 func (op Op) write() changelog.WriteOp {
-	return changelog.WriteOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Context: op.Context}
+	return changelog.WriteOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Context: op.Context, TTL: op.TTL, Typed: op.Typed}
+}
+
+// Expire has dc delete, as its expirer does, the expired values that are
+// its to delete (changelog.Deleter, with every DC reachable), and sends
+// each delete down dc's links. It returns how many it deleted.
+func (c *Cluster) Expire(dc string) (int, error) {
+	d, err := c.dc(dc)
+	if err != nil {
+		return 0, err
+	}
+	now := d.Store.Now()
+	keys, err := d.Store.Due(now)
+	if err != nil {
+		return 0, err
+	}
+	mine := func(expirer string) bool {
+		return changelog.Deleter(expirer, c.opts.DCs, func(string) bool { return false }) == dc
+	}
+	n := 0
+	for _, key := range keys {
+		res, ok, err := d.Store.Expire(context.Background(), key, now, mine)
+		if err != nil {
+			return n, fmt.Errorf("sim: expire %s at %s: %w", key, dc, err)
+		}
+		if !ok {
+			continue
+		}
+		b, err := res.Event.Encode(nil)
+		if err != nil {
+			return n, fmt.Errorf("sim: encode %s: %w", res.Event.Dot, err)
+		}
+		c.send(d, b)
+		n++
+	}
+	return n, nil
 }
 
 // Write commits op at dc and sends the outbox entry down every link out of
@@ -468,7 +514,7 @@ func (d Delivery) Forwarded() bool {
 func opString(ev *event.Event) string {
 	s := ev.Dot.String() + " " + ev.Op.String() + " " + ev.Key
 	if ev.Op != event.OpDelete {
-		s += fmt.Sprintf("=%q", ev.Value)
+		s += "=" + valueText(ev.Value)
 	}
 	s += " ctx=" + ev.Context.String()
 	if len(ev.Path) > 1 {

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -203,7 +204,7 @@ func runCommand(c *Cluster, td *datadriven.TestData) (string, error) {
 		if op.Delete {
 			fmt.Fprintf(&b, " %s", key)
 		} else {
-			fmt.Fprintf(&b, " %s=%q", key, ev.Value)
+			fmt.Fprintf(&b, " %s=%s", key, valueText(ev.Value))
 		}
 		fmt.Fprintf(&b, " ctx=%s hlc=%d", ev.Context, ev.HLC)
 		if sup := before.Superseded(ev.Context); len(sup) > 0 {
@@ -213,6 +214,43 @@ func runCommand(c *Cluster, td *datadriven.TestData) (string, error) {
 			}
 		}
 		b.WriteString("\n")
+
+	case "incr", "patch", "add", "remove":
+		// A typed operation: incr dc k=K by=N; patch, add and remove take
+		// their JSON (a merge patch, an array of elements) as input.
+		dc, key := positional(td), val(td, "k", "")
+		top := resolve.Op{Kind: resolve.OpKind(td.Cmd)}
+		switch td.Cmd {
+		case "incr":
+			by, err := strconv.ParseInt(val(td, "by", "0"), 10, 64)
+			if err != nil {
+				return "", fmt.Errorf("by: %w", err)
+			}
+			top.By = by
+		case "patch":
+			top.Body = []byte(td.Input)
+		default:
+			if err := json.Unmarshal([]byte(td.Input), &top.Elements); err != nil {
+				return "", fmt.Errorf("%s: the input is not a JSON array of elements: %w", td.Cmd, err)
+			}
+		}
+		before, _, err := c.Read(dc, key)
+		if err != nil {
+			return "", err
+		}
+		res, err := c.Write(dc, Op{Key: key, Typed: &top})
+		if err != nil {
+			return fmt.Sprintf("refused: %v\n", err), nil
+		}
+		ev := res.Event
+		fmt.Fprintf(&b, "%s %s %s ctx=%s hlc=%d", ev.Dot, td.Cmd, key, ev.Context, ev.HLC)
+		if sup := before.Superseded(ev.Context); len(sup) > 0 {
+			b.WriteString(" supersedes")
+			for _, sb := range sup {
+				b.WriteString(" " + sb.Dot.String())
+			}
+		}
+		fmt.Fprintf(&b, "\n  writes %s\n", valueText(ev.Value))
 
 	case "txn":
 		dc := positional(td)
@@ -638,7 +676,7 @@ func showState(r resolve.Resolver, key string, st dvv.State, ok bool) string {
 		if sb.Deleted {
 			fmt.Fprintf(&b, "  %s tombstone hlc=%d\n", sb.Dot, sb.HLC)
 		} else {
-			fmt.Fprintf(&b, "  %s %q hlc=%d\n", sb.Dot, sb.Value, sb.HLC)
+			fmt.Fprintf(&b, "  %s %s hlc=%d\n", sb.Dot, valueText(sb.Value), sb.HLC)
 		}
 	}
 	res := r.Resolve(key, st.Siblings)

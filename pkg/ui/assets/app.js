@@ -134,7 +134,7 @@
   function versionList(versions, testid) {
     const ul = el('ul', { class: 'versions', 'data-testid': testid });
     for (const v of versions || []) {
-      const val = v.deleted ? { text: '(deleted)', kind: 'deleted' } : valueText(v.value, v.value_text);
+      const val = v.deleted ? { text: '(deleted)', kind: 'deleted' } : valueText(v.value, v.value_typed ? JSON.stringify(v.value_typed) : v.value_text);
       ul.append(el('li', {},
         el('span', { class: 'value ' + val.kind, 'data-testid': 'value' }, val.text), ' ',
         el('span', { class: 'dim' }, 'dot ' + v.dot + ' · origin ' + v.origin + ' · '),
