@@ -52,7 +52,7 @@ func newPublisher(e *env) (*publisher, error) {
 // would carry an old Nats-Msg-Id and be dropped as a duplicate, and its dot
 // would be taken for an event other DCs already applied.
 func (pb *publisher) resume(ctx context.Context) error {
-	s, err := pb.js.Stream(ctx, pb.stream)
+	s, err := lookupStream(ctx, pb.js, pb.stream)
 	if err != nil {
 		return fmt.Errorf("bridge: open stream %s: %w", pb.stream, err)
 	}
@@ -61,7 +61,7 @@ func (pb *publisher) resume(ctx context.Context) error {
 	own := pb.store.Applied()[pb.self]
 	for _, p := range pb.ownedPartitions() {
 		subj := names.Subject(pb.self, p)
-		m, err := s.GetLastMsgForSubject(ctx, subj)
+		m, err := lastMsg(ctx, s, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
 		}
@@ -85,7 +85,7 @@ func (pb *publisher) resume(ctx context.Context) error {
 		}
 	}
 	for _, subj := range txnSubjects {
-		m, err := s.GetLastMsgForSubject(ctx, subj)
+		m, err := lastMsg(ctx, s, subj)
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			continue

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +57,11 @@ type StreamOptions struct {
 	// Sharded adds the subjects of a sharded DC's transactions,
 	// repl.<dc>.txn.* (see names.ShardTxnSubject).
 	Sharded bool
+	// Placement is where JetStream creates the streams in a supercluster:
+	// a cluster, server tags, or both. Nil leaves it to JetStream (the
+	// cluster of the server connected to). EnsureStream never moves an
+	// existing stream; see placementDiffs.
+	Placement *jetstream.Placement
 }
 
 // Defaults of StreamOptions.
@@ -106,6 +112,7 @@ func StreamConfig(dc string, partitions int, opts StreamOptions) jetstream.Strea
 		Storage:     storage(opts),
 		Replicas:    opts.Replicas,
 		Duplicates:  opts.DuplicateWindow,
+		Placement:   opts.Placement,
 	}
 }
 
@@ -125,6 +132,7 @@ func DLQStreamConfig(dc string, opts StreamOptions) jetstream.StreamConfig {
 		Storage:     storage(opts),
 		Replicas:    opts.Replicas,
 		Duplicates:  opts.DuplicateWindow,
+		Placement:   opts.Placement,
 	}
 }
 
@@ -159,6 +167,12 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, dc string, partit
 	return ensure(ctx, js, DLQStreamConfig(dc, opts))
 }
 
+// ErrPlacement reports a stream that does not live where nats.placement
+// asks: created before placement was set, moved by an operator, or
+// created on a JetStream that cannot honour it (one server, not a
+// cluster). The sidecar does not move streams.
+var ErrPlacement = errors.New("bridge: stream is not placed where nats.placement asks")
+
 // errStoreCreate is JetStream's "error creating store for stream" (API
 // error 10049). nats-server v2.15.2 answers it when two connections of an
 // account that is just being loaded race: one enables the account's
@@ -176,7 +190,10 @@ var (
 func createStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
 	wait := createBackoff
 	for try := 0; ; try++ {
-		_, err := js.CreateStream(ctx, want)
+		err := retryUnavailable(ctx, func() error {
+			_, err := js.CreateStream(ctx, want)
+			return err
+		})
 		var api *jetstream.APIError
 		if try >= createRetries || !errors.As(err, &api) || api.ErrorCode != errStoreCreate {
 			return err
@@ -190,8 +207,67 @@ func createStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	}
 }
 
+// errUnavailable is JetStream's "JetStream system temporarily
+// unavailable" (API error 10008). A clustered JetStream answers it while
+// its meta group has no leader: during an election, and for as long as
+// the servers answering are cut off from most of the meta group's
+// servers, as a region cut off from the rest of a supercluster is (see
+// docs/SCALING.md). Stream look-ups, message reads and creates all meet
+// it then, even for a stream whose own servers are fine.
+const errUnavailable = 10008
+
+// unavailableMaxWait caps the doubling waits of retryUnavailable.
+const unavailableMaxWait = time.Second
+
+// ErrMetaLeaderless reports that JetStream kept answering "temporarily
+// unavailable" until the context ended.
+var ErrMetaLeaderless = errors.New("bridge: JetStream has no meta leader (an election, or this region is cut off from most of the supercluster's servers); the sidecar starts once it has one")
+
+// retryUnavailable runs op again while it fails with errUnavailable and
+// ctx lasts; then it returns op's error, wrapped in ErrMetaLeaderless if
+// it was still errUnavailable.
+func retryUnavailable(ctx context.Context, op func() error) error {
+	wait := createBackoff
+	for {
+		err := op()
+		var api *jetstream.APIError
+		if !errors.As(err, &api) || api.ErrorCode != errUnavailable {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ErrMetaLeaderless, err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, unavailableMaxWait)
+	}
+}
+
+// lookupStream is js.Stream, retried while JetStream is unavailable.
+func lookupStream(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
+	var s jetstream.Stream
+	err := retryUnavailable(ctx, func() error {
+		var err error
+		s, err = js.Stream(ctx, name)
+		return err
+	})
+	return s, err
+}
+
+// lastMsg is s.GetLastMsgForSubject, retried while JetStream is
+// unavailable.
+func lastMsg(ctx context.Context, s jetstream.Stream, subject string) (*jetstream.RawStreamMsg, error) {
+	var m *jetstream.RawStreamMsg
+	err := retryUnavailable(ctx, func() error {
+		var err error
+		m, err = s.GetLastMsgForSubject(ctx, subject)
+		return err
+	})
+	return m, err
+}
+
 func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
-	s, err := js.Stream(ctx, want.Name)
+	s, err := lookupStream(ctx, js, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		err = createStream(ctx, js, want)
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
@@ -199,9 +275,19 @@ func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamCo
 			return ensure(ctx, js, want)
 		}
 		if err != nil {
+			if want.Placement != nil {
+				return fmt.Errorf("bridge: create stream %s in %s: %w; check that nats.placement names a cluster of the supercluster (nats server list) with enough servers carrying the tags for durability.stream_replicas",
+					want.Name, describePlacement(want.Placement), err)
+			}
 			return fmt.Errorf("bridge: create stream %s: %w", want.Name, err)
 		}
-		return nil
+		// A JetStream that is not clustered accepts a placement it cannot
+		// honour: check where the stream went.
+		s, err = lookupStream(ctx, js, want.Name)
+		if err != nil {
+			return fmt.Errorf("bridge: look up stream %s after creating it: %w", want.Name, err)
+		}
+		return checkPlacement(want, s.CachedInfo())
 	}
 	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
 		return fmt.Errorf("%w: look up stream %s: %v; enable JetStream on the server, or set nats.domain to the JetStream domain that holds the replication streams when this DC reaches them over a leafnode", ErrNoJetStream, want.Name, err)
@@ -231,7 +317,89 @@ func ensure(ctx context.Context, js jetstream.JetStream, want jetstream.StreamCo
 		return fmt.Errorf("%w: %s: %s; delete or fix the stream (nats stream edit/rm %s), or configure the DC to match",
 			ErrStreamMismatch, want.Name, strings.Join(diffs, "; "), want.Name)
 	}
-	return nil
+	return checkPlacement(want, s.CachedInfo())
+}
+
+// checkPlacement returns an error wrapping ErrPlacement when want asks for
+// a placement the stream described by info does not have.
+func checkPlacement(want jetstream.StreamConfig, info *jetstream.StreamInfo) error {
+	diffs := placementDiffs(want.Placement, info)
+	if len(diffs) == 0 {
+		return nil
+	}
+	if info.Cluster == nil || info.Cluster.Name == "" {
+		return fmt.Errorf("%w: %s: %s; the JetStream serving it is a single server, which has no clusters to place streams in: "+
+			"point nats.url at the supercluster, or remove nats.placement", ErrPlacement, want.Name, strings.Join(diffs, "; "))
+	}
+	return fmt.Errorf("%w: %s: %s; the sidecar never moves a stream. To move it, as an administrator: nats stream edit %s %s "+
+		"(JetStream copies the stream to the new place, then drops the old replicas; the sidecars keep working meanwhile). "+
+		"Or set nats.placement to where the stream is",
+		ErrPlacement, want.Name, strings.Join(diffs, "; "), want.Name, placementFlags(want.Placement))
+}
+
+// placementDiffs lists, as "field: have X, want Y", each way the stream
+// described by info is not where want asks. The cluster is compared with
+// where the stream lives; the tags, which a stream's info does not show
+// per server, with the stream's configured placement.
+func placementDiffs(want *jetstream.Placement, info *jetstream.StreamInfo) []string {
+	if want == nil {
+		return nil
+	}
+	var out []string
+	if want.Cluster != "" {
+		have := ""
+		if info.Cluster != nil {
+			have = info.Cluster.Name
+		}
+		switch {
+		case have == "":
+			out = append(out, fmt.Sprintf("placement.cluster: the stream's JetStream is not clustered, want cluster %q", want.Cluster))
+		case have != want.Cluster:
+			out = append(out, fmt.Sprintf("placement.cluster: the stream lives in cluster %q, want %q", have, want.Cluster))
+		}
+	}
+	if len(want.Tags) > 0 {
+		var have []string
+		if p := info.Config.Placement; p != nil {
+			have = p.Tags
+		}
+		if !slices.Equal(lowerSorted(have), lowerSorted(want.Tags)) {
+			out = append(out, fmt.Sprintf("placement.tags: have %v, want %v", have, want.Tags))
+		}
+	}
+	return out
+}
+
+func lowerSorted(tags []string) []string {
+	out := make([]string, len(tags))
+	for i, t := range tags {
+		out[i] = strings.ToLower(t)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func describePlacement(p *jetstream.Placement) string {
+	var parts []string
+	if p.Cluster != "" {
+		parts = append(parts, "cluster "+strconv.Quote(p.Cluster))
+	}
+	if len(p.Tags) > 0 {
+		parts = append(parts, fmt.Sprintf("servers tagged %v", p.Tags))
+	}
+	return strings.Join(parts, " on ")
+}
+
+// placementFlags are the nats CLI flags that ask for placement p.
+func placementFlags(p *jetstream.Placement) string {
+	var flags []string
+	if p.Cluster != "" {
+		flags = append(flags, "--cluster "+p.Cluster)
+	}
+	for _, t := range p.Tags {
+		flags = append(flags, "--tag "+t)
+	}
+	return strings.Join(flags, " ")
 }
 
 // streamDiffs lists, as "field: have X, want Y", each way got is not

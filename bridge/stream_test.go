@@ -218,3 +218,17 @@ func TestEnsureStreamRetriesStoreCreate(t *testing.T) {
 		t.Fatalf("a lasting 10049: %v after %d creates, want it after 4 (1 + 3 retries)", err, f.calls)
 	}
 }
+
+// TestEnsureStreamPlacementStandalone: a single server is not a cluster,
+// so it cannot hold a stream in a named cluster; the sidecar must say so
+// rather than run with its stream somewhere else than configured.
+func TestEnsureStreamPlacementStandalone(t *testing.T) {
+	js := embeddedJS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := EnsureStream(ctx, js, "dc1", 2, StreamOptions{Placement: &jetstream.Placement{Cluster: "eu"}})
+	t.Logf("EnsureStream: %v", err)
+	if !errors.Is(err, ErrPlacement) || !strings.Contains(err.Error(), `want cluster "eu"`) || !strings.Contains(err.Error(), "remove nats.placement") {
+		t.Fatalf("EnsureStream with a cluster placement on one server: %v; want ErrPlacement naming the cluster and what to do", err)
+	}
+}

@@ -46,7 +46,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"conflicts", "resolve", "id"}, 2, "conflicts resolve ID VALUE"},
 		{[]string{"run", "--config", "/nonexistent/x.yaml"}, 1, "x.yaml"},
 		{[]string{"bench", "--via", "grpc"}, 2, `via "grpc": want api, http or txn`},
-		{[]string{"bench", "--dcs", "0", "--writes", "0"}, 2, "replicator bench: dcs 0: want 2..16; writes 0: want at least 1 (see --help)"},
+		{[]string{"bench", "--dcs", "0", "--writes", "0"}, 2, "replicator bench: dcs 0: want 2..64; writes 0: want at least 1 (see --help)"},
 		{[]string{"bench", "--via", "txn", "--txn-ops", "0"}, 2, "txn-ops 0"},
 		// Extra positional arguments are usage errors, for every command.
 		{[]string{"kv", "get", "k", "extra"}, 2, `kv get takes 1 argument(s), got 2: "k extra"`},

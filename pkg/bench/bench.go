@@ -165,8 +165,8 @@ func (o Options) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("topology %q: want mesh, ring or star", o.Topology))
 	}
-	if o.DCs < 2 || o.DCs > 16 {
-		errs = append(errs, fmt.Errorf("dcs %d: want 2..16", o.DCs))
+	if o.DCs < 2 || o.DCs > config.MaxDCs {
+		errs = append(errs, fmt.Errorf("dcs %d: want 2..%d", o.DCs, config.MaxDCs))
 	} else if o.Topology != config.Mesh && o.DCs < 3 {
 		errs = append(errs, fmt.Errorf("dcs %d: a %s needs at least 3 DCs", o.DCs, o.Topology))
 	}
@@ -340,6 +340,28 @@ type Result struct {
 	Forwarded  uint64 `json:"forwarded"`
 	Gaps       uint64 `json:"gaps"`
 	Duplicates uint64 `json:"duplicates"`
+	// Received counts the messages the DCs' consumers took from upstream
+	// streams, redeliveries included.
+	Received uint64 `json:"received"`
+
+	// The cost of a write as the DC count grows (docs/SCALING.md).
+	// PublishesPerWrite is Published over the writes: events JetStream
+	// stored, first publishes and forwards. DeliveriesPerWrite is
+	// Received over the writes: messages consumers fetched. Consumers is
+	// the number of durable consumers (links) of all DCs together.
+	PublishesPerWrite  float64 `json:"publishes_per_write"`
+	DeliveriesPerWrite float64 `json:"deliveries_per_write"`
+	Consumers          int     `json:"consumers"`
+	// ServerInBytesPerWrite and ServerOutBytesPerWrite are what the NATS
+	// server received from and sent to its clients during the replicator
+	// phase (varz in_bytes and out_bytes: publishes, deliveries, acks,
+	// applied-vector reports, JetStream API calls), over the writes:
+	// the traffic a write causes on the wire. ServerInMsgsPerWrite and
+	// ServerOutMsgsPerWrite count the messages the same way.
+	ServerInBytesPerWrite  float64 `json:"server_in_bytes_per_write"`
+	ServerOutBytesPerWrite float64 `json:"server_out_bytes_per_write"`
+	ServerInMsgsPerWrite   float64 `json:"server_in_msgs_per_write"`
+	ServerOutMsgsPerWrite  float64 `json:"server_out_msgs_per_write"`
 	// The committers' work summed over the DCs: batches committed (one
 	// fsync each) and the requests (local writes, applied fetches,
 	// bookkeeping) they carried. The fewer requests per group, the more
@@ -502,6 +524,11 @@ func WriteTable(w io.Writer, r Result) {
 	row("CPU per 1,000 writes", "%.3f s", r.CPUSPer1k)
 	row("heap allocations per write", "%.0f (%.0f B)", r.AllocsPerWrite, r.AllocBytesPerWrite)
 	row("peak RSS", "%.0f MB", r.PeakRSSMB)
+	if r.PublishesPerWrite > 0 {
+		row("per write", "%.2f publishes, %.2f deliveries (%d consumers)", r.PublishesPerWrite, r.DeliveriesPerWrite, r.Consumers)
+		row("NATS server traffic per write", "in %.0f B (%.1f msgs), out %.0f B (%.1f msgs)",
+			r.ServerInBytesPerWrite, r.ServerInMsgsPerWrite, r.ServerOutBytesPerWrite, r.ServerOutMsgsPerWrite)
+	}
 	row("stream bytes per write", "%.0f B (%.2f stored msgs/write, %.0f B each)", r.WireBytesPerWrite, r.StreamMsgsPerWrite, r.WireBytesPerEvent)
 	row("event overhead beyond key+value", "%.0f B: headers %.0f B, payload %.0f B (at most %d B with %d DCs)",
 		r.OverheadBytesPerEvent, r.HeaderBytesPerEvent, r.PayloadOverheadBytesPerEvent, r.OverheadMaxBytesPerEvent, r.DCs)

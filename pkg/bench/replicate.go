@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
@@ -42,6 +44,10 @@ func runReplicator(ctx context.Context, o Options, dir string, vals values, res 
 	stores := c.stores()
 	settle()
 	reportsBefore, reportBytesBefore := c.reports()
+	trafficBefore, err := c.traffic()
+	if err != nil {
+		return err
+	}
 	bar := startProgress(o.Progress, "replicate", int64(o.Writes)).withSecond("applied", int64(o.Writes*(o.DCs-1)))
 	defer bar.stop()
 	before := readUsage()
@@ -106,6 +112,14 @@ func runReplicator(ctx context.Context, o Options, dir string, vals values, res 
 	}
 	res.LagResolutionMS = ms(smp.resolution())
 	reports, reportBytes := c.reports()
+	trafficAfter, err := c.traffic()
+	if err != nil {
+		return err
+	}
+	res.ServerInBytesPerWrite = float64(trafficAfter.InBytes-trafficBefore.InBytes) / float64(o.Writes)
+	res.ServerOutBytesPerWrite = float64(trafficAfter.OutBytes-trafficBefore.OutBytes) / float64(o.Writes)
+	res.ServerInMsgsPerWrite = float64(trafficAfter.InMsgs-trafficBefore.InMsgs) / float64(o.Writes)
+	res.ServerOutMsgsPerWrite = float64(trafficAfter.OutMsgs-trafficBefore.OutMsgs) / float64(o.Writes)
 	res.ReportsPerS = float64(reports-reportsBefore) / total.Seconds()
 	res.ReportBytesPerS = float64(reportBytes-reportBytesBefore) / total.Seconds()
 	res.ReportBytesPerWrite = float64(reportBytes-reportBytesBefore) / float64(o.Writes)
@@ -146,10 +160,14 @@ func (c *dcs) measure(ctx context.Context, o Options, res *Result) error {
 		res.Forwarded += st.Forwarded
 		res.Gaps += st.Gaps
 		res.Duplicates += st.Duplicates
+		res.Received += st.Received
+		res.Consumers += len(n.Replicator().Status().Links)
 		cs := n.Store().Stats()
 		res.CommitGroups += cs.Groups
 		res.CommitRequests += cs.Requests
 	}
+	res.PublishesPerWrite = float64(res.Published) / float64(o.Writes)
+	res.DeliveriesPerWrite = float64(res.Received) / float64(o.Writes)
 	if res.CommitGroups > 0 {
 		res.RequestsPerGroup = float64(res.CommitRequests) / float64(res.CommitGroups)
 	}
@@ -158,6 +176,15 @@ func (c *dcs) measure(ctx context.Context, o Options, res *Result) error {
 	}
 	res.Converged, _ = cluster.SameDigests(c.stores())
 	return nil
+}
+
+// traffic is the NATS server's client traffic so far.
+func (c *dcs) traffic() (*server.Varz, error) {
+	v, err := c.ns.NATS().Varz(nil)
+	if err != nil {
+		return nil, fmt.Errorf("bench: server traffic: %w", err)
+	}
+	return v, nil
 }
 
 // reports sums the applied-vector reports the DCs sent, and their bytes.
@@ -173,6 +200,7 @@ func (c *dcs) reports() (n, bytes uint64) {
 // dcs is the replicator phase's DCs: o.DCs nodes on one embedded NATS
 // server.
 type dcs struct {
+	ns    *cluster.Server
 	c     *cluster.Cluster
 	names []string
 	nodes []*node.Node
@@ -182,8 +210,12 @@ type dcs struct {
 // waits until their links run. The caller closes the cluster, also after
 // an error.
 func startCluster(ctx context.Context, o Options, dir string) (*dcs, error) {
+	ns, err := startNATS(dir, "bench")
+	if err != nil {
+		return nil, err
+	}
 	c, err := cluster.New(ctx, cluster.Options{
-		N: o.DCs, Topology: o.Topology, Partitions: o.Partitions, Dir: dir, ServerName: "bench",
+		N: o.DCs, Topology: o.Topology, Partitions: o.Partitions, Dir: dir, Server: ns,
 		HTTP: o.Via != ViaAPI,
 		Config: func(cfg *config.Config) {
 			// The bench's keys take the default resolver.
@@ -194,7 +226,7 @@ func startCluster(ctx context.Context, o Options, dir string) (*dcs, error) {
 		},
 		Logger: func(string) *slog.Logger { return o.Logger },
 	})
-	d := &dcs{c: c}
+	d := &dcs{ns: ns, c: c}
 	if err != nil {
 		return d, fmt.Errorf("bench: %w", err)
 	}
@@ -206,7 +238,10 @@ func startCluster(ctx context.Context, o Options, dir string) (*dcs, error) {
 }
 
 // close stops the nodes, then the NATS server.
-func (c *dcs) close() { c.c.Close() }
+func (c *dcs) close() {
+	c.c.Close()
+	c.ns.Stop()
+}
 
 func (c *dcs) stores() []*changelog.Store { return c.c.Stores() }
 

@@ -159,7 +159,32 @@ type NATS struct {
 	// reached across the leafnode link (see configs/leafnode-domain.yaml).
 	// Default "" (the JetStream of the server connected to).
 	Domain string `yaml:"domain"`
+	// Placement says in which cluster of a NATS supercluster (clusters
+	// joined by gateways), or on which tagged servers, JetStream creates
+	// this DC's streams REPL_<dc> and REPL_<dc>_DLQ. Set it to the DC's
+	// own region's cluster, so its stream lives where it is written and
+	// other DCs' consumers read it across the gateway. Default: none
+	// (JetStream places a new stream in the cluster of the server the
+	// sidecar is connected to). Only with nats.url. An existing stream is
+	// never moved: one that lives elsewhere stops the sidecar with an
+	// error saying how to move it.
+	Placement Placement `yaml:"placement"`
 }
+
+// Placement is JetStream stream placement: a cluster, server tags, or
+// both.
+type Placement struct {
+	// Cluster is the name of the NATS cluster (its cluster and gateway
+	// name) the streams are created in. Default "" (any).
+	Cluster string `yaml:"cluster"`
+	// Tags are server tags (nats-server's server_tags) every server that
+	// holds a replica must have; "!tag" excludes servers with the tag.
+	// Default none.
+	Tags []string `yaml:"tags"`
+}
+
+// IsZero reports whether no placement is set.
+func (p Placement) IsZero() bool { return p.Cluster == "" && len(p.Tags) == 0 }
 
 // TLS configures the client side of a TLS connection to NATS.
 type TLS struct {

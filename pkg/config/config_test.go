@@ -220,6 +220,22 @@ func TestValidate(t *testing.T) {
 			want: []string{`nats.tls: only used with nats.url; the embedded server listens without TLS`}},
 		{name: "bad domain", edit: func(c *Config) { c.NATS.Domain = "a.b" },
 			want: []string{`nats.domain: "a.b": JetStream domains may contain only letters, digits, '_' and '-'`}},
+		{name: "placement", edit: func(c *Config) {
+			c.NATS = NATS{URL: "nats://h:4222", Placement: Placement{Cluster: "eu-west.1", Tags: []string{"region:eu", "!spot"}}}
+		}},
+		{name: "placement on embedded", edit: func(c *Config) { c.NATS.Placement.Cluster = "eu" },
+			want: []string{`nats.placement: only used with nats.url: the embedded server is one server, not a cluster; remove it or set nats.url to the DC's cluster`}},
+		{name: "bad placement", edit: func(c *Config) {
+			c.NATS = NATS{URL: "nats://h:4222", Placement: Placement{Cluster: "eu west", Tags: []string{"a", "", "!", "b c", "x>", "A"}}}
+		},
+			want: []string{
+				`nats.placement.cluster: "eu west": a NATS cluster name has no spaces and no '*' or '>'; give the cluster's name as in its nats-server config (cluster { name } and gateway { name })`,
+				`nats.placement.tags[1]: "": a tag may not be empty; give a server tag such as region:eu-west, or !tag to exclude servers with it`,
+				`nats.placement.tags[2]: "!": a tag may not be empty; give a server tag such as region:eu-west, or !tag to exclude servers with it`,
+				`nats.placement.tags[3]: "b c": a server tag has no spaces and no '*' or '>'`,
+				`nats.placement.tags[4]: "x>": a server tag has no spaces and no '*' or '>'`,
+				`nats.placement.tags[5]: "A" is listed twice (also tags[0])`,
+			}},
 
 		// Resolvers.
 		{name: "unknown default resolver", edit: func(c *Config) { c.Resolvers.Default = "newest" },

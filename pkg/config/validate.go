@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -245,7 +246,41 @@ func (c Config) validateNATS(p *problems) {
 	if n.Domain != "" && !isToken(n.Domain) {
 		p.add("nats.domain", "%q: JetStream domains may contain only letters, digits, '_' and '-'", n.Domain)
 	}
+	n.Placement.validate(p, embedded)
 }
+
+// validate checks a stream placement: a cluster name and tags as
+// nats-server accepts them, each tag once.
+func (pl Placement) validate(p *problems, embedded bool) {
+	if embedded && !pl.IsZero() {
+		p.add("nats.placement", "only used with nats.url: the embedded server is one server, not a cluster; remove it or set nats.url to the DC's cluster")
+	}
+	if pl.Cluster != "" && strings.ContainsFunc(pl.Cluster, isSpaceOrWildcard) {
+		p.add("nats.placement.cluster", "%q: a NATS cluster name has no spaces and no '*' or '>'; give the cluster's name as in its nats-server config (cluster { name } and gateway { name })", pl.Cluster)
+	}
+	seen := make(map[string]int, len(pl.Tags))
+	for i, tag := range pl.Tags {
+		field := fmt.Sprintf("nats.placement.tags[%d]", i)
+		bare := strings.TrimPrefix(tag, "!")
+		switch {
+		case bare == "":
+			p.add(field, "%q: a tag may not be empty; give a server tag such as region:eu-west, or !tag to exclude servers with it", tag)
+			continue
+		case strings.ContainsFunc(bare, isSpaceOrWildcard):
+			p.add(field, "%q: a server tag has no spaces and no '*' or '>'", tag)
+			continue
+		}
+		// nats-server compares tags without regard to case.
+		key := strings.ToLower(tag)
+		if j, dup := seen[key]; dup {
+			p.add(field, "%q is listed twice (also tags[%d])", tag, j)
+			continue
+		}
+		seen[key] = i
+	}
+}
+
+func isSpaceOrWildcard(r rune) bool { return unicode.IsSpace(r) || r == '*' || r == '>' }
 
 func checkNATSURL(p *problems, s string) {
 	u, err := url.Parse(s)

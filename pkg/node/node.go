@@ -17,11 +17,13 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -254,6 +256,7 @@ func (n *Node) Start(ctx context.Context) error {
 		Stream: bridge.StreamOptions{
 			Replicas:        n.cfg.Durability.StreamReplicas,
 			DuplicateWindow: time.Duration(n.cfg.Durability.DuplicateWindow),
+			Placement:       streamPlacement(n.cfg.NATS.Placement),
 		},
 		ReportInterval:  n.opts.ReportInterval,
 		StreamRetention: time.Duration(n.cfg.Durability.StreamRetention),
@@ -574,3 +577,11 @@ func hasExternal(cfg config.Config) bool {
 }
 
 func (n *Node) closeStopAPI() { n.stopOnce.Do(func() { close(n.stopAPI) }) }
+
+// streamPlacement is nats.placement as JetStream takes it, or nil.
+func streamPlacement(p config.Placement) *jetstream.Placement {
+	if p.IsZero() {
+		return nil
+	}
+	return &jetstream.Placement{Cluster: p.Cluster, Tags: slices.Clone(p.Tags)}
+}
