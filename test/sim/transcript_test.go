@@ -49,12 +49,33 @@ import (
 func TestTranscripts(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		var c *Cluster
+		var w *World
 		defer func() {
 			if c != nil {
 				c.Close()
 			}
+			if w != nil {
+				w.Close()
+			}
 		}()
 		datadriven.RunTest(t, path, func(t *testing.T, td *datadriven.TestData) string {
+			if td.Cmd == "world" {
+				if w != nil {
+					w.Close()
+				}
+				var err error
+				if w, err = setupWorld(td); err != nil {
+					return "error: " + err.Error()
+				}
+				return "ok"
+			}
+			if w != nil {
+				out, err := runWorldCommand(w, td)
+				if err != nil {
+					return out + "error: " + err.Error()
+				}
+				return out
+			}
 			if td.Cmd == "setup" {
 				if c != nil {
 					c.Close()
@@ -109,6 +130,15 @@ func setupCluster(td *datadriven.TestData) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("partitions: %w", err)
 	}
+	rs, err := parseResolvers(td, dcs)
+	if err != nil {
+		return nil, err
+	}
+	return New(Options{DCs: dcs, Partitions: parts, Resolvers: rs, Topology: val(td, "topology", ""), Hub: val(td, "hub", "")})
+}
+
+// parseResolvers reads resolver=, rules=, order= and sep= of a setup.
+func parseResolvers(td *datadriven.TestData, dcs []string) (*resolve.Rules, error) {
 	ropts := resolve.Options{Order: vals(td, "order"), Separator: val(td, "sep", "")}
 	if len(ropts.Order) == 0 {
 		ropts.Order = dcs
@@ -139,11 +169,7 @@ func setupCluster(td *datadriven.TestData) (*Cluster, error) {
 		}
 		rules = append(rules, resolve.Rule{Prefix: prefix, Resolver: res})
 	}
-	rs, err := resolve.NewRules(def, rules)
-	if err != nil {
-		return nil, err
-	}
-	return New(Options{DCs: dcs, Partitions: parts, Resolvers: rs, Topology: val(td, "topology", ""), Hub: val(td, "hub", "")})
+	return resolve.NewRules(def, rules)
 }
 
 // positional returns the first argument without a value (a DC or a link).
