@@ -43,8 +43,8 @@ func (r *Replicator) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, 
 	if limit <= 0 || limit > MaxDeadLetters {
 		return nil, 0, fmt.Errorf("bridge: dead letters: limit %d is not between 1 and %d", limit, MaxDeadLetters)
 	}
-	name := DLQStreamName(r.self)
-	s, err := r.js.Stream(ctx, name)
+	name := DLQStreamName(r.env.self)
+	s, err := r.env.js.Stream(ctx, name)
 	if err != nil {
 		return nil, 0, fmt.Errorf("bridge: dead-letter stream %s: %w", name, err)
 	}

@@ -6,244 +6,48 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
+	"github.com/replicatorhq/replicator/pkg/event"
 )
-
-// Bypass is one upstream a DC consumes through a heal consumer while a DC
-// is unreachable: it reads Via's stream in place of Dead, the DC that
-// normally consumes that stream and forwards what it holds.
-type Bypass struct {
-	// Dead is the unreachable DC whose consumer on Via's stream this one
-	// stands in for.
-	Dead string
-	// Via is the DC whose stream the heal consumer reads.
-	Via string
-}
 
 // HealConsumerName returns the durable name of the heal consumer through
 // which self reads up's stream while healing, repl_<self>_from_<up>_heal.
 func HealConsumerName(self, up string) string { return ConsumerName(self, up) + "_heal" }
 
-// Heal returns the effective plan of this DC while the DCs for which dead
-// reports true are unreachable; standby is the star's standby hub, or "".
-// It is pure: the static plan is not changed, and the result depends on
-// nothing else.
-//
-//	mesh: nothing to heal; every DC already consumes every other.
-//	ring: when the predecessor is dead, this DC also consumes the nearest
-//	      live predecessor, skipping consecutive dead DCs, and the streams
-//	      of the dead DCs it skips but the first (which it consumes
-//	      already), so their last events are not stranded. The forwarding
-//	      rule is the static one. With no live DC left besides this one
-//	      nothing changes.
-//	star: when the hub is dead and standby is set and live, the standby
-//	      consumes every other leaf and forwards their events as the hub
-//	      does, and the other leaves also consume the standby.
-//
-// A returning DC needs nothing from this: its durable consumers kept their
-// place, and once the others drop their heal consumers the static wiring
-// carries everything again. Duplicates the overlap brings are dropped by
-// the store (Apply is idempotent) and forwarded only on first apply, and
-// loops by Accept.
-func (p Plan) Heal(dead func(dc string) bool, standby string) Plan {
-	h := p
-	h.Healing = nil
-	switch p.Topology {
-	case config.Ring:
-		n := len(p.dcs)
-		i := slices.Index(p.dcs, p.DC)
-		if i < 0 || !dead(p.dcs[(i+n-1)%n]) {
-			return h
-		}
-		// Walk back over the dead predecessors: each one's stream is read
-		// in place of the dead DC after it (its static consumer), ending
-		// at the nearest live predecessor.
-		for k := 2; k < n; k++ {
-			via := p.dcs[(i+n-k)%n]
-			h.Healing = append(h.Healing, Bypass{Dead: p.dcs[(i+n-k+1)%n], Via: via})
-			if !dead(via) {
-				return h
-			}
-		}
-		h.Healing = nil // every other DC is dead: nobody to heal through
-		return h
-	case config.Star:
-		if standby == "" || standby == p.hub || !slices.Contains(p.dcs, standby) || !dead(p.hub) {
-			return h
-		}
-		if p.DC == standby {
-			for _, dc := range p.dcs {
-				if dc != p.DC && dc != p.hub {
-					h.Healing = append(h.Healing, Bypass{Dead: p.hub, Via: dc})
-				}
-			}
-			h.Forward = len(h.Healing) > 0
-			h.relay = h.Forward
-			return h
-		}
-		if p.DC != p.hub && !dead(standby) {
-			h.Healing = []Bypass{{Dead: p.hub, Via: standby}}
-		}
-		return h
-	}
-	return h
-}
-
-// EffectiveUpstreams returns the static upstreams and those of Healing,
-// sorted.
-func (p Plan) EffectiveUpstreams() []string {
-	ups := slices.Clone(p.Upstreams)
-	for _, b := range p.Healing {
-		if !slices.Contains(ups, b.Via) {
-			ups = append(ups, b.Via)
-		}
-	}
-	slices.Sort(ups)
-	return ups
-}
-
-// liveness tells, from the applied-vector reports each DC sends every
-// report interval, which DCs are unreachable: a DC is dead once it has
-// sent nothing for longer than after, and alive again once it has
-// reported for after, or earlier once its reports cover what this DC had
-// applied when it came back (it has caught up, so the static wiring
-// carries everything at once). It is pure: the clock comes in as now.
-type liveness struct {
-	self  string
-	after time.Duration
-	// last is when each DC last reported; a DC never heard from counts
-	// from start.
-	start time.Time
-	last  map[string]time.Time
-	dead  map[string]bool
-	// back is when a dead DC reported again, and want what this DC had
-	// applied then (without the dead DC's own row).
-	back map[string]time.Time
-	want map[string]changelog.Applied
-}
-
-func newLiveness(self string, dcs []string, after time.Duration, start time.Time) *liveness {
-	lv := &liveness{self: self, after: after, start: start, last: map[string]time.Time{},
-		dead: map[string]bool{}, back: map[string]time.Time{}, want: map[string]changelog.Applied{}}
-	for _, dc := range dcs {
-		if dc != self {
-			lv.last[dc] = start
-		}
-	}
-	return lv
-}
-
-// seen records a report from dc at now; mine is this DC's applied vector,
-// kept as the catch-up target when dc was dead.
-func (lv *liveness) seen(dc string, now time.Time, mine func() changelog.Applied) {
-	if _, ok := lv.last[dc]; !ok {
-		return
-	}
-	if lv.dead[dc] && lv.back[dc].IsZero() {
-		lv.back[dc] = now
-		want := mine()
-		delete(want, dc)
-		lv.want[dc] = want
-	}
-	lv.last[dc] = now
-}
-
-// transition is one DC changing state.
-type transition struct {
-	dc     string
-	dead   bool
-	silent time.Duration // how long the DC had been silent, for a death
-	reason string        // why a dead DC counts as alive again
-}
-
-// tick updates the dead set at now; peers are the applied vectors the
-// other DCs last reported. It returns the DCs whose state changed.
-func (lv *liveness) tick(now time.Time, peers map[string]changelog.Applied) []transition {
-	var out []transition
-	for _, dc := range slices.Sorted(maps.Keys(lv.last)) {
-		silent := now.Sub(lv.last[dc])
-		switch {
-		case !lv.dead[dc] && silent > lv.after:
-			lv.dead[dc] = true
-			delete(lv.back, dc)
-			out = append(out, transition{dc: dc, dead: true, silent: silent})
-		case lv.dead[dc] && !lv.back[dc].IsZero() && silent > lv.after:
-			// It came back and went silent again: still dead.
-			delete(lv.back, dc)
-			delete(lv.want, dc)
-		case lv.dead[dc] && !lv.back[dc].IsZero():
-			reason := ""
-			if covers(peers[dc], lv.want[dc]) {
-				reason = "caught up"
-			} else if now.Sub(lv.back[dc]) >= lv.after {
-				reason = "reporting again for heal_after"
-			}
-			if reason != "" {
-				delete(lv.dead, dc)
-				delete(lv.back, dc)
-				delete(lv.want, dc)
-				out = append(out, transition{dc: dc, reason: reason})
-			}
-		}
-	}
-	return out
-}
-
-func (lv *liveness) isDead(dc string) bool { return lv.dead[dc] }
-
-// covers reports whether a has applied at least what want holds.
-func covers(a, want changelog.Applied) bool {
-	if a == nil {
-		return false
-	}
-	for origin, row := range want {
-		have := a[origin]
-		for p, n := range row {
-			if n == 0 {
-				continue
-			}
-			if p >= len(have) || have[p] < n {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// healer runs the heal links of one Replicator; only the reporter
-// goroutine calls its methods, except snapshot and bypasses, which any
-// goroutine may call.
+// healer runs topology healing for the reporter: the core's liveness and
+// healing state machine (sm), and one heal link per bypass. The reporter
+// goroutine owns sm and alone starts and stops heal links; plan, the
+// effective plan, is read by every link goroutine for forwarding; mu
+// guards running, which Status reads too.
 type healer struct {
-	lv *liveness
-	wg sync.WaitGroup // the running heal links
-
-	// plan is the effective plan, read for every applied event.
+	*env
+	sm   *core.Healer // set by start
 	plan atomic.Pointer[Plan]
+	wg   sync.WaitGroup // the running heal links
 
-	// running holds the heal links by upstream; only the reporter
-	// goroutine changes it, under mu.
 	mu struct {
 		sync.Mutex
 		running map[string]*healLink
 	}
 }
 
-func newHealer(static Plan) *healer {
-	h := &healer{}
+func newHealer(e *env) *healer {
+	h := &healer{env: e}
+	static := e.plan
 	h.plan.Store(&static)
 	h.mu.running = map[string]*healLink{}
 	return h
 }
 
-// healLink is a running heal consumer.
+// healLink is a running heal link.
 type healLink struct {
 	*link
 	bypass Bypass
@@ -251,98 +55,77 @@ type healLink struct {
 	done   chan struct{}
 }
 
-// effectivePlan returns the plan in force: the static one healed around
-// the dead DCs.
-func (r *Replicator) effectivePlan() Plan {
-	if r.heal == nil {
-		return r.plan
-	}
-	return *r.heal.plan.Load()
+// forward is the effective plan's forwarding rule.
+func (h *healer) forward(ev *event.Event) bool {
+	return h.plan.Load().ShouldForward(ev.Path, ev.Origin)
 }
 
-// healLinks returns the running heal links.
-func (r *Replicator) healLinks() []*link {
-	if r.heal == nil {
+// effective returns the plan in force.
+func (h *healer) effective() Plan { return *h.plan.Load() }
+
+// links returns the running heal links, by upstream; none on a nil healer.
+func (h *healer) links() []*link {
+	if h == nil {
 		return nil
 	}
-	r.heal.mu.Lock()
-	defer r.heal.mu.Unlock()
-	out := make([]*link, 0, len(r.heal.mu.running))
-	for _, up := range slices.Sorted(maps.Keys(r.heal.mu.running)) {
-		out = append(out, r.heal.mu.running[up].link)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*link, 0, len(h.mu.running))
+	for _, up := range slices.Sorted(maps.Keys(h.mu.running)) {
+		out = append(out, h.mu.running[up].link)
 	}
 	return out
 }
 
-// allLinks returns the static links and the running heal links.
-func (r *Replicator) allLinks() []*link {
-	return append(slices.Clone(r.links), r.healLinks()...)
-}
-
-// Healing returns the bypasses in effect; empty when nothing is healed.
-func (r *Replicator) Healing() []Bypass {
-	return slices.Clone(r.effectivePlan().Healing)
-}
-
-// healPossible reports whether healing is on and the topology has
-// anything to heal.
-func (r *Replicator) healPossible() bool {
-	return r.opts.HealAfter > 0 && (r.plan.Topology == config.Ring || r.plan.Topology == config.Star)
-}
-
-// startHealing sets up liveness tracking at the reporter's start and
-// deletes heal consumers a previous run of this DC left behind: their
-// place is stale, and a new one is computed when healing starts again.
-func (r *Replicator) startHealing(ctx context.Context) {
-	if r.heal == nil {
-		return
-	}
-	r.heal.lv = newLiveness(r.self, r.opts.DCs, r.opts.HealAfter, r.now())
-	ctx, cancel := context.WithTimeout(ctx, r.opts.APITimeout)
+// start sets up liveness tracking at the reporter's start and deletes
+// heal consumers a previous run of this DC left behind: their place is
+// stale, and a new one is computed when healing starts again.
+func (h *healer) start(ctx context.Context) {
+	h.sm = core.NewHealer(h.env.plan, h.opts.DCs, h.opts.StandbyHub, h.opts.HealAfter, h.now())
+	ctx, cancel := context.WithTimeout(ctx, h.opts.APITimeout)
 	defer cancel()
-	for _, up := range r.opts.DCs {
-		if up == r.self {
+	for _, up := range h.opts.DCs {
+		if up == h.self {
 			continue
 		}
-		err := r.js.DeleteConsumer(ctx, StreamName(up), HealConsumerName(r.self, up))
+		err := h.js.DeleteConsumer(ctx, StreamName(up), HealConsumerName(h.self, up))
 		switch {
 		case err == nil:
-			r.log.Info("deleted a heal consumer left from an earlier run", "consumer", HealConsumerName(r.self, up), "stream", StreamName(up))
+			h.log.Info("deleted a heal consumer left from an earlier run", "consumer", HealConsumerName(h.self, up), "stream", StreamName(up))
 		case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
 		default:
-			r.log.Debug("delete a stale heal consumer", "stream", StreamName(up), "err", err)
+			h.log.Debug("delete a stale heal consumer", "stream", StreamName(up), "err", err)
 		}
 	}
 }
 
-// healReport notes a report from dc for liveness.
-func (r *Replicator) healReport(dc string) {
-	if r.heal == nil || r.heal.lv == nil {
+// seen notes a report from dc for liveness.
+func (h *healer) seen(dc string) {
+	if h.sm == nil {
 		return
 	}
-	r.heal.lv.seen(dc, r.now(), func() changelog.Applied { return r.store.Applied() })
+	h.sm.Seen(dc, h.now(), func() changelog.Applied { return h.store.Applied() })
 }
 
-// healTick updates liveness and, when a DC died or came back, reconciles
+// tick updates liveness and, when a DC died or came back, reconciles
 // the running heal links with the effective plan.
-func (r *Replicator) healTick(ctx context.Context) {
-	if r.heal == nil || r.heal.lv == nil {
+func (h *healer) tick(ctx context.Context) {
+	if h.sm == nil {
 		return
 	}
-	lv := r.heal.lv
-	changes := lv.tick(r.now(), r.store.PeerApplied())
-	if len(changes) == 0 {
+	changes, plan, changed := h.sm.Tick(h.now(), h.store.PeerApplied())
+	if !changed {
 		return
 	}
 	for _, c := range changes {
-		if c.dead {
-			r.log.Warn("DC unreachable: no applied-vector report for longer than heal_after", "peer", c.dc,
-				"silent", c.silent.Round(time.Millisecond), "heal_after", r.opts.HealAfter)
+		if c.Dead {
+			h.log.Warn("DC unreachable: no applied-vector report for longer than heal_after", "peer", c.DC,
+				"silent", c.Silent.Round(time.Millisecond), "heal_after", h.opts.HealAfter)
 		} else {
-			r.log.Info("DC reachable again", "peer", c.dc, "because", c.reason)
+			h.log.Info("DC reachable again", "peer", c.DC, "because", c.Reason)
 		}
 	}
-	r.reconcile(ctx, r.plan.Heal(lv.isDead, r.opts.StandbyHub))
+	h.reconcile(ctx, plan)
 }
 
 // reconcile makes the running heal links match plan's bypasses: it stops
@@ -350,48 +133,43 @@ func (r *Replicator) healTick(ctx context.Context) {
 // plan in force. Stopping a link lets it finish the batch in hand (a batch
 // is acknowledged only after the store commits it), so nothing is lost or
 // half applied.
-func (r *Replicator) reconcile(ctx context.Context, plan Plan) {
-	h := r.heal
-	want := map[string]Bypass{}
-	for _, b := range plan.Healing {
-		want[b.Via] = b
-	}
+func (h *healer) reconcile(ctx context.Context, plan Plan) {
 	h.mu.Lock()
-	running := maps.Clone(h.mu.running)
+	running := map[string]Bypass{}
+	links := maps.Clone(h.mu.running)
+	for up, hl := range h.mu.running {
+		running[up] = hl.bypass
+	}
 	h.mu.Unlock()
 	before := h.plan.Load().Healing
+	stop, start := core.Reconcile(running, plan)
 
-	for up, hl := range running {
-		if b, ok := want[up]; ok && b == hl.bypass {
-			continue
-		}
+	for _, up := range stop {
+		hl := links[up]
 		hl.stop()
 		<-hl.done
 		h.mu.Lock()
 		delete(h.mu.running, up)
 		h.mu.Unlock()
-		dctx, cancel := context.WithTimeout(ctx, r.opts.APITimeout)
-		err := r.js.DeleteConsumer(dctx, hl.stream, hl.consumer)
+		dctx, cancel := context.WithTimeout(ctx, h.opts.APITimeout)
+		err := h.js.DeleteConsumer(dctx, hl.stream, hl.consumer)
 		cancel()
 		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			// Left behind, it is deleted at the next start or when healing
 			// through the same upstream ends again.
-			r.log.Warn("delete a heal consumer", "consumer", hl.consumer, "stream", hl.stream, "err", err)
+			h.log.Warn("delete a heal consumer", "consumer", hl.consumer, "stream", hl.stream, "err", err)
 		}
-		r.log.Info("heal link stopped", "upstream", up, "dead", hl.bypass.Dead, "consumer", hl.consumer,
+		h.log.Info("heal link stopped", "upstream", up, "dead", hl.bypass.Dead, "consumer", hl.consumer,
 			"applied", hl.applied.Load(), "duplicates", hl.duplicates.Load(), "loops", hl.loops.Load())
 	}
 	// The forwarding rule changes before the new links run: a standby
 	// forwards from the first event it takes in place of the hub.
 	h.plan.Store(&plan)
-	for _, up := range slices.Sorted(maps.Keys(want)) {
-		if _, ok := running[up]; ok && running[up].bypass == want[up] {
-			continue
-		}
-		b := want[up]
+	for _, b := range start {
+		up := b.Via
 		lctx, stop := context.WithCancel(ctx)
 		hl := &healLink{
-			link:   &link{up: up, stream: StreamName(up), consumer: HealConsumerName(r.self, up), heal: true},
+			link:   newLink(h.env, up, HealConsumerName(h.self, up), true),
 			bypass: b,
 			stop:   stop,
 			done:   make(chan struct{}),
@@ -399,41 +177,36 @@ func (r *Replicator) reconcile(ctx context.Context, plan Plan) {
 		h.mu.Lock()
 		h.mu.running[up] = hl
 		h.mu.Unlock()
-		h.wg.Add(1)
-		go func() {
-			defer h.wg.Done()
+		h.wg.Go(func() {
 			defer close(hl.done)
-			r.runHeal(lctx, hl)
-		}()
-		r.log.Info("heal link started", "upstream", up, "dead", b.Dead, "consumer", hl.consumer)
+			h.runHeal(lctx, hl)
+		})
+		h.log.Info("heal link started", "upstream", up, "dead", b.Dead, "consumer", hl.consumer)
 	}
 	if !slices.Equal(before, plan.Healing) {
-		r.log.Warn("healing changed", "healing", describeBypasses(plan.Healing), "was", describeBypasses(before),
+		h.log.Warn("healing changed", "healing", core.DescribeBypasses(plan.Healing), "was", core.DescribeBypasses(before),
 			"upstreams", plan.EffectiveUpstreams(), "forward", plan.Forward)
 	}
 }
 
-// stopHealing stops every heal link at shutdown, leaving its consumer in
+// stopAll stops every heal link at shutdown, leaving its consumer in
 // place (the next start deletes it).
-func (r *Replicator) stopHealing() {
-	if r.heal == nil {
-		return
-	}
-	r.heal.mu.Lock()
-	for _, hl := range r.heal.mu.running {
+func (h *healer) stopAll() {
+	h.mu.Lock()
+	for _, hl := range h.mu.running {
 		hl.stop()
 	}
-	r.heal.mu.Unlock()
-	r.heal.wg.Wait()
+	h.mu.Unlock()
+	h.wg.Wait()
 }
 
 // runHeal places a heal link's consumer right after what the dead DC's
 // consumer on the same stream had acknowledged, then consumes it as any
-// link until ctx ends.
-func (r *Replicator) runHeal(ctx context.Context, hl *healLink) {
-	bo := backoff{min: r.opts.RetryMin, max: r.opts.RetryMax}
+// link until ctx ends. It runs on the heal link's goroutine.
+func (h *healer) runHeal(ctx context.Context, hl *healLink) {
+	bo := backoff{min: h.opts.RetryMin, max: h.opts.RetryMax}
 	for {
-		start, err := r.healStart(ctx, hl)
+		start, err := h.healStart(ctx, hl)
 		if err == nil {
 			hl.startSeq = start
 			break
@@ -443,50 +216,32 @@ func (r *Replicator) runHeal(ctx context.Context, hl *healLink) {
 		}
 		hl.setErr(err)
 		d := bo.next()
-		r.log.Warn("heal link: set-up failed; trying again", "upstream", hl.up, "err", err, "retry_in", d)
+		h.log.Warn("heal link: set-up failed; trying again", "upstream", hl.up, "err", err, "retry_in", d)
 		if !wait(ctx, d) {
 			return
 		}
 	}
-	r.runLink(ctx, hl.link)
+	hl.run(ctx)
 }
 
 // healStart deletes a heal consumer left from before (its place is stale)
-// and returns the stream sequence the new one starts at: one past the ack
-// floor of the dead DC's consumer on the stream, so that the heal consumer
-// reads what the dead DC has not, and not the whole stream. What the dead
-// DC acknowledged but had not yet forwarded when it died is missing here;
-// gap repair and the catch-up from the origin fetch it. 0 means the whole
-// stream: the dead DC never consumed it.
-func (r *Replicator) healStart(ctx context.Context, hl *healLink) (uint64, error) {
-	actx, cancel := context.WithTimeout(ctx, r.opts.APITimeout)
+// and returns the stream sequence the new one starts at (core.HealStart of
+// the dead DC's consumer on the stream).
+func (h *healer) healStart(ctx context.Context, hl *healLink) (uint64, error) {
+	actx, cancel := context.WithTimeout(ctx, h.opts.APITimeout)
 	defer cancel()
-	err := r.js.DeleteConsumer(actx, hl.stream, hl.consumer)
+	err := h.js.DeleteConsumer(actx, hl.stream, hl.consumer)
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return 0, fmt.Errorf("delete the old heal consumer %s: %w", hl.consumer, err)
 	}
-	c, err := r.js.Consumer(actx, hl.stream, ConsumerName(hl.bypass.Dead, hl.up))
+	c, err := h.js.Consumer(actx, hl.stream, ConsumerName(hl.bypass.Dead, hl.up))
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		return 0, nil
+		return core.HealStart(0, false), nil
 	case err != nil:
 		return 0, fmt.Errorf("read the dead DC's consumer %s: %w", ConsumerName(hl.bypass.Dead, hl.up), err)
 	}
-	if floor := c.CachedInfo().AckFloor.Stream; floor > 0 {
-		return floor + 1, nil
-	}
-	return 0, nil
-}
-
-func describeBypasses(bs []Bypass) string {
-	if len(bs) == 0 {
-		return "none"
-	}
-	parts := make([]string, len(bs))
-	for i, b := range bs {
-		parts[i] = b.Dead + " via " + b.Via
-	}
-	return strings.Join(parts, ", ")
+	return core.HealStart(c.CachedInfo().AckFloor.Stream, true), nil
 }
 
 // validateHealing checks HealAfter and StandbyHub.
@@ -506,7 +261,7 @@ func (o Options) validateHealing() []error {
 		switch {
 		case o.Plan.Topology != config.Star:
 			errs = append(errs, fmt.Errorf("StandbyHub %q is only used by topology star, not %s", s, o.Plan.Topology))
-		case s == o.Plan.hub:
+		case s == o.Plan.Hub():
 			errs = append(errs, fmt.Errorf("StandbyHub %q is the hub itself; name another DC", s))
 		case !slices.Contains(o.DCs, s):
 			errs = append(errs, fmt.Errorf("StandbyHub %q is not in DCs %v", s, o.DCs))

@@ -15,13 +15,41 @@ import (
 	"github.com/replicatorhq/replicator/pkg/event"
 )
 
-// resumeSequences reads the last message of each of this DC's partition
+// publisher publishes the store's outbox to this DC's stream, in order,
+// on its own goroutine (run), which owns seqHi and cursor; resume sets
+// seqHi at Start, before run begins. drain is closed by Close once intake
+// has stopped.
+type publisher struct {
+	*env
+	pub    jetstream.JetStream // publishing, with a bounded async window
+	stream string
+	// seqHi is the highest own sequence per partition known to be in the
+	// stream or sent to it.
+	seqHi []uint64
+	// cursor is the last acknowledged outbox index.
+	cursor uint64
+	// drain tells the publisher that intake has stopped: it publishes what
+	// the outbox holds and exits.
+	drain chan struct{}
+}
+
+func newPublisher(e *env) (*publisher, error) {
+	pub, err := newJetStream(e.opts.NC, e.opts.Domain,
+		jetstream.WithPublishAsyncMaxPending(e.opts.PublishWindow),
+		jetstream.WithPublishAsyncTimeout(e.opts.PublishAckTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("bridge: jetstream publisher: %w", err)
+	}
+	return &publisher{env: e, pub: pub, stream: StreamName(e.self), seqHi: make([]uint64, e.opts.Partitions), drain: make(chan struct{})}, nil
+}
+
+// resume reads the last message of each of this DC's partition
 // subjects and raises the store's sequence above the highest own sequence it
 // names, so that a DC whose data dir was restored from an old backup never
 // reissues a sequence number (docs/DESIGN.md, invariant 4): a reissued number
 // would carry an old Nats-Msg-Id and be dropped as a duplicate, and its dot
 // would be taken for an event other DCs already applied.
-func (r *Replicator) resumeSequences(ctx context.Context) error {
+func (r *publisher) resume(ctx context.Context) error {
 	s, err := r.js.Stream(ctx, r.stream)
 	if err != nil {
 		return fmt.Errorf("bridge: open stream %s: %w", r.stream, err)
@@ -92,7 +120,7 @@ func (r *Replicator) resumeSequences(ctx context.Context) error {
 // back the writes it made after that copy. An event the stream no longer
 // holds cannot come back this way; the DC then continues above the
 // stream's sequence, and the loss is logged.
-func (r *Replicator) recoverOwn(ctx context.Context, s jetstream.Stream, parts []uint32) error {
+func (r *publisher) recoverOwn(ctx context.Context, s jetstream.Stream, parts []uint32) error {
 	info, err := s.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("bridge: stream info %s: %w", r.stream, err)
@@ -179,10 +207,10 @@ func lastOwnSeq(self string, p uint32, h nats.Header) (uint64, error) {
 	return hi, nil
 }
 
-// runPublisher publishes the outbox in order until ctx ends, or until
+// run publishes the outbox in order until ctx ends, or until
 // Close has stopped intake and the outbox is empty. It wakes on the store's
 // notifications, with a fallback poll.
-func (r *Replicator) runPublisher(ctx context.Context) {
+func (r *publisher) run(ctx context.Context) {
 	poll := time.NewTicker(r.opts.PublishPoll)
 	defer poll.Stop()
 	defer r.flushCheckpoint()
@@ -224,7 +252,7 @@ func (r *Replicator) runPublisher(ctx context.Context) {
 
 // unpublished reports whether the outbox holds a durable entry past the
 // publisher's cursor.
-func (r *Replicator) unpublished() bool {
+func (r *publisher) unpublished() bool {
 	e, err := r.store.ReadOutbox(max(r.cursor, r.store.Checkpoint()), 1)
 	return err == nil && len(e) > 0
 }
@@ -233,7 +261,7 @@ func (r *Replicator) unpublished() bool {
 // checkpoint and moves the checkpoint over the longest prefix JetStream
 // acknowledged without error. more reports a full window, after which more
 // entries may wait.
-func (r *Replicator) publishWindow(ctx context.Context) (more bool, err error) {
+func (r *publisher) publishWindow(ctx context.Context) (more bool, err error) {
 	ckpt := max(r.cursor, r.store.Checkpoint())
 	entries, err := r.store.ReadOutbox(ckpt, r.opts.PublishWindow)
 	if err != nil {
@@ -273,7 +301,7 @@ func (r *Replicator) publishWindow(ctx context.Context) (more bool, err error) {
 // awaitAcks waits for the acknowledgements of futs, which were published
 // for entries in order, and returns the index of the last entry of the
 // acknowledged prefix (ckpt if none) and the first error.
-func (r *Replicator) awaitAcks(ctx context.Context, ckpt uint64, entries []changelog.OutboxEntry, futs []jetstream.PubAckFuture, sent []time.Time) (uint64, error) {
+func (r *publisher) awaitAcks(ctx context.Context, ckpt uint64, entries []changelog.OutboxEntry, futs []jetstream.PubAckFuture, sent []time.Time) (uint64, error) {
 	timeout := time.NewTimer(r.opts.PublishAckTimeout)
 	defer timeout.Stop()
 	last, prefix := ckpt, true
@@ -319,7 +347,7 @@ func (r *Replicator) awaitAcks(ctx context.Context, ckpt uint64, entries []chang
 // out, since its Nats-Msg-Id says the same (see lastOwnSeq): it is 20-odd
 // bytes of every own event, stored and delivered to every consumer. A
 // forwarded event, or an own one below the high-water mark, carries it.
-func (r *Replicator) message(e changelog.OutboxEntry) *nats.Msg {
+func (r *publisher) message(e changelog.OutboxEntry) *nats.Msg {
 	if e.Txn != nil {
 		return r.txnMessage(e)
 	}
@@ -344,7 +372,7 @@ func (r *Replicator) message(e changelog.OutboxEntry) *nats.Msg {
 // ops included: the last message on the transaction subject then tells a
 // DC restored from an old copy how far each partition's sequence went in
 // transactions, however many single events followed on other subjects.
-func (r *Replicator) txnMessage(e changelog.OutboxEntry) *nats.Msg {
+func (r *publisher) txnMessage(e changelog.OutboxEntry) *nats.Msg {
 	h := nats.Header(event.TxnHeaders(e.Txn))
 	for _, ev := range e.Txn {
 		if p := ev.Partition; ev.Origin == r.self && int(p) < len(r.seqHi) && ev.Seq > r.seqHi[p] {
@@ -385,7 +413,7 @@ func parseSeqHis(v string, his []uint64) error {
 
 // flushCheckpoint makes the publisher's cursor the durable checkpoint, once
 // it stops, so a clean restart sends nothing again.
-func (r *Replicator) flushCheckpoint() {
+func (r *publisher) flushCheckpoint() {
 	if r.cursor <= r.store.Checkpoint() {
 		return
 	}

@@ -3,6 +3,8 @@ package bridge
 import (
 	"testing"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -13,7 +15,7 @@ import (
 // far (lastOwnSeq), and an own event that is that sequence leaves the
 // header out because its Nats-Msg-Id says it.
 func TestMessageSeqHi(t *testing.T) {
-	r := &Replicator{self: "a", seqHi: make([]uint64, 4)}
+	r := &publisher{env: &env{self: "a"}, seqHi: make([]uint64, 4)}
 	ev := func(origin string, p uint32, seq uint64, path ...string) changelog.OutboxEntry {
 		return changelog.OutboxEntry{Event: &event.Event{
 			Version: event.SchemaVersion, Origin: origin, Partition: p, Seq: seq, Key: "k", Op: event.OpPut,
@@ -45,5 +47,29 @@ func TestMessageSeqHi(t *testing.T) {
 		if m.Subject != Subject("a", tc.e.Event.Partition) {
 			t.Errorf("%s: subject %s", tc.name, m.Subject)
 		}
+	}
+}
+
+func TestLastOwnSeq(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		header nats.Header
+		want   uint64
+		err    bool
+	}{
+		{"nothing", nats.Header{}, 0, false},
+		{"own event", nats.Header{"Nats-Msg-Id": {"a:2:17"}}, 17, false},
+		{"own event with a higher Seq-Hi", nats.Header{"Nats-Msg-Id": {"a:2:17"}, HeaderSeqHi: {"20"}}, 20, false},
+		{"forwarded event", nats.Header{"Nats-Msg-Id": {"b:2:99"}, HeaderSeqHi: {"5"}}, 5, false},
+		{"other partition's id", nats.Header{"Nats-Msg-Id": {"a:1:99"}}, 0, false},
+		{"bad Seq-Hi", nats.Header{HeaderSeqHi: {"x"}}, 0, true},
+		{"absurd Seq-Hi", nats.Header{HeaderSeqHi: {"9223372036854775808"}}, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := lastOwnSeq("a", 2, tc.header)
+			if (err != nil) != tc.err || got != tc.want {
+				t.Fatalf("lastOwnSeq = %d, %v; want %d, error %v", got, err, tc.want, tc.err)
+			}
+		})
 	}
 }

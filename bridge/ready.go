@@ -174,13 +174,7 @@ func (rd *readiness) lacking(peer string, first, own changelog.Applied) (ReadyWa
 
 // Readiness returns whether this DC has caught up since it started (see
 // Readiness). Before Start it is not ready.
-func (r *Replicator) Readiness() Readiness {
-	rd := r.ready.Load()
-	if rd == nil {
-		return Readiness{WaitingFor: []ReadyWait{{Reason: "replication has not started"}}}
-	}
-	return rd.judge(r.now(), r.store.Applied)
-}
+func (r *Replicator) Readiness() Readiness { return r.env.readiness() }
 
 // PeerStatus is one peer as this DC sees it through its applied-vector
 // reports.
@@ -201,12 +195,12 @@ type PeerStatus struct {
 
 // Peers returns each other DC's report age and liveness, in DCs order.
 func (r *Replicator) Peers() []PeerStatus {
-	rd := r.ready.Load()
+	rd := r.env.ready.Load()
 	if rd == nil {
 		return nil
 	}
 	last := rd.lastReports()
-	now := r.now()
+	now := r.env.now()
 	out := make([]PeerStatus, 0, len(rd.peers))
 	for _, dc := range rd.peers {
 		ps := PeerStatus{DC: dc}
@@ -222,7 +216,7 @@ func (r *Replicator) Peers() []PeerStatus {
 			ps.State = "unreachable"
 		case !ok:
 			ps.State = "never reported"
-		case age > 3*r.opts.ReportInterval:
+		case age > 3*r.env.opts.ReportInterval:
 			ps.State = "silent"
 		default:
 			ps.State = "alive"

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 )
@@ -218,60 +219,70 @@ func (o Options) validate() error {
 	return nil
 }
 
-// Replicator runs one DC's replication: it publishes the store's outbox,
-// consumes the plan's upstreams, repairs gaps, serves repairs to others and
-// exchanges applied vectors. Its methods are safe for concurrent use.
-type Replicator struct {
-	opts   Options
-	store  *changelog.Store
-	nc     *nats.Conn
-	js     jetstream.JetStream // management and dead letters
-	pub    jetstream.JetStream // publishing, with a bounded async window
-	plan   Plan
-	self   string
-	known  map[string]bool
-	links  []*link
-	log    *slog.Logger
-	stream string
-	check  checker
-	c      counters
-	// heal runs topology healing; nil when it is off or the topology has
-	// nothing to heal.
-	heal *healer
-
-	// seqHi is the publisher's highest own sequence per partition known to
-	// be in the stream or sent to it; only the publisher goroutine uses it
-	// once Start has returned.
-	seqHi []uint64
-	// cursor is the publisher's last acknowledged outbox index; only the
-	// publisher goroutine uses it.
-	cursor uint64
-
-	// samples and trimmedTo belong to the maintenance goroutine: the
-	// stream's last sequence over time, and how far it has been trimmed.
-	samples   []streamSample
-	trimmedTo uint64
-
-	// behind records, per origin and partition, since when and from where
-	// this DC has been behind the origin's own report; only the reporter
-	// goroutine uses it.
-	behind map[gapKey]lag
-	// replayed records when each link last replayed its upstream's stream;
-	// only the reporter goroutine uses it.
-	replayed map[string]time.Time
-
-	// alive hands the DCs whose reports arrived from the report intake to
-	// the reporter goroutine, which judges liveness.
-	alive *reporters
+// env is what the parts of a Replicator share. It is fixed once New
+// returns, but for ready, which Start sets, and the counters, which are
+// atomic.
+type env struct {
+	opts  Options
+	store *changelog.Store
+	nc    *nats.Conn
+	js    jetstream.JetStream // management and dead letters
+	self  string
+	known map[string]bool
+	log   *slog.Logger
+	c     *counters
+	// plan is the static plan; forward is the forwarding rule in force
+	// (the healer's effective plan when healing is on).
+	plan    Plan
+	forward func(*event.Event) bool
+	check   core.Checker
 	// ready judges readiness (GET /readyz) and keeps each peer's last
 	// report time; set by Start.
 	ready atomic.Pointer[readiness]
+}
 
-	// drain tells the publisher that intake has stopped: it publishes what
-	// the outbox holds and exits.
-	drain chan struct{}
+func (e *env) now() time.Time { return e.opts.Now() }
 
-	intake sync.WaitGroup // consumers, servers and the reporter
+// repairer returns the core's gap repair over this DC's store and the
+// origins' repair servers.
+func (e *env) repairer() core.Repairer {
+	return core.Repairer{Store: e.store, Source: origins{e}, Forward: e.forward,
+		Partitions: e.opts.Partitions, Limits: e.opts.Limits, Log: e.log}
+}
+
+// readiness returns whether this DC has caught up since it started (see
+// Readiness).
+func (e *env) readiness() Readiness {
+	rd := e.ready.Load()
+	if rd == nil {
+		return Readiness{WaitingFor: []ReadyWait{{Reason: "replication has not started"}}}
+	}
+	return rd.judge(e.now(), e.store.Applied)
+}
+
+// Replicator runs one DC's replication. It composes parts that each own
+// their state and goroutine:
+//
+//   - publisher: publishes the store's outbox to this DC's stream;
+//   - link: one per upstream, consumes its stream and applies what it
+//     holds (heal links too, run by the healer);
+//   - repairServer: answers the other DCs' gap-repair requests;
+//   - heartbeat: publishes this DC's applied vector;
+//   - reportIntake: takes in the other DCs' applied vectors;
+//   - reporter: judges liveness (healer), catches up, refreshes lag
+//     figures and runs maintenance (retention).
+//
+// The Replicator itself owns only their life cycle, under mu. Its
+// methods are safe for concurrent use.
+type Replicator struct {
+	env      *env
+	pub      *publisher
+	links    []*link
+	heal     *healer // nil when healing is off or the topology has nothing to heal
+	reporter *reporter
+	stream   string
+
+	intake sync.WaitGroup // links, the repair server, reports
 	pubWG  sync.WaitGroup // the publisher
 
 	mu struct {
@@ -291,50 +302,43 @@ func New(opts Options) (*Replicator, error) {
 	}
 	opts = opts.withDefaults()
 	self := opts.Store.DC()
-	r := &Replicator{
-		opts:   opts,
-		store:  opts.Store,
-		nc:     opts.NC,
-		js:     opts.JS,
-		plan:   opts.Plan,
-		self:   self,
-		known:  make(map[string]bool, len(opts.DCs)),
-		log:    opts.Logger.With("dc", self),
-		stream: StreamName(self),
-		seqHi:  make([]uint64, opts.Partitions),
-		drain:  make(chan struct{}),
-		behind: map[gapKey]lag{},
-		alive:  newReporters(),
-
-		replayed: map[string]time.Time{},
+	e := &env{
+		opts:  opts,
+		store: opts.Store,
+		nc:    opts.NC,
+		js:    opts.JS,
+		plan:  opts.Plan,
+		self:  self,
+		log:   opts.Logger.With("dc", self),
+		c:     &counters{},
+		check: core.NewChecker(opts.DCs, opts.Partitions, opts.Limits),
 	}
-	for _, dc := range opts.DCs {
-		r.known[dc] = true
-	}
-	r.check = checker{partitions: opts.Partitions, limits: opts.Limits, known: r.known}
-	if r.js == nil {
+	e.known = e.check.Known
+	if e.js == nil {
 		js, err := newJetStream(opts.NC, opts.Domain)
 		if err != nil {
 			return nil, fmt.Errorf("bridge: jetstream: %w", err)
 		}
-		r.js = js
+		e.js = js
 	}
-	pub, err := newJetStream(opts.NC, opts.Domain,
-		jetstream.WithPublishAsyncMaxPending(opts.PublishWindow),
-		jetstream.WithPublishAsyncTimeout(opts.PublishAckTimeout))
+	pub, err := newPublisher(e)
 	if err != nil {
-		return nil, fmt.Errorf("bridge: jetstream publisher: %w", err)
+		return nil, err
 	}
-	r.pub = pub
-	for _, up := range r.plan.Upstreams {
-		if up == self || !r.known[up] {
+	r := &Replicator{env: e, pub: pub, stream: StreamName(self)}
+	if opts.HealAfter > 0 && e.plan.CanHeal() {
+		r.heal = newHealer(e)
+		e.forward = r.heal.forward
+	} else {
+		e.forward = func(ev *event.Event) bool { return e.plan.ShouldForward(ev.Path, ev.Origin) }
+	}
+	for _, up := range e.plan.Upstreams {
+		if up == self || !e.known[up] {
 			return nil, fmt.Errorf("bridge: plan names upstream %q, which is this DC or not in DCs %v", up, opts.DCs)
 		}
-		r.links = append(r.links, &link{up: up, stream: StreamName(up), consumer: ConsumerName(self, up)})
+		r.links = append(r.links, newLink(e, up, ConsumerName(self, up), false))
 	}
-	if r.healPossible() {
-		r.heal = newHealer(r.plan)
-	}
+	r.reporter = newReporter(e, r.links, r.heal)
 	return r, nil
 }
 
@@ -346,14 +350,15 @@ func newJetStream(nc *nats.Conn, domain string, opts ...jetstream.JetStreamOpt) 
 }
 
 // DC returns the Replicator's DC.
-func (r *Replicator) DC() string { return r.self }
+func (r *Replicator) DC() string { return r.env.self }
 
 // Start makes sure this DC's streams exist, raises the store's sequence
 // numbers above what the stream already holds (so a DC restored from an old
-// backup never reissues one), and starts the publisher, one consumer per
+// backup never reissues one), and starts the publisher, one link per
 // upstream, the repair server and the applied-vector exchange. ctx bounds
 // the start-up only; the goroutines run until Close.
 func (r *Replicator) Start(ctx context.Context) error {
+	e := r.env
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
@@ -368,25 +373,25 @@ func (r *Replicator) Start(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 	}
-	if err := EnsureStream(ctx, r.js, r.self, r.opts.Partitions, r.opts.Stream); err != nil {
+	if err := EnsureStream(ctx, e.js, e.self, e.opts.Partitions, e.opts.Stream); err != nil {
 		if errors.Is(err, ErrNoJetStream) {
 			where := "this server's JetStream"
-			if r.opts.Domain != "" {
-				where = fmt.Sprintf("JetStream domain %q (nats.domain)", r.opts.Domain)
+			if e.opts.Domain != "" {
+				where = fmt.Sprintf("JetStream domain %q (nats.domain)", e.opts.Domain)
 			}
 			return fmt.Errorf("%w; looked in %s", err, where)
 		}
 		return err
 	}
-	if err := r.resumeSequences(ctx); err != nil {
+	if err := r.pub.resume(ctx); err != nil {
 		return err
 	}
 
 	repairs := make(chan *nats.Msg, 64)
 	reports := make(chan *nats.Msg, 256)
 	var subs []*nats.Subscription
-	for subj, ch := range map[string]chan *nats.Msg{RepairSubject(r.self): repairs, appliedWildcard: reports} {
-		sub, err := r.nc.ChanSubscribe(subj, ch)
+	for subj, ch := range map[string]chan *nats.Msg{RepairSubject(e.self): repairs, appliedWildcard: reports} {
+		sub, err := e.nc.ChanSubscribe(subj, ch)
 		if err != nil {
 			for _, s := range subs {
 				s.Unsubscribe()
@@ -395,18 +400,18 @@ func (r *Replicator) Start(ctx context.Context) error {
 		}
 		subs = append(subs, sub)
 	}
-	if err := r.nc.FlushWithContext(ctx); err != nil {
+	if err := e.nc.FlushWithContext(ctx); err != nil {
 		for _, s := range subs {
 			s.Unsubscribe()
 		}
 		return fmt.Errorf("bridge: flush subscriptions: %w", err)
 	}
 
-	silent := r.opts.HealAfter
+	silent := e.opts.HealAfter
 	if silent <= 0 {
 		silent = defaultSilentAfter
 	}
-	r.ready.Store(newReadiness(r.self, r.opts.DCs, silent, r.now()))
+	e.ready.Store(newReadiness(e.self, e.opts.DCs, silent, e.now()))
 
 	base := context.WithoutCancel(ctx)
 	intakeCtx, stopIntake := context.WithCancel(base)
@@ -416,53 +421,33 @@ func (r *Replicator) Start(ctx context.Context) error {
 	r.mu.stopIntake = stopIntake
 	r.mu.stopPub = stopPub
 
-	r.pubWG.Add(1)
-	go func() {
-		defer r.pubWG.Done()
-		r.runPublisher(pubCtx)
-	}()
+	r.pubWG.Go(func() { r.pub.run(pubCtx) })
 	for _, l := range r.links {
-		r.intake.Add(1)
-		go func() {
-			defer r.intake.Done()
-			r.runLink(intakeCtx, l)
-		}()
+		r.intake.Go(func() { l.run(intakeCtx) })
 	}
-	r.intake.Add(4)
-	go func() {
-		defer r.intake.Done()
-		r.serveRepairs(intakeCtx, repairs)
-	}()
-	go func() {
-		defer r.intake.Done()
-		r.runHeartbeat(intakeCtx)
-	}()
-	go func() {
-		defer r.intake.Done()
-		r.runReportIntake(intakeCtx, reports)
-	}()
-	go func() {
-		defer r.intake.Done()
-		r.runReports(intakeCtx)
-	}()
-	attrs := []any{"stream", r.stream, "upstreams", r.plan.Upstreams, "partitions", r.opts.Partitions}
+	r.intake.Go(func() { repairServer{e}.run(intakeCtx, repairs) })
+	r.intake.Go(func() { heartbeat{e}.run(intakeCtx) })
+	r.intake.Go(func() { reportIntake{env: e, alive: r.reporter.alive}.run(intakeCtx, reports) })
+	r.intake.Go(func() { r.reporter.run(intakeCtx) })
+	attrs := []any{"stream", r.stream, "upstreams", e.plan.Upstreams, "partitions", e.opts.Partitions}
 	if r.heal != nil {
 		// Only where healing can happen (ring, star): a mesh has nothing
 		// to heal, and heal_after there would mislead.
-		attrs = append(attrs, "heal_after", r.opts.HealAfter)
-		if r.opts.StandbyHub != "" {
-			attrs = append(attrs, "standby_hub", r.opts.StandbyHub)
+		attrs = append(attrs, "heal_after", e.opts.HealAfter)
+		if e.opts.StandbyHub != "" {
+			attrs = append(attrs, "standby_hub", e.opts.StandbyHub)
 		}
 	}
-	r.log.Info("replicator started", attrs...)
+	e.log.Info("replicator started", attrs...)
 	return nil
 }
 
-// Close stops intake (consumers, the repair server, reports), publishes
+// Close stops intake (links, the repair server, reports), publishes
 // what the outbox holds for up to FlushTimeout, and waits for every
 // goroutine. It does not close the store or the connection. It is safe to
 // call more than once.
 func (r *Replicator) Close() error {
+	e := r.env
 	r.mu.Lock()
 	if r.mu.closed {
 		err := r.mu.closeErr
@@ -482,26 +467,26 @@ func (r *Replicator) Close() error {
 		// The connection closes after this anyway; a failed unsubscribe
 		// (say, while reconnecting) loses nothing.
 		if err := s.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-			r.log.Warn("unsubscribe at close", "subject", s.Subject, "err", err)
+			e.log.Warn("unsubscribe at close", "subject", s.Subject, "err", err)
 		}
 	}
 	stopIntake()
 	r.intake.Wait()
 
-	close(r.drain)
-	flush := time.AfterFunc(r.opts.FlushTimeout, stopPub)
+	close(r.pub.drain)
+	flush := time.AfterFunc(e.opts.FlushTimeout, stopPub)
 	r.pubWG.Wait()
 	flush.Stop()
 	stopPub()
-	if d := r.store.OutboxDepth(); d > 0 {
-		r.log.Info("replicator closed with events still in the outbox; they are published at the next start", "outbox", d)
+	if d := e.store.OutboxDepth(); d > 0 {
+		e.log.Info("replicator closed with events still in the outbox; they are published at the next start", "outbox", d)
 	}
 
 	err := errors.Join(errs...)
 	r.mu.Lock()
 	r.mu.closeErr = err
 	r.mu.Unlock()
-	r.log.Info("replicator closed")
+	e.log.Info("replicator closed")
 	return err
 }
 
@@ -542,27 +527,46 @@ func (r *Replicator) Status() Status {
 	r.mu.Lock()
 	running := r.mu.started && !r.mu.closed
 	r.mu.Unlock()
+	e := r.env
 	st := Status{
-		DC:          r.self,
-		Upstreams:   slices.Clone(r.plan.Upstreams),
+		DC:          e.self,
+		Upstreams:   slices.Clone(e.plan.Upstreams),
 		Running:     running,
 		Stream:      r.stream,
-		Checkpoint:  r.store.Checkpoint(),
-		OutboxDepth: r.store.OutboxDepth(),
-		Applied:     r.store.Applied(),
-		PeerApplied: r.store.PeerApplied(),
+		Checkpoint:  e.store.Checkpoint(),
+		OutboxDepth: e.store.OutboxDepth(),
+		Applied:     e.store.Applied(),
+		PeerApplied: e.store.PeerApplied(),
 		Peers:       r.Peers(),
 		Ready:       r.Readiness().Ready,
 	}
 	eff := r.effectivePlan()
 	st.EffectiveUpstreams, st.Healing = eff.EffectiveUpstreams(), slices.Clone(eff.Healing)
+	now := e.now()
 	for _, l := range r.allLinks() {
-		st.Links = append(st.Links, r.linkStats(l))
+		st.Links = append(st.Links, l.stats(now))
 	}
 	return st
 }
 
-func (r *Replicator) now() time.Time { return r.opts.Now() }
+// effectivePlan returns the plan in force: the static one healed around
+// the dead DCs.
+func (r *Replicator) effectivePlan() Plan {
+	if r.heal == nil {
+		return r.env.plan
+	}
+	return r.heal.effective()
+}
+
+// allLinks returns the static links and the running heal links.
+func (r *Replicator) allLinks() []*link {
+	return append(slices.Clone(r.links), r.heal.links()...)
+}
+
+// Healing returns the bypasses in effect; empty when nothing is healed.
+func (r *Replicator) Healing() []Bypass {
+	return slices.Clone(r.effectivePlan().Healing)
+}
 
 // backoff is a capped exponential delay.
 type backoff struct {

@@ -82,6 +82,9 @@ func TestNewValidates(t *testing.T) {
 	}
 }
 
+// testParts is the partition count of these tests.
+const testParts = 4
+
 func TestLifecycle(t *testing.T) {
 	r, st, _ := single(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -243,7 +246,7 @@ func TestTrimStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	js := reps[0].js
+	js := reps[0].env.js
 	waitFor(t, "the stream trimmed to one message per partition", func() bool {
 		s, err := js.Stream(ctx, StreamName("dc1"))
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -12,19 +13,24 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
-// runHeartbeat publishes this DC's durable applied vector every
+// heartbeat publishes this DC's applied vector on its own goroutine (run),
+// which owns everything the heartbeat keeps.
+type heartbeat struct{ *env }
+
+// run publishes this DC's durable applied vector every
 // ReportInterval, idle or not, on a goroutine of its own: the others take
 // a DC that stops reporting for heal_after as unreachable, so slow work
 // elsewhere (a catch-up repair, stopping a heal link, trimming) must never
 // delay it. Between those it also publishes soon after the vector moves,
 // at most once every ReportDebounce, so that a write waiting for other DCs
 // (X-Repl-Wait) learns within milliseconds that they applied it.
-func (r *Replicator) runHeartbeat(ctx context.Context) {
-	t := time.NewTicker(r.opts.ReportInterval)
+func (b heartbeat) run(ctx context.Context) {
+	t := time.NewTicker(b.opts.ReportInterval)
 	defer t.Stop()
 	// cool runs for ReportDebounce after each report; a move meanwhile
 	// waits for it (pending) and is reported when it fires.
@@ -33,20 +39,20 @@ func (r *Replicator) runHeartbeat(ctx context.Context) {
 	cooling, pending := true, false
 	var sent changelog.Applied
 	report := func(always bool) {
-		a := r.store.AppliedDurable()
+		a := b.store.AppliedDurable()
 		if !always && a.LessEq(sent) {
 			return // nothing new since the last report
 		}
-		r.publishApplied(a)
+		b.publish(a)
 		sent = a
-		cool.Reset(r.opts.ReportDebounce)
+		cool.Reset(b.opts.ReportDebounce)
 		cooling = true
 	}
 	report(true)
 	for {
 		var moved <-chan struct{}
-		if r.opts.ReportDebounce > 0 && !pending {
-			moved = r.store.DurableMoved()
+		if b.opts.ReportDebounce > 0 && !pending {
+			moved = b.store.DurableMoved()
 		}
 		select {
 		case <-ctx.Done():
@@ -69,51 +75,86 @@ func (r *Replicator) runHeartbeat(ctx context.Context) {
 	}
 }
 
-// runReportIntake records the applied vectors other DCs report as they
-// arrive, waking the writes waiting for them, and hands the reporters to
-// runReports for liveness. Reports that come within ReportInterval of the
-// last one kept in a peer's history update only its newest (see
+// reportIntake takes in the applied vectors other DCs report, on its own
+// goroutine (run), which owns what it keeps.
+type reportIntake struct {
+	*env
+	// alive hands the DCs that reported to the reporter.
+	alive *reporters
+}
+
+// run records the applied vectors other DCs report as they arrive, waking
+// the writes waiting for them, and hands the reporters to the reporter for
+// liveness. Reports that come within ReportInterval of the last one kept
+// in a peer's history update only its newest (see
 // changelog.Store.UpdatePeerApplied).
-func (r *Replicator) runReportIntake(ctx context.Context, reports <-chan *nats.Msg) {
+func (in reportIntake) run(ctx context.Context, reports <-chan *nats.Msg) {
 	kept := map[string]time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case m := <-reports:
-			dc, a, ok := r.peerReport(m)
+			dc, a, ok := in.peerReport(m)
 			if !ok {
 				continue
 			}
-			if now := r.now(); now.Sub(kept[dc]) >= r.opts.ReportInterval {
+			if now := in.now(); now.Sub(kept[dc]) >= in.opts.ReportInterval {
 				kept[dc] = now
-				r.store.SetPeerApplied(dc, a)
+				in.store.SetPeerApplied(dc, a)
 			} else {
-				r.store.UpdatePeerApplied(dc, a)
+				in.store.UpdatePeerApplied(dc, a)
 			}
-			r.alive.add(dc)
-			if rd := r.ready.Load(); rd != nil {
-				rd.seen(dc, a, r.now())
-				r.Readiness() // latches the moment it is reached
+			in.alive.add(dc)
+			if rd := in.ready.Load(); rd != nil {
+				rd.seen(dc, a, in.now())
+				in.readiness() // latches the moment it is reached
 			}
 		}
 	}
 }
 
-// runReports, every ReportInterval, refreshes the links' lag, judges the
+// reporter, on its own goroutine (run), judges the peers' liveness
+// (through the healer, which it alone drives), catches up with the
+// origins, refreshes the links' lag figures and runs maintenance. It owns
+// catchUp, replays and retention.
+type reporter struct {
+	*env
+	links []*link // the static links
+	heal  *healer // nil when healing is off
+	// alive hands the DCs whose reports arrived from the report intake to
+	// the reporter, which judges liveness.
+	alive     *reporters
+	catchUp   core.CatchUp
+	replays   core.Replays
+	retention *retention
+}
+
+func newReporter(e *env, links []*link, heal *healer) *reporter {
+	return &reporter{env: e, links: links, heal: heal, alive: newReporters(),
+		catchUp:   core.CatchUp{After: e.opts.RepairAfter, Known: e.known},
+		replays:   core.Replays{Every: 10 * e.opts.RepairAfter},
+		retention: newRetention(e)}
+}
+
+// run, every ReportInterval, refreshes the links' lag, judges the
 // peers' liveness and catches up; every MaintenanceInterval it trims the
 // outbox and purges stable tombstones; and it notes which DCs reported.
 // It returns when ctx ends.
-func (r *Replicator) runReports(ctx context.Context) {
+func (r *reporter) run(ctx context.Context) {
 	report := time.NewTicker(r.opts.ReportInterval)
 	defer report.Stop()
 	maint := time.NewTicker(r.opts.MaintenanceInterval)
 	defer maint.Stop()
-	r.startHealing(ctx)
-	defer r.stopHealing()
+	if r.heal != nil {
+		r.heal.start(ctx)
+		defer r.heal.stopAll()
+	}
 	seen := func() {
 		for _, dc := range r.alive.take() {
-			r.healReport(dc)
+			if r.heal != nil {
+				r.heal.seen(dc)
+			}
 		}
 	}
 	for {
@@ -126,10 +167,12 @@ func (r *Replicator) runReports(ctx context.Context) {
 			// Reports that arrived while this goroutine was busy (a slow
 			// repair, say) count before liveness is judged.
 			seen()
-			r.Readiness() // a silent peer's bound may have passed
-			r.healTick(ctx)
+			r.readiness() // a silent peer's bound may have passed
+			if r.heal != nil {
+				r.heal.tick(ctx)
+			}
 			r.refreshLag(ctx)
-			r.catchUp(ctx)
+			r.catchUpNow(ctx)
 		case <-maint.C:
 			r.maintain(ctx)
 		}
@@ -169,39 +212,39 @@ func (p *reporters) take() []string {
 	return out
 }
 
-func (r *Replicator) publishApplied(a changelog.Applied) {
-	b, err := msgpack.Marshal(map[string][]uint64(a))
+func (b heartbeat) publish(a changelog.Applied) {
+	data, err := msgpack.Marshal(map[string][]uint64(a))
 	if err != nil {
-		r.log.Error("encode the applied vector", "err", err)
+		b.log.Error("encode the applied vector", "err", err)
 		return
 	}
-	if err := r.nc.Publish(AppliedSubject(r.self), b); err != nil {
-		r.log.Debug("publish the applied vector", "err", err)
+	if err := b.nc.Publish(AppliedSubject(b.self), data); err != nil {
+		b.log.Debug("publish the applied vector", "err", err)
 		return
 	}
-	r.c.reportsSent.Add(1)
-	r.c.reportBytes.Add(uint64(len(b)))
+	b.c.reportsSent.Add(1)
+	b.c.reportBytes.Add(uint64(len(data)))
 }
 
 // peerReport decodes an applied vector another DC published, if it is
 // well formed and comes from a known DC, and counts it.
-func (r *Replicator) peerReport(m *nats.Msg) (string, changelog.Applied, bool) {
+func (in reportIntake) peerReport(m *nats.Msg) (string, changelog.Applied, bool) {
 	dc, ok := strings.CutPrefix(m.Subject, "repl.applied.")
-	if !ok || dc == r.self {
+	if !ok || dc == in.self {
 		return "", nil, false
 	}
-	a, err := r.decodeApplied(dc, m.Data)
+	a, err := in.decodeApplied(dc, m.Data)
 	if err != nil {
-		r.c.peerReportsIgnored.Add(1)
-		r.log.Debug("ignored an applied-vector report", "from", dc, "err", err)
+		in.c.peerReportsIgnored.Add(1)
+		in.log.Debug("ignored an applied-vector report", "from", dc, "err", err)
 		return "", nil, false
 	}
-	r.c.peerReports.Add(1)
+	in.c.peerReports.Add(1)
 	return dc, a, true
 }
 
-func (r *Replicator) decodeApplied(dc string, data []byte) (changelog.Applied, error) {
-	if !r.known[dc] {
+func (in reportIntake) decodeApplied(dc string, data []byte) (changelog.Applied, error) {
+	if !in.known[dc] {
 		return nil, fmt.Errorf("%q is not a known DC", dc)
 	}
 	var a map[string][]uint64
@@ -209,11 +252,11 @@ func (r *Replicator) decodeApplied(dc string, data []byte) (changelog.Applied, e
 		return nil, err
 	}
 	for origin, row := range a {
-		if !r.known[origin] {
+		if !in.known[origin] {
 			return nil, fmt.Errorf("entry for unknown DC %q", origin)
 		}
-		if len(row) != r.opts.Partitions {
-			return nil, fmt.Errorf("entry for %q has %d partitions, want %d", origin, len(row), r.opts.Partitions)
+		if len(row) != in.opts.Partitions {
+			return nil, fmt.Errorf("entry for %q has %d partitions, want %d", origin, len(row), in.opts.Partitions)
 		}
 	}
 	return changelog.Applied(a), nil
@@ -221,7 +264,7 @@ func (r *Replicator) decodeApplied(dc string, data []byte) (changelog.Applied, e
 
 // maintain trims outbox entries every DC has applied and purges
 // tombstones every DC has seen.
-func (r *Replicator) maintain(ctx context.Context) {
+func (r *reporter) maintain(ctx context.Context) {
 	if n, err := r.store.TrimOutbox(ctx); err != nil {
 		r.log.Warn("trim the outbox", "err", err)
 	} else {
@@ -232,13 +275,13 @@ func (r *Replicator) maintain(ctx context.Context) {
 	} else {
 		r.c.purged.Add(uint64(n))
 	}
-	r.trimStream(ctx)
+	r.retention.trim(ctx)
 }
 
 // refreshLag reads each link's consumer for its pending and unacknowledged
 // message counts.
-func (r *Replicator) refreshLag(ctx context.Context) {
-	for _, l := range r.allLinks() {
+func (r *reporter) refreshLag(ctx context.Context) {
+	for _, l := range append(slices.Clone(r.links), r.heal.links()...) {
 		cons := l.getConsumer()
 		if cons == nil {
 			continue
@@ -270,54 +313,23 @@ func (l *linkCounters) getConsumer() jetstream.Consumer {
 	return l.mu.cons
 }
 
-// lag is where this DC stood behind an origin, and since when.
-type lag struct {
-	since time.Time
-	have  uint64
-}
-
-// catchUp compares this DC's applied vector with each origin's own
-// sequences, as the origin last reported them, and asks the origin for the
-// missing events when this DC has made no progress for RepairAfter. Gap
-// detection cannot see a loss that no later event follows, such as the
-// last events of a partition; this does.
-func (r *Replicator) catchUp(ctx context.Context) {
-	mine := r.store.Applied()
-	now := r.now()
-	for origin, report := range r.store.PeerApplied() {
-		if !r.known[origin] {
+// catchUpNow asks the origins for the events the core's catch-up finds
+// missing (core.CatchUp): losses no later event reveals, such as the last
+// events of a partition. When an origin no longer holds them, the links
+// that carry them replay their upstream's stream.
+func (r *reporter) catchUpNow(ctx context.Context) {
+	for _, b := range r.catchUp.Due(r.now(), r.store.Applied(), r.store.PeerApplied()) {
+		r.log.Info("behind an origin without progress; asking it for the missing events",
+			"origin", b.Origin, "partition", b.Partition, "applied", b.From-1, "origin_seq", b.To, "for", b.For.Round(time.Millisecond))
+		t, err := r.repairer().Repair(ctx, b.Origin, b.Partition, b.From, b.To)
+		r.c.add(t)
+		if err == nil {
 			continue
 		}
-		have := mine[origin]
-		for p, target := range report[origin] {
-			var h uint64
-			if p < len(have) {
-				h = have[p]
-			}
-			k := gapKey{origin, uint32(p)}
-			b, seen := r.behind[k]
-			switch {
-			case target <= h:
-				delete(r.behind, k)
-				continue
-			case !seen || h > b.have:
-				r.behind[k] = lag{since: now, have: h}
-				continue
-			case now.Sub(b.since) < r.opts.RepairAfter:
-				continue
-			}
-			r.behind[k] = lag{since: now, have: h}
-			r.log.Info("behind an origin without progress; asking it for the missing events",
-				"origin", origin, "partition", p, "applied", h, "origin_seq", target, "for", now.Sub(b.since).Round(time.Millisecond))
-			err := r.repair(ctx, origin, uint32(p), h+1, target)
-			if err == nil {
-				continue
-			}
-			r.c.repairErrors.Add(1)
-			r.log.Warn("catch-up repair failed", "origin", origin, "partition", p, "err", err)
-			if errors.Is(err, errOriginLacks) {
-				r.replay(ctx, origin)
-			}
+		r.c.repairErrors.Add(1)
+		r.log.Warn("catch-up repair failed", "origin", b.Origin, "partition", b.Partition, "err", err)
+		if errors.Is(err, core.ErrOriginLacks) {
+			r.replay(ctx, b.Origin)
 		}
 	}
 }
@@ -329,20 +341,14 @@ func (r *Replicator) catchUp(ctx context.Context) {
 // nothing. It is the last resort when the origin's outbox no longer holds
 // events this DC lacks, and runs at most once per link every
 // 10×RepairAfter.
-func (r *Replicator) replay(ctx context.Context, origin string) {
-	links := r.links
-	for _, l := range r.links {
-		if l.up == origin {
-			links = []*link{l}
-			break
-		}
+func (r *reporter) replay(ctx context.Context, origin string) {
+	ups := make([]string, len(r.links))
+	byUp := make(map[string]*link, len(r.links))
+	for i, l := range r.links {
+		ups[i], byUp[l.up] = l.up, l
 	}
-	now := r.now()
-	for _, l := range links {
-		if last, ok := r.replayed[l.up]; ok && now.Sub(last) < 10*r.opts.RepairAfter {
-			continue
-		}
-		r.replayed[l.up] = now
+	for _, up := range r.replays.Due(r.now(), origin, ups) {
+		l := byUp[up]
 		actx, cancel := context.WithTimeout(ctx, r.opts.APITimeout)
 		err := r.js.DeleteConsumer(actx, l.stream, l.consumer)
 		cancel()

@@ -7,7 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/pkg/hlc"
 )
 
@@ -151,39 +151,36 @@ func (l *linkCounters) lastErr() string {
 	return l.mu.lastErr
 }
 
-// count adds one outcome to the link's and the Replicator's totals, and
-// remembers the origin time of events applied in sequence.
-func (r *Replicator) count(l *link, res changelog.ApplyResult, hlcTS uint64) {
-	switch res.Outcome {
-	case changelog.Changed:
-		r.c.applied.Add(1)
-		l.applied.Add(1)
-	case changelog.Obsolete:
-		r.c.obsolete.Add(1)
-		l.obsolete.Add(1)
-	case changelog.Duplicate:
-		r.c.duplicates.Add(1)
-		l.duplicates.Add(1)
-	case changelog.Gap:
-		r.c.gaps.Add(1)
-		l.gaps.Add(1)
-	}
-	if res.Forwarded {
-		r.c.forwarded.Add(1)
-	}
-	if res.Outcome == changelog.Changed || res.Outcome == changelog.Obsolete {
-		for {
-			old := l.lastHLC.Load()
-			if hlcTS <= old || l.lastHLC.CompareAndSwap(old, hlcTS) {
-				break
-			}
+// add adds what the core counted in one step to the totals.
+func (c *counters) add(t core.Tally) {
+	c.received.Add(t.Received)
+	c.loops.Add(t.Loops)
+	c.applied.Add(t.Outcomes.Changed + t.Repaired.Changed)
+	c.obsolete.Add(t.Outcomes.Obsolete + t.Repaired.Obsolete)
+	c.duplicates.Add(t.Outcomes.Duplicate + t.Repaired.Duplicate)
+	c.gaps.Add(t.Outcomes.Gap + t.Repaired.Gap)
+	c.forwarded.Add(t.Outcomes.Forwarded + t.Repaired.Forwarded)
+	c.applyErrors.Add(t.ApplyErrors)
+	c.clockDrift.Add(t.ClockDrift)
+	c.repairs.Add(t.Repairs)
+	c.repairedEvents.Add(t.RepairedEvents)
+	c.repairErrors.Add(t.RepairErrors)
+}
+
+// noteHLC remembers ts as the origin time of the last event applied in
+// sequence, if it is later than the one kept.
+func (l *linkCounters) noteHLC(ts uint64) {
+	for {
+		old := l.lastHLC.Load()
+		if ts <= old || l.lastHLC.CompareAndSwap(old, ts) {
+			return
 		}
 	}
 }
 
 // Stats returns a snapshot of the counters.
 func (r *Replicator) Stats() Stats {
-	c := &r.c
+	c := r.env.c
 	s := Stats{
 		Published:          c.published.Load(),
 		ClockDrift:         c.clockDrift.Load(),
@@ -212,13 +209,15 @@ func (r *Replicator) Stats() Stats {
 		Purged:             c.purged.Load(),
 		Links:              make(map[string]LinkStats, len(r.links)),
 	}
+	now := r.env.now()
 	for _, l := range r.allLinks() {
-		s.Links[l.up] = r.linkStats(l)
+		s.Links[l.up] = l.stats(now)
 	}
 	return s
 }
 
-func (r *Replicator) linkStats(l *link) LinkStats {
+// stats returns the link's figures at now.
+func (l *link) stats(now time.Time) LinkStats {
 	ls := LinkStats{
 		Upstream:     l.up,
 		Consumer:     l.consumer,
@@ -237,7 +236,7 @@ func (r *Replicator) linkStats(l *link) LinkStats {
 	if ts := l.lastHLC.Load(); ts > 0 {
 		ls.LastApplied = hlc.Timestamp(ts).Time()
 		if ls.LagEvents > 0 {
-			ls.LagSeconds = max(0, r.now().Sub(ls.LastApplied).Seconds())
+			ls.LagSeconds = max(0, now.Sub(ls.LastApplied).Seconds())
 		}
 	}
 	return ls

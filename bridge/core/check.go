@@ -1,4 +1,4 @@
-package bridge
+package core
 
 import (
 	"errors"
@@ -13,39 +13,59 @@ import (
 // dead-lettered instead of applied.
 var ErrRejected = errors.New("bridge: rejected")
 
-// checker decides whether a message from an upstream's stream carries an
-// event this DC may apply. It is pure, so it can be tested without NATS.
-type checker struct {
-	partitions int
-	limits     event.Limits
-	known      map[string]bool
+// Checker decides whether a message from an upstream's stream carries an
+// event this DC may apply.
+type Checker struct {
+	// Partitions is the partition count.
+	Partitions int
+	// Limits bound the events accepted; zero fields take
+	// event.DefaultLimits.
+	Limits event.Limits
+	// Known holds every DC of the deployment.
+	Known map[string]bool
 }
 
-// check decodes and checks the message data published on subject of up's
+// NewChecker returns the Checker of a deployment of dcs.
+func NewChecker(dcs []string, partitions int, limits event.Limits) Checker {
+	known := make(map[string]bool, len(dcs))
+	for _, dc := range dcs {
+		known[dc] = true
+	}
+	return Checker{Partitions: partitions, Limits: limits, Known: known}
+}
+
+// subjectRoot starts every replication subject: an upstream's stream
+// holds repl.<dc>.<partition> and repl.<dc>.txn.
+const subjectRoot = "repl."
+
+// txnSubject is the transaction subject of dc's stream.
+func txnSubject(dc string) string { return subjectRoot + dc + ".txn" }
+
+// Check decodes and checks the message data published on subject of up's
 // stream with headers h. It returns the message's event, or the ops of its
 // transaction, or an error wrapping ErrRejected (and the codec's error where
 // there is one) that says what is wrong. Loops are not its concern: a
 // well-formed event that already passed this DC is returned, and the plan
 // drops it.
-func (c checker) check(up, subject string, h map[string][]string, data []byte) ([]*event.Event, error) {
+func (c Checker) Check(up, subject string, h map[string][]string, data []byte) ([]*event.Event, error) {
 	reject := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))
 	}
-	prefix := "repl." + up + "."
+	prefix := subjectRoot + up + "."
 	rest, ok := strings.CutPrefix(subject, prefix)
 	if !ok {
 		return nil, reject("subject %q is not in %s's stream (want %s<partition> or %stxn)", subject, up, prefix, prefix)
 	}
-	isTxn := subject == TxnSubject(up)
+	isTxn := subject == txnSubject(up)
 	var sp uint64
 	if !isTxn {
 		var err error
 		sp, err = strconv.ParseUint(rest, 10, 32)
-		if err != nil || int(sp) >= c.partitions {
-			return nil, reject("subject %q does not name a partition in [0, %d) or txn", subject, c.partitions)
+		if err != nil || int(sp) >= c.Partitions {
+			return nil, reject("subject %q does not name a partition in [0, %d) or txn", subject, c.Partitions)
 		}
 	}
-	evs, err := event.DecodeMessage(data, c.limits)
+	evs, err := event.DecodeMessage(data, c.Limits)
 	if err != nil {
 		return nil, fmt.Errorf("%w: decode: %w", ErrRejected, err)
 	}
@@ -54,15 +74,15 @@ func (c checker) check(up, subject string, h map[string][]string, data []byte) (
 	case isTxn && first.TxnOps == 0:
 		return nil, reject("event %s is not a transaction but was published on %q", first.Dot, subject)
 	case !isTxn && first.TxnOps > 0:
-		return nil, reject("transaction %s was published on %q, not on %s", first.Dot, subject, TxnSubject(up))
+		return nil, reject("transaction %s was published on %q, not on %s", first.Dot, subject, txnSubject(up))
 	case !isTxn && uint64(first.Partition) != sp:
 		return nil, reject("event %s names partition %d but was published on %q", first.Dot, first.Partition, subject)
 	}
-	if !c.known[first.Origin] {
+	if !c.Known[first.Origin] {
 		return nil, reject("origin %q is not a known DC", first.Origin)
 	}
 	for i, dc := range first.Path {
-		if !c.known[dc] {
+		if !c.Known[dc] {
 			return nil, reject("path[%d] %q is not a known DC", i, dc)
 		}
 	}
@@ -72,8 +92,8 @@ func (c checker) check(up, subject string, h map[string][]string, data []byte) (
 	for _, ev := range evs {
 		// Validate ran in the decoder; the ops of a transaction share the
 		// origin and path (event.CheckTxn).
-		if want := event.PartitionOf(ev.Key, c.partitions); ev.Partition != want {
-			return nil, reject("event %s names partition %d, but key %q is in partition %d of %d", ev.Dot, ev.Partition, ev.Key, want, c.partitions)
+		if want := event.PartitionOf(ev.Key, c.Partitions); ev.Partition != want {
+			return nil, reject("event %s names partition %d, but key %q is in partition %d of %d", ev.Dot, ev.Partition, ev.Key, want, c.Partitions)
 		}
 	}
 	info, err := event.FromHeaders(h)

@@ -1,11 +1,10 @@
-package bridge
+package core
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -25,7 +24,7 @@ func testEvent(origin string, seq uint64, key string, path ...string) *event.Eve
 }
 
 func TestCheck(t *testing.T) {
-	c := checker{partitions: testParts, known: map[string]bool{"a": true, "b": true, "c": true}}
+	c := NewChecker([]string{"a", "b", "c"}, testParts, event.Limits{})
 	type msg struct {
 		subject string
 		header  map[string][]string
@@ -36,7 +35,7 @@ func TestCheck(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return msg{Subject("b", ev.Partition), event.ToHeaders(ev), b}
+		return msg{subject("b", ev.Partition), event.ToHeaders(ev), b}
 	}
 	with := func(m msg, f func(*msg)) msg { f(&m); return m }
 	txnOf := func(ops ...*event.Event) msg {
@@ -47,7 +46,7 @@ func TestCheck(t *testing.T) {
 		for _, op := range ops {
 			op.TxnOps = len(ops)
 		}
-		return msg{TxnSubject("b"), event.TxnHeaders(ops), b}
+		return msg{txnSubject("b"), event.TxnHeaders(ops), b}
 	}
 	good := testEvent("b", 7, "k1")
 	forwarded := testEvent("a", 3, "k2", "a", "b")
@@ -62,14 +61,14 @@ func TestCheck(t *testing.T) {
 		{"event back at its origin (the plan drops it)", of(testEvent("c", 1, "k3", "c", "a", "b")), ""},
 		{"malformed", with(of(good), func(m *msg) { m.data = []byte{0xc1} }), "malformed"},
 		{"empty", with(of(good), func(m *msg) { m.data = nil }), "malformed"},
-		{"forged origin", with(of(testEvent("c", 1, "k1")), func(m *msg) { m.subject = Subject("b", event.PartitionOf("k1", testParts)) }), "forged"},
+		{"forged origin", with(of(testEvent("c", 1, "k1")), func(m *msg) { m.subject = subject("b", event.PartitionOf("k1", testParts)) }), "forged"},
 		{"unknown origin", of(testEvent("zz", 1, "k1", "zz", "b")), `origin "zz" is not a known DC`},
 		{"unknown DC on the path", of(testEvent("a", 1, "k1", "a", "zz", "b")), `path[1] "zz" is not a known DC`},
 		{"another DC's subject", with(of(good), func(m *msg) { m.subject = "repl.a.0" }), "not in b's stream"},
 		{"dead-letter subject", with(of(good), func(m *msg) { m.subject = "repl.b.dlq" }), "does not name a partition"},
 		{"partition out of range", with(of(good), func(m *msg) { m.subject = "repl.b.4" }), "does not name a partition"},
 		{"subject of another partition", with(of(good), func(m *msg) {
-			m.subject = Subject("b", (good.Partition+1)%testParts)
+			m.subject = subject("b", (good.Partition+1)%testParts)
 		}), "was published on"},
 		{"partition not the key's", func() msg {
 			ev := testEvent("b", 1, "k1")
@@ -84,9 +83,9 @@ func TestCheck(t *testing.T) {
 		{"transaction", txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), ""},
 		{"forwarded transaction", txnOf(testEvent("a", 4, "k1", "a", "b"), testEvent("a", 5, "k2", "a", "b")), ""},
 		{"transaction on a partition subject", with(txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), func(m *msg) {
-			m.subject = Subject("b", 0)
+			m.subject = subject("b", 0)
 		}), "not on repl.b.txn"},
-		{"single event on the transaction subject", with(of(good), func(m *msg) { m.subject = TxnSubject("b") }), "is not a transaction"},
+		{"single event on the transaction subject", with(of(good), func(m *msg) { m.subject = txnSubject("b") }), "is not a transaction"},
 		{"transaction op in the wrong partition", func() msg {
 			ev := testEvent("b", 9, "k2")
 			ev.Partition = (ev.Partition + 1) % testParts
@@ -98,7 +97,7 @@ func TestCheck(t *testing.T) {
 		{"transaction of another DC's stream", txnOf(testEvent("c", 8, "k1"), testEvent("c", 9, "k2")), "forged"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			evs, err := c.check("b", tc.msg.subject, nats.Header(tc.msg.header), tc.msg.data)
+			evs, err := c.Check("b", tc.msg.subject, tc.msg.header, tc.msg.data)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("rejected: %v", err)
@@ -113,36 +112,5 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-func TestLastOwnSeq(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		header nats.Header
-		want   uint64
-		err    bool
-	}{
-		{"nothing", nats.Header{}, 0, false},
-		{"own event", nats.Header{"Nats-Msg-Id": {"a:2:17"}}, 17, false},
-		{"own event with a higher Seq-Hi", nats.Header{"Nats-Msg-Id": {"a:2:17"}, HeaderSeqHi: {"20"}}, 20, false},
-		{"forwarded event", nats.Header{"Nats-Msg-Id": {"b:2:99"}, HeaderSeqHi: {"5"}}, 5, false},
-		{"other partition's id", nats.Header{"Nats-Msg-Id": {"a:1:99"}}, 0, false},
-		{"bad Seq-Hi", nats.Header{HeaderSeqHi: {"x"}}, 0, true},
-		{"absurd Seq-Hi", nats.Header{HeaderSeqHi: {"9223372036854775808"}}, 0, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := lastOwnSeq("a", 2, tc.header)
-			if (err != nil) != tc.err || got != tc.want {
-				t.Fatalf("lastOwnSeq = %d, %v; want %d, error %v", got, err, tc.want, tc.err)
-			}
-		})
-	}
-}
-
-func TestHeaderText(t *testing.T) {
-	got := headerText("line one\r\nline two\x00" + strings.Repeat("é", 1000))
-	if strings.ContainsAny(got, "\r\n\x00") || len(got) > 1024+len("…") {
-		t.Fatalf("headerText left %q (%d bytes)", got[:40], len(got))
-	}
-	if !strings.HasSuffix(got, "…") || !strings.HasPrefix(got, "line one  line two ") {
-		t.Fatalf("headerText = %q...", got[:40])
-	}
-}
+// subject is the subject of partition p of dc's stream.
+func subject(dc string, p uint32) string { return fmt.Sprintf("repl.%s.%d", dc, p) }
