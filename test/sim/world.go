@@ -20,7 +20,6 @@ import (
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/hlc"
-	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/resolve"
 )
 
@@ -68,9 +67,9 @@ type World struct {
 
 	// Stats counts what happened, for the summaries.
 	Stats map[string]int
-	// applied counts, per DC, each dot applied in sequence (Changed or
-	// Obsolete), and forwarded each dot forwarded: both at most once.
-	applied, forwarded map[string]map[vclock.Dot]int
+	// applied counts, per DC, each event applied in sequence (Changed or
+	// Obsolete), and forwarded each event forwarded: both at most once.
+	applied, forwarded map[string]map[Ref]int
 	violations         []string
 }
 
@@ -192,7 +191,7 @@ func NewWorld(opts WorldOptions) (*World, error) {
 	w := &World{
 		opts: opts, nodes: map[string]*node{}, streams: map[string]*stream{}, cons: map[string]*consumer{},
 		cuts: map[[2]string]bool{}, rng: rand.New(rand.NewPCG(opts.Seed, 7)), Stats: map[string]int{},
-		applied: map[string]map[vclock.Dot]int{}, forwarded: map[string]map[vclock.Dot]int{},
+		applied: map[string]map[Ref]int{}, forwarded: map[string]map[Ref]int{},
 	}
 	for _, id := range opts.DCs {
 		plan, err := core.NewPlan(opts.Topology, id, opts.DCs, opts.Hub)
@@ -203,8 +202,8 @@ func NewWorld(opts WorldOptions) (*World, error) {
 		n := &node{id: id, static: plan, fs: vfs.NewCrashableMem()}
 		w.nodes[id] = n
 		w.streams[id] = &stream{dc: id, ids: map[string]time.Duration{}}
-		w.applied[id] = map[vclock.Dot]int{}
-		w.forwarded[id] = map[vclock.Dot]int{}
+		w.applied[id] = map[Ref]int{}
+		w.forwarded[id] = map[Ref]int{}
 		if err := w.start(n); err != nil {
 			w.Close()
 			return nil, err
@@ -337,7 +336,7 @@ func (w *World) start(n *node) error {
 		}
 	}
 	if w.opts.HealAfter > 0 && n.static.CanHeal() {
-		n.healer = core.NewHealer(n.static, w.opts.Standby, w.opts.HealAfter, w.wall())
+		n.healer = core.NewHealer(n.static, nil, w.opts.Standby, w.opts.HealAfter, w.wall())
 	} else {
 		n.healer = nil
 	}
@@ -851,10 +850,11 @@ func (o observed) Apply(ctx context.Context, evs []*event.Event, forward func(*e
 	w, id := o.w, o.n.id
 	for i, r := range res {
 		ev := evs[i]
+		ref := Ref{ev.Origin, ev.Partition, ev.Seq}
 		switch r.Outcome {
 		case changelog.Changed, changelog.Obsolete:
-			if w.applied[id][ev.Dot]++; w.applied[id][ev.Dot] > 1 {
-				w.violate("(3) %s applied %s a second time", id, ev.Dot)
+			if w.applied[id][ref]++; w.applied[id][ref] > 1 {
+				w.violate("(3) %s applied %s a second time", id, ref)
 			}
 			w.Stats["applied "+r.Outcome.String()]++
 		case changelog.Duplicate:
@@ -863,8 +863,8 @@ func (o observed) Apply(ctx context.Context, evs []*event.Event, forward func(*e
 			w.Stats["gap"]++
 		}
 		if r.Forwarded {
-			if w.forwarded[id][ev.Dot]++; w.forwarded[id][ev.Dot] > 1 {
-				w.violate("(7) %s forwarded %s a second time", id, ev.Dot)
+			if w.forwarded[id][ref]++; w.forwarded[id][ref] > 1 {
+				w.violate("(7) %s forwarded %s a second time", id, ref)
 			}
 			w.Stats["forwarded"]++
 		}
