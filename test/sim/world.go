@@ -593,6 +593,31 @@ func (w *World) checkForward(n *node, ev *event.Event) {
 	}
 }
 
+// shouldForward is the reference forwarding rule, written here apart from
+// core.Plan (docs/DESIGN.md, "Topologies" and "Topology healing"): whether
+// n forwards ev, received with its path, when it first applies it. A mesh
+// never forwards; a ring DC forwards unless the next DC is the origin or
+// on the path, healing or not; the star's hub forwards every leaf's event,
+// and the standby, while it stands in for a dead hub, every leaf's event
+// that did not pass the hub.
+func (w *World) shouldForward(n *node, ev *event.Event) bool {
+	switch w.opts.Topology {
+	case config.Ring:
+		i := slices.Index(w.opts.DCs, n.id)
+		next := w.opts.DCs[(i+1)%len(w.opts.DCs)]
+		return next != ev.Origin && !slices.Contains(ev.Path, next)
+	case config.Star:
+		hub := w.opts.Hub
+		switch {
+		case n.id == hub:
+			return ev.Origin != hub
+		case n.id == w.opts.Standby && n.healer != nil && n.healer.IsDead(hub):
+			return ev.Origin != hub && !slices.Contains(ev.Path, hub)
+		}
+	}
+	return false
+}
+
 // LoseMsg loses message seq of dc's stream, as JetStream may in a power
 // failure (its publisher's checkpoint has moved on: gap repair and catch-up
 // must bring it from the origin).
@@ -855,6 +880,9 @@ func (o observed) Apply(ctx context.Context, evs []*event.Event, forward func(*e
 		case changelog.Changed, changelog.Obsolete:
 			if w.applied[id][ref]++; w.applied[id][ref] > 1 {
 				w.violate("(3) %s applied %s a second time", id, ref)
+			}
+			if want := w.shouldForward(o.n, ev); r.Forwarded != want {
+				w.violate("(7) %s applied %s (path %v) and forwarded it: %v; the topology says %v", id, ref, ev.Path, r.Forwarded, want)
 			}
 			w.Stats["applied "+r.Outcome.String()]++
 		case changelog.Duplicate:
