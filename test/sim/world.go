@@ -767,6 +767,7 @@ func (w *World) deliver(c *consumer) (bool, error) {
 	l := w.link(n, c)
 	verdicts, tally := l.Receive(context.Background(), msgs)
 	w.tally(c, tally)
+	naks := 0
 	for i, v := range verdicts {
 		seq := msgs[i].Seq
 		switch v.Action {
@@ -782,6 +783,10 @@ func (w *World) deliver(c *consumer) (bool, error) {
 		case core.Nak:
 			c.pending[seq] = w.t + v.Delay
 			w.Stats["nak"]++
+			if naks++; naks == 1 {
+				delay := v.Delay
+				defer func() { w.notef("%s: nak'ed %d, redelivered after %s", c, naks, delay) }()
+			}
 		case core.DeadLetter:
 			w.violate("%s dead-lettered message %d of %s's stream: %v", c.dc, seq, c.up, v.Reason)
 			c.ack(seq)
