@@ -23,8 +23,8 @@ import (
 	"github.com/replicatorhq/replicator/resolve"
 )
 
-// The World runs the whole replication protocol the way the sidecars run
-// it, on bridge/core's decisions, under one scheduler and a virtual clock:
+// World runs the whole replication protocol the way the sidecars run it,
+// on bridge/core's decisions, under one scheduler and a virtual clock:
 //
 //   - each DC is a real changelog.Store on a crashable in-memory
 //     filesystem (vfs.NewCrashableMem); a crash keeps only what was synced
@@ -32,29 +32,32 @@ import (
 //     from that image;
 //   - each DC's JetStream stream is a list of messages with their subjects,
 //     headers and message ids (deduplicated for the dedup window); it lives
-//     in NATS, so it outlives the DC's crashes;
+//     in NATS, so it outlives the DC's crashes and stays readable while the
+//     DC is down;
 //   - each link is a durable pull consumer on an upstream's stream, with
 //     an ack floor, explicit acks and redeliveries (nak with a delay, or
-//     after AckWait when nothing was heard), read by core.Link.Receive;
+//     after AckWait when nothing was heard), judged by core.Link.Receive;
 //   - gap repair and catch-up ask the origin through core.Repairer, which
-//     the origin answers with core.ServeRepair;
+//     the origin answers with core.ServeRepair, when the two can talk;
 //   - every DC reports its applied vector every ReportEvery; core.Healer
 //     judges liveness from the reports and heals rings and stars around
 //     dead DCs, with heal consumers placed by core.HealStart and
 //     reconciled by core.Reconcile;
-//   - every MaintenanceEvery the store trims its outbox and purges
-//     tombstones, and the stream is trimmed by core.Retention;
+//   - every second the store trims its outbox and purges tombstones, and
+//     the stream is trimmed by core.Retention;
 //   - each DC's HLC (pkg/hlc) reads the virtual clock plus its own skew.
 //
 // Faults are methods: Crash, Restart, Cut and Mend (a network partition
-// between two DCs: no link, no repair, no report between them), LoseMsg
-// (a stream loses a message, as JetStream may in a power failure),
-// DropNext (a delivery lost in flight: redelivered after AckWait, so later
-// messages overtake it), LoseAck (applied but the ack is lost: a
-// duplicate redelivery after AckWait) and Skew.
+// between two DCs: no link, repair or report between them), LoseMsg (a
+// stream loses a message, as JetStream may in a power failure), a
+// delivery lost in flight (redelivered after AckWait, so later messages
+// overtake it), a lost ack (a duplicate redelivery) and SetSkew.
 //
-// Nothing reads the wall clock, and the World starts no goroutine of its
-// own (each store runs its committer); it is driven from one goroutine.
+// Along the way it records violations (Violations): an event applied or
+// forwarded twice at a DC, a first apply forwarded other than the
+// reference rule says (shouldForward, written apart from core.Plan), a
+// path with a loop, a message acked before it is applied, a dead letter,
+// and a DC restarting without an own event its stream holds.
 type World struct {
 	opts    WorldOptions
 	t       time.Duration // virtual time since the epoch
