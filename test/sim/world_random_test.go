@@ -273,6 +273,7 @@ func runWorld(seed uint64) *wrun {
 		{30, s.deliver},
 		{8, func() { s.tick(time.Duration(1+r.IntN(10)) * 100 * time.Millisecond) }},
 		{4, s.step},
+		{1, s.skew},
 	}
 	if len(s.keys) > 1 {
 		acts = append(acts, action{8, s.writeTxn})
@@ -571,6 +572,16 @@ func (s *wrun) loseAck() {
 	c := cs[s.r.IntN(len(cs))]
 	c.loseAck++
 	s.logf("lose-ack %s", c)
+}
+
+// skew moves a DC's physical clock to a new offset, up to 3 s either way
+// (backwards too: its HLC must not go back).
+func (s *wrun) skew() {
+	dc := s.dcs[s.r.IntN(len(s.dcs))]
+	d := time.Duration(s.r.IntN(6001)-3000) * time.Millisecond
+	s.logf("skew %s by=%s", dc, d)
+	s.w.SetSkew(dc, d)
+	s.stats["skew changes"]++
 }
 
 // crash cuts a live DC's power for d.
