@@ -1191,20 +1191,21 @@ func (c *Cluster) Snapshot(dc string) (map[string]dvv.State, error) {
 // Digests returns each DC's state digest, in hex, and whether they are all
 // equal.
 func (c *Cluster) Digests() (map[string]string, bool, error) {
+	return digests(c.opts.DCs, func(id string) *changelog.Store { return c.dcs[id].Store })
+}
+
+// digests returns the digest of each DC's store, in hex, and whether they
+// are all equal.
+func digests(dcs []string, store func(dc string) *changelog.Store) (map[string]string, bool, error) {
 	out := map[string]string{}
 	equal := true
-	var first string
-	for i, id := range c.opts.DCs {
-		d, err := c.dcs[id].Store.Digest()
+	for _, id := range dcs {
+		d, err := store(id).Digest()
 		if err != nil {
 			return nil, false, fmt.Errorf("sim: digest of %s: %w", id, err)
 		}
 		out[id] = d.Hex()
-		if i == 0 {
-			first = out[id]
-		} else if out[id] != first {
-			equal = false
-		}
+		equal = equal && out[id] == out[dcs[0]]
 	}
 	return out, equal, nil
 }

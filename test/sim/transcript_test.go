@@ -172,6 +172,23 @@ func parseResolvers(td *datadriven.TestData, dcs []string) (*resolve.Rules, erro
 	return resolve.NewRules(def, rules)
 }
 
+// txnOps reads the ops of "txn dc a=1 b=2 del:c [ctx=...]".
+func txnOps(td *datadriven.TestData, dc string) ([]Op, error) {
+	var ops []Op
+	for _, a := range td.CmdArgs {
+		switch {
+		case a.Key == dc && len(a.Vals) == 0, a.Key == "ctx":
+		case len(a.Vals) == 0 && strings.HasPrefix(a.Key, "del:"):
+			ops = append(ops, Op{Key: strings.TrimPrefix(a.Key, "del:"), Delete: true})
+		case len(a.Vals) > 0:
+			ops = append(ops, Op{Key: a.Key, Value: []byte(strings.Join(a.Vals, ","))})
+		default:
+			return nil, fmt.Errorf("txn op %q: want key=value or del:key", a.Key)
+		}
+	}
+	return ops, nil
+}
+
 // positional returns the first argument without a value (a DC or a link).
 func positional(td *datadriven.TestData) string {
 	for _, a := range td.CmdArgs {
@@ -242,18 +259,9 @@ func runCommand(c *Cluster, td *datadriven.TestData) (string, error) {
 
 	case "txn":
 		dc := positional(td)
-		var ops []Op
-		for _, a := range td.CmdArgs {
-			switch {
-			case a.Key == dc && len(a.Vals) == 0, a.Key == "ctx":
-				continue
-			case len(a.Vals) == 0 && strings.HasPrefix(a.Key, "del:"):
-				ops = append(ops, Op{Key: strings.TrimPrefix(a.Key, "del:"), Delete: true})
-			case len(a.Vals) > 0:
-				ops = append(ops, Op{Key: a.Key, Value: []byte(strings.Join(a.Vals, ","))})
-			default:
-				return "", fmt.Errorf("txn op %q: want key=value or del:key", a.Key)
-			}
+		ops, err := txnOps(td, dc)
+		if err != nil {
+			return "", err
 		}
 		befores := make([]dvv.State, len(ops))
 		for i := range ops {

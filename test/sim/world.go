@@ -1281,19 +1281,7 @@ func storeSnapshot(st *changelog.Store) (map[string]dvv.State, error) {
 
 // Digests returns each DC's digest and whether they are all equal.
 func (w *World) Digests() (map[string]string, bool, error) {
-	out := map[string]string{}
-	equal := true
-	for i, dc := range w.opts.DCs {
-		d, err := w.nodes[dc].store.Digest()
-		if err != nil {
-			return nil, false, err
-		}
-		out[dc] = d.Hex()
-		if i > 0 && out[dc] != out[w.opts.DCs[0]] {
-			equal = false
-		}
-	}
-	return out, equal, nil
+	return digests(w.opts.DCs, w.Store)
 }
 
 // StreamDesc renders dc's stream: each message's sequence and what it

@@ -6,12 +6,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -98,65 +95,10 @@ func TestRandom(t *testing.T) {
 		t.Logf("seed %d: %s", *flagWorldSeed, r.summary)
 		return
 	}
-	n := seedCount(t, 1000)
-	first := *flagWorldFirst
-	type outcome struct {
-		err   error
-		trace []string
-		stats map[string]int
-	}
-	results := make([]outcome, n)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range runtime.GOMAXPROCS(0) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				r := runWorld(first + uint64(i))
-				o := outcome{err: r.err, stats: r.stats}
-				if r.err != nil {
-					o.trace = r.trace
-				}
-				results[i] = o
-			}
-		}()
-	}
-	wg.Wait()
-	failed := 0
-	total := map[string]int{}
-	for i, o := range results {
-		seed := first + uint64(i)
-		for k, v := range o.stats {
-			total[k] += v
-		}
-		if o.err == nil {
-			continue
-		}
-		failed++
-		if failed <= 2 {
-			tail := o.trace
-			if len(tail) > 400 {
-				tail = tail[len(tail)-400:]
-			}
-			t.Errorf("seed %d: %v\nreplay: %s\ntrace (last %d lines):\n  %s", seed, o.err, worldReplay(seed), len(tail), strings.Join(tail, "\n  "))
-		} else {
-			t.Errorf("seed %d: %s", seed, strings.SplitN(o.err.Error(), "\n", 2)[0])
-		}
-	}
-	var parts []string
-	for _, k := range sortedKeys(total) {
-		parts = append(parts, fmt.Sprintf("%s %d", k, total[k]))
-	}
-	t.Logf("%d seeds (%d to %d) in %s: %s", n, first, first+uint64(n)-1, time.Since(start).Round(time.Millisecond), strings.Join(parts, ", "))
-	if failed > 0 {
-		t.Errorf("%d of %d seeds failed", failed, n)
-	}
+	runSeeds(t, *flagWorldFirst, seedCount(t, 1000), 400, func(seed uint64) seedOutcome {
+		r := runWorld(seed)
+		return seedOutcome{err: r.err, trace: r.trace, stats: r.stats}
+	}, worldReplay)
 }
 
 func worldReplay(seed uint64) string {

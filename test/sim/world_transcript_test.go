@@ -62,17 +62,9 @@ func runWorldCommand(w *World, td *datadriven.TestData) (string, error) {
 
 	case "txn":
 		dc := positional(td)
-		var ops []Op
-		for _, a := range td.CmdArgs {
-			switch {
-			case a.Key == dc && len(a.Vals) == 0, a.Key == "ctx":
-			case len(a.Vals) == 0 && strings.HasPrefix(a.Key, "del:"):
-				ops = append(ops, Op{Key: strings.TrimPrefix(a.Key, "del:"), Delete: true})
-			case len(a.Vals) > 0:
-				ops = append(ops, Op{Key: a.Key, Value: []byte(strings.Join(a.Vals, ","))})
-			default:
-				return "", fmt.Errorf("txn op %q: want key=value or del:key", a.Key)
-			}
+		ops, err := txnOps(td, dc)
+		if err != nil {
+			return "", err
 		}
 		for i := range ops {
 			ctx, err := worldContext(w, dc, ops[i].Key, val(td, "ctx", "none"))
