@@ -1,175 +1,52 @@
 package bridge
 
 import (
-	"fmt"
-	"maps"
-	"slices"
 	"sync"
 	"time"
 
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 )
 
 // Readiness says whether this DC has caught up since it started, for
-// GET /readyz. A DC is ready once every peer that reports has been heard
-// from and this DC's applied vector covers, for every origin but itself,
-// what each peer had applied in the first report this DC received from it
-// after starting. A peer that has not reported for SilentAfter since the
-// start is not waited for. Once ready, a DC stays ready (the state is
-// latched) until it restarts: lag after that is what the link figures and
-// the lag metrics show.
-type Readiness struct {
-	Ready bool `json:"ready"`
-	// Started is when the Replicator started; ReadyAt when it became ready.
-	Started time.Time  `json:"started"`
-	ReadyAt *time.Time `json:"ready_at,omitempty"`
-	// SilentAfter is how long a peer may stay silent after the start
-	// before it is no longer waited for (heal_after, or 30s when healing
-	// is off).
-	SilentAfter string `json:"silent_after"`
-	// WaitingFor lists what the DC still waits for, one entry per peer.
-	WaitingFor []ReadyWait `json:"waiting_for,omitempty"`
-	// NotWaitedFor lists the peers given up on: silent since the start
-	// for longer than SilentAfter.
-	NotWaitedFor []string `json:"not_waited_for,omitempty"`
-}
+// GET /readyz (see core.Readiness).
+type Readiness = core.Readiness
 
-// ReadyWait is what a DC waits for from one peer before it is ready: the
-// peer's first report, or the events that report named and this DC has not
-// applied (the first such partition, and how many partitions lack
-// events).
-type ReadyWait struct {
-	Peer   string `json:"peer"`
-	Reason string `json:"reason"`
-	// Origin, Partition, Applied and Reported name the first (origin,
-	// partition) this DC lacks events of: it has applied up to Applied,
-	// the peer had reported Reported.
-	Origin    string `json:"origin,omitempty"`
-	Partition *int   `json:"partition,omitempty"`
-	Applied   uint64 `json:"applied,omitempty"`
-	Reported  uint64 `json:"reported,omitempty"`
-	// Behind counts the (origin, partition) pairs this DC lacks events of.
-	Behind int `json:"behind,omitempty"`
-}
+// ReadyWait is what a DC waits for from one peer before it is ready (see
+// core.ReadyWait).
+type ReadyWait = core.ReadyWait
 
 // defaultSilentAfter is how long readiness waits for a silent peer when
 // healing is off (heal_after 0): the config's default heal_after.
-const defaultSilentAfter = 30 * time.Second
+const defaultSilentAfter = core.DefaultSilentAfter
 
-// readiness decides Readiness from the first report of each peer after
-// start and this DC's applied vector. It is pure but for its mutex: the
-// clock and the applied vector come in as arguments.
+// readiness guards the core's readiness judge (core.Ready): the report
+// intake feeds it, and any goroutine asks it.
 type readiness struct {
-	self   string
-	peers  []string
-	start  time.Time
-	silent time.Duration
-
-	mu struct {
-		sync.Mutex
-		first   map[string]changelog.Applied
-		last    map[string]time.Time
-		readyAt time.Time
-		// notWaited is NotWaitedFor when the DC became ready.
-		notWaited []string
-	}
+	mu sync.Mutex
+	rd *core.Ready
 }
 
 func newReadiness(self string, dcs []string, silent time.Duration, start time.Time) *readiness {
-	rd := &readiness{self: self, start: start, silent: silent}
-	for _, dc := range dcs {
-		if dc != self {
-			rd.peers = append(rd.peers, dc)
-		}
-	}
-	rd.mu.first = map[string]changelog.Applied{}
-	rd.mu.last = map[string]time.Time{}
-	return rd
+	return &readiness{rd: core.NewReady(self, dcs, silent, start)}
 }
 
-// seen records a report from peer at now: the first one after start is
-// kept as the target this DC must cover.
-func (rd *readiness) seen(peer string, a changelog.Applied, now time.Time) {
-	rd.mu.Lock()
-	defer rd.mu.Unlock()
-	if _, ok := rd.mu.first[peer]; !ok {
-		rd.mu.first[peer] = a.Clone()
-	}
-	rd.mu.last[peer] = now
+func (r *readiness) seen(peer string, a changelog.Applied, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rd.Seen(peer, a, now)
 }
 
-// lastReports returns when each peer last reported since start.
-func (rd *readiness) lastReports() map[string]time.Time {
-	rd.mu.Lock()
-	defer rd.mu.Unlock()
-	return maps.Clone(rd.mu.last)
+func (r *readiness) judge(now time.Time, mine func() changelog.Applied) Readiness {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rd.Judge(now, mine)
 }
 
-// judge returns the readiness at now, given this DC's applied vector
-// (read only while not yet ready), and latches it once ready.
-func (rd *readiness) judge(now time.Time, mine func() changelog.Applied) Readiness {
-	rd.mu.Lock()
-	defer rd.mu.Unlock()
-	out := Readiness{Started: rd.start, SilentAfter: rd.silent.String()}
-	if !rd.mu.readyAt.IsZero() {
-		at := rd.mu.readyAt
-		out.Ready, out.ReadyAt, out.NotWaitedFor = true, &at, slices.Clone(rd.mu.notWaited)
-		return out
-	}
-	own := mine()
-	for _, peer := range rd.peers {
-		first, ok := rd.mu.first[peer]
-		if !ok {
-			if now.Sub(rd.start) >= rd.silent {
-				out.NotWaitedFor = append(out.NotWaitedFor, peer)
-				continue
-			}
-			out.WaitingFor = append(out.WaitingFor, ReadyWait{Peer: peer,
-				Reason: fmt.Sprintf("its first applied-vector report since this DC started (waited %s; a peer silent for %s is not waited for)",
-					now.Sub(rd.start).Round(time.Millisecond), rd.silent)})
-			continue
-		}
-		if w, behind := rd.lacking(peer, first, own); behind {
-			out.WaitingFor = append(out.WaitingFor, w)
-		}
-	}
-	if len(out.WaitingFor) == 0 {
-		rd.mu.readyAt, rd.mu.notWaited = now, slices.Clone(out.NotWaitedFor)
-		out.Ready, out.ReadyAt = true, &now
-	}
-	return out
-}
-
-// lacking compares what peer first reported with own, origins other than
-// this DC only, and describes the first gap.
-func (rd *readiness) lacking(peer string, first, own changelog.Applied) (ReadyWait, bool) {
-	w := ReadyWait{Peer: peer}
-	for _, origin := range slices.Sorted(maps.Keys(first)) {
-		if origin == rd.self {
-			continue
-		}
-		have := own[origin]
-		for p, want := range first[origin] {
-			var h uint64
-			if p < len(have) {
-				h = have[p]
-			}
-			if h >= want {
-				continue
-			}
-			if w.Behind == 0 {
-				p := p
-				w.Origin, w.Partition, w.Applied, w.Reported = origin, &p, h, want
-			}
-			w.Behind++
-		}
-	}
-	if w.Behind == 0 {
-		return w, false
-	}
-	w.Reason = fmt.Sprintf("events %s reported applied and this DC lacks: %s partition %d up to %d (applied %d), %d partition(s) behind in all",
-		peer, w.Origin, *w.Partition, w.Reported, w.Applied, w.Behind)
-	return w, true
+func (r *readiness) peers(now time.Time, reportInterval time.Duration) []core.Peer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rd.Peers(now, reportInterval)
 }
 
 // Readiness returns whether this DC has caught up since it started (see
@@ -199,27 +76,13 @@ func (r *Replicator) Peers() []PeerStatus {
 	if rd == nil {
 		return nil
 	}
-	last := rd.lastReports()
-	now := r.env.now()
-	out := make([]PeerStatus, 0, len(rd.peers))
-	for _, dc := range rd.peers {
-		ps := PeerStatus{DC: dc}
-		t, ok := last[dc]
-		since := rd.start
-		if ok {
-			ps.LastReport, since = &t, t
-		}
-		age := max(0, now.Sub(since))
-		ps.ReportAgeSeconds = age.Seconds()
-		switch {
-		case age > rd.silent:
-			ps.State = "unreachable"
-		case !ok:
-			ps.State = "never reported"
-		case age > 3*r.env.opts.ReportInterval:
-			ps.State = "silent"
-		default:
-			ps.State = "alive"
+	peers := rd.peers(r.env.now(), r.env.opts.ReportInterval)
+	out := make([]PeerStatus, 0, len(peers))
+	for _, p := range peers {
+		ps := PeerStatus{DC: p.DC, ReportAgeSeconds: p.Age.Seconds(), State: p.State}
+		if !p.LastReport.IsZero() {
+			t := p.LastReport
+			ps.LastReport = &t
 		}
 		out = append(out, ps)
 	}

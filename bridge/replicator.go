@@ -58,7 +58,7 @@ type Options struct {
 	// Now reads the wall clock, for lag figures only. Default time.Now.
 	Now func() time.Time
 	// StreamRetention is how long this DC's stream keeps messages every
-	// downstream DC has acknowledged (see trimStream). Default 24h.
+	// downstream DC has acknowledged (see core.Retention). Default 24h.
 	StreamRetention time.Duration
 	// ObservePublish, if set, receives the time from sending each event to
 	// JetStream to reading its acknowledgement (acks are read in order, so
@@ -559,8 +559,12 @@ func (r *Replicator) effectivePlan() Plan {
 }
 
 // allLinks returns the static links and the running heal links.
-func (r *Replicator) allLinks() []*link {
-	return append(slices.Clone(r.links), r.heal.links()...)
+func (r *Replicator) allLinks() []*link { return allLinks(r.links, r.heal) }
+
+// allLinks returns the static links and h's running heal links (h may be
+// nil).
+func allLinks(static []*link, h *healer) []*link {
+	return append(slices.Clone(static), h.links()...)
 }
 
 // Healing returns the bypasses in effect; empty when nothing is healed.

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 )
@@ -268,7 +269,7 @@ func TestTrimStream(t *testing.T) {
 		if err != nil {
 			continue // no key hashed to this partition
 		}
-		if hi, err := lastOwnSeq("dc1", uint32(p), m.Header); err != nil || hi != own[p] {
+		if hi, err := core.LastOwnSeq("dc1", uint32(p), m.Header); err != nil || hi != own[p] {
 			t.Fatalf("partition %d's last message names %d (err %v) as the highest own sequence, want %d", p, hi, err, own[p])
 		}
 	}

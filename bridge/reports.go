@@ -3,8 +3,6 @@ package bridge
 import (
 	"context"
 	"errors"
-	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -15,7 +13,6 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
 // heartbeat publishes this DC's applied vector on its own goroutine (run),
@@ -179,7 +176,7 @@ func (r *reporter) run(ctx context.Context) {
 	}
 }
 
-// reporters collects the DCs whose reports arrived since runReports last
+// reporters collects the DCs whose reports arrived since the reporter last
 // looked; a DC is kept once however often it reported.
 type reporters struct {
 	mu   sync.Mutex
@@ -233,7 +230,7 @@ func (in reportIntake) peerReport(m *nats.Msg) (string, changelog.Applied, bool)
 	if !ok || dc == in.self {
 		return "", nil, false
 	}
-	a, err := in.decodeApplied(dc, m.Data)
+	a, err := in.check.Report(dc, m.Data)
 	if err != nil {
 		in.c.peerReportsIgnored.Add(1)
 		in.log.Debug("ignored an applied-vector report", "from", dc, "err", err)
@@ -241,25 +238,6 @@ func (in reportIntake) peerReport(m *nats.Msg) (string, changelog.Applied, bool)
 	}
 	in.c.peerReports.Add(1)
 	return dc, a, true
-}
-
-func (in reportIntake) decodeApplied(dc string, data []byte) (changelog.Applied, error) {
-	if !in.known[dc] {
-		return nil, fmt.Errorf("%q is not a known DC", dc)
-	}
-	var a map[string][]uint64
-	if err := msgpackcheck.Unmarshal(data, &a); err != nil {
-		return nil, err
-	}
-	for origin, row := range a {
-		if !in.known[origin] {
-			return nil, fmt.Errorf("entry for unknown DC %q", origin)
-		}
-		if len(row) != in.opts.Partitions {
-			return nil, fmt.Errorf("entry for %q has %d partitions, want %d", origin, len(row), in.opts.Partitions)
-		}
-	}
-	return changelog.Applied(a), nil
 }
 
 // maintain trims outbox entries every DC has applied and purges
@@ -281,7 +259,7 @@ func (r *reporter) maintain(ctx context.Context) {
 // refreshLag reads each link's consumer for its pending and unacknowledged
 // message counts.
 func (r *reporter) refreshLag(ctx context.Context) {
-	for _, l := range append(slices.Clone(r.links), r.heal.links()...) {
+	for _, l := range allLinks(r.links, r.heal) {
 		cons := l.getConsumer()
 		if cons == nil {
 			continue

@@ -44,7 +44,7 @@ type Stats struct {
 	DeadLetters uint64
 	// ApplyErrors counts batches the store failed to apply.
 	ApplyErrors uint64
-	// StreamTrims counts trims of this DC's stream (see trimStream).
+	// StreamTrims counts trims of this DC's stream (see core.Retention).
 	StreamTrims uint64
 	// ClockDrift counts applied events whose HLC was beyond the local
 	// clock's drift bound, so the clock did not take it.

@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/replicatorhq/replicator/bridge/core"
 )
 
 // Names of the JetStream objects and core NATS subjects a DC uses.
@@ -22,14 +23,12 @@ func StreamName(dc string) string { return "REPL_" + dc }
 func DLQStreamName(dc string) string { return "REPL_" + dc + "_DLQ" }
 
 // Subject returns the subject of dc's events in partition p, repl.<dc>.<p>.
-func Subject(dc string, p uint32) string {
-	return "repl." + dc + "." + strconv.FormatUint(uint64(p), 10)
-}
+func Subject(dc string, p uint32) string { return core.Subject(dc, p) }
 
 // TxnSubject returns the subject of dc's transactions, repl.<dc>.txn: a
 // transaction spans partitions, so its one message goes on a subject of
 // its own (see event.EncodeTxn).
-func TxnSubject(dc string) string { return "repl." + dc + ".txn" }
+func TxnSubject(dc string) string { return core.TxnSubject(dc) }
 
 // DLQSubject returns the subject dc dead-letters bad input on, repl.<dc>.dlq.
 func DLQSubject(dc string) string { return "repl." + dc + ".dlq" }
@@ -54,11 +53,11 @@ const (
 	// HeaderSeqHi is the publishing DC's highest own sequence number in the
 	// message's partition at publish time, so that a DC restored from an
 	// old backup can continue above it.
-	HeaderSeqHi = "Repl-Seq-Hi"
+	HeaderSeqHi = core.HeaderSeqHi
 	// HeaderSeqHis is on a transaction's message: the publishing DC's
 	// highest own sequence number in every partition at publish time, as
 	// <partition>:<seq> pairs separated by commas.
-	HeaderSeqHis = "Repl-Seq-His"
+	HeaderSeqHis = core.HeaderSeqHis
 	// HeaderDLQReason says why a message was dead-lettered.
 	HeaderDLQReason = "Repl-Dlq-Reason"
 	// HeaderDLQUpstream names the upstream DC whose stream held the message.

@@ -6,7 +6,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 )
 
 // ErrRejected wraps every reason a message from an upstream is
@@ -104,4 +106,26 @@ func (c Checker) Check(up, subject string, h map[string][]string, data []byte) (
 		return nil, fmt.Errorf("%w: %w", ErrRejected, err)
 	}
 	return evs, nil
+}
+
+// Report decodes and checks the applied vector dc reported (a msgpack map
+// of origin to one sequence per partition): dc and every origin it names
+// must be known DCs, and every row must have one entry per partition.
+func (c Checker) Report(dc string, data []byte) (changelog.Applied, error) {
+	if !c.Known[dc] {
+		return nil, fmt.Errorf("%q is not a known DC", dc)
+	}
+	var a map[string][]uint64
+	if err := msgpackcheck.Unmarshal(data, &a); err != nil {
+		return nil, err
+	}
+	for origin, row := range a {
+		if !c.Known[origin] {
+			return nil, fmt.Errorf("entry for unknown DC %q", origin)
+		}
+		if len(row) != c.Partitions {
+			return nil, fmt.Errorf("entry for %q has %d partitions, want %d", origin, len(row), c.Partitions)
+		}
+	}
+	return changelog.Applied(a), nil
 }

@@ -2,9 +2,10 @@ package core
 
 import (
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -35,7 +36,7 @@ func TestCheck(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return msg{subject("b", ev.Partition), event.ToHeaders(ev), b}
+		return msg{Subject("b", ev.Partition), event.ToHeaders(ev), b}
 	}
 	with := func(m msg, f func(*msg)) msg { f(&m); return m }
 	txnOf := func(ops ...*event.Event) msg {
@@ -61,14 +62,14 @@ func TestCheck(t *testing.T) {
 		{"event back at its origin (the plan drops it)", of(testEvent("c", 1, "k3", "c", "a", "b")), ""},
 		{"malformed", with(of(good), func(m *msg) { m.data = []byte{0xc1} }), "malformed"},
 		{"empty", with(of(good), func(m *msg) { m.data = nil }), "malformed"},
-		{"forged origin", with(of(testEvent("c", 1, "k1")), func(m *msg) { m.subject = subject("b", event.PartitionOf("k1", testParts)) }), "forged"},
+		{"forged origin", with(of(testEvent("c", 1, "k1")), func(m *msg) { m.subject = Subject("b", event.PartitionOf("k1", testParts)) }), "forged"},
 		{"unknown origin", of(testEvent("zz", 1, "k1", "zz", "b")), `origin "zz" is not a known DC`},
 		{"unknown DC on the path", of(testEvent("a", 1, "k1", "a", "zz", "b")), `path[1] "zz" is not a known DC`},
 		{"another DC's subject", with(of(good), func(m *msg) { m.subject = "repl.a.0" }), "not in b's stream"},
 		{"dead-letter subject", with(of(good), func(m *msg) { m.subject = "repl.b.dlq" }), "does not name a partition"},
 		{"partition out of range", with(of(good), func(m *msg) { m.subject = "repl.b.4" }), "does not name a partition"},
 		{"subject of another partition", with(of(good), func(m *msg) {
-			m.subject = subject("b", (good.Partition+1)%testParts)
+			m.subject = Subject("b", (good.Partition+1)%testParts)
 		}), "was published on"},
 		{"partition not the key's", func() msg {
 			ev := testEvent("b", 1, "k1")
@@ -83,7 +84,7 @@ func TestCheck(t *testing.T) {
 		{"transaction", txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), ""},
 		{"forwarded transaction", txnOf(testEvent("a", 4, "k1", "a", "b"), testEvent("a", 5, "k2", "a", "b")), ""},
 		{"transaction on a partition subject", with(txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), func(m *msg) {
-			m.subject = subject("b", 0)
+			m.subject = Subject("b", 0)
 		}), "not on repl.b.txn"},
 		{"single event on the transaction subject", with(of(good), func(m *msg) { m.subject = txnSubject("b") }), "is not a transaction"},
 		{"transaction op in the wrong partition", func() msg {
@@ -112,5 +113,39 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-// subject is the subject of partition p of dc's stream.
-func subject(dc string, p uint32) string { return fmt.Sprintf("repl.%s.%d", dc, p) }
+func TestCheckReport(t *testing.T) {
+	c := NewChecker([]string{"a", "b", "c"}, 2, event.Limits{})
+	enc := func(v any) []byte {
+		b, err := msgpack.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		dc   string
+		data []byte
+		want string // "" accepts
+	}{
+		{"good", "b", enc(map[string][]uint64{"a": {1, 2}, "b": {3, 4}}), ""},
+		{"empty", "b", enc(map[string][]uint64{}), ""},
+		{"unknown reporter", "z", enc(map[string][]uint64{"a": {1, 2}}), `"z" is not a known DC`},
+		{"unknown origin", "b", enc(map[string][]uint64{"z": {1, 2}}), `unknown DC "z"`},
+		{"partition count", "b", enc(map[string][]uint64{"a": {1, 2, 3}}), "has 3 partitions, want 2"},
+		{"malformed", "b", []byte{0xc1}, "msgpack"},
+		{"huge declared length", "b", []byte{0xdf, 0xff, 0xff, 0xff, 0xff}, "msgpack"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := c.Report(tc.dc, tc.data)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want == "" && a == nil:
+				t.Fatal("accepted without a vector")
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -11,6 +11,12 @@
 // (Plan.Downstreams), which events it drops as loops (Plan.Accept) and
 // which it forwards (Plan.ShouldForward).
 //
+// Publish. A Publisher per DC turns its outbox entries, in outbox order,
+// into the messages of its stream (Publisher.Message: subject, headers,
+// data). At start the driver reads the last message of each partition
+// subject (LastOwnSeq) and of the transaction subject (ParseSeqHis) and
+// hands the highest own sequences to Publisher.Resume.
+//
 // Receive. One Link per upstream. The driver takes a batch of messages
 // from the upstream's stream, in stream order, and calls Link.Receive with
 // them. Receive checks each (Checker; a bad one is dead-lettered), drops
@@ -29,6 +35,21 @@
 // and a Tally to add to its figures. A message must be acknowledged only
 // after Receive returned: the store has committed what it settled.
 //
+//	l := core.NewLink(core.LinkConfig{Up: "dc1", Plan: plan, Check: core.NewChecker(dcs, parts, limits),
+//		Repair: core.Repairer{Store: st, Source: src, Forward: fwd, Partitions: parts},
+//		MaxDeliver: 10, GapDelay: 200 * time.Millisecond, RetryDelay: time.Second})
+//	for batch := range fromUpstream {
+//		verdicts, tally := l.Receive(ctx, batch)
+//		for i, v := range verdicts {
+//			switch v.Action { // carry out, in order
+//			case core.Ack: ack(batch[i])
+//			case core.Nak: redeliver(batch[i], v.Delay)
+//			case core.DeadLetter: deadLetter(batch[i], v.Reason); l.Forget(batch[i].Seq)
+//			}
+//		}
+//		figures.Add(tally)
+//	}
+//
 // Repair serving. At the origin, ServeRepair answers a RepairRequest from
 // the DC's own events; a Source is the transport between Repairer and it.
 //
@@ -43,6 +64,10 @@
 //   - CatchUp.Due(now, applied, peers), whose repairs the driver runs with
 //     Repairer.Repair; one that fails with ErrOriginLacks has the links
 //     Replays.Due names replay their upstream's stream from the start.
+//
+// Readiness. Ready takes each peer's reports as they arrive (Ready.Seen)
+// and says whether this DC has caught up since it started (Ready.Judge)
+// and how each peer's reports stand (Ready.Peers).
 //
 // Retention. Every maintenance interval: Retention.Cutoff with the
 // stream's state, Retention.Floor with every downstream consumer's ack

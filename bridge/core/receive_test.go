@@ -50,7 +50,7 @@ func writes(t *testing.T, st *changelog.Store, key string, n int) []Msg {
 		if e.Event.Key != key {
 			continue
 		}
-		out = append(out, Msg{Subject: subject(st.DC(), e.Event.Partition), Header: event.ToHeaders(e.Event), Data: e.Data, Seq: uint64(i + 1)})
+		out = append(out, Msg{Subject: Subject(st.DC(), e.Event.Partition), Header: event.ToHeaders(e.Event), Data: e.Data, Seq: uint64(i + 1)})
 	}
 	return out
 }
@@ -61,6 +61,8 @@ type origins struct {
 	stores map[string]*changelog.Store
 	err    error
 	asked  int
+	// most, if not 0, caps a reply's events, as MaxRepairEvents does.
+	most int
 }
 
 func (o *origins) Fetch(_ context.Context, origin string, req RepairRequest) ([][]byte, error) {
@@ -72,7 +74,11 @@ func (o *origins) Fetch(_ context.Context, origin string, req RepairRequest) ([]
 	if !ok {
 		return nil, fmt.Errorf("no route to %s", origin)
 	}
-	return ServeRepair(st, testParts, req)
+	evs, err := ServeRepair(st, testParts, req)
+	if o.most > 0 && len(evs) > o.most {
+		evs = evs[:o.most]
+	}
+	return evs, err
 }
 
 // failing is a store whose Apply fails with err while err is set.
@@ -135,7 +141,7 @@ func TestLinkReceive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return []Msg{{Subject: subject("b", ev.Partition), Header: event.ToHeaders(ev), Data: d, Seq: 99}}
+		return []Msg{{Subject: Subject("b", ev.Partition), Header: event.ToHeaders(ev), Data: d, Seq: 99}}
 	}
 	for _, tc := range []struct {
 		name     string

@@ -107,18 +107,18 @@ func TestServeRepair(t *testing.T) {
 	}
 }
 
-// TestRepair fills gaps from an origin's real store: in one go, across
-// replies capped at MaxRepairEvents, not at all when the origin lacks the
-// events, and not again once applied.
+// TestRepair fills gaps from an origin's real store: across replies
+// capped in size, not at all when the origin lacks the events, and not
+// again once applied.
 func TestRepair(t *testing.T) {
 	dcs := []string{"a", "b", "c"}
 	plan := mustPlan(t, "mesh", "a", dcs, "")
 	ctx := context.Background()
 	b := openStore(t, "b", dcs)
-	msgs := writes(t, b, "k", MaxRepairEvents+10)
+	msgs := writes(t, b, "k", 10)
 	p := event.PartitionOf("k", testParts)
 	a := openStore(t, "a", dcs)
-	src := &origins{stores: map[string]*changelog.Store{"b": b}}
+	src := &origins{stores: map[string]*changelog.Store{"b": b}, most: 4}
 	r := Repairer{Store: a, Source: src, Partitions: testParts,
 		Forward: func(ev *event.Event) bool { return plan.ShouldForward(ev.Path, ev.Origin) }}
 
@@ -127,14 +127,14 @@ func TestRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tally.Repairs != 2 || tally.RepairedEvents != to || src.asked != 2 {
-		t.Fatalf("tally %+v after %d requests; want 2 replies bringing %d events", tally, src.asked, to)
+	if tally.Repairs != 3 || tally.RepairedEvents != to || src.asked != 3 {
+		t.Fatalf("tally %+v after %d requests; want 3 replies bringing %d events", tally, src.asked, to)
 	}
 	if !a.Applied().Covers("b", p, to) {
 		t.Fatalf("applied %v, want b up to %d", a.Applied(), to)
 	}
 	// Already applied: nothing is asked.
-	if tally, err := r.Repair(ctx, "b", p, 1, to); err != nil || tally != (Tally{}) || src.asked != 2 {
+	if tally, err := r.Repair(ctx, "b", p, 1, to); err != nil || tally != (Tally{}) || src.asked != 3 {
 		t.Fatalf("repairing what is applied: tally %+v, err %v, %d requests", tally, err, src.asked)
 	}
 	// An origin that trimmed what is asked answers nothing.
