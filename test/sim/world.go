@@ -7,7 +7,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -121,6 +120,7 @@ type node struct {
 	clock  *hlc.Clock
 	up     bool
 	healer *core.Healer
+	pub    *core.Publisher
 	catch  core.CatchUp
 	ret    core.Retention
 	links  map[string]*core.Link // by consumer name
@@ -323,6 +323,11 @@ func (w *World) start(n *node) error {
 	}
 	n.clock.Restore(st.HLCHighWater())
 	n.store, n.up = st, true
+	if err := w.resume(n); err != nil {
+		st.Close()
+		n.store, n.up = nil, false
+		return err
+	}
 	n.links = map[string]*core.Link{}
 	n.heal = map[string]core.Bypass{}
 	n.kept = map[string]time.Duration{}
@@ -361,6 +366,46 @@ func newConsumer(name, dc, up string, heal bool, start uint64) *consumer {
 		c.next, c.floor = start, start-1
 	}
 	return c
+}
+
+// resume starts n's publisher where its stream stands, as the bridge does
+// at every start: each partition subject's last message names the highest
+// own sequence sent (core.LastOwnSeq), and the transaction subject's last
+// message every partition's (Repl-Seq-His); a store behind that is an
+// invariant 1 violation here, since nothing restores old copies.
+func (w *World) resume(n *node) error {
+	n.pub = core.NewPublisher(n.id, w.opts.Partitions)
+	his := make([]uint64, w.opts.Partitions)
+	last := map[string]*smsg{}
+	for _, m := range w.streams[n.id].msgs {
+		if !m.gone { // trimming keeps each subject's last message; a loss may not
+			last[m.subject] = m
+		}
+	}
+	for p := range w.opts.Partitions {
+		if m := last[core.Subject(n.id, uint32(p))]; m != nil {
+			hi, err := core.LastOwnSeq(n.id, uint32(p), m.header)
+			if err != nil {
+				return fmt.Errorf("sim: resume %s: %w", n.id, err)
+			}
+			his[p] = max(his[p], hi)
+		}
+	}
+	if m := last[core.TxnSubject(n.id)]; m != nil {
+		if v := m.header[core.HeaderSeqHis]; len(v) > 0 {
+			if err := core.ParseSeqHis(v[0], his); err != nil {
+				return fmt.Errorf("sim: resume %s: %w", n.id, err)
+			}
+		}
+	}
+	own := n.store.Applied()[n.id]
+	for p, hi := range his {
+		n.pub.Resume(uint32(p), hi)
+		if hi > 0 && (p >= len(own) || own[p] < hi) {
+			w.violate("(1) %s restarted behind its stream: partition %d's sequences reach %d there, %v in its store", n.id, p, hi, own)
+		}
+	}
+	return nil
 }
 
 // checkResume checks, at a start, that the store holds every own event its
@@ -541,15 +586,10 @@ func (w *World) Publish(dc string) (int, error) {
 			continue
 		}
 		s.ids[id] = w.t
-		m := &smsg{seq: uint64(len(s.msgs) + 1), data: e.Data}
+		pm := n.pub.Message(e)
+		m := &smsg{seq: uint64(len(s.msgs) + 1), subject: pm.Subject, header: pm.Header, data: pm.Data, desc: ev.Dot.String()}
 		if e.Txn != nil {
-			m.subject = "repl." + dc + ".txn"
-			m.header = event.TxnHeaders(e.Txn)
 			m.desc = fmt.Sprintf("txn %s (%d ops)", ev.Dot, len(e.Txn))
-		} else {
-			m.subject = "repl." + dc + "." + strconv.Itoa(int(ev.Partition))
-			m.header = event.ToHeaders(ev)
-			m.desc = ev.Dot.String()
 		}
 		if len(ev.Path) > 1 {
 			m.desc += " path=(" + strings.Join(ev.Path, ",") + ")"
