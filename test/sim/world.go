@@ -50,7 +50,8 @@ import (
 // between two DCs: no link, repair or report between them), LoseMsg (a
 // stream loses a message, as JetStream may in a power failure), a
 // delivery lost in flight (redelivered after AckWait, so later messages
-// overtake it), a lost ack (a duplicate redelivery) and SetSkew.
+// overtake it), a lost ack (a duplicate redelivery) and SetSkew; and
+// WorldOptions.RepairLossPercent loses repair requests.
 //
 // Along the way it records violations (Violations): an event applied or
 // forwarded twice at a DC, a first apply forwarded other than the
@@ -104,6 +105,9 @@ type WorldOptions struct {
 	// UnsyncedPercent is the share of unsynced data a crash image keeps
 	// (0: exactly what was synced).
 	UnsyncedPercent int
+	// RepairLossPercent is the share of repair requests that time out
+	// (their request or reply lost).
+	RepairLossPercent int
 }
 
 const maintEvery = time.Second
@@ -962,6 +966,10 @@ func (s source) Fetch(_ context.Context, origin string, req core.RepairRequest) 
 		return nil, fmt.Errorf("%w: %s cannot reach %s", errUnreachable, s.self, origin)
 	}
 	s.w.Stats["repair requests"]++
+	if s.w.opts.RepairLossPercent > 0 && s.w.rng.IntN(100) < s.w.opts.RepairLossPercent {
+		s.w.Stats["repair requests lost"]++
+		return nil, fmt.Errorf("%w: the request to %s timed out", errUnreachable, origin)
+	}
 	return core.ServeRepair(s.w.nodes[origin].store, s.w.opts.Partitions, req)
 }
 

@@ -55,8 +55,9 @@ var mixes = []string{"calm", "lossy", "crashy", "cuts", "dead", "all"}
 // deliveries in batches, reports, healing, catch-up, maintenance and the
 // passing of time, over meshes, rings and stars of 3 to 5 DCs with skewed
 // clocks, under one fault mix per seed: calm (no fault), lossy (streams
-// lose messages, deliveries are lost in flight, acks are lost: gap repair,
-// catch-up and redeliveries), crashy (power cuts that keep only what was
+// lose messages, deliveries are lost in flight, acks are lost, and 30% of
+// repair requests time out: gap repair, held events, catch-up and
+// redeliveries), crashy (power cuts that keep only what was
 // synced, and restarts), cuts (network partitions between two DCs), dead
 // (a DC down longer than heal_after: rings and stars heal around it and
 // hand the bypass back when it returns; in a star the hub dies half the
@@ -170,6 +171,9 @@ func runWorld(seed uint64) *wrun {
 	if r.IntN(4) == 0 {
 		opts.UnsyncedPercent = r.IntN(100)
 	}
+	if s.mix == "lossy" || s.mix == "all" {
+		opts.RepairLossPercent = 30
+	}
 	s.local = r.IntN(4) == 0
 	prefixes := []string{"", "s/", "l/", "c/"}
 	for i := range 1 + r.IntN(5) {
@@ -193,8 +197,8 @@ func runWorld(seed uint64) *wrun {
 		return s
 	}
 	opts.Resolvers = rules
-	s.logf("world dcs=(%s) topology=%s hub=%s standby=%s partitions=%d skew=%v unsynced=%d%%  # mix %s, keys %v, local %v",
-		strings.Join(s.dcs, ","), topology, opts.Hub, opts.Standby, opts.Partitions, opts.Skew, opts.UnsyncedPercent, s.mix, s.keys, s.local)
+	s.logf("world dcs=(%s) topology=%s hub=%s standby=%s partitions=%d skew=%v unsynced=%d%% repair-loss=%d%%  # mix %s, keys %v, local %v",
+		strings.Join(s.dcs, ","), topology, opts.Hub, opts.Standby, opts.Partitions, opts.Skew, opts.UnsyncedPercent, opts.RepairLossPercent, s.mix, s.keys, s.local)
 	s.w, err = NewWorld(opts)
 	if err != nil {
 		s.fail("world: %v", err)
