@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // MaxDeadLetters bounds how many dead letters one DeadLetters call reads.
@@ -43,7 +44,7 @@ func (r *Replicator) DeadLetters(ctx context.Context, limit int) ([]DeadLetter, 
 	if limit <= 0 || limit > MaxDeadLetters {
 		return nil, 0, fmt.Errorf("bridge: dead letters: limit %d is not between 1 and %d", limit, MaxDeadLetters)
 	}
-	name := DLQStreamName(r.env.self)
+	name := names.DLQStream(r.env.self)
 	s, err := r.env.js.Stream(ctx, name)
 	if err != nil {
 		return nil, 0, fmt.Errorf("bridge: dead-letter stream %s: %w", name, err)

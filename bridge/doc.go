@@ -17,4 +17,8 @@
 //	if err != nil { ... }
 //	if err := r.Start(ctx); err != nil { ... }
 //	defer r.Close() // stop intake, flush the outbox, wait for goroutines
+//
+// Internal to the sidecar: not a stable Go API. The streams, subjects,
+// consumers and headers it uses (package names) are the wire contract of
+// docs/DESIGN.md.
 package bridge

@@ -16,11 +16,8 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
-
-// HealConsumerName returns the durable name of the heal consumer through
-// which self reads up's stream while healing, repl_<self>_from_<up>_heal.
-func HealConsumerName(self, up string) string { return ConsumerName(self, up) + "_heal" }
 
 // healer runs topology healing for the reporter: the core's liveness and
 // healing state machine (sm), and one heal link per bypass. The reporter
@@ -88,13 +85,13 @@ func (h *healer) start(ctx context.Context) {
 		if up == h.self {
 			continue
 		}
-		err := h.js.DeleteConsumer(ctx, StreamName(up), HealConsumerName(h.self, up))
+		err := h.js.DeleteConsumer(ctx, names.Stream(up), names.HealConsumer(h.self, up))
 		switch {
 		case err == nil:
-			h.log.Info("deleted a heal consumer left from an earlier run", "consumer", HealConsumerName(h.self, up), "stream", StreamName(up))
+			h.log.Info("deleted a heal consumer left from an earlier run", "consumer", names.HealConsumer(h.self, up), "stream", names.Stream(up))
 		case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
 		default:
-			h.log.Debug("delete a stale heal consumer", "stream", StreamName(up), "err", err)
+			h.log.Debug("delete a stale heal consumer", "stream", names.Stream(up), "err", err)
 		}
 	}
 }
@@ -169,7 +166,7 @@ func (h *healer) reconcile(ctx context.Context, plan Plan) {
 		up := b.Via
 		lctx, stop := context.WithCancel(ctx)
 		hl := &healLink{
-			link:   newLink(h.env, up, HealConsumerName(h.self, up), true),
+			link:   newLink(h.env, up, names.HealConsumer(h.self, up), true),
 			bypass: b,
 			stop:   stop,
 			done:   make(chan struct{}),
@@ -234,12 +231,12 @@ func (h *healer) healStart(ctx context.Context, hl *healLink) (uint64, error) {
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return 0, fmt.Errorf("delete the old heal consumer %s: %w", hl.consumer, err)
 	}
-	c, err := h.js.Consumer(actx, hl.stream, ConsumerName(hl.bypass.Dead, hl.up))
+	c, err := h.js.Consumer(actx, hl.stream, names.Consumer(hl.bypass.Dead, hl.up))
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 		return core.HealStart(0, false), nil
 	case err != nil:
-		return 0, fmt.Errorf("read the dead DC's consumer %s: %w", ConsumerName(hl.bypass.Dead, hl.up), err)
+		return 0, fmt.Errorf("read the dead DC's consumer %s: %w", names.Consumer(hl.bypass.Dead, hl.up), err)
 	}
 	return core.HealStart(c.CachedInfo().AckFloor.Stream, true), nil
 }

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge/core"
+	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 )
 
 // batchLinger bounds how long a batch waits for more messages once its
@@ -37,7 +38,7 @@ type link struct {
 }
 
 func newLink(e *env, up, consumer string, heal bool) *link {
-	return &link{env: e, up: up, stream: StreamName(up), consumer: consumer, heal: heal,
+	return &link{env: e, up: up, stream: names.Stream(up), consumer: consumer, heal: heal,
 		rx: core.NewLink(core.LinkConfig{
 			Up: up, Plan: e.plan, Check: e.check, Repair: e.repairer(),
 			MaxDeliver: e.opts.MaxDeliver, GapDelay: e.opts.GapDelay, RetryDelay: e.opts.RetryDelay, Log: e.log,
@@ -279,10 +280,10 @@ func (l *link) deadLetter(ctx context.Context, m jetstream.Msg, seq uint64, reas
 	h.Set(HeaderDLQSubject, m.Subject())
 	h.Set(HeaderDLQStreamSeq, strconv.FormatUint(seq, 10))
 	h.Set(jetstream.MsgIDHeader, "dlq:"+l.stream+":"+strconv.FormatUint(seq, 10))
-	dm := &nats.Msg{Subject: DLQSubject(l.self), Header: h, Data: m.Data()}
+	dm := &nats.Msg{Subject: names.DLQSubject(l.self), Header: h, Data: m.Data()}
 	pctx, cancel := context.WithTimeout(ctx, l.opts.PublishAckTimeout)
 	defer cancel()
-	if _, err := l.js.PublishMsg(pctx, dm, jetstream.WithExpectStream(DLQStreamName(l.self))); err != nil {
+	if _, err := l.js.PublishMsg(pctx, dm, jetstream.WithExpectStream(names.DLQStream(l.self))); err != nil {
 		l.log.Error("dead-lettering failed; the message is redelivered later", "upstream", l.up, "stream_seq", seq, "reason", text, "err", err)
 		l.nak(m, l.opts.RetryDelay)
 		return
@@ -297,15 +298,7 @@ func (l *link) deadLetter(ctx context.Context, m jetstream.Msg, seq uint64, reas
 }
 
 // headerText makes s safe as a header value: one line, bounded.
-func headerText(s string) string {
-	s = strings.Map(func(c rune) rune {
-		if c == '\r' || c == '\n' || c < 0x20 && c != '\t' {
-			return ' '
-		}
-		return c
-	}, s)
-	return truncate(s, 1024)
-}
+func headerText(s string) string { return rpc.HeaderText(s) }
 
 func truncate(s string, n int) string {
 	if len(s) <= n {

@@ -12,6 +12,7 @@ import (
 	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // publisher publishes the store's outbox to this DC's stream, in order,
@@ -39,7 +40,7 @@ func newPublisher(e *env) (*publisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bridge: jetstream publisher: %w", err)
 	}
-	return &publisher{env: e, pub: pub, stream: StreamName(e.self), out: core.NewPublisher(e.self, e.opts.Partitions), drain: make(chan struct{})}, nil
+	return &publisher{env: e, pub: pub, stream: names.Stream(e.self), out: core.NewPublisher(e.self, e.opts.Partitions), drain: make(chan struct{})}, nil
 }
 
 // resume reads the last message of each of this DC's partition
@@ -57,7 +58,7 @@ func (pb *publisher) resume(ctx context.Context) error {
 	var behind []uint32
 	own := pb.store.Applied()[pb.self]
 	for p := range pb.opts.Partitions {
-		subj := Subject(pb.self, uint32(p))
+		subj := names.Subject(pb.self, uint32(p))
 		m, err := s.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
@@ -74,13 +75,13 @@ func (pb *publisher) resume(ctx context.Context) error {
 			behind = append(behind, uint32(p))
 		}
 	}
-	switch m, err := s.GetLastMsgForSubject(ctx, TxnSubject(pb.self)); {
+	switch m, err := s.GetLastMsgForSubject(ctx, names.TxnSubject(pb.self)); {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 	case err != nil:
-		return fmt.Errorf("bridge: read the last message on %s: %w", TxnSubject(pb.self), err)
+		return fmt.Errorf("bridge: read the last message on %s: %w", names.TxnSubject(pb.self), err)
 	case m.Header.Get(HeaderSeqHis) != "":
 		if err := core.ParseSeqHis(m.Header.Get(HeaderSeqHis), his); err != nil {
-			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", TxnSubject(pb.self), m.Sequence, err)
+			return fmt.Errorf("bridge: last message on %s (stream seq %d): %w", names.TxnSubject(pb.self), m.Sequence, err)
 		}
 		behind = behind[:0]
 		for p, hi := range his {
@@ -127,9 +128,9 @@ func (pb *publisher) recoverOwn(ctx context.Context, s jetstream.Stream, parts [
 	last := info.State.LastSeq
 	subjects := make([]string, len(parts), len(parts)+1)
 	for i, p := range parts {
-		subjects[i] = Subject(pb.self, p)
+		subjects[i] = names.Subject(pb.self, p)
 	}
-	subjects = append(subjects, TxnSubject(pb.self))
+	subjects = append(subjects, names.TxnSubject(pb.self))
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy})
 	if err != nil {
 		return fmt.Errorf("bridge: read own stream %s: %w", pb.stream, err)

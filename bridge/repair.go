@@ -2,18 +2,23 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/bridge/core"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 )
 
 // HeaderRepairError carries a repair server's error; its reply then holds
 // no events.
 const HeaderRepairError = "Repl-Repair-Error"
+
+// repairProtocol is gap repair's request/reply.
+var repairProtocol = rpc.Protocol{Name: "repair", ErrorHeader: HeaderRepairError}
 
 // origins carries the core's repair requests to the origins' repair
 // servers over core NATS (repl.repair.<origin>). It is stateless; any
@@ -25,22 +30,18 @@ var _ core.Source = origins{}
 // Fetch asks origin for req's events and returns the encoded events of its
 // reply; the core checks them (core.CheckRepairReply).
 func (o origins) Fetch(ctx context.Context, origin string, req core.RepairRequest) ([][]byte, error) {
-	b, err := msgpack.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
+	req.V = rpc.Version
 	rctx, cancel := context.WithTimeout(ctx, o.opts.RepairTimeout)
 	defer cancel()
-	reply, err := o.nc.RequestWithContext(rctx, RepairSubject(origin), b)
-	if err != nil {
-		return nil, fmt.Errorf("ask %s for partition %d [%d, %d]: %w", origin, req.Partition, req.From, req.To, err)
-	}
-	if e := reply.Header.Get(HeaderRepairError); e != "" {
-		return nil, fmt.Errorf("%s refused repair of partition %d [%d, %d]: %s", origin, req.Partition, req.From, req.To, e)
-	}
 	var raw [][]byte
-	if err := msgpackcheck.Unmarshal(reply.Data, &raw); err != nil {
+	var refused *rpc.Refused
+	switch err := repairProtocol.Call(rctx, o.nc, names.RepairSubject(origin), req, &raw); {
+	case errors.As(err, &refused):
+		return nil, fmt.Errorf("%s refused repair of partition %d [%d, %d]: %s", origin, req.Partition, req.From, req.To, refused.Msg)
+	case errors.Is(err, rpc.ErrBadReply):
 		return nil, fmt.Errorf("repair reply from %s: %w", origin, err)
+	case err != nil:
+		return nil, fmt.Errorf("ask %s for partition %d [%d, %d]: %w", origin, req.Partition, req.From, req.To, err)
 	}
 	return raw, nil
 }
@@ -66,17 +67,13 @@ func (s repairServer) answer(m *nats.Msg) {
 		return
 	}
 	events, err := s.events(m.Data)
-	reply := &nats.Msg{Subject: m.Reply, Header: nats.Header{}}
+	var body []byte
 	if err != nil {
 		s.log.Warn("refused a repair request", "err", err)
-		reply.Header.Set(HeaderRepairError, headerText(err.Error()))
-		events = nil
+	} else {
+		body, err = msgpack.Marshal(events)
 	}
-	if reply.Data, err = msgpack.Marshal(events); err != nil {
-		reply.Header.Set(HeaderRepairError, headerText(err.Error()))
-		reply.Data = nil
-	}
-	if err := m.RespondMsg(reply); err != nil {
+	if err := repairProtocol.Respond(m, body, err); err != nil {
 		s.log.Debug("repair reply failed", "err", err)
 		return
 	}
@@ -85,7 +82,7 @@ func (s repairServer) answer(m *nats.Msg) {
 
 func (s repairServer) events(data []byte) ([][]byte, error) {
 	var req core.RepairRequest
-	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
+	if err := repairProtocol.Decode(data, &req, &req.V); err != nil {
 		return nil, fmt.Errorf("%w: %w", core.ErrBadRepair, err)
 	}
 	return core.ServeRepair(s.store, s.opts.Partitions, req)

@@ -16,6 +16,7 @@ import (
 	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // Errors the Replicator returns.
@@ -325,7 +326,7 @@ func New(opts Options) (*Replicator, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Replicator{env: e, pub: pub, stream: StreamName(self)}
+	r := &Replicator{env: e, pub: pub, stream: names.Stream(self)}
 	if opts.HealAfter > 0 && e.plan.CanHeal() {
 		r.heal = newHealer(e)
 		e.forward = r.heal.forward
@@ -336,7 +337,7 @@ func New(opts Options) (*Replicator, error) {
 		if up == self || !e.known[up] {
 			return nil, fmt.Errorf("bridge: plan names upstream %q, which is this DC or not in DCs %v", up, opts.DCs)
 		}
-		r.links = append(r.links, newLink(e, up, ConsumerName(self, up), false))
+		r.links = append(r.links, newLink(e, up, names.Consumer(self, up), false))
 	}
 	r.reporter = newReporter(e, r.links, r.heal)
 	return r, nil
@@ -390,7 +391,7 @@ func (r *Replicator) Start(ctx context.Context) error {
 	repairs := make(chan *nats.Msg, 64)
 	reports := make(chan *nats.Msg, 256)
 	var subs []*nats.Subscription
-	for subj, ch := range map[string]chan *nats.Msg{RepairSubject(e.self): repairs, appliedWildcard: reports} {
+	for subj, ch := range map[string]chan *nats.Msg{names.RepairSubject(e.self): repairs, names.AppliedWildcard: reports} {
 		sub, err := e.nc.ChanSubscribe(subj, ch)
 		if err != nil {
 			for _, s := range subs {

@@ -18,6 +18,7 @@ import (
 	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // single starts one DC, dc1 of a mesh with dc2, against an embedded server;
@@ -151,7 +152,7 @@ func TestRepairServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := nc.RequestWithContext(ctx, RepairSubject("dc1"), b)
+		m, err := nc.RequestWithContext(ctx, names.RepairSubject("dc1"), b)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -249,7 +250,7 @@ func TestTrimStream(t *testing.T) {
 	}
 	js := reps[0].env.js
 	waitFor(t, "the stream trimmed to one message per partition", func() bool {
-		s, err := js.Stream(ctx, StreamName("dc1"))
+		s, err := js.Stream(ctx, names.Stream("dc1"))
 		if err != nil {
 			return false
 		}
@@ -262,10 +263,10 @@ func TestTrimStream(t *testing.T) {
 	if got := reps[1].Stats().Applied; got != 200 {
 		t.Fatalf("dc2 applied %d of 200", got)
 	}
-	s, _ := js.Stream(ctx, StreamName("dc1"))
+	s, _ := js.Stream(ctx, names.Stream("dc1"))
 	own := stores[0].Applied()["dc1"]
 	for p := range testParts {
-		m, err := s.GetLastMsgForSubject(ctx, Subject("dc1", uint32(p)))
+		m, err := s.GetLastMsgForSubject(ctx, names.Subject("dc1", uint32(p)))
 		if err != nil {
 			continue // no key hashed to this partition
 		}

@@ -3,7 +3,6 @@ package bridge
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // heartbeat publishes this DC's applied vector on its own goroutine (run),
@@ -215,7 +215,7 @@ func (b heartbeat) publish(a changelog.Applied) {
 		b.log.Error("encode the applied vector", "err", err)
 		return
 	}
-	if err := b.nc.Publish(AppliedSubject(b.self), data); err != nil {
+	if err := b.nc.Publish(names.AppliedSubject(b.self), data); err != nil {
 		b.log.Debug("publish the applied vector", "err", err)
 		return
 	}
@@ -226,7 +226,7 @@ func (b heartbeat) publish(a changelog.Applied) {
 // peerReport decodes an applied vector another DC published, if it is
 // well formed and comes from a known DC, and counts it.
 func (in reportIntake) peerReport(m *nats.Msg) (string, changelog.Applied, bool) {
-	dc, ok := strings.CutPrefix(m.Subject, "repl.applied.")
+	dc, ok := names.AppliedDC(m.Subject)
 	if !ok || dc == in.self {
 		return "", nil, false
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/session"
 )
 
@@ -22,7 +23,7 @@ func TestEagerReports(t *testing.T) {
 		o.ReportDebounce = debounce
 	})
 	got := make(chan *nats.Msg, 1024)
-	sub, err := nc.ChanSubscribe(AppliedSubject("dc1"), got)
+	sub, err := nc.ChanSubscribe(names.AppliedSubject("dc1"), got)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func TestReportWakesReplicatedWait(t *testing.T) {
 	for _, seq := range []uint64{0, ev.Seq} {
 		row[ev.Partition] = seq
 		b, _ := msgpack.Marshal(map[string][]uint64{"dc1": row, "dc2": make([]uint64, testParts)})
-		if err := nc.Publish(AppliedSubject("dc2"), b); err != nil {
+		if err := nc.Publish(names.AppliedSubject("dc2"), b); err != nil {
 			t.Fatal(err)
 		}
 	}

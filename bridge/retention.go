@@ -7,6 +7,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge/core"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // retention trims this DC's stream for the reporter, whose goroutine
@@ -18,7 +19,7 @@ type retention struct {
 }
 
 func newRetention(e *env) *retention {
-	return &retention{env: e, stream: StreamName(e.self), core: core.Retention{Keep: e.opts.StreamRetention}}
+	return &retention{env: e, stream: names.Stream(e.self), core: core.Retention{Keep: e.opts.StreamRetention}}
 }
 
 // trim deletes messages of this DC's stream that every downstream
@@ -45,7 +46,7 @@ func (t *retention) trim(ctx context.Context) {
 	}
 	var acked []uint64
 	for _, dc := range t.plan.Downstreams() {
-		c, err := s.Consumer(ctx, ConsumerName(dc, t.self))
+		c, err := s.Consumer(ctx, names.Consumer(dc, t.self))
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 				t.log.Debug("trim stream: consumer info", "downstream", dc, "err", err)
@@ -59,9 +60,9 @@ func (t *retention) trim(ctx context.Context) {
 		return
 	}
 	for p := range t.opts.Partitions + 1 {
-		subj := TxnSubject(t.self)
+		subj := names.TxnSubject(t.self)
 		if p < t.opts.Partitions {
-			subj = Subject(t.self, uint32(p))
+			subj = names.Subject(t.self, uint32(p))
 		}
 		last, err := s.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {

@@ -12,41 +12,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge/core"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
-
-// Names of the JetStream objects and core NATS subjects a DC uses.
-
-// StreamName returns the name of dc's event stream, REPL_<dc>.
-func StreamName(dc string) string { return "REPL_" + dc }
-
-// DLQStreamName returns the name of dc's dead-letter stream, REPL_<dc>_DLQ.
-func DLQStreamName(dc string) string { return "REPL_" + dc + "_DLQ" }
-
-// Subject returns the subject of dc's events in partition p, repl.<dc>.<p>.
-func Subject(dc string, p uint32) string { return core.Subject(dc, p) }
-
-// TxnSubject returns the subject of dc's transactions, repl.<dc>.txn: a
-// transaction spans partitions, so its one message goes on a subject of
-// its own (see event.EncodeTxn).
-func TxnSubject(dc string) string { return core.TxnSubject(dc) }
-
-// DLQSubject returns the subject dc dead-letters bad input on, repl.<dc>.dlq.
-func DLQSubject(dc string) string { return "repl." + dc + ".dlq" }
-
-// ConsumerName returns the durable name of the consumer through which self
-// reads up's stream, repl_<self>_from_<up>.
-func ConsumerName(self, up string) string { return "repl_" + self + "_from_" + up }
-
-// RepairSubject returns the core NATS subject on which dc serves its own
-// events to DCs that found a gap, repl.repair.<dc>.
-func RepairSubject(dc string) string { return "repl.repair." + dc }
-
-// AppliedSubject returns the core NATS subject on which dc reports its
-// applied vector, repl.applied.<dc>.
-func AppliedSubject(dc string) string { return "repl.applied." + dc }
-
-// appliedWildcard matches every DC's applied-vector reports.
-const appliedWildcard = "repl.applied.*"
 
 // Headers the bridge adds to the event headers of package event.
 const (
@@ -118,11 +85,11 @@ func StreamConfig(dc string, partitions int, opts StreamOptions) jetstream.Strea
 	opts = opts.withDefaults()
 	subjects := make([]string, partitions, partitions+1)
 	for p := range subjects {
-		subjects[p] = Subject(dc, uint32(p))
+		subjects[p] = names.Subject(dc, uint32(p))
 	}
-	subjects = append(subjects, TxnSubject(dc))
+	subjects = append(subjects, names.TxnSubject(dc))
 	return jetstream.StreamConfig{
-		Name:        StreamName(dc),
+		Name:        names.Stream(dc),
 		Description: "replicator events emitted by DC " + dc,
 		Subjects:    subjects,
 		Retention:   jetstream.LimitsPolicy,
@@ -142,9 +109,9 @@ func StreamConfig(dc string, partitions int, opts StreamOptions) jetstream.Strea
 func DLQStreamConfig(dc string, opts StreamOptions) jetstream.StreamConfig {
 	opts = opts.withDefaults()
 	return jetstream.StreamConfig{
-		Name:        DLQStreamName(dc),
+		Name:        names.DLQStream(dc),
 		Description: "replicator dead letters rejected by DC " + dc,
-		Subjects:    []string{DLQSubject(dc)},
+		Subjects:    []string{names.DLQSubject(dc)},
 		Retention:   jetstream.LimitsPolicy,
 		MaxMsgs:     -1,
 		MaxBytes:    opts.MaxBytes,

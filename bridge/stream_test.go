@@ -10,6 +10,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
+
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -159,7 +161,7 @@ func TestStreamFullRejects(t *testing.T) {
 	}
 	var err error
 	for i := 0; i < 100 && err == nil; i++ {
-		_, err = js.Publish(ctx, Subject("dc1", 0), make([]byte, 100))
+		_, err = js.Publish(ctx, names.Subject("dc1", 0), make([]byte, 100))
 	}
 	if err == nil {
 		t.Fatal("a full stream accepted every publish; it must reject them so the outbox keeps the events")

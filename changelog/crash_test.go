@@ -14,8 +14,8 @@ import (
 )
 
 // TestCrashKeepsAcknowledgedWrites simulates power loss during group commit
-// (docs/DESIGN.md, invariants 1 and 3; docs/RELIABILITY.md row 7).
-// Concurrent writers write unique keys; at random
+// (docs/DESIGN.md, invariants 1 and 3; its figures are in
+// docs/RELIABILITY.md). Concurrent writers write unique keys; at random
 // moments the test takes a crash image of the filesystem holding only what
 // was synced, plus a random share of what was not. Every write acknowledged
 // before the image was taken must be in it, and every key in it must have

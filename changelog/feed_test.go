@@ -219,13 +219,13 @@ func TestFeedTxnConsecutive(t *testing.T) {
 	}
 }
 
-// TestFeedCrashImage (invariant 15): a crash image, with any share of what
-// was not synced, never holds a change without its feed entry or an entry
-// without its change: folding the feed's entries key by key gives exactly
-// the stored states, and the cursors run from 1 to the persisted counter
-// without a hole. Every cursor a reader could read before the crash is in
-// the image: a reader never sees a cursor a crash can give to another
-// change.
+// TestFeedCrashImage (invariant 15 in docs/DESIGN.md): a crash image, with
+// any share of what was not synced, never holds a change without its feed
+// entry or an entry without its change: folding the feed's entries key by
+// key gives exactly the stored states, and the cursors run from 1 to the
+// persisted counter without a hole. Every cursor a reader could read before
+// the crash is in the image: a reader never sees a cursor a crash can give
+// to another change.
 func TestFeedCrashImage(t *testing.T) {
 	for seed := uint64(1); seed <= 4; seed++ {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { feedCrashOnce(t, seed) })
@@ -455,11 +455,11 @@ func TestFeedPrunerRuns(t *testing.T) {
 	}
 }
 
-// TestFeedSnapshotThenFollow (invariant 15): a read view's states are
-// exactly the changes up to its cursor, so a mirror that copies the view
-// and then applies the feed after the cursor ends equal to the store, with
-// writes going on all along, even when retention has pruned everything up
-// to the view's cursor (the retention edge).
+// TestFeedSnapshotThenFollow (invariant 15 in docs/DESIGN.md): a read view's
+// states are exactly the changes up to its cursor, so a mirror that copies
+// the view and then applies the feed after the cursor ends equal to the
+// store, with writes going on all along, even when retention has pruned
+// everything up to the view's cursor (the retention edge).
 func TestFeedSnapshotThenFollow(t *testing.T) {
 	ctx := context.Background()
 	var nowMs atomic.Int64

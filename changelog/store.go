@@ -9,6 +9,9 @@
 // fsync (group commit), a write is acknowledged only once durable, and an
 // event's new key state, applied-vector entry and forward entry commit
 // together or not at all.
+//
+// Internal to the sidecar: not a stable Go API. Its stored format is a
+// contract: a data dir stays readable by later versions.
 package changelog
 
 import (

@@ -292,7 +292,8 @@ func (t *txn) commit() error {
 			return err
 		}
 	}
-	// Each change's feed entry goes into the same batch (invariant 15).
+	// Each change's feed entry goes into the same batch (invariant 15 in
+	// docs/DESIGN.md).
 	if err := t.writeFeed(); err != nil {
 		return err
 	}

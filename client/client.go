@@ -24,6 +24,9 @@
 // nothing and is retried, WithRetries times (default 3), after the delay
 // it names; a 202 (a write whose X-Repl-Wait timed out) stood and is not
 // retried: WriteResult.Replicated says how far it got.
+//
+// API: this package is the stable Go client of the HTTP API described in
+// docs/INTERFACES.md.
 package client
 
 import (

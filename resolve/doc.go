@@ -38,4 +38,7 @@
 //     or error it writes nothing, and the fallback's Result stands.
 //   - Asking from one DC, with a context covering the siblings, is what keeps
 //     write-time resolution from starting a resolution storm.
+//
+// Internal to the sidecar: not a stable Go API. The resolver names and their
+// options are API, through the config (docs/INTERFACES.md).
 package resolve

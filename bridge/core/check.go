@@ -9,6 +9,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // ErrRejected wraps every reason a message from an upstream is
@@ -36,13 +37,6 @@ func NewChecker(dcs []string, partitions int, limits event.Limits) Checker {
 	return Checker{Partitions: partitions, Limits: limits, Known: known}
 }
 
-// subjectRoot starts every replication subject: an upstream's stream
-// holds repl.<dc>.<partition> and repl.<dc>.txn.
-const subjectRoot = "repl."
-
-// txnSubject is the transaction subject of dc's stream.
-func txnSubject(dc string) string { return subjectRoot + dc + ".txn" }
-
 // Check decodes and checks the message data published on subject of up's
 // stream with headers h. It returns the message's event, or the ops of its
 // transaction, or an error wrapping ErrRejected (and the codec's error where
@@ -53,12 +47,12 @@ func (c Checker) Check(up, subject string, h map[string][]string, data []byte) (
 	reject := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))
 	}
-	prefix := subjectRoot + up + "."
+	prefix := names.StreamPrefix(up)
 	rest, ok := strings.CutPrefix(subject, prefix)
 	if !ok {
 		return nil, reject("subject %q is not in %s's stream (want %s<partition> or %stxn)", subject, up, prefix, prefix)
 	}
-	isTxn := subject == txnSubject(up)
+	isTxn := subject == names.TxnSubject(up)
 	var sp uint64
 	if !isTxn {
 		var err error
@@ -76,7 +70,7 @@ func (c Checker) Check(up, subject string, h map[string][]string, data []byte) (
 	case isTxn && first.TxnOps == 0:
 		return nil, reject("event %s is not a transaction but was published on %q", first.Dot, subject)
 	case !isTxn && first.TxnOps > 0:
-		return nil, reject("transaction %s was published on %q, not on %s", first.Dot, subject, txnSubject(up))
+		return nil, reject("transaction %s was published on %q, not on %s", first.Dot, subject, names.TxnSubject(up))
 	case !isTxn && uint64(first.Partition) != sp:
 		return nil, reject("event %s names partition %d but was published on %q", first.Dot, first.Partition, subject)
 	}

@@ -47,7 +47,7 @@ func TestCheck(t *testing.T) {
 		for _, op := range ops {
 			op.TxnOps = len(ops)
 		}
-		return msg{txnSubject("b"), event.TxnHeaders(ops), b}
+		return msg{TxnSubject("b"), event.TxnHeaders(ops), b}
 	}
 	good := testEvent("b", 7, "k1")
 	forwarded := testEvent("a", 3, "k2", "a", "b")
@@ -86,7 +86,7 @@ func TestCheck(t *testing.T) {
 		{"transaction on a partition subject", with(txnOf(testEvent("b", 8, "k1"), testEvent("b", 9, "k2")), func(m *msg) {
 			m.subject = Subject("b", 0)
 		}), "not on repl.b.txn"},
-		{"single event on the transaction subject", with(of(good), func(m *msg) { m.subject = txnSubject("b") }), "is not a transaction"},
+		{"single event on the transaction subject", with(of(good), func(m *msg) { m.subject = TxnSubject("b") }), "is not a transaction"},
 		{"transaction op in the wrong partition", func() msg {
 			ev := testEvent("b", 9, "k2")
 			ev.Partition = (ev.Partition + 1) % testParts

@@ -7,6 +7,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // Headers the stream's messages carry besides the event headers of
@@ -23,14 +24,12 @@ const (
 )
 
 // Subject returns the subject of dc's events in partition p, repl.<dc>.<p>.
-func Subject(dc string, p uint32) string {
-	return subjectRoot + dc + "." + strconv.FormatUint(uint64(p), 10)
-}
+func Subject(dc string, p uint32) string { return names.Subject(dc, p) }
 
 // TxnSubject returns the subject of dc's transactions, repl.<dc>.txn: a
 // transaction spans partitions, so its one message goes on a subject of
 // its own (see event.EncodeTxn).
-func TxnSubject(dc string) string { return txnSubject(dc) }
+func TxnSubject(dc string) string { return names.TxnSubject(dc) }
 
 // Publisher builds the messages of one DC's outbox entries for its
 // stream, keeping the highest own sequence of each partition sent so far

@@ -5,6 +5,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -42,7 +43,7 @@ func TestMessageSeqHi(t *testing.T) {
 		if err != nil || hi != tc.wantHigh {
 			t.Errorf("%s: the headers name %d (err %v) as the highest own sequence, want %d", tc.name, hi, err, tc.wantHigh)
 		}
-		if m.Subject != Subject("a", tc.e.Event.Partition) {
+		if m.Subject != names.Subject("a", tc.e.Event.Partition) {
 			t.Errorf("%s: subject %s", tc.name, m.Subject)
 		}
 	}

@@ -22,6 +22,9 @@ const (
 // at From, at most MaxRepairEvents and about MaxRepairBytes; the caller
 // asks again for the rest.
 type RepairRequest struct {
+	// V is the protocol version (package rpc); zero is left out, which a
+	// server reads as version 1.
+	V         int    `msgpack:"v,omitempty"`
 	Partition uint32 `msgpack:"partition"`
 	From      uint64 `msgpack:"from"`
 	To        uint64 `msgpack:"to"`

@@ -10,10 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/join"
+	"github.com/replicatorhq/replicator/pkg/setup"
 )
 
 // cmdJoin bootstraps a new or restored DC, with its sidecar stopped, from
@@ -45,13 +44,9 @@ func cmdJoin(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("%s runs NATS embedded in its sidecar (no nats.url), and that NATS is down while the sidecar is stopped, as join needs it to be. "+
 			"Set nats.url in %s to the NATS server %s's sidecar uses (or one joined to it by a cluster or leafnode), run join again, and keep that nats.url for run", *path, *path, *from)
 	}
-	url, opts, err := natsClient(cfg)
+	nc, err := setup.Connect(cfg, setup.ConnOptions{Name: "replicator-join-" + cfg.DC})
 	if err != nil {
 		return err
-	}
-	nc, err := nats.Connect(url, append(opts, nats.Name("replicator-join-"+cfg.DC), nats.CustomInboxPrefix("_INBOX_"+cfg.DC))...)
-	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)

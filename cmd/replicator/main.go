@@ -2,6 +2,9 @@
 // per DC (`run`), a one-process demo (`demo`), an event decoder (`inspect`),
 // a client of a running sidecar (`kv`, `conflicts`, `changes`, `status`) and the
 // build's version (`version`, `--version`).
+//
+// API: the commands, flags, outputs and exit statuses are the CLI interface
+// described in docs/INTERFACES.md; the Go code is not importable.
 package main
 
 import (

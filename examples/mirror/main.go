@@ -17,6 +17,8 @@
 // /v1/changes?snapshot=true streams every key under the prefix from one
 // point in time, then the cursor of that point, then the changes after
 // it, so nothing is missed and nothing is applied twice.
+//
+// An example built on the HTTP API only; not part of the API itself.
 package main
 
 import (

@@ -19,6 +19,10 @@
 // under, and merges them locally. Pulling is one-way; both directions
 // converge because every DC pulls from every peer. RunSubject runs it
 // against every peer on demand (`replicator repair`).
+//
+// Internal to the sidecar: not a stable Go API. Its request/reply protocol
+// between sidecars (repl.ae.<dc>, package rpc) is versioned wire, described
+// in docs/DESIGN.md.
 package antientropy
 
 import (
@@ -33,12 +37,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 )
 
 // Store is what anti-entropy needs of the DC's change log.
@@ -168,13 +172,13 @@ func New(o Options) (*Worker, error) {
 	return w, nil
 }
 
-// Start serves requests on Subject(DC) and RunSubject(DC), and runs
+// Start serves requests on names.AntiEntropySubject(DC) and names.AntiEntropyRunSubject(DC), and runs
 // against every peer every Interval, until Close or ctx ends.
 func (w *Worker) Start(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	reqs := make(chan *nats.Msg, 256)
 	runs := make(chan *nats.Msg, 8)
-	for subj, ch := range map[string]chan *nats.Msg{Subject(w.opts.DC): reqs, RunSubject(w.opts.DC): runs} {
+	for subj, ch := range map[string]chan *nats.Msg{names.AntiEntropySubject(w.opts.DC): reqs, names.AntiEntropyRunSubject(w.opts.DC): runs} {
 		sub, err := w.opts.NC.ChanSubscribe(subj, ch)
 		if err != nil {
 			cancel()
@@ -510,22 +514,17 @@ func (w *Worker) fetchBuckets(ctx context.Context, peer string, p uint32, bucket
 // ask sends one request to peer and decodes the reply into out.
 func (w *Worker) ask(ctx context.Context, peer string, req request, out any, rep *Report) error {
 	req.V = Protocol
-	b, err := msgpack.Marshal(req)
-	if err != nil {
-		return err
-	}
 	rctx, cancel := context.WithTimeout(ctx, w.opts.RequestTimeout)
 	defer cancel()
 	rep.Requests++
-	m, err := w.opts.NC.RequestWithContext(rctx, Subject(peer), b)
-	if err != nil {
-		return fmt.Errorf("ask %s for %s: %w", peer, req.Op, err)
-	}
-	if e := m.Header.Get(HeaderError); e != "" {
-		return fmt.Errorf("%s refused %s: %s", peer, req.Op, e)
-	}
-	if err := msgpackcheck.Unmarshal(m.Data, out); err != nil {
+	var refused *rpc.Refused
+	switch err := aeProtocol.Call(rctx, w.opts.NC, names.AntiEntropySubject(peer), req, out); {
+	case errors.As(err, &refused):
+		return fmt.Errorf("%s refused %s: %s", peer, req.Op, refused.Msg)
+	case errors.Is(err, rpc.ErrBadReply):
 		return fmt.Errorf("%s reply from %s: %w", req.Op, peer, err)
+	case err != nil:
+		return fmt.Errorf("ask %s for %s: %w", peer, req.Op, err)
 	}
 	return nil
 }
@@ -534,9 +533,9 @@ func (w *Worker) ask(ctx context.Context, peer string, req request, out any, rep
 // now, and returns its reports. The run can take a while: ctx bounds the
 // wait.
 func RequestRun(ctx context.Context, nc *nats.Conn, dc string) (RunReply, error) {
-	m, err := nc.RequestWithContext(ctx, RunSubject(dc), nil)
+	m, err := nc.RequestWithContext(ctx, names.AntiEntropyRunSubject(dc), nil)
 	if errors.Is(err, nats.ErrNoResponders) {
-		return RunReply{}, fmt.Errorf("no sidecar of dc %s answers on %s: is it running, with anti-entropy enabled?", dc, RunSubject(dc))
+		return RunReply{}, fmt.Errorf("no sidecar of dc %s answers on %s: is it running, with anti-entropy enabled?", dc, names.AntiEntropyRunSubject(dc))
 	}
 	if err != nil {
 		return RunReply{}, fmt.Errorf("ask dc %s to run anti-entropy: %w", dc, err)

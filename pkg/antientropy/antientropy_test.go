@@ -18,6 +18,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -235,6 +236,8 @@ func TestBadRequests(t *testing.T) {
 	}{
 		{"not msgpack", []byte("{"), "bad request"},
 		{"old protocol", enc(request{V: 0, Op: opTrees, Partitions: []uint32{0}}), "protocol version 0"},
+		{"newer protocol", enc(request{V: Protocol + 1, Op: opTrees, Partitions: []uint32{0}}), "protocol version 2; this DC speaks 1: upgrade"},
+		{"an array of 2^31 items", []byte{0xdd, 0x7f, 0xff, 0xff, 0xff}, "bad request"},
 		{"unknown op", enc(request{V: Protocol, Op: "drop"}), `op "drop"`},
 		{"partition out of range", enc(request{V: Protocol, Op: opTrees, Partitions: []uint32{parts}}), "partition 4 of 4"},
 		{"no buckets", enc(request{V: Protocol, Op: opBuckets}), "0 buckets"},
@@ -242,7 +245,7 @@ func TestBadRequests(t *testing.T) {
 		{"no keys", enc(request{V: Protocol, Op: opStates}), "0 keys"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := nc.Request(Subject("dc1"), tc.data, 5*time.Second)
+			m, err := nc.Request(names.AntiEntropySubject("dc1"), tc.data, 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -8,23 +8,18 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 )
-
-// Subject returns the core NATS subject on which dc answers anti-entropy
-// requests, repl.ae.<dc>.
-func Subject(dc string) string { return "repl.ae." + dc }
-
-// RunSubject returns the subject on which dc runs anti-entropy against
-// every peer on demand and answers with the reports as JSON,
-// repl.ae.<dc>.run.
-func RunSubject(dc string) string { return "repl.ae." + dc + ".run" }
 
 // HeaderError carries a server's error; its reply then holds nothing else.
 const HeaderError = "Repl-AE-Error"
 
-// Protocol is the version of the request format; a server refuses others.
-const Protocol = 1
+// Protocol is the version of the request format (rpc.Version); a server
+// refuses others.
+const Protocol = rpc.Version
+
+// aeProtocol is anti-entropy's request/reply.
+var aeProtocol = rpc.Protocol{Name: "anti-entropy", ErrorHeader: HeaderError}
 
 // Bounds of one exchange. A reply stays under MaxReplyBytes and under the
 // connection's max payload, except one key state larger than
@@ -119,24 +114,18 @@ func (w *Worker) answer(m *nats.Msg) {
 	if err == nil && len(data) > w.maxPayload() {
 		err = fmt.Errorf("the reply is %d bytes, over this connection's max payload of %d", len(data), w.maxPayload())
 	}
-	out := &nats.Msg{Subject: m.Reply, Header: nats.Header{}, Data: data}
 	if err != nil {
 		w.log.Warn("refused an anti-entropy request", "err", err)
-		out.Header.Set(HeaderError, err.Error())
-		out.Data = nil
 	}
-	if err := m.RespondMsg(out); err != nil {
+	if err := aeProtocol.Respond(m, data, err); err != nil {
 		w.log.Debug("anti-entropy reply failed", "err", err)
 	}
 }
 
 func (w *Worker) reply(data []byte) ([]byte, error) {
 	var req request
-	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
+	if err := aeProtocol.Decode(data, &req, &req.V); err != nil {
 		return nil, fmt.Errorf("%w: %w", errBadRequest, err)
-	}
-	if req.V != Protocol {
-		return nil, fmt.Errorf("%w: protocol version %d, this DC speaks %d", errBadRequest, req.V, Protocol)
 	}
 	var out any
 	var err error

@@ -15,6 +15,9 @@
 //
 //	res, err := bench.Run(ctx, bench.Options{Topology: "mesh", DCs: 3})
 //	bench.WriteJSON(os.Stdout, res)
+//
+// Internal to the sidecar: the engine of `replicator bench`, not a stable Go
+// API.
 package bench
 
 import (

@@ -10,6 +10,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -20,7 +21,7 @@ const overheadSamples = 64
 // measureWire reads every DC's event stream: the bytes and messages it
 // stores per write, and, from a sample of messages read back, the bytes an
 // event carries beyond its key and value.
-func measureWire(ctx context.Context, url string, names []string, o Options, res *Result) error {
+func measureWire(ctx context.Context, url string, dcs []string, o Options, res *Result) error {
 	nc, err := nats.Connect(url, nats.Name("replicator-bench-wire"))
 	if err != nil {
 		return fmt.Errorf("bench: connect: %w", err)
@@ -33,8 +34,8 @@ func measureWire(ctx context.Context, url string, names []string, o Options, res
 	var stored, msgs uint64
 	var headers, payload, payloadKey, sampled int
 	byHeader := map[string]int{}
-	for _, dc := range names {
-		s, err := js.Stream(ctx, bridge.StreamName(dc))
+	for _, dc := range dcs {
+		s, err := js.Stream(ctx, names.Stream(dc))
 		if err != nil {
 			return fmt.Errorf("bench: stream of %s: %w", dc, err)
 		}
@@ -52,13 +53,13 @@ func measureWire(ctx context.Context, url string, names []string, o Options, res
 		for seq := st.FirstSeq; seq <= st.LastSeq; seq += step {
 			m, err := s.GetMsg(ctx, seq)
 			if err != nil {
-				return fmt.Errorf("bench: read message %d of %s: %w", seq, bridge.StreamName(dc), err)
+				return fmt.Errorf("bench: read message %d of %s: %w", seq, names.Stream(dc), err)
 			}
 			// A transaction's message carries its ops: its overhead is
 			// shared by them, and counted per op.
 			evs, err := event.DecodeMessage(m.Data, event.Limits{})
 			if err != nil {
-				return fmt.Errorf("bench: decode message %d of %s: %w", seq, bridge.StreamName(dc), err)
+				return fmt.Errorf("bench: decode message %d of %s: %w", seq, names.Stream(dc), err)
 			}
 			headers += addHeaderBytes(byHeader, m.Header)
 			payload += len(m.Data)
@@ -84,7 +85,7 @@ func measureWire(ctx context.Context, url string, names []string, o Options, res
 			res.OverheadBreakdown[k] = float64(n) / float64(sampled)
 		}
 	}
-	most, err := maxOverhead(names)
+	most, err := maxOverhead(dcs)
 	if err != nil {
 		return err
 	}
@@ -140,17 +141,17 @@ func isGetHeader(k string) bool {
 // maxOverhead is the overhead of the largest event these DCs can produce:
 // a context and a path naming every DC, with counters and an HLC of
 // realistic size (sequences near a billion, HLC of today).
-func maxOverhead(names []string) (int, error) {
+func maxOverhead(dcs []string) (int, error) {
 	const seq = 1_000_000_000
 	ctx := vclock.VV{}
-	for _, dc := range names {
+	for _, dc := range dcs {
 		ctx[dc] = seq
 	}
 	ev := &event.Event{
-		Version: event.SchemaVersion, Origin: names[0], Partition: 15, Seq: seq + 1,
+		Version: event.SchemaVersion, Origin: dcs[0], Partition: 15, Seq: seq + 1,
 		Key: "k", Op: event.OpPut, Value: []byte("v"),
-		Dot: vclock.Dot{DC: names[0], N: seq + 1}, Context: ctx,
-		HLC: 1_800_000_000_000 << 16, Path: names,
+		Dot: vclock.Dot{DC: dcs[0], N: seq + 1}, Context: ctx,
+		HLC: 1_800_000_000_000 << 16, Path: dcs,
 	}
 	b, err := ev.Encode(nil)
 	if err != nil {

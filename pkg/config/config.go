@@ -11,6 +11,9 @@
 //
 // Load and Parse do all of it. The defaults are documented on each field and
 // in configs/README.md; a test parses every example in configs/.
+//
+// The YAML format it reads is API (docs/INTERFACES.md and configs/*.yaml);
+// the Go package is internal to the sidecar.
 package config
 
 import (

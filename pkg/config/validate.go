@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -83,8 +84,9 @@ func (c Config) Validate() error {
 
 // ReservedIDs are the second tokens of the sidecars' own NATS subjects
 // (repl.ae.<dc>, repl.api.<dc>.*, ...); a DC with such an id would have
-// its event stream repl.<dc>.<partition> overlap them.
-var ReservedIDs = []string{"ae", "api", "applied", "home", "repair", "snap"}
+// its event stream repl.<dc>.<partition> overlap them. Package names owns
+// them.
+var ReservedIDs = names.Reserved()
 
 func checkID(p *problems, field, id string) bool {
 	if slices.Contains(ReservedIDs, id) {

@@ -2,6 +2,9 @@
 // server, drives concurrent and conflicting writes through every DC, waits
 // for convergence and summarises what happened. It is what
 // `replicator demo` runs.
+//
+// Internal to the sidecar: the engine of `replicator demo`, not a stable Go
+// API.
 package demo
 
 import (
@@ -58,7 +61,7 @@ type Summary struct {
 	// POST /v1/txn's path); TxnReads the consistent reads of every DC's
 	// orders taken while they streamed in, and TxnPartial the orders seen
 	// with only some of their lines, in those reads or at the end (0 is
-	// the only right answer: invariant 11).
+	// the only right answer: invariant 11 in docs/DESIGN.md).
 	Txns       int `json:"transactions"`
 	TxnReads   int `json:"transaction_reads"`
 	TxnPartial int `json:"transactions_seen_partial"`

@@ -15,6 +15,8 @@
 // Two DCs that applied the same set of events, in any order, hold equal
 // states. That is the property the simulator and the reference model of
 // docs/DESIGN.md "Data model" check.
+//
+// Internal to the sidecar: not a stable Go API.
 package dvv
 
 import (

@@ -1,5 +1,8 @@
 // Package event defines the change event that carries one write between
 // DCs, its msgpack codec (schema v1) and its mapping to NATS headers.
+//
+// API: the event's wire format (docs/DESIGN.md, "The change event (schema
+// v1)") and these Go types are stable, for programs that read the streams.
 package event
 
 import (

@@ -13,6 +13,9 @@
 // On a timeout, an error or a bad answer the key keeps showing what the
 // fallback resolver shows, and the arbiter tries again on the key's next
 // change or at the next sweep.
+//
+// Internal to the sidecar: not a stable Go API. The external resolver's JSON
+// request/reply is API (README, "Resolvers").
 package external
 
 import (

@@ -19,6 +19,8 @@
 //	c.Restore(store.LastHLC()) // after a restart
 //	ev.HLC = c.Now()           // local write
 //	if err := c.Update(remote.HLC); err != nil { ... } // before applying a remote event
+//
+// Internal to the sidecar: not a stable Go API.
 package hlc
 
 import (

@@ -15,6 +15,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/dvv"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -233,7 +234,7 @@ func TestConfigsDisagreeIs409(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	sub, _ := nc.Subscribe(Subject("dc1"), func(*nats.Msg) { mu.Lock(); calls++; mu.Unlock() })
+	sub, _ := nc.Subscribe(names.HomeSubject("dc1"), func(*nats.Msg) { mu.Lock(); calls++; mu.Unlock() })
 	defer sub.Unsubscribe()
 	nc.Flush()
 	_, err = r2.Write(context.Background(), changelog.WriteOp{Key: "acct/1", Value: []byte("v")})

@@ -40,6 +40,10 @@
 // replicate, and the key's resolver keeps them as siblings or logs the
 // loser, like any conflict. Nothing is lost (docs/DESIGN.md, invariants 5
 // and 6).
+//
+// Internal to the sidecar: not a stable Go API. Its request/reply protocol
+// between sidecars (repl.home.<dc>, package rpc) is versioned wire,
+// described in docs/DESIGN.md.
 package home
 
 import (
@@ -56,7 +60,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/replicatorhq/replicator/changelog"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/apierr"
+	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -226,15 +232,15 @@ func (r *Router) Serve() error {
 	if r.mu.closed || r.mu.sub != nil {
 		return nil
 	}
-	sub, err := r.mu.nc.Subscribe(Subject(r.opts.DC), r.dispatch)
+	sub, err := r.mu.nc.Subscribe(names.HomeSubject(r.opts.DC), r.dispatch)
 	if err != nil {
-		return fmt.Errorf("home: subscribe %s: %w", Subject(r.opts.DC), err)
+		return fmt.Errorf("home: subscribe %s: %w", names.HomeSubject(r.opts.DC), err)
 	}
 	r.mu.sub = sub
 	// Once Serve returns, the server knows the interest: a request sent
 	// then finds a responder.
 	if err := r.mu.nc.FlushTimeout(5 * time.Second); err != nil {
-		return fmt.Errorf("home: flush subscription %s: %w", Subject(r.opts.DC), err)
+		return fmt.Errorf("home: flush subscription %s: %w", names.HomeSubject(r.opts.DC), err)
 	}
 	return nil
 }
@@ -487,19 +493,19 @@ func (r *Router) forward(ctx context.Context, rl *rule, target string, epoch uin
 }
 
 func (r *Router) request(ctx context.Context, rl *rule, target string, req request) (reply, *noAnswer, error) {
-	b, err := encode(&req)
-	if err != nil {
-		return reply{}, nil, err
-	}
 	nc := r.conn()
 	if nc == nil {
 		return reply{}, &noAnswer{why: "this DC is not connected to NATS yet"}, nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, rl.Timeout)
 	defer cancel()
-	msg, err := nc.RequestWithContext(rctx, Subject(target), b)
+	var rep reply
+	err := homeProtocol.Call(rctx, nc, names.HomeSubject(target), &req, &rep)
 	switch {
 	case err == nil:
+		return rep, nil, nil
+	case errors.Is(err, rpc.ErrBadReply):
+		return reply{}, nil, &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home DC %s answered with an unreadable reply: %v", target, err)}
 	case ctx.Err() != nil:
 		return reply{}, nil, ctx.Err()
 	case errors.Is(err, nats.ErrNoResponders):
@@ -518,11 +524,6 @@ func (r *Router) request(ctx context.Context, rl *rule, target string, req reque
 	default:
 		return reply{}, &noAnswer{why: "request failed: " + err.Error()}, nil
 	}
-	var rep reply
-	if err := msgpackcheck.Unmarshal(msg.Data, &rep); err != nil {
-		return reply{}, nil, &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home DC %s answered with an unreadable reply: %v", target, err)}
-	}
-	return rep, nil, nil
 }
 
 // probeAll asks the other candidates of every failover rule for their view
@@ -572,7 +573,7 @@ func (r *Router) dispatch(m *nats.Msg) {
 		rep := r.handle(m.Data)
 		b, err := encode(&rep)
 		if err == nil {
-			err = m.Respond(b)
+			err = homeProtocol.Respond(m, b, nil)
 		}
 		if err != nil {
 			r.log.Warn("home: answer a forwarded request", "err", err)
@@ -584,11 +585,8 @@ func (r *Router) dispatch(m *nats.Msg) {
 // here or is refused.
 func (r *Router) handle(data []byte) reply {
 	var req request
-	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
-		return reply{Status: http.StatusBadRequest, Error: "request is not a msgpack home request: " + err.Error()}
-	}
-	if req.V != Protocol {
-		return reply{Status: http.StatusBadRequest, Error: fmt.Sprintf("protocol version %d; this DC speaks %d", req.V, Protocol)}
+	if err := homeProtocol.Decode(data, &req, &req.V); err != nil {
+		return reply{Status: http.StatusBadRequest, Error: err.Error()}
 	}
 	switch req.Op {
 	case opProbe:
@@ -629,7 +627,7 @@ func (r *Router) handle(data []byte) reply {
 	defer cancel()
 	res, cur, err := r.execute(ctx, rl, req.Epoch, op)
 	if err != nil {
-		rep := reply{Status: statusOf(err), Error: err.Error(), Epoch: cur.Epoch, Home: cur.Home}
+		rep := reply{Status: apierr.Status(err), Error: err.Error(), Epoch: cur.Epoch, Home: cur.Home}
 		if v := rl.view(); v.Epoch > rep.Epoch {
 			rep.Epoch, rep.Home = v.Epoch, v.Home
 		}
@@ -642,21 +640,6 @@ func (r *Router) handle(data []byte) reply {
 // refused as absurd (docs/DESIGN.md, invariant 9), so no forged epoch can
 // wrap the counter.
 const MaxEpoch = 1 << 62
-
-// statusOf maps a local write error to the status the sender surfaces.
-func statusOf(err error) int {
-	var se interface{ HTTPStatus() int }
-	switch {
-	case errors.As(err, &se):
-		return se.HTTPStatus()
-	case errors.Is(err, changelog.ErrBadInput):
-		return http.StatusBadRequest
-	case errors.Is(err, changelog.ErrClosed), errors.Is(err, changelog.ErrContextAhead),
-		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
-}
 
 // RuleStatus is one rule in GET /v1/status.
 type RuleStatus struct {

@@ -2,8 +2,6 @@ package home
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -125,24 +123,5 @@ func TestNoRuleWritesLocally(t *testing.T) {
 	res, err = r.Write(context.Background(), changelog.WriteOp{Key: "acct/1", Value: []byte("x")})
 	if err != nil || res.Event.Dot.DC != "dc2" || r.Status()[0].Epoch != 1 {
 		t.Fatalf("write with no connection: %v %+v %+v", err, res.Event, r.Status())
-	}
-}
-
-// TestStatusOf: the home's local errors reach the sender with the status
-// the sender's API answers; a context the home has not caught up with is
-// 503 (retry), as it is for a local write.
-func TestStatusOf(t *testing.T) {
-	for _, c := range []struct {
-		err  error
-		want int
-	}{
-		{&changelog.ContextAheadError{DC: "dc2", Named: 5}, http.StatusServiceUnavailable},
-		{fmt.Errorf("write: %w", changelog.ErrBadInput), http.StatusBadRequest},
-		{changelog.ErrClosed, http.StatusServiceUnavailable},
-		{errors.New("disk on fire"), http.StatusInternalServerError},
-	} {
-		if got := statusOf(c.err); got != c.want {
-			t.Errorf("statusOf(%v) = %d, want %d", c.err, got, c.want)
-		}
 	}
 }

@@ -8,15 +8,17 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
-// Subject is the core NATS subject on which dc executes forwarded writes
-// and answers epoch probes, repl.home.<dc>.
-func Subject(dc string) string { return "repl.home." + dc }
+// Protocol is the version of the request format (rpc.Version); a DC
+// refuses others.
+const Protocol = rpc.Version
 
-// Protocol is the version of the request format; a DC refuses others.
-const Protocol = 1
+// homeProtocol is home-DC writes' request/reply; a refusal is a reply
+// whose status says so, not a header.
+var homeProtocol = rpc.Protocol{Name: "home"}
 
 // The request operations.
 const (

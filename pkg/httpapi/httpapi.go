@@ -60,6 +60,9 @@
 // responses carry "dot"; conflict entries carry "context" (the clock a
 // resolution supersedes); GET /v1/conflicts/{id}, GET /v1/watch and
 // GET /v1/changes are new.
+//
+// The HTTP interface it serves is API (docs/INTERFACES.md, and the OpenAPI
+// document at /v1/openapi.json); the Go package is internal to the sidecar.
 package httpapi
 
 import (
@@ -84,6 +87,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/apierr"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/ui"
 )
@@ -378,44 +382,33 @@ func (s *server) query(w http.ResponseWriter, r *http.Request, allowed []string)
 	return true
 }
 
-// backendError answers for an error from the Backend: its input errors
-// become 4xx, a closed store 503, anything else a logged 500.
+// backendError answers for an error from the Backend with the status
+// apierr.Status gives it: input errors 4xx, a DC behind the client's
+// context 503 with Retry-After, a closed store 503, anything else a logged
+// 500.
 func (s *server) backendError(w http.ResponseWriter, r *http.Request, what string, err error) {
-	// An error that knows its status (a home-DC refusal) says why itself.
-	var se interface{ HTTPStatus() int }
+	code := apierr.Status(err)
+	if apierr.RetryHere(err) {
+		w.Header().Set("Retry-After", "1")
+	}
+	var se apierr.StatusError
 	switch {
 	case errors.As(err, &se):
-		if se.HTTPStatus() == http.StatusServiceUnavailable {
-			w.Header().Set("Retry-After", "1")
-		}
-		writeError(w, se.HTTPStatus(), fmt.Sprintf("%s: %v", what, err))
-	case errors.Is(err, changelog.ErrBadInput):
-		writeError(w, InputStatus(err), fmt.Sprintf("%s: %v", what, err))
-	case errors.Is(err, changelog.ErrNotFound):
-		writeError(w, http.StatusNotFound, fmt.Sprintf("%s: %v", what, err))
-	case errors.Is(err, changelog.ErrContextAhead):
-		// The client read at a DC that is ahead; this one has not caught up
-		// within the wait. Nothing was written.
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: %v", what, err))
+		// An error that knows its status (a home-DC refusal) says why
+		// itself.
 	case errors.Is(err, changelog.ErrClosed):
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: the store is closed (the sidecar is shutting down); retry against a running sidecar", what))
+		writeError(w, code, fmt.Sprintf("%s: the store is closed (the sidecar is shutting down); retry against a running sidecar", what))
+		return
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		// The client left or the server is shutting down; nobody reads this.
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: request canceled before it completed; retry", what))
-	default:
+		writeError(w, code, fmt.Sprintf("%s: request canceled before it completed; retry", what))
+		return
+	case code == http.StatusInternalServerError:
 		s.log.Error("http request failed", "method", r.Method, "path", r.URL.Path, "op", what, "err", err)
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s failed inside the sidecar; the sidecar logged the details", what))
+		writeError(w, code, fmt.Sprintf("%s failed inside the sidecar; the sidecar logged the details", what))
+		return
 	}
-}
-
-// InputStatus is the HTTP status of a refused input: 413 for a value over
-// the value limit (changelog.ErrValueTooLarge), 400 for anything else.
-func InputStatus(err error) int {
-	if errors.Is(err, changelog.ErrValueTooLarge) {
-		return http.StatusRequestEntityTooLarge
-	}
-	return http.StatusBadRequest
+	writeError(w, code, fmt.Sprintf("%s: %v", what, err))
 }
 
 type errorBody struct {

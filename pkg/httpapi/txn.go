@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/apierr"
 	"github.com/replicatorhq/replicator/pkg/session"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
@@ -170,7 +171,7 @@ func (s *server) txn(w http.ResponseWriter, r *http.Request) {
 	}
 	ops, err := ParseTxn(req, s.opts.MaxKeyBytes, s.opts.MaxValueBytes)
 	if err != nil {
-		writeError(w, InputStatus(err), "txn: "+err.Error())
+		writeError(w, apierr.InputStatus(err), "txn: "+err.Error())
 		return
 	}
 	if len(tok) > 0 {

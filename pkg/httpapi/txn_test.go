@@ -85,7 +85,7 @@ func TestTxnRefusals(t *testing.T) {
 
 // TestTxnSession: a transaction answers with the session token of every
 // op, waits for the token it carries, and takes X-Repl-Wait as a single
-// write does (invariant 12).
+// write does (invariant 12 in docs/DESIGN.md).
 func TestTxnSession(t *testing.T) {
 	f := newFixture(t, Options{})
 	body := `{"ops":[{"op":"put","key":"s/a","value_text":"1"},{"op":"put","key":"s/b","value_text":"2"}]}`

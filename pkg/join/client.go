@@ -6,19 +6,17 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
-	"github.com/replicatorhq/replicator/pkg/event"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
+	"github.com/replicatorhq/replicator/pkg/setup"
 )
 
 // Options tune Run.
@@ -48,9 +46,6 @@ type Result struct {
 	Applied changelog.Applied `json:"applied"`
 }
 
-// StoreDir is where a sidecar with config cfg keeps its change log.
-func StoreDir(cfg config.Config) string { return filepath.Join(cfg.DataDir, "store") }
-
 // Run bootstraps the DC of cfg from o.From's snapshot, with the sidecar
 // stopped: it opens the DC's store (which must be empty unless o.Force),
 // imports the snapshot and deletes the DC's old durable consumers, then
@@ -67,9 +62,6 @@ func Run(ctx context.Context, cfg config.Config, nc *nats.Conn, o Options) (Resu
 	}
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 30 * time.Second
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return Result{}, fmt.Errorf("join: data_dir %s: %w", cfg.DataDir, err)
 	}
 	st, err := openStore(cfg, o)
 	if err != nil {
@@ -92,16 +84,12 @@ func Run(ctx context.Context, cfg config.Config, nc *nats.Conn, o Options) (Resu
 	return res, st.Close()
 }
 
-// openStore opens the DC's store, empty: a store holding state is refused,
-// or with o.Force wiped, keeping its own sequences as a floor.
+// openStore opens the DC's store as `replicator run` does (setup.OpenStore),
+// empty: a store holding state is refused, or with o.Force wiped, keeping
+// its own sequences as a floor.
 func openStore(cfg config.Config, o Options) (*changelog.Store, error) {
-	dir := StoreDir(cfg)
-	open := func() (*changelog.Store, error) {
-		return changelog.Open(dir, changelog.Options{
-			DC: cfg.DC, DCs: cfg.DCs, Partitions: cfg.Partitions, NoSync: !cfg.Durability.Fsync, Logger: o.Logger,
-			Limits: event.Limits{MaxKeyBytes: cfg.Limits.MaxKeyBytes, MaxValueBytes: cfg.Limits.MaxValueBytes},
-		})
-	}
+	dir := setup.StoreDir(cfg)
+	open := func() (*changelog.Store, error) { return setup.OpenStore(cfg, setup.Hooks{Logger: o.Logger}) }
 	st, err := open()
 	if errors.Is(err, changelog.ErrLocked) {
 		return nil, fmt.Errorf("join: the store of %s is in use: stop the sidecar of %s first (join writes into its store while it is stopped), then run join again: %w", cfg.DC, cfg.DC, err)
@@ -178,27 +166,19 @@ func Fetch(ctx context.Context, nc *nats.Conn, st *changelog.Store, from string,
 // ask sends one request to from's snapshot server and decodes the reply
 // into out (when not nil).
 func ask(ctx context.Context, nc *nats.Conn, from string, req request, out any, timeout time.Duration) error {
-	data, err := msgpack.Marshal(req)
-	if err != nil {
-		return err
-	}
+	req.V = rpc.Version
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	m, err := nc.RequestWithContext(ctx, Subject(from), data)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return fmt.Errorf("join: no snapshot server on %s: is %s's sidecar running, on this NATS?", Subject(from), from)
-	}
-	if err != nil {
-		return fmt.Errorf("join: %s %s: %w", req.Op, Subject(from), err)
-	}
-	if e := m.Header.Get(HeaderError); e != "" {
-		return fmt.Errorf("join: %s refused %s: %s", from, req.Op, e)
-	}
-	if out == nil {
-		return nil
-	}
-	if err := msgpackcheck.Unmarshal(m.Data, out); err != nil {
+	var refused *rpc.Refused
+	switch err := snapProtocol.Call(ctx, nc, names.SnapshotSubject(from), req, out); {
+	case errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("join: no snapshot server on %s: is %s's sidecar running, on this NATS?", names.SnapshotSubject(from), from)
+	case errors.As(err, &refused):
+		return fmt.Errorf("join: %s refused %s: %s", from, req.Op, refused.Msg)
+	case errors.Is(err, rpc.ErrBadReply):
 		return fmt.Errorf("join: %s's %s reply: %w", from, req.Op, err)
+	case err != nil:
+		return fmt.Errorf("join: %s %s: %w", req.Op, names.SnapshotSubject(from), err)
 	}
 	return nil
 }
@@ -225,14 +205,14 @@ func ResetConsumers(ctx context.Context, nc *nats.Conn, domain, dc string, dcs [
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := js.DeleteConsumer(cctx, bridge.StreamName(up), bridge.ConsumerName(dc, up))
+		err := js.DeleteConsumer(cctx, names.Stream(up), names.Consumer(dc, up))
 		cancel()
 		switch {
 		case err == nil:
 			n++
 		case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
 		default:
-			return n, fmt.Errorf("deleting the old consumer %s on %s failed: %w", bridge.ConsumerName(dc, up), bridge.StreamName(up), err)
+			return n, fmt.Errorf("deleting the old consumer %s on %s failed: %w", names.Consumer(dc, up), names.Stream(up), err)
 		}
 	}
 	return n, nil

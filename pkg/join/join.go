@@ -24,6 +24,10 @@
 // recreates them with DeliverAll and catches up from the streams: events
 // the snapshot covered are duplicates, the rest apply in order, and a gap
 // (a stream trimmed past what the snapshot covered) goes to gap repair.
+//
+// Internal to the sidecar: not a stable Go API. Its snapshot protocol
+// (repl.snap.<dc>, package rpc) is versioned wire, described in
+// docs/DESIGN.md.
 package join
 
 import (
@@ -40,11 +44,9 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/replicatorhq/replicator/changelog"
-	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
+	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 )
-
-// Subject is the subject DC dc's snapshot server listens on.
-func Subject(dc string) string { return "repl.snap." + dc }
 
 // HeaderError carries a server's error instead of a reply body.
 const HeaderError = "Repl-Snap-Error"
@@ -56,8 +58,14 @@ const (
 	opClose = "close"
 )
 
+// snapProtocol is the snapshots' request/reply.
+var snapProtocol = rpc.Protocol{Name: "snapshot", ErrorHeader: HeaderError}
+
 // request is what a joiner sends, msgpack-encoded.
 type request struct {
+	// V is the protocol version (package rpc); zero is left out, which a
+	// server reads as version 1.
+	V       int    `msgpack:"v,omitempty"`
 	Op      string `msgpack:"op"`
 	Session string `msgpack:"session,omitempty"`
 	After   string `msgpack:"after,omitempty"`
@@ -131,12 +139,12 @@ func NewServer(o ServerOptions) (*Server, error) {
 	return &Server{o: o, log: o.Logger.With("component", "join"), sessions: map[string]*session{}}, nil
 }
 
-// Start subscribes to Subject(dc) and serves until Close.
+// Start subscribes to names.SnapshotSubject(dc) and serves until Close.
 func (s *Server) Start(ctx context.Context) error {
 	reqs := make(chan *nats.Msg, 16)
-	sub, err := s.o.NC.ChanSubscribe(Subject(s.o.Store.DC()), reqs)
+	sub, err := s.o.NC.ChanSubscribe(names.SnapshotSubject(s.o.Store.DC()), reqs)
 	if err != nil {
-		return fmt.Errorf("join: subscribe %s: %w", Subject(s.o.Store.DC()), err)
+		return fmt.Errorf("join: subscribe %s: %w", names.SnapshotSubject(s.o.Store.DC()), err)
 	}
 	s.sub = sub
 	ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
@@ -201,24 +209,17 @@ func (s *Server) reap() {
 
 func (s *Server) answer(m *nats.Msg) {
 	body, err := s.handle(m.Data)
-	out := nats.NewMsg(m.Reply)
 	if err != nil {
-		out.Header.Set(HeaderError, err.Error())
 		s.log.Warn("snapshot request failed", "err", err)
-	} else {
-		out.Data = body
 	}
-	if m.Reply == "" {
-		return
-	}
-	if err := m.RespondMsg(out); err != nil {
+	if err := snapProtocol.Respond(m, body, err); err != nil {
 		s.log.Warn("snapshot reply failed", "err", err)
 	}
 }
 
 func (s *Server) handle(data []byte) ([]byte, error) {
 	var req request
-	if err := msgpackcheck.Unmarshal(data, &req); err != nil {
+	if err := snapProtocol.Decode(data, &req, &req.V); err != nil {
 		return nil, fmt.Errorf("bad request: %v", err)
 	}
 	switch req.Op {

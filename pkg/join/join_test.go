@@ -12,6 +12,8 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/rpc"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -95,7 +97,7 @@ func TestFetchBadReplies(t *testing.T) {
 		}, "read reply"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sub, err := nc.Subscribe(Subject("dc1"), func(m *nats.Msg) {
+			sub, err := nc.Subscribe(names.SnapshotSubject("dc1"), func(m *nats.Msg) {
 				var req request
 				msgpack.Unmarshal(m.Data, &req)
 				m.Respond(tc.reply(req.Op))
@@ -121,5 +123,29 @@ func TestFetchWithoutServer(t *testing.T) {
 	_, err := Fetch(context.Background(), nc, open(t, "dc2"), "dc1", 5*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "no snapshot server") {
 		t.Fatalf("fetch with no server: %v", err)
+	}
+}
+
+// TestFetchNewerReply: a snapshot server of a newer protocol version is
+// refused with an error that says so, and the store stays empty.
+func TestFetchNewerReply(t *testing.T) {
+	nc := connect(t)
+	sub, err := nc.Subscribe(names.SnapshotSubject("dc1"), func(m *nats.Msg) {
+		out := nats.NewMsg(m.Reply)
+		out.Header.Set(rpc.HeaderVersion, "2")
+		out.Data, _ = msgpack.Marshal(openReply{Session: "s"})
+		m.RespondMsg(out)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	dst := open(t, "dc2")
+	_, err = Fetch(context.Background(), nc, dst, "dc1", 5*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "protocol version 2; this DC speaks 1") {
+		t.Fatalf("fetch from a newer server: %v, want an error naming the versions", err)
+	}
+	if err := dst.CheckEmpty(); err != nil {
+		t.Fatalf("after a refused fetch: %v", err)
 	}
 }

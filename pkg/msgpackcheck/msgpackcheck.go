@@ -12,6 +12,8 @@
 // at least one), any string or binary longer than what remains, and nesting
 // deeper than MaxNesting; a value it accepts makes the decoder allocate at
 // most a few words per input byte.
+//
+// Internal to the sidecar: not a stable Go API.
 package msgpackcheck
 
 import (

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/resolve"
 )
 
@@ -59,7 +60,7 @@ func changesSetup(t *testing.T, maxPayload int32) (*nats.Conn, *changelog.Store,
 
 func changesCall(t *testing.T, nc *nats.Conn, body string) (ChangesReply, string, string) {
 	t.Helper()
-	m, err := nc.Request(Subject("dc1", "changes"), []byte(body), 5*time.Second)
+	m, err := nc.Request(names.APISubject("dc1", "changes"), []byte(body), 5*time.Second)
 	if err != nil {
 		t.Fatalf("changes %s: %v", body, err)
 	}

@@ -24,6 +24,9 @@
 // X-Repl-Wait-Timeout. A write whose wait times out still stands: its
 // answer is a normal reply, not an error, with "replicated" below what was
 // asked and "error" saying so.
+//
+// The NATS interface it serves (repl.api.<dc>.*) is API
+// (docs/INTERFACES.md); the Go package is internal to the sidecar.
 package natsapi
 
 import (
@@ -39,8 +42,10 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/apierr"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/session"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/resolve"
@@ -89,9 +94,6 @@ func (w *Wait) UnmarshalJSON(b []byte) error {
 // WriteReply answers put and del.
 type WriteReply = httpapi.WriteAnswer
 
-// Subject returns the subject of an endpoint at dc.
-func Subject(dc, op string) string { return "repl.api." + dc + "." + op }
-
 // WriteFunc is the write path put and del use.
 type WriteFunc func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error)
 
@@ -123,7 +125,7 @@ func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.
 		return nil, fmt.Errorf("natsapi: add service: %w", err)
 	}
 	h := handler{store: store, rules: rules, writeFn: write, txnFn: txn}
-	g := svc.AddGroup("repl.api." + dc)
+	g := svc.AddGroup(names.APIGroup(dc))
 	for op, fn := range map[string]func(micro.Request, Request){"get": h.get, "put": h.put, "del": h.del} {
 		if err := g.AddEndpoint(op, micro.HandlerFunc(func(r micro.Request) {
 			var req Request
@@ -180,7 +182,7 @@ func (h handler) txn(r micro.Request) {
 	lim := event.DefaultLimits()
 	ops, err := httpapi.ParseTxn(httpapi.TxnRequest{Ops: req.Ops}, lim.MaxKeyBytes, lim.MaxValueBytes)
 	if err != nil {
-		r.Error(strconv.Itoa(httpapi.InputStatus(err)), "txn: "+err.Error(), nil)
+		r.Error(strconv.Itoa(apierr.InputStatus(err)), "txn: "+err.Error(), nil)
 		return
 	}
 	tok, err := h.store.Scope().Parse(req.Session)
@@ -312,21 +314,20 @@ func (h handler) write(r micro.Request, req Request, op changelog.WriteOp) {
 	r.RespondJSON(reply)
 }
 
+// fail answers err with the status apierr.Status gives it.
 func fail(r micro.Request, err error) {
-	var se interface{ HTTPStatus() int }
+	code := strconv.Itoa(apierr.Status(err))
+	var se apierr.StatusError
 	switch {
 	case errors.As(err, &se):
-		r.Error(strconv.Itoa(se.HTTPStatus()), err.Error(), nil)
-	case errors.Is(err, changelog.ErrBadInput):
-		r.Error(strconv.Itoa(httpapi.InputStatus(err)), err.Error(), nil)
+		// It says why itself.
 	case errors.Is(err, changelog.ErrClosed):
-		r.Error("503", "the sidecar is shutting down; retry at another moment", nil)
-	case errors.Is(err, changelog.ErrContextAhead):
-		r.Error("503", err.Error(), nil)
+		r.Error(code, "the sidecar is shutting down; retry at another moment", nil)
+		return
 	case errors.Is(err, context.DeadlineExceeded):
 		// The write may still commit (or may have, at a home DC): say so.
-		r.Error("503", "the write did not complete in time and may still be applied; read the key before retrying: "+err.Error(), nil)
-	default:
-		r.Error("500", err.Error(), nil)
+		r.Error(code, "the write did not complete in time and may still be applied; read the key before retrying: "+err.Error(), nil)
+		return
 	}
+	r.Error(code, err.Error(), nil)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/resolve"
 )
 
@@ -45,7 +46,7 @@ func serve(t *testing.T) (*changelog.Store, *nats.Conn, func(op string, req any)
 	t.Cleanup(func() { svc.Stop() })
 	return st, nc, func(op string, req any) (*nats.Msg, error) {
 		b, _ := json.Marshal(req)
-		return nc.Request(Subject("dc1", op), b, 5*time.Second)
+		return nc.Request(names.APISubject("dc1", op), b, 5*time.Second)
 	}
 }
 

@@ -5,18 +5,17 @@
 //	err = n.Start(ctx) // NATS, streams, consumers, publisher, HTTP
 //	...
 //	n.Close()          // stop intake, flush the outbox, close Pebble
+//
+// Internal to the sidecar: not a stable Go API.
 package node
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -38,6 +37,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/pkg/join"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
+	"github.com/replicatorhq/replicator/pkg/setup"
 	"github.com/replicatorhq/replicator/resolve"
 )
 
@@ -112,7 +112,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
 	}
-	rules, err := Rules(cfg)
+	rules, err := setup.Rules(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -120,23 +120,17 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		cfg:   cfg,
 		opts:  opts,
 		log:   opts.Logger.With("dc", cfg.DC),
-		clock: hlc.New(opts.Now, time.Duration(cfg.Durability.MaxClockDrift)),
+		clock: setup.NewClock(cfg, opts.Now),
 		rules: rules,
 		hub:   httpapi.NewHub(256),
 		reg:   opts.Registry,
 		fatal: make(chan error, 1),
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return nil, fmt.Errorf("node: data_dir %s: %w", cfg.DataDir, err)
-	}
-	st, err := changelog.Open(join.StoreDir(cfg), changelog.Options{
-		DC:         cfg.DC,
-		DCs:        cfg.DCs,
-		Partitions: cfg.Partitions,
-		NoSync:     !cfg.Durability.Fsync,
-		Clock:      n.clock,
-		Resolvers:  rules,
-		OnCommit:   n.onCommit,
+	st, err := setup.OpenStore(cfg, setup.Hooks{
+		Rules:    rules,
+		Clock:    n.clock,
+		Now:      opts.Now,
+		OnCommit: n.onCommit,
 		OnFatal: func(err error) {
 			select {
 			case n.fatal <- err:
@@ -144,18 +138,6 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 			}
 		},
 		Logger: n.log,
-		Limits: event.Limits{MaxKeyBytes: cfg.Limits.MaxKeyBytes, MaxValueBytes: cfg.Limits.MaxValueBytes},
-		// A client that read at a DC that is ahead waits this long for
-		// this DC to catch up before its write or read is refused with
-		// 503.
-		ContextWait:        time.Duration(cfg.ContextWait),
-		TxnMaxOps:          cfg.Limits.MaxTxnOps,
-		TxnMaxBytes:        cfg.Limits.MaxTxnBytes,
-		ConflictRetention:  time.Duration(cfg.ConflictLog.Retention),
-		ConflictMaxEntries: cfg.ConflictLog.MaxEntries,
-		FeedRetention:      time.Duration(cfg.Changes.Retention),
-		FeedMaxBytes:       cfg.Changes.MaxBytes,
-		Now:                opts.Now,
 	})
 	if err != nil {
 		return nil, err
@@ -163,7 +145,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	if peer, ok, err := st.JoinIncomplete(); err != nil || ok {
 		st.Close()
 		if err == nil {
-			err = fmt.Errorf("node: the store at %s holds part of a snapshot of %s: a join was interrupted; run `replicator join --force --from DC` again", join.StoreDir(cfg), peer)
+			err = fmt.Errorf("node: the store at %s holds part of a snapshot of %s: a join was interrupted; run `replicator join --force --from DC` again", setup.StoreDir(cfg), peer)
 		}
 		return nil, err
 	}
@@ -199,44 +181,6 @@ func HomeRules(cfg config.Config) []home.Rule {
 	return out
 }
 
-// Rules builds the resolver rules of a config.
-func Rules(cfg config.Config) (*resolve.Rules, error) {
-	build := func(r config.Rule) (resolve.Resolver, error) {
-		if r.Resolver != config.External {
-			return resolve.ByName(r.Resolver, resolve.Options{Order: r.Priority, Separator: r.Separator})
-		}
-		fb := config.Rule{Resolver: r.Fallback}
-		switch r.Fallback {
-		case config.Priority:
-			fb.Priority = r.Priority
-		case config.Concat:
-			fb.Separator = r.Separator
-		}
-		fallback, err := resolve.ByName(fb.Resolver, resolve.Options{Order: fb.Priority, Separator: fb.Separator})
-		if err != nil {
-			return nil, fmt.Errorf("fallback: %w", err)
-		}
-		return resolve.External(r.Subject, time.Duration(r.Timeout), fallback), nil
-	}
-	defRule := config.Rule{Resolver: cfg.Resolvers.Default}
-	if defRule.Resolver == config.Concat {
-		defRule.Separator = config.DefaultSeparator
-	}
-	def, err := build(defRule)
-	if err != nil {
-		return nil, fmt.Errorf("resolvers.default: %w", err)
-	}
-	var rs []resolve.Rule
-	for i, r := range cfg.Resolvers.Rules {
-		res, err := build(r)
-		if err != nil {
-			return nil, fmt.Errorf("resolvers.rules[%d]: %w", i, err)
-		}
-		rs = append(rs, resolve.Rule{Prefix: r.Prefix, Resolver: res})
-	}
-	return resolve.NewRules(def, rs)
-}
-
 // Start connects to NATS (starting the embedded server when configured),
 // starts replication and serves HTTP.
 func (n *Node) Start(ctx context.Context) error {
@@ -259,13 +203,9 @@ func (n *Node) Start(ctx context.Context) error {
 	} else if url == "" {
 		url = n.cfg.NATS.URL
 	}
-	nopts, err := n.natsOptions()
+	nc, err := setup.Connect(n.cfg, setup.ConnOptions{URL: url, Forever: true, Logger: n.log})
 	if err != nil {
-		return err
-	}
-	nc, err := nats.Connect(url, nopts...)
-	if err != nil {
-		return fmt.Errorf("node: connect to NATS at %s: %w", url, err)
+		return fmt.Errorf("node: %w", err)
 	}
 	n.nc = nc
 	if mp := nc.MaxPayload(); mp > 0 {
@@ -373,62 +313,6 @@ func (n *Node) HTTPAddr() string {
 		return ""
 	}
 	return n.ln.Addr().String()
-}
-
-func (n *Node) natsOptions() ([]nats.Option, error) {
-	c := n.cfg.NATS
-	opts := []nats.Option{
-		nats.Name("replicator-" + n.cfg.DC), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-		// A per-DC inbox prefix lets NATS permissions keep each DC's
-		// replies and pulled messages (whose reply subject is the ack) away
-		// from the other DCs' credentials.
-		nats.CustomInboxPrefix("_INBOX_" + n.cfg.DC),
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
-			subject := ""
-			if sub != nil {
-				subject = sub.Subject
-			}
-			n.log.Warn("nats error", "subject", subject, "err", err)
-		}),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				n.log.Warn("disconnected from NATS; reconnecting", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { n.log.Info("reconnected to NATS", "url", c.ConnectedUrlRedacted()) }),
-	}
-	if c.Creds != "" {
-		opts = append(opts, nats.UserCredentials(c.Creds))
-	}
-	if c.User != "" {
-		opts = append(opts, nats.UserInfo(c.User, c.Password))
-	}
-	if c.Token != "" {
-		opts = append(opts, nats.Token(c.Token))
-	}
-	if c.TLS.Enabled() {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.TLS.InsecureSkipVerify} //nolint:gosec // opt-in, documented
-		if c.TLS.CA != "" {
-			pem, err := os.ReadFile(c.TLS.CA)
-			if err != nil {
-				return nil, fmt.Errorf("nats.tls.ca: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("nats.tls.ca: %s holds no PEM certificate", c.TLS.CA)
-			}
-			tc.RootCAs = pool
-		}
-		if c.TLS.Cert != "" {
-			cert, err := tls.LoadX509KeyPair(c.TLS.Cert, c.TLS.Key)
-			if err != nil {
-				return nil, fmt.Errorf("nats.tls.cert/key: %w", err)
-			}
-			tc.Certificates = []tls.Certificate{cert}
-		}
-		opts = append(opts, nats.Secure(tc))
-	}
-	return opts, nil
 }
 
 func splitListen(addr string) (string, int, error) {

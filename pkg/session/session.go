@@ -15,6 +15,9 @@
 //	header := tok.String()
 //
 // The package is pure: no I/O, no clock.
+//
+// Internal to the sidecar: not a stable Go API. The token's text form is
+// API, through the X-Repl-Session header (docs/INTERFACES.md).
 package session
 
 import (

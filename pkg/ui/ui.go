@@ -15,6 +15,8 @@
 //
 //	mux.Handle("GET /ui", ui.Handler())
 //	mux.Handle("GET /ui/", ui.Handler())
+//
+// Internal to the sidecar: the web UI's files, not a stable Go API.
 package ui
 
 import (

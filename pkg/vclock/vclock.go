@@ -11,6 +11,10 @@
 //
 // The package is pure: it has no I/O and no dependencies beyond msgpack's
 // low-level encoder for the deterministic wire form.
+//
+// API as far as pkg/event's types use it (Dot, VV) and as the text form of
+// contexts in X-Repl-Context (docs/INTERFACES.md); the rest is internal to
+// the sidecar.
 package vclock
 
 import (

@@ -27,6 +27,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/antientropy"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/demo"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
@@ -366,12 +367,12 @@ func forgetStreams(t *testing.T, url string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, dc := range dcNames {
-		s, err := js.Stream(ctx, bridge.StreamName(dc))
+		s, err := js.Stream(ctx, names.Stream(dc))
 		if err != nil {
 			t.Fatal(err)
 		}
 		for p := range demo.Config(dc, dcNames, config.Mesh, "").Partitions {
-			if err := s.Purge(ctx, jetstream.WithPurgeSubject(bridge.Subject(dc, uint32(p))), jetstream.WithPurgeKeep(1)); err != nil {
+			if err := s.Purge(ctx, jetstream.WithPurgeSubject(names.Subject(dc, uint32(p))), jetstream.WithPurgeKeep(1)); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // TestRedelivery delivers every event to a DC a second time, as when its
@@ -28,7 +29,7 @@ func TestRedelivery(t *testing.T) {
 	_, before := c.digestsEqual()
 
 	// The same message again: JetStream's dedup window drops it.
-	s, err := js.Stream(ctx, bridge.StreamName("dc1"))
+	s, err := js.Stream(ctx, names.Stream("dc1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +47,7 @@ func TestRedelivery(t *testing.T) {
 
 	// Every message again: as if no ack had arrived.
 	c.stopRep("dc2")
-	if err := js.DeleteConsumer(ctx, bridge.StreamName("dc1"), bridge.ConsumerName("dc2", "dc1")); err != nil {
+	if err := js.DeleteConsumer(ctx, names.Stream("dc1"), names.Consumer("dc2", "dc1")); err != nil {
 		t.Fatal(err)
 	}
 	c.startRep("dc2")
@@ -134,13 +135,13 @@ func TestLostTail(t *testing.T) {
 // unsynced writes would.
 func deleteMsgs(t *testing.T, ctx context.Context, js jetstream.JetStream, dc string, seqs ...uint64) {
 	t.Helper()
-	s, err := js.Stream(ctx, bridge.StreamName(dc))
+	s, err := js.Stream(ctx, names.Stream(dc))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, seq := range seqs {
 		if err := s.DeleteMsg(ctx, seq); err != nil {
-			t.Fatalf("delete message %d of %s: %v", seq, bridge.StreamName(dc), err)
+			t.Fatalf("delete message %d of %s: %v", seq, names.Stream(dc), err)
 		}
 	}
 }
@@ -290,7 +291,7 @@ func TestStreamFull(t *testing.T) {
 		s := c.nodes["dc1"].rep.Stats()
 		return s.PublishErrors > 0, fmt.Sprintf("%d published, outbox %d", s.Published, st.OutboxDepth())
 	})
-	s, err := js.Stream(ctx, bridge.StreamName("dc1"))
+	s, err := js.Stream(ctx, names.Stream("dc1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +302,7 @@ func TestStreamFull(t *testing.T) {
 	// The stream may have trimmed messages (it does once over 80% full),
 	// but only ones dc2's consumer had acknowledged: nothing it still
 	// needed was discarded.
-	cons, err := s.Consumer(ctx, bridge.ConsumerName("dc2", "dc1"))
+	cons, err := s.Consumer(ctx, names.Consumer("dc2", "dc1"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // bgWriter writes continuously at some DCs until stopped, counting writes.
@@ -91,10 +92,10 @@ func (h *healRun) healConsumers() []string {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_, err := js.Consumer(ctx, bridge.StreamName(up), bridge.HealConsumerName(dc, up))
+			_, err := js.Consumer(ctx, names.Stream(up), names.HealConsumer(dc, up))
 			cancel()
 			if err == nil {
-				out = append(out, bridge.StreamName(up)+"/"+bridge.HealConsumerName(dc, up))
+				out = append(out, names.Stream(up)+"/"+names.HealConsumer(dc, up))
 			} else if err != jetstream.ErrConsumerNotFound {
 				h.t.Logf("consumer lookup: %v", err)
 			}

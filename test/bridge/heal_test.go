@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // healAfter is the heal_after of the healing tests: ten report intervals
@@ -166,7 +167,7 @@ func (h *healRun) waitHealing(dc string, want []bridge.Bypass) {
 		for _, l := range st.Links {
 			if l.Heal {
 				heal++
-				if l.Consumer != bridge.HealConsumerName(dc, l.Upstream) {
+				if l.Consumer != names.HealConsumer(dc, l.Upstream) {
 					return false, fmt.Sprintf("heal link %+v", l)
 				}
 			}
@@ -186,10 +187,10 @@ func (h *healRun) waitHealConsumersGone(dc string) {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_, err := js.Consumer(ctx, bridge.StreamName(up), bridge.HealConsumerName(dc, up))
+			_, err := js.Consumer(ctx, names.Stream(up), names.HealConsumer(dc, up))
 			cancel()
 			if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-				return false, fmt.Sprintf("consumer %s on %s: err %v", bridge.HealConsumerName(dc, up), bridge.StreamName(up), err)
+				return false, fmt.Sprintf("consumer %s on %s: err %v", names.HealConsumer(dc, up), names.Stream(up), err)
 			}
 		}
 		return true, ""

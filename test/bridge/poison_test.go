@@ -12,6 +12,7 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -86,9 +87,9 @@ func TestPoison(t *testing.T) {
 		{name: "header mismatch", ev: mkEvent("dc1", 1_000_003, "hdr", []byte("x")), header: mismatch, reason: "headers do not match"},
 	}
 	for _, p := range poison {
-		m := &nats.Msg{Subject: bridge.Subject("dc1", 0), Data: p.data, Header: nats.Header{}}
+		m := &nats.Msg{Subject: names.Subject("dc1", 0), Data: p.data, Header: nats.Header{}}
 		if p.ev != nil {
-			m.Subject = bridge.Subject("dc1", p.ev.Partition)
+			m.Subject = names.Subject("dc1", p.ev.Partition)
 			m.Header = nats.Header(event.ToHeaders(p.ev))
 			if m.Data == nil {
 				m.Data = encode(t, p.ev)
@@ -131,7 +132,7 @@ func TestPoison(t *testing.T) {
 // dead-letter stream, checking the other dead-letter headers on the way.
 func dlqReasons(t *testing.T, ctx context.Context, js jetstream.JetStream, dc string) []string {
 	t.Helper()
-	s, err := js.Stream(ctx, bridge.DLQStreamName(dc))
+	s, err := js.Stream(ctx, names.DLQStream(dc))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // TestTopologies has every DC of a mesh, ring and star of 3 and 5 DCs write
@@ -66,7 +66,7 @@ func TestTopologies(t *testing.T) {
 							return false, fmt.Sprintf("%s trimmed %d of %d outbox entries (%d peer reports)", dc, s.Trimmed, s.Published, s.PeerReports)
 						}
 						for up, l := range s.Links {
-							if !l.Connected || l.LagEvents != 0 || l.LastApplied.IsZero() || l.Consumer != bridge.ConsumerName(dc, up) {
+							if !l.Connected || l.LagEvents != 0 || l.LastApplied.IsZero() || l.Consumer != names.Consumer(dc, up) {
 								return false, fmt.Sprintf("%s's link from %s: %+v", dc, up, l)
 							}
 						}

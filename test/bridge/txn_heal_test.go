@@ -9,14 +9,14 @@ import (
 	"github.com/replicatorhq/replicator/test/internal/txncheck"
 )
 
-// TestTxnHealRing (invariant 11, through healing): in a ring of four with
-// healing on, the forwarding DC dc2 dies for good a third of the way
-// through the other DCs' transactions. dc3 heals around it, reading dc1's
-// stream through a heal link, while readers at every live DC check that
-// no consistent snapshot and no sequence of single-key reads shows part
-// of a transaction. Before dc2 returns, every transaction committed at a
-// live DC is whole at every live DC; after it returns, everywhere, with
-// every event applied exactly once.
+// TestTxnHealRing (invariant 11 in docs/DESIGN.md, through healing): in a
+// ring of four with healing on, the forwarding DC dc2 dies for good a third
+// of the way through the other DCs' transactions. dc3 heals around it,
+// reading dc1's stream through a heal link, while readers at every live DC
+// check that no consistent snapshot and no sequence of single-key reads
+// shows part of a transaction. Before dc2 returns, every transaction
+// committed at a live DC is whole at every live DC; after it returns,
+// everywhere, with every event applied exactly once.
 func TestTxnHealRing(t *testing.T) {
 	seed := txnTestSeed(t)
 	c := newCluster(t, "ring", 4, healing("")).start()

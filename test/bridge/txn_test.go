@@ -14,10 +14,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/test/internal/txncheck"
 )
@@ -35,19 +35,19 @@ func txnTestSeed(t *testing.T) uint64 {
 	return seed
 }
 
-// TestTxnAtomicVisibility (invariant 11) has every DC of a mesh of 3, a
-// ring of 4 (events forwarded twice) and a star of 4 (the hub forwards)
-// commit transactions of 2 to 8 puts and deletes over every partition,
-// interleaved with single-key writes before and after them to the same
-// keys, while a reader at every DC checks, over and over, that one
-// consistent snapshot and single-key reads in sequence never show part of
-// a transaction (see package txncheck). In the ring, the forwarding DC
-// dc2 has its Replicator and store closed mid-stream and reopened, and a
-// transaction it had not yet taken is deleted from its upstream's stream
-// meanwhile, so dc2 must repair it from its origin while the events behind
-// it wait. Then the DCs converge, each applied every other DC's events
-// (transaction ops included) exactly once, and every committed
-// transaction is whole everywhere.
+// TestTxnAtomicVisibility (invariant 11 in docs/DESIGN.md) has every DC of a
+// mesh of 3, a ring of 4 (events forwarded twice) and a star of 4 (the hub
+// forwards) commit transactions of 2 to 8 puts and deletes over every
+// partition, interleaved with single-key writes before and after them to the
+// same keys, while a reader at every DC checks, over and over, that one
+// consistent snapshot and single-key reads in sequence never show part of a
+// transaction (see package txncheck). In the ring, the forwarding DC dc2 has
+// its Replicator and store closed mid-stream and reopened, and a transaction
+// it had not yet taken is deleted from its upstream's stream meanwhile, so
+// dc2 must repair it from its origin while the events behind it wait. Then
+// the DCs converge, each applied every other DC's events (transaction ops
+// included) exactly once, and every committed transaction is whole
+// everywhere.
 func TestTxnAtomicVisibility(t *testing.T) {
 	seed := txnTestSeed(t)
 	for _, tc := range []struct {
@@ -433,12 +433,12 @@ func (r *txnRun) loseTxn(up, dc string) *lostTxn {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	js := r.c.ns.js(t)
-	lost := &lostTxn{stream: bridge.StreamName(up)}
+	lost := &lostTxn{stream: names.Stream(up)}
 	s, err := js.Stream(ctx, lost.stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, err := s.Consumer(ctx, bridge.ConsumerName(dc, up))
+	cons, err := s.Consumer(ctx, names.Consumer(dc, up))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -447,7 +447,7 @@ func (r *txnRun) loseTxn(up, dc string) *lostTxn {
 		t.Fatal(err)
 	}
 	oc, err := js.OrderedConsumer(ctx, lost.stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{bridge.TxnSubject(up)},
+		FilterSubjects: []string{names.TxnSubject(up)},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    info.Delivered.Stream + 1,
 	})
@@ -600,7 +600,7 @@ func (r *txnRun) mustPost(dc, key string) {
 // events match.
 func findMsg(t *testing.T, ctx context.Context, js jetstream.JetStream, dc string, match func([]*event.Event) bool) uint64 {
 	t.Helper()
-	s, err := js.Stream(ctx, bridge.StreamName(dc))
+	s, err := js.Stream(ctx, names.Stream(dc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -611,16 +611,16 @@ func findMsg(t *testing.T, ctx context.Context, js jetstream.JetStream, dc strin
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
 		m, err := s.GetMsg(ctx, seq)
 		if err != nil {
-			t.Fatalf("message %d of %s: %v", seq, bridge.StreamName(dc), err)
+			t.Fatalf("message %d of %s: %v", seq, names.Stream(dc), err)
 		}
 		evs, err := event.DecodeMessage(m.Data, event.Limits{})
 		if err != nil {
-			t.Fatalf("message %d of %s: %v", seq, bridge.StreamName(dc), err)
+			t.Fatalf("message %d of %s: %v", seq, names.Stream(dc), err)
 		}
 		if match(evs) {
 			return seq
 		}
 	}
-	t.Fatalf("no such message in %s", bridge.StreamName(dc))
+	t.Fatalf("no such message in %s", names.Stream(dc))
 	return 0
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/test/internal/netproxy"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
@@ -293,19 +294,19 @@ func (c *cluster) readStream(dc, subject string) []streamMsg {
 	if subject != "" {
 		cfg.FilterSubjects = []string{subject}
 	}
-	cons, err := js.OrderedConsumer(ctx, bridge.StreamName(dc), cfg)
+	cons, err := js.OrderedConsumer(ctx, names.Stream(dc), cfg)
 	if err != nil {
-		c.t.Fatalf("read stream %s: %v", bridge.StreamName(dc), err)
+		c.t.Fatalf("read stream %s: %v", names.Stream(dc), err)
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
-		c.t.Fatalf("read stream %s: %v", bridge.StreamName(dc), err)
+		c.t.Fatalf("read stream %s: %v", names.Stream(dc), err)
 	}
 	var out []streamMsg
 	for left := info.NumPending; left > 0; {
 		batch, err := cons.Fetch(int(min(left, 512)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			c.t.Fatalf("read stream %s: %v", bridge.StreamName(dc), err)
+			c.t.Fatalf("read stream %s: %v", names.Stream(dc), err)
 		}
 		got := 0
 		for m := range batch.Messages() {
@@ -316,12 +317,12 @@ func (c *cluster) readStream(dc, subject string) []streamMsg {
 			}
 			ev, err := event.Decode(m.Data(), event.Limits{})
 			if err != nil {
-				c.t.Fatalf("%s message %d on %s: %v", bridge.StreamName(dc), md.Sequence.Stream, m.Subject(), err)
+				c.t.Fatalf("%s message %d on %s: %v", names.Stream(dc), md.Sequence.Stream, m.Subject(), err)
 			}
 			out = append(out, streamMsg{seq: md.Sequence.Stream, subject: m.Subject(), header: m.Headers(), data: m.Data(), ev: ev})
 		}
 		if err := batch.Error(); err != nil {
-			c.t.Fatalf("read stream %s: %v", bridge.StreamName(dc), err)
+			c.t.Fatalf("read stream %s: %v", names.Stream(dc), err)
 		}
 		if got == 0 {
 			break
@@ -344,7 +345,7 @@ func (c *cluster) streamEvents(dc string) []*event.Event {
 // findEvent returns origin's own event putting value at key, from
 // origin's stream, or nil if there is none.
 func (c *cluster) findEvent(origin, key, value string) *event.Event {
-	for _, m := range c.readStream(origin, bridge.Subject(origin, event.PartitionOf(key, c.opts.partitions))) {
+	for _, m := range c.readStream(origin, names.Subject(origin, event.PartitionOf(key, c.opts.partitions))) {
 		ev := m.ev
 		if ev.Origin == origin && ev.Key == key && string(ev.Value) == value && ev.Op == event.OpPut {
 			return ev

@@ -10,18 +10,18 @@ import (
 	"time"
 )
 
-// TestHotKey (docs/RELIABILITY.md row 4; invariant 6 and the bound on
-// siblings of docs/DESIGN.md "Data model") writes one key from every DC as
-// fast as the DCs take it, for 5 seconds (60 in the long form): each DC's
-// client reads the key and writes a new value with the context it read
-// (read-modify-write). A second key, under the lww rule, takes blind writes
-// from every DC at the same time. A sampler reads both keys at every DC every
-// 25ms. It requires, at every sample, at most one sibling per DC and a key
-// count that does not move, and that the key's size (its GET answer) does not
-// grow with time: the last quarter of the run may not exceed the first
-// quarter's largest size by more than the digits its counters gained. The
-// conflict log of the lww key is an audit record and grows by design; its
-// growth rate is a figure.
+// TestHotKey (invariant 6 and the bound on siblings of docs/DESIGN.md "Data
+// model"; figures in docs/RELIABILITY.md, "Hot key") writes one key from
+// every DC as fast as the DCs take it, for 5 seconds (60 in the long form):
+// each DC's client reads the key and writes a new value with the context it
+// read (read-modify-write). A second key, under the lww rule, takes blind
+// writes from every DC at the same time. A sampler reads both keys at every
+// DC every 25ms. It requires, at every sample, at most one sibling per DC
+// and a key count that does not move, and that the key's size (its GET
+// answer) does not grow with time: the last quarter of the run may not
+// exceed the first quarter's largest size by more than the digits its
+// counters gained. The conflict log of the lww key is an audit record and
+// grows by design; its growth rate is a figure.
 func TestHotKey(t *testing.T) {
 	begin := time.Now()
 	seed := testSeed(t)

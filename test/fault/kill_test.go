@@ -11,12 +11,12 @@ import (
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
-// TestSIGKILL (docs/RELIABILITY.md row 1; docs/DESIGN.md, invariants 1, 3
-// and 4) SIGKILLs sidecar processes of a 3-DC mesh
-// at random moments while every DC takes concurrent writes on ~1k keys,
-// restarts them, and requires after the heal that every acknowledged
-// write is accounted for, that the digests are equal, and that nothing
-// was applied twice.
+// TestSIGKILL (docs/DESIGN.md, invariants 1, 3 and 4; figures in
+// docs/RELIABILITY.md, "SIGKILL of sidecar processes") SIGKILLs sidecar
+// processes of a 3-DC mesh at random moments while every DC takes concurrent
+// writes on ~1k keys, restarts them, and requires after the heal that every
+// acknowledged write is accounted for, that the digests are equal, and that
+// nothing was applied twice.
 //
 // Nothing applied twice is checked two ways. From outside, by the ledger:
 // each live value carries the dot its write was acknowledged with and

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/test/internal/ledger"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
@@ -70,7 +71,7 @@ func TestFullStreamTrimsItself(t *testing.T) {
 		defer nc.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if s, err := js.Stream(ctx, bridge.StreamName("dc1")); err == nil {
+		if s, err := js.Stream(ctx, names.Stream("dc1")); err == nil {
 			info, _ := s.Info(ctx)
 			t.Logf("REPL_dc1: %d messages, %d bytes of max %d; first seq %d", info.State.Msgs, info.State.Bytes, info.Config.MaxBytes, info.State.FirstSeq)
 		}

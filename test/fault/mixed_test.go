@@ -18,22 +18,23 @@ import (
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/hlc"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
-// TestMixedVersions (docs/RELIABILITY.md row 6; docs/DESIGN.md "The change
-// event (schema v1)": unknown fields pass through) runs a ring of 4, dc1 →
-// dc2 → dc3 → dc4 → dc1, in which dc1 is a newer version: the test plays it,
-// and publishes onto repl.dc1.<p> events that carry fields this build does
-// not know (a string, a nested map with an array and bytes, an integer),
-// spliced into the msgpack map after the known fields. dc2, dc3 and dc4 run
-// this build. Each must apply the events, and dc2 and dc3 must forward them
-// with the unknown fields intact, byte for byte, in order: the events in
-// REPL_dc2 and REPL_dc3 decode to the same unknown fields (as MarshalJSON
-// shows them) and hold the same raw bytes. dc4 must not forward them back to
-// their origin, and nothing may be dead-lettered. The long form sends more
-// events, through every partition.
+// TestMixedVersions (docs/DESIGN.md "The change event (schema v1)": unknown
+// fields pass through; figures in docs/RELIABILITY.md, "Mixed versions")
+// runs a ring of 4, dc1 → dc2 → dc3 → dc4 → dc1, in which dc1 is a newer
+// version: the test plays it, and publishes onto repl.dc1.<p> events that
+// carry fields this build does not know (a string, a nested map with an
+// array and bytes, an integer), spliced into the msgpack map after the known
+// fields. dc2, dc3 and dc4 run this build. Each must apply the events, and
+// dc2 and dc3 must forward them with the unknown fields intact, byte for
+// byte, in order: the events in REPL_dc2 and REPL_dc3 decode to the same
+// unknown fields (as MarshalJSON shows them) and hold the same raw bytes.
+// dc4 must not forward them back to their origin, and nothing may be
+// dead-lettered. The long form sends more events, through every partition.
 func TestMixedVersions(t *testing.T) {
 	begin := time.Now()
 	seed := testSeed(t)
@@ -78,7 +79,7 @@ func TestMixedVersions(t *testing.T) {
 		}
 		h := nats.Header(event.ToHeaders(ev))
 		h.Set(bridge.HeaderSeqHi, fmt.Sprint(seqs[p]))
-		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: bridge.Subject("dc1", p), Header: h, Data: data}, jetstream.WithExpectStream(bridge.StreamName("dc1"))); err != nil {
+		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: names.Subject("dc1", p), Header: h, Data: data}, jetstream.WithExpectStream(names.Stream("dc1"))); err != nil {
 			t.Fatal(err)
 		}
 		s := &sentEvent{ev: ev, data: data, unknown: unknownJSON(t, dec), tailLen: tailLen}
@@ -182,7 +183,7 @@ func TestMixedVersions(t *testing.T) {
 			t.Errorf("%s dead-lettered %d messages", m.name, st.DeadLetters)
 		}
 	}
-	cons, err := js.Consumer(ctx, bridge.StreamName("dc3"), bridge.ConsumerName("dc4", "dc3"))
+	cons, err := js.Consumer(ctx, names.Stream("dc3"), names.Consumer("dc4", "dc3"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,12 +12,14 @@ import (
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/test/internal/ledger"
 )
 
-// TestNATSFaults (docs/RELIABILITY.md row 2; invariants 2, 3, 4 and 10 of
-// docs/DESIGN.md) runs three faults one after the other,
-// in mesh, ring and star, while every DC takes writes:
+// TestNATSFaults (invariants 2, 3, 4 and 10 of docs/DESIGN.md; figures in
+// docs/RELIABILITY.md, "NATS restarted, a link cut, a sidecar paused") runs
+// three faults one after the other, in mesh, ring and star, while every DC
+// takes writes:
 //
 //   - the NATS server is shut down and started again on the same store dir
 //     and port;
@@ -171,7 +173,7 @@ func deliveredTo(t *testing.T, c *cluster, dc string) map[string]uint64 {
 	defer cancel()
 	out := map[string]uint64{}
 	for _, up := range plan.Upstreams {
-		cons, err := js.Consumer(ctx, bridge.StreamName(up), bridge.ConsumerName(dc, up))
+		cons, err := js.Consumer(ctx, names.Stream(up), names.Consumer(dc, up))
 		if err != nil {
 			t.Fatalf("consumer of %s on %s: %v", dc, up, err)
 		}
@@ -209,7 +211,7 @@ func loseMessages(t *testing.T, c *cluster, dc string, delivered map[string]uint
 	}
 	slices.Sort(ups)
 	for _, up := range ups {
-		s, err := js.Stream(ctx, bridge.StreamName(up))
+		s, err := js.Stream(ctx, names.Stream(up))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,9 +235,9 @@ func loseMessages(t *testing.T, c *cluster, dc string, delivered map[string]uint
 				continue // dc's own event, or one that passed it
 			}
 			if err := s.DeleteMsg(ctx, seq); err != nil {
-				t.Fatalf("delete message %d of %s: %v", seq, bridge.StreamName(up), err)
+				t.Fatalf("delete message %d of %s: %v", seq, names.Stream(up), err)
 			}
-			out = append(out, fmt.Sprintf("%s@%s#%d", msg.Header.Get(event.HeaderDot), bridge.StreamName(up), seq))
+			out = append(out, fmt.Sprintf("%s@%s#%d", msg.Header.Get(event.HeaderDot), names.Stream(up), seq))
 			n++
 		}
 	}

@@ -11,16 +11,17 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/test/internal/ledger"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
-// TestPartitionDeletes (docs/RELIABILITY.md row 5; docs/DESIGN.md,
-// invariant 8) cuts dc3's link while dc1 and dc2
-// delete every key (200; 1000 in the long form) and update some of them
-// concurrently, each delete reading the key first and deleting with the
-// context it read. dc3 meanwhile updates a fifth of the keys, concurrently
-// with their deletes. It requires:
+// TestPartitionDeletes (docs/DESIGN.md, invariant 8; figures in
+// docs/RELIABILITY.md, "One DC partitioned during deletes") cuts dc3's link
+// while dc1 and dc2 delete every key (200; 1000 in the long form) and update
+// some of them concurrently, each delete reading the key first and deleting
+// with the context it read. dc3 meanwhile updates a fifth of the keys,
+// concurrently with their deletes. It requires:
 //
 //   - while dc3 is cut off, dc1 and dc2 keep every tombstone of the
 //     partition: none is purged before every DC covers it;
@@ -312,7 +313,7 @@ func replayAll(t *testing.T, c *cluster) uint64 {
 		}
 		for _, up := range plan.Upstreams {
 			links = append(links, link{dc, up})
-			s, err := js.Stream(ctx, bridge.StreamName(up))
+			s, err := js.Stream(ctx, names.Stream(up))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -321,14 +322,14 @@ func replayAll(t *testing.T, c *cluster) uint64 {
 				t.Fatal(err)
 			}
 			total += info.State.Msgs
-			if err := js.DeleteConsumer(ctx, bridge.StreamName(up), bridge.ConsumerName(dc, up)); err != nil {
-				t.Fatalf("delete consumer %s: %v", bridge.ConsumerName(dc, up), err)
+			if err := js.DeleteConsumer(ctx, names.Stream(up), names.Consumer(dc, up)); err != nil {
+				t.Fatalf("delete consumer %s: %v", names.Consumer(dc, up), err)
 			}
 		}
 	}
 	err := sidecar.WaitFor(time.Minute, 50*time.Millisecond, func() bool {
 		for _, l := range links {
-			cons, err := js.Consumer(ctx, bridge.StreamName(l.up), bridge.ConsumerName(l.dc, l.up))
+			cons, err := js.Consumer(ctx, names.Stream(l.up), names.Consumer(l.dc, l.up))
 			if err != nil {
 				return false
 			}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
@@ -197,7 +198,7 @@ func TestSessionGuarantees(t *testing.T) {
 	nc, _ := c.js()
 	natsCall := func(dc, op, req string) (natsapi.WriteReply, string) {
 		t.Helper()
-		m, err := nc.Request(natsapi.Subject(dc, op), []byte(req), 15*time.Second)
+		m, err := nc.Request(names.APISubject(dc, op), []byte(req), 15*time.Second)
 		if err != nil {
 			t.Fatalf("NATS %s at %s: %v", op, dc, err)
 		}

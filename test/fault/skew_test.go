@@ -30,11 +30,12 @@ func (s *skewedClock) now() time.Time { return time.Now().Add(time.Duration(s.of
 // jump moves the clock by d.
 func (s *skewedClock) jump(d time.Duration) { s.offset.Add(int64(d)) }
 
-// TestClockSkew (docs/RELIABILITY.md row 3; invariants 5 and 6 and the HLC
-// of docs/DESIGN.md "Data model") runs three in-process DCs whose physical
-// clocks disagree: dc1 is 5 minutes ahead, and dc3's clock jumps back 10
-// seconds in the middle of the run (the long form also puts dc2 5 minutes
-// behind and makes dc3 jump back three times). Meanwhile clients write:
+// TestClockSkew (invariants 5 and 6 and the HLC of docs/DESIGN.md "Data
+// model"; figures in docs/RELIABILITY.md, "Clock skew") runs three
+// in-process DCs whose physical clocks disagree: dc1 is 5 minutes ahead, and
+// dc3's clock jumps back 10 seconds in the middle of the run (the long form
+// also puts dc2 5 minutes behind and makes dc3 jump back three times).
+// Meanwhile clients write:
 //
 //   - causal chains on lww keys: each write carries the context of the one
 //     before it, and hops between DCs, half the time writing at a DC that

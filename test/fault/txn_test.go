@@ -20,19 +20,19 @@ import (
 	"github.com/replicatorhq/replicator/test/internal/txncheck"
 )
 
-// TestTxnRingSIGKILL (invariant 11; issue 11, "a real-NATS test checks
-// atomic visibility") runs a ring of 3 sidecar processes, dc1 → dc2 → dc3
-// → dc1, in which clients at every DC POST /v1/txn transactions of 2 to 8
-// puts and deletes (package txncheck plans them), each after single-key
-// PUTs of the values it overwrites and deletes, and some followed by a
-// single-key PUT that overtakes it. A reader at every DC polls GET
-// /v1/kv?prefix= (one consistent snapshot) and reads the latest
-// transactions of the other DCs key by key, and must never see a
-// transaction in part. dc2, which forwards dc1's transactions to dc3, is
-// SIGKILLed at random moments and restarted while all this goes on.
-// Afterwards the DCs converge, every acknowledged transaction is whole at
-// every DC, and dc1 and dc3 (never killed) applied each remote event,
-// transaction ops included, exactly once.
+// TestTxnRingSIGKILL (invariant 11 in docs/DESIGN.md, and its "Transactions
+// (invariant 11)" section: atomic visibility checked on real NATS) runs a
+// ring of 3 sidecar processes, dc1 → dc2 → dc3 → dc1, in which clients at
+// every DC POST /v1/txn transactions of 2 to 8 puts and deletes (package
+// txncheck plans them), each after single-key PUTs of the values it
+// overwrites and deletes, and some followed by a single-key PUT that
+// overtakes it. A reader at every DC polls GET /v1/kv?prefix= (one
+// consistent snapshot) and reads the latest transactions of the other DCs
+// key by key, and must never see a transaction in part. dc2, which forwards
+// dc1's transactions to dc3, is SIGKILLed at random moments and restarted
+// while all this goes on. Afterwards the DCs converge, every acknowledged
+// transaction is whole at every DC, and dc1 and dc3 (never killed) applied
+// each remote event, transaction ops included, exactly once.
 func TestTxnRingSIGKILL(t *testing.T) {
 	begin := time.Now()
 	seed := testSeed(t)

@@ -24,6 +24,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/home"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
 	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -296,7 +297,7 @@ func (c *cluster) natsPut(dc, key, value string) *nats.Msg {
 	}
 	defer nc.Close()
 	req, _ := json.Marshal(natsapi.Request{Key: key, ValueText: &value})
-	msg, err := nc.Request(natsapi.Subject(dc, "put"), req, 10*time.Second)
+	msg, err := nc.Request(names.APISubject(dc, "put"), req, 10*time.Second)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -62,9 +62,9 @@ func partialOrders(st *changelog.Store) ([]string, int, error) {
 	return bad, len(want), err
 }
 
-// TestJoinDuringTransactions (invariant 11, through join): dc4 joins from
-// dc1 while dc1, dc2 and dc3 commit orders with their lines as
-// transactions. The snapshot dc4 imports is one Pebble snapshot, so it
+// TestJoinDuringTransactions (invariant 11 in docs/DESIGN.md, through join):
+// dc4 joins from dc1 while dc1, dc2 and dc3 commit orders with their lines
+// as transactions. The snapshot dc4 imports is one Pebble snapshot, so it
 // holds each transaction whole or not at all, and dc4's catch-up from the
 // streams applies the rest whole: a reader at dc4, from the moment it
 // starts, never sees an order with only some of its lines; at the end every

@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
 
@@ -24,7 +24,7 @@ func TestDeadLettersUnderLeastPrivilege(t *testing.T) {
 	m.startAll()
 	admin := dial(t, s.ClientURL(), "admin")
 	ctx := longCtx(t)
-	poison := &nats.Msg{Subject: bridge.Subject("dc1", 0), Data: []byte("\xc1 not an event"), Header: nats.Header{}}
+	poison := &nats.Msg{Subject: names.Subject("dc1", 0), Data: []byte("\xc1 not an event"), Header: nats.Header{}}
 	if _, err := admin.js.PublishMsg(ctx, poison); err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/demo"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
 )
 
@@ -356,7 +357,7 @@ func dial(t *testing.T, url, user string) *client {
 	if strings.HasPrefix(user, "dc") {
 		// DC users get replies only under their own inbox prefix, as the
 		// sidecar uses it.
-		opts = append(opts, nats.CustomInboxPrefix("_INBOX_"+user))
+		opts = append(opts, nats.CustomInboxPrefix(names.Inbox(user)))
 	}
 	nc, err := nats.Connect(url, append(opts,
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {

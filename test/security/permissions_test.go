@@ -19,9 +19,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/antientropy"
 	"github.com/replicatorhq/replicator/pkg/event"
-	"github.com/replicatorhq/replicator/pkg/home"
-	"github.com/replicatorhq/replicator/pkg/join"
-	"github.com/replicatorhq/replicator/pkg/natsapi"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // TestLeastPrivilege runs a three-DC mesh on configs/nats-permissions.conf,
@@ -47,8 +45,8 @@ func TestLeastPrivilege(t *testing.T) {
 	// dc1's sidecar creates the consumer it lost again and reads dc2's
 	// stream from the start (the replay).
 	replayed := func() bool {
-		cons, err := admin.js.Consumer(longCtx(t), bridge.StreamName("dc2"), bridge.ConsumerName("dc1", "dc2"))
-		return err == nil && cons.CachedInfo().AckFloor.Stream == admin.lastSeq(t, bridge.StreamName("dc2"))
+		cons, err := admin.js.Consumer(longCtx(t), names.Stream("dc2"), names.Consumer("dc1", "dc2"))
+		return err == nil && cons.CachedInfo().AckFloor.Stream == admin.lastSeq(t, names.Stream("dc2"))
 	}
 	for deadline := time.Now().Add(20 * time.Second); !replayed(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -95,19 +93,19 @@ func allowed(t *testing.T, m *mesh, admin *client) {
 	c := dial(t, m.url, "dc1")
 	ctx := longCtx(t)
 
-	own, err := c.js.Stream(ctx, bridge.StreamName("dc1"))
+	own, err := c.js.Stream(ctx, names.Stream("dc1"))
 	if err != nil {
 		t.Fatalf("look up its own stream: %v", err)
 	}
-	if _, err := c.js.Stream(ctx, bridge.DLQStreamName("dc1")); err != nil {
+	if _, err := c.js.Stream(ctx, names.DLQStream("dc1")); err != nil {
 		t.Fatalf("look up its own dead-letter stream: %v", err)
 	}
 	// Trimming: the last message of a partition, the downstreams' ack
 	// floors, a purge of a subject below a sequence (1: nothing).
-	before := admin.msgs(t, bridge.StreamName("dc1"))
+	before := admin.msgs(t, names.Stream("dc1"))
 	found := false
 	for p := range uint32(8) {
-		subj := bridge.Subject("dc1", p)
+		subj := names.Subject("dc1", p)
 		_, err := own.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
@@ -123,17 +121,17 @@ func allowed(t *testing.T, m *mesh, admin *client) {
 	if !found {
 		t.Fatal("no partition of REPL_dc1 holds a message after the writes")
 	}
-	if after := admin.msgs(t, bridge.StreamName("dc1")); after != before {
+	if after := admin.msgs(t, names.Stream("dc1")); after != before {
 		t.Fatalf("a purge below sequence 1 removed messages: %d -> %d", before, after)
 	}
 	for _, down := range []string{"dc2", "dc3"} {
-		if _, err := own.Consumer(ctx, bridge.ConsumerName(down, "dc1")); err != nil {
+		if _, err := own.Consumer(ctx, names.Consumer(down, "dc1")); err != nil {
 			t.Fatalf("read %s's consumer on its own stream: %v", down, err)
 		}
 	}
 	// Restore: an ordered consumer on its own stream.
 	oc, err := own.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{bridge.Subject("dc1", 0), bridge.Subject("dc1", 1)}})
+		FilterSubjects: []string{names.Subject("dc1", 0), names.Subject("dc1", 1)}})
 	if err != nil {
 		t.Fatalf("ordered consumer on its own stream: %v", err)
 	}
@@ -149,10 +147,10 @@ func allowed(t *testing.T, m *mesh, admin *client) {
 	// Lag, and replay: deleting its own consumer on an upstream (the
 	// running sidecar creates it again and reads dc2's stream from the
 	// start; convergence afterwards shows it).
-	if _, err := c.js.Consumer(ctx, bridge.StreamName("dc2"), bridge.ConsumerName("dc1", "dc2")); err != nil {
+	if _, err := c.js.Consumer(ctx, names.Stream("dc2"), names.Consumer("dc1", "dc2")); err != nil {
 		t.Fatalf("read its consumer on dc2's stream: %v", err)
 	}
-	if err := c.js.DeleteConsumer(ctx, bridge.StreamName("dc2"), bridge.ConsumerName("dc1", "dc2")); err != nil {
+	if err := c.js.DeleteConsumer(ctx, names.Stream("dc2"), names.Consumer("dc1", "dc2")); err != nil {
 		t.Fatalf("delete its consumer on dc2's stream (replay): %v", err)
 	}
 	// Repair: ask dc2 for its first event of a partition it wrote in. Once
@@ -171,7 +169,7 @@ func allowed(t *testing.T, m *mesh, admin *client) {
 		t.Fatal("dc2 wrote nothing")
 	}
 	req, _ := msgpack.Marshal(bridge.RepairRequest{Partition: uint32(p), From: 1, To: 1})
-	reply, err := c.nc.RequestWithContext(ctx, bridge.RepairSubject("dc2"), req)
+	reply, err := c.nc.RequestWithContext(ctx, names.RepairSubject("dc2"), req)
 	if err != nil {
 		t.Fatalf("repair request to dc2: %v", err)
 	}
@@ -193,7 +191,7 @@ func allowed(t *testing.T, m *mesh, admin *client) {
 	// through allow_responses.
 	app := dial(t, m.url, "app_dc1")
 	body, _ := json.Marshal(map[string]string{"key": "user/from-app", "value_text": "hello"})
-	reply, err = app.nc.RequestWithContext(ctx, natsapi.Subject("dc1", "put"), body)
+	reply, err = app.nc.RequestWithContext(ctx, names.APISubject("dc1", "put"), body)
 	if err != nil {
 		t.Fatalf("app_dc1: put through dc1's NATS API: %v", err)
 	}
@@ -239,12 +237,12 @@ func allowed(t *testing.T, m *mesh, admin *client) {
 // denied tries, as dc1, everything a DC's credentials must not allow, each
 // on its own connection so that the violation it expects is its own.
 func denied(t *testing.T, url string, admin *client) {
-	dc2Stream, dc2DLQ := bridge.StreamName("dc2"), bridge.DLQStreamName("dc2")
+	dc2Stream, dc2DLQ := names.Stream("dc2"), names.DLQStream("dc2")
 
 	t.Run("publish into dc2's stream", func(t *testing.T) {
 		c := dial(t, url, "dc1")
 		before := admin.msgs(t, dc2Stream)
-		subj := bridge.Subject("dc2", 0)
+		subj := names.Subject("dc2", 0)
 		msg := &nats.Msg{Subject: subj, Header: nats.Header{jetstream.MsgIDHeader: {"dc2:0:999999"}}, Data: []byte("forged")}
 		c.refused(t, subj, func(ctx context.Context) error { _, err := c.js.PublishMsg(ctx, msg); return err })
 		if after := admin.msgs(t, dc2Stream); after != before {
@@ -254,7 +252,7 @@ func denied(t *testing.T, url string, admin *client) {
 	t.Run("publish dc2's dead letters", func(t *testing.T) {
 		c := dial(t, url, "dc1")
 		before := admin.msgs(t, dc2DLQ)
-		subj := bridge.DLQSubject("dc2")
+		subj := names.DLQSubject("dc2")
 		if err := c.nc.Publish(subj, []byte("forged")); err != nil {
 			t.Fatal(err)
 		}
@@ -265,7 +263,7 @@ func denied(t *testing.T, url string, admin *client) {
 	})
 	t.Run("publish dc2's applied vector", func(t *testing.T) {
 		c := dial(t, url, "dc1")
-		subj := bridge.AppliedSubject("dc2")
+		subj := names.AppliedSubject("dc2")
 		got := make(chan struct{}, 1)
 		sub, err := admin.nc.Subscribe(subj, func(m *nats.Msg) {
 			if string(m.Data) == "forged-applied-vector" {
@@ -291,10 +289,10 @@ func denied(t *testing.T, url string, admin *client) {
 	})
 	t.Run("call dc2's NATS API", func(t *testing.T) {
 		c := dial(t, url, "dc1")
-		subj := natsapi.Subject("dc2", "put")
+		subj := names.APISubject("dc2", "put")
 		c.refused(t, subj, request(c, subj, `{"key":"user/x","value_text":"forged"}`))
 	})
-	for _, stream := range []string{dc2Stream, bridge.StreamName("dc1")} {
+	for _, stream := range []string{dc2Stream, names.Stream("dc1")} {
 		t.Run("delete stream "+stream, func(t *testing.T) {
 			c := dial(t, url, "dc1")
 			c.refused(t, "$JS.API.STREAM.DELETE."+stream, func(ctx context.Context) error { return c.js.DeleteStream(ctx, stream) })
@@ -325,7 +323,7 @@ func denied(t *testing.T, url string, admin *client) {
 	})
 	t.Run("update its own stream", func(t *testing.T) {
 		c := dial(t, url, "dc1")
-		stream := bridge.StreamName("dc1")
+		stream := names.Stream("dc1")
 		cfg := bridge.StreamConfig("dc1", 8, bridge.StreamOptions{})
 		cfg.MaxAge = time.Second // would expire events before downstreams read them
 		c.refused(t, "$JS.API.STREAM.UPDATE."+stream, func(ctx context.Context) error { _, err := c.js.UpdateStream(ctx, cfg); return err })
@@ -345,7 +343,7 @@ func denied(t *testing.T, url string, admin *client) {
 			t.Fatalf("stream SPY after dc1's refused create: %v", err)
 		}
 	})
-	for _, name := range []string{bridge.ConsumerName("dc3", "dc2"), "spy"} {
+	for _, name := range []string{names.Consumer("dc3", "dc2"), "spy"} {
 		t.Run("create consumer "+name+" on dc2's stream", func(t *testing.T) {
 			c := dial(t, url, "dc1")
 			cfg := jetstream.ConsumerConfig{Durable: name, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverNewPolicy}
@@ -366,7 +364,7 @@ func denied(t *testing.T, url string, admin *client) {
 	}
 	// Another DC's consumer on an upstream, and a downstream's consumer on
 	// dc1's own stream (the deny list).
-	for _, sc := range [][2]string{{dc2Stream, bridge.ConsumerName("dc3", "dc2")}, {bridge.StreamName("dc1"), bridge.ConsumerName("dc2", "dc1")}} {
+	for _, sc := range [][2]string{{dc2Stream, names.Consumer("dc3", "dc2")}, {names.Stream("dc1"), names.Consumer("dc2", "dc1")}} {
 		stream, name := sc[0], sc[1]
 		t.Run("delete consumer "+name, func(t *testing.T) {
 			c := dial(t, url, "dc1")
@@ -409,7 +407,7 @@ func denied(t *testing.T, url string, admin *client) {
 	}
 	t.Run("ack for dc3's consumer", func(t *testing.T) {
 		c := dial(t, url, "dc1")
-		subj := "$JS.ACK." + dc2Stream + "." + bridge.ConsumerName("dc3", "dc2") + ".1.1.1.0.0"
+		subj := "$JS.ACK." + dc2Stream + "." + names.Consumer("dc3", "dc2") + ".1.1.1.0.0"
 		if err := c.nc.Publish(subj, []byte("+ACK")); err != nil {
 			t.Fatal(err)
 		}
@@ -417,12 +415,12 @@ func denied(t *testing.T, url string, admin *client) {
 	})
 	t.Run("run dc2's anti-entropy", func(t *testing.T) {
 		c := dial(t, url, "dc1")
-		subj := antientropy.RunSubject("dc2")
+		subj := names.AntiEntropyRunSubject("dc2")
 		c.refused(t, subj, request(c, subj, ""))
 	})
 	for _, sc := range [][2]string{
-		{bridge.RepairSubject("dc2"), ""}, {natsapi.Subject("dc2", "put"), "q"}, {antientropy.Subject("dc2"), ""},
-		{antientropy.RunSubject("dc2"), ""}, {join.Subject("dc2"), ""}, {home.Subject("dc2"), ""},
+		{names.RepairSubject("dc2"), ""}, {names.APISubject("dc2", "put"), "q"}, {names.AntiEntropySubject("dc2"), ""},
+		{names.AntiEntropyRunSubject("dc2"), ""}, {names.SnapshotSubject("dc2"), ""}, {names.HomeSubject("dc2"), ""},
 		{"repl.dc2.>", ""}, {"repl.>", ""},
 	} {
 		subj, queue := sc[0], sc[1]
@@ -440,24 +438,24 @@ func denied(t *testing.T, url string, admin *client) {
 func appDenied(t *testing.T, url string, admin *client) {
 	t.Run("app_dc1 publishes an event", func(t *testing.T) {
 		c := dial(t, url, "app_dc1")
-		before := admin.msgs(t, bridge.StreamName("dc1"))
-		subj := bridge.Subject("dc1", 0)
+		before := admin.msgs(t, names.Stream("dc1"))
+		subj := names.Subject("dc1", 0)
 		if err := c.nc.Publish(subj, []byte("forged")); err != nil {
 			t.Fatal(err)
 		}
 		c.violation(t, "Publish", subj)
-		if after := admin.msgs(t, bridge.StreamName("dc1")); after != before {
+		if after := admin.msgs(t, names.Stream("dc1")); after != before {
 			t.Fatalf("REPL_dc1 went from %d to %d messages", before, after)
 		}
 	})
 	t.Run("app_dc1 calls dc2's API", func(t *testing.T) {
 		c := dial(t, url, "app_dc1")
-		subj := natsapi.Subject("dc2", "get")
+		subj := names.APISubject("dc2", "get")
 		c.refused(t, subj, request(c, subj, `{"key":"user/1"}`))
 	})
 	t.Run("resolver publishes", func(t *testing.T) {
 		c := dial(t, url, "resolver")
-		for _, subj := range []string{bridge.Subject("dc1", 0), natsapi.Subject("dc1", "put")} {
+		for _, subj := range []string{names.Subject("dc1", 0), names.APISubject("dc1", "put")} {
 			if err := c.nc.Publish(subj, []byte("forged")); err != nil {
 				t.Fatal(err)
 			}

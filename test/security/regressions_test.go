@@ -12,11 +12,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/antientropy"
 	"github.com/replicatorhq/replicator/pkg/demo"
-	"github.com/replicatorhq/replicator/pkg/natsapi"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
 )
 
@@ -50,7 +49,7 @@ func TestFutureContextDiverges(t *testing.T) {
 	// The application's own user, through dc1's NATS API.
 	app := dial(t, m.url, "app_dc1")
 	body, _ := json.Marshal(map[string]string{"key": key, "value_text": "from-dc1", "context": "{dc2:1000}"})
-	reply, err := app.nc.RequestWithContext(longCtx(t), natsapi.Subject("dc1", "put"), body)
+	reply, err := app.nc.RequestWithContext(longCtx(t), names.APISubject("dc1", "put"), body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +108,7 @@ func TestInboxIsolation(t *testing.T) {
 	m := newMesh(t, s.ClientURL())
 	m.startAll()
 	spy := dial(t, m.url, "dc3")
-	ackSubject := "$JS.ACK." + bridge.StreamName("dc2") + "." + bridge.ConsumerName("dc1", "dc2") + "."
+	ackSubject := "$JS.ACK." + names.Stream("dc2") + "." + names.Consumer("dc1", "dc2") + "."
 	seen := make(chan *nats.Msg, 64)
 	if _, err := spy.nc.Subscribe("_INBOX.>", func(msg *nats.Msg) {
 		if strings.HasPrefix(msg.Reply, ackSubject) {

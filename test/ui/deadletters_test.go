@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // TestDeadLetters publishes a poison message onto dc1's stream: dc2 and
@@ -31,9 +31,9 @@ func TestDeadLetters(t *testing.T) {
 			t.Errorf("%s: sequences %d then %d, want newest first", dc, newest.Seq, older.Seq)
 		}
 		for _, m := range d.DeadLetters {
-			if !strings.Contains(m.Reason, "malformed") || m.Upstream != "dc1" || m.Subject != bridge.Subject("dc1", 0) ||
+			if !strings.Contains(m.Reason, "malformed") || m.Upstream != "dc1" || m.Subject != names.Subject("dc1", 0) ||
 				m.StreamSeq == 0 || m.Size != len("\xc1 this is not msgpack") || m.Time.IsZero() {
-				t.Errorf("%s: dead letter %+v, want reason malformed from dc1 on %s with its stream sequence, size and time", dc, m, bridge.Subject("dc1", 0))
+				t.Errorf("%s: dead letter %+v, want reason malformed from dc1 on %s with its stream sequence, size and time", dc, m, names.Subject("dc1", 0))
 			}
 		}
 		if newest.StreamSeq <= older.StreamSeq {

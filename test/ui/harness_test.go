@@ -25,6 +25,7 @@ import (
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/demo"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
@@ -188,7 +189,7 @@ func (c *cluster) poison(up string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	m := &nats.Msg{Subject: bridge.Subject(up, 0), Data: []byte("\xc1 this is not msgpack"), Header: nats.Header{}}
+	m := &nats.Msg{Subject: names.Subject(up, 0), Data: []byte("\xc1 this is not msgpack"), Header: nats.Header{}}
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		c.t.Fatalf("publish poison to %s: %v", up, err)
 	}
