@@ -63,7 +63,6 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
@@ -128,7 +127,7 @@ type DC struct {
 	ID    string
 	Store *changelog.Store
 	Clock *Clock
-	Plan  bridge.Plan
+	Plan  core.Plan
 	fs    vfs.FS
 	// published is the last outbox index sent down the DC's links; the
 	// links play the DC's stream, which outlives a restart.
@@ -213,7 +212,7 @@ func New(opts Options) (*Cluster, error) {
 			c.Close()
 			return nil, fmt.Errorf("sim: dc %q listed twice", id)
 		}
-		plan, err := bridge.NewPlan(opts.Topology, id, opts.DCs, opts.Hub)
+		plan, err := core.NewPlan(opts.Topology, id, opts.DCs, opts.Hub)
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("sim: %w", err)

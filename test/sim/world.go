@@ -12,13 +12,13 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/hlc"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/resolve"
 )
 
@@ -342,7 +342,7 @@ func (w *World) start(n *node) error {
 		}
 	}
 	for _, up := range n.static.Upstreams {
-		name := bridge.ConsumerName(n.id, up)
+		name := names.Consumer(n.id, up)
 		if w.cons[name] == nil {
 			w.cons[name] = newConsumer(name, n.id, up, false, 0)
 		}
@@ -753,9 +753,9 @@ func (w *World) consumer(link string, heal bool) (*consumer, error) {
 	if !ok {
 		return nil, fmt.Errorf("sim: link %q: want up->dc", link)
 	}
-	name := bridge.ConsumerName(dc, up)
+	name := names.Consumer(dc, up)
 	if heal {
-		name = bridge.HealConsumerName(dc, up)
+		name = names.HealConsumer(dc, up)
 	}
 	c := w.cons[name]
 	if c == nil {
@@ -1086,14 +1086,14 @@ func (w *World) healTick(n *node) {
 	}
 	stop, start := core.Reconcile(n.heal, plan)
 	for _, up := range stop {
-		delete(w.cons, bridge.HealConsumerName(n.id, up))
-		delete(n.links, bridge.HealConsumerName(n.id, up))
+		delete(w.cons, names.HealConsumer(n.id, up))
+		delete(n.links, names.HealConsumer(n.id, up))
 		delete(n.heal, up)
 		w.notef("%s: heal consumer on %s's stream stopped", n.id, up)
 	}
 	for _, b := range start {
-		name := bridge.HealConsumerName(n.id, b.Via)
-		dead := w.cons[bridge.ConsumerName(b.Dead, b.Via)]
+		name := names.HealConsumer(n.id, b.Via)
+		dead := w.cons[names.Consumer(b.Dead, b.Via)]
 		var floor uint64
 		if dead != nil {
 			floor = dead.floor
@@ -1145,7 +1145,7 @@ func (w *World) maintain(n *node) error {
 	}
 	var floors []uint64
 	for _, dc := range n.static.Downstreams() {
-		c := w.cons[bridge.ConsumerName(dc, n.id)]
+		c := w.cons[names.Consumer(dc, n.id)]
 		if c == nil {
 			return nil
 		}
