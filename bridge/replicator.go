@@ -139,6 +139,13 @@ type Options struct {
 	// StandbyHub is the star's standby hub, which relays between the
 	// leaves while the hub is unreachable (with HealAfter); "" for none.
 	StandbyHub string
+
+	// ExpiryTakeover is how long the DC that owns an expired value (its
+	// origin; see changelog.Deleter) may send no applied-vector report
+	// before the first other DC of DCs that still reports deletes the
+	// value in its place. Default 30s (or twice ReportInterval when that
+	// is longer); at least twice ReportInterval.
+	ExpiryTakeover time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -182,6 +189,7 @@ func (o Options) withDefaults() Options {
 	}
 	setDur(&o.MaintenanceInterval, o.ReportInterval)
 	setDur(&o.StreamRetention, 24*time.Hour)
+	setDur(&o.ExpiryTakeover, max(30*time.Second, 2*o.ReportInterval))
 	return o
 }
 
@@ -214,6 +222,9 @@ func (o Options) validate() error {
 		}
 	}
 	errs = append(errs, o.validateHealing()...)
+	if ri := o.withDefaults().ReportInterval; o.ExpiryTakeover != 0 && o.ExpiryTakeover < 2*ri {
+		errs = append(errs, fmt.Errorf("ExpiryTakeover is %s, shorter than two report intervals (%s): a live DC would be taken as unreachable and two DCs would delete one expired value; raise it", o.ExpiryTakeover, 2*ri))
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("bridge: options: %w", errors.Join(errs...))
 	}
@@ -427,6 +438,7 @@ func (r *Replicator) Start(ctx context.Context) error {
 		r.intake.Go(func() { l.run(intakeCtx) })
 	}
 	r.intake.Go(func() { repairServer{e}.run(intakeCtx, repairs) })
+	r.intake.Go(func() { expirer{e}.run(intakeCtx) })
 	r.intake.Go(func() { heartbeat{e}.run(intakeCtx) })
 	r.intake.Go(func() { reportIntake{env: e, alive: r.reporter.alive}.run(intakeCtx, reports) })
 	r.intake.Go(func() { r.reporter.run(intakeCtx) })

@@ -73,6 +73,9 @@ type Stats struct {
 	// Trimmed and Purged count outbox entries and tombstoned keys removed.
 	Trimmed uint64
 	Purged  uint64
+	// Expired counts the expired values this DC deleted (changelog.Deleter
+	// named it): each such delete is one replicated delete event.
+	Expired uint64
 
 	// Links holds per-upstream figures, by upstream DC.
 	Links map[string]LinkStats
@@ -118,7 +121,7 @@ type counters struct {
 	applyErrors, clockDrift, streamTrims                                  atomic.Uint64
 	repairs, repairedEvents, repairErrors, repairsServed, replays         atomic.Uint64
 	peerReports, peerReportsIgnored, trimmed, purged                      atomic.Uint64
-	reportsSent, reportBytes                                              atomic.Uint64
+	reportsSent, reportBytes, expired                                     atomic.Uint64
 }
 
 // linkCounters are one link's figures.
@@ -207,6 +210,7 @@ func (r *Replicator) Stats() Stats {
 		ReportBytes:        c.reportBytes.Load(),
 		Trimmed:            c.trimmed.Load(),
 		Purged:             c.purged.Load(),
+		Expired:            c.expired.Load(),
 		Links:              make(map[string]LinkStats, len(r.links)),
 	}
 	now := r.env.now()

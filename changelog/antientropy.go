@@ -574,7 +574,7 @@ func (t *txn) merge(key string, remote dvv.State, peer string, localKnows, remot
 		if !ok {
 			return nil // absent here, nothing to take
 		}
-		if err := t.deleteState(key); err != nil {
+		if err := t.deleteState(key, cur); err != nil {
 			return err
 		}
 		// Later writes to the absent key must cover what it held; but
@@ -705,7 +705,7 @@ func mergeState(local, remote dvv.State, localKnows, remoteKnows func(vclock.Dot
 }
 
 func sameVersion(a, b dvv.Version) bool {
-	return a.Deleted == b.Deleted && a.HLC == b.HLC && bytes.Equal(a.Value, b.Value)
+	return a.Deleted == b.Deleted && a.HLC == b.HLC && a.Expires == b.Expires && bytes.Equal(a.Value, b.Value)
 }
 
 // versionLess orders two versions of one dot deterministically, so both
@@ -716,6 +716,9 @@ func versionLess(a, b dvv.Version) bool {
 	}
 	if a.Deleted != b.Deleted {
 		return !a.Deleted
+	}
+	if a.Expires != b.Expires {
+		return a.Expires < b.Expires
 	}
 	return bytes.Compare(a.Value, b.Value) < 0
 }

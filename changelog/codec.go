@@ -32,6 +32,9 @@ type storedSibling struct {
 	Value   []byte
 	Deleted bool
 	HLC     uint64
+	// Exp is the version's expiry (dvv.Version.Expires); written only
+	// when set, so a state without TTLs keeps its bytes and its digest.
+	Exp uint64 `msgpack:"Exp,omitempty"`
 }
 
 func encodeState(st dvv.State) ([]byte, error) {
@@ -55,8 +58,12 @@ func encodeState(st dvv.State) ([]byte, error) {
 		return nil, err
 	}
 	for _, sb := range st.Siblings {
+		fields := 5
+		if sb.Expires != 0 {
+			fields = 6
+		}
 		if err := errors.Join(
-			enc.EncodeMapLen(5),
+			enc.EncodeMapLen(fields),
 			enc.EncodeString("DC"), enc.EncodeString(sb.Dot.DC),
 			enc.EncodeString("N"), enc.EncodeUint64(sb.Dot.N),
 			enc.EncodeString("Value"), enc.EncodeBytes(normValue(sb.Version)),
@@ -64,6 +71,11 @@ func encodeState(st dvv.State) ([]byte, error) {
 			enc.EncodeString("HLC"), enc.EncodeUint64(sb.HLC),
 		); err != nil {
 			return nil, err
+		}
+		if sb.Expires != 0 {
+			if err := errors.Join(enc.EncodeString("Exp"), enc.EncodeUint64(sb.Expires)); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return bytes.Clone(e.buf.Bytes()), nil
@@ -93,7 +105,7 @@ func decodeState(b []byte) (dvv.State, error) {
 	for i, sb := range s.Siblings {
 		st.Siblings[i] = dvv.Sibling{
 			Dot:     vclock.Dot{DC: sb.DC, N: sb.N},
-			Version: dvv.Version{Value: sb.Value, Deleted: sb.Deleted, HLC: sb.HLC},
+			Version: dvv.Version{Value: sb.Value, Deleted: sb.Deleted, HLC: sb.HLC, Expires: sb.Exp},
 		}
 		st.Siblings[i].Value = normValue(st.Siblings[i].Version)
 	}

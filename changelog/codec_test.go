@@ -48,6 +48,9 @@ func TestEncodeStateMatchesReflection(t *testing.T) {
 				sb.Value = bytes.Repeat([]byte{byte(r.IntN(256))}, []int{1, 31, 32, 255, 256, 70000}[r.IntN(6)])
 			}
 			sb.HLC = num()
+			if !sb.Deleted && r.IntN(3) == 0 {
+				sb.Expires = sb.HLC + num()
+			}
 			st.Siblings = append(st.Siblings, sb)
 		}
 		states = append(states, st)
@@ -75,7 +78,7 @@ func TestEncodeStateMatchesReflection(t *testing.T) {
 func encodeStateReflect(st dvv.State) ([]byte, error) {
 	s := storedState{Clock: st.Clock, Siblings: make([]storedSibling, len(st.Siblings))}
 	for i, sb := range st.Siblings {
-		s.Siblings[i] = storedSibling{DC: sb.Dot.DC, N: sb.Dot.N, Value: normValue(sb.Version), Deleted: sb.Deleted, HLC: sb.HLC}
+		s.Siblings[i] = storedSibling{DC: sb.Dot.DC, N: sb.Dot.N, Value: normValue(sb.Version), Deleted: sb.Deleted, HLC: sb.HLC, Exp: sb.Expires}
 	}
 	return msgpack.Marshal(&s)
 }

@@ -143,12 +143,12 @@ func TestConflictPruneLoop(t *testing.T) {
 	a := openMem(t, fs, "dc1", Options{Resolvers: res, Clock: clk, ConflictRetention: time.Hour, ConflictPruneEvery: 10 * time.Millisecond})
 	b := openMem(t, fs, "dc2", Options{Resolvers: res, Clock: clk})
 	logLosses(t, a, b, clk, "k", 3, func(int) time.Time { return time.Now().Add(-2 * time.Hour) })
-	deadline := time.Now().Add(10 * time.Second)
-	for a.Stats().ConflictsPruned < 3 {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(10 * time.Second); a.Stats().ConflictsPruned < 3; <-tick.C {
 		if time.Now().After(deadline) {
 			t.Fatalf("after 10 s the prune loop deleted %d of 3 expired entries", a.Stats().ConflictsPruned)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	if cs, _ := a.Conflicts(ConflictFilter{}); len(cs) != 0 {
 		t.Fatalf("%d entries left", len(cs))

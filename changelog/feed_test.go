@@ -641,7 +641,7 @@ func TestFeedImportStartsOver(t *testing.T) {
 	mustWrite(t, dst, WriteOp{Key: "gone", Value: []byte("x")})
 	if err := dst.do(ctx, func(tx *txn) error {
 		tx.changes = append(tx.changes, Change{Key: "gone", State: dvv.State{Clock: vclock.VV{}}, Origin: "dc1", Op: event.OpDelete})
-		return tx.deleteState("gone")
+		return tx.deleteState("gone", dvv.State{})
 	}); err != nil {
 		t.Fatal(err)
 	}

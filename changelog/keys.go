@@ -17,6 +17,7 @@ const (
 	pfxConflict  = 'x' // x <id>                            -> encoded Conflict
 	pfxPurged    = 'g' // g <partition u32>                 -> encoded VV: the purge frontier
 	pfxMeta      = 'm' // m <name>                          -> metadata (checkpoint, hlc high water)
+	pfxExpiry    = 'e' // e <expiry u64> <user key>         -> empty: the key's live value expires then (dvv.State.Expiry)
 	metaCkpt     = "ckpt"
 	metaHLC      = "hlc"
 	metaOutboxHi = "obhi"
@@ -25,6 +26,10 @@ const (
 func keyKey(k string) []byte { return append([]byte{pfxKey}, k...) }
 
 func tombKey(k string) []byte { return append([]byte{pfxTomb}, k...) }
+
+func expiryKey(at uint64, k string) []byte {
+	return append(binary.BigEndian.AppendUint64([]byte{pfxExpiry}, at), k...)
+}
 
 func seqKey(p uint32) []byte { return binary.BigEndian.AppendUint32([]byte{pfxSeq}, p) }
 

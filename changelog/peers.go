@@ -218,7 +218,7 @@ func (s *Store) Purge(ctx context.Context) (int, error) {
 				if !ok || !st.Stable(sv[p]) {
 					continue
 				}
-				if err := t.deleteState(key); err != nil {
+				if err := t.deleteState(key, st); err != nil {
 					return err
 				}
 				if err := t.setPurgeFrontier(p, t.purgeFrontier(p).Merge(st.Clock)); err != nil {

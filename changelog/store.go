@@ -163,6 +163,9 @@ type Store struct {
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	once   sync.Once
+	// expiries receives a value after each commit that indexed a new
+	// expiry (ExpiryAdded), to wake an expirer sleeping until a later one.
+	expiries chan struct{}
 
 	// hlcHigh is the highest HLC of a local write the store had persisted
 	// when it opened.
@@ -267,14 +270,15 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("changelog: open pebble at %s: %w", dir, err)
 	}
 	s := &Store{
-		opts:   opts,
-		db:     db,
-		log:    opts.Logger,
-		wo:     pebble.Sync,
-		reqs:   make(chan *request, opts.MaxGroup),
-		notify: make(chan struct{}, 1),
-		stop:   make(chan struct{}),
-		syncs:  make(chan synced, 2),
+		opts:     opts,
+		db:       db,
+		log:      opts.Logger,
+		wo:       pebble.Sync,
+		reqs:     make(chan *request, opts.MaxGroup),
+		notify:   make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		expiries: make(chan struct{}, 1),
+		syncs:    make(chan synced, 2),
 	}
 	if opts.NoSync {
 		s.wo = pebble.NoSync

@@ -55,6 +55,9 @@ func (s *Store) TxnLimits() (ops, bytes int) { return s.txnLimits() }
 // most every DC, and each counter takes at most 9 bytes.
 func (s *Store) encodedBound(op WriteOp) int {
 	n := 96 + len(op.Key) + len(op.Value) + 2*len(s.opts.DC)
+	if op.TTL > 0 {
+		n += 13 // "exp" and a uint64
+	}
 	for _, dc := range s.opts.DCs {
 		n += len(dc) + 10
 	}
@@ -84,6 +87,9 @@ func (s *Store) WriteTxn(ctx context.Context, ops []WriteOp) ([]WriteResult, err
 		}
 		if len(op.Value) > s.opts.Limits.MaxValueBytes {
 			return nil, &TxnError{i, ValueTooLarge(len(op.Value), s.opts.Limits.MaxValueBytes)}
+		}
+		if err := op.checkTTL(); err != nil {
+			return nil, &TxnError{i, err}
 		}
 		if op.Resolve {
 			return nil, &TxnError{i, fmt.Errorf("%w: a transaction cannot resolve a conflict; resolve it on its own", ErrBadInput)}

@@ -158,16 +158,23 @@ func (t *txn) putState(key string, prev, st dvv.State) error {
 			return err
 		}
 	}
+	if err := t.indexExpiry(key, prev.Expiry(), st.Expiry()); err != nil {
+		return err
+	}
 	t.states[key] = &st
 	t.feed.encoded(key, b, len(t.changes))
 	return nil
 }
 
-func (t *txn) deleteState(key string) error {
+// deleteState removes the key's state; prev is the state it held.
+func (t *txn) deleteState(key string, prev dvv.State) error {
 	if err := t.del(keyKey(key)); err != nil {
 		return err
 	}
 	if err := t.del(tombKey(key)); err != nil {
+		return err
+	}
+	if err := t.indexExpiry(key, prev.Expiry(), 0); err != nil {
 		return err
 	}
 	t.states[key] = nil

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
@@ -21,6 +23,37 @@ type WriteOp struct {
 	// Context is the causal context the client read; nil when it sent none.
 	// A write supersedes exactly the siblings its context covers.
 	Context vclock.VV
+	// TTL, when positive, makes the value expire at the write's HLC plus
+	// TTL (dvv.Version.Expires), the same instant at every DC; 0 writes a
+	// value that never expires. It must be within (0, MaxTTL] when set and
+	// is refused on a delete.
+	TTL time.Duration
+}
+
+// MaxTTL bounds WriteOp.TTL: ten years.
+const MaxTTL = 10 * 365 * 24 * time.Hour
+
+// CheckTTL says why ttl is not a TTL a write may carry, or nil.
+func CheckTTL(ttl time.Duration) error {
+	switch {
+	case ttl < 0:
+		return fmt.Errorf("%w: ttl %s is negative; give a positive duration such as 30s, or none for a value that never expires", ErrBadInput, ttl)
+	case ttl > MaxTTL:
+		return fmt.Errorf("%w: ttl %s is over the maximum of %s", ErrBadInput, ttl, MaxTTL)
+	case ttl > 0 && ttl < time.Millisecond:
+		return fmt.Errorf("%w: ttl %s is under the 1ms resolution of the HLC; give at least 1ms", ErrBadInput, ttl)
+	}
+	return nil
+}
+
+// ExpiryAt is the expiry of a value written at HLC time hlc with ttl: hlc
+// plus ttl's whole milliseconds in the HLC's physical part; 0 when ttl is
+// not positive.
+func ExpiryAt(at uint64, ttl time.Duration) uint64 {
+	if ttl <= 0 {
+		return 0
+	}
+	return at + uint64(ttl.Milliseconds())<<hlc.LogicalBits
 }
 
 // WriteResult is what a durable local write produced.
@@ -40,6 +73,9 @@ func (s *Store) Write(ctx context.Context, op WriteOp) (WriteResult, error) {
 	if len(op.Value) > s.opts.Limits.MaxValueBytes {
 		return WriteResult{}, ValueTooLarge(len(op.Value), s.opts.Limits.MaxValueBytes)
 	}
+	if err := op.checkTTL(); err != nil {
+		return WriteResult{}, err
+	}
 	if s.opts.ContextWait > 0 && len(op.Context) > 0 {
 		wctx, cancel := context.WithTimeout(ctx, s.opts.ContextWait)
 		err := s.WaitContext(wctx, op.Key, op.Context)
@@ -57,6 +93,17 @@ func (s *Store) Write(ctx context.Context, op WriteOp) (WriteResult, error) {
 		return err
 	})
 	return res, err
+}
+
+// checkTTL refuses a bad TTL, or one on a delete.
+func (op WriteOp) checkTTL() error {
+	if err := CheckTTL(op.TTL); err != nil {
+		return err
+	}
+	if op.TTL != 0 && op.Delete {
+		return fmt.Errorf("%w: a delete cannot carry a ttl (%s); only a value expires", ErrBadInput, op.TTL)
+	}
+	return nil
 }
 
 // ContextAheadError is the ErrContextAhead a write gets when its context
@@ -190,6 +237,9 @@ func (t *txn) make(w prepared, hlc uint64) (WriteResult, error) {
 	seq := t.lastSeq(p) + 1
 	dot := vclock.Dot{DC: s.opts.DC, N: seq}
 	ver := dvv.Version{Value: op.Value, Deleted: op.Delete, HLC: hlc}
+	if !op.Delete {
+		ver.Expires = ExpiryAt(hlc, op.TTL)
+	}
 	ver.Value = normValue(ver)
 	next := w.st.Write(dot, w.ctx, ver)
 	ev := &event.Event{
@@ -204,6 +254,7 @@ func (t *txn) make(w prepared, hlc uint64) (WriteResult, error) {
 		Context:   w.ctx,
 		HLC:       ver.HLC,
 		Path:      []string{s.opts.DC},
+		Expires:   ver.Expires,
 	}
 	switch {
 	case op.Delete:
@@ -334,7 +385,7 @@ func (t *txn) apply(ev *event.Event, forward func(*event.Event) bool) (ApplyResu
 	if err != nil {
 		return ApplyResult{}, err
 	}
-	ver := dvv.Version{Value: ev.Value, Deleted: ev.Op == event.OpDelete, HLC: ev.HLC}
+	ver := dvv.Version{Value: ev.Value, Deleted: ev.Op == event.OpDelete, HLC: ev.HLC, Expires: ev.Expires}
 	ver.Value = normValue(ver)
 	res := ApplyResult{Outcome: Obsolete}
 	if next, ok := st.Apply(ev.Dot, ev.Context, ver); ok {

@@ -162,6 +162,10 @@ type call struct {
 // covers it.
 func Context(kctx string) Opt { return func(c *call) { c.hdr.Set("X-Repl-Context", kctx) } }
 
+// TTL gives a Put's value a time to live (X-Repl-TTL): it expires then at
+// every DC, and reads anywhere no longer show it.
+func TTL(d time.Duration) Opt { return func(c *call) { c.hdr.Set("X-Repl-TTL", d.String()) } }
+
 // SessionToken sends a session token (X-Repl-Session): the call waits until
 // this DC has applied every write it names.
 func SessionToken(tok string) Opt {

@@ -132,7 +132,7 @@ var stdin io.Reader = os.Stdin
 // value: not a failure of the command, and not a usage error.
 const exitNotFound = 3
 
-const kvSynopsis = "get KEY [--json] | put KEY VALUE|- | del KEY [--context CTX] | txn [FILE]"
+const kvSynopsis = "get KEY [--json] | put KEY VALUE|- [--ttl D] | del KEY [--context CTX] | txn [FILE]"
 
 func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("kv", kvSynopsis+"\n\n"+
@@ -143,6 +143,7 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c.register(fs)
 	ctxHdr := fs.String("context", "", "causal context from an earlier read (X-Repl-Context); on get, wait until this DC covers it")
 	asJSON := fs.Bool("json", false, "get: print the JSON answer of GET /v1/kv/{key} (also for a missing key)")
+	ttl := fs.Duration("ttl", 0, "put: the value's time to live (X-Repl-TTL), such as 30s; it expires then at every DC")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -168,6 +169,12 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *asJSON && op != "get" {
 		return usagef("--json is for kv get")
+	}
+	if *ttl != 0 && op != "put" {
+		return usagef("--ttl is for kv put")
+	}
+	if *ttl < 0 {
+		return usagef("--ttl %s is negative; give a positive duration such as 30s", *ttl)
 	}
 	if err := c.finish(); err != nil {
 		return err
@@ -208,6 +215,9 @@ func cmdKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if value, err = io.ReadAll(stdin); err != nil {
 				return fmt.Errorf("read the value from stdin: %w", err)
 			}
+		}
+		if *ttl > 0 {
+			opts = append(opts, client.TTL(*ttl))
 		}
 		res, err = cl.Put(ctx, key, value, opts...)
 	case "del":

@@ -55,6 +55,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"kv", "get"}, 2, "kv get KEY: the key is missing"},
 		{[]string{"kv", "txn", "a", "b"}, 2, "one file at most"},
 		{[]string{"kv", "put", "k", "v", "--json"}, 2, "--json is for kv get"},
+		{[]string{"kv", "get", "k", "--ttl", "1s"}, 2, "--ttl is for kv put"},
+		{[]string{"kv", "put", "k", "v", "--ttl", "-1s"}, 2, "--ttl -1s is negative"},
+		{[]string{"kv", "put", "k", "v", "--ttl", "soon"}, 2, `invalid value "soon" for flag -ttl`},
 		{[]string{"conflicts", "list", "extra"}, 2, `conflicts list takes no arguments, got "extra"`},
 		{[]string{"conflicts", "list", "--limit", "-1"}, 2, "--limit -1"},
 		{[]string{"run", "--config", "x.yaml", "extra"}, 2, `run takes no arguments, got "extra"`},
@@ -251,6 +254,7 @@ func TestKVGetAndPut(t *testing.T) {
 	var (
 		mu  sync.Mutex
 		put []byte
+		ttl string
 	)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -265,7 +269,7 @@ func TestKVGetAndPut(t *testing.T) {
 		case r.Method == http.MethodPut:
 			b, _ := io.ReadAll(r.Body)
 			mu.Lock()
-			put = b
+			put, ttl = b, r.Header.Get("X-Repl-TTL")
 			mu.Unlock()
 			fmt.Fprint(w, `{"key":"k","context":"{dc1:5}","dot":"dc1:5"}`)
 		}
@@ -295,7 +299,13 @@ func TestKVGetAndPut(t *testing.T) {
 	code, out, errOut = runCLI("kv", "put", "k", "-", "--addr", srv.URL)
 	mu.Lock()
 	defer mu.Unlock()
-	if code != 0 || !bytes.Equal(put, value) || !strings.Contains(out, `"dot":"dc1:5"`) {
-		t.Errorf("kv put k -: exit %d %q %q, sent %q, want %q", code, out, errOut, put, value)
+	if code != 0 || !bytes.Equal(put, value) || !strings.Contains(out, `"dot":"dc1:5"`) || ttl != "" {
+		t.Errorf("kv put k -: exit %d %q %q, sent %q (ttl %q), want %q and no ttl", code, out, errOut, put, ttl, value)
+	}
+	mu.Unlock()
+	code, _, errOut = runCLI("kv", "put", "k", "v", "--ttl", "90s", "--addr", srv.URL)
+	mu.Lock()
+	if code != 0 || ttl != "1m30s" {
+		t.Errorf("kv put --ttl 90s: exit %d %q, sent X-Repl-TTL %q; want 1m30s", code, errOut, ttl)
 	}
 }

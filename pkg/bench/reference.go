@@ -8,11 +8,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 )
 
 // The product's settings the references copy, so that they measure the
@@ -29,14 +29,11 @@ const (
 )
 
 // startNATS starts a fresh embedded server for one phase.
-func startNATS(dir, name string) (*server.Server, error) {
-	return bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true, ServerName: name})
+func startNATS(dir, name string) (*cluster.Server, error) {
+	return cluster.StartServer(cluster.ServerOptions{Dir: filepath.Join(dir, "nats"), Name: name})
 }
 
-func stopNATS(ns *server.Server) {
-	ns.Shutdown()
-	ns.WaitForShutdown()
-}
+func stopNATS(ns *cluster.Server) { ns.Stop() }
 
 // baseline is one baseline measure.
 type baseline struct {
@@ -57,7 +54,7 @@ func runBaseline(ctx context.Context, o Options, dir, label string, vals values)
 		return b, err
 	}
 	defer stopNATS(ns)
-	nc, err := nats.Connect(ns.ClientURL(), nats.Name("bench-baseline-pub"))
+	nc, err := nats.Connect(ns.URL(), nats.Name("bench-baseline-pub"))
 	if err != nil {
 		return b, fmt.Errorf("bench: baseline: connect: %w", err)
 	}
@@ -88,7 +85,7 @@ func runBaseline(ctx context.Context, o Options, dir, label string, vals values)
 	var pending atomic.Int64
 	pending.Store(int64(downstream))
 	for c := range downstream {
-		cnc, err := nats.Connect(ns.ClientURL(), nats.Name(fmt.Sprintf("bench-baseline-dc%d", c+2)))
+		cnc, err := nats.Connect(ns.URL(), nats.Name(fmt.Sprintf("bench-baseline-dc%d", c+2)))
 		if err != nil {
 			return b, fmt.Errorf("bench: baseline: connect: %w", err)
 		}
@@ -177,7 +174,7 @@ func runKV(ctx context.Context, o Options, dir string, vals values, res *Result)
 		return err
 	}
 	defer stopNATS(ns)
-	nc, err := nats.Connect(ns.ClientURL(), nats.Name("bench-kv"))
+	nc, err := nats.Connect(ns.URL(), nats.Name("bench-kv"))
 	if err != nil {
 		return fmt.Errorf("bench: kv: connect: %w", err)
 	}

@@ -7,19 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"runtime/pprof"
 	"runtime/trace"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/replicatorhq/replicator/changelog"
-	"github.com/replicatorhq/replicator/pkg/demo"
+	"github.com/replicatorhq/replicator/pkg/cluster"
+	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -139,7 +138,7 @@ func fillUsage(res *Result, before, after usage, writes int, peakReset bool) {
 
 // measure sums the DCs' bridge counters into res, measures their streams
 // (o.Writes is the number of writes made) and checks that they converged.
-func (c *cluster) measure(ctx context.Context, o Options, res *Result) error {
+func (c *dcs) measure(ctx context.Context, o Options, res *Result) error {
 	for _, n := range c.nodes {
 		st := n.Replicator().Stats()
 		res.Published += st.Published
@@ -154,15 +153,15 @@ func (c *cluster) measure(ctx context.Context, o Options, res *Result) error {
 	if res.CommitGroups > 0 {
 		res.RequestsPerGroup = float64(res.CommitRequests) / float64(res.CommitGroups)
 	}
-	if err := measureWire(ctx, c.ns.ClientURL(), c.names, o, res); err != nil {
+	if err := measureWire(ctx, c.c.URL(), c.names, o, res); err != nil {
 		return err
 	}
-	res.Converged = sameDigests(c.nodes)
+	res.Converged, _ = cluster.SameDigests(c.stores())
 	return nil
 }
 
 // reports sums the applied-vector reports the DCs sent, and their bytes.
-func (c *cluster) reports() (n, bytes uint64) {
+func (c *dcs) reports() (n, bytes uint64) {
 	for _, nd := range c.nodes {
 		st := nd.Replicator().Stats()
 		n += st.ReportsSent
@@ -171,10 +170,10 @@ func (c *cluster) reports() (n, bytes uint64) {
 	return n, bytes
 }
 
-// cluster is the replicator phase's DCs: o.DCs nodes on one embedded NATS
+// dcs is the replicator phase's DCs: o.DCs nodes on one embedded NATS
 // server.
-type cluster struct {
-	ns    *server.Server
+type dcs struct {
+	c     *cluster.Cluster
 	names []string
 	nodes []*node.Node
 }
@@ -182,59 +181,34 @@ type cluster struct {
 // startCluster starts o.DCs nodes with the product's defaults under dir and
 // waits until their links run. The caller closes the cluster, also after
 // an error.
-func startCluster(ctx context.Context, o Options, dir string) (*cluster, error) {
-	ns, err := startNATS(dir, "bench")
+func startCluster(ctx context.Context, o Options, dir string) (*dcs, error) {
+	c, err := cluster.New(ctx, cluster.Options{
+		N: o.DCs, Topology: o.Topology, Partitions: o.Partitions, Dir: dir, ServerName: "bench",
+		HTTP: o.Via != ViaAPI,
+		Config: func(cfg *config.Config) {
+			// The bench's keys take the default resolver.
+			cfg.Durability.Fsync = !o.NoFsync
+			if o.ChangesMaxBytes > 0 {
+				cfg.Changes.MaxBytes = o.ChangesMaxBytes
+			}
+		},
+		Logger: func(string) *slog.Logger { return o.Logger },
+	})
+	d := &dcs{c: c}
 	if err != nil {
-		return nil, err
+		return d, fmt.Errorf("bench: %w", err)
 	}
-	c := &cluster{ns: ns, names: make([]string, o.DCs)}
-	for i := range c.names {
-		c.names[i] = fmt.Sprintf("dc%d", i+1)
+	d.names, d.nodes = c.Names(), c.Nodes()
+	if err := cluster.Wait(ctx, 30*time.Second, 10*time.Millisecond, "links", c.LinksConnected); err != nil {
+		return d, fmt.Errorf("bench: %w", err)
 	}
-	for _, dc := range c.names {
-		cfg := demo.Config(dc, c.names, o.Topology, filepath.Join(dir, dc))
-		cfg.Partitions = o.Partitions
-		cfg.Resolvers.Rules = nil // the bench's keys take the default resolver
-		cfg.Durability.Fsync = !o.NoFsync
-		if o.ChangesMaxBytes > 0 {
-			cfg.Changes.MaxBytes = o.ChangesMaxBytes
-		}
-		cfg.HTTP.Listen = "127.0.0.1:0"
-		cfg.Complete()
-		n, err := node.New(cfg, node.Options{Logger: o.Logger, NATSURL: ns.ClientURL(), NoHTTP: o.Via == ViaAPI})
-		if err != nil {
-			c.close()
-			return nil, fmt.Errorf("bench: %s: %w", dc, err)
-		}
-		c.nodes = append(c.nodes, n)
-		if err := n.Start(ctx); err != nil {
-			c.close()
-			return nil, fmt.Errorf("bench: start %s: %w", dc, err)
-		}
-	}
-	if err := waitLinks(ctx, c.nodes, 30*time.Second); err != nil {
-		c.close()
-		return nil, err
-	}
-	return c, nil
+	return d, nil
 }
 
 // close stops the nodes, then the NATS server.
-func (c *cluster) close() {
-	for _, n := range c.nodes {
-		n.Close()
-	}
-	c.nodes = nil
-	stopNATS(c.ns)
-}
+func (c *dcs) close() { c.c.Close() }
 
-func (c *cluster) stores() []*changelog.Store {
-	out := make([]*changelog.Store, len(c.nodes))
-	for i, n := range c.nodes {
-		out[i] = n.Store()
-	}
-	return out
-}
+func (c *dcs) stores() []*changelog.Store { return c.c.Stores() }
 
 // startProfiles starts the CPU profile and the execution trace o asks
 // for; the function it returns stops them and may be called twice.
@@ -260,53 +234,6 @@ func startProfiles(o Options) (stop func(), err error) {
 		stops = append(stops, trace.Stop)
 	}
 	return stop, nil
-}
-
-// waitLinks waits until every DC's consumers run, so that the first writes
-// do not pay for link set-up.
-func waitLinks(ctx context.Context, nodes []*node.Node, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		var missing []string
-		for _, n := range nodes {
-			st := n.Replicator().Status()
-			for _, l := range st.Links {
-				if !l.Connected {
-					missing = append(missing, st.DC+"<-"+l.Upstream)
-				}
-			}
-		}
-		if len(missing) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("bench: links %v not connected after %s", missing, timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
-}
-
-// sameDigests reports whether every DC shows the same state digest.
-func sameDigests(nodes []*node.Node) bool {
-	var first string
-	for i, n := range nodes {
-		d, err := n.Store().Digest()
-		if err != nil {
-			return false
-		}
-		if i == 0 {
-			first = d.Hex()
-		} else if d.Hex() != first {
-			return false
-		}
-	}
-	return true
 }
 
 // writers issue the replicated writes: Concurrency goroutines, writer i at

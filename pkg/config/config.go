@@ -78,6 +78,12 @@ type Config struct {
 	// standby_hub stands in for the hub. 0 turns healing off. Default 30s;
 	// 0 or at least 2s (reports go out every second).
 	HealAfter Duration `yaml:"heal_after"`
+	// ExpiryTakeover is how long the DC that owns an expired value (the
+	// origin of the version with the longest TTL) may send no
+	// applied-vector report before another DC deletes the value in its
+	// place: the first DC of dcs, in order, that still reports. Default
+	// 30s; at least 2s (reports go out every second).
+	ExpiryTakeover Duration `yaml:"expiry_takeover"`
 	// ContextWait bounds how long a request that carries what its client
 	// has seen waits for this DC to cover it: a write or read with
 	// X-Repl-Context, a read with X-Repl-Session (and the NATS API's
@@ -322,10 +328,11 @@ const EnvelopeBytes = 16 * kib
 // fields and are filled in by Complete.
 func Default() Config {
 	return Config{
-		Topology:    Mesh,
-		Partitions:  16,
-		HealAfter:   Duration(30 * time.Second),
-		ContextWait: Duration(DefaultContextWait),
+		Topology:       Mesh,
+		Partitions:     16,
+		HealAfter:      Duration(30 * time.Second),
+		ExpiryTakeover: Duration(30 * time.Second),
+		ContextWait:    Duration(DefaultContextWait),
 		HTTP: HTTP{
 			Listen:       "127.0.0.1:7070",
 			MaxBodyBytes: mib,

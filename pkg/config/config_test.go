@@ -116,6 +116,8 @@ func TestValidate(t *testing.T) {
 		{name: "healing off", edit: func(c *Config) { c.HealAfter = 0 }},
 		{name: "heal after too short", edit: func(c *Config) { c.HealAfter = Duration(500 * time.Millisecond) },
 			want: []string{`heal_after: 500ms: want 0 (healing off) or at least 2s; DCs report every second, and a shorter wait takes live DCs for dead`}},
+		{name: "expiry takeover too short", edit: func(c *Config) { c.ExpiryTakeover = Duration(time.Second) },
+			want: []string{`expiry_takeover: 1s: want at least 2s; DCs report every second, and a shorter wait takes live DCs for dead, so two DCs would delete one expired value`}},
 		{name: "heal after negative", edit: func(c *Config) { c.HealAfter = Duration(-time.Second) },
 			want: []string{`heal_after: -1s: want 0 (healing off) or at least 2s; DCs report every second, and a shorter wait takes live DCs for dead`}},
 		{name: "standby hub is the hub", edit: func(c *Config) { c.Topology = Star; c.Hub = "a"; c.StandbyHub = "a" },
@@ -331,16 +333,17 @@ func TestValidationErrorText(t *testing.T) {
 
 func TestDefault(t *testing.T) {
 	want := Config{
-		Topology:    "mesh",
-		Partitions:  16,
-		HealAfter:   Duration(30 * time.Second),
-		ContextWait: Duration(5 * time.Second),
-		HTTP:        HTTP{Listen: "127.0.0.1:7070", MaxBodyBytes: 1 << 20},
-		Resolvers:   Resolvers{Default: "siblings"},
-		Durability:  Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute), StreamRetention: Duration(24 * time.Hour)},
-		Limits:      Limits{MaxEventBytes: 1 << 20, MaxKeyBytes: 4096, MaxValueBytes: 1<<20 - 32<<10, MaxTxnOps: 1000, MaxTxnBytes: 4 << 20},
-		ConflictLog: ConflictLog{Retention: Duration(720 * time.Hour), MaxEntries: 1000000},
-		Changes:     Changes{Retention: Duration(24 * time.Hour), MaxBytes: 1 << 30},
+		Topology:       "mesh",
+		Partitions:     16,
+		HealAfter:      Duration(30 * time.Second),
+		ExpiryTakeover: Duration(30 * time.Second),
+		ContextWait:    Duration(5 * time.Second),
+		HTTP:           HTTP{Listen: "127.0.0.1:7070", MaxBodyBytes: 1 << 20},
+		Resolvers:      Resolvers{Default: "siblings"},
+		Durability:     Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute), StreamRetention: Duration(24 * time.Hour)},
+		Limits:         Limits{MaxEventBytes: 1 << 20, MaxKeyBytes: 4096, MaxValueBytes: 1<<20 - 32<<10, MaxTxnOps: 1000, MaxTxnBytes: 4 << 20},
+		ConflictLog:    ConflictLog{Retention: Duration(720 * time.Hour), MaxEntries: 1000000},
+		Changes:        Changes{Retention: Duration(24 * time.Hour), MaxBytes: 1 << 30},
 	}
 	if got := Default(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Default() =\n %+v\nwant\n %+v", got, want)
@@ -406,7 +409,7 @@ func TestParseRejects(t *testing.T) {
 		want       []string // substrings of the error, in order
 	}{
 		{"unknown top-level key", "dc: a\ndcs: [a, b]\ntopolgy: ring\n",
-			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: changes, conflict_log, context_wait, data_dir, dc, dcs, durability, heal_after, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
+			[]string{`topolgy: line 3: unknown key; did you mean "topology"? (valid keys: changes, conflict_log, context_wait, data_dir, dc, dcs, durability, expiry_takeover, heal_after, home, http, hub, limits, nats, partitions, resolvers, standby_hub, topology)`}},
 		{"unknown nested key", "dc: a\ndcs: [a, b]\nnats:\n  embeded: true\n",
 			[]string{`nats.embeded: line 4: unknown key; did you mean "embedded"?`}},
 		{"unknown key in a rule", "dc: a\ndcs: [a, b]\nresolvers:\n  rules:\n    - prefix: x\n      resolver: lww\n      prio: [a]\n",

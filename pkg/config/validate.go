@@ -155,6 +155,9 @@ func (c Config) validateDCs(p *problems) {
 	if w := time.Duration(c.ContextWait); w < 0 || w > MaxContextWait {
 		p.add("context_wait", "%s: want 0 (no wait) to %s", w, MaxContextWait)
 	}
+	if e := time.Duration(c.ExpiryTakeover); e < 2*time.Second {
+		p.add("expiry_takeover", "%s: want at least 2s; DCs report every second, and a shorter wait takes live DCs for dead, so two DCs would delete one expired value", e)
+	}
 	if h := time.Duration(c.HealAfter); h < 0 || h > 0 && h < 2*time.Second {
 		p.add("heal_after", "%s: want 0 (healing off) or at least 2s; DCs report every second, and a shorter wait takes live DCs for dead", h)
 	}

@@ -18,15 +18,14 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/node"
@@ -134,34 +133,18 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 		defer os.RemoveAll(dir)
 		o.Dir = dir
 	}
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(o.Dir, "nats"), JetStream: true, ServerName: "demo"})
+	c, err := cluster.New(ctx, cluster.Options{
+		N: o.DCs, Topology: o.Topology, Dir: o.Dir, ServerName: "demo",
+		Config:         func(cfg *config.Config) { cfg.Resolvers.Rules = Rules(cfg.DCs) },
+		Logger:         func(string) *slog.Logger { return o.Logger },
+		ReportInterval: 200 * time.Millisecond,
+	})
+	defer c.Close()
 	if err != nil {
-		return Summary{}, err
+		return Summary{}, fmt.Errorf("demo: %w", err)
 	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-
-	names := make([]string, o.DCs)
-	for i := range names {
-		names[i] = fmt.Sprintf("dc%d", i+1)
-	}
-	var nodes []*node.Node
-	defer func() {
-		for _, n := range nodes {
-			n.Close()
-		}
-	}()
-	for _, dc := range names {
-		cfg := Config(dc, names, o.Topology, filepath.Join(o.Dir, dc))
-		n, err := node.New(cfg, node.Options{Logger: o.Logger, NATSURL: ns.ClientURL(), NoHTTP: true, ReportInterval: 200 * time.Millisecond})
-		if err != nil {
-			return Summary{}, fmt.Errorf("demo: %s: %w", dc, err)
-		}
-		nodes = append(nodes, n)
-		if err := n.Start(ctx); err != nil {
-			return Summary{}, fmt.Errorf("demo: start %s: %w", dc, err)
-		}
-	}
-	fmt.Fprintf(o.Progress, "started %d DCs (%s) on embedded NATS %s\n", o.DCs, o.Topology, ns.ClientURL())
+	names, nodes := c.Names(), c.Nodes()
+	fmt.Fprintf(o.Progress, "started %d DCs (%s) on embedded NATS %s\n", o.DCs, o.Topology, c.URL())
 
 	writeStart := time.Now()
 	watch := watchOrders(nodes)
@@ -190,7 +173,8 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	fmt.Fprintf(o.Progress, "%d writes in %s; waiting for convergence\n", total, writePhase.Round(time.Millisecond))
 
 	conv := time.Now()
-	converged, digests := waitConverged(ctx, nodes, o.Timeout)
+	converged := cluster.Wait(ctx, o.Timeout, 100*time.Millisecond, "convergence", cluster.Stable(2, c.Converged)) == nil
+	digests := c.Digests()
 	reads, partial := watch.stop()
 	for _, n := range nodes {
 		partial += partialOrders(n.Store())
@@ -232,6 +216,14 @@ func Config(dc string, dcs []string, topology, dir string) config.Config {
 	if topology == config.Star {
 		cfg.Hub = dcs[0]
 	}
+	cfg.Resolvers.Rules = Rules(dcs)
+	cfg.Complete()
+	return cfg
+}
+
+// Rules are the demo's resolver rules, one prefix per resolver.
+func Rules(dcs []string) []config.Rule {
+	var rules []config.Rule
 	for _, p := range prefixes {
 		r := config.Rule{Prefix: p.prefix, Resolver: p.resolver}
 		switch p.resolver {
@@ -240,10 +232,9 @@ func Config(dc string, dcs []string, topology, dir string) config.Config {
 		case config.Concat:
 			r.Separator = "/"
 		}
-		cfg.Resolvers.Rules = append(cfg.Resolvers.Rules, r)
+		rules = append(rules, r)
 	}
-	cfg.Complete()
-	return cfg
+	return rules
 }
 
 // txnsPerDC is how many orders each DC commits as transactions: one per
@@ -424,62 +415,6 @@ func drive(ctx context.Context, n *node.Node, i int, o Options, done *atomic.Int
 		done.Add(1)
 	}
 	return nil
-}
-
-// waitConverged polls until every DC shows the same digest and applied
-// vector twice in a row, or the timeout passes.
-func waitConverged(ctx context.Context, nodes []*node.Node, timeout time.Duration) (bool, map[string]string) {
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	stable := 0
-	var digests map[string]string
-	for {
-		var same bool
-		digests, same = snapshot(nodes)
-		if same {
-			stable++
-		} else {
-			stable = 0
-		}
-		if stable >= 2 {
-			return true, digests
-		}
-		if time.Now().After(deadline) {
-			return false, digests
-		}
-		select {
-		case <-ctx.Done():
-			return false, digests
-		case <-tick.C:
-		}
-	}
-}
-
-func snapshot(nodes []*node.Node) (map[string]string, bool) {
-	digests := map[string]string{}
-	same := true
-	var first string
-	var firstApplied changelog.Applied
-	for i, n := range nodes {
-		d, err := n.Store().Digest()
-		if err != nil {
-			return digests, false
-		}
-		digests[n.Store().DC()] = d.Hex()
-		a := n.Store().Applied()
-		if n.Store().OutboxDepth() > 0 {
-			same = false
-		}
-		if i == 0 {
-			first, firstApplied = d.Hex(), a
-			continue
-		}
-		if d.Hex() != first || !a.LessEq(firstApplied) || !firstApplied.LessEq(a) {
-			same = false
-		}
-	}
-	return digests, same
 }
 
 // conflicts counts, per resolver, the keys that saw concurrent versions:

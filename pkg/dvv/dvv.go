@@ -33,6 +33,9 @@ type Version struct {
 	// HLC is the origin's hybrid logical clock reading at the write; it
 	// orders last-writer-wins and never decides causality.
 	HLC uint64
+	// Expires is the HLC time the value expires at (the origin's HLC at
+	// the write plus the TTL); 0 for a value without a TTL.
+	Expires uint64
 }
 
 // Sibling is one stored version and the event that made it.
@@ -75,6 +78,64 @@ func (s State) LiveCount() int {
 		}
 	}
 	return n
+}
+
+// Expiry is when the key's live value expires, by the rule that the
+// longest TTL wins: the latest Expires of its live siblings, or 0 (never)
+// when it has no live sibling or any live sibling has no TTL. It depends
+// only on the set of siblings, so every DC holding the same state agrees.
+func (s State) Expiry() uint64 {
+	var at uint64
+	for _, sb := range s.Siblings {
+		switch {
+		case sb.Deleted:
+		case sb.Expires == 0:
+			return 0
+		case sb.Expires > at:
+			at = sb.Expires
+		}
+	}
+	return at
+}
+
+// Expirer is the DC that owns the expiry of the key's live value: the
+// origin of the live sibling whose expiry is Expiry (the first by dot on a
+// tie); "" when the key does not expire.
+func (s State) Expirer() string {
+	at := s.Expiry()
+	if at == 0 {
+		return ""
+	}
+	for _, sb := range s.Siblings {
+		if !sb.Deleted && sb.Expires == at {
+			return sb.Origin()
+		}
+	}
+	return ""
+}
+
+// Expired reports whether the key's live value has expired at HLC time now.
+func (s State) Expired(now uint64) bool {
+	at := s.Expiry()
+	return at != 0 && at <= now
+}
+
+// Visible is the state a read at HLC time now shows: s itself, or, once
+// the key has expired, a copy whose live siblings read as tombstones. The
+// clock is kept, so a write with the context of such a read supersedes the
+// expired versions.
+func (s State) Visible(now uint64) State {
+	if !s.Expired(now) {
+		return s
+	}
+	out := State{Clock: s.Clock, Siblings: make([]Sibling, len(s.Siblings))}
+	for i, sb := range s.Siblings {
+		if !sb.Deleted {
+			sb.Deleted, sb.Value = true, nil
+		}
+		out.Siblings[i] = sb
+	}
+	return out
 }
 
 // Clone returns a deep copy that shares no memory with s.

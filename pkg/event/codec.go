@@ -15,6 +15,9 @@ package event
 //	"c"    map str→uint  causal context, sorted by DC id, zero counters left out
 //	"h"    uint          HLC timestamp at the origin
 //	"path" array of str  DCs the event passed through, origin first
+//	"exp"  uint          expiry: the HLC time the value expires at (a TTL);
+//	                     left out when 0 (no TTL), so an event without a
+//	                     TTL encodes exactly as before the field existed
 //
 // followed by any fields a newer schema added, in the order they arrived.
 // The dot is not on the wire: it is (origin, seq) by definition.
@@ -52,8 +55,9 @@ const (
 	keyContext   = "c"
 	keyHLC       = "h"
 	keyPath      = "path"
+	keyExpires   = "exp"
 
-	numKnown = 10
+	numKnown = 11
 )
 
 // MaxCounter bounds sequence numbers and context counters: they must be
@@ -187,6 +191,9 @@ func (e *Event) Encode(dst []byte) ([]byte, error) {
 	if !hasContext {
 		fields--
 	}
+	if e.Expires == 0 {
+		fields--
+	}
 	dst = appendMapLen(dst, fields)
 	dst = appendStr(dst, keyVersion)
 	dst = appendUint(dst, uint64(e.Version))
@@ -214,6 +221,10 @@ func (e *Event) Encode(dst []byte) ([]byte, error) {
 	dst = appendArrayLen(dst, len(e.Path))
 	for _, dc := range e.Path {
 		dst = appendStr(dst, dc)
+	}
+	if e.Expires != 0 {
+		dst = appendStr(dst, keyExpires)
+		dst = appendUint(dst, e.Expires)
 	}
 	for _, f := range e.unknown {
 		dst = appendStr(dst, f.Key)
@@ -366,6 +377,13 @@ func Decode(b []byte, lim Limits) (*Event, error) {
 			if e.Path, err = r.path(lim.MaxDCs, e.Origin); err != nil {
 				return nil, err
 			}
+		case keyExpires:
+			if err := mark(10, keyExpires); err != nil {
+				return nil, err
+			}
+			if e.Expires, err = r.uint(`"exp" (expiry)`); err != nil {
+				return nil, err
+			}
 		default:
 			name := string(nameb)
 			for _, f := range e.unknown {
@@ -386,8 +404,8 @@ func Decode(b []byte, lim Limits) (*Event, error) {
 	if r.off != len(b) {
 		return nil, fmt.Errorf("%w: %d bytes after the end of the event", ErrMalformed, len(b)-r.off)
 	}
-	for i, name := range [numKnown]string{keyVersion, keyOrigin, keyPartition, keySeq, keyKey, keyOp, keyValue, keyContext, keyHLC, keyPath} {
-		if !seen[i] && name != keyValue && name != keyContext {
+	for i, name := range [numKnown]string{keyVersion, keyOrigin, keyPartition, keySeq, keyKey, keyOp, keyValue, keyContext, keyHLC, keyPath, keyExpires} {
+		if !seen[i] && name != keyValue && name != keyContext && name != keyExpires {
 			return nil, fmt.Errorf("%w: required field %q is missing", ErrMalformed, name)
 		}
 	}
@@ -436,6 +454,12 @@ func (e *Event) Validate(lim Limits) error {
 	}
 	if e.Op == OpDelete && len(e.Value) > 0 {
 		return fmt.Errorf("%w: a delete carries a %d-byte value", ErrInvalid, len(e.Value))
+	}
+	if e.Expires != 0 && e.Op == OpDelete {
+		return fmt.Errorf("%w: a delete carries an expiry (%d); only a value expires", ErrInvalid, e.Expires)
+	}
+	if e.Expires != 0 && e.Expires <= e.HLC {
+		return fmt.Errorf("%w: expiry %d is not after the event's HLC %d; a TTL must be positive", ErrInvalid, e.Expires, e.HLC)
 	}
 	entries := 0
 	for dc, n := range e.Context {

@@ -130,6 +130,8 @@ func TestRoundTrip(t *testing.T) {
 		})},
 		{"largest partition and hlc", mod(func(e *Event) { e.Partition, e.HLC = math.MaxUint32, math.MaxUint64 })},
 		{"zero hlc and partition", mod(func(e *Event) { e.Partition, e.HLC = 0, 0 })},
+		{"expiry (a TTL)", mod(func(e *Event) { e.Expires = e.HLC + 30_000<<16 })},
+		{"resolve with an expiry", mod(func(e *Event) { e.Op, e.Expires = OpResolve, e.HLC+1 })},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -158,6 +160,9 @@ func TestRoundTrip(t *testing.T) {
 				want--
 			}
 			if !nonZero(tt.ev.Context) {
+				want--
+			}
+			if tt.ev.Expires == 0 {
 				want--
 			}
 			if len(m) != want {
@@ -313,10 +318,11 @@ func TestUnknownFieldsPassThrough(t *testing.T) {
 	}
 
 	// An unknown field before the known ones moves after them, unchanged.
-	front := appendMapLen(nil, numKnown+1)
+	plain := mustEncode(t, sample())
+	front := appendMapLen(nil, int(plain[0]&0x0f)+1) // the sample's fields (a fixmap) and one more
 	front = appendStr(front, "aaa")
 	front = append(front, raw...)
-	front = append(front, mustEncode(t, sample())[1:]...)
+	front = append(front, plain[1:]...)
 	e2, err := Decode(front, DefaultLimits())
 	if err != nil {
 		t.Fatalf("Decode with a leading unknown field: %v", err)
@@ -326,6 +332,64 @@ func TestUnknownFieldsPassThrough(t *testing.T) {
 	}
 	if !bytes.HasSuffix(mustEncode(t, e2), append(appendStr(nil, "aaa"), raw...)) {
 		t.Fatalf("re-encoding does not end with the unknown field")
+	}
+}
+
+// TestExpiryLeavesOldEventsAlone: an event without a TTL encodes to the
+// bytes it had before the expiry field existed (the golden form below, a
+// v1 event of a build without TTLs), and one with a TTL adds only "exp"
+// after "path", which a build without TTLs keeps as an unknown field.
+func TestExpiryLeavesOldEventsAlone(t *testing.T) {
+	e := sample()
+	plain := mustEncode(t, e)
+	old := appendMapLen(nil, 10)
+	for _, kv := range []struct {
+		k string
+		v func([]byte) []byte
+	}{
+		{"v", func(b []byte) []byte { return appendUint(b, 1) }},
+		{"o", func(b []byte) []byte { return appendStr(b, e.Origin) }},
+		{"p", func(b []byte) []byte { return appendUint(b, uint64(e.Partition)) }},
+		{"s", func(b []byte) []byte { return appendUint(b, e.Seq) }},
+		{"k", func(b []byte) []byte { return appendStr(b, e.Key) }},
+		{"op", func(b []byte) []byte { return appendUint(b, uint64(e.Op)) }},
+		{"val", func(b []byte) []byte { return appendBin(b, e.Value) }},
+		{"c", func(b []byte) []byte { return appendVV(b, e.Context) }},
+		{"h", func(b []byte) []byte { return appendUint(b, e.HLC) }},
+		{"path", func(b []byte) []byte {
+			b = appendArrayLen(b, len(e.Path))
+			for _, dc := range e.Path {
+				b = appendStr(b, dc)
+			}
+			return b
+		}},
+	} {
+		old = kv.v(appendStr(old, kv.k))
+	}
+	if !bytes.Equal(plain, old) {
+		t.Fatalf("an event without a TTL encodes differently from v1 before TTLs:\n got %x\nwant %x", plain, old)
+	}
+	e.Expires = e.HLC + 1000<<16
+	withTTL := mustEncode(t, e)
+	want := append(appendMapLen(nil, 11), old[1:]...)
+	want = appendUint(appendStr(want, "exp"), e.Expires)
+	if !bytes.Equal(withTTL, want) {
+		t.Fatalf("an event with a TTL:\n got %x\nwant %x", withTTL, want)
+	}
+	for _, bad := range []struct {
+		name string
+		mod  func(*Event)
+		msg  string
+	}{
+		{"delete with expiry", func(e *Event) { e.Op, e.Value = OpDelete, nil }, "a delete carries an expiry"},
+		{"expiry at the HLC", func(e *Event) { e.Expires = e.HLC }, "is not after the event's HLC"},
+	} {
+		ev := sample()
+		ev.Expires = ev.HLC + 5
+		bad.mod(ev)
+		if err := ev.Validate(DefaultLimits()); err == nil || !strings.Contains(err.Error(), bad.msg) {
+			t.Errorf("%s: Validate = %v, want %q", bad.name, err, bad.msg)
+		}
 	}
 }
 

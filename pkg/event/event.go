@@ -61,6 +61,10 @@ type Event struct {
 	HLC uint64
 	// Path lists the DCs the event has passed through, origin first.
 	Path []string
+	// Expires is the HLC time at which the value expires: the origin's HLC
+	// at the write plus the TTL. 0 means no TTL. Only puts and resolves
+	// carry one.
+	Expires uint64
 	// TxnOps is, for an op of a transaction, the number of ops in it (the
 	// ops travel together; see EncodeTxn); 0 for a single event. It is not
 	// part of the v1 encoding.
@@ -93,6 +97,8 @@ type jsonEvent struct {
 	HLC       uint64            `json:"hlc"`
 	HLCTime   string            `json:"hlc_time"`
 	Path      []string          `json:"path"`
+	Expires   uint64            `json:"expires,omitempty"`
+	ExpiresAt string            `json:"expires_time,omitempty"`
 	Unknown   []jsonUnknown     `json:"unknown_fields,omitempty"`
 }
 
@@ -119,6 +125,10 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 		HLC:       e.HLC,
 		HLCTime:   hlc.Timestamp(e.HLC).String(),
 		Path:      e.Path,
+		Expires:   e.Expires,
+	}
+	if e.Expires != 0 {
+		j.ExpiresAt = hlc.Timestamp(e.Expires).String()
 	}
 	if j.Value == nil {
 		j.Value = []byte{}

@@ -152,6 +152,16 @@ func (c *Clock) Now() uint64 {
 	return c.mu.last
 }
 
+// Peek returns the clock's time now without issuing a timestamp: the
+// greater of the physical time and the highest timestamp issued, received
+// or restored. A read uses it to ask whether a value has expired.
+func (c *Clock) Peek() uint64 {
+	pt := c.physicalMillis() << LogicalBits
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return max(pt, c.mu.last)
+}
+
 // Update merges a timestamp received from another DC, so that every later
 // Now is greater than it. It returns a *DriftError, wrapping ErrDrift, and
 // leaves the clock unchanged when remote is more than the max drift ahead of

@@ -98,9 +98,15 @@ func TestSlowHomeDoesNotShareAnEpoch(t *testing.T) {
 	rl := Rule{Prefix: "acct/", DCs: []string{"dc1", "dc2", "dc3"}, Failover: true, Timeout: 200 * time.Millisecond}
 	var mu sync.Mutex
 	var applied []string
-	local := func(dc string, delay time.Duration) WriteFunc {
+	// dc2 is slow: its writes wait for slowDC2 to close, which the test
+	// does once dc3 has given up on it and taken over.
+	slowDC2 := make(chan struct{})
+	var release sync.Once
+	local := func(dc string) WriteFunc {
 		return func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
-			time.Sleep(delay)
+			if dc == "dc2" {
+				<-slowDC2
+			}
 			mu.Lock()
 			applied = append(applied, dc)
 			mu.Unlock()
@@ -108,15 +114,34 @@ func TestSlowHomeDoesNotShareAnEpoch(t *testing.T) {
 		}
 	}
 	routers := map[string]*Router{}
-	for dc, delay := range map[string]time.Duration{"dc2": 500 * time.Millisecond, "dc3": 0} {
-		routers[dc] = memRouter(t, dc, rl, local(dc, delay))
+	for _, dc := range []string{"dc2", "dc3"} {
+		routers[dc] = memRouter(t, dc, rl, local(dc))
 		serve(t, url, routers[dc])
 	}
+	t.Cleanup(func() { release.Do(func() { close(slowDC2) }) }) // before the routers stop
 	// dc1 is down: no responders on repl.home.dc1.
 	if _, err := routers["dc3"].Write(context.Background(), changelog.WriteOp{Key: "acct/1", Value: []byte("debit 100")}); err != nil {
 		t.Fatalf("write at dc3: %v", err)
 	}
-	time.Sleep(700 * time.Millisecond) // dc2 finishes the write dc3 gave up on
+	// dc2 finishes the write dc3 gave up on.
+	release.Do(func() { close(slowDC2) })
+	finished := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, dc := range applied {
+			if dc == "dc2" {
+				return true
+			}
+		}
+		return false
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(10 * time.Second); !finished(); <-tick.C {
+		if time.Now().After(deadline) {
+			t.Fatal("dc2 did not finish the write dc3 gave up on within 10s")
+		}
+	}
 	routers["dc2"].probeAll(context.Background())
 	routers["dc3"].probeAll(context.Background())
 	s2, s3 := routers["dc2"].Status()[0], routers["dc3"].Status()[0]

@@ -488,7 +488,7 @@ type noAnswer struct {
 // ending, or a reply that cannot be read.
 func (r *Router) forward(ctx context.Context, rl *rule, target string, epoch uint64, op changelog.WriteOp) (reply, *noAnswer, error) {
 	req := request{V: Protocol, Op: opWrite, From: r.opts.DC, Prefix: rl.Prefix, DCs: rl.DCs, Epoch: epoch,
-		Key: op.Key, Value: op.Value, Delete: op.Delete, Resolve: op.Resolve, Blind: op.Context == nil, Context: op.Context}
+		Key: op.Key, Value: op.Value, Delete: op.Delete, Resolve: op.Resolve, TTL: op.TTL, Blind: op.Context == nil, Context: op.Context}
 	return r.request(ctx, rl, target, req)
 }
 
@@ -613,7 +613,7 @@ func (r *Router) handle(data []byte) reply {
 	if req.Epoch >= MaxEpoch {
 		return reply{Status: http.StatusBadRequest, Error: fmt.Sprintf("epoch %d is absurd (at most %d)", req.Epoch, MaxEpoch-1)}
 	}
-	op := changelog.WriteOp{Key: req.Key, Value: req.Value, Delete: req.Delete, Resolve: req.Resolve, Context: req.Context}
+	op := changelog.WriteOp{Key: req.Key, Value: req.Value, Delete: req.Delete, Resolve: req.Resolve, TTL: req.TTL, Context: req.Context}
 	if req.Blind {
 		op.Context = nil
 	} else if op.Context == nil {

@@ -2,6 +2,7 @@ package home
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -48,6 +49,8 @@ type request struct {
 	Value   []byte `msgpack:"value,omitempty"`
 	Delete  bool   `msgpack:"delete,omitempty"`
 	Resolve bool   `msgpack:"resolve,omitempty"`
+	// TTL is the write's time to live (changelog.WriteOp.TTL); 0 for none.
+	TTL time.Duration `msgpack:"ttl,omitempty"`
 	// Blind marks a write without a client context; an empty Context
 	// without it is the explicit "I read it absent" context.
 	Blind   bool      `msgpack:"blind,omitempty"`
@@ -134,7 +137,7 @@ func (rep reply) result(home string, op changelog.WriteOp) changelog.WriteResult
 	ev := &event.Event{
 		Version: event.SchemaVersion, Origin: home, Partition: rep.Partition, Seq: rep.Seq,
 		Key: op.Key, Op: event.Op(rep.Op), Value: op.Value, Dot: dot, Context: rep.EvContext,
-		HLC: rep.HLC, Path: []string{home},
+		HLC: rep.HLC, Path: []string{home}, Expires: changelog.ExpiryAt(rep.HLC, op.TTL),
 	}
 	return changelog.WriteResult{State: st, Event: ev}
 }

@@ -59,6 +59,8 @@ type Backend interface {
 	WaitReplicated(ctx context.Context, tok session.Token, n int) (int, error)
 	// Feed is the change feed and the point-in-time views of the store.
 	Feed() Feed
+	// Now is this DC's HLC time, which reads compare expiries against.
+	Now() uint64
 }
 
 var _ Backend = StoreBackend{}
@@ -167,6 +169,9 @@ func (b StoreBackend) WaitReplicated(ctx context.Context, tok session.Token, n i
 
 // Feed implements Backend.
 func (b StoreBackend) Feed() Feed { return b.Store }
+
+// Now implements Backend.
+func (b StoreBackend) Now() uint64 { return b.Store.Now() }
 
 // ErrNoPeers is what Digests returns without replication.
 var ErrNoPeers = errors.New("httpapi: no peers to ask: replication is off")

@@ -329,7 +329,7 @@ func (s *server) sendSnapshot(out *ndjson, r *http.Request, feed Feed, prefix st
 		return 0, err
 	}
 	err = v.Scan(prefix, "", func(key string, st dvv.State) error {
-		kj, deleted := view(s.b.Resolver(key), key, st)
+		kj, deleted := s.view(key, st)
 		if deleted {
 			return nil
 		}
@@ -357,7 +357,7 @@ func (s *server) listPage(w http.ResponseWriter, r *http.Request, prefix, after 
 	if limit > 0 {
 		n := 0
 		err := v.Scan(prefix, after, func(key string, st dvv.State) error {
-			if _, deleted := view(s.b.Resolver(key), key, st); deleted {
+			if _, deleted := s.view(key, st); deleted {
 				return nil
 			}
 			if n == limit {
@@ -382,7 +382,7 @@ func (s *server) listPage(w http.ResponseWriter, r *http.Request, prefix, after 
 		if err := r.Context().Err(); err != nil {
 			return err
 		}
-		line, deleted := view(s.b.Resolver(key), key, st)
+		line, deleted := s.view(key, st)
 		if deleted {
 			return nil
 		}

@@ -106,6 +106,9 @@ const (
 	// ReplicatedHeader says, on the answer to a write with WaitHeader,
 	// how many DCs had applied it.
 	ReplicatedHeader = "X-Repl-Replicated"
+	// TTLHeader gives a PUT's value a time to live (Go duration text,
+	// "30s"): it expires then at every DC.
+	TTLHeader = "X-Repl-TTL"
 )
 
 // Options configure the API handler.

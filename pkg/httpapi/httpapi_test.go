@@ -35,6 +35,9 @@ type (
 		Resolver string    `json:"resolver"`
 		Dot      string    `json:"dot"`
 		Error    string    `json:"error"`
+		// Expires and ExpiresTime: a value with a TTL.
+		Expires     uint64 `json:"expires"`
+		ExpiresTime string `json:"expires_time"`
 	}
 	sibResp struct {
 		Value   []byte `json:"value"`
@@ -42,6 +45,7 @@ type (
 		Origin  string `json:"origin"`
 		Dot     string `json:"dot"`
 		HLC     uint64 `json:"hlc"`
+		Expires uint64 `json:"expires"`
 	}
 	writeResp struct {
 		Key     string `json:"key"`

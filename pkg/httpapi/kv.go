@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/session"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/resolve"
@@ -27,6 +29,11 @@ type keyJSON struct {
 	Siblings []siblingJSON `json:"siblings"`
 	Conflict bool          `json:"conflict"`
 	Resolver string        `json:"resolver"`
+	// Expires is when the live value expires (the longest TTL of its live
+	// siblings wins), an HLC time, and ExpiresTime the same as wall-clock
+	// time; both absent for a value without a TTL.
+	Expires     uint64 `json:"expires,omitempty"`
+	ExpiresTime string `json:"expires_time,omitempty"`
 	// Dot is set on the answer to a conflict resolution: the write's dot.
 	Dot string `json:"dot,omitempty"`
 }
@@ -37,6 +44,9 @@ type siblingJSON struct {
 	Origin  string `json:"origin"`
 	Dot     string `json:"dot"`
 	HLC     uint64 `json:"hlc"`
+	// Expires is the sibling's own expiry (its TTL), an HLC time; absent
+	// without a TTL.
+	Expires uint64 `json:"expires,omitempty"`
 }
 
 // WriteAnswer is the answer to a write: HTTP PUT and DELETE, NATS put and
@@ -128,9 +138,18 @@ func view(r resolve.Resolver, key string, st dvv.State) (out keyJSON, deleted bo
 		out.Conflict = true
 	}
 	for i, sb := range st.Siblings {
-		out.Siblings[i] = siblingJSON{Value: sb.Value, Deleted: sb.Deleted, Origin: sb.Origin(), Dot: sb.Dot.String(), HLC: sb.HLC}
+		out.Siblings[i] = siblingJSON{Value: sb.Value, Deleted: sb.Deleted, Origin: sb.Origin(), Dot: sb.Dot.String(), HLC: sb.HLC, Expires: sb.Expires}
+	}
+	if at := st.Expiry(); at != 0 {
+		out.Expires, out.ExpiresTime = at, hlc.Timestamp(at).String()
 	}
 	return out, res.Deleted || len(st.Siblings) == 0
+}
+
+// view shows key as a read at this DC shows it now: an expired value
+// reads as deleted (dvv.State.Visible, by this DC's HLC).
+func (s *server) view(key string, st dvv.State) (keyJSON, bool) {
+	return view(s.b.Resolver(key), key, st.Visible(s.b.Now()))
 }
 
 // checkKey says why key cannot be stored, with the rules an event applies
@@ -265,9 +284,35 @@ func (s *server) missingKey(w http.ResponseWriter, r *http.Request) {
 	writeError(w, http.StatusBadRequest, fmt.Sprintf("%s needs a key: use %s /v1/kv/{key}", r.Method, r.Method))
 }
 
+// ParseTTL reads a TTL given as Go duration text ("30s", "1h"); "" is no
+// TTL. The error names the value and the bounds.
+func ParseTTL(text string) (time.Duration, error) {
+	if text == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(text)
+	if err != nil {
+		return 0, fmt.Errorf("ttl %q is not a Go duration such as 30s or 1h30m", text)
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("ttl %q is not positive; give a positive duration, or none for a value that never expires", text)
+	}
+	if err := changelog.CheckTTL(d); err != nil {
+		return 0, fmt.Errorf("ttl %q: %w", text, err)
+	}
+	return d, nil
+}
+
 func (s *server) putKey(w http.ResponseWriter, r *http.Request) {
 	op, req, ok := s.writeRequest(w, r)
 	if !ok {
+		return
+	}
+	text, _, ok := oneValue(w, r, TTLHeader, "")
+	if !ok {
+		return
+	}
+	if op.TTL, ok = s.ttl(w, text); !ok {
 		return
 	}
 	if op.Value, ok = s.readValue(w, r); !ok {
@@ -276,9 +321,24 @@ func (s *server) putKey(w http.ResponseWriter, r *http.Request) {
 	s.write(w, r, op, req)
 }
 
+// ttl parses a TTLHeader's text, or answers 400 naming it and returns
+// false.
+func (s *server) ttl(w http.ResponseWriter, text string) (time.Duration, bool) {
+	d, err := ParseTTL(text)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %v; nothing was written", TTLHeader, err))
+		return 0, false
+	}
+	return d, true
+}
+
 func (s *server) deleteKey(w http.ResponseWriter, r *http.Request) {
 	op, req, ok := s.writeRequest(w, r)
 	if !ok {
+		return
+	}
+	if r.Header.Get(TTLHeader) != "" {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("a DELETE carries no %s: only a value expires; nothing was written", TTLHeader))
 		return
 	}
 	op.Delete = true
@@ -457,7 +517,7 @@ func (s *server) getKey(w http.ResponseWriter, r *http.Request) {
 		s.backendError(w, r, "read "+strconv.Quote(key), err)
 		return
 	}
-	out, deleted := view(s.b.Resolver(key), key, st)
+	out, deleted := s.view(key, st)
 	w.Header().Set(ContextHeader, out.Context)
 	if deleted {
 		writeJSON(w, http.StatusNotFound, notFoundBody{
@@ -568,8 +628,9 @@ func (s *server) listKeys(w http.ResponseWriter, r *http.Request) {
 // with the same shape.
 type View = keyJSON
 
-// NewView runs the key's resolver over st; deleted reports that no live
+// NewView runs the key's resolver over st as a read at HLC time now shows
+// it (an expired value reads as deleted); deleted reports that no live
 // value is shown.
-func NewView(r resolve.Resolver, key string, st dvv.State) (v View, deleted bool) {
-	return view(r, key, st)
+func NewView(r resolve.Resolver, key string, st dvv.State, now uint64) (v View, deleted bool) {
+	return view(r, key, st.Visible(now))
 }

@@ -70,8 +70,12 @@ func TestOpenAPI(t *testing.T) {
 
 	var full struct {
 		Components struct {
-			Schemas   map[string]schema          `json:"schemas"`
-			Responses map[string]json.RawMessage `json:"responses"`
+			Schemas    map[string]schema          `json:"schemas"`
+			Responses  map[string]json.RawMessage `json:"responses"`
+			Parameters map[string]struct {
+				Name    string `json:"name"`
+				Example any    `json:"example"`
+			} `json:"parameters"`
 		} `json:"components"`
 	}
 	if err := json.Unmarshal(w.Body.Bytes(), &full); err != nil {
@@ -141,6 +145,21 @@ func TestOpenAPI(t *testing.T) {
 			}
 		}
 	}
+
+	// A PUT with the documented X-Repl-TTL takes it, and the GET of the
+	// key then shows only documented fields (expires, expires_time).
+	ttl := full.Components.Parameters["TTLHeader"]
+	if ttl.Name != TTLHeader || ttl.Example == nil {
+		t.Fatalf("openapi.json documents the TTL header as %q with example %v; want %s with one", ttl.Name, ttl.Example, TTLHeader)
+	}
+	w = serve(h, req{method: "PUT", target: "/v1/kv/ttl%2Fk", body: "v", header: http.Header{TTLHeader: {toString(ttl.Example)}}})
+	wantStatus(t, w, http.StatusOK)
+	w = serve(h, req{method: "GET", target: "/v1/kv/ttl%2Fk"})
+	wantStatus(t, w, http.StatusOK)
+	if !strings.Contains(w.Body.String(), `"expires_time"`) {
+		t.Fatalf("GET of a key with a TTL: %s; want its expiry", w.Body.String())
+	}
+	checkFields(t, "get /v1/kv/{key} with a TTL", doc.Paths["/v1/kv/{key}"]["get"].Responses["200"], w.Body.Bytes(), schemas)
 }
 
 // schema is what checkFields reads of a schema (or, for a named response,

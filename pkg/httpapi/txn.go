@@ -27,6 +27,9 @@ type TxnOp struct {
 	// Context is the key's context from a read, in its text form; empty
 	// for a blind write.
 	Context string `json:"context,omitempty"`
+	// TTL gives a put's value a time to live, in Go duration text ("30s"),
+	// as X-Repl-TTL does; empty for none.
+	TTL string `json:"ttl,omitempty"`
 }
 
 // TxnRequest is the body of POST /v1/txn.
@@ -89,9 +92,17 @@ func ParseTxn(req TxnRequest, maxKey, maxValue int) ([]changelog.WriteOp, error)
 			if len(w.Value) > maxValue {
 				return nil, fmt.Errorf("op %d: %w", i, changelog.ValueTooLarge(len(w.Value), maxValue))
 			}
+			ttl, err := ParseTTL(op.TTL)
+			if err != nil {
+				return nil, bad("%v", err)
+			}
+			w.TTL = ttl
 		case "del", "delete":
 			if op.Value != nil || op.ValueText != nil {
 				return nil, bad("a delete carries no value")
+			}
+			if op.TTL != "" {
+				return nil, bad("a delete carries no ttl: only a value expires")
 			}
 			w.Delete = true
 		default:

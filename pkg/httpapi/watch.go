@@ -169,7 +169,7 @@ func (s *server) watch(w http.ResponseWriter, r *http.Request) {
 				out.send(errorBody{Error: msg})
 				return
 			}
-			kj, deleted := view(s.b.Resolver(c.Key), c.Key, c.State)
+			kj, deleted := s.view(c.Key, c.State)
 			line := watchLine{keyJSON: kj, Op: c.Op.String(), Origin: c.Origin, Deleted: deleted, Cursor: c.Cursor}
 			if out.send(line) != nil {
 				return

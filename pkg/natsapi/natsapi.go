@@ -5,7 +5,7 @@
 // Endpoints, for DC d: repl.api.d.get, repl.api.d.put, repl.api.d.del,
 // repl.api.d.txn and repl.api.d.changes. A get, put or del request is
 // JSON {"key", "value" (base64) or "value_text", "context", "session",
-// "wait", "wait_timeout"}; the answer to get is the same JSON as GET
+// "wait", "wait_timeout", and on put "ttl"}; the answer to get is the same JSON as GET
 // /v1/kv/{key}, to put and del {"key","context","dot","session"} (plus
 // "replicated", and "error" when the wait timed out). A txn request and
 // its answer are those of POST /v1/txn. A changes request {"since",
@@ -71,6 +71,9 @@ type Request struct {
 	// WaitTimeout bounds Wait, in Go duration text ("2s"); default 5s, at
 	// most 1m.
 	WaitTimeout string `json:"wait_timeout,omitempty"`
+	// TTL, on put, gives the value a time to live in Go duration text
+	// ("30s"), as X-Repl-TTL does.
+	TTL string `json:"ttl,omitempty"`
 }
 
 // Wait is the "wait" field: a JSON number or a string ("all", "2").
@@ -130,7 +133,7 @@ func ServeNode(nc *nats.Conn, dc string, store *changelog.Store, rules *resolve.
 		if err := g.AddEndpoint(op, micro.HandlerFunc(func(r micro.Request) {
 			var req Request
 			if err := json.Unmarshal(r.Data(), &req); err != nil {
-				r.Error("400", "request is not JSON {key, value|value_text, context, session, wait, wait_timeout}: "+err.Error(), nil)
+				r.Error("400", "request is not JSON {key, value|value_text, context, session, wait, wait_timeout, ttl}: "+err.Error(), nil)
 				return
 			}
 			if req.Key == "" {
@@ -176,7 +179,7 @@ func (h handler) txn(r micro.Request) {
 	dec := json.NewDecoder(bytes.NewReader(r.Data()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		r.Error("400", `request is not a transaction {"ops":[{"op":"put"|"del","key","value"|"value_text","context"}...], "session", "wait", "wait_timeout"}: `+err.Error(), nil)
+		r.Error("400", `request is not a transaction {"ops":[{"op":"put"|"del","key","value"|"value_text","context","ttl"}...], "session", "wait", "wait_timeout"}: `+err.Error(), nil)
 		return
 	}
 	lim := event.DefaultLimits()
@@ -249,7 +252,7 @@ func (h handler) get(r micro.Request, req Request) {
 		fail(r, err)
 		return
 	}
-	v, deleted := httpapi.NewView(h.rules.For(req.Key), req.Key, st)
+	v, deleted := httpapi.NewView(h.rules.For(req.Key), req.Key, st, h.store.Now())
 	if deleted {
 		r.Error("404", fmt.Sprintf("key %q has no live value (context %s)", req.Key, v.Context), nil)
 		return
@@ -266,10 +269,19 @@ func (h handler) put(r micro.Request, req Request) {
 		}
 		val = []byte(*req.ValueText)
 	}
-	h.write(r, req, changelog.WriteOp{Key: req.Key, Value: val})
+	ttl, err := httpapi.ParseTTL(req.TTL)
+	if err != nil {
+		r.Error("400", err.Error()+"; nothing was written", nil)
+		return
+	}
+	h.write(r, req, changelog.WriteOp{Key: req.Key, Value: val, TTL: ttl})
 }
 
 func (h handler) del(r micro.Request, req Request) {
+	if req.TTL != "" {
+		r.Error("400", "a del carries no ttl: only a value expires; nothing was written", nil)
+		return
+	}
 	h.write(r, req, changelog.WriteOp{Key: req.Key, Delete: true})
 }
 

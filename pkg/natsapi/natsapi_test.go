@@ -23,6 +23,12 @@ import (
 // caller of its endpoints.
 func serve(t *testing.T) (*changelog.Store, *nats.Conn, func(op string, req any) (*nats.Msg, error)) {
 	t.Helper()
+	return serveClock(t, nil)
+}
+
+// serveClock is serve with the store's HLC clock.
+func serveClock(t *testing.T, clock changelog.Clock) (*changelog.Store, *nats.Conn, func(op string, req any) (*nats.Msg, error)) {
+	t.Helper()
 	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +39,7 @@ func serve(t *testing.T) (*changelog.Store, *nats.Conn, func(op string, req any)
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	st, err := changelog.Open("/s", changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: 2, FS: vfs.NewMem()})
+	st, err := changelog.Open("/s", changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: 2, FS: vfs.NewMem(), Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}

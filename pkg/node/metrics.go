@@ -38,6 +38,7 @@ type collector struct {
 	heal                         *prometheus.Desc
 	reportsSent, reportBytes     *prometheus.Desc
 	ready, peerAge               *prometheus.Desc
+	expired                      *prometheus.Desc
 }
 
 // newPublishLatency is the histogram of JetStream publish latency, fed by
@@ -69,6 +70,7 @@ func newCollector(n *Node) *collector {
 		gaps:            d("gaps_total", "Events held back behind a sequence gap."),
 		repairs:         d("repaired_events_total", "Events fetched from their origin to fill gaps."),
 		purged:          d("tombstones_purged_total", "Tombstoned keys purged after causal stability."),
+		expired:         d("expired_total", "Expired values (TTL) this DC deleted, each with one replicated delete."),
 		conflicts:       d("conflicts_total", "Conflict-log entries written, by resolver.", "resolver"),
 		lagEvents:       d("link_lag_events", "Messages pending on an upstream link.", "upstream"),
 		lagSeconds:      d("link_lag_seconds", "Age of the newest event applied from an upstream, while messages are pending.", "upstream"),
@@ -88,7 +90,7 @@ func newCollector(n *Node) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.writes, c.applies, c.obsolete, c.duplicates, c.loops, c.dead, c.published,
 		c.pubErrors, c.gaps, c.repairs, c.purged, c.conflicts, c.lagEvents, c.lagSeconds, c.outbox, c.groups, c.drift,
-		c.conflictLog, c.conflictsPruned, c.heal, c.reportsSent, c.reportBytes, c.ready, c.peerAge} {
+		c.conflictLog, c.conflictsPruned, c.heal, c.reportsSent, c.reportBytes, c.ready, c.peerAge, c.expired} {
 		ch <- d
 	}
 }
@@ -132,6 +134,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.gaps, bs.Gaps)
 	counter(c.repairs, bs.RepairedEvents)
 	counter(c.purged, bs.Purged)
+	counter(c.expired, bs.Expired)
 	counter(c.drift, bs.ClockDrift)
 	counter(c.reportsSent, bs.ReportsSent)
 	counter(c.reportBytes, bs.ReportBytes)

@@ -230,6 +230,7 @@ func (n *Node) Start(ctx context.Context) error {
 		StreamRetention: time.Duration(n.cfg.Durability.StreamRetention),
 		HealAfter:       time.Duration(n.cfg.HealAfter),
 		StandbyHub:      n.cfg.StandbyHub,
+		ExpiryTakeover:  time.Duration(n.cfg.ExpiryTakeover),
 	})
 	if err != nil {
 		return err

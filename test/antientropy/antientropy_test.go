@@ -22,26 +22,25 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/antientropy"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/demo"
 	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
-	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var dcNames = []string{"dc1", "dc2", "dc3"}
 
-// sidecar is one DC: its node and, next to it, its anti-entropy worker.
+// sidecar is one DC of the cluster and, next to its node, its own
+// anti-entropy worker.
 type sidecar struct {
 	t    *testing.T
 	name string
-	url  string
-	cfg  config.Config
+	c    *cluster.Cluster
 	n    *node.Node
 	nc   *nats.Conn
 	w    *antientropy.Worker
@@ -50,22 +49,17 @@ type sidecar struct {
 func (s *sidecar) start() {
 	t := s.t
 	t.Helper()
-	n, err := node.New(s.cfg, node.Options{NATSURL: s.url, NoHTTP: true, ReportInterval: 100 * time.Millisecond, Logger: testLogger(s.name)})
-	if err != nil {
-		t.Fatalf("%s: node.New: %v", s.name, err)
+	if err := s.c.StartDC(context.Background(), s.name); err != nil {
+		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := n.Start(ctx); err != nil {
-		n.Close()
-		t.Fatalf("%s: start: %v", s.name, err)
-	}
-	nc, err := nats.Connect(s.url, nats.Name("antientropy-"+s.name))
+	n := s.c.Node(s.name)
+	nc, err := nats.Connect(s.c.URL(), nats.Name("antientropy-"+s.name))
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg := s.c.Config(s.name)
 	w, err := antientropy.New(antientropy.Options{
-		Store: n.Store(), NC: nc, DC: s.name, DCs: s.cfg.DCs, Partitions: s.cfg.Partitions,
+		Store: n.Store(), NC: nc, DC: s.name, DCs: cfg.DCs, Partitions: cfg.Partitions,
 		Interval: -1, Logger: testLogger(s.name),
 	})
 	if err != nil {
@@ -83,7 +77,7 @@ func (s *sidecar) stop() {
 	}
 	s.w.Close()
 	s.nc.Close()
-	if err := s.n.Close(); err != nil {
+	if err := s.c.StopDC(s.name); err != nil {
 		s.t.Logf("%s: close: %v", s.name, err)
 	}
 	s.n = nil
@@ -162,14 +156,14 @@ func (m *mesh) converged() (bool, string) {
 
 func TestRestoredDCRepairedByAntiEntropy(t *testing.T) {
 	begin := time.Now()
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: t.TempDir(), JetStream: true, ServerName: "ae"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	m := &mesh{t: t, url: ns.ClientURL(), dcs: map[string]*sidecar{}}
+	c := cluster.Start(t, cluster.Options{
+		DCs: dcNames, ServerName: "ae", ReportInterval: 100 * time.Millisecond, NoStart: true,
+		Config: func(cfg *config.Config) { cfg.Resolvers.Rules = demo.Rules(cfg.DCs) },
+		Logger: testLogger,
+	})
+	m := &mesh{t: t, url: c.URL(), dcs: map[string]*sidecar{}}
 	for _, n := range dcNames {
-		s := &sidecar{t: t, name: n, url: m.url, cfg: demo.Config(n, dcNames, config.Mesh, filepath.Join(t.TempDir(), n))}
+		s := &sidecar{t: t, name: n, c: c}
 		s.start()
 		m.dcs[n] = s
 		defer s.stop()
@@ -183,10 +177,10 @@ func TestRestoredDCRepairedByAntiEntropy(t *testing.T) {
 		dc1.put(fmt.Sprintf("title/%d", i), "dc1-1")
 		dc2.put(fmt.Sprintf("gone/%d", i), "doomed")
 	}
-	eventually(t, 20*time.Second, "convergence before the copy", m.converged)
+	cluster.Eventually(t, 20*time.Second, "convergence before the copy", m.converged)
 	dc3.stop()
 	backup := filepath.Join(t.TempDir(), "dc3-backup")
-	if err := os.CopyFS(backup, os.DirFS(dc3.cfg.DataDir)); err != nil {
+	if err := os.CopyFS(backup, os.DirFS(c.DataDir("dc3"))); err != nil {
 		t.Fatal(err)
 	}
 	dc3.start()
@@ -200,8 +194,8 @@ func TestRestoredDCRepairedByAntiEntropy(t *testing.T) {
 		dc3.put(fmt.Sprintf("title/%d", i), "dc3-2")
 		dc1.del(fmt.Sprintf("gone/%d", i))
 	}
-	eventually(t, 20*time.Second, "convergence after the second round of writes", m.converged)
-	eventually(t, 20*time.Second, "purge of the deleted keys at every DC", func() (bool, string) {
+	cluster.Eventually(t, 20*time.Second, "convergence after the second round of writes", m.converged)
+	cluster.Eventually(t, 20*time.Second, "purge of the deleted keys at every DC", func() (bool, string) {
 		for _, s := range m.dcs {
 			for i := range keys {
 				if _, ok, err := s.store().Get(fmt.Sprintf("gone/%d", i)); err != nil || ok {
@@ -216,8 +210,8 @@ func TestRestoredDCRepairedByAntiEntropy(t *testing.T) {
 	// and every outbox entry is trimmed once every DC applied it. No
 	// stream replay or gap repair can give the restored copy what it
 	// lacks.
-	forgetStreams(t, m.url)
-	eventually(t, 20*time.Second, "trimmed outboxes", func() (bool, string) {
+	forgetStreams(t, m.url, c.Partitions())
+	cluster.Eventually(t, 20*time.Second, "trimmed outboxes", func() (bool, string) {
 		for _, s := range m.dcs {
 			if es, err := s.store().ReadOutbox(0, 1); err != nil || len(es) > 0 {
 				return false, s.name + " still holds outbox entries"
@@ -239,13 +233,13 @@ func TestRestoredDCRepairedByAntiEntropy(t *testing.T) {
 	// done here on the store directly: the own sequences the copy lacks
 	// and the stream no longer holds are marked lost.
 	dc3.stop()
-	if err := os.RemoveAll(dc3.cfg.DataDir); err != nil {
+	if err := os.RemoveAll(c.DataDir("dc3")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.CopyFS(dc3.cfg.DataDir, os.DirFS(backup)); err != nil {
+	if err := os.CopyFS(c.DataDir("dc3"), os.DirFS(backup)); err != nil {
 		t.Fatal(err)
 	}
-	markLost(t, dc3.cfg, issued)
+	markLost(t, c.Config("dc3"), issued)
 	dc3.start()
 	stale := 0
 	for key, v := range want {
@@ -324,7 +318,7 @@ func TestRestoredDCRepairedByAntiEntropy(t *testing.T) {
 	// 5. The restored DC writes again, above the sequences it had issued,
 	// and its peers apply it through the stream as usual.
 	dc3.put("after/restore", "dc3-3")
-	eventually(t, 20*time.Second, "dc3's write after the repair reaching its peers", func() (bool, string) {
+	cluster.Eventually(t, 20*time.Second, "dc3's write after the repair reaching its peers", func() (bool, string) {
 		for _, s := range []*sidecar{dc1, dc2} {
 			if got := s.show("after/restore"); got != "[dc3-3]" {
 				return false, fmt.Sprintf("%s shows %s", s.name, got)
@@ -353,7 +347,7 @@ func TestRestoredDCRepairedByAntiEntropy(t *testing.T) {
 
 // forgetStreams purges every DC's stream down to the last message of each
 // subject, as the bridge's stream retention does after StreamRetention.
-func forgetStreams(t *testing.T, url string) {
+func forgetStreams(t *testing.T, url string, partitions int) {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
@@ -371,7 +365,7 @@ func forgetStreams(t *testing.T, url string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for p := range demo.Config(dc, dcNames, config.Mesh, "").Partitions {
+		for p := range partitions {
 			if err := s.Purge(ctx, jetstream.WithPurgeSubject(names.Subject(dc, uint32(p))), jetstream.WithPurgeKeep(1)); err != nil {
 				t.Fatal(err)
 			}
@@ -399,11 +393,6 @@ func markLost(t *testing.T, cfg config.Config, issued []uint64) {
 		}
 	}
 	t.Logf("dc3's copy lacks %d own sequences; marked lost", lost)
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	testutil.Eventually(t, timeout, 25*time.Millisecond, what, cond)
 }
 
 func testLogger(dc string) *slog.Logger {

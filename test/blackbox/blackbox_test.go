@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
@@ -61,7 +62,7 @@ func TestKillAndRestart(t *testing.T) {
 	}
 	phase := func(what string, cond func() bool) {
 		t.Helper()
-		if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, cond); err != nil {
+		if err := repl.WaitFor(30*time.Second, 10*time.Millisecond, cond); err != nil {
 			w.Halt()
 			t.Fatalf("%s: %v (acked so far: dc1 %d, dc2 %d, dc3 %d)", what, err, led.Acked("dc1"), led.Acked("dc2"), led.Acked("dc3"))
 		}
@@ -106,7 +107,7 @@ func TestSIGTERMFlushes(t *testing.T) {
 	w.Start("dc1", 6, 100, 11)
 	w.Start("dc2", 1, 100, 12)
 	w.Start("dc3", 1, 100, 13)
-	if err := sidecar.WaitFor(30*time.Second, time.Millisecond, func() bool { return led.Acked("dc1") >= 300 }); err != nil {
+	if err := repl.WaitFor(30*time.Second, time.Millisecond, func() bool { return led.Acked("dc1") >= 300 }); err != nil {
 		t.Fatalf("burst at dc1: %v (acked %d)", err, led.Acked("dc1"))
 	}
 
@@ -134,7 +135,7 @@ func TestSIGTERMFlushes(t *testing.T) {
 		want[op.Key] = max(want[op.Key], n)
 	}
 	var missing []string
-	err = sidecar.WaitFor(20*time.Second, 100*time.Millisecond, func() bool {
+	err = repl.WaitFor(20*time.Second, 100*time.Millisecond, func() bool {
 		missing = missing[:0]
 		for _, dc := range []string{"dc2", "dc3"} {
 			p := c.proc(dc)

@@ -11,8 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/replicatorhq/replicator/bridge"
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
+	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
@@ -23,7 +24,6 @@ var dcNames = []string{"dc1", "dc2", "dc3"}
 // `replicator run` process per DC, all on loopback.
 type cluster struct {
 	t      *testing.T
-	nats   *server.Server
 	procs  []*proc
 	client *http.Client
 }
@@ -51,13 +51,18 @@ type proc struct {
 func startCluster(t *testing.T) *cluster {
 	t.Helper()
 	requireBinary(t)
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: t.TempDir(), JetStream: true, ServerName: "blackbox"})
-	if err != nil {
-		t.Fatalf("start embedded NATS: %v", err)
-	}
+	dir := t.TempDir()
+	// The DCs' configs, data dirs and HTTP addresses, and the embedded
+	// NATS server the processes share; the processes start below.
+	cl := repl.Start(t, repl.Options{
+		DCs: dcNames, Partitions: 8, Dir: filepath.Join(dir, "data"), ServerName: "blackbox", HTTP: true, NoStart: true,
+		Config: func(cfg *config.Config) {
+			cfg.Resolvers.Rules = []config.Rule{{Prefix: lwwPrefix, Resolver: config.LWW}}
+			cfg.Durability.Fsync = true
+		},
+	})
 	c := &cluster{
-		t:    t,
-		nats: ns,
+		t: t,
 		client: &http.Client{
 			Timeout:   10 * time.Second,
 			Transport: &http.Transport{MaxIdleConnsPerHost: 16, DisableCompression: true},
@@ -65,10 +70,6 @@ func startCluster(t *testing.T) *cluster {
 	}
 	// Cleanups run last-registered first: kill the sidecars, print their
 	// logs if the test failed, close idle connections, stop NATS.
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
 	t.Cleanup(c.client.CloseIdleConnections)
 	t.Cleanup(c.dumpLogsOnFailure)
 	t.Cleanup(func() {
@@ -77,34 +78,15 @@ func startCluster(t *testing.T) *cluster {
 		}
 	})
 
-	dir := t.TempDir()
 	for _, dc := range dcNames {
 		p := &proc{
 			t:       t,
 			name:    dc,
 			cfgPath: filepath.Join(dir, dc+".yaml"),
 			logPath: filepath.Join(dir, dc+".log"),
-			addr:    sidecar.FreeAddr(t),
+			addr:    cl.HTTPAddr(dc),
 		}
-		cfg := fmt.Sprintf(`# written by test/blackbox
-dc: %s
-dcs: [%s]
-topology: mesh
-partitions: 8
-nats:
-  url: %s
-data_dir: %s
-http:
-  listen: %s
-resolvers:
-  default: siblings
-  rules:
-    - prefix: %q
-      resolver: lww
-durability:
-  fsync: true
-`, dc, strings.Join(dcNames, ", "), ns.ClientURL(), filepath.Join(dir, "data", dc), p.addr, lwwPrefix)
-		if err := os.WriteFile(p.cfgPath, []byte(cfg), 0o600); err != nil {
+		if err := cl.WriteConfig(dc, p.cfgPath); err != nil {
 			t.Fatal(err)
 		}
 		c.procs = append(c.procs, p)
@@ -299,7 +281,7 @@ func (c *cluster) waitConverged(timeout time.Duration) time.Duration {
 	c.t.Helper()
 	begin := time.Now()
 	var last []string
-	err := sidecar.WaitFor(timeout, 100*time.Millisecond, func() bool {
+	err := repl.WaitFor(timeout, 100*time.Millisecond, func() bool {
 		var equal bool
 		equal, _, last = c.digests()
 		return equal

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/names"
 )
@@ -22,7 +23,7 @@ func TestRedelivery(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js := c.ns.js(t)
+	js := c.js(t)
 
 	perDC := c.writeConcurrently(c.dcs, 10, 3)
 	c.waitConverged(20 * time.Second)
@@ -51,8 +52,8 @@ func TestRedelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.startRep("dc2")
-	eventually(t, 20*time.Second, "redelivery", func() (bool, string) {
-		s := c.nodes["dc2"].rep.Stats()
+	cluster.Eventually(t, 20*time.Second, "redelivery", func() (bool, string) {
+		s := c.rep("dc2").Stats()
 		return s.Duplicates == uint64(perDC), fmt.Sprintf("%d duplicates of %d", s.Duplicates, perDC)
 	})
 	c.waitConverged(10 * time.Second)
@@ -70,7 +71,7 @@ func TestLostMessages(t *testing.T) {
 	c := newCluster(t, "ring", 3, nil).start()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js := c.ns.js(t)
+	js := c.js(t)
 	c.stopRep("dc2")
 	c.stopRep("dc3")
 
@@ -78,17 +79,17 @@ func TestLostMessages(t *testing.T) {
 	for i := range writes {
 		c.write("dc1", fmt.Sprintf("k%02d", i%10), fmt.Sprint(i), i%2 == 0)
 	}
-	eventually(t, 10*time.Second, "dc1 publishing", func() (bool, string) {
-		d := c.nodes["dc1"].store.OutboxDepth()
+	cluster.Eventually(t, 10*time.Second, "dc1 publishing", func() (bool, string) {
+		d := c.store("dc1").OutboxDepth()
 		return d == 0, fmt.Sprintf("%d to publish", d)
 	})
 	deleteMsgs(t, ctx, js, "dc1", 3, 4, 17)
 
 	c.startRep("dc2")
-	eventually(t, 10*time.Second, "dc2 catching up", func() (bool, string) {
-		got := c.nodes["dc2"].store.Applied()["dc1"]
-		want := c.nodes["dc1"].store.Applied()["dc1"]
-		return fmt.Sprint(got) == fmt.Sprint(want) && c.nodes["dc2"].store.OutboxDepth() == 0,
+	cluster.Eventually(t, 10*time.Second, "dc2 catching up", func() (bool, string) {
+		got := c.store("dc2").Applied()["dc1"]
+		want := c.store("dc1").Applied()["dc1"]
+		return fmt.Sprint(got) == fmt.Sprint(want) && c.store("dc2").OutboxDepth() == 0,
 			fmt.Sprintf("applied %v of %v", got, want)
 	})
 	deleteMsgs(t, ctx, js, "dc2", 1, 20)
@@ -110,15 +111,15 @@ func TestLostTail(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js := c.ns.js(t)
+	js := c.js(t)
 	c.stopRep("dc2")
 
 	const writes = 10
 	for i := range writes {
 		c.write("dc1", fmt.Sprintf("k%02d", i), fmt.Sprint(i), false)
 	}
-	eventually(t, 10*time.Second, "dc1 publishing", func() (bool, string) {
-		d := c.nodes["dc1"].store.OutboxDepth()
+	cluster.Eventually(t, 10*time.Second, "dc1 publishing", func() (bool, string) {
+		d := c.store("dc1").OutboxDepth()
 		return d == 0, fmt.Sprintf("%d to publish", d)
 	})
 	deleteMsgs(t, ctx, js, "dc1", 8, 9, 10)
@@ -154,17 +155,19 @@ func TestRestartNATS(t *testing.T) {
 	done := make(chan error, 1)
 	const keys, rounds, whileDown = 20, 10, 10
 	go func() { done <- c.writeAll(c.dcs, keys, rounds) }()
-	eventually(t, 10*time.Second, "replication under way", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "replication under way", func() (bool, string) {
 		s := c.stats("dc2")
 		return s.Applied+s.Obsolete >= 20, fmt.Sprintf("dc2 applied %d", s.Applied+s.Obsolete)
 	})
-	c.ns.stop()
+	c.Server().Stop()
 	for _, dc := range c.dcs {
 		for i := range whileDown {
 			c.write(dc, fmt.Sprintf("down%02d", i), dc, i%2 == 0)
 		}
 	}
-	c.ns.start()
+	if err := c.Server().Start(); err != nil {
+		t.Fatal(err)
+	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +193,7 @@ func TestRestartSidecar(t *testing.T) {
 	for i := range 40 {
 		c.write("dc2", fmt.Sprintf("k%02d", i%keys), fmt.Sprint("dc2-", i), i%3 == 0)
 	}
-	eventually(t, 10*time.Second, "replication under way", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "replication under way", func() (bool, string) {
 		s := c.stats("dc2")
 		return s.Applied+s.Obsolete >= 20, fmt.Sprintf("dc2 applied %d", s.Applied+s.Obsolete)
 	})
@@ -226,23 +229,23 @@ func TestRestoreFromBackup(t *testing.T) {
 		c.write("dc2", fmt.Sprintf("d%02d", i), "applied-after-backup", false)
 	}
 	c.waitConverged(10 * time.Second)
-	high := c.nodes["dc1"].store.Applied()["dc1"]
+	high := c.store("dc1").Applied()["dc1"]
 	// dc2 drops the d-keys from its outbox once dc1 has applied them, so
 	// after the restore dc1 can only get them again from dc2's stream.
-	eventually(t, 10*time.Second, "dc2 trimming its outbox", func() (bool, string) {
-		s := c.nodes["dc2"].rep.Stats()
+	cluster.Eventually(t, 10*time.Second, "dc2 trimming its outbox", func() (bool, string) {
+		s := c.rep("dc2").Stats()
 		return s.Trimmed == s.Published, fmt.Sprintf("trimmed %d of %d", s.Trimmed, s.Published)
 	})
 
 	c.stop("dc1")
-	c.nodes["dc1"].dir = backup
+	c.SetDataDir("dc1", backup)
 	c.openStore("dc1")
-	restored := c.nodes["dc1"].store.Applied()["dc1"]
+	restored := c.store("dc1").Applied()["dc1"]
 	if fmt.Sprint(restored) == fmt.Sprint(high) {
 		t.Fatalf("the backup holds the same sequences %v as the live store", high)
 	}
 	c.startRep("dc1")
-	if got := c.nodes["dc1"].store.Applied()["dc1"]; fmt.Sprint(got) != fmt.Sprint(high) {
+	if got := c.store("dc1").Applied()["dc1"]; fmt.Sprint(got) != fmt.Sprint(high) {
 		t.Errorf("after start, dc1's sequences are %v, want %v, the highest its stream holds (the backup had %v)", got, high, restored)
 	}
 	for i := range 10 {
@@ -262,7 +265,7 @@ func TestRestoreFromBackup(t *testing.T) {
 		t.Errorf("dc1 recovered dc2's events without replaying dc2's stream: %+v", s)
 	}
 	for i := range 10 {
-		st, ok, err := c.nodes["dc2"].store.Get(fmt.Sprintf("c%02d", i))
+		st, ok, err := c.store("dc2").Get(fmt.Sprintf("c%02d", i))
 		if err != nil || !ok || len(st.Siblings) != 1 || string(st.Siblings[0].Value) != "after-restore" {
 			t.Errorf("dc2 lacks dc1's write c%02d made after the restore: %+v %v %v", i, st, ok, err)
 		}
@@ -280,15 +283,15 @@ func TestStreamFull(t *testing.T) {
 	}).start()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js := c.ns.js(t)
+	js := c.js(t)
 
 	const writes = 100
 	for i := range writes {
 		c.write("dc1", fmt.Sprintf("k%02d", i%10), fmt.Sprint(i), false)
 	}
-	st := c.nodes["dc1"].store
-	eventually(t, 10*time.Second, "a rejected publish", func() (bool, string) {
-		s := c.nodes["dc1"].rep.Stats()
+	st := c.store("dc1")
+	cluster.Eventually(t, 10*time.Second, "a rejected publish", func() (bool, string) {
+		s := c.rep("dc1").Stats()
 		return s.PublishErrors > 0, fmt.Sprintf("%d published, outbox %d", s.Published, st.OutboxDepth())
 	})
 	s, err := js.Stream(ctx, names.Stream("dc1"))

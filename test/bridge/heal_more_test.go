@@ -7,6 +7,7 @@ package bridge_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -18,12 +19,14 @@ import (
 
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/names"
 )
 
 // bgWriter writes continuously at some DCs until stopped, counting writes.
 type bgWriter struct {
 	h    *healRun
+	dcs  []string
 	stop chan struct{}
 	wg   sync.WaitGroup
 	mu   sync.Mutex
@@ -31,18 +34,22 @@ type bgWriter struct {
 	err  atomic.Value
 }
 
-func startWriters(h *healRun, dcs []string, pause time.Duration) *bgWriter {
-	w := &bgWriter{h: h, stop: make(chan struct{}), n: map[string]int{}}
+// startWriters has each DC of dcs write, one write per pace at most, until
+// finish.
+func startWriters(h *healRun, dcs []string, pace time.Duration) *bgWriter {
+	w := &bgWriter{h: h, dcs: dcs, stop: make(chan struct{}), n: map[string]int{}}
 	for _, dc := range dcs {
-		st := h.nodes[dc].store
+		st := h.store(dc)
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
+			tick := time.NewTicker(pace)
+			defer tick.Stop()
 			for i := 0; ; i++ {
 				select {
 				case <-w.stop:
 					return
-				default:
+				case <-tick.C:
 				}
 				key := fmt.Sprintf("bg%02d", i%17)
 				if _, err := st.Write(context.Background(), changelog.WriteOp{Key: key, Value: fmt.Appendf(nil, "%s-bg-%d", dc, i)}); err != nil {
@@ -52,11 +59,32 @@ func startWriters(h *healRun, dcs []string, pause time.Duration) *bgWriter {
 				w.mu.Lock()
 				w.n[dc]++
 				w.mu.Unlock()
-				time.Sleep(pause)
 			}
 		}()
 	}
 	return w
+}
+
+// waitMore waits until each writer has made n more writes than when it was
+// called: the workload has run that far through the current fault.
+func (w *bgWriter) waitMore(n int) {
+	w.h.t.Helper()
+	w.mu.Lock()
+	from := maps.Clone(w.n)
+	w.mu.Unlock()
+	cluster.Eventually(w.h.t, 20*time.Second, fmt.Sprintf("%d more background writes at each of %v", n, w.dcs), func() (bool, string) {
+		if err, _ := w.err.Load().(error); err != nil {
+			w.h.t.Fatalf("background write: %v", err)
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		for _, dc := range w.dcs {
+			if w.n[dc]-from[dc] < n {
+				return false, fmt.Sprintf("writes %v, from %v", w.n, from)
+			}
+		}
+		return true, ""
+	})
 }
 
 func (w *bgWriter) finish() {
@@ -74,7 +102,7 @@ func (w *bgWriter) finish() {
 // still flushes for FlushTimeout).
 func (h *healRun) crash(dc string) {
 	h.t.Helper()
-	st := h.nodes[dc].store
+	st := h.store(dc)
 	h.stopRep(dc)
 	h.ownAt[dc] = slices.Clone(st.Applied()[dc])
 	h.stop(dc)
@@ -84,7 +112,7 @@ func noLoopLimit(string) uint64 { return math.MaxUint64 }
 
 // healConsumers lists the heal consumers left on the server.
 func (h *healRun) healConsumers() []string {
-	js := h.ns.js(h.t)
+	js := h.js(h.t)
 	var out []string
 	for _, up := range h.dcs {
 		for _, dc := range h.dcs {
@@ -110,21 +138,21 @@ func TestHealMoreRingFlap(t *testing.T) {
 	h := newHealRun(t, "ring", 4, healing(""))
 	h.writes(h.dcs, 10, 2)
 	w := startWriters(h, []string{"dc1", "dc3", "dc4"}, 2*time.Millisecond)
-	time.Sleep(300 * time.Millisecond)
+	w.waitMore(50) // writes flow before the crash
 	h.crash("dc2")
 	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
-	time.Sleep(500 * time.Millisecond)
+	w.waitMore(50) // and while dc3 heals around dc2
 	h.revive("dc2")
-	time.Sleep(700 * time.Millisecond) // back, maybe not yet counted as alive
+	cluster.Hold(700*time.Millisecond, nil) // the flap: dc2 up 700ms, maybe not yet counted as alive
 	h.crash("dc2")
-	time.Sleep(1500 * time.Millisecond)
+	cluster.Hold(1500*time.Millisecond, nil) // down 1.5s, maybe before the others count it dead
 	h.revive("dc2")
-	time.Sleep(300 * time.Millisecond)
+	cluster.Hold(300*time.Millisecond, nil) // up 300ms
 	h.crash("dc2")
 	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
-	time.Sleep(500 * time.Millisecond)
+	w.waitMore(50) // writes while dc3 heals around dc2 again
 	h.revive("dc2")
-	time.Sleep(500 * time.Millisecond)
+	w.waitMore(50) // and once dc2 is back
 	w.finish()
 	settleRing(h)
 }
@@ -166,7 +194,7 @@ func TestHealMoreStarStandbyDiesToo(t *testing.T) {
 	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc1", Via: "dc2"}})
 	h.waitLiveConverged(20 * time.Second)
 	w := startWriters(h, []string{"dc2", "dc3", "dc4"}, 3*time.Millisecond)
-	time.Sleep(300 * time.Millisecond)
+	w.waitMore(50) // writes flow through the standby
 	w.finish()
 	h.crash("dc2")
 	h.writes(h.live(), 10, 2)
@@ -238,9 +266,9 @@ func TestHealMoreHealStopMidBatch(t *testing.T) {
 	h.kill("dc2")
 	h.writes([]string{"dc1", "dc4"}, 200, 5) // a backlog on dc1's stream
 	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
-	h.revive("dc2") // the heal link stops once dc2 catches up
-	time.Sleep(50 * time.Millisecond)
-	h.stopRep("dc3") // or the healer closes mid-batch
+	h.revive("dc2")                        // the heal link stops once dc2 catches up
+	cluster.Hold(50*time.Millisecond, nil) // the fault's moment: 50ms into dc2's return
+	h.stopRep("dc3")                       // or the healer closes mid-batch
 	h.startRep("dc3")
 	settleRing(h)
 }
@@ -258,7 +286,16 @@ func TestHealMoreHealerClosesMidHeal(t *testing.T) {
 	h.writes([]string{"dc1"}, 300, 5)
 	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
 	for range 3 {
-		time.Sleep(30 * time.Millisecond)
+		// The healer closes once its heal link has applied a batch more,
+		// mid-backlog (unless the backlog is through already).
+		from := h.stats("dc3").Applied
+		cluster.Eventually(t, 20*time.Second, "dc3 healing a batch more", func() (bool, string) {
+			got := h.stats("dc3").Applied
+			if done, _ := h.CaughtUp("dc3", "dc1"); done {
+				return true, ""
+			}
+			return got >= from+16, fmt.Sprintf("dc3 applied %d, from %d", got, from)
+		})
 		h.stopRep("dc3")
 		h.startRep("dc3")
 	}
@@ -293,7 +330,7 @@ func TestHealMoreSlowReporter(t *testing.T) {
 				return
 			case <-tk.C:
 			}
-			now := len(h.nodes["dc3"].rep.Healing()) > 0
+			now := len(h.rep("dc3").Healing()) > 0
 			if now != was {
 				flips.Add(1)
 				was = now
@@ -301,10 +338,10 @@ func TestHealMoreSlowReporter(t *testing.T) {
 		}
 	}()
 	w := startWriters(h, []string{"dc1", "dc2", "dc3", "dc4"}, 3*time.Millisecond)
-	time.Sleep(5 * time.Second)
+	cluster.Hold(5*time.Second, nil) // the slow reporter watched for 5s of writes
 	w.finish()
 	flipsBusy := flips.Load()
-	time.Sleep(4 * time.Second) // idle
+	cluster.Hold(4*time.Second, nil) // and for 4s idle
 	close(stopWatch)
 	watch.Wait()
 	t.Logf("dc3 healing flips: %d while busy, %d in total", flipsBusy, flips.Load())
@@ -319,10 +356,8 @@ func TestHealMoreSlowReporter(t *testing.T) {
 // applied but had not published stay in its outbox (a crash).
 func (h *healRun) hardKill(dc string) {
 	h.t.Helper()
-	n := h.nodes[dc]
-	n.nc.Close()
+	h.CloseConn(dc)
 	h.crash(dc)
-	n.nc = nil
 }
 
 // Scenario 1b: rapid flapping with crashes that leave forwards
@@ -336,12 +371,12 @@ func TestHealMoreRingRapidFlapCrash(t *testing.T) {
 	h.writes(h.dcs, 10, 2)
 	w := startWriters(h, []string{"dc1", "dc3", "dc4"}, 2*time.Millisecond)
 	for i := range 4 {
-		time.Sleep(200 * time.Millisecond)
+		cluster.Hold(200*time.Millisecond, nil) // the flap: dc2 up 200ms
 		h.hardKill("dc2")
-		time.Sleep(time.Duration(1200+300*i) * time.Millisecond)
+		cluster.Hold(time.Duration(1200+300*i)*time.Millisecond, nil) // down 1.2s to 2.1s, around heal_after
 		h.revive("dc2")
 	}
-	time.Sleep(300 * time.Millisecond)
+	w.waitMore(50) // writes flow once dc2 is back
 	w.finish()
 	settleRing(h)
 }
@@ -357,9 +392,9 @@ func TestHealMoreStarSlowHub(t *testing.T) {
 		}
 	})
 	w := startWriters(h, []string{"dc1", "dc2", "dc3", "dc4"}, 3*time.Millisecond)
-	time.Sleep(5 * time.Second)
+	cluster.Hold(5*time.Second, nil) // the slow hub's fault lasts 5s of writes
 	w.finish()
-	time.Sleep(2 * time.Second)
+	cluster.Hold(2*time.Second, nil) // and 2s idle
 	h.writes(h.dcs, 10, 1)
 	h.waitConverged(30 * time.Second)
 	h.checkCounts(noLoopLimit)
@@ -375,7 +410,7 @@ func TestHealMoreRingViaDies(t *testing.T) {
 	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
 	h.crash("dc1")
 	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}, {Dead: "dc1", Via: "dc4"}})
-	time.Sleep(300 * time.Millisecond)
+	w.waitMore(50) // writes flow around both dead DCs
 	h.revive("dc1")
 	h.waitHealing("dc3", []bridge.Bypass{{Dead: "dc2", Via: "dc1"}})
 	w.finish()

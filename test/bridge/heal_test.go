@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/names"
 )
 
@@ -37,13 +38,13 @@ func healing(standby string) func(*bridge.Options) {
 // healRun is a healing scenario: a cluster, the writes each DC made, and
 // each DC's own sequences at the moment it was killed.
 type healRun struct {
-	*cluster
+	*bridgeCluster
 	written map[string]int
 	ownAt   map[string][]uint64
 }
 
 func newHealRun(t *testing.T, topo string, n int, tune func(*bridge.Options)) *healRun {
-	return &healRun{cluster: newCluster(t, topo, n, tune).start(), written: map[string]int{}, ownAt: map[string][]uint64{}}
+	return &healRun{bridgeCluster: newCluster(t, topo, n, tune).start(), written: map[string]int{}, ownAt: map[string][]uint64{}}
 }
 
 // writes has each DC in dcs write keys×rounds values at once.
@@ -61,10 +62,10 @@ func (h *healRun) writes(dcs []string, keys, rounds int) {
 // what it published.
 func (h *healRun) kill(dc string) {
 	h.t.Helper()
-	st := h.nodes[dc].store
+	st := h.store(dc)
 	// The test is about what the others do with what the DC published: let
 	// its outbox drain first, rather than count on Close's bounded flush.
-	eventually(h.t, 20*time.Second, dc+"'s outbox to drain", func() (bool, string) {
+	cluster.Eventually(h.t, 20*time.Second, dc+"'s outbox to drain", func() (bool, string) {
 		return st.OutboxDepth() == 0, fmt.Sprintf("%d events to publish", st.OutboxDepth())
 	})
 	h.stopRep(dc)
@@ -100,16 +101,16 @@ func (h *healRun) live() []string {
 func (h *healRun) waitLiveConverged(timeout time.Duration) {
 	h.t.Helper()
 	live := h.live()
-	eventually(h.t, timeout, fmt.Sprintf("convergence of %v with %v dead", live, slices.Sorted(maps.Keys(h.ownAt))), func() (bool, string) {
+	cluster.Eventually(h.t, timeout, fmt.Sprintf("convergence of %v with %v dead", live, slices.Sorted(maps.Keys(h.ownAt))), func() (bool, string) {
 		own := map[string][]uint64{}
 		for dc, row := range h.ownAt {
 			own[dc] = row
 		}
 		for _, dc := range live {
-			own[dc] = h.nodes[dc].store.Applied()[dc]
+			own[dc] = h.store(dc).Applied()[dc]
 		}
 		for _, dc := range live {
-			st := h.nodes[dc].store
+			st := h.store(dc)
 			if d := st.OutboxDepth(); d > 0 {
 				return false, fmt.Sprintf("%s has %d events to publish", dc, d)
 			}
@@ -122,7 +123,7 @@ func (h *healRun) waitLiveConverged(timeout time.Duration) {
 					}
 					if got < want {
 						return false, fmt.Sprintf("%s has applied %s's partition %d up to %d of %d; healing %v; stats %+v",
-							dc, o, p, got, want, h.nodes[dc].rep.Healing(), h.stats(dc))
+							dc, o, p, got, want, h.rep(dc).Healing(), h.stats(dc))
 					}
 				}
 			}
@@ -131,7 +132,7 @@ func (h *healRun) waitLiveConverged(timeout time.Duration) {
 		var lines []string
 		equal := true
 		for _, dc := range live {
-			d, err := h.nodes[dc].store.Digest()
+			d, err := h.store(dc).Digest()
 			if err != nil {
 				return false, err.Error()
 			}
@@ -150,8 +151,8 @@ func (h *healRun) waitLiveConverged(timeout time.Duration) {
 // bypasses, and checks that its status and links show them.
 func (h *healRun) waitHealing(dc string, want []bridge.Bypass) {
 	h.t.Helper()
-	eventually(h.t, 20*time.Second, fmt.Sprintf("healing at %s to be %v", dc, want), func() (bool, string) {
-		st := h.nodes[dc].rep.Status()
+	cluster.Eventually(h.t, 20*time.Second, fmt.Sprintf("healing at %s to be %v", dc, want), func() (bool, string) {
+		st := h.rep(dc).Status()
 		if len(st.Healing) != len(want) || len(want) > 0 && !reflect.DeepEqual(st.Healing, want) {
 			return false, fmt.Sprintf("healing %v, effective upstreams %v", st.Healing, st.EffectiveUpstreams)
 		}
@@ -180,8 +181,8 @@ func (h *healRun) waitHealing(dc string, want []bridge.Bypass) {
 // server.
 func (h *healRun) waitHealConsumersGone(dc string) {
 	h.t.Helper()
-	js := h.ns.js(h.t)
-	eventually(h.t, 20*time.Second, "heal consumers deleted", func() (bool, string) {
+	js := h.js(h.t)
+	cluster.Eventually(h.t, 20*time.Second, "heal consumers deleted", func() (bool, string) {
 		for _, up := range h.dcs {
 			if up == dc {
 				continue
@@ -260,8 +261,8 @@ func ringHeal(t *testing.T, n int, dead []string, keys, rounds int) {
 	}
 	h.waitHealing(healer, want)
 	for _, dc := range live {
-		if dc != healer && len(h.nodes[dc].rep.Healing()) > 0 {
-			t.Errorf("%s heals %v; only %s should", dc, h.nodes[dc].rep.Healing(), healer)
+		if dc != healer && len(h.rep(dc).Healing()) > 0 {
+			t.Errorf("%s heals %v; only %s should", dc, h.rep(dc).Healing(), healer)
 		}
 	}
 
@@ -362,7 +363,7 @@ func TestHealOff(t *testing.T) {
 	h.writes(h.dcs, 10, 1)
 	h.waitConverged(30 * time.Second)
 	h.kill("dc2")
-	before := h.nodes["dc3"].store.Applied()["dc1"]
+	before := h.store("dc3").Applied()["dc1"]
 	h.writes([]string{"dc1"}, 10, 2)
 	// dc1's new writes travel dc1 -> dc2 (dead): dc3 must not see them.
 	// This is a bounded watch, not a wait for something to happen.
@@ -370,10 +371,10 @@ func TestHealOff(t *testing.T) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for ; time.Now().Before(deadline); <-tick.C {
-		if got := h.nodes["dc3"].store.Applied()["dc1"]; !slices.Equal(got, before) {
+		if got := h.store("dc3").Applied()["dc1"]; !slices.Equal(got, before) {
 			t.Fatalf("with healing off, dc3 applied dc1's events past dead dc2: %v -> %v", before, got)
 		}
-		if hl := h.nodes["dc3"].rep.Healing(); len(hl) > 0 {
+		if hl := h.rep("dc3").Healing(); len(hl) > 0 {
 			t.Fatalf("with healing off, dc3 heals %v", hl)
 		}
 	}

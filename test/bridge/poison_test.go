@@ -53,7 +53,7 @@ func TestPoison(t *testing.T) {
 	c := newCluster(t, "mesh", 3, func(o *bridge.Options) {
 		o.Limits = event.Limits{MaxEventBytes: 64 << 10}
 	}).start()
-	js := c.ns.js(t)
+	js := c.js(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 

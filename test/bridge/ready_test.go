@@ -12,16 +12,16 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 )
 
 // readyz serves GET /readyz for dc's current store and Replicator through
 // the real HTTP handler, as the node wires it.
-func (c *cluster) readyz(dc string) *httptest.Server {
+func (c *bridgeCluster) readyz(dc string) *httptest.Server {
 	c.t.Helper()
-	n := c.nodes[dc]
-	h := httpapi.New(httpapi.StoreBackend{Store: n.store, ReadinessFn: func() (bool, any) {
-		r := n.rep.Readiness()
+	h := httpapi.New(httpapi.StoreBackend{Store: c.store(dc), ReadinessFn: func() (bool, any) {
+		r := c.rep(dc).Readiness()
 		return r.Ready, r
 	}}, httpapi.Options{})
 	srv := httptest.NewServer(h)
@@ -58,10 +58,10 @@ func waitingFor(r bridge.Readiness) string {
 
 // restoreOld stops dc, restarts it on the copy of its data dir in backup,
 // and returns its /readyz server.
-func (c *cluster) restoreOld(dc, backup string) *httptest.Server {
+func (c *bridgeCluster) restoreOld(dc, backup string) *httptest.Server {
 	c.t.Helper()
 	c.stop(dc)
-	c.nodes[dc].dir = backup
+	c.SetDataDir(dc, backup)
 	c.openStore(dc)
 	c.startRep(dc)
 	return c.readyz(dc)
@@ -70,7 +70,7 @@ func (c *cluster) restoreOld(dc, backup string) *httptest.Server {
 // writeAroundBackup has every DC write a key, backs dc3 up once that has
 // replicated, then has each DC of after write 20 more keys and waits for
 // them to replicate; it returns dc3's backup.
-func (c *cluster) writeAroundBackup(after ...string) string {
+func (c *bridgeCluster) writeAroundBackup(after ...string) string {
 	c.t.Helper()
 	for _, dc := range c.dcs {
 		c.write(dc, "before/"+dc, "v", false)
@@ -102,7 +102,7 @@ func TestReadyzWhileCatchingUp(t *testing.T) {
 	}
 	// Both peers report within a report interval; dc3 lacks what they
 	// reported until the catch-up.
-	eventually(t, 10*time.Second, "503 naming the events dc3 lacks", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "503 naming the events dc3 lacks", func() (bool, string) {
 		code, r := getReadyz(t, srv)
 		if code == http.StatusOK {
 			t.Fatalf("ready before catching up: %+v", r)
@@ -111,13 +111,13 @@ func TestReadyzWhileCatchingUp(t *testing.T) {
 		return code == http.StatusServiceUnavailable && strings.Contains(w, "dc1: events dc1 reported applied and this DC lacks") &&
 			strings.Contains(w, "dc2: events dc2 reported applied and this DC lacks"), fmt.Sprintf("%d: %s", code, w)
 	})
-	eventually(t, 30*time.Second, "200 after the catch-up", func() (bool, string) {
+	cluster.Eventually(t, 30*time.Second, "200 after the catch-up", func() (bool, string) {
 		code, r := getReadyz(t, srv)
 		return code == http.StatusOK && r.Ready && r.ReadyAt != nil, fmt.Sprintf("%d: %s", code, waitingFor(r))
 	})
-	mine := c.nodes["dc3"].store.Applied()
+	mine := c.store("dc3").Applied()
 	for _, dc := range []string{"dc1", "dc2"} {
-		own := c.nodes[dc].store.Applied()[dc]
+		own := c.store(dc).Applied()[dc]
 		if !slices.Equal(mine[dc], own) {
 			t.Errorf("ready, but dc3 has applied %v of %s's %v", mine[dc], dc, own)
 		}
@@ -143,12 +143,12 @@ func TestReadyzDoesNotWaitForADeadPeer(t *testing.T) {
 	if code, r := getReadyz(t, srv); code != http.StatusServiceUnavailable {
 		t.Fatalf("GET /readyz right after the restart: %d %+v, want 503", code, r)
 	}
-	eventually(t, 10*time.Second, "dc3 caught up with dc1", func() (bool, string) {
-		got, want := c.nodes["dc3"].store.Applied()["dc1"], c.nodes["dc1"].store.Applied()["dc1"]
+	cluster.Eventually(t, 10*time.Second, "dc3 caught up with dc1", func() (bool, string) {
+		got, want := c.store("dc3").Applied()["dc1"], c.store("dc1").Applied()["dc1"]
 		return slices.Equal(got, want), fmt.Sprintf("dc3 has %v of dc1's %v", got, want)
 	})
 	var r bridge.Readiness
-	eventually(t, 20*time.Second, "200 without dc2", func() (bool, string) {
+	cluster.Eventually(t, 20*time.Second, "200 without dc2", func() (bool, string) {
 		var code int
 		code, r = getReadyz(t, srv)
 		if code != http.StatusOK && !strings.Contains(waitingFor(r), "dc2: its first applied-vector report") {
@@ -162,7 +162,7 @@ func TestReadyzDoesNotWaitForADeadPeer(t *testing.T) {
 	if !slices.Equal(r.NotWaitedFor, []string{"dc2"}) {
 		t.Errorf("not waited for %v, want [dc2]", r.NotWaitedFor)
 	}
-	peers := c.nodes["dc3"].rep.Peers()
+	peers := c.rep("dc3").Peers()
 	states := map[string]string{}
 	for _, p := range peers {
 		states[p.DC] = p.State

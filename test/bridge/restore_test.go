@@ -21,7 +21,7 @@ func TestRestoreRecoversOwnWrites(t *testing.T) {
 	}
 	c.waitConverged(10 * time.Second)
 	c.stop("dc1")
-	c.nodes["dc1"].dir = backup
+	c.SetDataDir("dc1", backup)
 	c.openStore("dc1")
 	c.startRep("dc1")
 	c.waitConverged(3 * time.Second)

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/names"
 )
 
@@ -38,7 +39,7 @@ func TestTopologies(t *testing.T) {
 					}
 					return 0
 				}
-				eventually(t, 5*time.Second, "loop drops", func() (bool, string) {
+				cluster.Eventually(t, 5*time.Second, "loop drops", func() (bool, string) {
 					for _, dc := range c.dcs {
 						if got := c.stats(dc).LoopsDropped; got != wantLoops(dc) {
 							return false, fmt.Sprintf("%s dropped %d looping events, want %d", dc, got, wantLoops(dc))
@@ -59,9 +60,9 @@ func TestTopologies(t *testing.T) {
 				}
 				// Applied vectors travel between DCs, and each DC trims every
 				// outbox entry once all the others have applied it.
-				eventually(t, 10*time.Second, "outbox trimming", func() (bool, string) {
+				cluster.Eventually(t, 10*time.Second, "outbox trimming", func() (bool, string) {
 					for _, dc := range c.dcs {
-						s := c.nodes[dc].rep.Stats()
+						s := c.rep(dc).Stats()
 						if s.Trimmed != s.Published {
 							return false, fmt.Sprintf("%s trimmed %d of %d outbox entries (%d peer reports)", dc, s.Trimmed, s.Published, s.PeerReports)
 						}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/test/internal/txncheck"
 )
 
@@ -37,7 +38,7 @@ func TestTxnHealRing(t *testing.T) {
 	}
 	defer writers.Wait()
 	total := workers * perWorker * len(writersAt)
-	eventually(t, 30*time.Second, "a third of the transactions", func() (bool, string) {
+	cluster.Eventually(t, 30*time.Second, "a third of the transactions", func() (bool, string) {
 		got := r.committedCount()
 		return got >= total/3, fmt.Sprintf("%d of %d committed", got, total)
 	})
@@ -54,11 +55,11 @@ func TestTxnHealRing(t *testing.T) {
 	writers.Wait()
 
 	live := []string{"dc1", "dc3", "dc4"}
-	eventually(t, 30*time.Second, "dc3 to heal around dc2", func() (bool, string) {
-		h := c.nodes["dc3"].rep.Healing()
+	cluster.Eventually(t, 30*time.Second, "dc3 to heal around dc2", func() (bool, string) {
+		h := c.rep("dc3").Healing()
 		return len(h) == 1 && h[0].Dead == dead && h[0].Via == "dc1", fmt.Sprintf("healing %v", h)
 	})
-	eventually(t, 60*time.Second, "every transaction whole at the live DCs", func() (bool, string) {
+	cluster.Eventually(t, 60*time.Second, "every transaction whole at the live DCs", func() (bool, string) {
 		for _, dc := range live {
 			if missing := r.notWhole(dc); missing != "" {
 				return false, missing
@@ -91,7 +92,7 @@ func TestTxnHealRing(t *testing.T) {
 
 // notWhole names a committed transaction op dc does not have yet, or "".
 func (r *txnRun) notWhole(dc string) string {
-	st := r.c.nodes[dc].store
+	st := r.c.store(dc)
 	for _, a := range r.committed.All() {
 		for i, op := range a.Txn.Ops {
 			s, ok, err := st.Get(op.Key)

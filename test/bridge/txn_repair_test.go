@@ -24,7 +24,7 @@ func TestTxnCatchUpFollowsTransaction(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js := c.ns.js(t)
+	js := c.js(t)
 	c.stopRep("dc2")
 	r := newTxnRun(t, c, 1)
 	txn := r.planIn("dc1", 1, []txncheck.Kind{txncheck.Fresh, txncheck.Over}, []uint32{0, 1})
@@ -35,7 +35,7 @@ func TestTxnCatchUpFollowsTransaction(t *testing.T) {
 	c.waitPublished("dc1")
 	// Everything dc1 published is lost: only the catch-up repair can
 	// bring it.
-	if got := fmt.Sprint(c.nodes["dc1"].store.Applied()["dc1"]); got != "[4 2 0 0]" {
+	if got := fmt.Sprint(c.store("dc1").Applied()["dc1"]); got != "[4 2 0 0]" {
 		t.Fatalf("dc1's sequences per partition are %s, want [4 2 0 0]: T and three writes in partition 0, A and T in 1", got)
 	}
 	deleteMsgs(t, ctx, js, "dc1", 1, 2, 3, 4, 5)
@@ -43,7 +43,7 @@ func TestTxnCatchUpFollowsTransaction(t *testing.T) {
 	c.startRep("dc2")
 	c.waitConverged(10 * time.Second)
 	c.checkAppliedOnce(map[string]uint64{"dc2": 6})
-	if s := c.nodes["dc2"].rep.Stats(); s.RepairErrors != 0 {
+	if s := c.rep("dc2").Stats(); s.RepairErrors != 0 {
 		t.Errorf("dc2 repaired the lost events in %d repairs with %d failures (%d events repaired): "+
 			"a repair that follows a transaction into another partition must go on with the events behind the transaction, not fail",
 			s.Repairs, s.RepairErrors, s.RepairedEvents)

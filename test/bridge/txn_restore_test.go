@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/event"
 )
 
@@ -28,19 +29,19 @@ func TestRestoreAfterTransaction(t *testing.T) {
 	for i := range 8 {
 		ops = append(ops, changelog.WriteOp{Key: fmt.Sprintf("t/%d", i), Value: []byte("in-txn")})
 	}
-	res, err := c.nodes["dc1"].store.WriteTxn(ctx, ops)
+	res, err := c.store("dc1").WriteTxn(ctx, ops)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.waitConverged(10 * time.Second)
 	c.stop("dc1")
-	c.nodes["dc1"].dir = backup
+	c.SetDataDir("dc1", backup)
 	c.openStore("dc1")
 	c.startRep("dc1")
 	// The transaction is back at dc1, whole.
-	eventually(t, 10*time.Second, "the transaction back at dc1", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "the transaction back at dc1", func() (bool, string) {
 		for _, r := range res {
-			st, ok, err := c.nodes["dc1"].store.Get(r.Event.Key)
+			st, ok, err := c.store("dc1").Get(r.Event.Key)
 			if err != nil || !ok || !st.Clock.Covers(r.Event.Dot) {
 				return false, fmt.Sprintf("%s (%s) not back at dc1", r.Event.Key, r.Event.Dot)
 			}

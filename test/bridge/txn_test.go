@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/names"
@@ -69,7 +70,7 @@ func TestTxnAtomicVisibility(t *testing.T) {
 // they saw.
 type txnRun struct {
 	t     *testing.T
-	c     *cluster
+	c     *bridgeCluster
 	seed  uint64
 	tally txncheck.Tally
 	// life guards each DC's store: held shared to use it, exclusively to
@@ -84,7 +85,7 @@ type txnRun struct {
 	committed txncheck.Log
 }
 
-func newTxnRun(t *testing.T, c *cluster, seed uint64) *txnRun {
+func newTxnRun(t *testing.T, c *bridgeCluster, seed uint64) *txnRun {
 	r := &txnRun{t: t, c: c, seed: seed, life: map[string]*sync.RWMutex{}, events: map[string]*atomic.Uint64{}, fixed: map[string]txncheck.Txn{}}
 	for _, dc := range c.dcs {
 		r.life[dc] = &sync.RWMutex{}
@@ -97,7 +98,7 @@ func newTxnRun(t *testing.T, c *cluster, seed uint64) *txnRun {
 func (r *txnRun) withStore(dc string, fn func(st *changelog.Store) error) error {
 	r.life[dc].RLock()
 	defer r.life[dc].RUnlock()
-	st := r.c.nodes[dc].store
+	st := r.c.store(dc)
 	if st == nil {
 		return fmt.Errorf("%s's store is closed", dc) // the test failed while dc was down
 	}
@@ -326,7 +327,7 @@ func (r *txnRun) checkWhole() (txns, ops int) {
 	r.t.Helper()
 	all := r.committed.All()
 	for _, dc := range r.c.dcs {
-		st := r.c.nodes[dc].store
+		st := r.c.store(dc)
 		for _, a := range all {
 			for i, op := range a.Txn.Ops {
 				s, ok, err := st.Get(op.Key)
@@ -365,7 +366,7 @@ func txnVisibility(t *testing.T, seed uint64, topo string, n int, restart string
 	var lost *lostTxn
 	if restart != "" {
 		total := workers * perWorker * n
-		eventually(t, 30*time.Second, "a third of the transactions", func() (bool, string) {
+		cluster.Eventually(t, 30*time.Second, "a third of the transactions", func() (bool, string) {
 			got := r.committedCount()
 			return got >= total/3, fmt.Sprintf("%d of %d committed", got, total)
 		})
@@ -386,7 +387,7 @@ func txnVisibility(t *testing.T, seed uint64, topo string, n int, restart string
 	for _, dc := range c.dcs {
 		want[dc] = all - r.events[dc].Load()
 		var issued uint64
-		for _, seq := range c.nodes[dc].store.Applied()[dc] {
+		for _, seq := range c.store(dc).Applied()[dc] {
 			issued += seq
 		}
 		if issued != r.events[dc].Load() {
@@ -432,7 +433,7 @@ func (r *txnRun) loseTxn(up, dc string) *lostTxn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js := r.c.ns.js(t)
+	js := r.c.js(t)
 	lost := &lostTxn{stream: names.Stream(up)}
 	s, err := js.Stream(ctx, lost.stream)
 	if err != nil {
@@ -493,7 +494,7 @@ func TestTxnLostMessages(t *testing.T) {
 	c := newCluster(t, "ring", 3, nil).start()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js := c.ns.js(t)
+	js := c.js(t)
 	c.stopRep("dc2")
 	c.stopRep("dc3")
 	r := newTxnRun(t, c, seed)
@@ -518,8 +519,8 @@ func TestTxnLostMessages(t *testing.T) {
 	// gap, it has tried T1, and its batch is committed.
 	c.stopRep("dc1")
 	c.startRep("dc2")
-	eventually(t, 10*time.Second, "dc2 holding T1 for the gap", func() (bool, string) {
-		s := c.nodes["dc2"].rep.Stats()
+	cluster.Eventually(t, 10*time.Second, "dc2 holding T1 for the gap", func() (bool, string) {
+		s := c.rep("dc2").Stats()
 		return s.Gaps > 0, fmt.Sprintf("%d gaps", s.Gaps)
 	})
 	for _, key := range []string{t1.Ops[0].Key, t1.Ops[1].Key, t1.Ops[2].Key} {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
@@ -140,7 +142,7 @@ func (c *cluster) waitConverged(timeout time.Duration) time.Duration {
 	c.t.Helper()
 	begin := time.Now()
 	var last []string
-	err := sidecar.WaitFor(timeout, 20*time.Millisecond, func() bool {
+	err := repl.WaitFor(timeout, 20*time.Millisecond, func() bool {
 		var equal bool
 		equal, _, last = c.digests()
 		if !equal {

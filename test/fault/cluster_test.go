@@ -3,30 +3,25 @@ package fault_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/replicatorhq/replicator/bridge"
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
-	"github.com/replicatorhq/replicator/test/internal/netproxy"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
@@ -72,18 +67,12 @@ type clusterOptions struct {
 // Everything is torn down by t.Cleanup; on failure every DC's log is
 // printed.
 type cluster struct {
-	t        *testing.T
-	opts     clusterOptions
-	dir      string
-	natsDir  string
-	natsAddr string // fixed, so a restarted server is found again
-	members  []*member
-	client   *http.Client
-
-	mu struct {
-		sync.Mutex
-		ns *server.Server
-	}
+	t       *testing.T
+	opts    clusterOptions
+	cl      *repl.Cluster // the DCs' configs, data dirs, proxies and NATS server
+	dir     string
+	members []*member
+	client  *http.Client
 }
 
 // member is one DC's sidecar: a process or an in-process node, started and
@@ -95,8 +84,9 @@ type member struct {
 	dataDir string
 	cfgPath string
 	logPath string
-	proxy   *netproxy.Proxy
-	yaml    []byte
+	proxy   *repl.Proxy
+	// logw is the log file of the in-process node being started.
+	logw atomic.Pointer[os.File]
 
 	mu struct {
 		sync.Mutex
@@ -125,25 +115,35 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	}
 	dir := t.TempDir()
 	c := &cluster{
-		t:        t,
-		opts:     o,
-		dir:      dir,
-		natsDir:  filepath.Join(dir, "nats"),
-		natsAddr: sidecar.FreeAddr(t),
+		t:    t,
+		opts: o,
+		dir:  dir,
 		client: &http.Client{
 			Timeout:   15 * time.Second,
 			Transport: &http.Transport{MaxIdleConnsPerHost: 16, DisableCompression: true},
 		},
 	}
 	// Cleanups run last-registered first: stop the DCs, print their logs
-	// if the test failed, close idle connections, stop NATS.
-	t.Cleanup(func() {
-		if ns := c.server(); ns != nil {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-		}
+	// if the test failed, close idle connections, stop the proxies and
+	// NATS.
+	c.cl = repl.Start(t, repl.Options{
+		DCs: o.dcs, Topology: o.topology, Partitions: o.partitions, Dir: filepath.Join(dir, "data"),
+		Server:  repl.RunServer(t, repl.ServerOptions{Dir: filepath.Join(dir, "nats"), Name: "fault"}),
+		Proxies: true, HTTP: true, NoStart: true, ReportInterval: o.reportInterval,
+		// In-process DCs (inProcess) log to their member's log file, on
+		// the injected clock.
+		Logger: func(dc string) *slog.Logger {
+			return slog.New(slog.NewTextHandler(c.member(dc).logw.Load(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+		},
+		Node: func(dc string, no *node.Options) { no.Now = o.clocks[dc] },
+		Config: func(cfg *config.Config) {
+			cfg.Resolvers.Rules = []config.Rule{{Prefix: lwwPrefix, Resolver: config.LWW}}
+			cfg.Durability.Fsync = true
+			if o.maxClockDrift > 0 {
+				cfg.Durability.MaxClockDrift = config.Duration(o.maxClockDrift)
+			}
+		},
 	})
-	c.startNATS()
 	t.Cleanup(c.client.CloseIdleConnections)
 	t.Cleanup(c.dumpLogsOnFailure)
 	t.Cleanup(func() {
@@ -156,14 +156,17 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 		m := &member{
 			c:       c,
 			name:    dc,
-			addr:    sidecar.FreeAddr(t),
-			dataDir: filepath.Join(dir, "data", dc),
+			addr:    c.cl.HTTPAddr(dc),
+			dataDir: c.cl.DataDir(dc),
 			cfgPath: filepath.Join(dir, dc+".yaml"),
 			logPath: filepath.Join(dir, dc+".log"),
-			proxy:   netproxy.Start(t, c.natsAddr),
+			proxy:   c.cl.Proxy(dc),
 		}
-		m.yaml = c.configYAML(m)
-		if err := os.WriteFile(m.cfgPath, m.yaml, 0o600); err != nil {
+		y, err := repl.YAML(c.cl.Config(dc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(m.cfgPath, append([]byte("# written by test/fault\n"), y...), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		c.members = append(c.members, m)
@@ -172,24 +175,6 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 		c.startAll()
 	}
 	return c
-}
-
-// configYAML is a DC's config file: NATS through the DC's proxy, lww for
-// keys under lwwPrefix, fsync on.
-func (c *cluster) configYAML(m *member) []byte {
-	o := c.opts
-	var b strings.Builder
-	fmt.Fprintf(&b, "# written by test/fault\ndc: %s\ndcs: [%s]\ntopology: %s\n", m.name, strings.Join(o.dcs, ", "), o.topology)
-	if o.topology == config.Star {
-		fmt.Fprintf(&b, "hub: %s\n", o.dcs[0])
-	}
-	fmt.Fprintf(&b, "partitions: %d\nnats:\n  url: %s\ndata_dir: %s\nhttp:\n  listen: %s\n", o.partitions, m.proxy.URL(), m.dataDir, m.addr)
-	fmt.Fprintf(&b, "resolvers:\n  default: siblings\n  rules:\n    - prefix: %q\n      resolver: lww\n", lwwPrefix)
-	fmt.Fprintf(&b, "durability:\n  fsync: true\n")
-	if o.maxClockDrift > 0 {
-		fmt.Fprintf(&b, "  max_clock_drift: %s\n", o.maxClockDrift)
-	}
-	return []byte(b.String())
 }
 
 // startAll starts every DC and waits until each answers /healthz.
@@ -215,53 +200,23 @@ func (c *cluster) member(dc string) *member {
 
 // --- NATS ---
 
-func (c *cluster) server() *server.Server {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.mu.ns
-}
-
-// startNATS starts the JetStream server on the cluster's fixed address and
-// store dir, so that a restarted server holds the same streams.
+// startNATS starts the JetStream server again on the cluster's address
+// and store dir, so that it holds the same streams.
 func (c *cluster) startNATS() {
 	c.t.Helper()
-	host, port, err := net.SplitHostPort(c.natsAddr)
-	if err != nil {
-		c.t.Fatal(err)
+	if err := c.cl.Server().Start(); err != nil {
+		c.t.Fatalf("start NATS: %v", err)
 	}
-	p, _ := strconv.Atoi(port)
-	var ns *server.Server
-	// The port was free when chosen; after a shutdown it may take a moment
-	// to be free again.
-	err = sidecar.WaitFor(10*time.Second, 50*time.Millisecond, func() bool {
-		ns, err = bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: c.natsDir, Host: host, Port: p, JetStream: true, ServerName: "fault"})
-		return err == nil
-	})
-	if err != nil {
-		c.t.Fatalf("start NATS on %s: %v", c.natsAddr, err)
-	}
-	c.mu.Lock()
-	c.mu.ns = ns
-	c.mu.Unlock()
 }
 
 // stopNATS shuts the server down.
-func (c *cluster) stopNATS() {
-	c.mu.Lock()
-	ns := c.mu.ns
-	c.mu.ns = nil
-	c.mu.Unlock()
-	if ns != nil {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	}
-}
+func (c *cluster) stopNATS() { c.cl.Server().Stop() }
 
 // js connects to NATS directly (not through a DC's proxy). The connection
 // is closed at the end of the test.
 func (c *cluster) js() (*nats.Conn, jetstream.JetStream) {
 	c.t.Helper()
-	nc, err := nats.Connect("nats://"+c.natsAddr, nats.Name("fault-test"))
+	nc, err := nats.Connect(c.cl.URL(), nats.Name("fault-test"))
 	if err != nil {
 		c.t.Fatalf("connect to NATS: %v", err)
 	}
@@ -392,28 +347,16 @@ func (m *member) start() {
 	m.mu.cmd, m.mu.done = cmd, done
 }
 
-func (m *member) startNode(logf io.Writer) *node.Node {
+// startNode starts the DC as a node of the cluster, logging to logf.
+func (m *member) startNode(logf *os.File) *node.Node {
 	t := m.c.t
-	cfg, err := config.Parse(m.yaml)
-	if err != nil {
-		t.Fatalf("%s: config: %v", m.name, err)
-	}
-	opts := node.Options{
-		Logger:         slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		Now:            m.c.opts.clocks[m.name],
-		ReportInterval: m.c.opts.reportInterval,
-	}
-	n, err := node.New(cfg, opts)
-	if err != nil {
-		t.Fatalf("%s: node.New: %v", m.name, err)
-	}
+	m.logw.Store(logf)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := n.Start(ctx); err != nil {
-		n.Close()
-		t.Fatalf("%s: start: %v", m.name, err)
+	if err := m.c.cl.StartDC(ctx, m.name); err != nil {
+		t.Fatalf("%s: %v", m.name, err)
 	}
-	return n
+	return m.c.cl.Node(m.name)
 }
 
 // node returns the DC's in-process node, or nil.
@@ -485,8 +428,8 @@ func (m *member) halt() {
 	m.mu.node, m.mu.logf = nil, nil
 	m.mu.Unlock()
 	if n != nil {
-		if err := n.Close(); err != nil {
-			m.c.t.Errorf("%s: close: %v", m.name, err)
+		if err := m.c.cl.StopDC(m.name); err != nil {
+			m.c.t.Errorf("%s: %v", m.name, err)
 		}
 		f.Close()
 		return
@@ -508,7 +451,7 @@ func (m *member) stop(timeout time.Duration) error {
 			return fmt.Errorf("%s: not running", m.name)
 		}
 		defer f.Close()
-		return n.Close()
+		return m.c.cl.StopDC(m.name)
 	}
 	m.mu.Lock()
 	cmd, done := m.mu.cmd, m.mu.done
@@ -586,16 +529,5 @@ func (c *cluster) checkLogs() {
 			continue
 		}
 		sidecar.CheckLog(c.t, m.name, m.logPath)
-	}
-}
-
-// hold keeps a fault in place for d, or until stop is closed. It is the
-// length of the fault, not a wait for a condition.
-func hold(d time.Duration, stop <-chan struct{}) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-stop:
 	}
 }

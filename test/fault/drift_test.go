@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/replicatorhq/replicator/pkg/hlc"
-	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // driftCluster runs dc1 with its clock 5 minutes ahead and dc2 on time,
@@ -72,7 +73,7 @@ func TestClockDriftBound(t *testing.T) {
 	// the refusal is counted and logged right after: wait for both.
 	var rejected float64
 	logLine := ""
-	_ = sidecar.WaitFor(10*time.Second, 20*time.Millisecond, func() bool {
+	_ = repl.WaitFor(10*time.Second, 20*time.Millisecond, func() bool {
 		rejected = metric(t, c, "dc2", "replicator_clock_drift_rejected_total")
 		if b, err := os.ReadFile(dc2.logPath); err == nil {
 			for _, l := range strings.Split(string(b), "\n") {
@@ -102,7 +103,7 @@ func TestClockDriftBound(t *testing.T) {
 	if _, _, err := c.write(dc1, lwwPrefix+"race", []byte("dc1-earlier"), nil); err != nil {
 		t.Fatal(err)
 	}
-	hold(time.Second, nil)
+	repl.Hold(time.Second, nil)
 	if _, _, err := c.write(dc2, lwwPrefix+"race", []byte("dc2-later"), nil); err != nil {
 		t.Fatal(err)
 	}

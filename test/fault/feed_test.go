@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/replicatorhq/replicator/test/internal/ledger"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
@@ -59,18 +61,18 @@ func mirrorUnderKills(t *testing.T, topology, prefix string) {
 
 	var readerKills, sidecarKills, bothKills int
 	for range cycles {
-		hold(time.Duration(rng.Int64N(int64(500*time.Millisecond))), nil)
+		repl.Hold(time.Duration(rng.Int64N(int64(500*time.Millisecond))), nil)
 		down := time.Duration(rng.Int64N(int64(800 * time.Millisecond)))
 		switch rng.IntN(3) {
 		case 0:
 			mir.kill()
 			readerKills++
-			hold(down, nil)
+			repl.Hold(down, nil)
 			mir.start()
 		case 1:
 			m.kill()
 			sidecarKills++
-			hold(down, nil)
+			repl.Hold(down, nil)
 			m.start()
 			m.waitHealthy(30 * time.Second)
 		default:
@@ -79,7 +81,7 @@ func mirrorUnderKills(t *testing.T, topology, prefix string) {
 			readerKills++
 			sidecarKills++
 			bothKills++
-			hold(down, nil)
+			repl.Hold(down, nil)
 			m.start()
 			mir.start()
 			m.waitHealthy(30 * time.Second)
@@ -87,7 +89,7 @@ func mirrorUnderKills(t *testing.T, topology, prefix string) {
 	}
 	// Writes at every DC after the last restart, then quiet.
 	base := led.AckedTotal()
-	if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return led.AckedTotal() >= base+60 }); err != nil {
+	if err := repl.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return led.AckedTotal() >= base+60 }); err != nil {
 		t.Fatalf("writes after the last restart: %v", err)
 	}
 	w.Halt()
@@ -96,7 +98,7 @@ func mirrorUnderKills(t *testing.T, topology, prefix string) {
 	// The mirror catches up with the DC's feed, then stops cleanly.
 	last := feedEnd(t, c, m)
 	var st mirrorState
-	if err := sidecar.WaitFor(30*time.Second, 20*time.Millisecond, func() bool {
+	if err := repl.WaitFor(30*time.Second, 20*time.Millisecond, func() bool {
 		st = mir.state()
 		return st.Cursor != nil && *st.Cursor >= last
 	}); err != nil {

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
 )
 
 // TestHotKey (invariant 6 and the bound on siblings of docs/DESIGN.md "Data
@@ -75,7 +77,7 @@ func TestHotKey(t *testing.T) {
 				default:
 				}
 				if rng.IntN(4) == 0 {
-					hold(time.Millisecond, stop)
+					repl.Hold(time.Millisecond, stop)
 				}
 				if _, _, err := c.write(m, lwwHot, fmt.Appendf(nil, "%s-%08d-%s", dc, n, pad), nil); err != nil {
 					failures.Add(1)

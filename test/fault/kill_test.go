@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/replicatorhq/replicator/test/internal/ledger"
-	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // TestSIGKILL (docs/DESIGN.md, invariants 1, 3 and 4; figures in
@@ -45,7 +46,7 @@ func TestSIGKILL(t *testing.T) {
 	for i, dc := range dcs {
 		w.Start(dc, 2, 0, seed+uint64(i))
 	}
-	if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return led.AckedTotal() >= 300 }); err != nil {
+	if err := repl.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return led.AckedTotal() >= 300 }); err != nil {
 		t.Fatalf("warm-up writes: %v (acked %d)", err, led.AckedTotal())
 	}
 
@@ -53,7 +54,7 @@ func TestSIGKILL(t *testing.T) {
 	var down time.Duration
 	var restartTimes []time.Duration
 	for cycle := range cycles {
-		hold(time.Duration(rng.Int64N(int64(gapMax))), nil)
+		repl.Hold(time.Duration(rng.Int64N(int64(gapMax))), nil)
 		var dead []*member
 		if rng.IntN(5) == 0 {
 			dead = []*member{c.member(victims[0]), c.member(victims[1])}
@@ -65,7 +66,7 @@ func TestSIGKILL(t *testing.T) {
 			kills++
 		}
 		d := time.Duration(rng.Int64N(int64(downMax)))
-		hold(d, nil)
+		repl.Hold(d, nil)
 		down += d
 		restarted := time.Now()
 		for _, m := range dead {
@@ -84,7 +85,7 @@ func TestSIGKILL(t *testing.T) {
 	for _, dc := range dcs {
 		base[dc] = led.Acked(dc)
 	}
-	if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, func() bool {
+	if err := repl.WaitFor(30*time.Second, 10*time.Millisecond, func() bool {
 		for _, dc := range dcs {
 			if led.Acked(dc) < base[dc]+50 {
 				return false

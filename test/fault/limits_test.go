@@ -8,10 +8,11 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/test/internal/ledger"
-	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // smallStream is the MaxBytes of dc1's stream in the stream-limit tests:
@@ -56,7 +57,7 @@ func TestFullStreamTrimsItself(t *testing.T) {
 	c, _, _ := fullStreamCluster(t, 400)
 	dc1 := c.member("dc1")
 	var last string
-	err := sidecar.WaitFor(30*time.Second, 100*time.Millisecond, func() bool {
+	err := repl.WaitFor(30*time.Second, 100*time.Millisecond, func() bool {
 		mt, err := c.metrics(dc1)
 		if err != nil {
 			return false

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmihailenco/msgpack/v5"
@@ -20,7 +22,6 @@ import (
 	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/vclock"
-	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // TestMixedVersions (docs/DESIGN.md "The change event (schema v1)": unknown
@@ -111,7 +112,7 @@ func TestMixedVersions(t *testing.T) {
 		final[s.ev.Key] = s
 	}
 	converge := time.Now()
-	err := sidecar.WaitFor(time.Minute, 20*time.Millisecond, func() bool {
+	err := repl.WaitFor(time.Minute, 20*time.Millisecond, func() bool {
 		for _, m := range real {
 			for key, s := range final {
 				v, status, err := c.get(m, key)
@@ -187,7 +188,14 @@ func TestMixedVersions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info, err := cons.Info(ctx); err != nil || info.NumPending+uint64(info.NumAckPending) != 0 {
+	// dc4 acks what it applied asynchronously: wait for the acks, then
+	// require none pending.
+	var info *jetstream.ConsumerInfo
+	_ = repl.WaitFor(10*time.Second, 20*time.Millisecond, func() bool {
+		info, err = cons.Info(ctx)
+		return err == nil && info.NumPending+uint64(info.NumAckPending) == 0
+	})
+	if err != nil || info.NumPending+uint64(info.NumAckPending) != 0 {
 		t.Errorf("dc4 has not taken everything dc3 forwarded: %+v %v", info, err)
 	}
 	nc.Close()

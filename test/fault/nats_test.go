@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
@@ -73,7 +75,7 @@ func natsFaults(t *testing.T, topo string) {
 			w.Start(dc, pick(1, 2), 0, rng.Uint64()+uint64(i))
 		}
 		before := led.AckedTotal()
-		hold(warm, nil)
+		repl.Hold(warm, nil)
 		desc := fault()
 		healed := time.Now()
 		w.Halt()
@@ -88,7 +90,7 @@ func natsFaults(t *testing.T, topo string) {
 
 	run("nats_restart", func() string {
 		c.stopNATS()
-		hold(natsDown, nil)
+		repl.Hold(natsDown, nil)
 		c.startNATS()
 		return fmt.Sprintf("NATS server shut down for %s and restarted on the same store dir and port", natsDown)
 	})
@@ -101,9 +103,9 @@ func natsFaults(t *testing.T, topo string) {
 		cutAt := time.Now()
 		// Once the link is down nothing more is delivered to the DC: what
 		// its consumers have not been delivered by now, it needs later.
-		hold(200*time.Millisecond, nil)
+		repl.Hold(200*time.Millisecond, nil)
 		delivered := deliveredTo(t, c, cutDC)
-		hold(cutFor-time.Since(cutAt), nil)
+		repl.Hold(cutFor-time.Since(cutAt), nil)
 		deleted = loseMessages(t, c, cutDC, delivered, 3)
 		m.proxy.Heal()
 		return fmt.Sprintf("%s's link to NATS cut for %s; %d events it needed deleted from its upstream streams meanwhile (%s)",
@@ -120,7 +122,7 @@ func natsFaults(t *testing.T, topo string) {
 	run("sigstop", func() string {
 		m := c.member(pausedDC)
 		m.pause()
-		hold(pauseFor, nil)
+		repl.Hold(pauseFor, nil)
 		m.resume()
 		return fmt.Sprintf("%s paused with SIGSTOP for %s, then SIGCONT", pausedDC, pauseFor)
 	})

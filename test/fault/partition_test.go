@@ -10,10 +10,11 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/test/internal/ledger"
-	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
 
 // TestPartitionDeletes (docs/DESIGN.md, invariant 8; figures in
@@ -101,14 +102,14 @@ func TestPartitionDeletes(t *testing.T) {
 
 	// dc1 and dc2 agree; dc3 does not know. Give them many report
 	// intervals to purge what they should not.
-	if err := sidecar.WaitFor(30*time.Second, 20*time.Millisecond, func() bool {
+	if err := repl.WaitFor(30*time.Second, 20*time.Millisecond, func() bool {
 		a, _ := c.digest(c.member("dc1"))
 		b, _ := c.digest(c.member("dc2"))
 		return a.Digest == b.Digest
 	}); err != nil {
 		t.Fatalf("dc1 and dc2 did not converge while dc3 was cut off: %v", err)
 	}
-	hold(pick(1500*time.Millisecond, 10*time.Second), nil)
+	repl.Hold(pick(1500*time.Millisecond, 10*time.Second), nil)
 	var held int
 	for _, dc := range []string{"dc1", "dc2"} {
 		st := c.member(dc).node().Store()
@@ -148,7 +149,7 @@ func TestPartitionDeletes(t *testing.T) {
 		}
 		return true
 	}
-	err := sidecar.WaitFor(time.Minute, 10*time.Millisecond, func() bool {
+	err := repl.WaitFor(time.Minute, 10*time.Millisecond, func() bool {
 		for _, dc := range []string{"dc1", "dc2"} {
 			st := c.member(dc).node().Store()
 			for _, key := range keys {
@@ -327,7 +328,7 @@ func replayAll(t *testing.T, c *cluster) uint64 {
 			}
 		}
 	}
-	err := sidecar.WaitFor(time.Minute, 50*time.Millisecond, func() bool {
+	err := repl.WaitFor(time.Minute, 50*time.Millisecond, func() bool {
 		for _, l := range links {
 			cons, err := js.Consumer(ctx, names.Stream(l.up), names.Consumer(l.dc, l.up))
 			if err != nil {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/replicatorhq/replicator/pkg/hlc"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
@@ -104,7 +106,7 @@ func TestClockSkew(t *testing.T) {
 	go func() {
 		defer close(jumpDone)
 		for range jumps {
-			hold(runFor/time.Duration(jumps+1), nil)
+			repl.Hold(runFor/time.Duration(jumps+1), nil)
 			clocks["dc3"].jump(-10 * time.Second)
 		}
 	}()
@@ -200,7 +202,7 @@ func runChain(c *cluster, key string, steps int, maxPause time.Duration, rng *ra
 	ctx := "" // the context the client carries: the last write's answer
 	prev := ""
 	for i := range steps {
-		hold(time.Duration(rng.Int64N(int64(maxPause))), nil)
+		repl.Hold(time.Duration(rng.Int64N(int64(maxPause))), nil)
 		var m *member
 		for m == nil || m.name == prev {
 			m = c.members[rng.IntN(len(c.members))]
@@ -212,7 +214,7 @@ func runChain(c *cluster, key string, steps int, maxPause time.Duration, rng *ra
 			// what the read returned.
 			last := r.writes[len(r.writes)-1]
 			pdc, pn, _ := sidecar.ParseDot(last.dot)
-			err := sidecar.WaitFor(20*time.Second, 5*time.Millisecond, func() bool {
+			err := repl.WaitFor(20*time.Second, 5*time.Millisecond, func() bool {
 				v, _, err := c.get(m, key)
 				if err != nil {
 					return false

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	repl "github.com/replicatorhq/replicator/pkg/cluster"
+
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
@@ -51,22 +53,22 @@ func TestTxnRingSIGKILL(t *testing.T) {
 			w.startWriter(m, i, 2, rand.New(rand.NewPCG(seed, uint64(10*k+i))))
 		}
 	}
-	if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return w.acked.Load() >= 30 }); err != nil {
+	if err := repl.WaitFor(30*time.Second, 10*time.Millisecond, func() bool { return w.acked.Load() >= 30 }); err != nil {
 		t.Fatalf("warm-up transactions: %v (%s)", err, w)
 	}
 	var down time.Duration
 	for range cycles {
-		hold(time.Duration(rng.Int64N(int64(gapMax))), nil)
+		repl.Hold(time.Duration(rng.Int64N(int64(gapMax))), nil)
 		c.member(victim).kill()
 		d := time.Duration(rng.Int64N(int64(downMax)))
-		hold(d, nil)
+		repl.Hold(d, nil)
 		down += d
 		c.member(victim).start()
 		c.member(victim).waitHealthy(30 * time.Second)
 	}
 	// Every DC commits more after the last restart.
 	base := w.committed.Counts()
-	if err := sidecar.WaitFor(30*time.Second, 10*time.Millisecond, func() bool {
+	if err := repl.WaitFor(30*time.Second, 10*time.Millisecond, func() bool {
 		now := w.committed.Counts()
 		for _, m := range c.members {
 			if now[m.name] < base[m.name]+10 {
@@ -168,7 +170,7 @@ func isClosed(ch <-chan struct{}) bool {
 // afterFailure waits a little after a failed request, so a client of a
 // dead DC does not spin; it returns early when ch closes.
 func afterFailure(ch <-chan struct{}) {
-	hold(20*time.Millisecond, ch)
+	repl.Hold(20*time.Millisecond, ch)
 }
 
 // startWriter commits transactions w, w+workers, ... at m until halted.

@@ -8,25 +8,23 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/home"
 	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/natsapi"
-	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/pkg/vclock"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
@@ -35,69 +33,44 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var dcs = []string{"dc1", "dc2", "dc3"}
 
-// cluster is three DCs in a mesh sharing one embedded NATS server, each
-// with its own data dir and HTTP API.
-type cluster struct {
-	t     *testing.T
-	ns    *server.Server
-	dir   string
-	cfg   func(dc string) config.Config
-	nodes map[string]*node.Node
+// homeCluster is three DCs in a mesh sharing one embedded NATS server,
+// each with its own data dir and HTTP API.
+type homeCluster struct {
+	*cluster.Cluster
+	t *testing.T
 }
 
-func newCluster(t *testing.T, home []config.HomeRule, rules []config.Rule) *cluster {
+func newCluster(t *testing.T, home []config.HomeRule, rules []config.Rule) *homeCluster {
 	t.Helper()
-	dir := t.TempDir()
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{t: t, ns: ns, dir: dir, nodes: map[string]*node.Node{}}
-	c.cfg = func(dc string) config.Config {
-		cfg := config.Default()
-		cfg.DC, cfg.DCs, cfg.DataDir = dc, dcs, filepath.Join(dir, dc)
-		cfg.Partitions = 4
-		cfg.HTTP.Listen = "127.0.0.1:0"
-		cfg.Home = home
-		cfg.Resolvers.Rules = rules
-		cfg.Complete()
-		return cfg
-	}
-	t.Cleanup(func() {
-		for _, n := range c.nodes {
-			n.Close()
-		}
-		ns.Shutdown()
-		ns.WaitForShutdown()
+	c := cluster.Start(t, cluster.Options{
+		DCs: dcs, Partitions: 4, HTTP: true, ReportInterval: 50 * time.Millisecond, NoStart: true,
+		Config: func(cfg *config.Config) {
+			cfg.Home = home
+			cfg.Resolvers.Rules = rules
+		},
+		Logger: func(dc string) *slog.Logger { return testutil.Logger(t, dc) },
 	})
+	hc := &homeCluster{Cluster: c, t: t}
 	for _, dc := range dcs {
-		c.start(dc)
+		hc.start(dc)
 	}
-	return c
+	return hc
 }
 
 // start starts (or restarts, on the same data dir) dc.
-func (c *cluster) start(dc string) *node.Node {
+func (c *homeCluster) start(dc string) {
 	c.t.Helper()
-	n, err := node.New(c.cfg(dc), node.Options{NATSURL: c.ns.ClientURL(), ReportInterval: 50 * time.Millisecond, Logger: testutil.Logger(c.t, dc)})
-	if err != nil {
+	if err := c.StartDC(context.Background(), dc); err != nil {
 		c.t.Fatal(err)
 	}
-	if err := n.Start(context.Background()); err != nil {
-		n.Close()
-		c.t.Fatal(err)
-	}
-	c.nodes[dc] = n
-	return n
 }
 
 // stop closes dc's sidecar.
-func (c *cluster) stop(dc string) {
+func (c *homeCluster) stop(dc string) {
 	c.t.Helper()
-	if err := c.nodes[dc].Close(); err != nil {
-		c.t.Fatalf("close %s: %v", dc, err)
+	if err := c.StopDC(dc); err != nil {
+		c.t.Fatal(err)
 	}
-	delete(c.nodes, dc)
 }
 
 // reply is an HTTP answer.
@@ -111,9 +84,9 @@ type reply struct {
 
 // put writes key at dc over HTTP; ctx, when not nil, is sent as
 // X-Repl-Context.
-func (c *cluster) put(dc, key, value string, ctx *string) reply {
+func (c *homeCluster) put(dc, key, value string, ctx *string) reply {
 	c.t.Helper()
-	u := "http://" + c.nodes[dc].HTTPAddr() + "/v1/kv/" + url.PathEscape(key)
+	u := "http://" + c.Node(dc).HTTPAddr() + "/v1/kv/" + url.PathEscape(key)
 	req, err := http.NewRequest(http.MethodPut, u, strings.NewReader(value))
 	if err != nil {
 		c.t.Fatal(err)
@@ -124,7 +97,7 @@ func (c *cluster) put(dc, key, value string, ctx *string) reply {
 	return c.do(req)
 }
 
-func (c *cluster) do(req *http.Request) reply {
+func (c *homeCluster) do(req *http.Request) reply {
 	c.t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -140,9 +113,9 @@ func (c *cluster) do(req *http.Request) reply {
 }
 
 // homeStatus is dc's view of the rule with prefix, from GET /v1/status.
-func (c *cluster) homeStatus(dc, prefix string) home.RuleStatus {
+func (c *homeCluster) homeStatus(dc, prefix string) home.RuleStatus {
 	c.t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, "http://"+c.nodes[dc].HTTPAddr()+"/v1/status", nil)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+c.Node(dc).HTTPAddr()+"/v1/status", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		c.t.Fatal(err)
@@ -165,7 +138,7 @@ func (c *cluster) homeStatus(dc, prefix string) home.RuleStatus {
 
 // wantHome checks that each of dcs sees home as the home of prefix in
 // epoch.
-func (c *cluster) wantHome(prefix, home string, epoch uint64, dcs ...string) {
+func (c *homeCluster) wantHome(prefix, home string, epoch uint64, dcs ...string) {
 	c.t.Helper()
 	for _, dc := range dcs {
 		if s := c.homeStatus(dc, prefix); s.Home != home || s.Epoch != epoch {
@@ -174,16 +147,16 @@ func (c *cluster) wantHome(prefix, home string, epoch uint64, dcs ...string) {
 	}
 }
 
-func (c *cluster) writes(dc string) uint64 { return c.nodes[dc].Store().Stats().Writes }
+func (c *homeCluster) writes(dc string) uint64 { return c.Node(dc).Store().Stats().Writes }
 
 // converge waits until every running DC has published everything and all
 // hold the same digest.
-func (c *cluster) converge() {
+func (c *homeCluster) converge() {
 	c.t.Helper()
-	testutil.Eventually(c.t, 60*time.Second, 50*time.Millisecond, "convergence", func() (bool, string) {
+	cluster.Eventually(c.t, 60*time.Second, "convergence", func() (bool, string) {
 		var first, why string
 		for _, dc := range dcs {
-			n := c.nodes[dc]
+			n := c.Node(dc)
 			d, err := n.Store().Digest()
 			if err != nil {
 				return false, err.Error()
@@ -198,9 +171,9 @@ func (c *cluster) converge() {
 	})
 }
 
-func (c *cluster) conflicts(dc, prefix string) []changelog.Conflict {
+func (c *homeCluster) conflicts(dc, prefix string) []changelog.Conflict {
 	c.t.Helper()
-	cs, err := c.nodes[dc].Store().Conflicts(changelog.ConflictFilter{KeyPrefix: prefix})
+	cs, err := c.Node(dc).Store().Conflicts(changelog.ConflictFilter{KeyPrefix: prefix})
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -232,8 +205,8 @@ func TestForwarding(t *testing.T) {
 	if r2.code != http.StatusOK || !strings.HasPrefix(r2.Dot, "dc1:") {
 		t.Fatalf("PUT with the returned context: %d %s", r2.code, r2.body)
 	}
-	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, "v2 alone at dc2", func() (bool, string) {
-		st, _, err := c.nodes["dc2"].Store().Get("orders/1")
+	cluster.EventuallyEvery(t, 30*time.Second, 20*time.Millisecond, "v2 alone at dc2", func() (bool, string) {
+		st, _, err := c.Node("dc2").Store().Get("orders/1")
 		if err != nil || len(st.Siblings) != 1 || string(st.Siblings[0].Value) != "v2" {
 			return false, fmt.Sprintf("%+v %v", st.Siblings, err)
 		}
@@ -256,7 +229,7 @@ func TestForwarding(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for i := range rounds {
-					if _, err := c.nodes[dc].Write(context.Background(), changelog.WriteOp{Key: key, Value: fmt.Appendf(nil, "%s-%d", dc, i)}); err != nil {
+					if _, err := c.Node(dc).Write(context.Background(), changelog.WriteOp{Key: key, Value: fmt.Appendf(nil, "%s-%d", dc, i)}); err != nil {
 						t.Errorf("write %s at %s: %v", key, dc, err)
 						return
 					}
@@ -280,7 +253,7 @@ func TestForwarding(t *testing.T) {
 		if cs := c.conflicts(dc, "orders/"); len(cs) != 0 {
 			t.Errorf("%s logged %d conflicts on orders/, want none: %+v", dc, len(cs), cs[0])
 		}
-		st, _, err := c.nodes[dc].Store().Get("orders/race")
+		st, _, err := c.Node(dc).Store().Get("orders/race")
 		if err != nil || len(st.Siblings) != 1 || st.Siblings[0].Dot.DC != "dc1" {
 			t.Errorf("%s orders/race siblings %+v (%v); want one, written by dc1", dc, st.Siblings, err)
 		}
@@ -289,9 +262,9 @@ func TestForwarding(t *testing.T) {
 }
 
 // natsPut writes key at dc through the NATS API and returns the answer.
-func (c *cluster) natsPut(dc, key, value string) *nats.Msg {
+func (c *homeCluster) natsPut(dc, key, value string) *nats.Msg {
 	c.t.Helper()
-	nc, err := nats.Connect(c.ns.ClientURL())
+	nc, err := nats.Connect(c.URL())
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -316,7 +289,7 @@ func TestRejectPolicy(t *testing.T) {
 		t.Fatalf("PUT at dc2 with dc1 down: %d %s; want 503 naming dc1 and no responders", r.code, r.body)
 	}
 	t.Logf("503 body: %s", r.body)
-	if _, ok, err := c.nodes["dc2"].Store().Get("orders/9"); ok || err != nil {
+	if _, ok, err := c.Node("dc2").Store().Get("orders/9"); ok || err != nil {
 		t.Errorf("dc2 stored orders/9 (%v, %v); a rejected write writes nothing", ok, err)
 	}
 	if got := c.writes("dc2"); got != before {
@@ -382,29 +355,29 @@ func TestFailoverRace(t *testing.T) {
 	c := newCluster(t,
 		[]config.HomeRule{{Prefix: "acct/", DCs: []string{"dc1", "dc2"}, Policy: config.PolicyFailover}},
 		[]config.Rule{{Prefix: "acct/lww/", Resolver: config.LWW}})
-	if err := c.nodes["dc1"].Home().StopServing(); err != nil {
+	if err := c.Node("dc1").Home().StopServing(); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
 	for _, key := range []string{"acct/sib/k", "acct/lww/k"} {
 		// Both writers read the key absent ({}), so neither write covers
 		// the other, whichever arrives first.
-		res, err := c.nodes["dc2"].Write(ctx, changelog.WriteOp{Key: key, Value: []byte("from-dc2"), Context: vclock.VV{}})
+		res, err := c.Node("dc2").Write(ctx, changelog.WriteOp{Key: key, Value: []byte("from-dc2"), Context: vclock.VV{}})
 		if err != nil || res.Event.Dot.DC != "dc2" {
 			t.Fatalf("write %s at dc2: %v (%+v); want dc2 to take over", key, err, res.Event)
 		}
-		res, err = c.nodes["dc1"].Write(ctx, changelog.WriteOp{Key: key, Value: []byte("from-dc1"), Context: vclock.VV{}})
+		res, err = c.Node("dc1").Write(ctx, changelog.WriteOp{Key: key, Value: []byte("from-dc1"), Context: vclock.VV{}})
 		if err != nil || res.Event.Dot.DC != "dc1" {
 			t.Fatalf("write %s at dc1: %v (%+v); want dc1, cut off, to write as home", key, err, res.Event)
 		}
 	}
 	c.wantHome("acct/", "dc2", 1, "dc2")
-	if err := c.nodes["dc1"].Home().Serve(); err != nil {
+	if err := c.Node("dc1").Home().Serve(); err != nil {
 		t.Fatal(err)
 	}
 	c.converge()
 	for _, dc := range dcs {
-		st, _, err := c.nodes[dc].Store().Get("acct/sib/k")
+		st, _, err := c.Node(dc).Store().Get("acct/sib/k")
 		vals := map[string]bool{}
 		for _, sb := range st.Live() {
 			vals[string(sb.Value)] = true
@@ -423,8 +396,8 @@ func TestFailoverRace(t *testing.T) {
 		}
 	}
 	// After the heal, dc2's next write goes back to dc1 under a new epoch.
-	st, _, _ := c.nodes["dc2"].Store().Get("acct/sib/k")
-	res, err := c.nodes["dc2"].Write(ctx, changelog.WriteOp{Key: "acct/sib/k", Value: []byte("merged"), Context: st.Clock})
+	st, _, _ := c.Node("dc2").Store().Get("acct/sib/k")
+	res, err := c.Node("dc2").Write(ctx, changelog.WriteOp{Key: "acct/sib/k", Value: []byte("merged"), Context: st.Clock})
 	if err != nil || res.Event.Dot.DC != "dc1" || len(res.State.Siblings) != 1 {
 		t.Fatalf("write after heal at dc2: %v, %+v; want dc1 to execute it, replacing both siblings", err, res)
 	}

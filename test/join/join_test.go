@@ -8,9 +8,9 @@ package join_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -20,8 +20,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/join"
@@ -37,131 +37,83 @@ const partitions = 8
 
 var keys = ledger.KeySet(24)
 
-// dc is one sidecar: its node while running, and what stays across
-// restarts (its HTTP address and data dir).
-type dc struct {
-	name, addr, dir string
-	dcs             []string
-	n               *node.Node
-}
-
-// cluster is the DCs as the ledger's workload and accounting see them.
-type cluster struct {
+// joinCluster is the DCs as the ledger's workload and accounting see
+// them; each DC has the dcs it was last started or joined with.
+type joinCluster struct {
+	*cluster.Cluster
 	t       *testing.T
-	url     string
 	client  *http.Client
 	members []string
-	mu      sync.Mutex
-	dcs     map[string]*dc
+	dcs     map[string][]string // each DC's configured dcs; only the test goroutine touches it
 }
 
-func newCluster(t *testing.T, names ...string) *cluster {
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: t.TempDir(), JetStream: true, ServerName: "join"})
-	if err != nil {
-		t.Fatal(err)
-	}
+func newCluster(t *testing.T, names ...string) *joinCluster {
 	tr := &http.Transport{MaxIdleConnsPerHost: 16}
-	c := &cluster{t: t, url: ns.ClientURL(), client: &http.Client{Transport: tr, Timeout: 20 * time.Second}, members: names, dcs: map[string]*dc{}}
-	t.Cleanup(func() {
-		for _, d := range c.dcs {
-			c.stop(d.name)
-		}
-		tr.CloseIdleConnections()
-		ns.Shutdown()
-		ns.WaitForShutdown()
+	t.Cleanup(tr.CloseIdleConnections)
+	c := &joinCluster{t: t, client: &http.Client{Transport: tr, Timeout: 20 * time.Second}, members: names, dcs: map[string][]string{}}
+	c.Cluster = cluster.Start(t, cluster.Options{
+		DCs: names, Partitions: partitions, HTTP: true, ReportInterval: 100 * time.Millisecond, NoStart: true, ServerName: "join",
+		Config: func(cfg *config.Config) {
+			cfg.DCs = c.dcs[cfg.DC]
+			cfg.Resolvers.Rules = []config.Rule{{Prefix: ledger.LWWPrefix, Resolver: config.LWW}}
+		},
+		Logger: func(dc string) *slog.Logger { return testutil.Logger(t, dc) },
 	})
-	for _, n := range names {
-		c.dcs[n] = &dc{name: n, addr: sidecar.FreeAddr(t), dir: filepath.Join(t.TempDir(), n)}
-	}
 	return c
 }
 
-func (c *cluster) config(d *dc) config.Config {
-	cfg := config.Default()
-	cfg.DC, cfg.DCs, cfg.Topology, cfg.DataDir, cfg.Partitions = d.name, d.dcs, config.Mesh, d.dir, partitions
-	cfg.HTTP.Listen = d.addr
-	cfg.Resolvers.Rules = []config.Rule{{Prefix: ledger.LWWPrefix, Resolver: config.LWW}}
-	cfg.Complete()
-	return cfg
-}
-
 // start starts DC name with the configured dcs.
-func (c *cluster) start(name string, dcs []string) {
-	t := c.t
-	t.Helper()
-	d := c.dcs[name]
-	d.dcs = dcs
-	n, err := node.New(c.config(d), node.Options{NATSURL: c.url, ReportInterval: 100 * time.Millisecond, Logger: testutil.Logger(t, name)})
-	if err != nil {
-		t.Fatalf("%s: node.New: %v", name, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := n.Start(ctx); err != nil {
-		n.Close()
-		t.Fatalf("%s: start: %v", name, err)
-	}
-	c.mu.Lock()
-	d.n = n
-	c.mu.Unlock()
-}
-
-func (c *cluster) stop(name string) {
-	d := c.dcs[name]
-	c.mu.Lock()
-	n := d.n
-	d.n = nil
-	c.mu.Unlock()
-	if n == nil {
-		return
-	}
-	if err := n.Close(); err != nil {
-		c.t.Errorf("%s: close: %v", name, err)
+func (c *joinCluster) start(name string, dcs []string) {
+	c.t.Helper()
+	c.dcs[name] = dcs
+	if err := c.StartDC(context.Background(), name); err != nil {
+		c.t.Fatal(err)
 	}
 }
 
-func (c *cluster) node(name string) *node.Node {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.dcs[name].n
+func (c *joinCluster) stop(name string) {
+	if err := c.StopDC(name); err != nil {
+		c.t.Error(err)
+	}
 }
+
+func (c *joinCluster) node(name string) *node.Node { return c.Node(name) }
 
 // join bootstraps DC name from peer, with its sidecar stopped.
-func (c *cluster) join(name, from string, dcs []string) join.Result {
+func (c *joinCluster) join(name, from string, dcs []string) join.Result {
 	c.t.Helper()
-	d := c.dcs[name]
-	d.dcs = dcs
-	nc, err := nats.Connect(c.url, nats.Name("join-"+name))
+	c.dcs[name] = dcs
+	nc, err := nats.Connect(c.URL(), nats.Name("join-"+name))
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	defer nc.Close()
-	res, err := join.Run(context.Background(), c.config(d), nc, join.Options{From: from, Logger: testutil.Logger(c.t, name)})
+	res, err := join.Run(context.Background(), c.Config(name), nc, join.Options{From: from, Logger: testutil.Logger(c.t, name)})
 	if err != nil {
 		c.t.Fatalf("join %s from %s: %v", name, from, err)
 	}
 	return res
 }
 
-func (c *cluster) base(dc string) string { return "http://" + c.dcs[dc].addr }
+func (c *joinCluster) base(dc string) string { return c.BaseURL(dc) }
 
-func (c *cluster) Get(dc, key string) (sidecar.KV, int, error) {
+func (c *joinCluster) Get(dc, key string) (sidecar.KV, int, error) {
 	return sidecar.Get(c.client, dc, c.base(dc), key)
 }
 
-func (c *cluster) Write(dc, key string, value []byte, vctx *string) (sidecar.WriteResp, int, error) {
+func (c *joinCluster) Write(dc, key string, value []byte, vctx *string) (sidecar.WriteResp, int, error) {
 	return sidecar.Write(c.client, dc, c.base(dc), key, value, vctx)
 }
 
-func (c *cluster) Members() []string { return c.members }
+func (c *joinCluster) Members() []string { return c.members }
 
-func (c *cluster) Conflicts(dc string) ([]sidecar.Conflict, error) {
+func (c *joinCluster) Conflicts(dc string) ([]sidecar.Conflict, error) {
 	var cs []sidecar.Conflict
 	err := sidecar.GetJSON(c.client, dc, c.base(dc), "/v1/conflicts?limit=100000", &cs)
 	return cs, err
 }
 
-func (c *cluster) Digests() (equal bool, common string, desc []string) {
+func (c *joinCluster) Digests() (equal bool, common string, desc []string) {
 	equal = true
 	for i, name := range c.members {
 		n := c.node(name)
@@ -182,9 +134,9 @@ func (c *cluster) Digests() (equal bool, common string, desc []string) {
 	return equal, common, desc
 }
 
-func (c *cluster) waitConverged(timeout time.Duration) {
+func (c *joinCluster) waitConverged(timeout time.Duration) {
 	c.t.Helper()
-	testutil.Eventually(c.t, timeout, 100*time.Millisecond, "equal digests", func() (bool, string) {
+	cluster.EventuallyEvery(c.t, timeout, 100*time.Millisecond, "equal digests", func() (bool, string) {
 		ok, _, desc := c.Digests()
 		return ok, strings.Join(desc, "; ")
 	})
@@ -195,7 +147,7 @@ func (c *cluster) waitConverged(timeout time.Duration) {
 func waitAcked(t *testing.T, led *ledger.Ledger, more int64, what string) {
 	t.Helper()
 	target := led.AckedTotal() + more
-	testutil.Eventually(t, 60*time.Second, 50*time.Millisecond, what, func() (bool, string) {
+	cluster.EventuallyEvery(t, 60*time.Second, 50*time.Millisecond, what, func() (bool, string) {
 		return led.AckedTotal() >= target, fmt.Sprintf("%d of %d acknowledged writes", led.AckedTotal(), target)
 	})
 }
@@ -221,7 +173,7 @@ func sum(row []uint64) (s uint64) {
 
 // preload writes n bulk keys of 400 bytes round the DCs, and deletes every
 // tenth, so the snapshot spans several chunks and holds tombstones.
-func (c *cluster) preload(dcs []string, n int) {
+func (c *joinCluster) preload(dcs []string, n int) {
 	c.t.Helper()
 	val := []byte(strings.Repeat("x", 400))
 	var wg sync.WaitGroup
@@ -290,7 +242,7 @@ func TestJoinFourthDCUnderLoad(t *testing.T) {
 			}
 		}
 	}
-	testutil.Eventually(t, 60*time.Second, 20*time.Millisecond, "dc4's catch-up", func() (bool, string) {
+	cluster.EventuallyEvery(t, 60*time.Second, 20*time.Millisecond, "dc4's catch-up", func() (bool, string) {
 		a := c.node("dc4").Store().Applied()
 		return covers(a, target, old), fmt.Sprintf("dc4 applied %v, want %v", a, target)
 	})
@@ -362,7 +314,7 @@ func TestJoinRestoredDC(t *testing.T) {
 			oldOwn[pdot(op)] = true
 		}
 	}
-	if err := os.RemoveAll(c.dcs["dc2"].dir); err != nil {
+	if err := os.RemoveAll(c.DataDir("dc2")); err != nil {
 		t.Fatal(err)
 	}
 	waitAcked(t, led, 40, "writes while dc2 is gone")

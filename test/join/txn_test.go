@@ -10,13 +10,13 @@ import (
 	"time"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/dvv"
-	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
 
 // orderLines commits order n of dc and its lines as one transaction: the
 // order's value says how many lines it has.
-func orderLines(ctx context.Context, c *cluster, dc string, n, lines int) error {
+func orderLines(ctx context.Context, c *joinCluster, dc string, n, lines int) error {
 	id := fmt.Sprintf("order/%s/%04d", dc, n)
 	ops := []changelog.WriteOp{{Key: id, Value: fmt.Appendf(nil, "lines=%d", lines)}}
 	for j := range lines {
@@ -97,7 +97,7 @@ func TestJoinDuringTransactions(t *testing.T) {
 	}
 	waitCommitted := func(n int64, what string) {
 		t.Helper()
-		testutil.Eventually(t, 60*time.Second, 5*time.Millisecond, what, func() (bool, string) {
+		cluster.EventuallyEvery(t, 60*time.Second, 5*time.Millisecond, what, func() (bool, string) {
 			select {
 			case err := <-errs:
 				t.Fatal(err)

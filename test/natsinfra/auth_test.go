@@ -55,16 +55,17 @@ func TestAuth(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			url, good, bad := tc.setup(t)
 			dcs := []string{"dc1", "dc2"}
-			nodes := startMesh(t, dcs, func(int) string { return url }, good)
+			mesh := startMesh(t, dcs, func(int) string { return url }, good)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
+			nodes := mesh.Nodes()
 			if _, err := nodes[0].Write(ctx, changelog.WriteOp{Key: "auth/k", Value: []byte("v")}); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := nodes[1].Write(ctx, changelog.WriteOp{Key: "auth/j", Value: []byte("w")}); err != nil {
 				t.Fatal(err)
 			}
-			waitConverged(t, nodes, 20*time.Second)
+			mesh.WaitConverged(t, 20*time.Second)
 			if _, _, ok, err := nodes[1].Read("auth/k"); !ok || err != nil {
 				t.Fatalf("dc2 does not hold dc1's write auth/k (ok %t, err %v)", ok, err)
 			}

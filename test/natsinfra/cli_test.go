@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 )
 
 // buildTool builds the main package pkg of this module's build list into
@@ -65,14 +65,11 @@ func TestNATSCLIReadsStream(t *testing.T) {
 	nats := natsCLI{bin: buildTool(t, bin, "nats", "github.com/nats-io/natscli/nats"), home: t.TempDir()}
 	replicator := buildTool(t, bin, "replicator", "github.com/replicatorhq/replicator/cmd/replicator")
 
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: t.TempDir(), JetStream: true, ServerName: "cli"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stopServer(ns) })
-	nats.server = ns.ClientURL()
+	ns := cluster.RunServer(t, cluster.ServerOptions{Name: "cli"})
+	nats.server = ns.URL()
 	dcs := []string{"dc1", "dc2"}
-	nodes := startMesh(t, dcs, func(int) string { return ns.ClientURL() }, nil)
+	mesh := startMesh(t, dcs, func(int) string { return ns.URL() }, nil)
+	nodes := mesh.Nodes()
 	dc1, dc2 := nodes[0], nodes[1]
 
 	// dc2 writes a key; dc1 overwrites it with the context of its read, so
@@ -84,7 +81,7 @@ func TestNATSCLIReadsStream(t *testing.T) {
 	if _, err := dc2.Write(ctx, changelog.WriteOp{Key: key, Value: []byte("from dc2")}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "dc2's write at dc1", func() (bool, string) {
+	cluster.Eventually(t, 10*time.Second, "dc2's write at dc1", func() (bool, string) {
 		_, st, ok, err := dc1.Read(key)
 		return ok && err == nil && st.Clock.Get("dc2") > 0, fmt.Sprintf("dc1 holds %v, err %v", st, err)
 	})
@@ -106,7 +103,7 @@ func TestNATSCLIReadsStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitConverged(t, nodes, 20*time.Second)
+	mesh.WaitConverged(t, 20*time.Second)
 
 	t.Run("stream get shows the headers", func(t *testing.T) {
 		out := nats.run(t, "stream", "get", "REPL_dc1", "1")

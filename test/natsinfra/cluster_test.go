@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 )
 
@@ -41,7 +42,7 @@ func natsCluster(t testing.TB, n int) []*server.Server {
 			Routes: server.RoutesFromStr(strings.Join(routes, ",")),
 		}))
 	}
-	eventually(t, 20*time.Second, "JetStream meta leader with every server current", func() (bool, string) {
+	cluster.Eventually(t, 20*time.Second, "JetStream meta leader with every server current", func() (bool, string) {
 		var why []string
 		leaders := 0
 		for _, s := range servers {
@@ -83,7 +84,7 @@ func TestClusterR3(t *testing.T) {
 	dcs := []string{"dc1", "dc2", "dc3"}
 	// Each DC's list starts with a different server. nats.go shuffles the
 	// list, so where each sidecar lands is looked up below, not assumed.
-	nodes := startMesh(t, dcs, func(i int) string {
+	mesh := startMesh(t, dcs, func(i int) string {
 		return strings.Join(append(slices.Clone(urls[i:]), urls[:i]...), ",")
 	}, func(c *config.Config) { c.Durability.StreamReplicas = 3 })
 
@@ -111,6 +112,7 @@ func TestClusterR3(t *testing.T) {
 	t.Logf("sidecars per server: %v; stopping %s (meta leader: %t)", placement, servers[victim].Name(), servers[victim].JetStreamIsLeader())
 
 	const perDC = 1500
+	nodes := mesh.Nodes()
 	w := startWorkload(t, nodes, dcs, perDC)
 	w.waitTotal(t, 300, 20*time.Second)
 	before := w.total()
@@ -118,7 +120,7 @@ func TestClusterR3(t *testing.T) {
 	t.Logf("stopped %s after %d writes", servers[victim].Name(), before)
 
 	// The displaced sidecars land on the survivors.
-	eventually(t, 20*time.Second, "reconnection of every sidecar to a surviving server", func() (bool, string) {
+	cluster.Eventually(t, 20*time.Second, "reconnection of every sidecar to a surviving server", func() (bool, string) {
 		got := connectedTo(t, servers)
 		var all []string
 		for _, dcs := range got {
@@ -132,7 +134,7 @@ func TestClusterR3(t *testing.T) {
 	if w.total()-before == 0 {
 		t.Fatalf("no write happened after the server stopped; the test did not test writes during the failure")
 	}
-	waitConverged(t, nodes, 60*time.Second)
+	mesh.WaitConverged(t, 60*time.Second)
 }
 
 // freePorts returns n distinct loopback TCP ports that were free a moment

@@ -11,7 +11,7 @@ package natsinfra_test
 import (
 	"context"
 	"fmt"
-	"os"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
@@ -41,27 +42,7 @@ const startTimeout = 40 * time.Second
 // and shuts it down at the end of the test.
 func runServer(t testing.TB, o *server.Options) *server.Server {
 	t.Helper()
-	if o.Host == "" {
-		o.Host = "127.0.0.1"
-	}
-	if o.Port == 0 {
-		o.Port = -1
-	}
-	o.NoSigs = true
-	o.NoLog = os.Getenv("REPL_TEST_NATS_LOG") == ""
-	s, err := server.NewServer(o)
-	if err != nil {
-		t.Fatalf("nats server %s: %v", o.ServerName, err)
-	}
-	if !o.NoLog {
-		s.ConfigureLogger()
-	}
-	s.Start()
-	t.Cleanup(func() { stopServer(s) })
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatalf("nats server %s not ready for connections after 10s", o.ServerName)
-	}
-	return s
+	return cluster.RunServer(t, cluster.ServerOptions{Raw: o}).NATS()
 }
 
 // stopServer shuts s down and waits; calling it again is harmless.
@@ -70,19 +51,31 @@ func stopServer(s *server.Server) {
 	s.WaitForShutdown()
 }
 
+// meshOptions describe a mesh of dcs on external NATS: siblings by
+// default, lww under "lww/"; urlOf gives DC i its NATS URL, and adjust, if
+// not nil, changes each config.
+func meshOptions(t testing.TB, dcs []string, urlOf func(i int) string, adjust func(*config.Config)) cluster.Options {
+	return cluster.Options{
+		DCs: dcs, Partitions: partitions, ReportInterval: 100 * time.Millisecond, StartTimeout: startTimeout,
+		URL: func(dc string) string { return urlOf(slices.Index(dcs, dc)) },
+		Config: func(cfg *config.Config) {
+			cfg.Resolvers.Rules = []config.Rule{{Prefix: "lww/", Resolver: config.LWW}}
+			if adjust != nil {
+				adjust(cfg)
+			}
+		},
+		Logger: func(dc string) *slog.Logger { return testutil.Logger(t, dc) },
+	}
+}
+
 // sidecarConfig is the config of DC dc of dcs, a mesh on the external NATS
-// at url: siblings by default, lww under "lww/", its data in a fresh
-// temporary directory. Callers adjust cfg.NATS before starting.
+// at url, as meshOptions describes it. Callers adjust cfg.NATS before
+// starting.
 func sidecarConfig(t testing.TB, dc string, dcs []string, url string) config.Config {
 	t.Helper()
-	cfg := config.Default()
-	cfg.DC, cfg.DCs, cfg.Topology = dc, dcs, config.Mesh
-	cfg.Partitions = partitions
-	cfg.DataDir = t.TempDir()
-	cfg.NATS.URL = url
-	cfg.Resolvers.Rules = []config.Rule{{Prefix: "lww/", Resolver: config.LWW}}
-	cfg.Complete()
-	return cfg
+	o := meshOptions(t, dcs, func(int) string { return url }, nil)
+	o.NoStart = true
+	return cluster.Start(t, o).Config(dc)
 }
 
 // newSidecar opens a sidecar for cfg (no HTTP listener) and closes it at
@@ -101,48 +94,12 @@ func newSidecar(t testing.TB, cfg config.Config) *node.Node {
 	return n
 }
 
-// startSidecar opens and starts a sidecar for cfg.
-func startSidecar(t testing.TB, cfg config.Config) *node.Node {
-	t.Helper()
-	n := newSidecar(t, cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	if err := n.Start(ctx); err != nil {
-		t.Fatalf("%s: start: %v", cfg.DC, err)
-	}
-	return n
-}
-
 // startMesh starts one sidecar per DC, concurrently (each DC's Start waits
 // for its own stream only, but a cluster's JetStream is faster when asked
-// in parallel). urlOf gives each DC its NATS URL; adjust, if not nil,
-// changes each config before the start.
-func startMesh(t testing.TB, dcs []string, urlOf func(i int) string, adjust func(*config.Config)) []*node.Node {
+// in parallel), as meshOptions describes them.
+func startMesh(t testing.TB, dcs []string, urlOf func(i int) string, adjust func(*config.Config)) *cluster.Cluster {
 	t.Helper()
-	nodes := make([]*node.Node, len(dcs))
-	for i, dc := range dcs {
-		cfg := sidecarConfig(t, dc, dcs, urlOf(i))
-		if adjust != nil {
-			adjust(&cfg)
-		}
-		nodes[i] = newSidecar(t, cfg)
-	}
-	errs := make([]error, len(dcs))
-	var wg sync.WaitGroup
-	for i, n := range nodes {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-			defer cancel()
-			errs[i] = n.Start(ctx)
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("%s: start: %v", dcs[i], err)
-		}
-	}
-	return nodes
+	return cluster.Start(t, meshOptions(t, dcs, urlOf, adjust))
 }
 
 // writer drives writes at one DC until stopped: read-modify-writes with the
@@ -233,7 +190,7 @@ func (w *workload) total() int64 {
 // waitTotal waits until at least n writes have been acknowledged.
 func (w *workload) waitTotal(t testing.TB, n int64, timeout time.Duration) {
 	t.Helper()
-	eventually(t, timeout, fmt.Sprintf("%d writes", n), func() (bool, string) {
+	cluster.Eventually(t, timeout, fmt.Sprintf("%d writes", n), func() (bool, string) {
 		return w.total() >= n, fmt.Sprintf("%d writes", w.total())
 	})
 }
@@ -247,95 +204,6 @@ func (w *workload) wait(t testing.TB) {
 	if len(w.errs) > 0 {
 		t.Fatalf("writes failed: %v", w.errs)
 	}
-}
-
-// waitConverged waits until every node shows the same digest and applied
-// vector with an empty outbox, twice in a row, and fails the test with
-// each node's state when timeout passes first.
-func waitConverged(t testing.TB, nodes []*node.Node, timeout time.Duration) time.Duration {
-	t.Helper()
-	start := time.Now()
-	stable := 0
-	var last string
-	eventually(t, timeout, "convergence", func() (bool, string) {
-		same, report := convergence(nodes)
-		if same {
-			stable++
-		} else {
-			stable = 0
-		}
-		last = report
-		return stable >= 2, report
-	})
-	t.Logf("converged after %s: %s", time.Since(start).Round(time.Millisecond), last)
-	return time.Since(start)
-}
-
-// convergence reports whether nodes agree, and what each one holds.
-func convergence(nodes []*node.Node) (bool, string) {
-	var b strings.Builder
-	same := true
-	var firstDigest string
-	var firstApplied changelog.Applied
-	for i, n := range nodes {
-		st := n.Store()
-		d, err := st.Digest()
-		if err != nil {
-			fmt.Fprintf(&b, "%s: digest: %v; ", st.DC(), err)
-			same = false
-			continue
-		}
-		a := st.Applied()
-		fmt.Fprintf(&b, "%s digest=%.12s outbox=%d applied=%v; ", st.DC(), d.Hex(), st.OutboxDepth(), appliedTotals(a))
-		if st.OutboxDepth() > 0 {
-			same = false
-		}
-		if i == 0 {
-			firstDigest, firstApplied = d.Hex(), a
-			continue
-		}
-		if d.Hex() != firstDigest || !a.LessEq(firstApplied) || !firstApplied.LessEq(a) {
-			same = false
-		}
-	}
-	if !same {
-		// Say what each link was doing.
-		for _, n := range nodes {
-			if bs := n.Status().Bridge; bs != nil {
-				for _, l := range bs.Links {
-					fmt.Fprintf(&b, "[%s<-%s received=%d applied=%d gaps=%d lag=%d connected=%t err=%q] ",
-						bs.DC, l.Upstream, l.Received, l.Applied, l.Gaps, l.LagEvents, l.Connected, l.LastError)
-				}
-			}
-		}
-	}
-	return same, b.String()
-}
-
-// appliedTotals sums each origin's applied sequences over its partitions,
-// for short failure messages.
-func appliedTotals(a changelog.Applied) string {
-	origins := make([]string, 0, len(a))
-	for o := range a {
-		origins = append(origins, o)
-	}
-	slices.Sort(origins)
-	var parts []string
-	for _, o := range origins {
-		var sum uint64
-		for _, s := range a[o] {
-			sum += s
-		}
-		parts = append(parts, fmt.Sprintf("%s:%d", o, sum))
-	}
-	return "{" + strings.Join(parts, ",") + "}"
-}
-
-// eventually polls cond every 50ms until it holds, and fails the test
-// with what and cond's last explanation after timeout.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	testutil.Eventually(t, timeout, 50*time.Millisecond, what, cond)
 }
 
 // connectedTo returns, per server index, the DCs whose sidecar connection

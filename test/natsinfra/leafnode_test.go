@@ -10,9 +10,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
-	"github.com/replicatorhq/replicator/pkg/node"
-	"github.com/replicatorhq/replicator/test/internal/netproxy"
 )
 
 // hubDomain is the JetStream domain of the hub that holds the streams.
@@ -27,7 +26,7 @@ type leafNet struct {
 	hubStore string
 	hubLeaf  int // the hub's leafnode port, kept across restarts
 	leaves   []*server.Server
-	proxies  []*netproxy.Proxy
+	proxies  []*cluster.Proxy
 }
 
 // leafOptions choose how a leafNet is built.
@@ -52,7 +51,7 @@ func startLeafNet(t testing.TB, leaves int, o leafOptions) *leafNet {
 	for i := range leaves {
 		remote := &url.URL{Scheme: "nats-leaf", Host: hubLeaf}
 		if o.Proxies {
-			p := netproxy.Start(t, hubLeaf)
+			p := cluster.RunProxy(t, hubLeaf)
 			ln.proxies = append(ln.proxies, p)
 			remote.Host = p.Addr()
 		}
@@ -93,7 +92,7 @@ func (ln *leafNet) restartHub() {
 // waitLeaves waits until the hub has n leafnode connections.
 func (ln *leafNet) waitLeaves(n int) {
 	ln.t.Helper()
-	eventually(ln.t, 10*time.Second, fmt.Sprintf("%d leaves connected to the hub", n), func() (bool, string) {
+	cluster.Eventually(ln.t, 10*time.Second, fmt.Sprintf("%d leaves connected to the hub", n), func() (bool, string) {
 		got := ln.hub.NumLeafNodes()
 		return got == n, fmt.Sprintf("hub has %d leafnode connections", got)
 	})
@@ -101,7 +100,7 @@ func (ln *leafNet) waitLeaves(n int) {
 
 // startSidecars starts a mesh of dcs, DC i on leaf i, with the streams in
 // the hub's domain.
-func (ln *leafNet) startSidecars(dcs []string) []*node.Node {
+func (ln *leafNet) startSidecars(dcs []string) *cluster.Cluster {
 	return startMesh(ln.t, dcs, func(i int) string { return ln.leaves[i].ClientURL() },
 		func(c *config.Config) { c.NATS.Domain = hubDomain })
 }
@@ -123,7 +122,7 @@ func TestLeafnodeDomainMesh(t *testing.T) {
 			ln := startLeafNet(t, 3, leafOptions{LeafJetStream: tc.leafJetStream})
 			hub, leaves := ln.hub, ln.leaves
 			dcs := []string{"dc1", "dc2", "dc3"}
-			nodes := ln.startSidecars(dcs)
+			mesh := ln.startSidecars(dcs)
 
 			// The streams live in the hub, not in any leaf.
 			for _, dc := range dcs {
@@ -143,9 +142,10 @@ func TestLeafnodeDomainMesh(t *testing.T) {
 				}
 			}
 
+			nodes := mesh.Nodes()
 			w := startWorkload(t, nodes, dcs, 300)
 			w.wait(t)
-			waitConverged(t, nodes, 30*time.Second)
+			mesh.WaitConverged(t, 30*time.Second)
 		})
 	}
 }
@@ -157,16 +157,17 @@ func TestLeafnodeDomainMesh(t *testing.T) {
 func TestLeafnodeLinkCut(t *testing.T) {
 	ln := startLeafNet(t, 3, leafOptions{Proxies: true})
 	dcs := []string{"dc1", "dc2", "dc3"}
-	nodes := ln.startSidecars(dcs)
+	mesh := ln.startSidecars(dcs)
 	proxies := ln.proxies
 
+	nodes := mesh.Nodes()
 	w := startWorkload(t, nodes, dcs, 1_000_000)
 	w.waitTotal(t, 300, 20*time.Second)
 	proxies[1].Cut()
 	ln.waitLeaves(2)
 	cutAt := w.total()
 	// dc2 goes on writing, and cannot publish.
-	eventually(t, 20*time.Second, "dc2's outbox growing while cut off", func() (bool, string) {
+	cluster.Eventually(t, 20*time.Second, "dc2's outbox growing while cut off", func() (bool, string) {
 		d := nodes[1].Store().OutboxDepth()
 		return d >= 100 && w.total() >= cutAt+600, fmt.Sprintf("dc2 outbox %d, %d writes since the cut", d, w.total()-cutAt)
 	})
@@ -177,7 +178,7 @@ func TestLeafnodeLinkCut(t *testing.T) {
 	w.halt()
 	w.wait(t)
 	t.Logf("%d writes in all", w.total())
-	waitConverged(t, nodes, 60*time.Second)
+	mesh.WaitConverged(t, 60*time.Second)
 }
 
 // TestLeafnodeHubRestart stops the hub, where every stream lives, while
@@ -187,13 +188,14 @@ func TestLeafnodeLinkCut(t *testing.T) {
 func TestLeafnodeHubRestart(t *testing.T) {
 	ln := startLeafNet(t, 3, leafOptions{})
 	dcs := []string{"dc1", "dc2", "dc3"}
-	nodes := ln.startSidecars(dcs)
+	mesh := ln.startSidecars(dcs)
 
+	nodes := mesh.Nodes()
 	w := startWorkload(t, nodes, dcs, 1_000_000)
 	w.waitTotal(t, 300, 20*time.Second)
 	stopServer(ln.hub)
 	downAt := w.total()
-	eventually(t, 20*time.Second, "outboxes growing while the hub is down", func() (bool, string) {
+	cluster.Eventually(t, 20*time.Second, "outboxes growing while the hub is down", func() (bool, string) {
 		var depths []uint64
 		ok := w.total() >= downAt+600
 		for _, n := range nodes {
@@ -209,7 +211,7 @@ func TestLeafnodeHubRestart(t *testing.T) {
 	w.halt()
 	w.wait(t)
 	t.Logf("%d writes in all, %d since the hub stopped", w.total(), w.total()-downAt)
-	waitConverged(t, nodes, 60*time.Second)
+	mesh.WaitConverged(t, 60*time.Second)
 }
 
 // hasStream reports whether s's JetStream holds a stream named name in the

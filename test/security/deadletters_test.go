@@ -9,8 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/names"
-	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
 
 // TestDeadLettersUnderLeastPrivilege checks that a sidecar connected as
@@ -20,18 +20,18 @@ import (
 // permissions violation.
 func TestDeadLettersUnderLeastPrivilege(t *testing.T) {
 	s := startServer(t)
-	m := newMesh(t, s.ClientURL())
+	m := newMesh(t, s.URL())
 	m.startAll()
-	admin := dial(t, s.ClientURL(), "admin")
+	admin := dial(t, s.URL(), "admin")
 	ctx := longCtx(t)
 	poison := &nats.Msg{Subject: names.Subject("dc1", 0), Data: []byte("\xc1 not an event"), Header: nats.Header{}}
 	if _, err := admin.js.PublishMsg(ctx, poison); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 30*time.Second, 100*time.Millisecond, "dc2 reading its dead letter as NATS user dc2", func() (bool, string) {
+	cluster.EventuallyEvery(t, 30*time.Second, 100*time.Millisecond, "dc2 reading its dead letter as NATS user dc2", func() (bool, string) {
 		rctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
-		ds, total, err := m.nodes["dc2"].Replicator().DeadLetters(rctx, 20)
+		ds, total, err := m.Node("dc2").Replicator().DeadLetters(rctx, 20)
 		if err != nil {
 			return false, err.Error()
 		}

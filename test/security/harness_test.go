@@ -31,9 +31,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
+	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/demo"
 	"github.com/replicatorhq/replicator/pkg/names"
-	"github.com/replicatorhq/replicator/pkg/node"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -59,7 +60,7 @@ func password(user string) string { return "test-secret-of-" + user }
 // startServer loads configs/nats-permissions.conf, with the test passwords
 // in the environment, a free loopback port and a temporary store, and
 // starts it; it stops at the end of the test.
-func startServer(t *testing.T) *server.Server {
+func startServer(t *testing.T) *cluster.Server {
 	t.Helper()
 	for user, env := range users {
 		t.Setenv(env, password(user))
@@ -71,23 +72,8 @@ func startServer(t *testing.T) *server.Server {
 	if !o.JetStream {
 		t.Fatalf("%s does not enable JetStream", permissionsConf)
 	}
-	o.Host, o.Port = "127.0.0.1", -1
-	o.StoreDir = t.TempDir()
-	o.NoSigs = true
-	o.NoLog = os.Getenv("REPL_TEST_NATS_LOG") == ""
-	s, err := server.NewServer(o)
-	if err != nil {
-		t.Fatalf("nats server from %s: %v", permissionsConf, err)
-	}
-	if !o.NoLog {
-		s.ConfigureLogger()
-	}
-	s.Start()
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready after 10s")
-	}
-	return s
+	o.Host, o.Port, o.StoreDir = "", 0, "" // loopback, a free port, a temporary store
+	return cluster.RunServer(t, cluster.ServerOptions{Raw: o})
 }
 
 // recorder keeps the warnings and errors the sidecars log; the nodes log
@@ -172,77 +158,45 @@ func (h logHandler) WithGroup(string) slog.Handler { return h }
 
 // mesh is three sidecars, each connected as its own restricted user.
 type mesh struct {
-	t     *testing.T
-	url   string
-	dcs   []string
-	dirs  map[string]string
-	nodes map[string]*node.Node
-	log   *recorder
+	*cluster.Cluster
+	t   *testing.T
+	url string
+	dcs []string
+	log *recorder
 }
 
 func newMesh(t *testing.T, url string) *mesh {
-	m := &mesh{t: t, url: url, dcs: []string{"dc1", "dc2", "dc3"},
-		dirs: map[string]string{}, nodes: map[string]*node.Node{}, log: &recorder{}}
-	for _, dc := range m.dcs {
-		m.dirs[dc] = t.TempDir()
-	}
-	t.Cleanup(func() {
-		for _, n := range m.nodes {
-			n.Close()
-		}
+	m := &mesh{t: t, url: url, log: &recorder{}}
+	m.Cluster = cluster.Start(t, cluster.Options{
+		URL: func(string) string { return url }, ReportInterval: 100 * time.Millisecond, NoStart: true,
+		Config: func(cfg *config.Config) {
+			cfg.Resolvers.Rules = demo.Rules(cfg.DCs)
+			cfg.NATS.User, cfg.NATS.Password = cfg.DC, password(cfg.DC) // each DC as its own NATS user
+			cfg.Durability.Fsync = false                                // not what this test is about
+		},
+		Logger: func(string) *slog.Logger { return slog.New(logHandler{rec: m.log}) },
 	})
+	m.dcs = m.Names()
 	return m
 }
 
-// open opens dc's sidecar, to connect as NATS user dc; it does not start it.
-func (m *mesh) open(dc string) *node.Node {
-	m.t.Helper()
-	cfg := demo.Config(dc, m.dcs, "mesh", m.dirs[dc])
-	cfg.NATS.User, cfg.NATS.Password = dc, password(dc)
-	cfg.Durability.Fsync = false // not what this test is about
-	cfg.Complete()
-	n, err := node.New(cfg, node.Options{
-		NATSURL: m.url, NoHTTP: true, ReportInterval: 100 * time.Millisecond,
-		Logger: slog.New(logHandler{rec: m.log}),
-	})
-	if err != nil {
-		m.t.Fatalf("%s: node.New: %v", dc, err)
-	}
-	m.nodes[dc] = n
-	return n
-}
-
-// startAll opens and starts the given DCs (every DC if none) concurrently.
+// startAll starts the given DCs (every DC if none) concurrently.
 func (m *mesh) startAll(dcs ...string) {
 	m.t.Helper()
 	if len(dcs) == 0 {
 		dcs = m.dcs
 	}
-	errs := make([]error, len(dcs))
-	var wg sync.WaitGroup
-	for i, dc := range dcs {
-		n := m.open(dc)
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			errs[i] = n.Start(ctx)
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			m.t.Fatalf("%s: start as NATS user %s: %v", dcs[i], dcs[i], err)
-		}
+	if err := m.StartDCs(context.Background(), dcs...); err != nil {
+		m.t.Fatalf("start as the DCs' own NATS users: %v", err)
 	}
 }
 
 // stop closes dc's sidecar.
 func (m *mesh) stop(dc string) {
 	m.t.Helper()
-	if err := m.nodes[dc].Close(); err != nil {
-		m.t.Fatalf("%s: close: %v", dc, err)
+	if err := m.StopDC(dc); err != nil {
+		m.t.Fatal(err)
 	}
-	delete(m.nodes, dc)
 }
 
 // writeConcurrently has every DC write rounds times, all at once, on keys
@@ -256,7 +210,7 @@ func (m *mesh) writeConcurrently(rounds, keys int) int {
 	var wg sync.WaitGroup
 	errs := make(chan error, len(m.dcs))
 	for _, dc := range m.dcs {
-		n := m.nodes[dc]
+		n := m.Node(dc)
 		wg.Go(func() {
 			for i := range rounds {
 				op := changelog.WriteOp{Value: fmt.Appendf(nil, "%s-%d", dc, i)}
@@ -294,50 +248,10 @@ func (m *mesh) writeConcurrently(rounds, keys int) int {
 func (m *mesh) waitConverged(timeout time.Duration) {
 	m.t.Helper()
 	start := time.Now()
-	stable := 0
-	var report string
-	for time.Since(start) < timeout {
-		var same bool
-		same, report = m.convergence()
-		if same {
-			stable++
-		} else {
-			stable = 0
-		}
-		if stable >= 2 {
-			m.t.Logf("converged after %s: %s", time.Since(start).Round(time.Millisecond), report)
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := cluster.Wait(context.Background(), timeout, 100*time.Millisecond, "convergence", cluster.Stable(2, m.Converged)); err != nil {
+		m.t.Fatalf("%v; logged warnings: %v", err, m.log.all())
 	}
-	m.t.Fatalf("no convergence after %s: %s; logged warnings: %v", timeout, report, m.log.all())
-}
-
-func (m *mesh) convergence() (bool, string) {
-	var b strings.Builder
-	same := true
-	var first string
-	var firstApplied changelog.Applied
-	for i, dc := range m.dcs {
-		st := m.nodes[dc].Store()
-		d, err := st.Digest()
-		if err != nil {
-			return false, fmt.Sprintf("%s: digest: %v", dc, err)
-		}
-		a := st.Applied()
-		fmt.Fprintf(&b, "%s digest=%.12s outbox=%d; ", dc, d.Hex(), st.OutboxDepth())
-		if st.OutboxDepth() > 0 {
-			same = false
-		}
-		if i == 0 {
-			first, firstApplied = d.Hex(), a
-			continue
-		}
-		if d.Hex() != first || !a.LessEq(firstApplied) || !firstApplied.LessEq(a) {
-			same = false
-		}
-	}
-	return same, b.String()
+	m.t.Logf("converged after %s", time.Since(start).Round(time.Millisecond))
 }
 
 // client is a raw NATS connection as one of the example's users that
@@ -397,17 +311,29 @@ func (c *client) violation(t *testing.T, op, subject string) {
 	}
 }
 
-// noViolation fails the test if the server reported any error to c.
+// markerSubject is a subject no test user but admin may publish to.
+const markerSubject = "security-test.marker"
+
+// noViolation fails the test if the server reported any error to c. It
+// publishes to markerSubject: the server answers c's messages in order and
+// the client reports their errors in order, so once the marker's
+// violation has arrived, any earlier error has arrived before it.
 func (c *client) noViolation(t *testing.T) {
 	t.Helper()
+	if err := c.nc.Publish(markerSubject, nil); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond) // asynchronous errors follow the flush's PONG closely
+	want := fmt.Sprintf("Publish to %q", markerSubject)
 	select {
 	case err := <-c.errs:
-		t.Fatalf("%s: unexpected error from the server: %v", c.user, err)
-	default:
+		if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%s: unexpected error from the server: %v", c.user, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: the server did not refuse the marker publish to %s within 10s", c.user, markerSubject)
 	}
 }
 

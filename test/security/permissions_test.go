@@ -18,6 +18,7 @@ import (
 	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/antientropy"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/names"
 )
@@ -32,7 +33,7 @@ import (
 // permissions violation and by the state that did not change).
 func TestLeastPrivilege(t *testing.T) {
 	s := startServer(t)
-	url := s.ClientURL()
+	url := s.URL()
 	m := newMesh(t, url)
 	m.startAll()
 	writes := m.writeConcurrently(150, 30)
@@ -44,15 +45,15 @@ func TestLeastPrivilege(t *testing.T) {
 	t.Run("dc1 may", func(t *testing.T) { allowed(t, m, admin) })
 	// dc1's sidecar creates the consumer it lost again and reads dc2's
 	// stream from the start (the replay).
-	replayed := func() bool {
+	replayed := func() (bool, string) {
 		cons, err := admin.js.Consumer(longCtx(t), names.Stream("dc2"), names.Consumer("dc1", "dc2"))
-		return err == nil && cons.CachedInfo().AckFloor.Stream == admin.lastSeq(t, names.Stream("dc2"))
-	}
-	for deadline := time.Now().Add(20 * time.Second); !replayed(); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("dc1 did not create its consumer on REPL_dc2 again and read the stream to its end; logged: %v", m.log.all())
+		if err != nil {
+			return false, fmt.Sprintf("%v; logged: %v", err, m.log.all())
 		}
+		floor, last := cons.CachedInfo().AckFloor.Stream, admin.lastSeq(t, names.Stream("dc2"))
+		return floor == last, fmt.Sprintf("ack floor %d of %d; logged: %v", floor, last, m.log.all())
 	}
+	cluster.EventuallyEvery(t, 20*time.Second, 50*time.Millisecond, "dc1's consumer on REPL_dc2 created again and reading the stream to its end", replayed)
 	m.waitConverged(30 * time.Second) // after the replay and the API write
 
 	t.Run("dc1 may not", func(t *testing.T) { denied(t, url, admin) })
@@ -63,16 +64,16 @@ func TestLeastPrivilege(t *testing.T) {
 	// from its stream through an ordered consumer.
 	m.stop("dc1")
 	backup := filepath.Join(t.TempDir(), "backup")
-	copyDir(t, m.dirs["dc1"], backup)
+	copyDir(t, m.DataDir("dc1"), backup)
 	m.startAll("dc1")
 	for i := range 20 {
-		if _, err := m.nodes["dc1"].Write(longCtx(t), changelog.WriteOp{Key: fmt.Sprintf("user/after-backup-%d", i), Value: []byte("v")}); err != nil {
+		if _, err := m.Node("dc1").Write(longCtx(t), changelog.WriteOp{Key: fmt.Sprintf("user/after-backup-%d", i), Value: []byte("v")}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	m.waitConverged(30 * time.Second)
 	m.stop("dc1")
-	m.dirs["dc1"] = backup
+	m.SetDataDir("dc1", backup)
 	m.startAll("dc1")
 	m.waitConverged(30 * time.Second)
 	if !m.log.contains("the stream holds own events the store lacks") {
@@ -157,7 +158,7 @@ func allowed(t *testing.T, m *mesh, admin *client) {
 	// every DC has applied them dc2 has trimmed them from its outbox and
 	// answers with none; either way an answer shows that dc1 may ask and
 	// dc2 may answer (allow_responses).
-	applied := m.nodes["dc2"].Store().Applied()["dc2"]
+	applied := m.Node("dc2").Store().Applied()["dc2"]
 	p := -1
 	for i, seq := range applied {
 		if seq > 0 {

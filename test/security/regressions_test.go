@@ -1,6 +1,7 @@
 package security_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/antientropy"
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/demo"
 	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
@@ -42,7 +44,7 @@ func knownBug(t *testing.T, what string) {
 // applied (503 once its wait runs out), and dc2's write reaches every DC.
 func TestFutureContextDiverges(t *testing.T) {
 	s := startServer(t)
-	m := newMesh(t, s.ClientURL())
+	m := newMesh(t, s.URL())
 	m.startAll()
 	const key = "user/victim"
 
@@ -58,24 +60,33 @@ func TestFutureContextDiverges(t *testing.T) {
 	}
 	m.waitConverged(10 * time.Second)
 
-	w, err := m.nodes["dc2"].Write(longCtx(t), changelog.WriteOp{Key: key, Value: []byte("from-dc2")})
+	w, err := m.Node("dc2").Write(longCtx(t), changelog.WriteOp{Key: key, Value: []byte("from-dc2")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Let the event reach every DC, then run anti-entropy everywhere.
-	time.Sleep(time.Second)
+	ev := w.Event
+	cluster.Eventually(t, 10*time.Second, "dc2's event applied at every DC", func() (bool, string) {
+		for _, dc := range m.dcs {
+			if a := m.Store(dc).Applied(); !a.Covers(ev.Origin, ev.Partition, ev.Seq) {
+				return false, fmt.Sprintf("%s applied %v of %s", dc, a[ev.Origin], ev.Origin)
+			}
+		}
+		return true, ""
+	})
 	admin := dial(t, m.url, "admin")
 	for _, dc := range m.dcs {
 		if _, err := antientropy.RequestRun(longCtx(t), admin.nc, dc); err != nil {
 			t.Fatalf("anti-entropy at %s: %v", dc, err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
-	same, report := m.convergence()
+	// Give the DCs up to 10s to agree; whether they do is checked below.
+	_ = cluster.Wait(context.Background(), 10*time.Second, cluster.Poll, "convergence", m.Converged)
+	same, report := m.Converged()
 	var b strings.Builder
 	shown := 0
 	for _, dc := range m.dcs {
-		_, st, _, _ := m.nodes[dc].Read(key)
+		_, st, _, _ := m.Node(dc).Read(key)
 		fmt.Fprintf(&b, "\n  %s: clock %s, siblings:", dc, st.Clock)
 		for _, sb := range st.Siblings {
 			fmt.Fprintf(&b, " %s=%q", sb.Dot, sb.Value)
@@ -105,7 +116,7 @@ func TestFutureContextDiverges(t *testing.T) {
 // subscribe "_INBOX_dc1.>" instead of "_INBOX.>".
 func TestInboxIsolation(t *testing.T) {
 	s := startServer(t)
-	m := newMesh(t, s.ClientURL())
+	m := newMesh(t, s.URL())
 	m.startAll()
 	spy := dial(t, m.url, "dc3")
 	ackSubject := "$JS.ACK." + names.Stream("dc2") + "." + names.Consumer("dc1", "dc2") + "."
@@ -120,7 +131,7 @@ func TestInboxIsolation(t *testing.T) {
 	if err := spy.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.nodes["dc2"].Write(longCtx(t), changelog.WriteOp{Key: "user/secret", Value: []byte("for dc1's eyes")}); err != nil {
+	if _, err := m.Node("dc2").Write(longCtx(t), changelog.WriteOp{Key: "user/secret", Value: []byte("for dc1's eyes")}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -129,8 +140,14 @@ func TestInboxIsolation(t *testing.T) {
 		if ferr := spy.nc.Flush(); err == nil {
 			err = ferr
 		}
-		time.Sleep(100 * time.Millisecond)
+		// A refused publish is reported within a moment; wait for the
+		// first error, up to a second.
 		violation := false
+		select {
+		case e := <-spy.errs:
+			violation = errors.Is(e, nats.ErrPermissionViolation)
+		case <-time.After(time.Second):
+		}
 		for len(spy.errs) > 0 {
 			if e := <-spy.errs; errors.Is(e, nats.ErrPermissionViolation) {
 				violation = true

@@ -60,6 +60,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
@@ -120,6 +121,10 @@ func (c *Clock) Observe(ts uint64) {
 
 // Advance moves the clock n ticks forward, as the passing of physical time.
 func (c *Clock) Advance(n uint64) { c.last.Add(n) }
+
+// Peek reads the clock without moving it (changelog.Peeker): the time
+// reads and the expirer compare expiries against.
+func (c *Clock) Peek() uint64 { return c.last.Load() }
 
 // DC is one datacenter: its store, its clock, its place in the topology
 // and its filesystem.
@@ -351,10 +356,48 @@ type Op struct {
 	Delete bool
 	// Context is what the client read; nil when it sent none.
 	Context vclock.VV
+	// TTL gives the value a time to live; a millisecond is 1<<16 ticks
+	// of a DC's Clock.
+	TTL time.Duration
 }
 
 func (op Op) write() changelog.WriteOp {
-	return changelog.WriteOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Context: op.Context}
+	return changelog.WriteOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Context: op.Context, TTL: op.TTL}
+}
+
+// Expire has dc delete, as its expirer does, the expired values that are
+// its to delete (changelog.Deleter, with every DC reachable), and sends
+// each delete down dc's links. It returns how many it deleted.
+func (c *Cluster) Expire(dc string) (int, error) {
+	d, err := c.dc(dc)
+	if err != nil {
+		return 0, err
+	}
+	now := d.Store.Now()
+	keys, err := d.Store.Due(now)
+	if err != nil {
+		return 0, err
+	}
+	mine := func(expirer string) bool {
+		return changelog.Deleter(expirer, c.opts.DCs, func(string) bool { return false }) == dc
+	}
+	n := 0
+	for _, key := range keys {
+		res, ok, err := d.Store.Expire(context.Background(), key, now, mine)
+		if err != nil {
+			return n, fmt.Errorf("sim: expire %s at %s: %w", key, dc, err)
+		}
+		if !ok {
+			continue
+		}
+		b, err := res.Event.Encode(nil)
+		if err != nil {
+			return n, fmt.Errorf("sim: encode %s: %w", res.Event.Dot, err)
+		}
+		c.send(d, b)
+		n++
+	}
+	return n, nil
 }
 
 // Write commits op at dc and sends the outbox entry down every link out of

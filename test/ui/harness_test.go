@@ -10,8 +10,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,12 +21,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
-	"github.com/replicatorhq/replicator/bridge"
 	"github.com/replicatorhq/replicator/changelog"
+	"github.com/replicatorhq/replicator/pkg/cluster"
+	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/demo"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/pkg/names"
-	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
 
@@ -36,53 +36,31 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // page is shown to send it.
 const token = "ui-test-token"
 
-// cluster is three mesh DCs, dc1..dc3, serving HTTP on loopback.
-type cluster struct {
-	t     *testing.T
-	url   string // NATS
-	nodes map[string]*node.Node
+// uiCluster is three mesh DCs, dc1..dc3, serving HTTP on loopback.
+type uiCluster struct {
+	*cluster.Cluster
+	t *testing.T
 }
 
-func startCluster(t *testing.T) *cluster {
+func startCluster(t *testing.T) *uiCluster {
 	t.Helper()
-	dir := t.TempDir()
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{t: t, url: ns.ClientURL(), nodes: map[string]*node.Node{}}
-	t.Cleanup(func() {
-		for _, n := range c.nodes {
-			if err := n.Close(); err != nil {
-				t.Errorf("close: %v", err)
-			}
-		}
-		ns.Shutdown()
-		ns.WaitForShutdown()
+	c := cluster.Start(t, cluster.Options{
+		HTTP: true, ReportInterval: 200 * time.Millisecond,
+		Config: func(cfg *config.Config) {
+			cfg.Resolvers.Rules = demo.Rules(cfg.DCs)
+			cfg.HTTP.Token = token
+		},
+		Logger: func(dc string) *slog.Logger { return testutil.Logger(t, dc) },
 	})
-	names := []string{"dc1", "dc2", "dc3"}
-	for _, dc := range names {
-		cfg := demo.Config(dc, names, "mesh", filepath.Join(dir, dc))
-		cfg.HTTP.Listen = "127.0.0.1:0"
-		cfg.HTTP.Token = token
-		n, err := node.New(cfg, node.Options{Logger: testutil.Logger(t, dc), NATSURL: c.url, ReportInterval: 200 * time.Millisecond})
-		if err != nil {
-			t.Fatalf("%s: %v", dc, err)
-		}
-		c.nodes[dc] = n
-		if err := n.Start(context.Background()); err != nil {
-			t.Fatalf("start %s: %v", dc, err)
-		}
-	}
-	return c
+	return &uiCluster{Cluster: c, t: t}
 }
 
 // base is dc's HTTP API address.
-func (c *cluster) base(dc string) string { return "http://" + c.nodes[dc].HTTPAddr() }
+func (c *uiCluster) base(dc string) string { return c.BaseURL(dc) }
 
 // get fetches path from dc's API with the token and decodes the JSON
 // answer into v; it returns the status code.
-func (c *cluster) get(dc, path string, v any) (int, error) {
+func (c *uiCluster) get(dc, path string, v any) (int, error) {
 	req, err := http.NewRequest(http.MethodGet, c.base(dc)+path, nil)
 	if err != nil {
 		return 0, err
@@ -104,9 +82,9 @@ func (c *cluster) get(dc, path string, v any) (int, error) {
 }
 
 // write writes key=value at dc without a context (a blind write).
-func (c *cluster) write(dc, key, value string) {
+func (c *uiCluster) write(dc, key, value string) {
 	c.t.Helper()
-	if _, err := c.nodes[dc].Write(context.Background(), changelog.WriteOp{Key: key, Value: []byte(value)}); err != nil {
+	if _, err := c.Node(dc).Write(context.Background(), changelog.WriteOp{Key: key, Value: []byte(value)}); err != nil {
 		c.t.Fatalf("write %s at %s: %v", key, dc, err)
 	}
 }
@@ -115,12 +93,12 @@ func (c *cluster) write(dc, key, value string) {
 // write is concurrent with what the other DC wrote, so once both have
 // arrived, dc1's conflict log holds the key with both versions. It waits
 // for that.
-func (c *cluster) conflict(key, v1, v2 string) {
+func (c *uiCluster) conflict(key, v1, v2 string) {
 	c.t.Helper()
 	c.write("dc1", key, v1)
 	c.write("dc2", key, v2)
-	testutil.Eventually(c.t, 30*time.Second, 50*time.Millisecond, "conflict on "+key+" at dc1", func() (bool, string) {
-		cs, err := c.nodes["dc1"].Store().Conflicts(changelog.ConflictFilter{KeyPrefix: key})
+	cluster.Eventually(c.t, 30*time.Second, "conflict on "+key+" at dc1", func() (bool, string) {
+		cs, err := c.Node("dc1").Store().Conflicts(changelog.ConflictFilter{KeyPrefix: key})
 		if err != nil {
 			return false, err.Error()
 		}
@@ -130,12 +108,12 @@ func (c *cluster) conflict(key, v1, v2 string) {
 
 // resolve resolves dc's open record of key to value through
 // POST /v1/conflicts/{id}/resolve, and waits until every DC shows it.
-func (c *cluster) resolve(dc, key, value string) {
+func (c *uiCluster) resolve(dc, key, value string) {
 	c.t.Helper()
 	var open []changelog.Conflict
-	testutil.Eventually(c.t, 30*time.Second, 50*time.Millisecond, "open record of "+key+" at "+dc, func() (bool, string) {
+	cluster.Eventually(c.t, 30*time.Second, "open record of "+key+" at "+dc, func() (bool, string) {
 		var err error
-		open, err = c.nodes[dc].Store().Conflicts(changelog.ConflictFilter{KeyPrefix: key, Status: changelog.StatusOpen})
+		open, err = c.Node(dc).Store().Conflicts(changelog.ConflictFilter{KeyPrefix: key, Status: changelog.StatusOpen})
 		return err == nil && len(open) == 1, fmt.Sprintf("%d open: %v", len(open), err)
 	})
 	req, err := http.NewRequest(http.MethodPost, c.base(dc)+"/v1/conflicts/"+open[0].ID+"/resolve", strings.NewReader(`{"value_text":`+strconv.Quote(value)+`}`))
@@ -155,11 +133,12 @@ func (c *cluster) resolve(dc, key, value string) {
 
 // waitConverged waits until every DC holds the same digest and has
 // published its outbox.
-func (c *cluster) waitConverged() {
+func (c *uiCluster) waitConverged() {
 	c.t.Helper()
-	testutil.Eventually(c.t, 30*time.Second, 50*time.Millisecond, "convergence", func() (bool, string) {
+	cluster.Eventually(c.t, 30*time.Second, "convergence", func() (bool, string) {
 		var first string
-		for dc, n := range c.nodes {
+		for _, n := range c.Nodes() {
+			dc := n.Store().DC()
 			d, err := n.Store().Digest()
 			if err != nil || n.Store().OutboxDepth() > 0 {
 				return false, fmt.Sprintf("%s: %v, outbox %d", dc, err, n.Store().OutboxDepth())
@@ -176,9 +155,9 @@ func (c *cluster) waitConverged() {
 
 // poison publishes a message that is not an event onto up's stream; every
 // DC consuming up dead-letters it as malformed.
-func (c *cluster) poison(up string) {
+func (c *uiCluster) poison(up string) {
 	c.t.Helper()
-	nc, err := nats.Connect(c.url)
+	nc, err := nats.Connect(c.URL())
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -200,10 +179,10 @@ type deadLetters = httpapi.DeadLetters
 
 // waitDeadLetter waits until dc's GET /v1/deadletters lists a message
 // from up with a reason containing reason, and returns the answer.
-func (c *cluster) waitDeadLetter(dc, up, reason string) deadLetters {
+func (c *uiCluster) waitDeadLetter(dc, up, reason string) deadLetters {
 	c.t.Helper()
 	var d deadLetters
-	testutil.Eventually(c.t, 30*time.Second, 100*time.Millisecond, "dead letter from "+up+" at "+dc, func() (bool, string) {
+	cluster.Eventually(c.t, 30*time.Second, "dead letter from "+up+" at "+dc, func() (bool, string) {
 		d = deadLetters{}
 		code, err := c.get(dc, "/v1/deadletters", &d)
 		if err != nil || code != http.StatusOK {
@@ -220,10 +199,10 @@ func (c *cluster) waitDeadLetter(dc, up, reason string) deadLetters {
 }
 
 // waitDeadLetterCount waits until dc's dead-letter stream holds n messages.
-func (c *cluster) waitDeadLetterCount(dc string, n uint64) deadLetters {
+func (c *uiCluster) waitDeadLetterCount(dc string, n uint64) deadLetters {
 	c.t.Helper()
 	var d deadLetters
-	testutil.Eventually(c.t, 30*time.Second, 100*time.Millisecond, fmt.Sprintf("%d dead letters at %s", n, dc), func() (bool, string) {
+	cluster.Eventually(c.t, 30*time.Second, fmt.Sprintf("%d dead letters at %s", n, dc), func() (bool, string) {
 		d = deadLetters{}
 		code, err := c.get(dc, "/v1/deadletters", &d)
 		if err != nil || code != http.StatusOK {

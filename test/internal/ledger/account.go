@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/test/internal/sidecar"
 )
@@ -97,7 +98,7 @@ func StableFinal(t testing.TB, c Cluster, led *Ledger, keys []string, timeout ti
 	t.Helper()
 	var fs Final
 	var last []string
-	err := sidecar.WaitFor(timeout, 100*time.Millisecond, func() bool {
+	err := cluster.WaitFor(timeout, 100*time.Millisecond, func() bool {
 		equal, before, _ := c.Digests()
 		if !equal {
 			return false

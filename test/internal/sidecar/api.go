@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/replicatorhq/replicator/pkg/cluster"
 )
 
 // The JSON the HTTP API answers with (docs/DESIGN.md "External interfaces").
@@ -184,7 +186,7 @@ func WaitHealthy(t interface {
 }, c *http.Client, name, base string, exited func() (bool, string), timeout, interval time.Duration) {
 	t.Helper()
 	last := "no answer yet"
-	err := WaitFor(timeout, interval, func() bool {
+	err := cluster.WaitFor(timeout, interval, func() bool {
 		if gone, how := exited(); gone {
 			last = "the process exited: " + how
 			return true

@@ -80,20 +80,3 @@ func Terminate(name string, cmd *exec.Cmd, done <-chan struct{}, timeout time.Du
 		return fmt.Errorf("%s: still running %s after SIGTERM; killed it", name, timeout)
 	}
 }
-
-// WaitFor calls cond every interval until it returns true or timeout
-// passes.
-func WaitFor(timeout, interval time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		if cond() {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("condition not met within %s", timeout)
-		}
-		<-tick.C
-	}
-}

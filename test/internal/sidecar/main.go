@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"testing"
 
@@ -23,17 +22,4 @@ func Main(m *testing.M, suite string, build func(dir string)) {
 		os.RemoveAll(dir)
 		os.Exit(code)
 	}))
-}
-
-// FreeAddr returns a loopback address with a port that was free a moment
-// ago.
-func FreeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }

@@ -1,4 +1,5 @@
-// Package testutil holds small helpers the in-process test suites share.
+// Package testutil holds small helpers the in-process test suites share;
+// waits on conditions are pkg/cluster's (Eventually, Wait).
 package testutil
 
 import (
@@ -6,27 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 )
-
-// Eventually polls cond every interval until it holds, and fails the test
-// with what and cond's last explanation once timeout has passed.
-func Eventually(t testing.TB, timeout, interval time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %s: %s", what, timeout, why)
-		}
-		<-tick.C
-	}
-}
 
 // Logger logs everything from DC dc to the test log when REPL_TEST_LOG is
 // set, and discards everything otherwise.

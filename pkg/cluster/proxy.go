@@ -1,12 +1,9 @@
-// Package netproxy is a TCP proxy for tests that can cut the link it
-// carries, as a network partition between its two sides does.
-package netproxy
+package cluster
 
 import (
 	"io"
 	"net"
 	"sync"
-	"testing"
 )
 
 // Proxy forwards TCP connections to a target address, and can cut the
@@ -24,18 +21,28 @@ type Proxy struct {
 	}
 }
 
-// Start listens on a free loopback port and forwards to target until the
-// end of the test.
-func Start(t testing.TB, target string) *Proxy {
-	t.Helper()
+// StartProxy listens on a free loopback port and forwards to target until
+// Close.
+func StartProxy(target string) (*Proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	p := &Proxy{ln: ln, target: target}
 	p.mu.conns = map[net.Conn]bool{}
 	p.wg.Go(p.accept)
-	t.Cleanup(p.close)
+	return p, nil
+}
+
+// RunProxy is StartProxy for tests: the proxy closes at the end of the
+// test.
+func RunProxy(t TB, target string) *Proxy {
+	t.Helper()
+	p, err := StartProxy(target)
+	if err != nil {
+		t.Fatalf("proxy to %s: %v", target, err)
+	}
+	t.Cleanup(p.Close)
 	return p
 }
 
@@ -117,7 +124,16 @@ func (p *Proxy) Heal() {
 	p.mu.Unlock()
 }
 
-func (p *Proxy) close() {
+// IsCut reports whether the link is cut.
+func (p *Proxy) IsCut() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.cut
+}
+
+// Close stops listening, closes every connection and waits for the
+// forwarding goroutines; calling it again is harmless.
+func (p *Proxy) Close() {
 	p.ln.Close()
 	p.Cut()
 	p.wg.Wait()
