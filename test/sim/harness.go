@@ -1,14 +1,42 @@
-// Package sim is a deterministic simulator of DCs, each a real
-// changelog.Store on an in-memory filesystem, joined along a topology
-// (mesh, ring or star, as bridge.Plan lays it out) by FIFO links that carry
-// the messages of each DC's outbox: an encoded event, or a transaction
-// whose ops travel as one message (event.EncodeTxn). The datadriven
-// transcripts in testdata/ and the seeded random schedules drive it; both
-// check the contract of docs/DESIGN.md (convergence, no lost writes,
-// bounded siblings, deletes that stay deleted, transactions visible whole
-// or not at all) against the store itself, not a model of it.
+// Package sim simulates replicator deterministically, at two levels, with
+// real changelog.Stores on in-memory filesystems and nothing that reads
+// the wall clock.
 //
-// The usual loop is:
+// World runs the whole protocol on bridge/core's decisions under one
+// scheduler and a virtual clock: each DC's store (on a crashable
+// filesystem: a crash keeps only what was synced), its JetStream stream
+// (messages with subjects, headers and dedup ids, outliving the DC),
+// durable pull consumers with acks, naks and redeliveries judged by
+// core.Link, gap repair and catch-up through core.Repairer and
+// core.ServeRepair, applied-vector reports, liveness and healing by
+// core.Healer (heal consumers placed by core.HealStart, reconciled by
+// core.Reconcile), outbox trimming, tombstone purging and stream
+// retention (core.Retention), and HLCs (pkg/hlc) on skewed clocks. Faults
+// are methods: Crash and Restart, Cut and Mend, LoseMsg (a stream loses a
+// message), lost deliveries and lost acks, and clock skew. TestRandom
+// drives it with seeded random schedules in mesh, ring and star under six
+// fault mixes; the transcripts that start with "world" drive it step by
+// step (ring forwarding, a dead ring member healed around and coming
+// back, a star losing its hub, a gap held until repair can fill it).
+//
+// Cluster works one message at a time: the DCs' outboxes joined along
+// the topology (core.Plan) by FIFO links that the test drains, drops,
+// reorders and duplicates message by message, with gap repair by
+// core.Repairer. TestRandomSchedules and the other transcripts drive it,
+// and check each delivery against the pure data model (pkg/dvv).
+//
+// Both check the contract of docs/DESIGN.md (convergence, no lost writes,
+// bounded siblings, deletes that stay deleted, transactions visible whole
+// or not at all, no loops) against the stores themselves, not a model of
+// them. The usual loops are:
+//
+//	w, _ := sim.NewWorld(sim.WorldOptions{DCs: []string{"dc1", "dc2", "dc3"}, Topology: config.Ring})
+//	defer w.Close()
+//	w.Write("dc1", sim.Op{Key: "k", Value: []byte("v")})
+//	w.Crash("dc2")
+//	w.Run(10 * time.Second) // publish, deliver, report, heal, repair
+//	w.Settle(time.Minute)   // restart, mend, run until every DC has everything
+//	w.Digests()
 //
 //	c, _ := sim.New(sim.Options{DCs: []string{"dc1", "dc2"}, Partitions: 1})
 //	defer c.Close()
@@ -18,8 +46,8 @@
 //	c.ReportAll()
 //	c.Purge("dc2")
 //
-// Nothing here reads the wall clock or starts a goroutine of its own; each
-// DC's HLC is a counter the harness moves.
+// Neither starts a goroutine of its own (each store runs its committer);
+// both are driven from one goroutine.
 package sim
 
 import (
@@ -36,7 +64,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"github.com/replicatorhq/replicator/bridge"
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/dvv"
@@ -104,7 +132,7 @@ type DC struct {
 	ID    string
 	Store *changelog.Store
 	Clock *Clock
-	Plan  bridge.Plan
+	Plan  core.Plan
 	fs    vfs.FS
 	// published is the last outbox index sent down the DC's links; the
 	// links play the DC's stream, which outlives a restart.
@@ -189,7 +217,7 @@ func New(opts Options) (*Cluster, error) {
 			c.Close()
 			return nil, fmt.Errorf("sim: dc %q listed twice", id)
 		}
-		plan, err := bridge.NewPlan(opts.Topology, id, opts.DCs, opts.Hub)
+		plan, err := core.NewPlan(opts.Topology, id, opts.DCs, opts.Hub)
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("sim: %w", err)
@@ -778,11 +806,7 @@ func (c *Cluster) apply(l Link, bs [][]byte) ([]Delivery, error) {
 	if len(evs) == 0 {
 		return ds, nil
 	}
-	var forward func(*event.Event) bool
-	if to.Plan.Forward {
-		forward = func(ev *event.Event) bool { return to.Plan.ShouldForward(ev.Path, ev.Origin) }
-	}
-	res, err := to.Store.Apply(context.Background(), evs, forward)
+	res, err := to.Store.Apply(context.Background(), evs, forwardRule(to))
 	if err != nil {
 		return nil, fmt.Errorf("sim: apply at %s: %w", l.To, err)
 	}
@@ -932,9 +956,10 @@ func (c *Cluster) Repair(l Link) (int, error) {
 }
 
 // Fill takes the head of link l and applies it at l.To as the bridge's
-// consumer does: when an op meets a gap, it asks that op's origin for the
-// events it misses (OwnEvents of the op's partition, from the sequence the
-// DC waits for up to the op's), applies them, and applies the head again.
+// consumer does: when an op meets a gap, gap repair (core.Repairer, the
+// bridge's own) asks that op's origin for the events it misses
+// (core.ServeRepair over its outbox), applies them, and the head is
+// applied again.
 // A transaction fetched for partition p that waits for a gap in partition
 // q has q filled first. A message it fetched that is still dropped on a
 // link into l.To leaves that link's dropped list; one still queued arrives
@@ -957,15 +982,14 @@ func (c *Cluster) Fill(l Link) ([]Delivery, error) {
 	q.queue = q.queue[:len(q.queue)-1]
 	to := c.dcs[l.To]
 	head := out[0]
+	rp := core.Repairer{Store: repairStore{c: c, to: to, out: &out}, Source: clusterSource{c}, Forward: forwardRule(to), Partitions: c.opts.Partitions}
 	for i, ev := range head.Events {
 		r := head.Results[i]
 		if r.Outcome != changelog.Gap || r.Expected >= ev.Seq {
 			continue
 		}
-		ds, err := c.fetch(to, ev.Origin, ev.Partition, r.Expected, ev.Seq-1, 0)
-		out = append(out, ds...)
-		if err != nil {
-			return out, err
+		if _, err := rp.Repair(context.Background(), ev.Origin, ev.Partition, r.Expected, ev.Seq-1); err != nil {
+			return out, fmt.Errorf("sim: repair of %s's partition %d [%d, %d] at %s: %w", ev.Origin, ev.Partition, r.Expected, ev.Seq-1, to.ID, err)
 		}
 	}
 	ds, err := c.applyFromLink(l, [][]byte{b})
@@ -979,74 +1003,64 @@ func (c *Cluster) Fill(l Link) ([]Delivery, error) {
 	return out, nil
 }
 
-// fetch applies at to origin's own events of partition p from seq from up
-// to upto, read from the origin's outbox a few messages at a time, as the
-// bridge's gap repair does, following a transaction that waits for a gap
-// in another partition into that partition (at most Partitions deep).
-func (c *Cluster) fetch(to *DC, origin string, p uint32, from, upto uint64, depth int) ([]Delivery, error) {
-	var out []Delivery
-	src := c.dcs[origin]
-	for rounds := 0; ; rounds++ {
-		have := to.Store.Applied()[origin]
-		cur := uint64(0)
-		if int(p) < len(have) {
-			cur = have[p]
+// repairStore is a DC's store as gap repair (core.Repairer) sees it:
+// every batch repair applies is recorded as fetched deliveries, checked for
+// its forwards (checkForwards), and taken off the dropped lists of the
+// links into the DC (forget).
+type repairStore struct {
+	c   *Cluster
+	to  *DC
+	out *[]Delivery
+}
+
+func (r repairStore) Applied() changelog.Applied { return r.to.Store.Applied() }
+
+func (r repairStore) Apply(ctx context.Context, evs []*event.Event, forward func(*event.Event) bool) ([]changelog.ApplyResult, error) {
+	var ds []Delivery
+	for i := 0; i < len(evs); {
+		n := max(evs[i].TxnOps, 1)
+		if i+n > len(evs) {
+			return nil, fmt.Errorf("sim: repair at %s brought %d of the %d ops of transaction %s", r.to.ID, len(evs)-i, n, evs[i].Dot)
 		}
-		if cur >= upto {
-			return out, nil
-		}
-		if rounds > 10*int(upto-from+1) {
-			return out, fmt.Errorf("sim: repair of %s's partition %d at %s makes no progress past %d", origin, p, to.ID, cur)
-		}
-		bs, err := src.Store.OwnEvents(p, max(from, cur+1), upto, 4)
-		if err != nil {
-			return out, fmt.Errorf("sim: repair %s's partition %d [%d, %d] at %s: %w", origin, p, max(from, cur+1), upto, to.ID, err)
-		}
-		if len(bs) == 0 {
-			return out, fmt.Errorf("sim: repair %s's partition %d at %s: the origin's outbox no longer holds seq %d", origin, p, to.ID, cur+1)
-		}
-		ds, err := c.apply(Link{origin, to.ID}, bs)
-		for i := range ds {
-			ds[i].Fetched = true
-		}
-		out = append(out, ds...)
-		if err != nil {
-			return out, err
-		}
-		for _, d := range ds {
-			if d.Held() {
-				continue
-			}
-			c.forget(to.ID, refsOf(d.Events))
-		}
-		heldBefore := false // an earlier message of the batch is held
-		for _, d := range ds {
-			for i, ev := range d.Events {
-				r := d.Results[i]
-				if r.Outcome != changelog.Gap || r.Expected >= ev.Seq {
-					continue
-				}
-				if ev.Partition == p {
-					// It follows a transaction held for another partition,
-					// filled below; the next round takes both.
-					if heldBefore {
-						continue
-					}
-					return out, fmt.Errorf("%w: %s's outbox gave %s for partition %d from seq %d, but %s waits for seq %d there",
-						ErrUnexpectedGap, origin, ev.Dot, p, max(from, cur+1), to.ID, r.Expected)
-				}
-				if depth >= c.opts.Partitions {
-					return out, fmt.Errorf("sim: repair at %s follows transactions through more than %d partitions", to.ID, depth)
-				}
-				sub, err := c.fetch(to, origin, ev.Partition, r.Expected, ev.Seq-1, depth+1)
-				out = append(out, sub...)
-				if err != nil {
-					return out, err
-				}
-			}
-			heldBefore = heldBefore || d.Held()
+		ds = append(ds, Delivery{Link: Link{evs[i].Origin, r.to.ID}, Events: evs[i : i+n], Fetched: true})
+		r.to.Clock.Observe(evs[i].HLC)
+		i += n
+	}
+	res, err := r.to.Store.Apply(ctx, evs, forward)
+	if err != nil {
+		return nil, err
+	}
+	k := 0
+	for i := range ds {
+		ds[i].Results = res[k : k+len(ds[i].Events)]
+		k += len(ds[i].Events)
+		if !ds[i].Held() {
+			r.c.forget(r.to.ID, refsOf(ds[i].Events))
 		}
 	}
+	*r.out = append(*r.out, ds...)
+	return res, r.c.checkForwards(r.to, ds)
+}
+
+// clusterSource answers repair requests from the origins' outboxes, as
+// their sidecars do (core.ServeRepair).
+type clusterSource struct{ c *Cluster }
+
+func (s clusterSource) Fetch(_ context.Context, origin string, req core.RepairRequest) ([][]byte, error) {
+	d := s.c.dcs[origin]
+	if d == nil {
+		return nil, fmt.Errorf("sim: no dc %q", origin)
+	}
+	return core.ServeRepair(d.Store, s.c.opts.Partitions, req)
+}
+
+// forwardRule returns d's forwarding rule for Store.Apply: nil when it
+// forwards nothing.
+func forwardRule(d *DC) func(*event.Event) bool {
+	if !d.Plan.Forward {
+		return nil
+	}
+	return func(ev *event.Event) bool { return d.Plan.ShouldForward(ev.Path, ev.Origin) }
 }
 
 // forget records that the message with refs rs was applied at dc by a
@@ -1222,20 +1236,21 @@ func (c *Cluster) Snapshot(dc string) (map[string]dvv.State, error) {
 // Digests returns each DC's state digest, in hex, and whether they are all
 // equal.
 func (c *Cluster) Digests() (map[string]string, bool, error) {
+	return digests(c.opts.DCs, func(id string) *changelog.Store { return c.dcs[id].Store })
+}
+
+// digests returns the digest of each DC's store, in hex, and whether they
+// are all equal.
+func digests(dcs []string, store func(dc string) *changelog.Store) (map[string]string, bool, error) {
 	out := map[string]string{}
 	equal := true
-	var first string
-	for i, id := range c.opts.DCs {
-		d, err := c.dcs[id].Store.Digest()
+	for _, id := range dcs {
+		d, err := store(id).Digest()
 		if err != nil {
 			return nil, false, fmt.Errorf("sim: digest of %s: %w", id, err)
 		}
 		out[id] = d.Hex()
-		if i == 0 {
-			first = out[id]
-		} else if out[id] != first {
-			equal = false
-		}
+		equal = equal && out[id] == out[dcs[0]]
 	}
 	return out, equal, nil
 }

@@ -50,12 +50,33 @@ import (
 func TestTranscripts(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		var c *Cluster
+		var w *World
 		defer func() {
 			if c != nil {
 				c.Close()
 			}
+			if w != nil {
+				w.Close()
+			}
 		}()
 		datadriven.RunTest(t, path, func(t *testing.T, td *datadriven.TestData) string {
+			if td.Cmd == "world" {
+				if w != nil {
+					w.Close()
+				}
+				var err error
+				if w, err = setupWorld(td); err != nil {
+					return "error: " + err.Error()
+				}
+				return "ok"
+			}
+			if w != nil {
+				out, err := runWorldCommand(w, td)
+				if err != nil {
+					return out + "error: " + err.Error()
+				}
+				return out
+			}
 			if td.Cmd == "setup" {
 				if c != nil {
 					c.Close()
@@ -110,6 +131,15 @@ func setupCluster(td *datadriven.TestData) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("partitions: %w", err)
 	}
+	rs, err := parseResolvers(td, dcs)
+	if err != nil {
+		return nil, err
+	}
+	return New(Options{DCs: dcs, Partitions: parts, Resolvers: rs, Topology: val(td, "topology", ""), Hub: val(td, "hub", "")})
+}
+
+// parseResolvers reads resolver=, rules=, order= and sep= of a setup.
+func parseResolvers(td *datadriven.TestData, dcs []string) (*resolve.Rules, error) {
 	ropts := resolve.Options{Order: vals(td, "order"), Separator: val(td, "sep", "")}
 	if len(ropts.Order) == 0 {
 		ropts.Order = dcs
@@ -140,11 +170,24 @@ func setupCluster(td *datadriven.TestData) (*Cluster, error) {
 		}
 		rules = append(rules, resolve.Rule{Prefix: prefix, Resolver: res})
 	}
-	rs, err := resolve.NewRules(def, rules)
-	if err != nil {
-		return nil, err
+	return resolve.NewRules(def, rules)
+}
+
+// txnOps reads the ops of "txn dc a=1 b=2 del:c [ctx=...]".
+func txnOps(td *datadriven.TestData, dc string) ([]Op, error) {
+	var ops []Op
+	for _, a := range td.CmdArgs {
+		switch {
+		case a.Key == dc && len(a.Vals) == 0, a.Key == "ctx":
+		case len(a.Vals) == 0 && strings.HasPrefix(a.Key, "del:"):
+			ops = append(ops, Op{Key: strings.TrimPrefix(a.Key, "del:"), Delete: true})
+		case len(a.Vals) > 0:
+			ops = append(ops, Op{Key: a.Key, Value: []byte(strings.Join(a.Vals, ","))})
+		default:
+			return nil, fmt.Errorf("txn op %q: want key=value or del:key", a.Key)
+		}
 	}
-	return New(Options{DCs: dcs, Partitions: parts, Resolvers: rs, Topology: val(td, "topology", ""), Hub: val(td, "hub", "")})
+	return ops, nil
 }
 
 // positional returns the first argument without a value (a DC or a link).
@@ -254,18 +297,9 @@ func runCommand(c *Cluster, td *datadriven.TestData) (string, error) {
 
 	case "txn":
 		dc := positional(td)
-		var ops []Op
-		for _, a := range td.CmdArgs {
-			switch {
-			case a.Key == dc && len(a.Vals) == 0, a.Key == "ctx":
-				continue
-			case len(a.Vals) == 0 && strings.HasPrefix(a.Key, "del:"):
-				ops = append(ops, Op{Key: strings.TrimPrefix(a.Key, "del:"), Delete: true})
-			case len(a.Vals) > 0:
-				ops = append(ops, Op{Key: a.Key, Value: []byte(strings.Join(a.Vals, ","))})
-			default:
-				return "", fmt.Errorf("txn op %q: want key=value or del:key", a.Key)
-			}
+		ops, err := txnOps(td, dc)
+		if err != nil {
+			return "", err
 		}
 		befores := make([]dvv.State, len(ops))
 		for i := range ops {
