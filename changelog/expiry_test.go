@@ -308,3 +308,57 @@ func outboxEvents(t *testing.T, s *Store) []*event.Event {
 	}
 	return out
 }
+
+// TestTypedTTL: a PUT to a set key with a TTL expires like any value: it
+// is hidden at its expiry, the origin's expirer writes the type's own
+// delete, and both DCs end with the same empty set and nothing due.
+func TestTypedTTL(t *testing.T) {
+	ft := newFakeTime()
+	s := map[string]*Store{}
+	for _, dc := range []string{"dc1", "dc2"} {
+		s[dc] = openMem(t, vfs.NewMem(), dc, Options{Clock: hlc.New(ft.Now, 0), Resolvers: typedRules(t)})
+	}
+	ctx := context.Background()
+	w := mustWrite(t, s["dc1"], WriteOp{Key: "s/x", Value: []byte(`["a"]`), TTL: time.Second})
+	if w.Event.Expires == 0 {
+		t.Fatal("a typed put with a TTL carries no expiry")
+	}
+	mustApply(t, s["dc2"], w.Event)
+	if got := shows(t, s["dc2"], "s/x"); got != `["a"]` {
+		t.Fatalf("dc2 shows %s before the expiry, want [\"a\"]", got)
+	}
+	ft.Add(time.Second)
+	for _, dc := range []string{"dc1", "dc2"} {
+		if v := mustState(t, s[dc], "s/x").Visible(s[dc].Now()); v.LiveCount() != 0 {
+			t.Fatalf("%s still shows the expired set", dc)
+		}
+	}
+	mine := func(expirer string) bool { return expirer == "dc1" }
+	if n, _, err := s["dc1"].ExpireDue(ctx, s["dc1"].Now(), mine); err != nil || n != 1 {
+		t.Fatalf("dc1 expired %d (%v), want 1", n, err)
+	}
+	var dels []*event.Event
+	for _, ev := range outboxEvents(t, s["dc1"]) {
+		if ev.Dot != w.Event.Dot {
+			dels = append(dels, ev)
+		}
+	}
+	if len(dels) != 1 {
+		t.Fatalf("dc1 wrote %d events for the expiry, want 1", len(dels))
+	}
+	mustApply(t, s["dc2"], dels...)
+	var enc [][]byte
+	for _, dc := range []string{"dc1", "dc2"} {
+		if got := shows(t, s[dc], "s/x"); got != "<deleted>" {
+			t.Fatalf("%s shows %s after the expiry's delete, want <deleted>", dc, got)
+		}
+		if keys := due(t, s[dc]); len(keys) != 0 {
+			t.Fatalf("%s still has %q due", dc, keys)
+		}
+		b, _ := encodeState(mustState(t, s[dc], "s/x"))
+		enc = append(enc, b)
+	}
+	if !bytes.Equal(enc[0], enc[1]) {
+		t.Fatal("dc1 and dc2 did not converge")
+	}
+}
