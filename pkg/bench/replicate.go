@@ -153,6 +153,12 @@ func fillUsage(res *Result, before, after usage, writes int, peakReset bool) {
 // measure sums the DCs' bridge counters into res, measures their streams
 // (o.Writes is the number of writes made) and checks that they converged.
 func (c *dcs) measure(ctx context.Context, o Options, res *Result) error {
+	dctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	err := waitDelivered(dctx, c.c.URL(), c.names)
+	cancel()
+	if err != nil {
+		return err
+	}
 	for _, n := range c.nodes {
 		st := n.Replicator().Stats()
 		res.Published += st.Published

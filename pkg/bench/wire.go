@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -160,4 +161,64 @@ func maxOverhead(dcs []string) (int, error) {
 	h := nats.Header(event.ToHeaders(ev))
 	h.Set(bridge.HeaderSeqHi, fmt.Sprint(seq+1))
 	return headerBytes(h) + len(b) - len(ev.Key) - len(ev.Value), nil
+}
+
+// waitDelivered waits, until ctx ends, for every consumer of every DC's
+// stream to have delivered and had acknowledged every message (no pending,
+// none unacknowledged). A DC can hold every write before its links have
+// taken them all, when catch-up or gap repair fetched some from the
+// origin first; the links' Received counts, and so deliveries_per_write,
+// are only whole once the consumers are drained.
+func waitDelivered(ctx context.Context, url string, dcs []string) error {
+	nc, err := nats.Connect(url, nats.Name("replicator-bench-drain"))
+	if err != nil {
+		return fmt.Errorf("bench: connect: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("bench: jetstream: %w", err)
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		behind, err := undelivered(ctx, js, dcs)
+		if err != nil {
+			return err
+		}
+		if behind == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bench: consumers not drained: %s", behind)
+		case <-tick.C:
+		}
+	}
+}
+
+// undelivered names the first consumer of the DCs' streams with messages
+// pending or unacknowledged, or returns "" when there is none.
+func undelivered(ctx context.Context, js jetstream.JetStream, dcs []string) (behind string, err error) {
+	for _, dc := range dcs {
+		s, err := js.Stream(ctx, names.Stream(dc))
+		if err != nil {
+			return "", fmt.Errorf("bench: stream of %s: %w", dc, err)
+		}
+		l := s.ListConsumers(ctx)
+		// Read the list to its end: the lister's goroutine blocks until
+		// every entry is taken.
+		for info := range l.Info() {
+			if n := info.NumPending + uint64(info.NumAckPending); n > 0 && behind == "" {
+				behind = fmt.Sprintf("%s has %d messages to deliver or acknowledge", info.Name, n)
+			}
+		}
+		if err := l.Err(); err != nil {
+			return "", fmt.Errorf("bench: consumers of %s: %w", names.Stream(dc), err)
+		}
+		if behind != "" {
+			return behind, nil
+		}
+	}
+	return "", nil
 }
