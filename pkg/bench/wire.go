@@ -23,15 +23,11 @@ const overheadSamples = 64
 // stores per write, and, from a sample of messages read back, the bytes an
 // event carries beyond its key and value.
 func measureWire(ctx context.Context, url string, dcs []string, o Options, res *Result) error {
-	nc, err := nats.Connect(url, nats.Name("replicator-bench-wire"))
+	nc, js, err := connectJS(url, "replicator-bench-wire")
 	if err != nil {
-		return fmt.Errorf("bench: connect: %w", err)
+		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("bench: jetstream: %w", err)
-	}
 	var stored, msgs uint64
 	var headers, payload, payloadKey, sampled int
 	byHeader := map[string]int{}
@@ -170,15 +166,11 @@ func maxOverhead(dcs []string) (int, error) {
 // origin first; the links' Received counts, and so deliveries_per_write,
 // are only whole once the consumers are drained.
 func waitDelivered(ctx context.Context, url string, dcs []string) error {
-	nc, err := nats.Connect(url, nats.Name("replicator-bench-drain"))
+	nc, js, err := connectJS(url, "replicator-bench-drain")
 	if err != nil {
-		return fmt.Errorf("bench: connect: %w", err)
+		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("bench: jetstream: %w", err)
-	}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -221,4 +213,18 @@ func undelivered(ctx context.Context, js jetstream.JetStream, dcs []string) (beh
 		}
 	}
 	return "", nil
+}
+
+// connectJS connects to the bench's NATS server as name, with JetStream.
+func connectJS(url, name string) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url, nats.Name(name))
+	if err != nil {
+		return nil, nil, fmt.Errorf("bench: connect: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("bench: jetstream: %w", err)
+	}
+	return nc, js, nil
 }
