@@ -138,10 +138,16 @@ type Cluster struct {
 
 // dc is one DC: what stays across restarts, and what runs.
 type dc struct {
-	name     string
-	dataDir  string
+	name    string
+	dataDir string
+	proxy   *Proxy
+
+	// addrOnce picks httpAddr (Options.HTTP) when it is first asked for,
+	// usually at the DC's first start, and keeps it across restarts:
+	// picked any earlier, a port free at New can be taken by another
+	// socket before a DC that starts late (a joining one) listens on it.
+	addrOnce sync.Once
 	httpAddr string
-	proxy    *Proxy
 
 	mu struct {
 		sync.Mutex
@@ -173,13 +179,6 @@ func New(ctx context.Context, o Options) (*Cluster, error) {
 	}
 	for _, name := range o.DCs {
 		d := &dc{name: name, dataDir: filepath.Join(o.Dir, name)}
-		if o.HTTP {
-			addr, err := freeAddr()
-			if err != nil {
-				return c, err
-			}
-			d.httpAddr = addr
-		}
 		if o.Proxies {
 			p, err := StartProxy(c.target(name))
 			if err != nil {
@@ -286,7 +285,25 @@ func (c *Cluster) DataDir(name string) string { return c.dc(name).dataDir }
 func (c *Cluster) SetDataDir(name, dir string) { c.dc(name).dataDir = dir }
 
 // HTTPAddr is DC name's HTTP API address (Options.HTTP), host:port.
-func (c *Cluster) HTTPAddr(name string) string { return c.dc(name).httpAddr }
+func (c *Cluster) HTTPAddr(name string) string { return c.httpAddr(c.dc(name)) }
+
+// httpAddr is d's HTTP API address, picked on first use; "" without
+// Options.HTTP.
+func (c *Cluster) httpAddr(d *dc) string {
+	if !c.o.HTTP {
+		return ""
+	}
+	d.addrOnce.Do(func() {
+		addr, err := freeAddr()
+		if err != nil {
+			// No free port now: let the node pick one when it listens
+			// (its own HTTPAddr reports it).
+			addr = "127.0.0.1:0"
+		}
+		d.httpAddr = addr
+	})
+	return d.httpAddr
+}
 
 // BaseURL is DC name's HTTP API root, http://host:port.
 func (c *Cluster) BaseURL(name string) string { return "http://" + c.HTTPAddr(name) }
@@ -299,8 +316,8 @@ func (c *Cluster) Config(name string) config.Config {
 	cfg.Partitions = c.o.Partitions
 	cfg.DataDir = d.dataDir
 	cfg.NATS.URL = c.NATSURL(name)
-	if d.httpAddr != "" {
-		cfg.HTTP.Listen = d.httpAddr
+	if addr := c.httpAddr(d); addr != "" {
+		cfg.HTTP.Listen = addr
 	}
 	if c.o.Config != nil {
 		c.o.Config(&cfg)
