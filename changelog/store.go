@@ -3,12 +3,16 @@
 // publish, the applied vector per (origin, partition), the conflict log, and
 // the bookkeeping for tombstone purging.
 //
-// Every mutation goes through one committer goroutine. It takes every request
+// Every mutation goes through one committer goroutine. It takes the requests
 // waiting, applies them in order to one Pebble batch, commits that batch with
 // one fsync and only then answers the callers: concurrent writers share one
 // fsync (group commit), a write is acknowledged only once durable, and an
 // event's new key state, applied-vector entry and forward entry commit
-// together or not at all.
+// together or not at all. Applies of remote events wait in a queue of their
+// own: each batch takes every other request waiting first, then applies up
+// to a share of events (Options.GroupApplyEvents), so a local write waits
+// for at most about two shares of applies however long the apply backlog,
+// and a steady local load still lets applies through every batch.
 //
 // Internal to the sidecar: not a stable Go API. Its stored format is a
 // contract: a data dir stays readable by later versions.
@@ -93,8 +97,16 @@ type Options struct {
 	// fails and the store stops (see ErrFailed). It must not block; the
 	// sidecar exits non-zero for its supervisor to restart it.
 	OnFatal func(error)
-	// MaxGroup bounds the requests committed in one batch (default 512).
+	// MaxGroup bounds the requests other than applies committed in one
+	// batch (default 512).
 	MaxGroup int
+	// GroupApplyEvents bounds the remote events (Apply) one batch takes
+	// after the other requests waiting (default 512). A single Apply of
+	// more events is taken whole, in a batch of its own share. It bounds
+	// how long a local write waits behind an apply backlog (about two
+	// shares), and applies get it in every batch however many local
+	// requests wait.
+	GroupApplyEvents int
 	// Logger receives the store's log lines; nil discards them.
 	Logger *slog.Logger
 	// Limits bound the keys and values a local write accepts, so that no
@@ -158,16 +170,19 @@ type Change struct {
 
 // Store is one DC's change log. Its methods are safe for concurrent use.
 type Store struct {
-	opts   Options
-	db     *pebble.DB
-	log    *slog.Logger
-	wo     *pebble.WriteOptions
-	reqs   chan *request
-	syncs  chan synced
-	notify chan struct{}
-	stop   chan struct{}
-	wg     sync.WaitGroup
-	once   sync.Once
+	opts Options
+	db   *pebble.DB
+	log  *slog.Logger
+	wo   *pebble.WriteOptions
+	reqs chan *request // local writes and every other request but applies
+	// applies queues Apply's requests: remote events, taken a share per
+	// batch after reqs (commitLoop).
+	applies chan *request
+	syncs   chan synced
+	notify  chan struct{}
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
 	// expiries receives a value after each commit that indexed a new
 	// expiry (ExpiryAdded), to wake an expirer sleeping until a later one.
 	expiries chan struct{}
@@ -236,6 +251,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.MaxGroup <= 0 {
 		opts.MaxGroup = 512
 	}
+	if opts.GroupApplyEvents <= 0 {
+		opts.GroupApplyEvents = 512
+	}
 	if opts.Resolvers == nil {
 		opts.Resolvers = defaultResolvers{}
 	}
@@ -280,6 +298,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		log:      opts.Logger,
 		wo:       pebble.Sync,
 		reqs:     make(chan *request, opts.MaxGroup),
+		applies:  make(chan *request, opts.MaxGroup),
 		notify:   make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		expiries: make(chan struct{}, 1),
@@ -443,6 +462,9 @@ type request struct {
 	ctx  context.Context
 	fn   func(t *txn) error
 	done chan error
+	// events is the number of remote events of an apply (doApply), what
+	// it counts against the batch's share of applies.
+	events int
 }
 
 // do runs fn in the committer's next batch and waits for the batch to
@@ -450,10 +472,20 @@ type request struct {
 // discards the whole group, so fn must not fail for input reasons after it
 // has written.
 func (s *Store) do(ctx context.Context, fn func(t *txn) error) error {
+	return s.enqueue(ctx, s.reqs, &request{ctx: ctx, fn: fn, done: make(chan error, 1)})
+}
+
+// doApply is do for an apply of n remote events: it waits in the applies
+// queue, which each batch serves after the other requests, a share at a
+// time (commitLoop).
+func (s *Store) doApply(ctx context.Context, n int, fn func(t *txn) error) error {
+	return s.enqueue(ctx, s.applies, &request{ctx: ctx, fn: fn, done: make(chan error, 1), events: max(n, 1)})
+}
+
+func (s *Store) enqueue(ctx context.Context, q chan<- *request, r *request) error {
 	if err := s.failure(); err != nil {
 		return err
 	}
-	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	s.mu.RLock()
 	closed := s.mu.closed
 	s.mu.RUnlock()
@@ -461,7 +493,7 @@ func (s *Store) do(ctx context.Context, fn func(t *txn) error) error {
 		return ErrClosed
 	}
 	select {
-	case s.reqs <- r:
+	case q <- r:
 	case <-s.stop:
 		return ErrClosed
 	case <-ctx.Done():
@@ -476,18 +508,42 @@ func (s *Store) do(ctx context.Context, fn func(t *txn) error) error {
 	}
 }
 
+// commitLoop builds and commits one group at a time. A group takes the
+// requests waiting in reqs (local writes, transactions, bookkeeping), up to
+// MaxGroup, then applies from the applies queue in their order until the
+// next would take the group's apply events past GroupApplyEvents; it always
+// takes at least one apply when one waits. So a local write queued behind
+// any apply backlog is committed in the group after the one being built,
+// behind at most two shares of applies, and a steady local load still
+// lets a share of applies through every group. Requests of one queue keep
+// their order; requests of different queues come from different callers,
+// which never had an order between them (docs/DESIGN.md, "The committer's
+// queues").
 func (s *Store) commitLoop() {
 	defer s.wg.Done()
 	group := make([]*request, 0, s.opts.MaxGroup)
 	defer close(s.syncs)
+	// next is an apply taken from its queue that did not fit the last
+	// group's share: the first of the next group's.
+	var next *request
 	for {
 		group = group[:0]
 		select {
-		case r := <-s.reqs:
-			group = append(group, r)
 		case <-s.stop:
-			s.failQueued()
+			s.failQueued(next)
 			return
+		default:
+		}
+		if next == nil {
+			select {
+			case r := <-s.reqs:
+				group = append(group, r)
+			case r := <-s.applies:
+				next = r
+			case <-s.stop:
+				s.failQueued(nil)
+				return
+			}
 		}
 	drain:
 		for len(group) < s.opts.MaxGroup {
@@ -498,14 +554,42 @@ func (s *Store) commitLoop() {
 				break drain
 			}
 		}
+		group, next = s.takeApplies(group, next)
 		s.commitGroup(group)
 	}
 }
 
-func (s *Store) failQueued() {
+// takeApplies appends to group the applies of its share, starting with
+// next, and returns the first apply that did not fit, if one was taken.
+func (s *Store) takeApplies(group []*request, next *request) ([]*request, *request) {
+	events := 0
+	for {
+		if next == nil {
+			select {
+			case next = <-s.applies:
+			default:
+				return group, nil
+			}
+		}
+		if events > 0 && events+next.events > s.opts.GroupApplyEvents {
+			return group, next
+		}
+		group = append(group, next)
+		events += next.events
+		next = nil
+	}
+}
+
+// failQueued answers next and every request still queued with ErrClosed.
+func (s *Store) failQueued(next *request) {
+	if next != nil {
+		next.done <- ErrClosed
+	}
 	for {
 		select {
 		case r := <-s.reqs:
+			r.done <- ErrClosed
+		case r := <-s.applies:
 			r.done <- ErrClosed
 		default:
 			return

@@ -407,17 +407,20 @@ func (s *Store) Apply(ctx context.Context, evs []*event.Event, forward func(*eve
 			return nil, fmt.Errorf("%w: event dot %s does not match origin %s seq %d", ErrBadInput, ev.Dot, ev.Origin, ev.Seq)
 		}
 	}
-	return s.applyGroups(ctx, evs, forward)
+	return s.applyGroups(ctx, evs, forward, s.doApply)
 }
 
-// applyGroups applies evs, a transaction's ops together, in one batch.
-func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
+// applyGroups applies evs, a transaction's ops together, in one batch,
+// submitted by do: Apply's share of the batch (doApply), or a request like
+// any other.
+func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, forward func(*event.Event) bool,
+	do func(ctx context.Context, n int, fn func(t *txn) error) error) ([]ApplyResult, error) {
 	groups, err := event.Group(evs)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
 	out := make([]ApplyResult, 0, len(evs))
-	err = s.do(ctx, func(t *txn) error {
+	err = do(ctx, len(evs), func(t *txn) error {
 		out = out[:0]
 		for _, g := range groups {
 			r, err := t.applyGroup(g, forward)
@@ -549,5 +552,9 @@ func (s *Store) Recover(ctx context.Context, evs []*event.Event) ([]ApplyResult,
 			return nil, fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
 		}
 	}
-	return s.applyGroups(ctx, evs, nil)
+	// Recovered events take this DC's own sequences, as local writes do:
+	// they keep the local writes' queue, and its order.
+	return s.applyGroups(ctx, evs, nil, func(ctx context.Context, _ int, fn func(t *txn) error) error {
+		return s.do(ctx, fn)
+	})
 }
