@@ -3,7 +3,9 @@ package changelog
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -293,4 +295,83 @@ func TestAppliesProgressUnderLocalLoad(t *testing.T) {
 		t.Fatalf("an Apply was committed in the %dth batch after it was queued, under a steady local load (at most %d expected)", worst, maxBatches)
 	}
 	t.Logf("each Apply committed within %d batches of being queued", worst)
+}
+
+// TestPicker checks the committer's choice of each group's requests, step
+// by step: locals first, a bounded share of applies, at least one apply per
+// group, and a group cut short by a local request arriving while it
+// applies. A script's words: "lN" queues local request lN; "=x" says the
+// next request picked is x, "=|" that the group ends there (the next pick
+// starts a group, as commitLoop does); "=." that nothing is left.
+func TestPicker(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		maxLocal int
+		share    int
+		applies  map[string]int // name: events, queued in name order
+		script   string
+	}{{
+		name: "locals first, then a share of applies", maxLocal: 8, share: 512,
+		applies: map[string]int{"a1": 256, "a2": 256, "a3": 256},
+		script:  "l1 l2 =l1 =l2 =a1 =a2 =| =a3 =| =.",
+	}, {
+		name: "an Apply over the share goes alone", maxLocal: 8, share: 512,
+		applies: map[string]int{"a1": 100, "a2": 2000, "a3": 100},
+		script:  "=a1 =| =a2 =| =a3 =| =.",
+	}, {
+		name: "a full local queue still lets one apply through", maxLocal: 2, share: 512,
+		applies: map[string]int{"a1": 10, "a2": 10},
+		script:  "l1 l2 l3 l4 l5 =l1 =l2 =a1 =| =l3 =l4 =a2 =| =l5 =| =.",
+	}, {
+		name: "a local arriving while applies run ends the group", maxLocal: 8, share: 1 << 20,
+		applies: map[string]int{"a1": 100, "a2": 100, "a3": 100, "a4": 100},
+		script:  "=a1 =a2 l1 l2 =l1 =l2 =| =a3 =a4 =| =.",
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			reqs, applies := make(chan *request, 16), make(chan *request, 16)
+			names := map[*request]string{}
+			add := func(q chan *request, name string, events int) {
+				r := &request{events: events}
+				names[r] = name
+				q <- r
+			}
+			for _, n := range slices.Sorted(maps.Keys(tc.applies)) {
+				add(applies, n, tc.applies[n])
+			}
+			p := &picker{reqs: reqs, applies: applies, maxLocal: tc.maxLocal, share: tc.share}
+			open := false // a group is being picked
+			// pick returns the next request's name, "|" at a group's end,
+			// "." when nothing is left to start one with.
+			pick := func() string {
+				if !open {
+					if p.held == nil {
+						select {
+						case p.held = <-reqs:
+						case p.held = <-applies:
+						default:
+							return "."
+						}
+					}
+					p.reset()
+					open = true
+				}
+				r := p.next()
+				if r == nil {
+					open = false
+					return "|"
+				}
+				return names[r]
+			}
+			for i, w := range strings.Fields(tc.script) {
+				want, ok := strings.CutPrefix(w, "=")
+				if !ok {
+					add(reqs, w, 0)
+					continue
+				}
+				if got := pick(); got != want {
+					t.Fatalf("word %d (%s): picked %q", i, w, got)
+				}
+			}
+		})
+	}
 }

@@ -10,9 +10,10 @@
 // event's new key state, applied-vector entry and forward entry commit
 // together or not at all. Applies of remote events wait in a queue of their
 // own: each batch takes every other request waiting first, then applies up
-// to a share of events (Options.GroupApplyEvents), so a local write waits
-// for at most about two shares of applies however long the apply backlog,
-// and a steady local load still lets applies through every batch.
+// to a share of events (Options.GroupApplyEvents), and ends early when a
+// local request arrives, so a local write waits for the Apply running and
+// its batch's sync however long the apply backlog, and a steady local load
+// still lets an Apply through every batch.
 //
 // Internal to the sidecar: not a stable Go API. Its stored format is a
 // contract: a data dir stays readable by later versions.
@@ -102,10 +103,8 @@ type Options struct {
 	MaxGroup int
 	// GroupApplyEvents bounds the remote events (Apply) one batch takes
 	// after the other requests waiting (default 512). A single Apply of
-	// more events is taken whole, in a batch of its own share. It bounds
-	// how long a local write waits behind an apply backlog (about two
-	// shares), and applies get it in every batch however many local
-	// requests wait.
+	// more events is taken whole, alone. Every batch takes at least one
+	// Apply when one waits, however many local requests wait.
 	GroupApplyEvents int
 	// Logger receives the store's log lines; nil discards them.
 	Logger *slog.Logger
@@ -508,82 +507,103 @@ func (s *Store) enqueue(ctx context.Context, q chan<- *request, r *request) erro
 	}
 }
 
-// commitLoop builds and commits one group at a time. A group takes the
-// requests waiting in reqs (local writes, transactions, bookkeeping), up to
-// MaxGroup, then applies from the applies queue in their order until the
-// next would take the group's apply events past GroupApplyEvents; it always
-// takes at least one apply when one waits. So a local write queued behind
-// any apply backlog is committed in the group after the one being built,
-// behind at most two shares of applies, and a steady local load still
-// lets a share of applies through every group. Requests of one queue keep
-// their order; requests of different queues come from different callers,
-// which never had an order between them (docs/DESIGN.md, "The committer's
-// queues").
+// commitLoop commits one group at a time, the group built as it runs
+// (picker): local requests first, then applies of a bounded share, and the
+// group ends early when a local request arrives while it applies.
+// Requests of one queue keep their order; requests of different queues
+// come from different callers, which never had an order between them
+// (docs/DESIGN.md, "The committer's queues").
 func (s *Store) commitLoop() {
 	defer s.wg.Done()
-	group := make([]*request, 0, s.opts.MaxGroup)
 	defer close(s.syncs)
-	// next is an apply taken from its queue that did not fit the last
-	// group's share: the first of the next group's.
-	var next *request
+	p := &picker{reqs: s.reqs, applies: s.applies, maxLocal: s.opts.MaxGroup, share: s.opts.GroupApplyEvents}
+	group := make([]*request, 0, s.opts.MaxGroup)
 	for {
-		group = group[:0]
 		select {
 		case <-s.stop:
-			s.failQueued(next)
+			s.failQueued(p.held)
 			return
 		default:
 		}
-		if next == nil {
+		if p.held == nil {
 			select {
 			case r := <-s.reqs:
-				group = append(group, r)
+				p.held = r
 			case r := <-s.applies:
-				next = r
+				p.held = r
 			case <-s.stop:
 				s.failQueued(nil)
 				return
 			}
 		}
-	drain:
-		for len(group) < s.opts.MaxGroup {
-			select {
-			case r := <-s.reqs:
-				group = append(group, r)
-			default:
-				break drain
-			}
-		}
-		group, next = s.takeApplies(group, next)
-		s.commitGroup(group)
+		p.reset()
+		group = s.commitGroup(group[:0], p)
 	}
 }
 
-// takeApplies appends to group the applies of its share, starting with
-// next, and returns the first apply that did not fit, if one was taken.
-func (s *Store) takeApplies(group []*request, next *request) ([]*request, *request) {
-	events := 0
-	for {
-		if next == nil {
-			select {
-			case next = <-s.applies:
-			default:
-				return group, nil
-			}
-		}
-		if events > 0 && events+next.events > s.opts.GroupApplyEvents {
-			return group, next
-		}
-		group = append(group, next)
-		events += next.events
-		next = nil
-	}
+// picker picks the requests of one group, one at a time while the group
+// runs. It takes the local requests waiting (reqs: local writes,
+// transactions, bookkeeping), up to maxLocal; then applies in their order
+// while their events stay within share, at least one when one waits. Once
+// the group has applied anything, a local request that arrives is taken
+// next, and the group ends after the local requests waiting then. So a
+// local write waits for the Apply running when it arrives, and its own
+// group's sync, however long the apply backlog; and every group with
+// applies waiting takes at least one, however steady the local load.
+type picker struct {
+	reqs, applies <-chan *request
+	maxLocal      int
+	share         int
+	// held is a request taken from its queue but not yet run: the first
+	// request of a group, or an apply that did not fit the last group.
+	held *request
+
+	locals, events int
+	// cut ends the group once the local requests waiting are taken.
+	cut bool
 }
 
-// failQueued answers next and every request still queued with ErrClosed.
-func (s *Store) failQueued(next *request) {
-	if next != nil {
-		next.done <- ErrClosed
+func (p *picker) reset() { p.locals, p.events, p.cut = 0, 0, false }
+
+// next returns the group's next request, or nil when the group is complete.
+func (p *picker) next() *request {
+	if r := p.held; r != nil && r.events == 0 {
+		p.held = nil
+		p.locals++
+		return r
+	}
+	if p.locals < p.maxLocal {
+		select {
+		case r := <-p.reqs:
+			p.locals++
+			p.cut = p.events > 0
+			return r
+		default:
+		}
+	}
+	if p.events > 0 && (p.cut || len(p.reqs) > 0) {
+		return nil
+	}
+	if p.held == nil {
+		select {
+		case p.held = <-p.applies:
+		default:
+			return nil
+		}
+	}
+	r := p.held
+	if p.events > 0 && p.events+r.events > p.share {
+		return nil
+	}
+	p.held = nil
+	p.events += r.events
+	return r
+}
+
+// failQueued answers held and every request still queued with ErrClosed.
+func (s *Store) failQueued(held *request) {
+	if held != nil {
+		held.done <- ErrClosed
 	}
 	for {
 		select {
@@ -597,17 +617,20 @@ func (s *Store) failQueued(next *request) {
 	}
 }
 
-// commitGroup runs each request against one batch and applies it. A
-// request whose fn fails for its own input gets that error; the others still
-// commit. A fn that fails after writing poisons the batch, and then every
-// request in the group gets the error. The answers wait for the WAL sync,
-// which happens on the syncer goroutine while the next group is built.
-func (s *Store) commitGroup(group []*request) {
+// commitGroup runs each request p picks against one batch and applies it,
+// and returns the group. A request whose fn fails for its own input gets
+// that error; the others still commit. A fn that fails after writing
+// poisons the batch, and then every request in the group gets the error.
+// The answers wait for the WAL sync, which happens on the syncer goroutine
+// while the next group is built.
+func (s *Store) commitGroup(group []*request, p *picker) []*request {
 	t := s.newTxn()
-	errs := make([]error, len(group))
-	for i, r := range group {
+	var errs []error
+	for r := p.next(); r != nil; r = p.next() {
+		group = append(group, r)
+		errs = append(errs, nil)
 		if err := r.ctx.Err(); err != nil {
-			errs[i] = err
+			errs[len(errs)-1] = err
 			continue
 		}
 		mark := t.mark()
@@ -615,9 +638,9 @@ func (s *Store) commitGroup(group []*request) {
 			if t.dirtySince(mark) {
 				t.close()
 				s.answerAll(group, fmt.Errorf("changelog: batch aborted: %w", err))
-				return
+				return group
 			}
-			errs[i] = err
+			errs[len(errs)-1] = err
 		}
 	}
 	s.groups.Add(1)
@@ -625,14 +648,15 @@ func (s *Store) commitGroup(group []*request) {
 	if err := t.commit(); err != nil {
 		t.close()
 		s.answerAll(group, s.fail(fmt.Errorf("commit: %w", err)))
-		return
+		return group
 	}
-	g := synced{t: t, group: append([]*request(nil), group...), errs: errs}
+	g := synced{t: t, group: slices.Clone(group), errs: errs}
 	if s.opts.serial {
 		s.finish(g)
-		return
+		return group
 	}
 	s.syncs <- g
+	return group
 }
 
 // synced is a group whose batch is applied and waits for its WAL sync.
