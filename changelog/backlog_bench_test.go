@@ -114,3 +114,57 @@ func BenchmarkWriteDuringBacklog(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 	b.ReportMetric(float64(ahead)/float64(b.N), "applies-ahead")
 }
+
+// BenchmarkApplyUnderWrites measures remote events applied by 4 links, in
+// batches of 256, while 16 writers make local writes without pause,
+// durable on the real filesystem: the apply throughput a steady local load
+// leaves, and the local writes made meanwhile.
+func BenchmarkApplyUnderWrites(b *testing.B) {
+	const links, batch, writers = 4, 256, 16
+	per := (b.N + links - 1) / links
+	backlog := remoteBacklog("dc2", links, per)
+	s := openMem(b, nil, "dc1", Options{Partitions: links})
+	stop := make(chan struct{})
+	var local sync.WaitGroup
+	var writes atomic.Int64
+	for w := range writers {
+		local.Add(1)
+		go func() {
+			defer local.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := s.Write(context.Background(), WriteOp{Key: fmt.Sprintf("w%d-%d", w, i), Value: []byte("v")}); err != nil {
+					b.Error(err)
+					return
+				}
+				writes.Add(1)
+			}
+		}()
+	}
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	w0 := writes.Load()
+	for _, evs := range backlog {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for off := 0; off < len(evs); off += batch {
+				if _, err := s.Apply(context.Background(), evs[off:min(off+batch, len(evs))], nil); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	w1 := writes.Load()
+	close(stop)
+	local.Wait()
+	b.ReportMetric(float64(links*per)/b.Elapsed().Seconds(), "events/s")
+	b.ReportMetric(float64(w1-w0)/b.Elapsed().Seconds(), "writes/s")
+}
