@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/replicatorhq/replicator/pkg/event"
 )
 
 // BenchmarkApplyConcurrent measures remote events applied by several links
@@ -21,21 +23,8 @@ func BenchmarkApplyConcurrent(b *testing.B) {
 			per := (b.N + links - 1) / links
 			backlog := remoteBacklog("dc2", links, per)
 			s := openMem(b, nil, "dc1", Options{Partitions: links})
-			var wg sync.WaitGroup
 			b.ResetTimer()
-			for _, evs := range backlog {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for off := 0; off < len(evs); off += batch {
-						if _, err := s.Apply(context.Background(), evs[off:min(off+batch, len(evs))], nil); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
+			applyLinks(b, s, backlog, batch)
 			b.StopTimer()
 			b.ReportMetric(float64(links*per)/b.Elapsed().Seconds(), "events/s")
 			st := s.Stats()
@@ -131,40 +120,30 @@ func BenchmarkApplyUnderWrites(b *testing.B) {
 		local.Add(1)
 		go func() {
 			defer local.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := s.Write(context.Background(), WriteOp{Key: fmt.Sprintf("w%d-%d", w, i), Value: []byte("v")}); err != nil {
-					b.Error(err)
-					return
-				}
-				writes.Add(1)
-			}
+			writeAll(b, s, fmt.Sprint("w", w), stop, &writes)
 		}()
 	}
-	var wg sync.WaitGroup
 	b.ResetTimer()
 	w0 := writes.Load()
-	for _, evs := range backlog {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for off := 0; off < len(evs); off += batch {
-				if _, err := s.Apply(context.Background(), evs[off:min(off+batch, len(evs))], nil); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	applyLinks(b, s, backlog, batch)
 	b.StopTimer()
 	w1 := writes.Load()
 	close(stop)
 	local.Wait()
 	b.ReportMetric(float64(links*per)/b.Elapsed().Seconds(), "events/s")
 	b.ReportMetric(float64(w1-w0)/b.Elapsed().Seconds(), "writes/s")
+}
+
+// applyLinks applies each backlog on a goroutine of its own, as the links
+// do, batch events an Apply, and returns when all are applied.
+func applyLinks(b *testing.B, s *Store, backlogs [][]*event.Event, batch int) {
+	var wg sync.WaitGroup
+	for _, evs := range backlogs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			applyAll(b, s, evs, batch, nil)
+		}()
+	}
+	wg.Wait()
 }

@@ -121,7 +121,7 @@ func remoteBacklog(origin string, partitions, n int) [][]*event.Event {
 
 // applyAll applies evs in chunks of chunk events, one Apply at a time,
 // until done or stop is closed, and returns the chunks it applied.
-func applyAll(t *testing.T, s *Store, evs []*event.Event, chunk int, stop <-chan struct{}) int {
+func applyAll(t testing.TB, s *Store, evs []*event.Event, chunk int, stop <-chan struct{}) int {
 	n := 0
 	for off := 0; off < len(evs); off += chunk {
 		select {
@@ -138,6 +138,25 @@ func applyAll(t *testing.T, s *Store, evs []*event.Event, chunk int, stop <-chan
 		n++
 	}
 	return n
+}
+
+// writeAll makes local writes of keys prefix-0, prefix-1, … one after
+// another until stop is closed, counting them in n.
+func writeAll(t testing.TB, s *Store, prefix string, stop <-chan struct{}, n *atomic.Int64) {
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if _, err := s.Write(context.Background(), WriteOp{Key: fmt.Sprintf("%s-%d", prefix, i), Value: []byte("v")}); err != nil {
+			if err != ErrClosed {
+				t.Errorf("write: %v", err)
+			}
+			return
+		}
+		n.Add(1)
+	}
 }
 
 // TestLocalWriteWaitsForBoundedApplies queues a backlog of thousands of
@@ -219,23 +238,12 @@ func TestAppliesProgressUnderLocalLoad(t *testing.T) {
 	s := openMem(t, nil, "dc1", Options{Partitions: 4, MaxGroup: 8, GroupApplyEvents: share, OnCommit: log.record})
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var writes atomic.Int64
 	for w := range writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := s.Write(context.Background(), WriteOp{Key: fmt.Sprintf("w%d-%d", w, i), Value: []byte("v")}); err != nil {
-					if err != ErrClosed {
-						t.Errorf("write: %v", err)
-					}
-					return
-				}
-			}
+			writeAll(t, s, fmt.Sprint("w", w), stop, &writes)
 		}()
 	}
 	defer wg.Wait()
