@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -57,26 +56,7 @@ func BenchmarkWriteDuringBacklog(b *testing.B) {
 		}
 	}})
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var dry atomic.Int32
-	for _, evs := range backlog {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for off := 0; off < len(evs); off += batch {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := s.Apply(context.Background(), evs[off:off+batch], nil); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-			dry.Add(1)
-		}()
-	}
+	wg, dry := startAppliers(b, s, backlog, batch, stop)
 	defer wg.Wait()
 	defer close(stop)
 	// Let the backlog queue up: two batches of applies before the first
@@ -114,15 +94,7 @@ func BenchmarkApplyUnderWrites(b *testing.B) {
 	backlog := remoteBacklog("dc2", links, per)
 	s := openMem(b, nil, "dc1", Options{Partitions: links})
 	stop := make(chan struct{})
-	var local sync.WaitGroup
-	var writes atomic.Int64
-	for w := range writers {
-		local.Add(1)
-		go func() {
-			defer local.Done()
-			writeAll(b, s, fmt.Sprint("w", w), stop, &writes)
-		}()
-	}
+	local, writes := startWriters(b, s, writers, stop)
 	b.ResetTimer()
 	w0 := writes.Load()
 	applyLinks(b, s, backlog, batch)
@@ -137,13 +109,6 @@ func BenchmarkApplyUnderWrites(b *testing.B) {
 // applyLinks applies each backlog on a goroutine of its own, as the links
 // do, batch events an Apply, and returns when all are applied.
 func applyLinks(b *testing.B, s *Store, backlogs [][]*event.Event, batch int) {
-	var wg sync.WaitGroup
-	for _, evs := range backlogs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			applyAll(b, s, evs, batch, nil)
-		}()
-	}
+	wg, _ := startAppliers(b, s, backlogs, batch, nil)
 	wg.Wait()
 }

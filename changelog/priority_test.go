@@ -140,6 +140,39 @@ func applyAll(t testing.TB, s *Store, evs []*event.Event, chunk int, stop <-chan
 	return n
 }
 
+// startAppliers starts a goroutine per backlog that applies it
+// (applyAll) until done or stop is closed, and returns their WaitGroup and
+// the count of those that applied their whole backlog.
+func startAppliers(t testing.TB, s *Store, backlogs [][]*event.Event, chunk int, stop <-chan struct{}) (*sync.WaitGroup, *atomic.Int32) {
+	var wg sync.WaitGroup
+	var finished atomic.Int32
+	for _, evs := range backlogs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if applyAll(t, s, evs, chunk, stop) == (len(evs)+chunk-1)/chunk {
+				finished.Add(1)
+			}
+		}()
+	}
+	return &wg, &finished
+}
+
+// startWriters starts n goroutines that write (writeAll) until stop is
+// closed, and returns their WaitGroup and the count of their writes.
+func startWriters(t testing.TB, s *Store, n int, stop <-chan struct{}) (*sync.WaitGroup, *atomic.Int64) {
+	var wg sync.WaitGroup
+	var writes atomic.Int64
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			writeAll(t, s, fmt.Sprint("w", w), stop, &writes)
+		}()
+	}
+	return &wg, &writes
+}
+
 // writeAll makes local writes of keys prefix-0, prefix-1, … one after
 // another until stop is closed, counting them in n.
 func writeAll(t testing.TB, s *Store, prefix string, stop <-chan struct{}, n *atomic.Int64) {
@@ -181,17 +214,7 @@ func TestLocalWriteWaitsForBoundedApplies(t *testing.T) {
 	s := openMem(t, nil, "dc1", Options{Partitions: appliers, GroupApplyEvents: share, OnCommit: log.record})
 	backlog := remoteBacklog("dc2", appliers, perApply*share)
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var finished atomic.Int32
-	for _, evs := range backlog {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if applyAll(t, s, evs, share, stop) == perApply {
-				finished.Add(1)
-			}
-		}()
-	}
+	wg, finished := startAppliers(t, s, backlog, share, stop)
 	defer wg.Wait()
 	defer close(stop)
 	log.waitFor(t, 30*time.Second, "two batches of applies", func(gs []committed) (bool, string) {
@@ -237,15 +260,7 @@ func TestAppliesProgressUnderLocalLoad(t *testing.T) {
 	log := newCommitLog("dc1")
 	s := openMem(t, nil, "dc1", Options{Partitions: 4, MaxGroup: 8, GroupApplyEvents: share, OnCommit: log.record})
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var writes atomic.Int64
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			writeAll(t, s, fmt.Sprint("w", w), stop, &writes)
-		}()
-	}
+	wg, _ := startWriters(t, s, writers, stop)
 	defer wg.Wait()
 	defer close(stop)
 	log.waitFor(t, 30*time.Second, "a batch full of local writes", func(gs []committed) (bool, string) {
