@@ -174,14 +174,7 @@ func TestChangesFollow(t *testing.T) {
 		t.Fatal("nothing printed 20s after a write")
 	}
 	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("interrupted --follow exited %d: %s", code, errOut.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("--follow did not end when interrupted")
-	}
+	interrupted(t, done, errOut.String)
 	if _, err := printFeed(context.Background(), strings.NewReader(`{"type":"change","cursor":1}`+"\n"+`{"type":"error","error":"gone","status":410}`+"\n"), &bytes.Buffer{}, &feedPos{}); err == nil || !strings.Contains(err.Error(), "410") {
 		t.Fatalf("an error line: %v, want an error naming 410", err)
 	}
@@ -249,14 +242,7 @@ func TestChangesFollowResumes(t *testing.T) {
 	default:
 	}
 	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("interrupted --follow exited %d: %s", code, errOut.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("--follow did not end when interrupted")
-	}
+	interrupted(t, done, errOut.String)
 
 	// A sidecar that drops the feed, then refuses the resume with 410.
 	var sinces []string
@@ -302,4 +288,17 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// interrupted checks that a canceled --follow ends, with exit 0.
+func interrupted(t *testing.T, done <-chan int, stderr func() string) {
+	t.Helper()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("interrupted --follow exited %d: %s", code, stderr())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("--follow did not end when interrupted")
+	}
 }
