@@ -38,6 +38,7 @@ type sidecar struct {
 	base     string
 	cfg      config.Config
 	url      string
+	opts     node.Options
 }
 
 // restart closes the sidecar and starts it again on the same config,
@@ -50,7 +51,9 @@ func (s *sidecar) restart(t *testing.T, wipe func(dir string)) {
 	if wipe != nil {
 		wipe(s.cfg.DataDir)
 	}
-	n, err := node.New(s.cfg, node.Options{NATSURL: s.url, ReportInterval: 100 * time.Millisecond, Logger: testutil.Logger(t, s.dc)})
+	o := s.opts
+	o.NATSURL, o.ReportInterval, o.Logger = s.url, 100*time.Millisecond, testutil.Logger(t, s.dc)
+	n, err := node.New(s.cfg, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +67,13 @@ func (s *sidecar) restart(t *testing.T, wipe func(dir string)) {
 // mesh starts a mesh of DCs on one embedded NATS server, DC i running
 // shards[i] sidecars.
 func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
+	t.Helper()
+	return meshWith(t, shards, nil, node.Options{})
+}
+
+// meshWith is mesh with edit applied to every sidecar's config and opts
+// (but its NATS URL, report interval and logger) given to every node.
+func meshWith(t *testing.T, shards map[string]int, edit func(*config.Config), opts node.Options) (*server.Server, []*sidecar) {
 	t.Helper()
 	dir := t.TempDir()
 	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
@@ -82,8 +92,13 @@ func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
 			if shards[dc] > 1 {
 				cfg.Shard = fmt.Sprintf("%d of %d", i, shards[dc])
 			}
+			if edit != nil {
+				edit(&cfg)
+			}
 			cfg.Complete()
-			n, err := node.New(cfg, node.Options{NATSURL: ns.ClientURL(), ReportInterval: 100 * time.Millisecond, Logger: testutil.Logger(t, dc)})
+			o := opts
+			o.NATSURL, o.ReportInterval, o.Logger = ns.ClientURL(), 100*time.Millisecond, testutil.Logger(t, dc)
+			n, err := node.New(cfg, o)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -91,7 +106,7 @@ func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
 			if err := n.Start(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			out = append(out, &sidecar{dc: dc, name: fmt.Sprintf("%s shard %s", dc, cfg.Shard), n: n, base: "http://" + n.HTTPAddr(), cfg: cfg, url: ns.ClientURL()})
+			out = append(out, &sidecar{dc: dc, name: fmt.Sprintf("%s shard %s", dc, cfg.Shard), n: n, base: "http://" + n.HTTPAddr(), cfg: cfg, url: ns.ClientURL(), opts: o})
 		}
 	}
 	return ns, out
