@@ -292,18 +292,16 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.ae = ae
-	if n.shards == nil {
-		// A shard does not serve join's snapshots (docs/DESIGN.md,
-		// invariant 16).
-		snap, err := join.NewServer(join.ServerOptions{Store: n.store, NC: nc, Logger: n.log})
-		if err != nil {
-			return err
-		}
-		if err := snap.Start(ctx); err != nil {
-			return err
-		}
-		n.snap = snap
+	// A shard serves join's snapshots of its own partitions, each on
+	// repl.snap.<dc>.<p> (docs/DESIGN.md, invariant 16).
+	snap, err := join.NewServer(join.ServerOptions{Store: n.store, NC: nc, Logger: n.log, Owned: owned})
+	if err != nil {
+		return err
 	}
+	if err := snap.Start(ctx); err != nil {
+		return err
+	}
+	n.snap = snap
 	if err := n.home.Start(ctx, nc); err != nil {
 		return err
 	}
