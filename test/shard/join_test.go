@@ -2,6 +2,7 @@ package shard_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/cluster"
@@ -21,6 +23,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/join"
+	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/pkg/setup"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
@@ -117,25 +120,68 @@ func dcApplied(sidecars []*sidecar) changelog.Applied {
 	return out
 }
 
-// drained waits until every DC of peers has applied every event the
-// sidecars of leaving (one DC's) issued: the check to make before
-// stopping a DC's shards for good, so that none of its acknowledged
-// writes lives only in their stores.
+// outboxHeld reads bridge.OutboxHeld of every sidecar of a DC from its
+// GET /v1/status (through s): the whole DC's for a shard.
+func outboxHeld(t *testing.T, s *sidecar) ([]uint64, string) {
+	t.Helper()
+	code, _, b := do(t, http.MethodGet, s.base+"/v1/status", nil)
+	if code != http.StatusOK {
+		return nil, fmt.Sprintf("%d %s", code, b)
+	}
+	type status struct {
+		Bridge *struct{ OutboxHeld uint64 } `json:"bridge"`
+	}
+	var st struct {
+		status
+		Shards []struct {
+			Status status `json:"status"`
+		} `json:"shards"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	all := []status{st.status}
+	if len(st.Shards) > 0 {
+		all = all[:0]
+		for _, sh := range st.Shards {
+			all = append(all, sh.Status)
+		}
+	}
+	var out []uint64
+	for _, x := range all {
+		if x.Bridge == nil {
+			return nil, "no bridge status: " + string(b)
+		}
+		out = append(out, x.Bridge.OutboxHeld)
+	}
+	return out, ""
+}
+
+// drained waits, as README "Changing a DC's shard count" says, until
+// every sidecar of the DC of leaving reports an empty outbox
+// (bridge.OutboxHeld 0 in GET /v1/status), then checks that every DC of
+// peers has indeed applied every event leaving issued: none of its
+// acknowledged writes lives only in its stores, which may be stopped for
+// good.
 func drained(t *testing.T, leaving []*sidecar, peers map[string][]*sidecar) {
 	t.Helper()
 	dc := leaving[0].dc
-	cluster.EventuallyEvery(t, 30*time.Second, 20*time.Millisecond, "the peers to apply every event of "+dc, func() (bool, string) {
-		own := dcApplied(leaving)[dc]
-		for peer, ss := range peers {
-			got := dcApplied(ss)[dc]
-			for p, n := range own {
-				if p >= len(got) || got[p] < n {
-					return false, fmt.Sprintf("%s applied %v of %s's events, %s issued %v", peer, got, dc, dc, own)
-				}
+	cluster.EventuallyEvery(t, 30*time.Second, 20*time.Millisecond, "every sidecar of "+dc+" to report an empty outbox", func() (bool, string) {
+		held, why := outboxHeld(t, leaving[0])
+		if why != "" {
+			return false, why
+		}
+		return !slices.ContainsFunc(held, func(n uint64) bool { return n > 0 }), fmt.Sprintf("outbox entries held per sidecar: %v", held)
+	})
+	own := dcApplied(leaving)[dc]
+	for peer, ss := range peers {
+		got := dcApplied(ss)[dc]
+		for p, n := range own {
+			if p >= len(got) || got[p] < n {
+				t.Fatalf("%s reports an empty outbox, but %s applied %v of its events and %s issued %v", dc, peer, got, dc, own)
 			}
 		}
-		return true, ""
-	})
+	}
 }
 
 // joinShard runs `replicator join` for the sidecar of cfg (stopped, its
@@ -230,27 +276,68 @@ func relayout(t *testing.T, all []*sidecar, dc string, count int, from string, w
 		w.waitMore(20, "writes between joins")
 		joined = append(joined, startSidecar(t, cfg, url, node.Options{}))
 	}
+	staleConsumers(t, url, dc, count)
 	return append(joined, rest...)
 }
 
-// TestShardJoin (invariant 16): dc3's sidecars are replaced by new shards
-// with empty stores, each joined from a peer DC while the other DCs keep
-// writing: 2 shards from dc2, one sidecar; 2 shards, then one sidecar,
-// from dc1, which runs 3 shards (each partition gathered from its
-// owner). Each join takes only the shard's partitions, with the peer's
-// applied vector for them; afterwards every DC's whole digest agrees and
-// every acknowledged write is there.
+// staleConsumers fails the test if dc keeps a durable consumer on another
+// DC's stream made for another shard layout than count shards: join
+// deletes those, which would otherwise hold their messages for ever.
+func staleConsumers(t *testing.T, url, dc string, count int) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, up := range dcs {
+		if up == dc {
+			continue
+		}
+		st, err := js.Stream(context.Background(), names.Stream(up))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lister := st.ConsumerNames(context.Background())
+		for name := range lister.Name() {
+			rest, ok := strings.CutPrefix(name, names.Consumer(dc, up))
+			if !ok || strings.HasSuffix(rest, "_heal") {
+				continue
+			}
+			ok = rest == "" && count < 2 || strings.HasPrefix(rest, "_shard") && strings.HasSuffix(rest, fmt.Sprintf("of%d", count)) && count > 1
+			if !ok {
+				t.Errorf("%s keeps the consumer %s on %s, of another shard layout than %d shards", dc, name, names.Stream(up), count)
+			}
+		}
+	}
+}
+
+// TestShardJoin (invariant 16; README "Changing a DC's shard count"):
+// dc3's shard count changes while the other DCs keep writing: its writes
+// stop, its outboxes drain, its sidecars stop, and new shards with empty
+// stores each join from a peer DC and start. From 3 shards to 2 joined
+// from dc2 (one sidecar); from 3 to 2 to 1 joined from dc1, which runs 3
+// shards (each partition gathered from its owner); from 1 to 2 to 3
+// joined from dc2. Each join takes only the shard's partitions, with the
+// peer's applied vector for them; afterwards every DC's whole digest
+// agrees and every acknowledged write is there.
 func TestShardJoin(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		from  string
+		first int   // dc3's shard count at the start
 		steps []int // dc3's shard counts, one relayout each
 	}{
-		{"2 shards from a peer of one sidecar", "dc2", []int{2}},
-		{"2 shards then 1 from a peer of 3 shards", "dc1", []int{2, 1}},
+		{"3 to 2 shards from a peer of one sidecar", "dc2", 3, []int{2}},
+		{"3 to 2 shards to 1 from a peer of 3 shards", "dc1", 3, []int{2, 1}},
+		{"1 to 2 to 3 shards from a peer of one sidecar", "dc2", 1, []int{2, 3}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, all := mesh(t, map[string]int{"dc1": 3, "dc3": 3})
+			_, all := mesh(t, map[string]int{"dc1": 3, "dc3": tc.first})
 			w := &writers{t: t, stop: make(chan struct{}), acked: map[string][]string{}}
 			defer func() { w.halt() }()
 			byDC := func(dc string) []*sidecar {
