@@ -236,15 +236,9 @@ func joinShard(t *testing.T, cfg config.Config, url, from string, fromSidecars [
 	return res
 }
 
-// relayout stops every sidecar of dc in all once the peers have applied
-// every event it issued, wipes their stores, joins count new shards of dc
-// (empty stores) from DC from, one after another, and starts them; it
-// returns all with dc's sidecars replaced. Writes at the other DCs go on
-// meanwhile.
-func relayout(t *testing.T, all []*sidecar, dc string, count int, from string, w *writers) []*sidecar {
-	t.Helper()
-	var leaving, rest []*sidecar
-	peers := map[string][]*sidecar{}
+// splitDC splits all into dc's sidecars and the others, also by DC.
+func splitDC(all []*sidecar, dc string) (leaving, rest []*sidecar, peers map[string][]*sidecar) {
+	peers = map[string][]*sidecar{}
 	for _, s := range all {
 		if s.dc == dc {
 			leaving = append(leaving, s)
@@ -253,6 +247,23 @@ func relayout(t *testing.T, all []*sidecar, dc string, count int, from string, w
 		rest = append(rest, s)
 		peers[s.dc] = append(peers[s.dc], s)
 	}
+	return leaving, rest, peers
+}
+
+// ofDC returns dc's sidecars of all.
+func ofDC(all []*sidecar, dc string) []*sidecar {
+	mine, _, _ := splitDC(all, dc)
+	return mine
+}
+
+// relayout stops every sidecar of dc in all once the peers have applied
+// every event it issued, wipes their stores, joins count new shards of dc
+// (empty stores) from DC from, one after another, and starts them; it
+// returns all with dc's sidecars replaced. Writes at the other DCs go on
+// meanwhile.
+func relayout(t *testing.T, all []*sidecar, dc string, count int, from string, w *writers) []*sidecar {
+	t.Helper()
+	leaving, rest, peers := splitDC(all, dc)
 	drained(t, leaving, peers)
 	dir := filepath.Dir(leaving[0].cfg.DataDir)
 	url := leaving[0].url
@@ -340,15 +351,7 @@ func TestShardJoin(t *testing.T) {
 			_, all := mesh(t, map[string]int{"dc1": 3, "dc3": tc.first})
 			w := &writers{t: t, stop: make(chan struct{}), acked: map[string][]string{}}
 			defer func() { w.halt() }()
-			byDC := func(dc string) []*sidecar {
-				var out []*sidecar
-				for _, s := range all {
-					if s.dc == dc {
-						out = append(out, s)
-					}
-				}
-				return out
-			}
+			byDC := func(dc string) []*sidecar { return ofDC(all, dc) }
 			w.write(byDC("dc1"))
 			w.write(byDC("dc2"))
 			w.write(byDC("dc3"))

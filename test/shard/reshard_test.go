@@ -20,16 +20,7 @@ import (
 // missing old store, and a new layout that leaves partitions out.
 func reshardDC(t *testing.T, all []*sidecar, dc string, count int) []*sidecar {
 	t.Helper()
-	var leaving, rest []*sidecar
-	peers := map[string][]*sidecar{}
-	for _, s := range all {
-		if s.dc == dc {
-			leaving = append(leaving, s)
-			continue
-		}
-		rest = append(rest, s)
-		peers[s.dc] = append(peers[s.dc], s)
-	}
+	leaving, rest, peers := splitDC(all, dc)
 	drained(t, leaving, peers)
 	dir, url := t.TempDir(), leaving[0].url
 	var from, to []config.Config
@@ -83,15 +74,7 @@ func reshardDC(t *testing.T, all []*sidecar, dc string, count int) []*sidecar {
 // whole digest agrees.
 func TestReshard(t *testing.T) {
 	_, all := mesh(t, map[string]int{"dc2": 2})
-	byDC := func(dc string) []*sidecar {
-		var out []*sidecar
-		for _, s := range all {
-			if s.dc == dc {
-				out = append(out, s)
-			}
-		}
-		return out
-	}
+	byDC := func(dc string) []*sidecar { return ofDC(all, dc) }
 	w := &writers{t: t, stop: make(chan struct{}), acked: map[string][]string{}}
 	defer func() { w.halt() }()
 	for _, dc := range dcs {

@@ -51,17 +51,7 @@ func (s *sidecar) restart(t *testing.T, wipe func(dir string)) {
 	if wipe != nil {
 		wipe(s.cfg.DataDir)
 	}
-	o := s.opts
-	o.NATSURL, o.ReportInterval, o.Logger = s.url, 100*time.Millisecond, testutil.Logger(t, s.dc)
-	n, err := node.New(s.cfg, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	s.n, s.base = n, "http://"+n.HTTPAddr()
+	*s = *startSidecar(t, s.cfg, s.url, s.opts)
 }
 
 // mesh starts a mesh of DCs on one embedded NATS server, DC i running
