@@ -129,10 +129,10 @@ type Siblings interface {
 	// Relay sends a request (as received) to the shard owning partition
 	// p and returns its reply; nats.ErrNoResponders when no shard owns it.
 	Relay(ctx context.Context, p uint32, req []byte) ([]byte, error)
-	// Ask sends a request to every shard of the DC (this one included)
-	// and returns the replies that came within ctx.
+	// Ask sends a request to every other shard of the DC and returns
+	// the replies that came within ctx.
 	Ask(ctx context.Context, req []byte) [][]byte
-	// Tell sends a request to every shard of the DC, for no reply.
+	// Tell sends a request to every other shard of the DC, for no reply.
 	Tell(req []byte) error
 }
 

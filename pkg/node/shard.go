@@ -215,8 +215,12 @@ func (s *shards) serveGather(m *nats.Msg) {
 // views asked and told, on the shards' subjects with kind "home".
 var _ home.Siblings = (*shards)(nil)
 
-// answerHome serves another shard's home-DC request.
+// answerHome serves another shard's home-DC request; this shard's own
+// asks and tells, which reach it too on repl.shards.<dc>, it leaves.
 func (s *shards) answerHome(m *nats.Msg) {
+	if m.Header.Get(HeaderShard) == s.shard.String() {
+		return
+	}
 	out := s.n.home.HandleShard(m.Data)
 	if m.Reply == "" {
 		return // a told view
@@ -241,8 +245,8 @@ func (s *shards) Relay(ctx context.Context, p uint32, req []byte) ([]byte, error
 	return m.Data, nil
 }
 
-// Ask sends a home-DC request to every shard of the DC and returns the
-// replies that came within ctx, at most one per shard.
+// Ask sends a home-DC request to every other shard of the DC and returns
+// the replies that came within ctx, at most one per shard.
 func (s *shards) Ask(ctx context.Context, req []byte) [][]byte {
 	nc := s.n.nc
 	inbox := nc.NewRespInbox()
@@ -251,11 +255,11 @@ func (s *shards) Ask(ctx context.Context, req []byte) [][]byte {
 		return nil
 	}
 	defer sub.Unsubscribe()
-	if err := nc.PublishMsg(&nats.Msg{Subject: names.ShardsSubject(s.n.cfg.DC), Reply: inbox, Header: nats.Header{HeaderShardKind: {"home"}}, Data: req}); err != nil {
+	if err := nc.PublishMsg(&nats.Msg{Subject: names.ShardsSubject(s.n.cfg.DC), Reply: inbox, Header: s.homeHeader(), Data: req}); err != nil {
 		return nil
 	}
 	var out [][]byte
-	for len(out) < s.shard.Count {
+	for len(out) < s.shard.Count-1 {
 		m, err := sub.NextMsgWithContext(ctx)
 		if err != nil || len(m.Data) == 0 {
 			return out // ctx done, or no responders (a status without data)
@@ -265,9 +269,15 @@ func (s *shards) Ask(ctx context.Context, req []byte) [][]byte {
 	return out
 }
 
-// Tell sends a home-DC request to every shard of the DC, for no reply.
+// Tell sends a home-DC request to every other shard of the DC, for no
+// reply.
 func (s *shards) Tell(req []byte) error {
-	return s.n.nc.PublishMsg(&nats.Msg{Subject: names.ShardsSubject(s.n.cfg.DC), Header: nats.Header{HeaderShardKind: {"home"}}, Data: req})
+	return s.n.nc.PublishMsg(&nats.Msg{Subject: names.ShardsSubject(s.n.cfg.DC), Header: s.homeHeader(), Data: req})
+}
+
+// homeHeader marks a home-DC request on repl.shards.<dc> as this shard's.
+func (s *shards) homeHeader() nats.Header {
+	return nats.Header{HeaderShardKind: {"home"}, HeaderShard: {s.shard.String()}}
 }
 
 // answerHTTP serves a carried HTTP request from this shard's own API.
