@@ -329,7 +329,9 @@ func testClusterRestart(t *testing.T, d *deployment, region string) {
 }
 
 // TestLongR3 is the long form: three clusters of three servers, streams of
-// three replicas, a gateway cut and a cluster restart, in a mesh.
+// three replicas, a gateway cut, a cluster restart, then a region cut off
+// without the meta leader and one holding it (TestIsolatedRegion's cases),
+// in a mesh.
 func TestLongR3(t *testing.T) {
 	if os.Getenv("REPL_SUPERCLUSTER_LONG") == "" {
 		t.Skip("set REPL_SUPERCLUSTER_LONG=1 to run three clusters of three servers with R3 streams")
@@ -346,6 +348,8 @@ func TestLongR3(t *testing.T) {
 	checkNoneLost(t, d.c, w)
 
 	testClusterRestart(t, d, regions[2])
+
+	testIsolatedRegions(t, d)
 }
 
 // probeCtx bounds one JetStream API call of a test.
@@ -399,7 +403,12 @@ func sum(seqs []uint64) uint64 {
 //   - after the region rejoins, nothing acknowledged is lost and every
 //     DC converges.
 func TestIsolatedRegion(t *testing.T) {
-	d := start(t, config.Mesh, 1, 1)
+	testIsolatedRegions(t, start(t, config.Mesh, 1, 1))
+}
+
+// testIsolatedRegions cuts off a region without the meta leader, then
+// the region holding it.
+func testIsolatedRegions(t *testing.T, d *deployment) {
 	_, leaderRegion := d.sc.MetaLeader()
 	follower := regions[0]
 	if follower == leaderRegion {
