@@ -72,6 +72,12 @@ func TestLostMessages(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	js := c.js(t)
+	// dc2 creates its consumer on dc1's stream once started; the check
+	// below reads its ack floor.
+	cluster.Eventually(t, 10*time.Second, "dc2's consumer on dc1's stream", func() (bool, string) {
+		_, err := js.Consumer(ctx, names.Stream("dc1"), names.Consumer("dc2", "dc1"))
+		return err == nil, fmt.Sprint(err)
+	})
 	c.stopRep("dc2")
 	c.stopRep("dc3")
 
@@ -112,6 +118,12 @@ func TestLostTail(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	js := c.js(t)
+	// dc2 creates its consumer on dc1's stream once started; the check
+	// below reads its ack floor.
+	cluster.Eventually(t, 10*time.Second, "dc2's consumer on dc1's stream", func() (bool, string) {
+		_, err := js.Consumer(ctx, names.Stream("dc1"), names.Consumer("dc2", "dc1"))
+		return err == nil, fmt.Sprint(err)
+	})
 	c.stopRep("dc2")
 
 	const writes = 10
@@ -272,10 +284,14 @@ func TestRestoreFromBackup(t *testing.T) {
 	}
 }
 
-// TestStreamFull fills dc1's stream: JetStream rejects further publishes
-// (DiscardNew), the outbox keeps the events and the checkpoint stays behind
-// what JetStream stored; once an operator raises the limit, publishing
-// resumes and nothing was lost.
+// TestStreamFull fills dc1's stream while its only downstream, dc2, is
+// down: JetStream rejects further publishes (DiscardNew), the outbox keeps
+// the events and the checkpoint stays behind what JetStream stored; once an
+// operator raises the limit and dc2 is back, publishing resumes and nothing
+// was lost. dc2 is down so that nothing is acknowledged: with dc2 consuming,
+// retention trims what it acknowledged as soon as the stream is over 80%
+// full, publishing goes on, and whether the stream is ever full is a race
+// (TestFullStreamTrimsItself covers that case).
 func TestStreamFull(t *testing.T) {
 	const limit = 8 << 10
 	c := newCluster(t, "mesh", 2, func(o *bridge.Options) {
@@ -284,6 +300,13 @@ func TestStreamFull(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	js := c.js(t)
+	// dc2 creates its consumer on dc1's stream once started; the check
+	// below reads its ack floor.
+	cluster.Eventually(t, 10*time.Second, "dc2's consumer on dc1's stream", func() (bool, string) {
+		_, err := js.Consumer(ctx, names.Stream("dc1"), names.Consumer("dc2", "dc1"))
+		return err == nil, fmt.Sprint(err)
+	})
+	c.stopRep("dc2")
 
 	const writes = 100
 	for i := range writes {
@@ -320,6 +343,7 @@ func TestStreamFull(t *testing.T) {
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
+	c.startRep("dc2")
 	c.waitConverged(20 * time.Second)
 	c.checkAppliedOnce(map[string]uint64{"dc2": writes})
 }
