@@ -21,8 +21,10 @@ import (
 // twice and the state does not move.
 func TestRedelivery(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 	js := c.js(t)
 
 	perDC := c.writeConcurrently(c.dcs, 10, 3)
@@ -69,8 +71,10 @@ func TestRedelivery(t *testing.T) {
 // skipped, and the ring converges.
 func TestLostMessages(t *testing.T) {
 	c := newCluster(t, "ring", 3, nil).start()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 	js := c.js(t)
 	// dc2 creates its consumer on dc1's stream once started; the check
 	// below reads its ack floor.
@@ -115,8 +119,10 @@ func TestLostMessages(t *testing.T) {
 // applied vector with the sequences dc1 reports, and repairs it.
 func TestLostTail(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 	js := c.js(t)
 	// dc2 creates its consumer on dc1's stream once started; the check
 	// below reads its ack floor.
@@ -297,8 +303,10 @@ func TestStreamFull(t *testing.T) {
 	c := newCluster(t, "mesh", 2, func(o *bridge.Options) {
 		o.Stream.MaxBytes = limit
 	}).start()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 	js := c.js(t)
 	// dc2 creates its consumer on dc1's stream once started; the check
 	// below reads its ack floor.
