@@ -96,12 +96,7 @@ func TestLostMessages(t *testing.T) {
 	deleteMsgs(t, ctx, js, "dc1", 3, 4, 17)
 
 	c.startRep("dc2")
-	cluster.Eventually(t, 10*time.Second, "dc2 catching up", func() (bool, string) {
-		got := c.store("dc2").Applied()["dc1"]
-		want := c.store("dc1").Applied()["dc1"]
-		return fmt.Sprint(got) == fmt.Sprint(want) && c.store("dc2").OutboxDepth() == 0,
-			fmt.Sprintf("applied %v of %v", got, want)
-	})
+	c.waitCaughtUp("dc2", "dc1")
 	deleteMsgs(t, ctx, js, "dc2", 1, 20)
 
 	c.startRep("dc3")
