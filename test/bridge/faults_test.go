@@ -102,9 +102,13 @@ func TestLostMessages(t *testing.T) {
 	c.startRep("dc3")
 	c.waitConverged(20 * time.Second)
 	c.checkAppliedOnce(map[string]uint64{"dc2": writes, "dc3": writes})
+	// The lost events are in no stream: applied once everywhere, they came
+	// by repair. Repair may bring more than those: a DC that makes no
+	// progress for RepairAfter (300ms, a loaded machine's pause) asks the
+	// origin for everything it lacks, events still on their way included.
 	for dc, lost := range map[string]uint64{"dc2": 3, "dc3": 2} {
-		if s := c.stats(dc); s.RepairedEvents != lost || s.Repairs == 0 {
-			t.Errorf("%s repaired %d events in %d repairs, want %d", dc, s.RepairedEvents, s.Repairs, lost)
+		if s := c.stats(dc); s.RepairedEvents < lost || s.Repairs == 0 {
+			t.Errorf("%s repaired %d events in %d repairs, want at least the %d lost", dc, s.RepairedEvents, s.Repairs, lost)
 		}
 	}
 }
@@ -140,8 +144,9 @@ func TestLostTail(t *testing.T) {
 	c.startRep("dc2")
 	c.waitConverged(20 * time.Second)
 	c.checkAppliedOnce(map[string]uint64{"dc2": writes})
-	if s := c.stats("dc2"); s.RepairedEvents != 3 {
-		t.Errorf("dc2 repaired %d events, want 3", s.RepairedEvents)
+	// At least the 3 lost, as in TestLostMessages.
+	if s := c.stats("dc2"); s.RepairedEvents < 3 {
+		t.Errorf("dc2 repaired %d events, want at least the 3 lost", s.RepairedEvents)
 	}
 }
 

@@ -92,10 +92,13 @@ func (ln *leafNet) restartHub() {
 	ln.startHub()
 }
 
-// waitLeaves waits until the hub has n leafnode connections.
+// waitLeaves waits until the hub has n leafnode connections. A leaf
+// usually reconnects within its ReconnectInterval, but one whose new link
+// the hub takes for a loop (its old one not yet gone there, as under
+// load) waits nats-server's 30 s before trying again.
 func (ln *leafNet) waitLeaves(n int) {
 	ln.t.Helper()
-	cluster.Eventually(ln.t, 10*time.Second, fmt.Sprintf("%d leaves connected to the hub", n), func() (bool, string) {
+	cluster.Eventually(ln.t, 45*time.Second, fmt.Sprintf("%d leaves connected to the hub", n), func() (bool, string) {
 		got := ln.hub.NumLeafNodes()
 		return got == n, fmt.Sprintf("hub has %d leafnode connections", got)
 	})
