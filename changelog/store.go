@@ -180,8 +180,11 @@ type Store struct {
 	syncs   chan synced
 	notify  chan struct{}
 	stop    chan struct{}
-	wg      sync.WaitGroup
-	once    sync.Once
+	// idle is closed once the committer and the syncer have exited, every
+	// request they took answered (enqueue's check for one never taken).
+	idle chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
 	// expiries receives a value after each commit that indexed a new
 	// expiry (ExpiryAdded), to wake an expirer sleeping until a later one.
 	expiries chan struct{}
@@ -300,6 +303,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		applies:  make(chan *request, opts.MaxGroup),
 		notify:   make(chan struct{}, 1),
 		stop:     make(chan struct{}),
+		idle:     make(chan struct{}),
 		expiries: make(chan struct{}, 1),
 		syncs:    make(chan synced, 2),
 	}
@@ -481,6 +485,10 @@ func (s *Store) doApply(ctx context.Context, n int, fn func(t *txn) error) error
 	return s.enqueue(ctx, s.applies, &request{ctx: ctx, fn: fn, done: make(chan error, 1), events: max(n, 1)})
 }
 
+// enqueueHook, set only by tests, runs in enqueue between its closed check
+// and its send, to hold a caller in that window.
+var enqueueHook func(*Store)
+
 func (s *Store) enqueue(ctx context.Context, q chan<- *request, r *request) error {
 	if err := s.failure(); err != nil {
 		return err
@@ -490,6 +498,9 @@ func (s *Store) enqueue(ctx context.Context, q chan<- *request, r *request) erro
 	s.mu.RUnlock()
 	if closed {
 		return ErrClosed
+	}
+	if enqueueHook != nil {
+		enqueueHook(s)
 	}
 	select {
 	case q <- r:
@@ -502,8 +513,20 @@ func (s *Store) enqueue(ctx context.Context, q chan<- *request, r *request) erro
 	case err := <-r.done:
 		return err
 	case <-s.stop:
-		// The committer answers every request it took before it exits.
-		return <-r.done
+		// The committer answers every request it took before it exits; a
+		// request sent as it closed, after it drained the queues, is
+		// never taken: idle tells that apart once both loops are done.
+		select {
+		case err := <-r.done:
+			return err
+		case <-s.idle:
+			select {
+			case err := <-r.done:
+				return err
+			default:
+				return ErrClosed
+			}
+		}
 	}
 }
 
@@ -670,6 +693,7 @@ type synced struct {
 // then answers its requests.
 func (s *Store) syncLoop() {
 	defer s.wg.Done()
+	defer close(s.idle)
 	for g := range s.syncs {
 		s.finish(g)
 	}
