@@ -1,14 +1,15 @@
 package cluster
 
 import (
-	"io"
 	"net"
 	"sync"
 )
 
 // Proxy forwards TCP connections to a target address, and can cut the
 // link: Cut closes every open connection and makes new ones close at once
-// until Heal, like a network partition between the two sides.
+// until Heal, like a network partition between the two sides. Freeze
+// stalls it instead: nothing passes either way, but no connection closes,
+// like a server or network too busy to answer, until Thaw.
 type Proxy struct {
 	ln     net.Listener
 	target string
@@ -18,6 +19,9 @@ type Proxy struct {
 		sync.Mutex
 		cut   bool
 		conns map[net.Conn]bool
+		// thawed is closed while bytes may pass; Freeze replaces it with
+		// an open channel, which Thaw closes.
+		thawed chan struct{}
 	}
 }
 
@@ -30,6 +34,8 @@ func StartProxy(target string) (*Proxy, error) {
 	}
 	p := &Proxy{ln: ln, target: target}
 	p.mu.conns = map[net.Conn]bool{}
+	p.mu.thawed = make(chan struct{})
+	close(p.mu.thawed)
 	p.wg.Go(p.accept)
 	return p, nil
 }
@@ -80,13 +86,62 @@ func (p *Proxy) serve(c net.Conn) {
 	var pipes sync.WaitGroup
 	for _, pair := range [][2]net.Conn{{up, c}, {c, up}} {
 		pipes.Go(func() {
-			io.Copy(pair[0], pair[1])
+			p.copy(pair[0], pair[1])
 			// One direction ended: end the other too.
 			pair[0].Close()
 			pair[1].Close()
 		})
 	}
 	pipes.Wait()
+}
+
+// copy forwards src to dst until either fails, holding each chunk it
+// read while the proxy is frozen.
+func (p *Proxy) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			<-p.gate()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// gate returns a channel that is closed while bytes may pass.
+func (p *Proxy) gate() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.thawed
+}
+
+// Freeze stops every byte in both directions, on open connections and new
+// ones, without closing any, until Thaw: to the client the server falls
+// silent (no heartbeats, no replies), as one does under overload.
+func (p *Proxy) Freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.mu.thawed:
+		p.mu.thawed = make(chan struct{})
+	default: // already frozen
+	}
+}
+
+// Thaw lets the held bytes, and what follows, through again.
+func (p *Proxy) Thaw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.mu.thawed:
+	default:
+		close(p.mu.thawed)
+	}
 }
 
 // track registers c, unless the link is cut.
@@ -136,5 +191,6 @@ func (p *Proxy) IsCut() bool {
 func (p *Proxy) Close() {
 	p.ln.Close()
 	p.Cut()
+	p.Thaw() // held chunks fail on their closed connections
 	p.wg.Wait()
 }
