@@ -145,7 +145,7 @@ func (l *link) consume(ctx context.Context) (progress bool, err error) {
 		return false, fmt.Errorf("create consumer %s on stream %s: %w", l.consumer, l.stream, err)
 	}
 	l.setConsumer(cons)
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * l.opts.Batch))
+	it, err := cons.Messages(jetstream.PullMaxMessages(2*l.opts.Batch), jetstream.PullExpiry(l.opts.PullExpiry))
 	if err != nil {
 		return false, fmt.Errorf("consume %s on stream %s: %w", l.consumer, l.stream, err)
 	}
@@ -160,12 +160,32 @@ func (l *link) consume(ctx context.Context) (progress bool, err error) {
 	l.setErr(nil)
 	for {
 		batch, err := nextBatch(ctx, it, l.opts.Batch)
+		if errors.Is(err, jetstream.ErrNoHeartbeat) && !l.consumerGone(ctx, cons) {
+			// The server was silent for a whole pull (PullExpiry), as an
+			// overloaded one is, but the consumer is there: the iterator
+			// pulls again on the same inbox, so messages already on
+			// their way are not lost for AckWait, and JetStream is not
+			// asked to create the consumer again.
+			l.setErr(fmt.Errorf("no heartbeat from %s for %s; its consumer %s is still there: pulling again", l.stream, l.opts.PullExpiry, l.consumer))
+			continue
+		}
 		if err != nil {
 			return progress, fmt.Errorf("next message from %s: %w", l.stream, err)
 		}
 		progress = true
 		l.handle(ctx, batch)
 	}
+}
+
+// consumerGone reports whether JetStream says cons no longer exists. It
+// asks for the consumer's info, which the server answers from memory; a
+// server too slow to answer within APITimeout is taken to still have it,
+// and the next missed heartbeat asks again.
+func (l *link) consumerGone(ctx context.Context, cons jetstream.Consumer) bool {
+	actx, cancel := context.WithTimeout(ctx, l.opts.APITimeout)
+	defer cancel()
+	_, err := cons.Info(actx)
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
 }
 
 // release stops the iterator on shutdown and hands back the messages it
