@@ -166,7 +166,9 @@ func (l *link) consume(ctx context.Context) (progress bool, err error) {
 			// pulls again on the same inbox, so messages already on
 			// their way are not lost for AckWait, and JetStream is not
 			// asked to create the consumer again.
-			l.setErr(fmt.Errorf("no heartbeat from %s for %s; its consumer %s is still there: pulling again", l.stream, l.opts.PullExpiry, l.consumer))
+			err = fmt.Errorf("no heartbeat from %s for %s; its consumer %s is still there: pulling again", l.stream, l.opts.PullExpiry, l.consumer)
+			l.setErr(err)
+			l.log.Warn("link missed its heartbeats; keeping its consumer", "upstream", l.up, "err", err)
 			continue
 		}
 		if err != nil {

@@ -210,3 +210,49 @@ func TestCreateReplyLost(t *testing.T) {
 		t.Errorf("%d create replies lost, want 3: the fault did not happen as meant", n)
 	}
 }
+
+// TestReportFlood floods dc2's report subscription far faster than it
+// takes reports in, so that its client drops them as a slow consumer (as
+// repl.applied.* did at 32 and 48 DCs), and then checks that the report
+// intake still takes in dc1's reports: a slow-consumer drop loses the
+// reports dropped, never the subscription.
+func TestReportFlood(t *testing.T) {
+	c := newCluster(t, "mesh", 2, nil).start()
+	c.write("dc1", "k0", "v", false)
+	c.waitConverged(10 * time.Second)
+
+	const flood = 100_000
+	before := c.rep("dc2").Stats()
+	nc := c.Connect(t, "flood")
+	junk := make([]byte, 64) // not an applied vector: ignored when taken in
+	for range flood {
+		if err := nc.Publish(names.AppliedSubject("dc1"), junk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// dc1's own reports keep coming meanwhile; once every report of the
+	// flood has been taken in or dropped, the count stops moving.
+	var taken uint64
+	cluster.Eventually(t, 20*time.Second, "dc2 done with the flood", func() (bool, string) {
+		s := c.rep("dc2").Stats()
+		n := s.PeerReportsIgnored - before.PeerReportsIgnored
+		done := n == taken
+		taken = n
+		return done && n > 0, fmt.Sprintf("%d of %d junk reports taken in so far", n, flood)
+	})
+	if taken >= flood {
+		t.Fatalf("dc2 took in all %d reports of the flood: nothing was dropped, the test did not make a slow consumer", flood)
+	}
+	t.Logf("dc2 took in %d of %d flooded reports; the client dropped the rest", taken, flood)
+
+	// dc1's reports still arrive: dc2 sees dc1 apply a write of its own.
+	res := c.write("dc1", "k1", "v", false)
+	cluster.Eventually(t, 10*time.Second, "dc2 taking in dc1's reports after the drops", func() (bool, string) {
+		row := c.store("dc2").PeerApplied()["dc1"]["dc1"]
+		p := res.Event.Partition
+		return len(row) > int(p) && row[p] >= res.Event.Seq, fmt.Sprintf("dc1 reported %v of its own, want partition %d at %d", row, p, res.Event.Seq)
+	})
+}
