@@ -160,7 +160,7 @@ func (l *link) consume(ctx context.Context) (progress bool, err error) {
 	l.setErr(nil)
 	for {
 		batch, err := nextBatch(ctx, it, l.opts.Batch)
-		if errors.Is(err, jetstream.ErrNoHeartbeat) && !l.consumerGone(ctx, cons) {
+		if errors.Is(err, jetstream.ErrNoHeartbeat) && l.consumerThere(ctx, cons) {
 			// The server was silent for a whole pull (PullExpiry), as an
 			// overloaded one is, but the consumer is there: the iterator
 			// pulls again on the same inbox, so messages already on
@@ -179,15 +179,18 @@ func (l *link) consume(ctx context.Context) (progress bool, err error) {
 	}
 }
 
-// consumerGone reports whether JetStream says cons no longer exists. It
-// asks for the consumer's info, which the server answers from memory; a
-// server too slow to answer within APITimeout is taken to still have it,
-// and the next missed heartbeat asks again.
-func (l *link) consumerGone(ctx context.Context, cons jetstream.Consumer) bool {
+// consumerThere reports whether cons may still exist, so that the link
+// keeps pulling from it: JetStream says it does (a consumer info, which
+// the server answers from memory), or the server is too slow to answer
+// within APITimeout (the next missed heartbeat asks again). A consumer
+// that is gone, or a JetStream that cannot be reached at all (no
+// responders: the link then sets itself up again, with backoff, and pulls
+// as soon as JetStream is back), is not.
+func (l *link) consumerThere(ctx context.Context, cons jetstream.Consumer) bool {
 	actx, cancel := context.WithTimeout(ctx, l.opts.APITimeout)
 	defer cancel()
 	_, err := cons.Info(actx)
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+	return err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
 }
 
 // release stops the iterator on shutdown and hands back the messages it
