@@ -38,6 +38,7 @@ type sidecar struct {
 	base     string
 	cfg      config.Config
 	url      string
+	opts     node.Options
 }
 
 // restart closes the sidecar and starts it again on the same config,
@@ -50,20 +51,19 @@ func (s *sidecar) restart(t *testing.T, wipe func(dir string)) {
 	if wipe != nil {
 		wipe(s.cfg.DataDir)
 	}
-	n, err := node.New(s.cfg, node.Options{NATSURL: s.url, ReportInterval: 100 * time.Millisecond, Logger: testutil.Logger(t, s.dc)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	s.n, s.base = n, "http://"+n.HTTPAddr()
+	*s = *startSidecar(t, s.cfg, s.url, s.opts)
 }
 
 // mesh starts a mesh of DCs on one embedded NATS server, DC i running
 // shards[i] sidecars.
 func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
+	t.Helper()
+	return meshWith(t, shards, nil, node.Options{})
+}
+
+// meshWith is mesh with edit applied to every sidecar's config and opts
+// (but its NATS URL, report interval and logger) given to every node.
+func meshWith(t *testing.T, shards map[string]int, edit func(*config.Config), opts node.Options) (*server.Server, []*sidecar) {
 	t.Helper()
 	dir := t.TempDir()
 	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
@@ -71,27 +71,15 @@ func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	dcs := []string{"dc1", "dc2", "dc3"}
 	var out []*sidecar
 	for _, dc := range dcs {
 		for i := range max(shards[dc], 1) {
-			cfg := config.Default()
-			cfg.DC, cfg.DCs, cfg.Topology, cfg.Partitions = dc, dcs, config.Mesh, partitions
-			cfg.DataDir = filepath.Join(dir, fmt.Sprintf("%s-%d", dc, i))
-			cfg.HTTP.Listen = "127.0.0.1:0"
-			if shards[dc] > 1 {
-				cfg.Shard = fmt.Sprintf("%d of %d", i, shards[dc])
+			cfg := sidecarConfig(dir, dc, i, shards[dc])
+			if edit != nil {
+				edit(&cfg)
 			}
 			cfg.Complete()
-			n, err := node.New(cfg, node.Options{NATSURL: ns.ClientURL(), ReportInterval: 100 * time.Millisecond, Logger: testutil.Logger(t, dc)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { n.Close() })
-			if err := n.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, &sidecar{dc: dc, name: fmt.Sprintf("%s shard %s", dc, cfg.Shard), n: n, base: "http://" + n.HTTPAddr(), cfg: cfg, url: ns.ClientURL()})
+			out = append(out, startSidecar(t, cfg, ns.ClientURL(), opts))
 		}
 	}
 	return ns, out
@@ -110,6 +98,41 @@ func do(t *testing.T, method, url string, body []byte) (int, http.Header, []byte
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header, b
+}
+
+// dcs are the DCs of the meshes.
+var dcs = []string{"dc1", "dc2", "dc3"}
+
+// sidecarConfig is the config of shard i of count of dc (count 0 or 1:
+// dc's one sidecar), its data under dir.
+func sidecarConfig(dir, dc string, i, count int) config.Config {
+	cfg := config.Default()
+	cfg.DC, cfg.DCs, cfg.Topology, cfg.Partitions = dc, dcs, config.Mesh, partitions
+	cfg.DataDir = filepath.Join(dir, fmt.Sprintf("%s-%d", dc, i))
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	if count > 1 {
+		cfg.Shard = fmt.Sprintf("%d of %d", i, count)
+	}
+	return cfg
+}
+
+// startSidecar starts a sidecar of cfg (completed) on the NATS server at
+// url; opts but its NATS URL, report interval and logger go to the node.
+func startSidecar(t *testing.T, cfg config.Config, url string, opts node.Options) *sidecar {
+	t.Helper()
+	s := &sidecar{dc: cfg.DC, name: fmt.Sprintf("%s shard %s", cfg.DC, cfg.Shard), cfg: cfg, url: url, opts: opts}
+	o := opts
+	o.NATSURL, o.ReportInterval, o.Logger = url, 100*time.Millisecond, testutil.Logger(t, cfg.DC)
+	n, err := node.New(cfg, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.n, s.base = n, "http://"+n.HTTPAddr()
+	return s
 }
 
 // digest is a sidecar's GET /v1/digest: the whole DC's for a shard.
