@@ -145,7 +145,7 @@ func (l *link) consume(ctx context.Context) (progress bool, err error) {
 		return false, fmt.Errorf("create consumer %s on stream %s: %w", l.consumer, l.stream, err)
 	}
 	l.setConsumer(cons)
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * l.opts.Batch))
+	it, err := cons.Messages(jetstream.PullMaxMessages(2*l.opts.Batch), jetstream.PullExpiry(l.opts.PullExpiry))
 	if err != nil {
 		return false, fmt.Errorf("consume %s on stream %s: %w", l.consumer, l.stream, err)
 	}
@@ -160,12 +160,37 @@ func (l *link) consume(ctx context.Context) (progress bool, err error) {
 	l.setErr(nil)
 	for {
 		batch, err := nextBatch(ctx, it, l.opts.Batch)
+		if errors.Is(err, jetstream.ErrNoHeartbeat) && l.consumerThere(ctx, cons) {
+			// The server was silent for a whole pull (PullExpiry), as an
+			// overloaded one is, but the consumer is there: the iterator
+			// pulls again on the same inbox, so messages already on
+			// their way are not lost for AckWait, and JetStream is not
+			// asked to create the consumer again.
+			err = fmt.Errorf("no heartbeat from %s for %s; its consumer %s is still there: pulling again", l.stream, l.opts.PullExpiry, l.consumer)
+			l.setErr(err)
+			l.log.Warn("link missed its heartbeats; keeping its consumer", "upstream", l.up, "err", err)
+			continue
+		}
 		if err != nil {
 			return progress, fmt.Errorf("next message from %s: %w", l.stream, err)
 		}
 		progress = true
 		l.handle(ctx, batch)
 	}
+}
+
+// consumerThere reports whether cons may still exist, so that the link
+// keeps pulling from it: JetStream says it does (a consumer info, which
+// the server answers from memory), or the server is too slow to answer
+// within APITimeout (the next missed heartbeat asks again). A consumer
+// that is gone, or a JetStream that cannot be reached at all (no
+// responders: the link then sets itself up again, with backoff, and pulls
+// as soon as JetStream is back), is not.
+func (l *link) consumerThere(ctx context.Context, cons jetstream.Consumer) bool {
+	actx, cancel := context.WithTimeout(ctx, l.opts.APITimeout)
+	defer cancel()
+	_, err := cons.Info(actx)
+	return err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
 }
 
 // release stops the iterator on shutdown and hands back the messages it

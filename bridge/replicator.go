@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -79,7 +80,9 @@ type Options struct {
 	// and consumer set-up, consumer info). Default 5s.
 	APITimeout time.Duration
 	// RetryMin and RetryMax bound the capped exponential backoff after a
-	// failed publish or a failed consumer setup. Defaults 50ms and 5s.
+	// failed publish or a failed consumer setup; each wait is drawn at
+	// random from the upper half of its step (jitter). Defaults 50ms and
+	// 5s.
 	RetryMin, RetryMax time.Duration
 	// FlushTimeout bounds how long Close keeps publishing the outbox after
 	// intake has stopped. Default 5s.
@@ -107,6 +110,11 @@ type Options struct {
 	// RetryDelay is how long a message waits before redelivery after the
 	// store failed to apply its batch. Default 1s.
 	RetryDelay time.Duration
+	// PullExpiry is how long each pull request of a link waits on the
+	// server. The server sends idle heartbeats every half of it; a link
+	// that hears nothing for a whole PullExpiry checks that its consumer
+	// still exists. Default 30s; at least 1s.
+	PullExpiry time.Duration
 	// RepairTimeout bounds one gap-repair request. Default 2s.
 	RepairTimeout time.Duration
 
@@ -193,6 +201,7 @@ func (o Options) withDefaults() Options {
 	setInt(&o.MaxDeliver, 10)
 	setDur(&o.GapDelay, 200*time.Millisecond)
 	setDur(&o.RetryDelay, time.Second)
+	setDur(&o.PullExpiry, 30*time.Second)
 	setDur(&o.RepairTimeout, 2*time.Second)
 	setDur(&o.RepairAfter, 5*time.Second)
 	setDur(&o.ReportInterval, time.Second)
@@ -232,6 +241,9 @@ func (o Options) validate() error {
 		if b <= 0 {
 			errs = append(errs, fmt.Errorf("BackOff[%d] is %s, want a positive duration", i, b))
 		}
+	}
+	if o.PullExpiry != 0 && o.PullExpiry < time.Second {
+		errs = append(errs, fmt.Errorf("PullExpiry is %s, want at least 1s (or 0 for the default, 30s)", o.PullExpiry))
 	}
 	errs = append(errs, o.validateHealing()...)
 	if o.Owned != nil {
@@ -629,7 +641,11 @@ func (r *Replicator) Healing() []Bypass {
 	return slices.Clone(r.effectivePlan().Healing)
 }
 
-// backoff is a capped exponential delay.
+// backoff is a capped exponential delay with jitter: its steps double
+// from min up to max, and each delay is drawn at random from the upper
+// half of its step. Without the jitter, the links and publishers of many
+// DCs that failed together (a stalled server) would retry together, step
+// after step, each time as one burst of JetStream requests.
 type backoff struct {
 	min, max, cur time.Duration
 }
@@ -640,7 +656,8 @@ func (b *backoff) next() time.Duration {
 	} else {
 		b.cur = min(2*b.cur, b.max)
 	}
-	return b.cur
+	half := b.cur / 2
+	return b.cur - half + rand.N(half+1)
 }
 
 func (b *backoff) reset() { b.cur = 0 }

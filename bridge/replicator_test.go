@@ -73,11 +73,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestNewValidates(t *testing.T) {
-	_, err := New(Options{Partitions: 0})
+	_, err := New(Options{Partitions: 0, PullExpiry: 500 * time.Millisecond})
 	if err == nil {
 		t.Fatal("New accepted empty options")
 	}
-	for _, want := range []string{"Store is required", "NC is required", "DCs is required", "Partitions is 0"} {
+	for _, want := range []string{"Store is required", "NC is required", "DCs is required", "Partitions is 0", "PullExpiry is 500ms, want at least 1s"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not say %q: %v", want, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -34,6 +35,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the replicator phase to `FILE`")
 	memprofile := fs.String("memprofile", "", "write the allocation profile at the end of the replicator phase to `FILE`")
 	tracefile := fs.String("trace", "", "write an execution trace of the replicator phase to `FILE`")
+	logfile := fs.String("log", "", "write the DCs' log lines (info and above) to `FILE`, to see why a run does not converge")
 	asJSON := fs.Bool("json", false, "print one JSON object on stdout")
 	shards := fs.String("shards", "", "instead of the DC bench: dc1 as N sidecars (shards; a comma-separated list such as 1,2,4) and dc2 as one, in a mesh, writes over HTTP to dc1 (to the key's shard, then through any shard); reports writes/s and CPU per write, medians of --runs")
 	runs := fs.Int("runs", 3, "runs per shard count and routing with --shards")
@@ -73,10 +75,11 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// 0: want 2..16; writes 0: want at least 1 (see --help)".
 		return usagef("%s", strings.ReplaceAll(strings.TrimPrefix(err.Error(), "bench: "), "\n", "; "))
 	}
+	var logOut io.Writer
 	for _, out := range []struct {
 		path string
 		dst  *io.Writer
-	}{{*cpuprofile, &o.CPUProfile}, {*memprofile, &o.MemProfile}, {*tracefile, &o.Trace}} {
+	}{{*cpuprofile, &o.CPUProfile}, {*memprofile, &o.MemProfile}, {*tracefile, &o.Trace}, {*logfile, &logOut}} {
 		if out.path == "" {
 			continue
 		}
@@ -86,6 +89,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer f.Close()
 		*out.dst = f
+	}
+	if logOut != nil {
+		o.Logger = logger(logOut, slog.LevelInfo)
 	}
 	o.Progress = stderr
 	res, err := bench.Run(ctx, o)

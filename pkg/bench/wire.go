@@ -217,7 +217,9 @@ func undelivered(ctx context.Context, js jetstream.JetStream, dcs []string) (beh
 
 // connectJS connects to the bench's NATS server as name, with JetStream.
 func connectJS(url, name string) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := nats.Connect(url, nats.Name(name))
+	// A server carrying 32 or more DCs on a loaded machine can take longer
+	// than the client's default 2 s to answer a new connection.
+	nc, err := nats.Connect(url, nats.Name(name), nats.Timeout(30*time.Second))
 	if err != nil {
 		return nil, nil, fmt.Errorf("bench: connect: %w", err)
 	}

@@ -11,7 +11,9 @@ import (
 
 // Proxy forwards TCP connections to a target address, and can cut the
 // link: Cut closes every open connection and makes new ones close at once
-// until Heal, like a network partition between the two sides.
+// until Heal, like a network partition between the two sides. Freeze
+// stalls it instead: nothing passes either way, but no connection closes,
+// like a server or network too busy to answer, until Thaw.
 //
 // A gateway proxy (StartGatewayProxy) also knows who dials it: it reads
 // the gateway name from each dialer's CONNECT before letting the
@@ -34,6 +36,9 @@ type Proxy struct {
 		// conns maps each forwarded connection to its dialer's gateway
 		// name ("" for a plain proxy).
 		conns map[net.Conn]string
+		// thawed is closed while bytes may pass; Freeze replaces it with
+		// an open channel, which Thaw closes.
+		thawed chan struct{}
 	}
 }
 
@@ -57,6 +62,8 @@ func startProxy(target string, byDialer bool) (*Proxy, error) {
 	p := &Proxy{ln: ln, target: target, byDialer: byDialer}
 	p.mu.conns = map[net.Conn]string{}
 	p.mu.cutFrom = map[string]bool{}
+	p.mu.thawed = make(chan struct{})
+	close(p.mu.thawed)
 	p.wg.Go(p.accept)
 	return p, nil
 }
@@ -108,7 +115,7 @@ func (p *Proxy) serve(c net.Conn) {
 	// pipe copies src to dst, then ends both directions.
 	pipe := func(dst io.Writer, src io.Reader) {
 		pipes.Go(func() {
-			io.Copy(dst, src)
+			p.copy(dst, src)
 			c.Close()
 			up.Close()
 		})
@@ -189,6 +196,55 @@ func (p *Proxy) Heal() {
 	p.mu.Unlock()
 }
 
+// copy forwards src to dst until either fails, holding each chunk it
+// read while the proxy is frozen.
+func (p *Proxy) copy(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			<-p.gate()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// gate returns a channel that is closed while bytes may pass.
+func (p *Proxy) gate() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mu.thawed
+}
+
+// Freeze stops every byte in both directions, on open connections and new
+// ones, without closing any, until Thaw: to the client the server falls
+// silent (no heartbeats, no replies), as one does under overload.
+func (p *Proxy) Freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.mu.thawed:
+		p.mu.thawed = make(chan struct{})
+	default: // already frozen
+	}
+}
+
+// Thaw lets the held bytes, and what follows, through again.
+func (p *Proxy) Thaw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.mu.thawed:
+	default:
+		close(p.mu.thawed)
+	}
+}
+
 // CutFrom closes the connections of a gateway proxy dialed by the
 // servers of gateway name, and refuses theirs until HealFrom. A dialer
 // is known once it has sent its CONNECT, so a connection that has not
@@ -223,5 +279,6 @@ func (p *Proxy) IsCut() bool {
 func (p *Proxy) Close() {
 	p.ln.Close()
 	p.Cut()
+	p.Thaw() // held chunks fail on their closed connections
 	p.wg.Wait()
 }

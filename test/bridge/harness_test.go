@@ -44,24 +44,30 @@ type bridgeCluster struct {
 // every Replicator's options. Start starts them.
 func newCluster(t testing.TB, topo string, n int, tune func(*bridge.Options)) *bridgeCluster {
 	t.Helper()
-	c := cluster.Start(t, cluster.Options{
-		N: n, Topology: topo, Partitions: partitions, Engine: true, NoStart: true,
-		Logger: func(dc string) *slog.Logger { return testutil.Logger(t, dc) },
-		Bridge: func(_ string, o *bridge.Options) {
-			o.ReportInterval = 100 * time.Millisecond
-			o.GapDelay = 50 * time.Millisecond
-			o.RetryDelay = 100 * time.Millisecond
-			o.RetryMax = 500 * time.Millisecond
-			o.AckWait = 5 * time.Second
-			o.FlushTimeout = 2 * time.Second
-			o.APITimeout = time.Second
-			o.RepairAfter = 300 * time.Millisecond
-			o.Stream = bridge.StreamOptions{DuplicateWindow: time.Minute}
-			if tune != nil {
-				tune(o)
-			}
-		},
-	})
+	return newClusterWith(t, cluster.Options{N: n, Topology: topo}, tune)
+}
+
+// newClusterWith is newCluster from cluster options (proxies, say); their
+// engine, partitions, logger and bridge tuning are newCluster's.
+func newClusterWith(t testing.TB, co cluster.Options, tune func(*bridge.Options)) *bridgeCluster {
+	t.Helper()
+	co.Partitions, co.Engine, co.NoStart = partitions, true, true
+	co.Logger = func(dc string) *slog.Logger { return testutil.Logger(t, dc) }
+	co.Bridge = func(_ string, o *bridge.Options) {
+		o.ReportInterval = 100 * time.Millisecond
+		o.GapDelay = 50 * time.Millisecond
+		o.RetryDelay = 100 * time.Millisecond
+		o.RetryMax = 500 * time.Millisecond
+		o.AckWait = 5 * time.Second
+		o.FlushTimeout = 2 * time.Second
+		o.APITimeout = time.Second
+		o.RepairAfter = 300 * time.Millisecond
+		o.Stream = bridge.StreamOptions{DuplicateWindow: time.Minute}
+		if tune != nil {
+			tune(o)
+		}
+	}
+	c := cluster.Start(t, co)
 	return &bridgeCluster{Cluster: c, t: t, dcs: c.Names(), hub: c.Hub()}
 }
 
