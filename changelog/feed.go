@@ -50,6 +50,9 @@ const (
 	metaFeedHi    = "fhi"
 	metaFeedLow   = "flow"
 	metaFeedBytes = "fbytes"
+	// metaFeedOff is 1 while the store runs with Options.FeedOff, so that
+	// only the start that turns the feed off skips a cursor.
+	metaFeedOff = "foff"
 
 	// feedEntryVersion is the first byte of every entry's encoding.
 	feedEntryVersion = 1
@@ -72,6 +75,13 @@ const (
 // store was replaced or restored since the reader saw it). The reader must
 // start again from a snapshot. See FeedGoneError.
 var ErrFeedGone = errors.New("changelog: the change feed no longer holds the changes after that cursor")
+
+// ErrFeedOff reports a read of the change feed at a store opened with
+// Options.FeedOff.
+var ErrFeedOff = errors.New("changelog: the change feed is off at this DC (changes.off: true in its config)")
+
+// FeedOff reports whether the store keeps no change feed (Options.FeedOff).
+func (s *Store) FeedOff() bool { return s.opts.FeedOff }
 
 // FeedGoneError is the ErrFeedGone of one read.
 type FeedGoneError struct {
@@ -160,6 +170,33 @@ func (s *Store) loadFeed() error {
 	if err != nil {
 		return err
 	}
+	wasOff, err := s.getU64(metaKey(metaFeedOff))
+	if err != nil {
+		return err
+	}
+	if s.opts.FeedOff != (wasOff == 1) {
+		b := s.db.NewBatch()
+		defer b.Close()
+		errs := []error{b.Delete(metaKey(metaFeedOff), nil)}
+		if s.opts.FeedOff {
+			// The feed goes off: drop its entries and skip cursor hi+1,
+			// so that when it is on again every cursor handed out before
+			// answers 410 (the changes made while off have none).
+			hi, low, n = hi+1, hi+2, 0
+			errs = []error{
+				b.DeleteRange([]byte{pfxFeed}, []byte{pfxFeed + 1}, nil),
+				b.Set(metaKey(metaFeedHi), u64(hi), nil),
+				b.Set(metaKey(metaFeedLow), u64(low), nil),
+				b.Set(metaKey(metaFeedBytes), u64(0), nil),
+				b.Set(metaKey(metaFeedOff), u64(1), nil),
+			}
+		}
+		for _, err := range append(errs, b.Commit(pebble.Sync)) {
+			if err != nil {
+				return fmt.Errorf("turning the feed on or off: %w", err)
+			}
+		}
+	}
 	f := &s.feed
 	f.next, f.sync, f.low, f.bytes = hi+1, hi, max(low, 1), int64(n)
 	f.moved = make(chan struct{})
@@ -171,6 +208,9 @@ func (s *Store) loadFeed() error {
 // entry, and the feed's counters, into the batch. txn.commit calls it
 // before the batch is applied.
 func (t *txn) writeFeed() error {
+	if t.s.opts.FeedOff {
+		return nil
+	}
 	if len(t.changes) == 0 && !t.feed.pruned {
 		return nil
 	}
@@ -476,6 +516,9 @@ func (s *Store) ReadFeed(q FeedQuery) (FeedPage, error) {
 	if err := s.usable(); err != nil {
 		return FeedPage{}, err
 	}
+	if s.opts.FeedOff {
+		return FeedPage{}, ErrFeedOff
+	}
 	s.feed.Lock()
 	end, low := s.feed.sync, s.feed.low
 	s.feed.Unlock()
@@ -549,6 +592,9 @@ func (s *Store) ReadFeed(q FeedQuery) (FeedPage, error) {
 // WaitFeed waits until the feed's changes up to cursor are durable (a
 // snapshot's cursor, say, read before its batch's WAL sync finished).
 func (s *Store) WaitFeed(ctx context.Context, cursor uint64) error {
+	if s.opts.FeedOff {
+		return ErrFeedOff
+	}
 	for {
 		if err := s.usable(); err != nil {
 			return err

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
@@ -687,5 +688,78 @@ func TestFeedPrefixIsItsOwn(t *testing.T) {
 	}
 	if k := feedKey(1 << 56); k[0] != pfxFeed || binary.BigEndian.Uint64(k[1:]) != 1<<56 {
 		t.Fatalf("feedKey: %x", k)
+	}
+}
+
+// TestFeedOff: a store opened with FeedOff writes no entries and refuses
+// reads; its entries from before are dropped; turned on again, every
+// cursor from before answers gone (the changes made while off have none),
+// and new changes get cursors after them.
+func TestFeedOff(t *testing.T) {
+	fs := vfs.NewMem()
+	open := func(off bool) *Store {
+		return openMem(t, fs, "dc1", Options{DCs: []string{"dc1", "dc2"}, FeedOff: off})
+	}
+	feedKeys := func(s *Store) int {
+		t.Helper()
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxFeed}, UpperBound: []byte{pfxFeed + 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer it.Close()
+		n := 0
+		for it.First(); it.Valid(); it.Next() {
+			n++
+		}
+		return n
+	}
+	s := open(false)
+	for i := range 3 {
+		mustWrite(t, s, WriteOp{Key: fmt.Sprint("on", i), Value: []byte("v")})
+	}
+	if got := len(readAll(t, s, 0, "")); got != 3 {
+		t.Fatalf("the feed holds %d changes, want 3", got)
+	}
+	s.Close()
+
+	s = open(true)
+	if n := feedKeys(s); n != 0 {
+		t.Fatalf("opened with the feed off, the store still holds %d feed entries", n)
+	}
+	for i := range 2 {
+		mustWrite(t, s, WriteOp{Key: fmt.Sprint("off", i), Value: []byte("v")})
+	}
+	if n := feedKeys(s); n != 0 {
+		t.Fatalf("with the feed off, writes made %d feed entries", n)
+	}
+	if _, err := s.ReadFeed(FeedQuery{}); !errors.Is(err, ErrFeedOff) {
+		t.Fatalf("ReadFeed with the feed off: %v, want ErrFeedOff", err)
+	}
+	if err := s.WaitFeed(context.Background(), 1); !errors.Is(err, ErrFeedOff) {
+		t.Fatalf("WaitFeed with the feed off: %v, want ErrFeedOff", err)
+	}
+	if st, ok, err := s.Get("off1"); err != nil || !ok || len(st.Siblings) != 1 {
+		t.Fatalf("a write with the feed off reads back %v, %v", st, err)
+	}
+	oldest, last, _ := s.FeedBounds()
+	s.Close()
+	// A second start with the feed off moves nothing more.
+	s = open(true)
+	if o, l, _ := s.FeedBounds(); o != oldest || l != last {
+		t.Fatalf("a second start off moved the bounds from %d..%d to %d..%d", oldest, last, o, l)
+	}
+	s.Close()
+
+	s = open(false)
+	for since := uint64(1); since <= 3; since++ {
+		if _, err := s.ReadFeed(FeedQuery{Since: since}); !errors.Is(err, ErrFeedGone) {
+			t.Fatalf("a reader at cursor %d from before the feed was off: %v, want ErrFeedGone (it missed the changes made while off)", since, err)
+		}
+	}
+	_, last, _ = s.FeedBounds()
+	mustWrite(t, s, WriteOp{Key: "back", Value: []byte("v")})
+	got := readAll(t, s, last, "")
+	if len(got) != 1 || got[0].Key != "back" || got[0].Cursor <= 3 {
+		t.Fatalf("after the feed is on again: %+v, want the change of back, past cursor 3", got)
 	}
 }

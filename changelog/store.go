@@ -142,6 +142,11 @@ type Options struct {
 	FeedRetention  time.Duration
 	FeedMaxBytes   int64
 	FeedPruneEvery time.Duration
+	// FeedOff writes no change feed entries: changes get no cursor,
+	// ReadFeed and WaitFeed answer ErrFeedOff. Opening with it drops the
+	// entries held and skips a cursor, so when the feed is on again every
+	// earlier cursor is gone (410), changes made while off having none.
+	FeedOff bool
 	// Now is the physical clock the change feed stamps entries with and
 	// prunes by; default time.Now.
 	Now func() time.Time
@@ -332,7 +337,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		s.wg.Add(1)
 		go s.pruneLoop()
 	}
-	if s.opts.FeedRetention > 0 || s.opts.FeedMaxBytes > 0 {
+	if !s.opts.FeedOff && (s.opts.FeedRetention > 0 || s.opts.FeedMaxBytes > 0) {
 		if s.opts.FeedPruneEvery <= 0 {
 			s.opts.FeedPruneEvery = DefaultFeedPruneEvery
 		}

@@ -17,6 +17,12 @@ type Changes struct {
 	// first. Default 1 GiB (1073741824); at least 1 MiB, so the feed
 	// always has a bound.
 	MaxBytes int64 `yaml:"max_bytes"`
+	// Off turns the feed off: no entries are written (saving the second
+	// copy of each change, about 40 % of the committer's CPU per change;
+	// docs/BENCHMARKS.md "The change feed"), and GET /v1/changes and NATS
+	// changes answer 404. Turning it on again starts a new feed: every
+	// cursor from before answers 410. Default false.
+	Off bool `yaml:"off"`
 }
 
 // Defaults of the change feed's bounds.

@@ -28,6 +28,8 @@ type Feed interface {
 	// NewReadView takes key states and the feed's cursor from one
 	// snapshot.
 	NewReadView() (*changelog.ReadView, error)
+	// FeedOff reports a store that keeps no change feed (changes.off).
+	FeedOff() bool
 }
 
 var _ Feed = (*changelog.Store)(nil)
@@ -242,6 +244,10 @@ func (s *server) changes(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	feed := s.b.Feed()
+	if feed.FeedOff() {
+		writeError(w, http.StatusNotFound, changelog.ErrFeedOff.Error()+"; set changes.off: false (the default) and restart to keep a feed")
+		return
+	}
 	out := newNDJSON(w)
 	if c.snapshot {
 		cursor, err := s.sendSnapshot(out, r, feed, c.prefix)

@@ -650,3 +650,22 @@ func TestWatchLinesCarryCursor(t *testing.T) {
 		t.Fatalf("watch line %s, want c at cursor 3 (%v)", sc.Text(), err)
 	}
 }
+
+// TestChangesFeedOff: at a DC whose feed is off (changes.off), every form
+// of GET /v1/changes answers 404 saying so, and writes still work.
+func TestChangesFeedOff(t *testing.T) {
+	st, err := changelog.Open("off", changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: testPartitions,
+		FS: vfs.NewMem(), Clock: &counterClock{}, FeedOff: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h := New(StoreBackend{Store: st}, Options{})
+	wantStatus(t, serve(h, req{method: "PUT", target: "/v1/kv/k", body: "v"}), http.StatusOK)
+	for _, q := range []string{"", "?since=now", "?snapshot=true", "?feed=continuous"} {
+		w := serve(h, req{method: "GET", target: "/v1/changes" + q})
+		if w.Code != http.StatusNotFound || !strings.Contains(decode[errResp](t, w).Error, "changes.off") {
+			t.Errorf("GET /v1/changes%s with the feed off: %d %s; want 404 naming changes.off", q, w.Code, strings.TrimSpace(w.Body.String()))
+		}
+	}
+}

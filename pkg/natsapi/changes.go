@@ -84,6 +84,10 @@ func (h handler) changes(r micro.Request, maxPayload int64) {
 	budget := int(max(maxPayload-changesHeadroom, 1024))
 	page, err := h.store.ReadFeed(changelog.FeedQuery{Since: req.Since, Prefix: req.Prefix, Limit: req.Limit, MaxBytes: budget / 2})
 	if err != nil {
+		if errors.Is(err, changelog.ErrFeedOff) {
+			r.Error("404", err.Error(), nil)
+			return
+		}
 		var gone *changelog.FeedGoneError
 		if errors.As(err, &gone) {
 			r.Error("410", gone.Error(), nil)

@@ -24,6 +24,13 @@ import (
 // the service.
 func changesSetup(t *testing.T, maxPayload int32) (*nats.Conn, *changelog.Store, func(time.Duration) time.Time) {
 	t.Helper()
+	return changesSetupWith(t, maxPayload, changelog.Options{})
+}
+
+// changesSetupWith is changesSetup with more store options (the feed's
+// clock and retention are the setup's).
+func changesSetupWith(t *testing.T, maxPayload int32, opts changelog.Options) (*nats.Conn, *changelog.Store, func(time.Duration) time.Time) {
+	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, MaxPayload: maxPayload, NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
@@ -43,8 +50,9 @@ func changesSetup(t *testing.T, maxPayload int32) (*nats.Conn, *changelog.Store,
 	clock <- now
 	read := func() time.Time { t := <-clock; clock <- t; return t }
 	advance := func(d time.Duration) time.Time { t := <-clock; t = t.Add(d); clock <- t; return t }
-	st, err := changelog.Open("/s", changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: 2, FS: vfs.NewMem(),
-		Now: read, FeedRetention: time.Minute, FeedPruneEvery: time.Hour})
+	opts.DC, opts.DCs, opts.Partitions, opts.FS = "dc1", []string{"dc1", "dc2"}, 2, vfs.NewMem()
+	opts.Now, opts.FeedRetention, opts.FeedPruneEvery = read, time.Minute, time.Hour
+	st, err := changelog.Open("/s", opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,5 +156,17 @@ func TestChanges(t *testing.T) {
 		if code != tc.code || !strings.Contains(msg, tc.says) {
 			t.Errorf("%.40s: %q %q; want %q saying %q", tc.body, code, msg, tc.code, tc.says)
 		}
+	}
+}
+
+// TestChangesFeedOff: at a DC whose feed is off, changes answers 404
+// naming changes.off.
+func TestChangesFeedOff(t *testing.T) {
+	nc, st, _ := changesSetupWith(t, 64<<10, changelog.Options{FeedOff: true})
+	if _, err := st.Write(context.Background(), changelog.WriteOp{Key: "k", Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, code, msg := changesCall(t, nc, `{"since":0}`); code != "404" || !strings.Contains(msg, "changes.off") {
+		t.Fatalf("changes with the feed off: code %q, %q; want 404 naming changes.off", code, msg)
 	}
 }

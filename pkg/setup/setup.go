@@ -86,6 +86,7 @@ func StoreOptions(cfg config.Config, h Hooks) (changelog.Options, error) {
 		ConflictMaxEntries: cfg.ConflictLog.MaxEntries,
 		FeedRetention:      time.Duration(cfg.Changes.Retention),
 		FeedMaxBytes:       cfg.Changes.MaxBytes,
+		FeedOff:            cfg.Changes.Off,
 		Now:                h.Now,
 	}, nil
 }
