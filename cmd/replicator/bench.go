@@ -14,7 +14,7 @@ import (
 )
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench", "[--topology mesh|ring|star] [--dcs N] [--writes N] [--value-size B] [--concurrency C] [--via api|http|txn [--txn-ops N]] [--rate R] [--duration D [--keys K] [--sample-every I] [--changes-max-bytes B]] [--json] [--cpuprofile FILE] | --shards 1,2,4 [--runs N]", stderr)
+	fs := newFlags("bench", "[--topology mesh|ring|star] [--dcs N] [--writes N] [--value-size B] [--concurrency C] [--via api|http|txn [--txn-ops N]] [--rate R] [--duration D [--keys K] [--sample-every I] [--changes-max-bytes B]] [--changes-off] [--json] [--cpuprofile FILE] | --shards 1,2,4 [--runs N]", stderr)
 	var o bench.Options
 	fs.StringVar(&o.Topology, "topology", "mesh", "mesh, ring or star")
 	fs.IntVar(&o.DCs, "dcs", 3, "number of DCs")
@@ -29,6 +29,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.Keys, "keys", 10000, "key space of a --duration run: each write overwrites one of them")
 	fs.DurationVar(&o.SampleEvery, "sample-every", 10*time.Second, "memory sampling interval of a --duration run")
 	fs.Int64Var(&o.ChangesMaxBytes, "changes-max-bytes", 0, "each DC's changes.max_bytes (the change feed's size bound; 0: the config default, 1 GiB)")
+	fs.BoolVar(&o.ChangesOff, "changes-off", false, "run the DCs with changes.off: true (no change feed), to measure what the feed costs")
 	fs.BoolVar(&o.NoFsync, "no-fsync", false, "run the DCs without fsync, to measure what fsync costs (unsafe)")
 	fs.BoolVar(&o.NoReferences, "no-references", false, "skip the JetStream baseline, the KV reference and the HTTP floor")
 	fs.DurationVar(&o.Timeout, "timeout", 0, "bound on the wait, after the last write, for every DC to apply every write (default 2m)")

@@ -86,6 +86,9 @@ type Options struct {
 	// disk use level off within the run. Default 0: the config default
 	// (1 GiB).
 	ChangesMaxBytes int64
+	// ChangesOff runs the DCs with changes.off: no change feed, to
+	// measure what the feed costs.
+	ChangesOff bool
 	// NoFsync runs the DCs with durability.fsync false. Only to measure
 	// what fsync costs: such a DC acknowledges writes a power failure loses.
 	NoFsync bool

@@ -229,6 +229,7 @@ func startCluster(ctx context.Context, o Options, dir string) (*dcs, error) {
 			if o.ChangesMaxBytes > 0 {
 				cfg.Changes.MaxBytes = o.ChangesMaxBytes
 			}
+			cfg.Changes.Off = o.ChangesOff
 		},
 		Logger: func(string) *slog.Logger { return o.Logger },
 	})
