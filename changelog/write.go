@@ -396,22 +396,46 @@ type ClockUpdater interface {
 // Events must already be validated (see event.Validate); the partition must
 // match the key.
 func (s *Store) Apply(ctx context.Context, evs []*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
-	for _, ev := range evs {
-		if int(ev.Partition) >= s.opts.Partitions || ev.Partition != event.PartitionOf(ev.Key, s.opts.Partitions) {
-			return nil, fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
-		}
-		if ev.Origin == s.opts.DC {
-			return nil, fmt.Errorf("%w: event %s originates here", ErrBadInput, ev.Dot)
-		}
-		if ev.Dot.DC != ev.Origin || ev.Dot.N != ev.Seq || ev.Seq == 0 {
-			return nil, fmt.Errorf("%w: event dot %s does not match origin %s seq %d", ErrBadInput, ev.Dot, ev.Origin, ev.Seq)
-		}
+	if err := s.checkRemote(evs); err != nil {
+		return nil, err
 	}
-	return s.applyGroups(ctx, evs, forward)
+	return s.applyGroups(ctx, evs, nil, forward)
 }
 
-// applyGroups applies evs, a transaction's ops together, in one batch.
-func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
+// checkRemote refuses remote events whose partition, origin or dot do not
+// hold together.
+func (s *Store) checkRemote(evs []*event.Event) error {
+	for _, ev := range evs {
+		if int(ev.Partition) >= s.opts.Partitions || ev.Partition != event.PartitionOf(ev.Key, s.opts.Partitions) {
+			return fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
+		}
+		if ev.Origin == s.opts.DC {
+			return fmt.Errorf("%w: event %s originates here", ErrBadInput, ev.Dot)
+		}
+		if ev.Dot.DC != ev.Origin || ev.Dot.N != ev.Seq || ev.Seq == 0 {
+			return fmt.Errorf("%w: event dot %s does not match origin %s seq %d", ErrBadInput, ev.Dot, ev.Origin, ev.Seq)
+		}
+	}
+	return nil
+}
+
+// ApplyWhole is Apply for one of several sidecars of a DC (shards,
+// docs/DESIGN.md invariant 16), which applies only its own ops of a
+// transaction: whole maps the first op of such a part (an element of evs)
+// to what is queued for forwarding in its place when forward allows it
+// and the part was taken, the transaction whole; an empty one queues
+// nothing (another shard forwards it). A downstream DC thus never
+// receives part of a transaction.
+func (s *Store) ApplyWhole(ctx context.Context, evs []*event.Event, whole map[*event.Event][]*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
+	if err := s.checkRemote(evs); err != nil {
+		return nil, err
+	}
+	return s.applyGroups(ctx, evs, whole, forward)
+}
+
+// applyGroups applies evs, a transaction's ops together, in one batch;
+// whole is as in ApplyWhole.
+func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, whole map[*event.Event][]*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
 	groups, err := event.Group(evs)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
@@ -420,7 +444,11 @@ func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, forward fun
 	err = s.do(ctx, func(t *txn) error {
 		out = out[:0]
 		for _, g := range groups {
-			r, err := t.applyGroup(g, forward)
+			fw, part := whole[g[0]]
+			if !part {
+				fw = g
+			}
+			r, err := t.applyGroup(g, fw, forward)
 			if err != nil {
 				return err
 			}
@@ -549,5 +577,5 @@ func (s *Store) Recover(ctx context.Context, evs []*event.Event) ([]ApplyResult,
 			return nil, fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
 		}
 	}
-	return s.applyGroups(ctx, evs, nil)
+	return s.applyGroups(ctx, evs, nil, nil)
 }

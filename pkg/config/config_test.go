@@ -149,8 +149,8 @@ func TestValidate(t *testing.T) {
 			want: []string{`shard: "one of four": want "i of S" with whole numbers, such as "0 of 4"`}},
 		{name: "more shards than partitions", edit: func(c *Config) { c.Shard = "0 of 32" },
 			want: []string{`shard: "0 of 32": 32 shards for 16 partitions would leave a shard with none; use at most 16 shards or more partitions (partitions must be equal in every DC)`}},
-		{name: "shard in a ring", edit: func(c *Config) { c.Shard = "0 of 2"; c.Topology = Ring },
-			want: []string{`shard: "0 of 2" with topology ring: a DC runs several shards only in a mesh (forwarding and healing per shard are not built); use topology: mesh or one sidecar`}},
+		{name: "shard in a ring", edit: func(c *Config) { c.Shard = "0 of 2"; c.Topology = Ring }},
+		{name: "shard in a star", edit: func(c *Config) { c.Shard = "1 of 2"; c.Topology = Star; c.Hub = c.DCs[0] }},
 		{name: "shard with home rules", edit: func(c *Config) {
 			c.Shard = "0 of 2"
 			c.Home = []HomeRule{{Prefix: "h/", DCs: []string{"a"}}}

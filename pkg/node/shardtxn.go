@@ -140,8 +140,9 @@ func (s *shards) loadPrepared(ctx context.Context) error {
 
 // Prepare records this shard's ops of transaction id as prepared and
 // reports whether every other shard owning one of its ops has prepared or
-// applied it, asking them for up to prepareWait.
-func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event) (bool, error) {
+// applied it (with applied, applied it), asking them for up to
+// prepareWait.
+func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event, applied bool) (bool, error) {
 	if !s.held.has(id) {
 		p := changelog.Prepared{Origin: own[0].Origin}
 		for _, ev := range own {
@@ -176,7 +177,7 @@ func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event
 			m, err := s.n.nc.RequestMsgWithContext(rctx, &nats.Msg{Subject: names.ShardSubject(s.n.cfg.DC, p), Header: nats.Header{HeaderShardKind: {"txn.state"}}, Data: body})
 			cancel()
 			var a txnState
-			if err != nil || json.Unmarshal(m.Data, &a) != nil || (a.State != "prepared" && a.State != "applied") {
+			if err != nil || json.Unmarshal(m.Data, &a) != nil || !(a.State == "applied" || a.State == "prepared" && !applied) {
 				pending = append(pending, p)
 			}
 		}
