@@ -157,8 +157,10 @@ func (r Repairer) repair(ctx context.Context, t *Tally, origin string, p uint32,
 		if err != nil {
 			return fmt.Errorf("apply repaired events: %w", err)
 		}
-		if !gapped(res) {
-			for _, id := range prepared {
+		// A transaction prepared and applied is forgotten, whatever
+		// else of the batch waits for a gap.
+		for i, ev := range evs {
+			if id, ok := prepared[ev]; ok && res[i].Outcome != changelog.Gap {
 				r.Shard.Coordinator.Done(ctx, id)
 			}
 		}

@@ -36,11 +36,8 @@ type Shard struct {
 type Coordinator interface {
 	// Prepare records that this shard holds id's own ops, ready, and
 	// reports whether every other owner of one of all's partitions has
-	// prepared or applied it (it waits a little for them); with applied,
-	// whether every other owner has applied it, as the shard that
-	// forwards the transaction asks (Shard.Forwards), so that it is
-	// forwarded only once the whole DC has applied it.
-	Prepare(ctx context.Context, id string, all, own []*event.Event, applied bool) (bool, error)
+	// prepared or applied it (it waits a little for them).
+	Prepare(ctx context.Context, id string, all, own []*event.Event) (bool, error)
 	// Done forgets id once its own ops are applied here.
 	Done(ctx context.Context, id string)
 }
@@ -140,10 +137,10 @@ func (s *Shard) spans(all, own []*event.Event) bool {
 // repaired keeps, of repaired events, this shard's ops, and maps each part
 // of a transaction it keeps to what is forwarded in its place (whole, see
 // ApplyWhole); a transaction spanning the DC's shards is prepared through
-// the Coordinator first (ids lists them, to be forgotten once applied),
-// and when the other shards are not ready yet, it and everything after it
-// are left for later (held).
-func (s *Shard) repaired(ctx context.Context, evs []*event.Event) (own []*event.Event, whole map[*event.Event][]*event.Event, ids []string, held bool) {
+// the Coordinator first (ids names them by their first op in own, to be
+// forgotten once applied), and when the other shards are not ready yet,
+// it and everything after it are left for later (held).
+func (s *Shard) repaired(ctx context.Context, evs []*event.Event) (own []*event.Event, whole map[*event.Event][]*event.Event, ids map[*event.Event]string, held bool) {
 	if s == nil || s.Owns == nil {
 		return evs, nil, nil, false
 	}
@@ -151,7 +148,7 @@ func (s *Shard) repaired(ctx context.Context, evs []*event.Event) (own []*event.
 	if err != nil {
 		return s.Own(evs), nil, nil, false
 	}
-	whole = map[*event.Event][]*event.Event{}
+	whole, ids = map[*event.Event][]*event.Event{}, map[*event.Event]string{}
 	for _, g := range groups {
 		mine := s.Own(slices.Clone(g))
 		if len(mine) == 0 {
@@ -159,11 +156,11 @@ func (s *Shard) repaired(ctx context.Context, evs []*event.Event) (own []*event.
 		}
 		if len(mine) < len(g) && s.Coordinator != nil {
 			id := TxnID(g)
-			ready, err := s.Coordinator.Prepare(ctx, id, g, mine, s.Forwards(g))
+			ready, err := s.Coordinator.Prepare(ctx, id, g, mine)
 			if err != nil || !ready {
 				return own, whole, ids, true
 			}
-			ids = append(ids, id)
+			ids[mine[0]] = id
 		}
 		if fw, part := s.whole(g, mine); part {
 			whole[mine[0]] = fw
@@ -241,9 +238,11 @@ func (l *Link) spanning(ctx context.Context, t *Tally, m Msg, x inbound, all []*
 	case gap:
 		return Verdict{Action: Nak, Delay: l.cfg.GapDelay}
 	}
-	// The shard that forwards it waits until every other owner has
-	// applied it: a downstream DC gets it only once this DC holds it all.
-	ready, err := sh.Coordinator.Prepare(ctx, id, all, x.evs, sh.Forwards(all))
+	// Once every owner has prepared, the transaction is this DC's (its
+	// commit point: each part is durable and reads of its keys wait until
+	// it is applied), and the shard that forwards it does so as it
+	// applies its own part.
+	ready, err := sh.Coordinator.Prepare(ctx, id, all, x.evs)
 	if err != nil || !ready {
 		if err != nil {
 			l.log.Warn("prepare a transaction spanning shards", "id", id, "err", err)

@@ -28,8 +28,12 @@ import (
 var _ core.Coordinator = (*shards)(nil)
 
 // prepareWait bounds how long Prepare waits for the other shards before
-// the message is offered again later.
-const prepareWait = 2 * time.Second
+// the message is offered again later. The wait holds up the link's other
+// messages, and another shard may be held up the same way by a message
+// this one has not reached yet: in a ring of sharded DCs, whose shards
+// forward independently, 2s waits chained into stalls of tens of seconds
+// (TestShardedRing); a short wait and a redelivery cost far less.
+const prepareWait = 500 * time.Millisecond
 
 // txnState is the question one shard asks another about a transaction,
 // and the answer: "prepared", "applied" or "no".
@@ -140,9 +144,8 @@ func (s *shards) loadPrepared(ctx context.Context) error {
 
 // Prepare records this shard's ops of transaction id as prepared and
 // reports whether every other shard owning one of its ops has prepared or
-// applied it (with applied, applied it), asking them for up to
-// prepareWait.
-func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event, applied bool) (bool, error) {
+// applied it, asking them for up to prepareWait.
+func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event) (bool, error) {
 	if !s.held.has(id) {
 		p := changelog.Prepared{Origin: own[0].Origin}
 		for _, ev := range own {
@@ -177,7 +180,7 @@ func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event
 			m, err := s.n.nc.RequestMsgWithContext(rctx, &nats.Msg{Subject: names.ShardSubject(s.n.cfg.DC, p), Header: nats.Header{HeaderShardKind: {"txn.state"}}, Data: body})
 			cancel()
 			var a txnState
-			if err != nil || json.Unmarshal(m.Data, &a) != nil || !(a.State == "applied" || a.State == "prepared" && !applied) {
+			if err != nil || json.Unmarshal(m.Data, &a) != nil || (a.State != "prepared" && a.State != "applied") {
 				pending = append(pending, p)
 			}
 		}
@@ -209,8 +212,8 @@ func (s *shards) Done(ctx context.Context, id string) {
 }
 
 // answerTxnState tells another shard how far this one is with a
-// transaction: prepared, applied (every op of this shard's partitions
-// covered) or no.
+// transaction: applied (every op of this shard's partitions covered, held
+// or not yet forgotten), prepared or no.
 func (s *shards) answerTxnState(m *nats.Msg) {
 	var q txnState
 	if err := json.Unmarshal(m.Data, &q); err != nil {
@@ -230,10 +233,10 @@ func (s *shards) answerTxnState(m *nats.Msg) {
 		}
 	}
 	switch {
-	case s.held.has(q.ID):
-		a.State = "prepared"
 	case mine > 0 && covered == mine:
 		a.State = "applied"
+	case s.held.has(q.ID):
+		a.State = "prepared"
 	}
 	b, _ := json.Marshal(a)
 	_ = m.Respond(b)

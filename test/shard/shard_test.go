@@ -44,12 +44,66 @@ type sidecar struct {
 // after wipe (if set) has run on its data dir.
 func (s *sidecar) restart(t *testing.T, wipe func(dir string)) {
 	t.Helper()
-	if err := s.n.Close(); err != nil {
-		t.Fatal(err)
-	}
+	s.stop(t)
 	if wipe != nil {
 		wipe(s.cfg.DataDir)
 	}
+	s.start(t)
+}
+
+// mesh starts a mesh of DCs on one embedded NATS server, DC i running
+// shards[i] sidecars.
+func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
+	t.Helper()
+	return deploy(t, layout{topology: config.Mesh, dcs: []string{"dc1", "dc2", "dc3"}, shards: shards})
+}
+
+// layout is a deployment deploy starts: its topology and DCs (the ring's
+// order), the star's hub, how many sidecars each DC runs (1 when absent)
+// and heal_after (0: the default).
+type layout struct {
+	topology  string
+	dcs       []string
+	hub       string
+	shards    map[string]int
+	healAfter time.Duration
+}
+
+// deploy starts l's DCs on one embedded NATS server, in l.dcs order, each
+// DC's shards in order; the sidecars come back in the same order.
+func deploy(t *testing.T, l layout) (*server.Server, []*sidecar) {
+	t.Helper()
+	dir := t.TempDir()
+	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	var out []*sidecar
+	for _, dc := range l.dcs {
+		for i := range max(l.shards[dc], 1) {
+			cfg := config.Default()
+			cfg.DC, cfg.DCs, cfg.Topology, cfg.Hub, cfg.Partitions = dc, l.dcs, l.topology, l.hub, partitions
+			if l.healAfter > 0 {
+				cfg.HealAfter = config.Duration(l.healAfter)
+			}
+			cfg.DataDir = filepath.Join(dir, fmt.Sprintf("%s-%d", dc, i))
+			cfg.HTTP.Listen = "127.0.0.1:0"
+			if l.shards[dc] > 1 {
+				cfg.Shard = fmt.Sprintf("%d of %d", i, l.shards[dc])
+			}
+			cfg.Complete()
+			s := &sidecar{dc: dc, name: fmt.Sprintf("%s shard %s", dc, cfg.Shard), cfg: cfg, url: ns.ClientURL()}
+			s.start(t)
+			out = append(out, s)
+		}
+	}
+	return ns, out
+}
+
+// start starts the sidecar on its config (again, after stop).
+func (s *sidecar) start(t *testing.T) {
+	t.Helper()
 	n, err := node.New(s.cfg, node.Options{NATSURL: s.url, ReportInterval: 100 * time.Millisecond, Logger: testutil.Logger(t, s.dc)})
 	if err != nil {
 		t.Fatal(err)
@@ -61,40 +115,12 @@ func (s *sidecar) restart(t *testing.T, wipe func(dir string)) {
 	s.n, s.base = n, "http://"+n.HTTPAddr()
 }
 
-// mesh starts a mesh of DCs on one embedded NATS server, DC i running
-// shards[i] sidecars.
-func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
+// stop closes the sidecar, as a shard or DC going away.
+func (s *sidecar) stop(t *testing.T) {
 	t.Helper()
-	dir := t.TempDir()
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
-	if err != nil {
+	if err := s.n.Close(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	dcs := []string{"dc1", "dc2", "dc3"}
-	var out []*sidecar
-	for _, dc := range dcs {
-		for i := range max(shards[dc], 1) {
-			cfg := config.Default()
-			cfg.DC, cfg.DCs, cfg.Topology, cfg.Partitions = dc, dcs, config.Mesh, partitions
-			cfg.DataDir = filepath.Join(dir, fmt.Sprintf("%s-%d", dc, i))
-			cfg.HTTP.Listen = "127.0.0.1:0"
-			if shards[dc] > 1 {
-				cfg.Shard = fmt.Sprintf("%d of %d", i, shards[dc])
-			}
-			cfg.Complete()
-			n, err := node.New(cfg, node.Options{NATSURL: ns.ClientURL(), ReportInterval: 100 * time.Millisecond, Logger: testutil.Logger(t, dc)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { n.Close() })
-			if err := n.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, &sidecar{dc: dc, name: fmt.Sprintf("%s shard %s", dc, cfg.Shard), n: n, base: "http://" + n.HTTPAddr(), cfg: cfg, url: ns.ClientURL()})
-		}
-	}
-	return ns, out
 }
 
 func do(t *testing.T, method, url string, body []byte) (int, http.Header, []byte) {
@@ -135,15 +161,71 @@ func converged(t *testing.T, all []*sidecar, keys int) {
 	cluster.EventuallyEvery(t, 30*time.Second, 50*time.Millisecond, "every DC's whole digest to agree", func() (bool, string) {
 		want, n := digest(t, all[0])
 		if n != keys {
-			return false, fmt.Sprintf("%s holds %d keys (%s), want %d", all[0].name, n, want, keys)
+			return false, fmt.Sprintf("%s holds %d keys (%s), want %d; %s", all[0].name, n, want, keys, missing(t, all))
 		}
 		for _, s := range all[1:] {
 			if got, m := digest(t, s); got != want {
-				return false, fmt.Sprintf("%s: %s over %d keys, %s: %s over %d", all[0].name, want, n, s.name, got, m)
+				return false, fmt.Sprintf("%s: %s over %d keys, %s: %s over %d; %s", all[0].name, want, n, s.name, got, m, missing(t, all))
 			}
 		}
 		return true, ""
 	})
+}
+
+// missing names, for a failure message, the keys some DC holds and another
+// lacks (up to a few), by DC, and what each sidecar applied and holds
+// prepared.
+func missing(t *testing.T, all []*sidecar) string {
+	var state []string
+	for _, s := range all {
+		ps, _ := s.n.Store().PreparedTxns()
+		var ids []string
+		for id := range ps {
+			ids = append(ids, id)
+		}
+		state = append(state, fmt.Sprintf("%s applied %s prepared %v", s.name, cluster.AppliedTotals(s.n.Store().Applied()), ids))
+	}
+	return strings.Join(state, "; ") + "; " + missingKeys(t, all)
+}
+
+func missingKeys(t *testing.T, all []*sidecar) string {
+	held := map[string]map[string]bool{}
+	union := map[string]bool{}
+	for _, s := range all {
+		if held[s.dc] != nil {
+			continue
+		}
+		held[s.dc] = map[string]bool{}
+		after := ""
+		for {
+			code, h, b := do(t, http.MethodGet, s.base+"/v1/kv?prefix=&limit=1000&after="+after, nil)
+			if code != http.StatusOK {
+				return fmt.Sprintf("list at %s: %d %s", s.name, code, b)
+			}
+			sc := bufio.NewScanner(bytes.NewReader(b))
+			for sc.Scan() {
+				var line struct {
+					Key string `json:"key"`
+				}
+				if json.Unmarshal(sc.Bytes(), &line) == nil {
+					held[s.dc][line.Key] = true
+					union[line.Key] = true
+				}
+			}
+			if after = h.Get("X-Repl-Next-After"); after == "" {
+				break
+			}
+		}
+	}
+	var out []string
+	for dc, keys := range held {
+		for k := range union {
+			if !keys[k] && len(out) < 10 {
+				out = append(out, dc+" lacks "+k)
+			}
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // owner returns the index (in dc's shards) of the shard owning key with
