@@ -304,6 +304,11 @@ func putAll(t *testing.T, s *sidecar, keys []string) {
 	}
 }
 
+// viaHeal bounds how long writes take to arrive through a heal link: less
+// than RepairAfter (5s), after which the catch-up from the origin would
+// bring them without any healing.
+const viaHeal = 4 * time.Second
+
 // arrived waits until every key reads back through s.
 func arrived(t *testing.T, s *sidecar, keys []string, timeout time.Duration) {
 	t.Helper()
@@ -351,8 +356,8 @@ func TestShardHealOneShard(t *testing.T) {
 	// Writes at dc1 in the stopped shard's partitions and in the other's.
 	down := append(ownedKeys("down/1", 1, 2, 10), ownedKeys("down/0", 0, 2, 10)...)
 	putAll(t, dc1, down)
-	arrived(t, dc3[0], down, 20*time.Second)
-	arrived(t, dc4, down, 20*time.Second)
+	arrived(t, dc3[0], down, viaHeal)
+	arrived(t, dc4, down, viaHeal)
 	if got := healing(dc3[0]); len(got) != 0 {
 		t.Fatalf("dc3's shard 0 heals around %v, but dc2's shard owning its partitions runs", got)
 	}
@@ -383,8 +388,8 @@ func TestShardHealWholeDC(t *testing.T) {
 	healsAs(t, dc3[1], viaDC1, 15*time.Second)
 	down := ownedKeys("down", 0, 1, 20)
 	putAll(t, dc1, down)
-	arrived(t, dc3[1], down, 20*time.Second)
-	arrived(t, dc4, down, 20*time.Second)
+	arrived(t, dc3[1], down, viaHeal)
+	arrived(t, dc4, down, viaHeal)
 
 	dc2[0].start(t)
 	dc2[1].start(t)
