@@ -20,6 +20,7 @@ import (
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
 
 // txnOps is the number of ops of every transaction these tests write.
@@ -207,15 +208,7 @@ func streamTxns(t *testing.T, js jetstream.JetStream, dc string) map[string][]in
 // of its shards applies which ops.
 func txnsWhole(t *testing.T, url string, dcs []string, count int, want func(origin string) int) {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testutil.JetStream(t, url)
 	cluster.EventuallyEvery(t, 20*time.Second, 200*time.Millisecond, "every transaction in the streams whole and once per DC", func() (bool, string) {
 		streams := map[string]int{}
 		for _, dc := range dcs {
@@ -285,13 +278,32 @@ func healing(s *sidecar) []bridge.Bypass {
 	return s.n.Replicator().Healing()
 }
 
-// healRing starts the 4-DC ring the heal tests use: dc2 and dc3 run 2
-// shards each (the same layout), dc1 and dc4 one sidecar, heal_after 2s.
-func healRing(t *testing.T) []*sidecar {
+// healRing is the 4-DC ring the heal tests use: dc2 and dc3 run 2 shards
+// each (the same layout), dc1 and dc4 one sidecar, heal_after 2s.
+type healRing struct {
+	all      []*sidecar
+	dc1, dc4 *sidecar
+	dc2, dc3 []*sidecar
+	// keys counts the keys written so far.
+	keys int
+}
+
+// startHealRing starts the ring and writes 20 keys at dc1, converged.
+func startHealRing(t *testing.T) *healRing {
 	t.Helper()
 	_, all := deploy(t, layout{topology: config.Ring, dcs: []string{"dc1", "dc2", "dc3", "dc4"},
 		shards: map[string]int{"dc2": 2, "dc3": 2}, healAfter: 2 * time.Second})
-	return all
+	r := &healRing{all: all, dc1: all[0], dc2: shardsOf(all, "dc2"), dc3: shardsOf(all, "dc3"), dc4: all[5]}
+	r.put(t, r.dc1, ownedKeys("before", 0, 1, 20))
+	converged(t, all, r.keys)
+	return r
+}
+
+// put writes keys at s and counts them.
+func (r *healRing) put(t *testing.T, s *sidecar, keys []string) {
+	t.Helper()
+	putAll(t, s, keys)
+	r.keys += len(keys)
 }
 
 // putAll writes keys through s, failing the test on any write not acked.
@@ -341,33 +353,27 @@ func healsAs(t *testing.T, s *sidecar, want []bridge.Bypass, timeout time.Durati
 // wiring. When dc2's shard returns, dc3's shard 1 hands back, and every
 // DC converges with every acked write.
 func TestShardHealOneShard(t *testing.T) {
-	all := healRing(t)
-	dc1, dc2, dc3, dc4 := all[0], shardsOf(all, "dc2"), shardsOf(all, "dc3"), all[5]
-	before := ownedKeys("before", 0, 1, 20)
-	putAll(t, dc1, before)
-	converged(t, all, len(before))
-
-	dc2[1].stop(t)
+	r := startHealRing(t)
+	r.dc2[1].stop(t)
 	viaDC1 := []bridge.Bypass{{Dead: "dc2", Via: "dc1"}}
-	healsAs(t, dc3[1], viaDC1, 15*time.Second)
-	if got := healing(dc3[0]); len(got) != 0 {
+	healsAs(t, r.dc3[1], viaDC1, 15*time.Second)
+	if got := healing(r.dc3[0]); len(got) != 0 {
 		t.Fatalf("dc3's shard 0 heals around %v, but dc2's shard owning its partitions runs", got)
 	}
 	// Writes at dc1 in the stopped shard's partitions and in the other's.
 	down := append(ownedKeys("down/1", 1, 2, 10), ownedKeys("down/0", 0, 2, 10)...)
-	putAll(t, dc1, down)
-	arrived(t, dc3[0], down, viaHeal)
-	arrived(t, dc4, down, viaHeal)
-	if got := healing(dc3[0]); len(got) != 0 {
+	r.put(t, r.dc1, down)
+	arrived(t, r.dc3[0], down, viaHeal)
+	arrived(t, r.dc4, down, viaHeal)
+	if got := healing(r.dc3[0]); len(got) != 0 {
 		t.Fatalf("dc3's shard 0 heals around %v, but dc2's shard owning its partitions runs", got)
 	}
 
-	dc2[1].start(t)
-	healsAs(t, dc3[1], nil, 30*time.Second)
-	after := ownedKeys("after", 0, 1, 20)
-	putAll(t, dc1, after)
-	putAll(t, dc4, ownedKeys("after4", 0, 1, 10))
-	converged(t, all, len(before)+len(down)+len(after)+10)
+	r.dc2[1].start(t)
+	healsAs(t, r.dc3[1], nil, 30*time.Second)
+	r.put(t, r.dc1, ownedKeys("after", 0, 1, 20))
+	r.put(t, r.dc4, ownedKeys("after4", 0, 1, 10))
+	converged(t, r.all, r.keys)
 }
 
 // TestShardHealWholeDC: the whole of dc2 (both shards) stops in the same
@@ -375,27 +381,21 @@ func TestShardHealOneShard(t *testing.T) {
 // keep reaching dc3 and dc4, and once dc2 returns both hand back and
 // every DC converges with every acked write.
 func TestShardHealWholeDC(t *testing.T) {
-	all := healRing(t)
-	dc1, dc2, dc3, dc4 := all[0], shardsOf(all, "dc2"), shardsOf(all, "dc3"), all[5]
-	before := ownedKeys("before", 0, 1, 20)
-	putAll(t, dc1, before)
-	converged(t, all, len(before))
-
-	dc2[0].stop(t)
-	dc2[1].stop(t)
+	r := startHealRing(t)
+	r.dc2[0].stop(t)
+	r.dc2[1].stop(t)
 	viaDC1 := []bridge.Bypass{{Dead: "dc2", Via: "dc1"}}
-	healsAs(t, dc3[0], viaDC1, 15*time.Second)
-	healsAs(t, dc3[1], viaDC1, 15*time.Second)
+	healsAs(t, r.dc3[0], viaDC1, 15*time.Second)
+	healsAs(t, r.dc3[1], viaDC1, 15*time.Second)
 	down := ownedKeys("down", 0, 1, 20)
-	putAll(t, dc1, down)
-	arrived(t, dc3[1], down, viaHeal)
-	arrived(t, dc4, down, viaHeal)
+	r.put(t, r.dc1, down)
+	arrived(t, r.dc3[1], down, viaHeal)
+	arrived(t, r.dc4, down, viaHeal)
 
-	dc2[0].start(t)
-	dc2[1].start(t)
-	healsAs(t, dc3[0], nil, 30*time.Second)
-	healsAs(t, dc3[1], nil, 30*time.Second)
-	after := ownedKeys("after", 0, 1, 20)
-	putAll(t, dc1, after)
-	converged(t, all, len(before)+len(down)+len(after))
+	r.dc2[0].start(t)
+	r.dc2[1].start(t)
+	healsAs(t, r.dc3[0], nil, 30*time.Second)
+	healsAs(t, r.dc3[1], nil, 30*time.Second)
+	r.put(t, r.dc1, ownedKeys("after", 0, 1, 20))
+	converged(t, r.all, r.keys)
 }
