@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -173,15 +174,131 @@ func TestChangesFollow(t *testing.T) {
 		t.Fatal("nothing printed 20s after a write")
 	}
 	cancel()
+	interrupted(t, done, errOut.String)
+	if _, err := printFeed(context.Background(), strings.NewReader(`{"type":"change","cursor":1}`+"\n"+`{"type":"error","error":"gone","status":410}`+"\n"), &bytes.Buffer{}, &feedPos{}); err == nil || !strings.Contains(err.Error(), "410") {
+		t.Fatalf("an error line: %v, want an error naming 410", err)
+	}
+}
+
+// TestChangesFollowResumes: a --follow whose connection drops resumes after
+// the last cursor it read, printing each change once, the ones committed
+// while it was cut included; a resume the sidecar refuses with a 4xx (410:
+// pruned meanwhile) ends it with that error.
+func TestChangesFollowResumes(t *testing.T) {
+	srv, st, _ := feedServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &lineWriter{lines: make(chan string, 16)}
+	errOut := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"changes", "--addr", srv.URL, "--follow", "--since", "6", "--heartbeat", "1s"}, out, errOut)
+	}()
+	write := func(k string) {
+		t.Helper()
+		if _, err := st.Write(context.Background(), changelog.WriteOp{Key: k, Value: []byte("v")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := func() string {
+		t.Helper()
+		select {
+		case l := <-out.lines:
+			var got struct {
+				Type   string
+				Key    string
+				Cursor uint64
+			}
+			if err := json.Unmarshal([]byte(l), &got); err != nil {
+				t.Fatalf("printed %q: %v", l, err)
+			}
+			return fmt.Sprintf("%s:%s@%d", got.Type, got.Key, got.Cursor)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("nothing printed within 20s; stderr: %s", errOut.String())
+			return ""
+		}
+	}
+	write("c/0")
+	if got := next(); got != "change:c/0@7" {
+		t.Fatalf("first line %s, want change:c/0@7", got)
+	}
+	// Cut the feed's connection, and write while it is cut.
+	srv.CloseClientConnections()
+	write("c/1")
+	write("c/2")
+	var got []string
+	for range 2 {
+		got = append(got, next())
+	}
+	if strings.Join(got, " ") != "change:c/1@8 change:c/2@9" {
+		t.Fatalf("after the cut printed %v, want c/1@8 then c/2@9, once each", got)
+	}
+	if !strings.Contains(errOut.String(), "resuming after cursor 7") {
+		t.Fatalf("stderr %q does not say it resumed after cursor 7", errOut.String())
+	}
+	select {
+	case l := <-out.lines:
+		t.Fatalf("printed %q after the changes, want nothing more", l)
+	default:
+	}
+	cancel()
+	interrupted(t, done, errOut.String)
+
+	// A sidecar that drops the feed, then refuses the resume with 410.
+	var sinces []string
+	var mu sync.Mutex
+	gone := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		sinces = append(sinces, r.URL.Query().Get("since"))
+		n := len(sinces)
+		mu.Unlock()
+		if n == 1 {
+			fmt.Fprintln(w, `{"type":"change","key":"k","cursor":5}`)
+			return // the body ends without an end line: dropped
+		}
+		w.WriteHeader(http.StatusGone)
+		fmt.Fprintln(w, `{"error":"since 5: pruned; the oldest change held is 9"}`)
+	}))
+	defer gone.Close()
+	code, stdout, stderr := runCLI("changes", "--addr", gone.URL, "--follow")
+	if code != 1 || !strings.Contains(stderr, "410") || !strings.Contains(stderr, "pruned") {
+		t.Fatalf("a refused resume exited %d, stderr %q; want 1 and the 410", code, stderr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(sinces, ",") != ",5" || strings.Count(stdout, "\n") != 1 {
+		t.Fatalf("requests with since %q, stdout %q; want one change, then a resume after 5", sinces, stdout)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to write from the command's goroutine
+// while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// interrupted checks that a canceled --follow ends, with exit 0.
+func interrupted(t *testing.T, done <-chan int, stderr func() string) {
+	t.Helper()
 	select {
 	case code := <-done:
 		if code != 0 {
-			t.Fatalf("interrupted --follow exited %d: %s", code, errOut.String())
+			t.Fatalf("interrupted --follow exited %d: %s", code, stderr())
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("--follow did not end when interrupted")
-	}
-	if err := printFeed(context.Background(), strings.NewReader(`{"type":"change","cursor":1}`+"\n"+`{"type":"error","error":"gone","status":410}`+"\n"), &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "410") {
-		t.Fatalf("an error line: %v, want an error naming 410", err)
 	}
 }

@@ -56,7 +56,8 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	_ = json.Unmarshal(body, &sharded)
 	var sum statusSummary
 	sum.status = st
-	// /readyz says what the DC waits for; it needs no token.
+	// /readyz says what the DC waits for (the detail only with the token,
+	// which c.do sends).
 	if resp, b, err := c.do(ctx, http.MethodGet, "/readyz", nil, nil); err == nil || resp != nil && resp.StatusCode == http.StatusServiceUnavailable {
 		sum.readyKnown = json.Unmarshal(b, &sum.ready) == nil
 	}

@@ -332,8 +332,15 @@ func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 	if !s.query(w, r, nil) {
 		return
 	}
+	// A probe without the token (when one is set) gets the verdict only:
+	// the detail names peers, origins and how far behind they are.
+	full := s.authorized(r)
 	if err := s.b.Ready(); err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "error": "not healthy: " + err.Error()})
+		why := "not healthy"
+		if full {
+			why += ": " + err.Error()
+		}
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "error": why})
 		return
 	}
 	ready, detail := s.b.Readiness()
@@ -341,7 +348,7 @@ func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 	if !ready {
 		code = http.StatusServiceUnavailable
 	}
-	if detail == nil {
+	if detail == nil || !full {
 		detail = map[string]bool{"ready": ready}
 	}
 	writeJSON(w, code, detail)

@@ -543,19 +543,24 @@ func TestHealthz(t *testing.T) {
 }
 
 // TestReadyz: /readyz is 503 while the sidecar is unhealthy or not caught
-// up, with the readiness detail as its body, and 200 once both hold.
+// up, with the readiness detail as its body, and 200 once both hold; a
+// probe without the token (one is set) gets only the verdict.
 func TestReadyz(t *testing.T) {
 	st := openStore(t, "dc1", nil, nil)
 	tests := []struct {
 		name    string
 		healthy error
 		ready   bool
+		token   bool
 		code    int
 		body    string
 	}{
-		{"caught up", nil, true, http.StatusOK, `{"ready":true,"why":"caught up"}`},
-		{"catching up", nil, false, http.StatusServiceUnavailable, `{"ready":false,"why":"waiting for dc2"}`},
-		{"unhealthy", errors.New("not connected to NATS"), true, http.StatusServiceUnavailable, `{"error":"not healthy: not connected to NATS","ready":false}`},
+		{"caught up", nil, true, true, http.StatusOK, `{"ready":true,"why":"caught up"}`},
+		{"catching up", nil, false, true, http.StatusServiceUnavailable, `{"ready":false,"why":"waiting for dc2"}`},
+		{"unhealthy", errors.New("not connected to NATS"), true, true, http.StatusServiceUnavailable, `{"error":"not healthy: not connected to NATS","ready":false}`},
+		{"caught up, no token", nil, true, false, http.StatusOK, `{"ready":true}`},
+		{"catching up, no token", nil, false, false, http.StatusServiceUnavailable, `{"ready":false}`},
+		{"unhealthy, no token", errors.New("not connected to NATS"), true, false, http.StatusServiceUnavailable, `{"error":"not healthy","ready":false}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -565,7 +570,11 @@ func TestReadyz(t *testing.T) {
 			}
 			h := New(StoreBackend{Store: st, ReadyFn: func() error { return tt.healthy },
 				ReadinessFn: func() (bool, any) { return tt.ready, map[string]any{"ready": tt.ready, "why": why} }}, Options{Token: "t"})
-			w := serve(h, req{method: "GET", target: "/readyz"})
+			r := req{method: "GET", target: "/readyz"}
+			if tt.token {
+				r.header = hdr("Authorization", "Bearer t")
+			}
+			w := serve(h, r)
 			wantStatus(t, w, tt.code)
 			if got := strings.TrimSpace(w.Body.String()); got != tt.body {
 				t.Fatalf("body %s, want %s", got, tt.body)
