@@ -111,14 +111,16 @@ func (in reportIntake) run(ctx context.Context, reports <-chan *nats.Msg) {
 			} else {
 				in.store.UpdatePeerApplied(dc, a)
 			}
-			// Liveness counts a DC as reporting once its reports cover
-			// every partition of this shard (see core.Coverage).
-			if at := cover.Seen(dc, parts, in.now()); at.After(covered[dc]) {
+			// Liveness, and the peer's state in readiness and status,
+			// count a DC as reporting once its reports cover every
+			// partition of this shard (see core.Coverage).
+			at := cover.Seen(dc, parts, in.now())
+			if at.After(covered[dc]) {
 				covered[dc] = at
 				in.alive.add(dc, at)
 			}
 			if rd := in.ready.Load(); rd != nil {
-				rd.seen(dc, a, in.now())
+				rd.seen(dc, a, at)
 				in.readiness() // latches the moment it is reached
 			}
 		}

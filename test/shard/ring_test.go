@@ -278,6 +278,16 @@ func healing(s *sidecar) []bridge.Bypass {
 	return s.n.Replicator().Healing()
 }
 
+// peerState is how s's status shows peer dc ("alive", "unreachable", ...).
+func peerState(s *sidecar, dc string) string {
+	for _, p := range s.n.Replicator().Peers() {
+		if p.DC == dc {
+			return p.State
+		}
+	}
+	return "missing"
+}
+
 // healRing is the 4-DC ring the heal tests use: dc2 and dc3 run 2 shards
 // each (the same layout), dc1 and dc4 one sidecar, heal_after 2s.
 type healRing struct {
@@ -359,6 +369,13 @@ func TestShardHealOneShard(t *testing.T) {
 	healsAs(t, r.dc3[1], viaDC1, 15*time.Second)
 	if got := healing(r.dc3[0]); len(got) != 0 {
 		t.Fatalf("dc3's shard 0 heals around %v, but dc2's shard owning its partitions runs", got)
+	}
+	// Each of dc3's shards shows dc2 as the reports on its partitions do.
+	if got := peerState(r.dc3[1], "dc2"); got != "unreachable" {
+		t.Errorf("dc3's shard 1 shows dc2 %q, want unreachable", got)
+	}
+	if got := peerState(r.dc3[0], "dc2"); got != "alive" {
+		t.Errorf("dc3's shard 0 shows dc2 %q, want alive", got)
 	}
 	// Writes at dc1 in the stopped shard's partitions and in the other's.
 	down := append(ownedKeys("down/1", 1, 2, 10), ownedKeys("down/0", 0, 2, 10)...)
