@@ -36,8 +36,9 @@ type Shard struct {
 type Coordinator interface {
 	// Prepare records that this shard holds id's own ops, ready, and
 	// reports whether every other owner of one of all's partitions has
-	// prepared or applied it (it waits a little for them).
-	Prepare(ctx context.Context, id string, all, own []*event.Event) (bool, error)
+	// prepared or applied it; with wait it waits a little for them,
+	// without it asks once.
+	Prepare(ctx context.Context, id string, all, own []*event.Event, wait bool) (bool, error)
 	// Done forgets id once its own ops are applied here.
 	Done(ctx context.Context, id string)
 }
@@ -156,7 +157,7 @@ func (s *Shard) repaired(ctx context.Context, evs []*event.Event) (own []*event.
 		}
 		if len(mine) < len(g) && s.Coordinator != nil {
 			id := TxnID(g)
-			ready, err := s.Coordinator.Prepare(ctx, id, g, mine)
+			ready, err := s.Coordinator.Prepare(ctx, id, g, mine, true)
 			if err != nil || !ready {
 				return own, whole, ids, true
 			}
@@ -202,8 +203,9 @@ func isTxnSubject(up, subject string) (p uint32, named, ok bool) {
 // shards, through the Coordinator: already applied, it is acknowledged;
 // held by a gap, repaired and offered again later; ready, prepared, and
 // applied once every other owner is prepared too, else offered again
-// later.
-func (l *Link) spanning(ctx context.Context, t *Tally, m Msg, x inbound, all []*event.Event) Verdict {
+// later. wait says whether to wait a little for the other owners, and to
+// repair a gap before it (see Receive).
+func (l *Link) spanning(ctx context.Context, t *Tally, m Msg, x inbound, all []*event.Event, wait bool) Verdict {
 	sh := l.cfg.Shard
 	id := TxnID(all)
 	applied := l.cfg.Repair.Store.Applied()[x.evs[0].Origin]
@@ -222,6 +224,12 @@ func (l *Link) spanning(ctx context.Context, t *Tally, m Msg, x inbound, all []*
 			continue
 		case ev.Seq > n:
 			gap = true
+			if !wait {
+				// An earlier transaction of the batch was not ready: the
+				// gap is most likely it, offered again shortly; repairing
+				// would prepare it and wait for it here once more.
+				break
+			}
 			rt, err := l.cfg.Repair.Repair(ctx, ev.Origin, ev.Partition, n, ev.Seq-1)
 			t.Add(rt)
 			if err != nil {
@@ -242,7 +250,7 @@ func (l *Link) spanning(ctx context.Context, t *Tally, m Msg, x inbound, all []*
 	// commit point: each part is durable and reads of its keys wait until
 	// it is applied), and the shard that forwards it does so as it
 	// applies its own part.
-	ready, err := sh.Coordinator.Prepare(ctx, id, all, x.evs)
+	ready, err := sh.Coordinator.Prepare(ctx, id, all, x.evs, wait)
 	if err != nil || !ready {
 		if err != nil {
 			l.log.Warn("prepare a transaction spanning shards", "id", id, "err", err)

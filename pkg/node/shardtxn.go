@@ -32,7 +32,8 @@ var _ core.Coordinator = (*shards)(nil)
 // messages, and another shard may be held up the same way by a message
 // this one has not reached yet: in a ring of sharded DCs, whose shards
 // forward independently, 2s waits chained into stalls of tens of seconds
-// (TestShardedRing); a short wait and a redelivery cost far less.
+// (TestShardedRing); a short wait and a redelivery cost far less, and
+// the link waits at most once per batch (core.Link.Receive).
 const prepareWait = 500 * time.Millisecond
 
 // txnState is the question one shard asks another about a transaction,
@@ -144,8 +145,8 @@ func (s *shards) loadPrepared(ctx context.Context) error {
 
 // Prepare records this shard's ops of transaction id as prepared and
 // reports whether every other shard owning one of its ops has prepared or
-// applied it, asking them for up to prepareWait.
-func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event) (bool, error) {
+// applied it, asking them for up to prepareWait (with wait) or once.
+func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event, wait bool) (bool, error) {
 	if !s.held.has(id) {
 		p := changelog.Prepared{Origin: own[0].Origin}
 		for _, ev := range own {
@@ -172,7 +173,7 @@ func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event
 		return false, err
 	}
 	deadline := time.Now().Add(prepareWait)
-	wait := 5 * time.Millisecond
+	pause := 5 * time.Millisecond
 	for {
 		pending := others[:0:0]
 		for _, p := range others {
@@ -188,15 +189,15 @@ func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event
 			return true, nil
 		}
 		others = pending
-		if time.Now().After(deadline) {
+		if !wait || time.Now().After(deadline) {
 			return false, nil
 		}
 		select {
 		case <-ctx.Done():
 			return false, ctx.Err()
-		case <-time.After(wait): // a bounded poll: the other shard prepares on its own schedule
+		case <-time.After(pause): // a bounded poll: the other shard prepares on its own schedule
 		}
-		wait = min(2*wait, 200*time.Millisecond)
+		pause = min(2*pause, 200*time.Millisecond)
 	}
 }
 
