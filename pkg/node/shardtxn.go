@@ -30,11 +30,13 @@ var _ core.Coordinator = (*shards)(nil)
 // prepareWait bounds how long Prepare waits for the other shards before
 // the message is offered again later. The wait holds up the link's other
 // messages, and another shard may be held up the same way by a message
-// this one has not reached yet: in a ring of sharded DCs, whose shards
-// forward independently, 2s waits chained into stalls of tens of seconds
-// (TestShardedRing); a short wait and a redelivery cost far less, and
-// the link waits at most once per batch (core.Link.Receive).
-const prepareWait = 500 * time.Millisecond
+// this one has not reached yet: waiting at every transaction chained
+// into stalls of tens of seconds in a ring of sharded DCs
+// (TestShardedRing), so a link waits at most once per batch
+// (core.Link.Receive). A shorter wait (500ms) left every round short of
+// the answers under -race on a busy machine (TestTxnSpanningReceiverShards
+// stalled).
+const prepareWait = 2 * time.Second
 
 // txnState is the question one shard asks another about a transaction,
 // and the answer: "prepared", "applied" or "no".
