@@ -559,6 +559,10 @@ type Status struct {
 	// OutboxDepth counts entries not yet published.
 	Checkpoint  uint64
 	OutboxDepth uint64
+	// OutboxHeld counts the outbox's entries not yet applied by every
+	// DC, published or not (changelog Store.OutboxHeld): 0 once every
+	// DC has applied every event this DC (this shard) issued.
+	OutboxHeld uint64
 	// Applied is this DC's applied vector.
 	Applied changelog.Applied
 	// PeerApplied is the newest applied vector each other DC reported on
@@ -587,6 +591,7 @@ func (r *Replicator) Status() Status {
 		Stream:      r.stream,
 		Checkpoint:  e.store.Checkpoint(),
 		OutboxDepth: e.store.OutboxDepth(),
+		OutboxHeld:  e.store.OutboxHeld(),
 		Applied:     e.store.Applied(),
 		PeerApplied: e.store.PeerApplied(),
 		Peers:       r.Peers(),

@@ -47,6 +47,18 @@ func (s *Store) OutboxDepth() uint64 {
 	return s.mu.outboxNext - 1 - s.mu.ckpt
 }
 
+// OutboxHeld returns how many entries the outbox holds: those not yet
+// published, and those published but not yet applied by every DC (the
+// outbox is trimmed once every DC's report covers an entry). 0 means
+// every DC has applied every event this store issued: the check before a
+// DC's sidecars are stopped for good, as when its shard count changes
+// (README "Changing a DC's shard count").
+func (s *Store) OutboxHeld() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.mu.outboxNext - s.mu.outboxLow
+}
+
 // ReadOutbox returns up to max entries with an index above after, in order.
 // It returns only entries whose batch is durable, so nothing is published
 // that a crash could still take back.

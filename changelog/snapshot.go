@@ -105,19 +105,33 @@ type Snapshot struct {
 	s    *Store
 	snap *pebble.Snapshot
 	hdr  SnapshotHeader
+	// only, when not nil, holds the partitions the snapshot covers.
+	only []bool
 	once sync.Once
 }
 
 // NewSnapshot takes a snapshot of the store and reads its header: the
 // applied vector, lost ranges and purge frontiers, and the digest of the
 // key states, which costs one scan of them.
-func (s *Store) NewSnapshot() (*Snapshot, error) {
+func (s *Store) NewSnapshot() (*Snapshot, error) { return s.NewSnapshotOf(nil) }
+
+// NewSnapshotOf is NewSnapshot of the keys of partitions parts only (every
+// partition when nil), for a shard's join (invariant 16 in
+// docs/DESIGN.md): the header's Keys, Bytes and Digest count those
+// partitions' keys (a digest as a store holding only them would show),
+// and Read returns only them. The applied vector, purge frontiers and
+// lost ranges stay whole; an importer takes the rows of its partitions.
+func (s *Store) NewSnapshotOf(parts []uint32) (*Snapshot, error) {
 	if s.isClosed() {
 		return nil, ErrClosed
 	}
+	only, err := s.partitionSet(parts)
+	if err != nil {
+		return nil, err
+	}
 	snap := s.db.NewSnapshot()
-	sn := &Snapshot{s: s, snap: snap}
-	hdr, err := s.snapshotHeader(snap)
+	sn := &Snapshot{s: s, snap: snap, only: only}
+	hdr, err := s.snapshotHeader(snap, only)
 	if err != nil {
 		snap.Close()
 		return nil, fmt.Errorf("changelog: snapshot: %w", err)
@@ -126,7 +140,25 @@ func (s *Store) NewSnapshot() (*Snapshot, error) {
 	return sn, nil
 }
 
-func (s *Store) snapshotHeader(r pebble.Reader) (SnapshotHeader, error) {
+// partitionSet is parts as a set; nil for nil (every partition).
+func (s *Store) partitionSet(parts []uint32) ([]bool, error) {
+	if parts == nil {
+		return nil, nil
+	}
+	only := make([]bool, s.opts.Partitions)
+	for _, p := range parts {
+		if int(p) >= s.opts.Partitions {
+			return nil, fmt.Errorf("%w: partition %d is out of range (partitions is %d)", ErrBadInput, p, s.opts.Partitions)
+		}
+		only[p] = true
+	}
+	return only, nil
+}
+
+// inSet reports whether p is in the set only (nil holds every partition).
+func inSet(only []bool, p uint32) bool { return only == nil || (int(p) < len(only) && only[p]) }
+
+func (s *Store) snapshotHeader(r pebble.Reader, only []bool) (SnapshotHeader, error) {
 	h := SnapshotHeader{DC: s.opts.DC, DCs: slices.Clone(s.opts.DCs), Partitions: s.opts.Partitions, Applied: Applied{}}
 	own := make([]uint64, s.opts.Partitions)
 	h.Purged = make([]vclock.VV, s.opts.Partitions)
@@ -179,7 +211,7 @@ func (s *Store) snapshotHeader(r pebble.Reader) (SnapshotHeader, error) {
 	if h.Lost, err = s.lostTableFrom(r); err != nil {
 		return h, err
 	}
-	d, size, err := s.digestFrom(r)
+	d, size, err := s.digestOf(r, only)
 	if err != nil {
 		return h, err
 	}
@@ -222,6 +254,9 @@ func (sn *Snapshot) Read(after string, maxBytes int) (SnapshotChunk, error) {
 		if !it.Valid() {
 			c.Done = true
 			break
+		}
+		if sn.only != nil && !inSet(sn.only, event.PartitionOf(string(it.Key()[1:]), sn.s.opts.Partitions)) {
+			continue
 		}
 		n := len(it.Key()) + len(it.Value()) + 16
 		if len(c.Entries) > 0 && size+n > maxBytes {
@@ -322,32 +357,89 @@ type ImportStats struct {
 // store is empty again, and returns the error. See the file comment for
 // what is copied and why.
 func (s *Store) Import(ctx context.Context, hdr SnapshotHeader, next func(context.Context) (SnapshotChunk, error)) (ImportStats, error) {
+	return s.ImportSources(ctx, []ImportSource{{Header: hdr, Next: next}})
+}
+
+// ImportSource is one snapshot of an import from several (ImportSources).
+type ImportSource struct {
+	Header SnapshotHeader
+	// Partitions are the partitions taken from this snapshot (a snapshot
+	// taken with NewSnapshotOf of them); nil takes every partition.
+	Partitions []uint32
+	// Next returns the snapshot's chunks in order, the last with Done.
+	Next func(context.Context) (SnapshotChunk, error)
+}
+
+// ImportSources is Import from several snapshots, each giving its own
+// partitions: a shard of a DC (invariant 16 in docs/DESIGN.md) joining
+// from a peer whose partitions live in several stores, or taking only its
+// own partitions from one. The partitions of the sources must not
+// overlap. Each source's keys are checked against its header's count and
+// digest; the applied vector, purge frontiers and lost ranges of a
+// source's partitions are taken from its header, all in the last batch,
+// so the store holds no applied vector until every source is in. On any
+// error the store is left empty again, as Import leaves it.
+func (s *Store) ImportSources(ctx context.Context, srcs []ImportSource) (ImportStats, error) {
 	if err := s.CheckEmpty(); err != nil {
 		return ImportStats{}, err
 	}
-	if err := s.checkHeader(hdr); err != nil {
+	if len(srcs) == 0 {
+		return ImportStats{}, fmt.Errorf("%w: an import needs a snapshot", ErrBadInput)
+	}
+	taken := make([]bool, s.opts.Partitions)
+	ims := make([]*importer, len(srcs))
+	for i, src := range srcs {
+		if err := s.checkHeader(src.Header); err != nil {
+			return ImportStats{}, err
+		}
+		keep, err := s.partitionSet(src.Partitions)
+		if err != nil {
+			return ImportStats{}, err
+		}
+		for p := range taken {
+			if inSet(keep, uint32(p)) {
+				if taken[p] {
+					return ImportStats{}, fmt.Errorf("%w: partition %d is taken from two snapshots (of %s)", ErrBadInput, p, src.Header.DC)
+				}
+				taken[p] = true
+			}
+		}
+		ims[i] = &importer{s: s, hdr: src.Header, keep: keep, stats: ImportStats{From: src.Header.DC}}
+	}
+	total := ImportStats{From: srcs[0].Header.DC}
+	for i, im := range ims {
+		if err := im.begin(ctx); err != nil {
+			return ImportStats{}, im.abort(err)
+		}
+		for {
+			c, err := srcs[i].Next(ctx)
+			if err != nil {
+				return ImportStats{}, im.abort(fmt.Errorf("read chunk %d of the snapshot from %s: %w", im.stats.Chunks+1, im.hdr.DC, err))
+			}
+			if err := im.add(ctx, c); err != nil {
+				return ImportStats{}, im.abort(fmt.Errorf("chunk %d of the snapshot from %s: %w", im.stats.Chunks+1, im.hdr.DC, err))
+			}
+			if c.Done {
+				break
+			}
+		}
+		if err := im.check(); err != nil {
+			return ImportStats{}, im.abort(err)
+		}
+		total.Keys += im.stats.Keys
+		total.Tombstones += im.stats.Tombstones
+		total.Bytes += im.stats.Bytes
+		total.Chunks += im.stats.Chunks
+	}
+	if err := finish(ctx, s, ims); err != nil {
+		return ImportStats{}, ims[0].abort(err)
+	}
+	d, err := s.Digest()
+	if err != nil {
 		return ImportStats{}, err
 	}
-	im := &importer{s: s, hdr: hdr, stats: ImportStats{From: hdr.DC}}
-	if err := im.begin(ctx); err != nil {
-		return ImportStats{}, im.abort(err)
-	}
-	for {
-		c, err := next(ctx)
-		if err != nil {
-			return ImportStats{}, im.abort(fmt.Errorf("read chunk %d of the snapshot from %s: %w", im.stats.Chunks+1, hdr.DC, err))
-		}
-		if err := im.add(ctx, c); err != nil {
-			return ImportStats{}, im.abort(fmt.Errorf("chunk %d of the snapshot from %s: %w", im.stats.Chunks+1, hdr.DC, err))
-		}
-		if c.Done {
-			break
-		}
-	}
-	if err := im.finish(ctx); err != nil {
-		return ImportStats{}, im.abort(err)
-	}
-	return im.stats, nil
+	total.Digest = d.Hex()
+	return total, nil
 }
 
 // checkHeader rejects a header this store cannot take over: another
@@ -392,6 +484,8 @@ type importer struct {
 	stats ImportStats
 	last  string // the last key written, for the order check
 	hlc   uint64 // the highest HLC of this DC's own siblings
+	// keep holds the partitions taken from this snapshot; nil for all.
+	keep []bool
 }
 
 // begin records the join marker and raises this DC's sequences to what
@@ -405,6 +499,9 @@ func (im *importer) begin(ctx context.Context) error {
 			return err
 		}
 		for p, n := range own {
+			if !inSet(im.keep, uint32(p)) {
+				continue
+			}
 			if n > t.lastSeq(uint32(p)) {
 				if err := t.setSeq(uint32(p), n); err != nil {
 					return err
@@ -412,7 +509,7 @@ func (im *importer) begin(ctx context.Context) error {
 			}
 		}
 		for _, r := range im.hdr.Lost {
-			if r.Origin == s.opts.DC {
+			if r.Origin == s.opts.DC && inSet(im.keep, r.Partition) {
 				if err := t.markLost(r.Partition, r.From, r.To); err != nil {
 					return err
 				}
@@ -434,6 +531,9 @@ func (im *importer) add(ctx context.Context, c SnapshotChunk) error {
 		last = e.Key
 		if err := event.CheckKey(e.Key, s.opts.Limits.MaxKeyBytes); err != nil {
 			return fmt.Errorf("%w: %v", ErrBadInput, err)
+		}
+		if p := event.PartitionOf(e.Key, s.opts.Partitions); !inSet(im.keep, p) {
+			return fmt.Errorf("%w: key %q is of partition %d, which was not asked of this snapshot of %s", ErrBadInput, e.Key, p, im.hdr.DC)
 		}
 		st, err := decodeRemoteState(e.State)
 		if err != nil {
@@ -498,49 +598,35 @@ func (im *importer) add(ctx context.Context, c SnapshotChunk) error {
 	return nil
 }
 
-// finish checks the import against the header and commits the
-// bookkeeping, removing the marker.
-func (im *importer) finish(ctx context.Context) error {
-	s, h := im.s, im.hdr
+// check compares the keys imported from this snapshot with its header:
+// their count, and the digest of its partitions.
+func (im *importer) check() error {
+	h := im.hdr
 	if im.stats.Keys != h.Keys {
 		return fmt.Errorf("%w: imported %d keys, but the snapshot of %s has %d", ErrBadInput, im.stats.Keys, h.DC, h.Keys)
 	}
-	d, err := s.Digest()
+	d, _, err := im.s.digestOf(im.s.db, im.keep)
 	if err != nil {
 		return err
 	}
 	if d.Hex() != h.Digest {
 		return fmt.Errorf("%w: the imported keys' digest is %s, but the snapshot of %s says %s", ErrBadInput, d.Hex(), h.DC, h.Digest)
 	}
-	im.stats.Digest = d.Hex()
+	return nil
+}
+
+// finish commits the bookkeeping of every snapshot imported, each for its
+// partitions, and removes the marker.
+func finish(ctx context.Context, s *Store, ims []*importer) error {
 	return s.do(ctx, func(t *txn) error {
-		for o, row := range h.Applied {
-			if o == s.opts.DC {
-				continue // raised in begin
+		var hlc uint64
+		for _, im := range ims {
+			if err := im.bookkeep(t); err != nil {
+				return err
 			}
-			for p, n := range row {
-				if n > t.appliedSeq(o, uint32(p)) {
-					if err := t.setApplied(o, uint32(p), n); err != nil {
-						return err
-					}
-				}
-			}
+			hlc = max(hlc, im.hlc)
 		}
-		for p, vv := range h.Purged {
-			if len(vv) > 0 {
-				if err := t.setPurgeFrontier(uint32(p), t.purgeFrontier(uint32(p)).Merge(vv)); err != nil {
-					return err
-				}
-			}
-		}
-		for _, r := range h.Lost {
-			if r.Origin != s.opts.DC {
-				if err := t.set(lostKey(r), nil); err != nil {
-					return err
-				}
-			}
-		}
-		t.observeHLC(im.hlc)
+		t.observeHLC(hlc)
 		// The imported states follow from no change of this DC's feed:
 		// a reader holding a cursor of it must start from a snapshot.
 		if err := t.dropFeed(); err != nil {
@@ -548,6 +634,39 @@ func (im *importer) finish(ctx context.Context) error {
 		}
 		return t.del(metaKey(metaJoin))
 	})
+}
+
+// bookkeep writes the applied vector, purge frontiers and lost ranges of
+// the snapshot's partitions.
+func (im *importer) bookkeep(t *txn) error {
+	s, h := im.s, im.hdr
+	for o, row := range h.Applied {
+		if o == s.opts.DC {
+			continue // raised in begin
+		}
+		for p, n := range row {
+			if inSet(im.keep, uint32(p)) && n > t.appliedSeq(o, uint32(p)) {
+				if err := t.setApplied(o, uint32(p), n); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for p, vv := range h.Purged {
+		if len(vv) > 0 && inSet(im.keep, uint32(p)) {
+			if err := t.setPurgeFrontier(uint32(p), t.purgeFrontier(uint32(p)).Merge(vv)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, r := range h.Lost {
+		if r.Origin != s.opts.DC && inSet(im.keep, r.Partition) {
+			if err := t.set(lostKey(r), nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // abort removes the keys the import wrote and its marker, and returns

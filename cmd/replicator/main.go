@@ -54,6 +54,7 @@ var commands = []command{
 	{"probe", "exit 0 when a sidecar's /healthz (or /readyz with --ready) answers 200: a container health check", cmdProbe},
 	{"repair", "run anti-entropy now on a running sidecar against every peer: repair --config FILE", cmdRepair},
 	{"join", "bootstrap a new or restored DC from a running peer's snapshot: join --config FILE --from DC", cmdJoin},
+	{"reshard", "change a DC's shard count offline, its sidecars stopped and drained: reshard --from OLD.yaml,... --to NEW.yaml,...", cmdReshard},
 	{"bench", "measure replicated writes against raw JetStream and NATS KV in one process", cmdBench},
 	{"version", "print the build's module version, VCS revision and Go version: version [--json]", cmdVersion},
 }

@@ -70,6 +70,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"bench", "extra"}, 2, `bench takes no arguments, got "extra"`},
 		{[]string{"join", "extra"}, 2, `join takes no arguments, got "extra"`},
 		{[]string{"repair", "extra"}, 2, `repair takes no arguments, got "extra"`},
+		{[]string{"reshard"}, 2, "--from and --to are required"},
+		{[]string{"reshard", "--from", "a.yaml", "--to", "b.yaml", "extra"}, 2, `reshard takes no arguments, got "extra"`},
+		{[]string{"reshard", "--from", "/nonexistent/a.yaml", "--to", "b.yaml"}, 1, "a.yaml"},
 		{[]string{"version", "extra"}, 2, `version takes no arguments, got "extra"`},
 		{[]string{"status", "extra"}, 2, `status takes no arguments, got "extra"`},
 	}

@@ -151,12 +151,6 @@ func TestValidate(t *testing.T) {
 			want: []string{`shard: "0 of 32": 32 shards for 16 partitions would leave a shard with none; use at most 16 shards or more partitions (partitions must be equal in every DC)`}},
 		{name: "shard in a ring", edit: func(c *Config) { c.Shard = "0 of 2"; c.Topology = Ring }},
 		{name: "shard in a star", edit: func(c *Config) { c.Shard = "1 of 2"; c.Topology = Star; c.Hub = c.DCs[0] }},
-		{name: "shard with home rules", edit: func(c *Config) {
-			c.Shard = "0 of 2"
-			c.Home = []HomeRule{{Prefix: "h/", DCs: []string{"a"}}}
-			c.Complete()
-		},
-			want: []string{`shard: "0 of 2" with home rules: home-DC writes are not routed among a DC's shards yet; run one sidecar in a DC with home rules`}},
 		{name: "shard partitions without shard", edit: func(c *Config) { c.ShardPartitions = []int{1} },
 			want: []string{`shard_partitions: given without shard: name this sidecar's place among its DC's sidecars with shard: "i of S" (S at least 2)`}},
 		{name: "bad shard partitions", edit: func(c *Config) { c.Shard = "0 of 2"; c.ShardPartitions = []int{3, 16, 3, -1} },

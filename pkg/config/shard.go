@@ -93,9 +93,6 @@ func (c Config) validateShard(p *problems) {
 	if s.Count > 1 && c.Partitions >= 1 && s.Count > c.Partitions {
 		p.add("shard", "%q: %d shards for %d partitions would leave a shard with none; use at most %d shards or more partitions (partitions must be equal in every DC)", c.Shard, s.Count, c.Partitions, c.Partitions)
 	}
-	if s.Count > 1 && len(c.Home) > 0 {
-		p.add("shard", "%q with home rules: home-DC writes are not routed among a DC's shards yet; run one sidecar in a DC with home rules", c.Shard)
-	}
 	if len(c.ShardPartitions) == 0 {
 		return
 	}

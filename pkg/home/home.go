@@ -61,6 +61,7 @@ import (
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/apierr"
+	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/rpc"
 	"github.com/replicatorhq/replicator/pkg/vclock"
@@ -108,6 +109,31 @@ type Options struct {
 	ProbeInterval time.Duration
 	// MaxInFlight bounds the forwarded writes executed at once; default 256.
 	MaxInFlight int
+	// Siblings makes the router one of its DC's shards (invariant 16 in
+	// docs/DESIGN.md); nil for a DC of one sidecar. See Siblings.
+	Siblings Siblings
+}
+
+// Siblings connects the router of one shard of a sharded DC to the DC's
+// other shards. Each shard keeps its own view of every rule, in its own
+// store, and the shards of a DC keep their views together: a shard that
+// learns a higher epoch tells the others (Tell), and each probe round of a
+// failover rule asks them too (Ask). A forwarded write reaches the DC on
+// repl.home.<dc>, which the shards serve as one queue group; the shard
+// that takes it relays it to the owner of the key's partition (Relay)
+// unless it owns it, so the owner executes it in its own store under its
+// own view.
+type Siblings interface {
+	// Owner returns the partition of key and whether this shard owns it.
+	Owner(key string) (p uint32, mine bool)
+	// Relay sends a request (as received) to the shard owning partition
+	// p and returns its reply; nats.ErrNoResponders when no shard owns it.
+	Relay(ctx context.Context, p uint32, req []byte) ([]byte, error)
+	// Ask sends a request to every other shard of the DC and returns
+	// the replies that came within ctx.
+	Ask(ctx context.Context, req []byte) [][]byte
+	// Tell sends a request to every other shard of the DC, for no reply.
+	Tell(req []byte) error
 }
 
 // DefaultProbeInterval is the default Options.ProbeInterval.
@@ -232,7 +258,14 @@ func (r *Router) Serve() error {
 	if r.mu.closed || r.mu.sub != nil {
 		return nil
 	}
-	sub, err := r.mu.nc.Subscribe(names.HomeSubject(r.opts.DC), r.dispatch)
+	var sub *nats.Subscription
+	var err error
+	if r.opts.Siblings != nil {
+		// The DC's shards share its subject: one takes each request.
+		sub, err = r.mu.nc.QueueSubscribe(names.HomeSubject(r.opts.DC), "home", r.dispatch)
+	} else {
+		sub, err = r.mu.nc.Subscribe(names.HomeSubject(r.opts.DC), r.dispatch)
+	}
 	if err != nil {
 		return fmt.Errorf("home: subscribe %s: %w", names.HomeSubject(r.opts.DC), err)
 	}
@@ -318,23 +351,46 @@ func (rl *rule) view() changelog.HomeEpoch {
 }
 
 // learn adopts e when its epoch is higher than the view's, recording it
-// durably first.
+// durably first. A shard then tells its DC's other shards, unless it
+// learned e from one of them.
 func (r *Router) learn(ctx context.Context, rl *rule, e changelog.HomeEpoch, from string) error {
+	moved, err := r.adopt(ctx, rl, e, from)
+	if err != nil || !moved || r.opts.Siblings == nil || from == siblingSource {
+		return err
+	}
+	b, err := encode(&request{V: Protocol, Op: opTell, From: r.opts.DC, Prefix: rl.Prefix, DCs: rl.DCs, Epoch: e.Epoch, Home: e.Home})
+	if err == nil {
+		err = r.opts.Siblings.Tell(b)
+	}
+	if err != nil {
+		// The others learn it at their next probe round.
+		r.log.Warn("home: tell the DC's other shards a new epoch", "prefix", rl.Prefix, "epoch", e.Epoch, "err", err)
+	}
+	return nil
+}
+
+// siblingSource is learn's from for a view learned from another shard of
+// this DC.
+const siblingSource = "another shard of this DC"
+
+// adopt is learn without telling the other shards; moved reports whether
+// the view changed.
+func (r *Router) adopt(ctx context.Context, rl *rule, e changelog.HomeEpoch, from string) (bool, error) {
 	if e.Epoch >= MaxEpoch {
-		return &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home: DC %s claims epoch %d for prefix %q, which is absurd; not taken", from, e.Epoch, rl.Prefix)}
+		return false, &Error{Status: http.StatusBadGateway, Msg: fmt.Sprintf("home: DC %s claims epoch %d for prefix %q, which is absurd; not taken", from, e.Epoch, rl.Prefix)}
 	}
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
 	if e.Epoch <= rl.cur.Epoch {
-		return nil
+		return false, nil
 	}
 	if err := r.opts.Epochs.SetHomeEpoch(context.WithoutCancel(ctx), rl.Prefix, e); err != nil {
-		return fmt.Errorf("home: record epoch %d of prefix %q: %w", e.Epoch, rl.Prefix, err)
+		return false, fmt.Errorf("home: record epoch %d of prefix %q: %w", e.Epoch, rl.Prefix, err)
 	}
 	r.log.Info("home moved", "prefix", rl.Prefix, "epoch", e.Epoch, "home", e.Home,
 		"previous_epoch", rl.cur.Epoch, "previous_home", rl.cur.Home, "learned_from", from)
 	rl.cur = e
-	return nil
+	return true, nil
 }
 
 // fenced is the refusal of a write proposed under epoch to this DC.
@@ -408,6 +464,11 @@ rounds:
 			rep, miss, err := r.forward(ctx, rl, target, epoch, op)
 			if err != nil {
 				return changelog.WriteResult{}, err
+			}
+			if miss == nil && rep.Unserved {
+				// A sharded home DC whose shard owning the key did not
+				// answer: that DC cannot write this key now, as if down.
+				miss = &noAnswer{why: rep.Error, timedOut: rep.MaybeApplied}
 			}
 			if miss != nil {
 				r.log.Warn("home DC did not answer", "prefix", rl.Prefix, "target", target, "key", op.Key, "reason", miss.why)
@@ -534,6 +595,13 @@ func (r *Router) probeAll(ctx context.Context) {
 		if !rl.Failover {
 			continue
 		}
+		if r.opts.Siblings != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r.askSiblings(ctx, rl)
+			}()
+		}
 		for _, dc := range rl.DCs {
 			if dc == r.opts.DC {
 				continue
@@ -554,6 +622,66 @@ func (r *Router) probeAll(ctx context.Context) {
 	wg.Wait()
 }
 
+// askSiblings learns the highest view of rl among this DC's shards.
+func (r *Router) askSiblings(ctx context.Context, rl *rule) {
+	b, err := encode(&request{V: Protocol, Op: opProbe, From: r.opts.DC, Prefix: rl.Prefix})
+	if err != nil {
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, rl.Timeout)
+	defer cancel()
+	for _, data := range r.opts.Siblings.Ask(actx, b) {
+		var rep reply
+		if msgpackcheck.Unmarshal(data, &rep) != nil || rep.Status != http.StatusOK {
+			continue
+		}
+		if _, err := r.adopt(ctx, rl, changelog.HomeEpoch{Epoch: rep.Epoch, Home: rep.Home}, siblingSource); err != nil {
+			r.log.Warn("home: probe the DC's other shards", "prefix", rl.Prefix, "err", err)
+		}
+	}
+}
+
+// HandleShard answers a request another shard of this DC sent it: a
+// relayed write, a probe or a told view. The node calls it for the
+// requests it receives on the shards' subjects.
+func (r *Router) HandleShard(data []byte) []byte {
+	rep := r.handle(data, true)
+	b, err := encode(&rep)
+	if err != nil {
+		b, _ = encode(&reply{Status: http.StatusInternalServerError, Error: err.Error()})
+	}
+	return b
+}
+
+// relay sends a write this shard took on the DC's subject to the shard
+// owning its key's partition p, and returns that shard's reply. When that
+// shard does not answer, the reply says so (Unserved), for the sender to
+// treat this DC as not answering for the key.
+func (r *Router) relay(data []byte, key string, p uint32) reply {
+	wait := 2 * time.Second
+	if rl := r.ruleFor(key); rl != nil {
+		wait = rl.Timeout * 3 / 4
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	b, err := r.opts.Siblings.Relay(ctx, p, data)
+	if err != nil {
+		rep := reply{Status: http.StatusServiceUnavailable, Unserved: true,
+			Error: fmt.Sprintf("DC %s's shard owning partition %d did not answer: %v", r.opts.DC, p, err)}
+		if errors.Is(err, nats.ErrNoResponders) {
+			rep.Error = fmt.Sprintf("no responders: DC %s's shard owning partition %d is down", r.opts.DC, p)
+		} else {
+			rep.MaybeApplied = true
+		}
+		return rep
+	}
+	var rep reply
+	if err := msgpackcheck.Unmarshal(b, &rep); err != nil {
+		return reply{Status: http.StatusBadGateway, Error: fmt.Sprintf("DC %s's shard owning partition %d answered an unreadable reply: %v", r.opts.DC, p, err)}
+	}
+	return rep
+}
+
 // dispatch runs each request in its own goroutine, at most MaxInFlight at
 // once, so forwarded writes share group commits like local ones.
 func (r *Router) dispatch(m *nats.Msg) {
@@ -570,7 +698,7 @@ func (r *Router) dispatch(m *nats.Msg) {
 	go func() {
 		defer r.wg.Done()
 		defer func() { <-r.slots }()
-		rep := r.handle(m.Data)
+		rep := r.handle(m.Data, false)
 		b, err := encode(&rep)
 		if err == nil {
 			err = homeProtocol.Respond(m, b, nil)
@@ -581,9 +709,11 @@ func (r *Router) dispatch(m *nats.Msg) {
 	}()
 }
 
-// handle executes one request. It never forwards: a forwarded write runs
-// here or is refused.
-func (r *Router) handle(data []byte) reply {
+// handle executes one request. It never forwards to another DC: a
+// forwarded write runs here, at the shard owning its key (relayed there
+// by the shard that took it), or is refused. fromShard marks a request
+// from another shard of this DC, the only kind that may tell a view.
+func (r *Router) handle(data []byte, fromShard bool) reply {
 	var req request
 	if err := homeProtocol.Decode(data, &req, &req.V); err != nil {
 		return reply{Status: http.StatusBadRequest, Error: err.Error()}
@@ -596,7 +726,27 @@ func (r *Router) handle(data []byte) reply {
 		}
 		cur := rl.view()
 		return reply{Status: http.StatusOK, Epoch: cur.Epoch, Home: cur.Home}
+	case opTell:
+		rl := r.ruleByPrefix(req.Prefix)
+		if !fromShard || r.opts.Siblings == nil || req.From != r.opts.DC || rl == nil {
+			return reply{Status: http.StatusBadRequest, Error: "a view is told only among the shards of one DC with the same rules"}
+		}
+		if err := r.learn(context.Background(), rl, changelog.HomeEpoch{Epoch: req.Epoch, Home: req.Home}, siblingSource); err != nil {
+			r.log.Warn("home: learn a view another shard told", "prefix", rl.Prefix, "err", err)
+		}
+		return reply{}
 	case opWrite:
+		if r.opts.Siblings != nil {
+			if p, mine := r.opts.Siblings.Owner(req.Key); !mine {
+				if fromShard {
+					// Relayed once already: the shards disagree on who
+					// owns p; relaying again could loop.
+					return reply{Status: http.StatusServiceUnavailable, Unserved: true, Error: fmt.Sprintf(
+						"DC %s: a write relayed to the owner of partition %d reached a shard that does not own it; check the shards' shard and shard_partitions", r.opts.DC, p)}
+				}
+				return r.relay(data, req.Key, p)
+			}
+		}
 	default:
 		return reply{Status: http.StatusBadRequest, Error: fmt.Sprintf("unknown op %q; want write or probe", req.Op)}
 	}

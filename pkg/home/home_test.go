@@ -39,7 +39,7 @@ func ask(t *testing.T, r *Router, req request) reply {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return r.handle(b)
+	return r.handle(b, false)
 }
 
 // TestFencing walks dc2 through the requests it may receive as a candidate
@@ -77,7 +77,7 @@ func TestFencing(t *testing.T) {
 				s.name, rep.Status, rep.Epoch, rep.Home, rep.Error, s.status, s.epoch, s.home, s.errSubstr)
 		}
 	}
-	if rep := r.handle([]byte{0xc1}); rep.Status != http.StatusBadRequest {
+	if rep := r.handle([]byte{0xc1}, false); rep.Status != http.StatusBadRequest {
 		t.Errorf("garbage request: %+v, want 400", rep)
 	}
 

@@ -33,7 +33,7 @@ func TestHostileRequests(t *testing.T) {
 					t.Errorf("%s: panic %v", name, p)
 				}
 			}()
-			if rep := r.handle(b); rep.Status != 400 {
+			if rep := r.handle(b, false); rep.Status != 400 {
 				t.Errorf("%s: status %d %q, want 400", name, rep.Status, rep.Error)
 			}
 		}()

@@ -26,6 +26,9 @@ var homeProtocol = rpc.Protocol{Name: "home"}
 const (
 	opWrite = "write"
 	opProbe = "probe"
+	// opTell carries a view from one shard of a DC to the others (Home
+	// and Epoch); it is never sent to another DC.
+	opTell = "tell"
 )
 
 // maxReplyValueBytes bounds the sibling values a write reply carries; past
@@ -45,7 +48,9 @@ type request struct {
 	DCs    []string `msgpack:"dcs,omitempty"`
 	// Epoch is the epoch under which the sender proposes the receiver as
 	// the rule's home.
-	Epoch   uint64 `msgpack:"epoch"`
+	Epoch uint64 `msgpack:"epoch"`
+	// Home is the view's home in a tell.
+	Home    string `msgpack:"home,omitempty"`
 	Key     string `msgpack:"key,omitempty"`
 	Value   []byte `msgpack:"value,omitempty"`
 	Delete  bool   `msgpack:"delete,omitempty"`
@@ -79,6 +84,12 @@ type reply struct {
 	EvContext vclock.VV     `msgpack:"ev_context,omitempty"`
 	HLC       uint64        `msgpack:"hlc,omitempty"`
 	Op        uint8         `msgpack:"op,omitempty"`
+	// Unserved says that the shard of a sharded DC that took the request
+	// found no answer from the shard owning the key's partition: the
+	// sender treats that DC as not answering (failover may move on), and
+	// MaybeApplied as having timed out (the write may still be applied).
+	Unserved     bool `msgpack:"unserved,omitempty"`
+	MaybeApplied bool `msgpack:"maybe_applied,omitempty"`
 }
 
 type wireSibling struct {

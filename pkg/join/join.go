@@ -37,6 +37,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -69,12 +70,18 @@ type request struct {
 	Op      string `msgpack:"op"`
 	Session string `msgpack:"session,omitempty"`
 	After   string `msgpack:"after,omitempty"`
+	// Partitions, on open, asks for a snapshot of these partitions only
+	// (a shard joining); nil asks for every partition.
+	Partitions []uint32 `msgpack:"partitions,omitempty"`
 }
 
 // openReply answers opOpen.
 type openReply struct {
 	Session string                   `msgpack:"session"`
 	Header  changelog.SnapshotHeader `msgpack:"header"`
+	// Partitions are the partitions the snapshot covers, those asked for
+	// that the serving store owns; nil when it covers every partition.
+	Partitions []uint32 `msgpack:"partitions,omitempty"`
 }
 
 // ErrClosed is returned by a closed Server.
@@ -96,6 +103,11 @@ type ServerOptions struct {
 	Logger *slog.Logger
 	// Now is the clock for idle timeouts; default time.Now.
 	Now func() time.Time
+	// Owned are the partitions the store owns, for a shard of a sharded
+	// DC (invariant 16 in docs/DESIGN.md); nil for every partition. A
+	// shard serves on names.SnapshotShardSubject of each, a DC of one
+	// sidecar on names.SnapshotSubject.
+	Owned []uint32
 }
 
 // Server serves the DC's snapshots. Start subscribes; Close releases every
@@ -103,7 +115,7 @@ type ServerOptions struct {
 type Server struct {
 	o    ServerOptions
 	log  *slog.Logger
-	sub  *nats.Subscription
+	subs []*nats.Subscription
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 	once sync.Once
@@ -139,14 +151,26 @@ func NewServer(o ServerOptions) (*Server, error) {
 	return &Server{o: o, log: o.Logger.With("component", "join"), sessions: map[string]*session{}}, nil
 }
 
-// Start subscribes to names.SnapshotSubject(dc) and serves until Close.
+// Start subscribes to names.SnapshotSubject(dc) (for a shard, to
+// names.SnapshotShardSubject of each partition it owns) and serves until
+// Close.
 func (s *Server) Start(ctx context.Context) error {
 	reqs := make(chan *nats.Msg, 16)
-	sub, err := s.o.NC.ChanSubscribe(names.SnapshotSubject(s.o.Store.DC()), reqs)
-	if err != nil {
-		return fmt.Errorf("join: subscribe %s: %w", names.SnapshotSubject(s.o.Store.DC()), err)
+	subjects := []string{names.SnapshotSubject(s.o.Store.DC())}
+	if s.o.Owned != nil {
+		subjects = subjects[:0]
+		for _, p := range s.o.Owned {
+			subjects = append(subjects, names.SnapshotShardSubject(s.o.Store.DC(), p))
+		}
 	}
-	s.sub = sub
+	for _, subj := range subjects {
+		sub, err := s.o.NC.ChanSubscribe(subj, reqs)
+		if err != nil {
+			s.unsubscribe()
+			return fmt.Errorf("join: subscribe %s: %w", subj, err)
+		}
+		s.subs = append(s.subs, sub)
+	}
 	ctx, s.stop = context.WithCancel(context.WithoutCancel(ctx))
 	s.wg.Add(1)
 	go func() {
@@ -160,9 +184,7 @@ func (s *Server) Start(ctx context.Context) error {
 // call more than once.
 func (s *Server) Close() error {
 	s.once.Do(func() {
-		if s.sub != nil {
-			s.sub.Unsubscribe()
-		}
+		s.unsubscribe()
 		if s.stop != nil {
 			s.stop()
 		}
@@ -170,6 +192,13 @@ func (s *Server) Close() error {
 		s.closeAll()
 	})
 	return nil
+}
+
+func (s *Server) unsubscribe() {
+	for _, sub := range s.subs {
+		sub.Unsubscribe()
+	}
+	s.subs = nil
 }
 
 func (s *Server) closeAll() {
@@ -228,12 +257,16 @@ func (s *Server) handle(data []byte) ([]byte, error) {
 		if len(s.sessions) >= s.o.MaxSessions {
 			return nil, fmt.Errorf("%d snapshot sessions are open already; retry once one finishes or times out (%s idle)", len(s.sessions), s.o.IdleTimeout)
 		}
-		snap, err := s.o.Store.NewSnapshot()
+		covered, err := s.cover(req.Partitions)
+		if err != nil {
+			return nil, err
+		}
+		snap, err := s.o.Store.NewSnapshotOf(covered)
 		if err != nil {
 			return nil, err
 		}
 		id := newID()
-		body, err := msgpack.Marshal(openReply{Session: id, Header: snap.Header()})
+		body, err := msgpack.Marshal(openReply{Session: id, Header: snap.Header(), Partitions: covered})
 		if err != nil {
 			snap.Close()
 			return nil, err
@@ -272,6 +305,34 @@ func (s *Server) handle(data []byte) ([]byte, error) {
 		return []byte{0xc0}, nil // msgpack nil
 	}
 	return nil, fmt.Errorf("bad request: unknown op %q (want open, read or close)", req.Op)
+}
+
+// cover returns the partitions a snapshot asked for with want covers: those
+// of want the store owns; nil (every partition) when both are nil.
+func (s *Server) cover(want []uint32) ([]uint32, error) {
+	if want == nil && s.o.Owned == nil {
+		return nil, nil
+	}
+	owned := s.o.Owned
+	if owned == nil {
+		for p := range s.o.Store.Partitions() {
+			owned = append(owned, uint32(p))
+		}
+	}
+	if want == nil {
+		return owned, nil
+	}
+	var out []uint32
+	for _, p := range want {
+		if slices.Contains(owned, p) && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("this store owns none of partitions %v (it owns %v): ask the shard owning them", want, owned)
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 func (s *Server) payload() int {

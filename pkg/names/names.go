@@ -112,6 +112,13 @@ func HomeSubject(dc string) string { return prefix + svcHome + "." + dc }
 // join) listens on, repl.snap.<dc>.
 func SnapshotSubject(dc string) string { return prefix + svcSnapshot + "." + dc }
 
+// SnapshotShardSubject returns the subject on which the shard of dc
+// owning partition p serves snapshots of its partitions (replicator join
+// of a DC whose peer runs several shards), repl.snap.<dc>.<p>.
+func SnapshotShardSubject(dc string, p uint32) string {
+	return SnapshotSubject(dc) + "." + strconv.FormatUint(uint64(p), 10)
+}
+
 // APIGroup returns the subject prefix of dc's NATS key-value API,
 // repl.api.<dc>.
 func APIGroup(dc string) string { return prefix + svcAPI + "." + dc }

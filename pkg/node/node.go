@@ -62,6 +62,9 @@ type Options struct {
 	Now func() time.Time
 	// ReportInterval overrides the applied-vector exchange interval.
 	ReportInterval time.Duration
+	// HomeProbeInterval overrides how often home rules' views are probed
+	// (home.DefaultProbeInterval).
+	HomeProbeInterval time.Duration
 }
 
 // Node is one DC's running sidecar.
@@ -172,7 +175,11 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	if hasExternal(cfg) && external.Arbiter(cfg.DCs) == cfg.DC {
 		n.arbiter = external.New(external.Options{Store: st, Rules: rules, Logger: n.log})
 	}
-	if n.home, err = home.New(home.Options{DC: cfg.DC, Rules: HomeRules(cfg), Epochs: st, Local: st.Write, Logger: n.log, Now: opts.Now}); err != nil {
+	hopts := home.Options{DC: cfg.DC, Rules: HomeRules(cfg), Epochs: st, Local: st.Write, Logger: n.log, Now: opts.Now, ProbeInterval: opts.HomeProbeInterval}
+	if n.shards != nil {
+		hopts.Siblings = n.shards
+	}
+	if n.home, err = home.New(hopts); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -285,18 +292,16 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.ae = ae
-	if n.shards == nil {
-		// A shard does not serve join's snapshots (docs/DESIGN.md,
-		// invariant 16).
-		snap, err := join.NewServer(join.ServerOptions{Store: n.store, NC: nc, Logger: n.log})
-		if err != nil {
-			return err
-		}
-		if err := snap.Start(ctx); err != nil {
-			return err
-		}
-		n.snap = snap
+	// A shard serves join's snapshots of its own partitions, each on
+	// repl.snap.<dc>.<p> (docs/DESIGN.md, invariant 16).
+	snap, err := join.NewServer(join.ServerOptions{Store: n.store, NC: nc, Logger: n.log, Owned: owned})
+	if err != nil {
+		return err
 	}
+	if err := snap.Start(ctx); err != nil {
+		return err
+	}
+	n.snap = snap
 	if err := n.home.Start(ctx, nc); err != nil {
 		return err
 	}

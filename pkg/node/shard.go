@@ -25,6 +25,7 @@ import (
 
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/home"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
 	"github.com/replicatorhq/replicator/pkg/msgpackcheck"
 	"github.com/replicatorhq/replicator/pkg/names"
@@ -173,6 +174,9 @@ func (s *shards) serveForwarded(m *nats.Msg) {
 	go func() {
 		defer s.wg.Done()
 		switch kind {
+		case "home":
+			s.answerHome(m)
+			return
 		case "txn.state":
 			s.answerTxnState(m)
 			return
@@ -198,8 +202,82 @@ func (s *shards) serveGather(m *nats.Msg) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		if m.Header.Get(HeaderShardKind) == "home" {
+			s.answerHome(m)
+			return
+		}
 		s.answerHTTP(m)
 	}()
+}
+
+// The home router's link to the DC's other shards (home.Siblings): a
+// forwarded home-DC write relayed to its key's owner, and the rules'
+// views asked and told, on the shards' subjects with kind "home".
+var _ home.Siblings = (*shards)(nil)
+
+// answerHome serves another shard's home-DC request; this shard's own
+// asks and tells, which reach it too on repl.shards.<dc>, it leaves.
+func (s *shards) answerHome(m *nats.Msg) {
+	if m.Header.Get(HeaderShard) == s.shard.String() {
+		return
+	}
+	out := s.n.home.HandleShard(m.Data)
+	if m.Reply == "" {
+		return // a told view
+	}
+	if err := m.Respond(out); err != nil {
+		s.n.log.Warn("answer another shard's home request", "err", err)
+	}
+}
+
+// Owner returns key's partition and whether this shard owns it.
+func (s *shards) Owner(key string) (uint32, bool) {
+	p := s.partitionOf(key)
+	return p, s.owns(p)
+}
+
+// Relay sends a home-DC request to the shard owning p.
+func (s *shards) Relay(ctx context.Context, p uint32, req []byte) ([]byte, error) {
+	m, err := s.n.nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: names.ShardSubject(s.n.cfg.DC, p), Header: nats.Header{HeaderShardKind: {"home"}}, Data: req})
+	if err != nil {
+		return nil, err
+	}
+	return m.Data, nil
+}
+
+// Ask sends a home-DC request to every other shard of the DC and returns
+// the replies that came within ctx, at most one per shard.
+func (s *shards) Ask(ctx context.Context, req []byte) [][]byte {
+	nc := s.n.nc
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishMsg(&nats.Msg{Subject: names.ShardsSubject(s.n.cfg.DC), Reply: inbox, Header: s.homeHeader(), Data: req}); err != nil {
+		return nil
+	}
+	var out [][]byte
+	for len(out) < s.shard.Count-1 {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil || len(m.Data) == 0 {
+			return out // ctx done, or no responders (a status without data)
+		}
+		out = append(out, m.Data)
+	}
+	return out
+}
+
+// Tell sends a home-DC request to every other shard of the DC, for no
+// reply.
+func (s *shards) Tell(req []byte) error {
+	return s.n.nc.PublishMsg(&nats.Msg{Subject: names.ShardsSubject(s.n.cfg.DC), Header: s.homeHeader(), Data: req})
+}
+
+// homeHeader marks a home-DC request on repl.shards.<dc> as this shard's.
+func (s *shards) homeHeader() nats.Header {
+	return nats.Header{HeaderShardKind: {"home"}, HeaderShard: {s.shard.String()}}
 }
 
 // answerHTTP serves a carried HTTP request from this shard's own API.

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -20,8 +22,59 @@ import (
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/names"
+	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
+
+// layout is a deployment deploy starts: its topology and DCs (the ring's
+// order), the star's hub, how many sidecars each DC runs (1 when absent)
+// and heal_after (0: the default).
+type layout struct {
+	topology  string
+	dcs       []string
+	hub       string
+	shards    map[string]int
+	healAfter time.Duration
+}
+
+// deploy starts l's DCs on one embedded NATS server, in l.dcs order, each
+// DC's shards in order; the sidecars come back in the same order.
+func deploy(t *testing.T, l layout) (*server.Server, []*sidecar) {
+	t.Helper()
+	dir := t.TempDir()
+	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	var out []*sidecar
+	for _, dc := range l.dcs {
+		for i := range max(l.shards[dc], 1) {
+			cfg := sidecarConfig(dir, dc, i, l.shards[dc])
+			cfg.DCs, cfg.Topology, cfg.Hub = l.dcs, l.topology, l.hub
+			if l.healAfter > 0 {
+				cfg.HealAfter = config.Duration(l.healAfter)
+			}
+			cfg.Complete()
+			out = append(out, startSidecar(t, cfg, ns.ClientURL(), node.Options{}))
+		}
+	}
+	return ns, out
+}
+
+// stop closes the sidecar, as a shard or DC going away.
+func (s *sidecar) stop(t *testing.T) {
+	t.Helper()
+	if err := s.n.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start starts the sidecar again on its config, after stop.
+func (s *sidecar) start(t *testing.T) {
+	t.Helper()
+	*s = *startSidecar(t, s.cfg, s.url, s.opts)
+}
 
 // txnOps is the number of ops of every transaction these tests write.
 const txnOps = 6

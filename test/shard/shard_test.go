@@ -38,40 +38,32 @@ type sidecar struct {
 	base     string
 	cfg      config.Config
 	url      string
+	opts     node.Options
 }
 
 // restart closes the sidecar and starts it again on the same config,
 // after wipe (if set) has run on its data dir.
 func (s *sidecar) restart(t *testing.T, wipe func(dir string)) {
 	t.Helper()
-	s.stop(t)
+	if err := s.n.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if wipe != nil {
 		wipe(s.cfg.DataDir)
 	}
-	s.start(t)
+	*s = *startSidecar(t, s.cfg, s.url, s.opts)
 }
 
 // mesh starts a mesh of DCs on one embedded NATS server, DC i running
 // shards[i] sidecars.
 func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
 	t.Helper()
-	return deploy(t, layout{topology: config.Mesh, dcs: []string{"dc1", "dc2", "dc3"}, shards: shards})
+	return meshWith(t, shards, nil, node.Options{})
 }
 
-// layout is a deployment deploy starts: its topology and DCs (the ring's
-// order), the star's hub, how many sidecars each DC runs (1 when absent)
-// and heal_after (0: the default).
-type layout struct {
-	topology  string
-	dcs       []string
-	hub       string
-	shards    map[string]int
-	healAfter time.Duration
-}
-
-// deploy starts l's DCs on one embedded NATS server, in l.dcs order, each
-// DC's shards in order; the sidecars come back in the same order.
-func deploy(t *testing.T, l layout) (*server.Server, []*sidecar) {
+// meshWith is mesh with edit applied to every sidecar's config and opts
+// (but its NATS URL, report interval and logger) given to every node.
+func meshWith(t *testing.T, shards map[string]int, edit func(*config.Config), opts node.Options) (*server.Server, []*sidecar) {
 	t.Helper()
 	dir := t.TempDir()
 	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
@@ -80,47 +72,17 @@ func deploy(t *testing.T, l layout) (*server.Server, []*sidecar) {
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	var out []*sidecar
-	for _, dc := range l.dcs {
-		for i := range max(l.shards[dc], 1) {
-			cfg := config.Default()
-			cfg.DC, cfg.DCs, cfg.Topology, cfg.Hub, cfg.Partitions = dc, l.dcs, l.topology, l.hub, partitions
-			if l.healAfter > 0 {
-				cfg.HealAfter = config.Duration(l.healAfter)
-			}
-			cfg.DataDir = filepath.Join(dir, fmt.Sprintf("%s-%d", dc, i))
-			cfg.HTTP.Listen = "127.0.0.1:0"
-			if l.shards[dc] > 1 {
-				cfg.Shard = fmt.Sprintf("%d of %d", i, l.shards[dc])
+	for _, dc := range dcs {
+		for i := range max(shards[dc], 1) {
+			cfg := sidecarConfig(dir, dc, i, shards[dc])
+			if edit != nil {
+				edit(&cfg)
 			}
 			cfg.Complete()
-			s := &sidecar{dc: dc, name: fmt.Sprintf("%s shard %s", dc, cfg.Shard), cfg: cfg, url: ns.ClientURL()}
-			s.start(t)
-			out = append(out, s)
+			out = append(out, startSidecar(t, cfg, ns.ClientURL(), opts))
 		}
 	}
 	return ns, out
-}
-
-// start starts the sidecar on its config (again, after stop).
-func (s *sidecar) start(t *testing.T) {
-	t.Helper()
-	n, err := node.New(s.cfg, node.Options{NATSURL: s.url, ReportInterval: 100 * time.Millisecond, Logger: testutil.Logger(t, s.dc)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	s.n, s.base = n, "http://"+n.HTTPAddr()
-}
-
-// stop closes the sidecar, as a shard or DC going away.
-func (s *sidecar) stop(t *testing.T) {
-	t.Helper()
-	if err := s.n.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func do(t *testing.T, method, url string, body []byte) (int, http.Header, []byte) {
@@ -136,6 +98,41 @@ func do(t *testing.T, method, url string, body []byte) (int, http.Header, []byte
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header, b
+}
+
+// dcs are the DCs of the meshes.
+var dcs = []string{"dc1", "dc2", "dc3"}
+
+// sidecarConfig is the config of shard i of count of dc (count 0 or 1:
+// dc's one sidecar), its data under dir.
+func sidecarConfig(dir, dc string, i, count int) config.Config {
+	cfg := config.Default()
+	cfg.DC, cfg.DCs, cfg.Topology, cfg.Partitions = dc, dcs, config.Mesh, partitions
+	cfg.DataDir = filepath.Join(dir, fmt.Sprintf("%s-%d", dc, i))
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	if count > 1 {
+		cfg.Shard = fmt.Sprintf("%d of %d", i, count)
+	}
+	return cfg
+}
+
+// startSidecar starts a sidecar of cfg (completed) on the NATS server at
+// url; opts but its NATS URL, report interval and logger go to the node.
+func startSidecar(t *testing.T, cfg config.Config, url string, opts node.Options) *sidecar {
+	t.Helper()
+	s := &sidecar{dc: cfg.DC, name: fmt.Sprintf("%s shard %s", cfg.DC, cfg.Shard), cfg: cfg, url: url, opts: opts}
+	o := opts
+	o.NATSURL, o.ReportInterval, o.Logger = url, 100*time.Millisecond, testutil.Logger(t, cfg.DC)
+	n, err := node.New(cfg, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.n, s.base = n, "http://"+n.HTTPAddr()
+	return s
 }
 
 // digest is a sidecar's GET /v1/digest: the whole DC's for a shard.
@@ -172,9 +169,8 @@ func converged(t *testing.T, all []*sidecar, keys int) {
 	})
 }
 
-// missing names, for a failure message, the keys some DC holds and another
-// lacks (up to a few), by DC, and what each sidecar applied and holds
-// prepared.
+// missing says, for a failure message, what each sidecar applied and holds
+// prepared, and the keys some DC holds and another lacks (up to 10).
 func missing(t *testing.T, all []*sidecar) string {
 	var state []string
 	for _, s := range all {
