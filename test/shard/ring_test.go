@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -41,12 +40,7 @@ type layout struct {
 // DC's shards in order; the sidecars come back in the same order.
 func deploy(t *testing.T, l layout) (*server.Server, []*sidecar) {
 	t.Helper()
-	dir := t.TempDir()
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	ns, dir := startNATS(t)
 	var out []*sidecar
 	for _, dc := range l.dcs {
 		for i := range max(l.shards[dc], 1) {

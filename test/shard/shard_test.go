@@ -65,12 +65,7 @@ func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
 // (but its NATS URL, report interval and logger) given to every node.
 func meshWith(t *testing.T, shards map[string]int, edit func(*config.Config), opts node.Options) (*server.Server, []*sidecar) {
 	t.Helper()
-	dir := t.TempDir()
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	ns, dir := startNATS(t)
 	var out []*sidecar
 	for _, dc := range dcs {
 		for i := range max(shards[dc], 1) {
@@ -83,6 +78,20 @@ func meshWith(t *testing.T, shards map[string]int, edit func(*config.Config), op
 		}
 	}
 	return ns, out
+}
+
+// startNATS starts an embedded NATS server with JetStream, stopped at
+// the end of the test, and returns it and a directory for the sidecars'
+// data.
+func startNATS(t *testing.T) (*server.Server, string) {
+	t.Helper()
+	dir := t.TempDir()
+	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns, dir
 }
 
 func do(t *testing.T, method, url string, body []byte) (int, http.Header, []byte) {
