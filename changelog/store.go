@@ -3,12 +3,17 @@
 // publish, the applied vector per (origin, partition), the conflict log, and
 // the bookkeeping for tombstone purging.
 //
-// Every mutation goes through one committer goroutine. It takes every request
+// Every mutation goes through one committer goroutine. It takes the requests
 // waiting, applies them in order to one Pebble batch, commits that batch with
 // one fsync and only then answers the callers: concurrent writers share one
 // fsync (group commit), a write is acknowledged only once durable, and an
 // event's new key state, applied-vector entry and forward entry commit
-// together or not at all.
+// together or not at all. Applies of remote events wait in a queue of their
+// own: each batch takes every other request waiting first, then applies up
+// to a share of events (Options.GroupApplyEvents), and ends early when a
+// local request arrives, so a local write waits for the Apply running and
+// its batch's sync however long the apply backlog, and a steady local load
+// still lets an Apply through every batch.
 //
 // Internal to the sidecar: not a stable Go API. Its stored format is a
 // contract: a data dir stays readable by later versions.
@@ -93,8 +98,14 @@ type Options struct {
 	// fails and the store stops (see ErrFailed). It must not block; the
 	// sidecar exits non-zero for its supervisor to restart it.
 	OnFatal func(error)
-	// MaxGroup bounds the requests committed in one batch (default 512).
+	// MaxGroup bounds the requests other than applies committed in one
+	// batch (default 512).
 	MaxGroup int
+	// GroupApplyEvents bounds the remote events (Apply) one batch takes
+	// after the other requests waiting (default 512). A single Apply of
+	// more events is taken whole, alone. Every batch takes at least one
+	// Apply when one waits, however many local requests wait.
+	GroupApplyEvents int
 	// Logger receives the store's log lines; nil discards them.
 	Logger *slog.Logger
 	// Limits bound the keys and values a local write accepts, so that no
@@ -158,16 +169,19 @@ type Change struct {
 
 // Store is one DC's change log. Its methods are safe for concurrent use.
 type Store struct {
-	opts   Options
-	db     *pebble.DB
-	log    *slog.Logger
-	wo     *pebble.WriteOptions
-	reqs   chan *request
-	syncs  chan synced
-	notify chan struct{}
-	stop   chan struct{}
-	wg     sync.WaitGroup
-	once   sync.Once
+	opts Options
+	db   *pebble.DB
+	log  *slog.Logger
+	wo   *pebble.WriteOptions
+	reqs chan *request // local writes and every other request but applies
+	// applies queues Apply's requests: remote events, taken a share per
+	// batch after reqs (commitLoop).
+	applies chan *request
+	syncs   chan synced
+	notify  chan struct{}
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
 	// expiries receives a value after each commit that indexed a new
 	// expiry (ExpiryAdded), to wake an expirer sleeping until a later one.
 	expiries chan struct{}
@@ -236,6 +250,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.MaxGroup <= 0 {
 		opts.MaxGroup = 512
 	}
+	if opts.GroupApplyEvents <= 0 {
+		opts.GroupApplyEvents = 512
+	}
 	if opts.Resolvers == nil {
 		opts.Resolvers = defaultResolvers{}
 	}
@@ -280,6 +297,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		log:      opts.Logger,
 		wo:       pebble.Sync,
 		reqs:     make(chan *request, opts.MaxGroup),
+		applies:  make(chan *request, opts.MaxGroup),
 		notify:   make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		expiries: make(chan struct{}, 1),
@@ -443,6 +461,9 @@ type request struct {
 	ctx  context.Context
 	fn   func(t *txn) error
 	done chan error
+	// events is the number of remote events of an apply (doApply), what
+	// it counts against the batch's share of applies.
+	events int
 }
 
 // do runs fn in the committer's next batch and waits for the batch to
@@ -450,10 +471,20 @@ type request struct {
 // discards the whole group, so fn must not fail for input reasons after it
 // has written.
 func (s *Store) do(ctx context.Context, fn func(t *txn) error) error {
+	return s.enqueue(ctx, s.reqs, &request{ctx: ctx, fn: fn, done: make(chan error, 1)})
+}
+
+// doApply is do for an apply of n remote events: it waits in the applies
+// queue, which each batch serves after the other requests, a share at a
+// time (commitLoop).
+func (s *Store) doApply(ctx context.Context, n int, fn func(t *txn) error) error {
+	return s.enqueue(ctx, s.applies, &request{ctx: ctx, fn: fn, done: make(chan error, 1), events: max(n, 1)})
+}
+
+func (s *Store) enqueue(ctx context.Context, q chan<- *request, r *request) error {
 	if err := s.failure(); err != nil {
 		return err
 	}
-	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	s.mu.RLock()
 	closed := s.mu.closed
 	s.mu.RUnlock()
@@ -461,7 +492,7 @@ func (s *Store) do(ctx context.Context, fn func(t *txn) error) error {
 		return ErrClosed
 	}
 	select {
-	case s.reqs <- r:
+	case q <- r:
 	case <-s.stop:
 		return ErrClosed
 	case <-ctx.Done():
@@ -476,36 +507,109 @@ func (s *Store) do(ctx context.Context, fn func(t *txn) error) error {
 	}
 }
 
+// commitLoop commits one group at a time, the group built as it runs
+// (picker): local requests first, then applies of a bounded share, and the
+// group ends early when a local request arrives while it applies.
+// Requests of one queue keep their order; requests of different queues
+// come from different callers, which never had an order between them
+// (docs/DESIGN.md, "The committer's queues").
 func (s *Store) commitLoop() {
 	defer s.wg.Done()
-	group := make([]*request, 0, s.opts.MaxGroup)
 	defer close(s.syncs)
+	p := &picker{reqs: s.reqs, applies: s.applies, maxLocal: s.opts.MaxGroup, share: s.opts.GroupApplyEvents}
+	group := make([]*request, 0, s.opts.MaxGroup)
 	for {
-		group = group[:0]
 		select {
-		case r := <-s.reqs:
-			group = append(group, r)
 		case <-s.stop:
-			s.failQueued()
+			s.failQueued(p.held)
 			return
+		default:
 		}
-	drain:
-		for len(group) < s.opts.MaxGroup {
+		if p.held == nil {
 			select {
 			case r := <-s.reqs:
-				group = append(group, r)
-			default:
-				break drain
+				p.held = r
+			case r := <-s.applies:
+				p.held = r
+			case <-s.stop:
+				s.failQueued(nil)
+				return
 			}
 		}
-		s.commitGroup(group)
+		p.reset()
+		group = s.commitGroup(group[:0], p)
 	}
 }
 
-func (s *Store) failQueued() {
+// picker picks the requests of one group, one at a time while the group
+// runs. It takes the local requests waiting (reqs: local writes,
+// transactions, bookkeeping), up to maxLocal; then applies in their order
+// while their events stay within share, at least one when one waits. Once
+// the group has applied anything, a local request that arrives is taken
+// next, and the group ends after the local requests waiting then. So a
+// local write waits for the Apply running when it arrives, and its own
+// group's sync, however long the apply backlog; and every group with
+// applies waiting takes at least one, however steady the local load.
+type picker struct {
+	reqs, applies <-chan *request
+	maxLocal      int
+	share         int
+	// held is a request taken from its queue but not yet run: the first
+	// request of a group, or an apply that did not fit the last group.
+	held *request
+
+	locals, events int
+	// cut ends the group once the local requests waiting are taken.
+	cut bool
+}
+
+func (p *picker) reset() { p.locals, p.events, p.cut = 0, 0, false }
+
+// next returns the group's next request, or nil when the group is complete.
+func (p *picker) next() *request {
+	if r := p.held; r != nil && r.events == 0 {
+		p.held = nil
+		p.locals++
+		return r
+	}
+	if p.locals < p.maxLocal {
+		select {
+		case r := <-p.reqs:
+			p.locals++
+			p.cut = p.events > 0
+			return r
+		default:
+		}
+	}
+	if p.events > 0 && (p.cut || len(p.reqs) > 0) {
+		return nil
+	}
+	if p.held == nil {
+		select {
+		case p.held = <-p.applies:
+		default:
+			return nil
+		}
+	}
+	r := p.held
+	if p.events > 0 && p.events+r.events > p.share {
+		return nil
+	}
+	p.held = nil
+	p.events += r.events
+	return r
+}
+
+// failQueued answers held and every request still queued with ErrClosed.
+func (s *Store) failQueued(held *request) {
+	if held != nil {
+		held.done <- ErrClosed
+	}
 	for {
 		select {
 		case r := <-s.reqs:
+			r.done <- ErrClosed
+		case r := <-s.applies:
 			r.done <- ErrClosed
 		default:
 			return
@@ -513,17 +617,20 @@ func (s *Store) failQueued() {
 	}
 }
 
-// commitGroup runs each request against one batch and applies it. A
-// request whose fn fails for its own input gets that error; the others still
-// commit. A fn that fails after writing poisons the batch, and then every
-// request in the group gets the error. The answers wait for the WAL sync,
-// which happens on the syncer goroutine while the next group is built.
-func (s *Store) commitGroup(group []*request) {
+// commitGroup runs each request p picks against one batch and applies it,
+// and returns the group. A request whose fn fails for its own input gets
+// that error; the others still commit. A fn that fails after writing
+// poisons the batch, and then every request in the group gets the error.
+// The answers wait for the WAL sync, which happens on the syncer goroutine
+// while the next group is built.
+func (s *Store) commitGroup(group []*request, p *picker) []*request {
 	t := s.newTxn()
-	errs := make([]error, len(group))
-	for i, r := range group {
+	var errs []error
+	for r := p.next(); r != nil; r = p.next() {
+		group = append(group, r)
+		errs = append(errs, nil)
 		if err := r.ctx.Err(); err != nil {
-			errs[i] = err
+			errs[len(errs)-1] = err
 			continue
 		}
 		mark := t.mark()
@@ -531,9 +638,9 @@ func (s *Store) commitGroup(group []*request) {
 			if t.dirtySince(mark) {
 				t.close()
 				s.answerAll(group, fmt.Errorf("changelog: batch aborted: %w", err))
-				return
+				return group
 			}
-			errs[i] = err
+			errs[len(errs)-1] = err
 		}
 	}
 	s.groups.Add(1)
@@ -541,14 +648,15 @@ func (s *Store) commitGroup(group []*request) {
 	if err := t.commit(); err != nil {
 		t.close()
 		s.answerAll(group, s.fail(fmt.Errorf("commit: %w", err)))
-		return
+		return group
 	}
-	g := synced{t: t, group: append([]*request(nil), group...), errs: errs}
+	g := synced{t: t, group: slices.Clone(group), errs: errs}
 	if s.opts.serial {
 		s.finish(g)
-		return
+		return group
 	}
 	s.syncs <- g
+	return group
 }
 
 // synced is a group whose batch is applied and waits for its WAL sync.

@@ -399,7 +399,7 @@ func (s *Store) Apply(ctx context.Context, evs []*event.Event, forward func(*eve
 	if err := s.checkRemote(evs); err != nil {
 		return nil, err
 	}
-	return s.applyGroups(ctx, evs, nil, forward)
+	return s.applyGroups(ctx, evs, nil, forward, s.doApply)
 }
 
 // checkRemote refuses remote events whose partition, origin or dot do not
@@ -430,18 +430,20 @@ func (s *Store) ApplyWhole(ctx context.Context, evs []*event.Event, whole map[*e
 	if err := s.checkRemote(evs); err != nil {
 		return nil, err
 	}
-	return s.applyGroups(ctx, evs, whole, forward)
+	return s.applyGroups(ctx, evs, whole, forward, s.doApply)
 }
 
-// applyGroups applies evs, a transaction's ops together, in one batch;
-// whole is as in ApplyWhole.
-func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, whole map[*event.Event][]*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
+// applyGroups applies evs, a transaction's ops together, in one batch,
+// submitted by do: Apply's share of the batch (doApply), or a request like
+// any other; whole is as in ApplyWhole.
+func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, whole map[*event.Event][]*event.Event, forward func(*event.Event) bool,
+	do func(ctx context.Context, n int, fn func(t *txn) error) error) ([]ApplyResult, error) {
 	groups, err := event.Group(evs)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
 	out := make([]ApplyResult, 0, len(evs))
-	err = s.do(ctx, func(t *txn) error {
+	err = do(ctx, len(evs), func(t *txn) error {
 		out = out[:0]
 		for _, g := range groups {
 			fw, part := whole[g[0]]
@@ -577,5 +579,9 @@ func (s *Store) Recover(ctx context.Context, evs []*event.Event) ([]ApplyResult,
 			return nil, fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
 		}
 	}
-	return s.applyGroups(ctx, evs, nil, nil)
+	// Recovered events take this DC's own sequences, as local writes do:
+	// they keep the local writes' queue, and its order.
+	return s.applyGroups(ctx, evs, nil, nil, func(ctx context.Context, _ int, fn func(t *txn) error) error {
+		return s.do(ctx, fn)
+	})
 }

@@ -30,16 +30,24 @@ type SuperOptions struct {
 	ReadyTimeout time.Duration
 }
 
-// Super is a running supercluster. Every gateway connection runs through a
-// Proxy per ordered pair of clusters (and target server), so CutGateway
-// can cut two clusters apart while both still reach the others. Each
-// server carries the tag "region:<cluster>".
+// Super is a running supercluster. Every gateway connection runs through
+// a gateway proxy in front of its target server, which knows the cluster
+// that dials it, so CutGateway can cut two clusters apart while both
+// still reach the others. Each server carries the tag "region:<cluster>".
+//
+// The cut is keyed on the dialing cluster, not on the address it dials:
+// a server that accepts a gateway tells the dialer every address it knows
+// for the other clusters (gossip), so a cluster learns the addresses the
+// others dial each other by. A proxy per pair of clusters, cut by
+// address, was bypassed that way: a cut-off cluster kept dialing out
+// through the proxies of the other two, its messages (meta leader
+// heartbeats, vote requests) still reaching them while nothing came back.
 type Super struct {
 	o        SuperOptions
 	clusters map[string][]*Server
-	// gw holds the proxies the servers of cluster from dial to reach the
-	// gateways of cluster to.
-	gw map[[2]string][]*Proxy
+	// gw holds the gateway proxies in front of each cluster's servers,
+	// which every other cluster dials.
+	gw map[string][]*Proxy
 	// nowhere is a closed door each server advertises as its gateway
 	// address, so that no server learns another's real gateway address
 	// and bypasses the proxies.
@@ -66,7 +74,7 @@ func StartSuper(o SuperOptions) (*Super, error) {
 	if o.Dir == "" {
 		return nil, errors.New("cluster: SuperOptions.Dir is required")
 	}
-	s := &Super{o: o, clusters: map[string][]*Server{}, gw: map[[2]string][]*Proxy{}}
+	s := &Super{o: o, clusters: map[string][]*Server{}, gw: map[string][]*Proxy{}}
 	var err error
 	if s.nowhere, err = StartProxy("127.0.0.1:1"); err != nil {
 		return s, err
@@ -99,18 +107,13 @@ func StartSuper(o SuperOptions) (*Super, error) {
 			addrs[c] = append(addrs[c], p)
 		}
 	}
-	for _, from := range o.Clusters {
-		for _, to := range o.Clusters {
-			if from == to {
-				continue
+	for _, c := range o.Clusters {
+		for _, p := range addrs[c] {
+			px, err := StartGatewayProxy(p.gateway)
+			if err != nil {
+				return s, err
 			}
-			for _, p := range addrs[to] {
-				px, err := StartProxy(p.gateway)
-				if err != nil {
-					return s, err
-				}
-				s.gw[[2]string{from, to}] = append(s.gw[[2]string{from, to}], px)
-			}
+			s.gw[c] = append(s.gw[c], px)
 		}
 	}
 	for _, ln := range reserved {
@@ -139,7 +142,8 @@ func StartSuper(o SuperOptions) (*Super, error) {
 
 // serverOptions are server i of cluster c's options: routes to its
 // cluster (a single server routes to itself, which JetStream needs to
-// run clustered), a gateway to every other cluster through the proxies.
+// run clustered), a gateway to every other cluster through its servers'
+// gateway proxies.
 func (s *Super) serverOptions(c string, i int, client, route, gateway string, routes []*url.URL) (*server.Options, error) {
 	host, cport, err := splitHostPort(client)
 	if err != nil {
@@ -159,7 +163,7 @@ func (s *Super) serverOptions(c string, i int, client, route, gateway string, ro
 			continue
 		}
 		r := &server.RemoteGatewayOpts{Name: to}
-		for _, px := range s.gw[[2]string{c, to}] {
+		for _, px := range s.gw[to] {
 			r.URLs = append(r.URLs, &url.URL{Scheme: "nats", Host: px.Addr()})
 		}
 		remotes = append(remotes, r)
@@ -225,15 +229,21 @@ func (s *Super) URL(c string) string {
 // CutGateway cuts the gateway connections between clusters a and b, both
 // ways; each still reaches the other clusters.
 func (s *Super) CutGateway(a, b string) {
-	for _, px := range append(s.gw[[2]string{a, b}], s.gw[[2]string{b, a}]...) {
-		px.Cut()
+	for _, px := range s.gw[b] {
+		px.CutFrom(a)
+	}
+	for _, px := range s.gw[a] {
+		px.CutFrom(b)
 	}
 }
 
 // HealGateway lets clusters a and b connect again.
 func (s *Super) HealGateway(a, b string) {
-	for _, px := range append(s.gw[[2]string{a, b}], s.gw[[2]string{b, a}]...) {
-		px.Heal()
+	for _, px := range s.gw[b] {
+		px.HealFrom(a)
+	}
+	for _, px := range s.gw[a] {
+		px.HealFrom(b)
 	}
 }
 
@@ -255,6 +265,32 @@ func (s *Super) Rejoin(c string) {
 	}
 }
 
+// Links lists the gateway connections between the running servers of
+// clusters a and b, as the servers of a report them ("east-n1 -> west"
+// for an outbound one, "east-n1 <- west" for an inbound one): empty once
+// a cut between them holds.
+func (s *Super) Links(a, b string) []string {
+	var out []string
+	for _, srv := range s.clusters[a] {
+		ns := srv.NATS()
+		if ns == nil {
+			continue
+		}
+		gz, err := ns.Gatewayz(&server.GatewayzOptions{Name: b})
+		if err != nil {
+			out = append(out, fmt.Sprintf("%s: gatewayz: %v", ns.Name(), err))
+			continue
+		}
+		if g := gz.OutboundGateways[b]; g != nil && g.Connection != nil {
+			out = append(out, fmt.Sprintf("%s -> %s", ns.Name(), b))
+		}
+		for range gz.InboundGateways[b] {
+			out = append(out, fmt.Sprintf("%s <- %s", ns.Name(), b))
+		}
+	}
+	return out
+}
+
 // StopCluster shuts down every server of cluster c.
 func (s *Super) StopCluster(c string) {
 	for _, srv := range s.clusters[c] {
@@ -274,7 +310,8 @@ func (s *Super) StartCluster(c string) error {
 
 // WaitReady waits until every server runs, every gateway is connected
 // both ways, and the JetStream meta group has one leader with every
-// server as a current peer.
+// server as a current peer, and every server counts every server in the
+// group.
 func (s *Super) WaitReady(timeout time.Duration) error {
 	return Wait(context.Background(), timeout, 50*time.Millisecond, "supercluster ready", s.ready)
 }
@@ -310,6 +347,19 @@ func (s *Super) ready() (bool, string) {
 			if !ns.JetStreamIsCurrent() {
 				why = append(why, ns.Name()+" not current")
 			}
+			// The meta group starts each server with the expected size,
+			// shrinks it to the peers known when the first leader is
+			// elected, and grows it again as the leader's AddPeer entries
+			// commit. Until every server counts every peer, a cut can
+			// leave the rest without a quorum they can form: seen cutting
+			// off the leader's region right after the start, the other two
+			// counted a group of two (the leader and one of them) and
+			// elected no one.
+			if jsz, err := ns.Jsz(&server.JSzOptions{}); err != nil || jsz.Meta == nil {
+				why = append(why, fmt.Sprintf("%s: jsz: %v", ns.Name(), err))
+			} else if jsz.Meta.Size != total {
+				why = append(why, fmt.Sprintf("%s counts %d meta peers of %d", ns.Name(), jsz.Meta.Size, total))
+			}
 		}
 	}
 	if leaders != 1 {
@@ -329,6 +379,31 @@ func (s *Super) MetaLeader() (srvName, clusterName string) {
 		}
 	}
 	return "", ""
+}
+
+// LeaderAmong names the meta leader that every running server of the
+// given clusters follows, when it is one of them and leads: a cut-off
+// region's old leader goes on believing it leads for a while (until it
+// notices it lost its quorum), so MetaLeader alone does not tell whether
+// the others elected a new one. It returns "" otherwise.
+func (s *Super) LeaderAmong(clusters ...string) string {
+	leader := ""
+	for _, c := range clusters {
+		for _, seen := range s.LeaderSeen(c) {
+			if seen == "" || (leader != "" && seen != leader) {
+				return ""
+			}
+			leader = seen
+		}
+	}
+	for _, c := range clusters {
+		for _, srv := range s.clusters[c] {
+			if ns := srv.NATS(); ns != nil && ns.Name() == leader && ns.JetStreamIsLeader() {
+				return leader
+			}
+		}
+	}
+	return ""
 }
 
 // LeaderSeen returns, for each running server of cluster c, the meta

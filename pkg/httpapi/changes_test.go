@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -292,16 +294,31 @@ func TestChangesGone(t *testing.T) {
 // built from the stream equals the listing.
 func TestChangesSnapshot(t *testing.T) {
 	f := newFixture(t, Options{})
-	srv := httptest.NewServer(f.h)
+	// Small socket buffers on both ends, so that a few hundred kilobytes
+	// of snapshot hold the server up on the connection; with the kernel's
+	// autotuned buffers (up to tens of megabytes on loopback) it could
+	// send a snapshot of any size the test can afford before the writes.
+	srv := httptest.NewUnstartedServer(f.h)
+	sent := &countingListener{Listener: srv.Listener}
+	srv.Listener = sent
+	srv.Start()
 	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err == nil {
+			err = conn.(*net.TCPConn).SetReadBuffer(smallSocketBuffer)
+		}
+		return conn, err
+	}}}
+	defer client.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	// Enough data that the server blocks on the connection mid-snapshot.
-	big := strings.Repeat("v", 2<<10)
-	for i := 0; i < 3000; i += 100 {
+	const keys = 1000
+	value := strings.Repeat("v", 256)
+	for i := 0; i < keys; i += 100 {
 		ops := make([]changelog.WriteOp, 100)
 		for j := range ops {
-			ops[j] = changelog.WriteOp{Key: fmt.Sprintf("m/%04d", i+j), Value: []byte(big)}
+			ops[j] = changelog.WriteOp{Key: fmt.Sprintf("m/%04d", i+j), Value: []byte(value)}
 		}
 		if _, err := f.store.WriteTxn(ctx, ops); err != nil {
 			t.Fatal(err)
@@ -311,7 +328,7 @@ func TestChangesSnapshot(t *testing.T) {
 	f.put(t, "other", "x", "")
 
 	hr, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/v1/changes?snapshot=true&prefix=m/&feed=continuous&heartbeat=1s", nil)
-	resp, err := srv.Client().Do(hr)
+	resp, err := client.Do(hr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +341,7 @@ func TestChangesSnapshot(t *testing.T) {
 	first := sc.Bytes()
 	// The server is now part way through the snapshot: write meanwhile.
 	for i := range 60 {
-		k := fmt.Sprintf("m/%04d", (i*53)%3100)
+		k := fmt.Sprintf("m/%04d", (i*53)%(keys+100))
 		var err error
 		if i%7 == 0 {
 			_, err = f.store.Write(ctx, changelog.WriteOp{Key: k, Delete: true})
@@ -335,9 +352,11 @@ func TestChangesSnapshot(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	sentBeforeEnd := sent.written.Load()
 	_, last, _ := f.store.FeedBounds()
 	mirror := map[string]string{}
 	snapshotDone, pos := false, uint64(0)
+	var snapshotBytes int64 // the snapshot's lines, its end line included
 	apply := func(b []byte) {
 		var l feedLine
 		if err := json.Unmarshal(b, &l); err != nil {
@@ -349,8 +368,10 @@ func TestChangesSnapshot(t *testing.T) {
 				t.Fatalf("snapshot line %+v", l)
 			}
 			mirror[l.Key] = fmt.Sprint(l.Values)
+			snapshotBytes += int64(len(b)) + 1
 		case LineSnapshotEnd:
 			snapshotDone, pos = true, l.cursor()
+			snapshotBytes += int64(len(b)) + 1
 		case LineChange:
 			if !snapshotDone || l.cursor() <= pos {
 				t.Fatalf("change %+v at position %d (snapshot done %v)", l, pos, snapshotDone)
@@ -371,6 +392,12 @@ func TestChangesSnapshot(t *testing.T) {
 	for pos < last && sc.Scan() {
 		apply(sc.Bytes())
 	}
+	// What the server wrote also holds the headers and the chunks'
+	// framing: having written less than the snapshot's lines, it was
+	// still sending them.
+	if sentBeforeEnd >= snapshotBytes {
+		t.Fatalf("the server had written %d bytes when the writes were done, the snapshot is %d: it was not held up mid-snapshot, the test did not write during it", sentBeforeEnd, snapshotBytes)
+	}
 	want := map[string]string{}
 	w := f.do(t, req{method: "GET", target: "/v1/kv?prefix=m/"})
 	for _, l := range lines(t, w.Body.String()) {
@@ -384,6 +411,40 @@ func TestChangesSnapshot(t *testing.T) {
 			t.Fatalf("key %s: the mirror has %.40s, the listing %.40s", k, mirror[k], v)
 		}
 	}
+}
+
+// smallSocketBuffer is the socket buffer size, in bytes, of the
+// connections in TestChangesSnapshot.
+const smallSocketBuffer = 32 << 10
+
+// countingListener gives its connections a small send buffer and counts
+// the bytes written on them.
+type countingListener struct {
+	net.Listener
+	written atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.(*net.TCPConn).SetWriteBuffer(smallSocketBuffer); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return countingConn{Conn: conn, written: &l.written}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	written *atomic.Int64
+}
+
+func (c countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.written.Add(int64(n))
+	return n, err
 }
 
 // TestChangesContinuousIdle: a continuous feed left idle for 30 s, with

@@ -21,8 +21,10 @@ import (
 // twice and the state does not move.
 func TestRedelivery(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 	js := c.js(t)
 
 	perDC := c.writeConcurrently(c.dcs, 10, 3)
@@ -69,9 +71,17 @@ func TestRedelivery(t *testing.T) {
 // skipped, and the ring converges.
 func TestLostMessages(t *testing.T) {
 	c := newCluster(t, "ring", 3, nil).start()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 	js := c.js(t)
+	// dc2 creates its consumer on dc1's stream once started; the check
+	// below reads its ack floor.
+	cluster.Eventually(t, 10*time.Second, "dc2's consumer on dc1's stream", func() (bool, string) {
+		_, err := js.Consumer(ctx, names.Stream("dc1"), names.Consumer("dc2", "dc1"))
+		return err == nil, fmt.Sprint(err)
+	})
 	c.stopRep("dc2")
 	c.stopRep("dc3")
 
@@ -86,20 +96,19 @@ func TestLostMessages(t *testing.T) {
 	deleteMsgs(t, ctx, js, "dc1", 3, 4, 17)
 
 	c.startRep("dc2")
-	cluster.Eventually(t, 10*time.Second, "dc2 catching up", func() (bool, string) {
-		got := c.store("dc2").Applied()["dc1"]
-		want := c.store("dc1").Applied()["dc1"]
-		return fmt.Sprint(got) == fmt.Sprint(want) && c.store("dc2").OutboxDepth() == 0,
-			fmt.Sprintf("applied %v of %v", got, want)
-	})
+	c.waitCaughtUp("dc2", "dc1")
 	deleteMsgs(t, ctx, js, "dc2", 1, 20)
 
 	c.startRep("dc3")
 	c.waitConverged(20 * time.Second)
 	c.checkAppliedOnce(map[string]uint64{"dc2": writes, "dc3": writes})
+	// The lost events are in no stream: applied once everywhere, they came
+	// by repair. Repair may bring more than those: a DC that makes no
+	// progress for RepairAfter (300ms, a loaded machine's pause) asks the
+	// origin for everything it lacks, events still on their way included.
 	for dc, lost := range map[string]uint64{"dc2": 3, "dc3": 2} {
-		if s := c.stats(dc); s.RepairedEvents != lost || s.Repairs == 0 {
-			t.Errorf("%s repaired %d events in %d repairs, want %d", dc, s.RepairedEvents, s.Repairs, lost)
+		if s := c.stats(dc); s.RepairedEvents < lost || s.Repairs == 0 {
+			t.Errorf("%s repaired %d events in %d repairs, want at least the %d lost", dc, s.RepairedEvents, s.Repairs, lost)
 		}
 	}
 }
@@ -109,9 +118,17 @@ func TestLostMessages(t *testing.T) {
 // applied vector with the sequences dc1 reports, and repairs it.
 func TestLostTail(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 	js := c.js(t)
+	// dc2 creates its consumer on dc1's stream once started; the check
+	// below reads its ack floor.
+	cluster.Eventually(t, 10*time.Second, "dc2's consumer on dc1's stream", func() (bool, string) {
+		_, err := js.Consumer(ctx, names.Stream("dc1"), names.Consumer("dc2", "dc1"))
+		return err == nil, fmt.Sprint(err)
+	})
 	c.stopRep("dc2")
 
 	const writes = 10
@@ -127,8 +144,9 @@ func TestLostTail(t *testing.T) {
 	c.startRep("dc2")
 	c.waitConverged(20 * time.Second)
 	c.checkAppliedOnce(map[string]uint64{"dc2": writes})
-	if s := c.stats("dc2"); s.RepairedEvents != 3 {
-		t.Errorf("dc2 repaired %d events, want 3", s.RepairedEvents)
+	// At least the 3 lost, as in TestLostMessages.
+	if s := c.stats("dc2"); s.RepairedEvents < 3 {
+		t.Errorf("dc2 repaired %d events, want at least the 3 lost", s.RepairedEvents)
 	}
 }
 
@@ -272,18 +290,31 @@ func TestRestoreFromBackup(t *testing.T) {
 	}
 }
 
-// TestStreamFull fills dc1's stream: JetStream rejects further publishes
-// (DiscardNew), the outbox keeps the events and the checkpoint stays behind
-// what JetStream stored; once an operator raises the limit, publishing
-// resumes and nothing was lost.
+// TestStreamFull fills dc1's stream while its only downstream, dc2, is
+// down: JetStream rejects further publishes (DiscardNew), the outbox keeps
+// the events and the checkpoint stays behind what JetStream stored; once an
+// operator raises the limit and dc2 is back, publishing resumes and nothing
+// was lost. dc2 is down so that nothing is acknowledged: with dc2 consuming,
+// retention trims what it acknowledged as soon as the stream is over 80%
+// full, publishing goes on, and whether the stream is ever full is a race
+// (TestFullStreamTrimsItself covers that case).
 func TestStreamFull(t *testing.T) {
 	const limit = 8 << 10
 	c := newCluster(t, "mesh", 2, func(o *bridge.Options) {
 		o.Stream.MaxBytes = limit
 	}).start()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 	js := c.js(t)
+	// dc2 creates its consumer on dc1's stream once started; the check
+	// below reads its ack floor.
+	cluster.Eventually(t, 10*time.Second, "dc2's consumer on dc1's stream", func() (bool, string) {
+		_, err := js.Consumer(ctx, names.Stream("dc1"), names.Consumer("dc2", "dc1"))
+		return err == nil, fmt.Sprint(err)
+	})
+	c.stopRep("dc2")
 
 	const writes = 100
 	for i := range writes {
@@ -320,6 +351,7 @@ func TestStreamFull(t *testing.T) {
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
+	c.startRep("dc2")
 	c.waitConverged(20 * time.Second)
 	c.checkAppliedOnce(map[string]uint64{"dc2": writes})
 }

@@ -256,7 +256,11 @@ func (c *bridgeCluster) waitPublished(dc string) {
 // published its outbox (its forwards).
 func (c *bridgeCluster) waitCaughtUp(dc, origin string) {
 	c.t.Helper()
-	cluster.Eventually(c.t, 10*time.Second, dc+" catching up with "+origin, func() (bool, string) {
+	// A budget for slow work: catching up after the origin's return is
+	// rounds of gap repair and catch-up, each of which can spend its
+	// RepairTimeout when the machine is loaded (a transaction over three
+	// partitions took 6-11 s under -race with other tests running).
+	cluster.Eventually(c.t, 30*time.Second, dc+" catching up with "+origin, func() (bool, string) {
 		got := c.store(dc).Applied()[origin]
 		want := c.store(origin).Applied()[origin]
 		return fmt.Sprint(got) == fmt.Sprint(want) && c.store(dc).OutboxDepth() == 0,

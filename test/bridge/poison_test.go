@@ -54,8 +54,10 @@ func TestPoison(t *testing.T) {
 		o.Limits = event.Limits{MaxEventBytes: 64 << 10}
 	}).start()
 	js := c.js(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 
 	for i := range 10 {
 		c.write("dc1", "before", string(rune('a'+i)), false)

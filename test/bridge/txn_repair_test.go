@@ -1,7 +1,6 @@
 package bridge_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -22,8 +21,10 @@ import (
 // (Options.RepairAfter), and log each round as a failed repair.
 func TestTxnCatchUpFollowsTransaction(t *testing.T) {
 	c := newCluster(t, "mesh", 2, nil).start()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 	js := c.js(t)
 	c.stopRep("dc2")
 	r := newTxnRun(t, c, 1)

@@ -492,8 +492,10 @@ func (r *txnRun) loseTxn(up, dc string) *lostTxn {
 func TestTxnLostMessages(t *testing.T) {
 	seed := txnTestSeed(t)
 	c := newCluster(t, "ring", 3, nil).start()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// ctx is the test's: each JetStream call has the client's default
+	// timeout. A deadline set here would run out during the test's waits
+	// when the machine is loaded.
+	ctx := t.Context()
 	js := c.js(t)
 	c.stopRep("dc2")
 	c.stopRep("dc3")

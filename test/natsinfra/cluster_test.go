@@ -111,10 +111,10 @@ func TestClusterR3(t *testing.T) {
 	}
 	t.Logf("sidecars per server: %v; stopping %s (meta leader: %t)", placement, servers[victim].Name(), servers[victim].JetStreamIsLeader())
 
-	const perDC = 1500
+	const perDC = 1000
 	nodes := mesh.Nodes()
 	w := startWorkload(t, nodes, dcs, perDC)
-	w.waitTotal(t, 300, 20*time.Second)
+	w.waitTotal(t, 300)
 	before := w.total()
 	stopServer(servers[victim])
 	t.Logf("stopped %s after %d writes", servers[victim].Name(), before)

@@ -136,13 +136,20 @@ func (w *writer) run(ctx context.Context, stop <-chan struct{}, max int64) error
 				op.Delete, op.Value = true, nil
 			}
 		}
-		if _, err := w.n.Write(ctx, op); err != nil {
+		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		_, err := w.n.Write(wctx, op)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("%s: write %s: %w", w.dc, op.Key, err)
 		}
 		w.done.Add(1)
 	}
 	return nil
 }
+
+// writeTimeout bounds one write of a writer: a local commit, which only
+// a hung store would take that long to make.
+const writeTimeout = 20 * time.Second
 
 // workload runs one writer per DC in the background.
 type workload struct {
@@ -155,11 +162,13 @@ type workload struct {
 }
 
 // startWorkload starts a writer at every node; each stops after max writes
-// or at halt.
+// or at halt. The writers have no deadline of their own (each write has
+// writeTimeout): how long they run is the test's phases, which a loaded
+// machine under -race stretches.
 func startWorkload(t testing.TB, nodes []*node.Node, dcs []string, max int64) *workload {
 	t.Helper()
 	w := &workload{stop: make(chan struct{})}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
 	for i, n := range nodes {
 		wr := &writer{n: n, dc: dcs[i], keys: 40}
 		w.writers = append(w.writers, wr)
@@ -187,12 +196,37 @@ func (w *workload) total() int64 {
 	return n
 }
 
+// counts is each writer's acknowledged writes so far, by DC.
+func (w *workload) counts() string {
+	var b strings.Builder
+	for _, wr := range w.writers {
+		fmt.Fprintf(&b, "%s:%d ", wr.dc, wr.done.Load())
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// writesBudget bounds a wait for the writers to make some number of
+// writes: a budget for slow work, three writers on a 2-core machine under
+// -race with the rest of the suite (down to 5 writes a second); the wait
+// ends as soon as they have.
+const writesBudget = time.Minute
+
 // waitTotal waits until at least n writes have been acknowledged.
-func (w *workload) waitTotal(t testing.TB, n int64, timeout time.Duration) {
+func (w *workload) waitTotal(t testing.TB, n int64) {
 	t.Helper()
-	cluster.Eventually(t, timeout, fmt.Sprintf("%d writes", n), func() (bool, string) {
-		return w.total() >= n, fmt.Sprintf("%d writes", w.total())
+	cluster.Eventually(t, writesBudget, fmt.Sprintf("%d writes", n), func() (bool, string) {
+		return w.total() >= n, fmt.Sprintf("%d writes (per DC %s)", w.total(), w.counts())
 	})
+}
+
+// of is the number of writes the writer at dc has made.
+func (w *workload) of(dc string) int64 {
+	for _, wr := range w.writers {
+		if wr.dc == dc {
+			return wr.done.Load()
+		}
+	}
+	return 0
 }
 
 // wait waits for every writer to finish and fails the test on any error.

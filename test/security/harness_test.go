@@ -205,8 +205,6 @@ func (m *mesh) stop(dc string) {
 // of acknowledged writes.
 func (m *mesh) writeConcurrently(rounds, keys int) int {
 	m.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(m.dcs))
 	for _, dc := range m.dcs {
@@ -228,7 +226,12 @@ func (m *mesh) writeConcurrently(rounds, keys int) int {
 						op.Delete, op.Value = true, nil
 					}
 				}
-				if _, err := n.Write(ctx, op); err != nil {
+				// Each write has its own deadline: the rounds together
+				// take as long as a loaded machine makes them.
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err := n.Write(ctx, op)
+				cancel()
+				if err != nil {
 					errs <- fmt.Errorf("%s: write %s: %w", dc, op.Key, err)
 					return
 				}

@@ -329,7 +329,9 @@ func testClusterRestart(t *testing.T, d *deployment, region string) {
 }
 
 // TestLongR3 is the long form: three clusters of three servers, streams of
-// three replicas, a gateway cut and a cluster restart, in a mesh.
+// three replicas, a gateway cut, a cluster restart, then a region cut off
+// without the meta leader and one holding it (TestIsolatedRegion's cases),
+// in a mesh.
 func TestLongR3(t *testing.T) {
 	if os.Getenv("REPL_SUPERCLUSTER_LONG") == "" {
 		t.Skip("set REPL_SUPERCLUSTER_LONG=1 to run three clusters of three servers with R3 streams")
@@ -346,6 +348,8 @@ func TestLongR3(t *testing.T) {
 	checkNoneLost(t, d.c, w)
 
 	testClusterRestart(t, d, regions[2])
+
+	testIsolatedRegions(t, d)
 }
 
 // probeCtx bounds one JetStream API call of a test.
@@ -373,33 +377,59 @@ func sum(seqs []uint64) uint64 {
 	return s
 }
 
-// TestIsolatedRegion cuts a region off from both others, and records what
-// still works there. JetStream has
-// one meta group across the whole supercluster (stream and consumer
-// assignments); the isolated region is a minority of it, so it has no
-// meta leader, while the other two elect one. A stream's own Raft group
-// and its consumers' groups live in the stream's cluster, so what they do
-// needs no meta leader.
+// TestIsolatedRegion cuts a region off from both others, twice: first a
+// region that does not hold the JetStream meta leader, then, once the
+// deployment is whole again, the region that does. JetStream has one
+// meta group across the whole supercluster (stream and consumer
+// assignments); a cut-off region is a minority of it. A stream's own Raft
+// group and its consumers' groups live in the stream's cluster, so what
+// they do needs no meta leader.
 //
-// What the test holds, and docs/SCALING.md reports:
-//   - the isolated DC keeps acknowledging writes (Pebble first) and keeps
+// What the test holds in both cases, and docs/SCALING.md reports:
+//   - the cut is complete: no gateway connection crosses it, either way;
+//   - the other two regions have a meta leader: they keep theirs, or,
+//     when the cut-off region held it, elect one among themselves within
+//     30s (raft election timeouts are 4-9s);
+//   - every server of the cut-off region comes to follow no meta leader
+//     (an old leader first goes on believing it leads, until it notices
+//     it lost its quorum);
+//   - the cut-off DC keeps acknowledging writes (Pebble first) and
 //     publishing them into its own stream, which grows;
-//   - the other DCs stop receiving them, and the isolated DC stops
-//     receiving theirs (its consumers live in their clusters);
-//   - creating a stream or a consumer in the isolated region fails (no
-//     meta leader), while the majority can still create them;
-//   - after the regions rejoin, nothing acknowledged is lost and every DC
-//     converges.
+//   - events stop flowing both ways across the cut;
+//   - creating a stream or a consumer in the cut-off region fails, and
+//     a sidecar cannot start there (bridge.ErrMetaLeaderless);
+//   - the other two can create streams and consumers, and their
+//     sidecars restart;
+//   - after the region rejoins, nothing acknowledged is lost and every
+//     DC converges.
 func TestIsolatedRegion(t *testing.T) {
-	d := start(t, config.Mesh, 1, 1)
-	// The region cut off is one that does not hold the meta leader, so
-	// the other two keep theirs. (Cutting off the leader's region makes
-	// the other two elect a new one; in 2 of 8 earlier runs they had not
-	// within 30s, each seeing the other as not current.)
+	testIsolatedRegions(t, start(t, config.Mesh, 1, 1))
+}
+
+// testIsolatedRegions cuts off a region without the meta leader, then
+// the region holding it.
+func testIsolatedRegions(t *testing.T, d *deployment) {
 	_, leaderRegion := d.sc.MetaLeader()
-	isolated := regions[0]
-	if isolated == leaderRegion {
-		isolated = regions[1]
+	follower := regions[0]
+	if follower == leaderRegion {
+		follower = regions[1]
+	}
+	t.Run("without the meta leader", func(t *testing.T) { testIsolatedRegion(t, d, follower, false) })
+	if t.Failed() {
+		return
+	}
+	// The leader may have moved during the first cut: cut off the region
+	// that holds it now.
+	_, leaderRegion = d.sc.MetaLeader()
+	t.Run("holding the meta leader", func(t *testing.T) { testIsolatedRegion(t, d, leaderRegion, true) })
+}
+
+func testIsolatedRegion(t *testing.T, d *deployment, isolated string, holdsLeader bool) {
+	var rest []string
+	for _, r := range regions {
+		if r != isolated {
+			rest = append(rest, r)
+		}
 	}
 	var dc, other string
 	for _, name := range d.c.Names() {
@@ -409,29 +439,64 @@ func TestIsolatedRegion(t *testing.T) {
 			other = name
 		}
 	}
-	t.Logf("isolating %s (DC %s); the meta leader is in %s", isolated, dc, leaderRegion)
+	leaderBefore, leaderRegion := d.sc.MetaLeader()
+	if (leaderRegion == isolated) != holdsLeader {
+		t.Fatalf("the meta leader %s is in %s; this case cuts off %s", leaderBefore, leaderRegion, isolated)
+	}
+	t.Logf("isolating %s (DC %s); the meta leader is %s in %s", isolated, dc, leaderBefore, leaderRegion)
 	_, isoJS := d.connect(t, isolated)
 	_, majJS := d.connect(t, d.region[other])
+	// checkCut fails the test if any gateway connection crosses the cut.
+	checkCut := func(when string) {
+		t.Helper()
+		for _, r := range rest {
+			if links := append(d.sc.Links(isolated, r), d.sc.Links(r, isolated)...); len(links) > 0 {
+				t.Fatalf("%s: gateway connections cross the cut of %s: %v", when, isolated, links)
+			}
+		}
+	}
+	probe := func(region, name string) jetstream.StreamConfig {
+		return jetstream.StreamConfig{Name: name, Subjects: []string{strings.ToLower(name) + ".>"}, Storage: jetstream.MemoryStorage,
+			Placement: &jetstream.Placement{Cluster: region}}
+	}
+	suffix := map[bool]string{false: "_F", true: "_L"}[holdsLeader]
 
 	w := startWriters(t, d.c)
 	w.waitMore(t, w.snapshot(), 60*time.Second, "writes at every DC before the cut")
+	cutAt := time.Now()
 	d.sc.Isolate(isolated)
 
-	// The majority elects a meta leader; the isolated region has none.
-	cluster.Eventually(t, 30*time.Second, "a meta leader outside "+isolated, func() (bool, string) {
-		leader, in := d.sc.MetaLeader()
-		return leader != "" && in != isolated, fmt.Sprintf("meta leader %q in %q; %s", leader, in, d.sc.MetaView())
-	})
+	if holdsLeader {
+		// Right after the cut the old leader still believes it leads; what
+		// it is asked to change needs a quorum it no longer has.
+		_, err := isoJS.CreateStream(probeCtx(t), probe(isolated, "PROBE_OLD_LEADER"+suffix))
+		t.Logf("isolated: create stream while the old leader believes it leads: %v", err)
+		if err == nil {
+			t.Errorf("isolated: creating a stream through the cut-off old meta leader succeeded")
+		}
+	}
 
-	// Until its servers notice they lost the leader, they answer as
-	// before; then every server of the region follows no leader.
-	cluster.Eventually(t, 30*time.Second, isolated+" following no meta leader", func() (bool, string) {
-		seen := d.sc.LeaderSeen(isolated)
-		return !slices.ContainsFunc(seen, func(l string) bool { return l != "" }), fmt.Sprintf("%s follows %q", isolated, seen)
+	// The other two have a meta leader: the one they had, or one they
+	// elect. 30s is three to seven election timeouts.
+	var leaderAfter string
+	cluster.Eventually(t, 30*time.Second, "a meta leader the regions "+strings.Join(rest, " and ")+" agree on", func() (bool, string) {
+		leaderAfter = d.sc.LeaderAmong(rest...)
+		return leaderAfter != "", d.sc.MetaView()
 	})
+	elected := time.Since(cutAt)
+	switch {
+	case !holdsLeader && leaderAfter != leaderBefore:
+		t.Errorf("the regions %v changed meta leader from %s to %s when %s, which did not hold it, was cut off", rest, leaderBefore, leaderAfter, isolated)
+	case holdsLeader && leaderAfter == leaderBefore:
+		t.Fatalf("the regions %v follow the cut-off leader %s", rest, leaderBefore)
+	case holdsLeader:
+		t.Logf("majority: elected meta leader %s %v after the cut", leaderAfter, elected.Round(10*time.Millisecond))
+	default:
+		t.Logf("majority: kept meta leader %s", leaderAfter)
+	}
 
-	// The isolated DC still takes writes and publishes them into its own
-	// stream.
+	// The cut-off DC still takes writes and publishes them into its own
+	// stream; nothing crosses the cut.
 	before := w.snapshot()
 	published := d.c.Stats(dc).Published
 	w.waitMore(t, before, 60*time.Second, "writes at every DC while "+isolated+" is cut off")
@@ -439,24 +504,33 @@ func TestIsolatedRegion(t *testing.T) {
 		now := d.c.Stats(dc).Published
 		return now >= published+50, fmt.Sprintf("published %d, was %d", now, published)
 	})
-	t.Logf("%s published %d events into %s while cut off", dc, d.c.Stats(dc).Published-published, names.Stream(dc))
 	waitBehind(t, d.c, other, dc, 50)
 	waitBehind(t, d.c, dc, other, 50)
-	for _, l := range d.c.Node(dc).Status().Bridge.Links {
-		t.Logf("%s link from %s while cut off: connected=%t lag=%d error=%q", dc, l.Upstream, l.Connected, l.LagEvents, l.LastError)
+	checkCut("while writing")
+
+	// The majority creates streams and consumers.
+	majProbe := probe(d.region[other], "PROBE_MAJORITY"+suffix)
+	if _, err := majJS.CreateStream(probeCtx(t), majProbe); err != nil {
+		t.Errorf("majority: create stream in %s: %v", d.region[other], err)
+	} else if _, err := majJS.CreateOrUpdateConsumer(probeCtx(t), majProbe.Name, jetstream.ConsumerConfig{Durable: "probe", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Errorf("majority: create consumer on %s: %v", majProbe.Name, err)
 	}
 
-	// What the isolated region's JetStream API still answers.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if s, err := isoJS.Stream(ctx, names.Stream(dc)); err != nil {
+	// Every server of the cut-off region comes to follow no leader.
+	cluster.Eventually(t, 60*time.Second, isolated+" following no meta leader", func() (bool, string) {
+		seen := d.sc.LeaderSeen(isolated)
+		return !slices.ContainsFunc(seen, func(l string) bool { return l != "" }), fmt.Sprintf("%s follows %q", isolated, seen)
+	})
+	t.Logf("isolated: %s follows no meta leader %v after the cut; %s published %d events into %s meanwhile",
+		isolated, time.Since(cutAt).Round(10*time.Millisecond), dc, d.c.Stats(dc).Published-published, names.Stream(dc))
+
+	// What the cut-off region's JetStream API still answers.
+	if s, err := isoJS.Stream(probeCtx(t), names.Stream(dc)); err != nil {
 		t.Logf("isolated: stream info of %s: %v", names.Stream(dc), err)
 	} else {
 		t.Logf("isolated: stream info of %s answered: %d messages", names.Stream(dc), s.CachedInfo().State.Msgs)
 	}
-	probe := jetstream.StreamConfig{Name: "PROBE_ISOLATED", Subjects: []string{"probe.>"}, Storage: jetstream.MemoryStorage,
-		Placement: &jetstream.Placement{Cluster: isolated}}
-	if _, err := isoJS.CreateStream(probeCtx(t), probe); err == nil {
+	if _, err := isoJS.CreateStream(probeCtx(t), probe(isolated, "PROBE_ISOLATED"+suffix)); err == nil {
 		t.Errorf("isolated: creating a stream in %s succeeded without a meta leader", isolated)
 	} else {
 		t.Logf("isolated: create stream: %v", err)
@@ -466,17 +540,18 @@ func TestIsolatedRegion(t *testing.T) {
 	} else {
 		t.Logf("isolated: create consumer: %v", err)
 	}
-	probe.Name, probe.Subjects, probe.Placement.Cluster = "PROBE_MAJORITY", []string{"majority.>"}, d.region[other]
-	// Observed, not held: right after the cut the majority side has
-	// sometimes answered 10008 too, while its view of the leader settles.
-	if _, err := majJS.CreateStream(probeCtx(t), probe); err != nil {
-		t.Logf("majority: create stream in %s: %v", d.region[other], err)
-	} else {
-		t.Logf("majority: create stream in %s: ok", d.region[other])
-	}
 	w.finish(t)
 
-	// A sidecar that starts while its region is cut off.
+	// A sidecar of the majority restarts; one of the cut-off region cannot.
+	if err := d.c.StopDC(other); err != nil {
+		t.Fatal(err)
+	}
+	octx, ocancel := context.WithTimeout(context.Background(), 30*time.Second)
+	otherErr := d.c.StartDC(octx, other)
+	ocancel()
+	if otherErr != nil {
+		t.Errorf("majority: %s's sidecar restart while %s is cut off: %v", other, isolated, otherErr)
+	}
 	if err := d.c.StopDC(dc); err != nil {
 		t.Fatal(err)
 	}
@@ -484,17 +559,29 @@ func TestIsolatedRegion(t *testing.T) {
 	startErr := d.c.StartDC(sctx, dc)
 	scancel()
 	t.Logf("isolated: sidecar restart while cut off: %v", startErr)
-
-	d.sc.Rejoin(isolated)
-	if err := d.sc.WaitReady(30 * time.Second); err != nil {
-		t.Fatal(err)
-	}
 	if !errors.Is(startErr, bridge.ErrMetaLeaderless) {
 		t.Errorf("a sidecar starting in a region cut off from the meta leader: %v; want an error saying there is no meta leader", startErr)
 	}
+	checkCut("before the rejoin")
+	if leader := d.sc.LeaderAmong(rest...); leader != leaderAfter {
+		t.Errorf("the regions %v changed meta leader from %s to %q during the cut", rest, leaderAfter, leader)
+	}
+
+	d.sc.Rejoin(isolated)
+	rejoinAt := time.Now()
+	if err := d.sc.WaitReady(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	leader, in := d.sc.MetaLeader()
+	t.Logf("rejoined: whole again %v after the rejoin; meta leader %s in %s", time.Since(rejoinAt).Round(10*time.Millisecond), leader, in)
 	if startErr != nil {
 		if err := d.c.StartDC(context.Background(), dc); err != nil {
 			t.Fatalf("%s: start after the rejoin: %v", dc, err)
+		}
+	}
+	for _, name := range []string{majProbe.Name} {
+		if err := majJS.DeleteStream(probeCtx(t), name); err != nil {
+			t.Logf("delete %s: %v", name, err)
 		}
 	}
 	d.c.WaitConverged(t, 60*time.Second)
