@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,10 +86,11 @@ func (h *healer) start(ctx context.Context) {
 		if up == h.self {
 			continue
 		}
-		err := h.js.DeleteConsumer(ctx, names.Stream(up), names.HealConsumer(h.self, up))
+		name := names.ShardHealConsumer(h.self, up, h.opts.Shard)
+		err := h.js.DeleteConsumer(ctx, names.Stream(up), name)
 		switch {
 		case err == nil:
-			h.log.Info("deleted a heal consumer left from an earlier run", "consumer", names.HealConsumer(h.self, up), "stream", names.Stream(up))
+			h.log.Info("deleted a heal consumer left from an earlier run", "consumer", name, "stream", names.Stream(up))
 		case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
 		default:
 			h.log.Debug("delete a stale heal consumer", "stream", names.Stream(up), "err", err)
@@ -96,12 +98,13 @@ func (h *healer) start(ctx context.Context) {
 	}
 }
 
-// seen notes a report from dc for liveness.
-func (h *healer) seen(dc string) {
+// seen notes that dc's reports covered this shard's partitions at at, for
+// liveness.
+func (h *healer) seen(dc string, at time.Time) {
 	if h.sm == nil {
 		return
 	}
-	h.sm.Seen(dc, h.now(), func() changelog.Applied { return h.store.Applied() })
+	h.sm.Seen(dc, at, func() changelog.Applied { return h.store.Applied() })
 }
 
 // tick updates liveness and, when a DC died or came back, reconciles
@@ -166,7 +169,7 @@ func (h *healer) reconcile(ctx context.Context, plan Plan) {
 		up := b.Via
 		lctx, stop := context.WithCancel(ctx)
 		hl := &healLink{
-			link:   newLink(h.env, up, names.HealConsumer(h.self, up), true),
+			link:   newLink(h.env, up, names.ShardHealConsumer(h.self, up, h.opts.Shard), true),
 			bypass: b,
 			stop:   stop,
 			done:   make(chan struct{}),
@@ -231,14 +234,64 @@ func (h *healer) healStart(ctx context.Context, hl *healLink) (uint64, error) {
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return 0, fmt.Errorf("delete the old heal consumer %s: %w", hl.consumer, err)
 	}
-	c, err := h.js.Consumer(actx, hl.stream, names.Consumer(hl.bypass.Dead, hl.up))
-	switch {
-	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		return core.HealStart(0, false), nil
-	case err != nil:
-		return 0, fmt.Errorf("read the dead DC's consumer %s: %w", names.Consumer(hl.bypass.Dead, hl.up), err)
+	floor, found, err := h.deadFloor(actx, hl)
+	if err != nil {
+		return 0, err
 	}
-	return core.HealStart(c.CachedInfo().AckFloor.Stream, true), nil
+	return core.HealStart(floor, found), nil
+}
+
+// deadFloor returns the lowest ack floor of the dead DC's consumers on the
+// heal link's stream that read partitions of this shard: its one
+// consumer, or, for a DC of several shards, those of its shards whose
+// partitions meet this shard's (any may be the dead one; taking the
+// lowest only brings duplicates, which change nothing).
+func (h *healer) deadFloor(ctx context.Context, hl *healLink) (floor uint64, found bool, err error) {
+	s, err := h.js.Stream(ctx, hl.stream)
+	if err != nil {
+		return 0, false, fmt.Errorf("open stream %s: %w", hl.stream, err)
+	}
+	dead := names.Consumer(hl.bypass.Dead, hl.up)
+	lister := s.ListConsumers(ctx)
+	for info := range lister.Info() {
+		name := info.Config.Durable
+		if name == "" {
+			name = info.Name
+		}
+		shard, ok := strings.CutPrefix(name, dead)
+		if !ok || !(shard == "" || strings.HasPrefix(shard, "_shard") && !strings.HasSuffix(shard, "_heal")) {
+			continue
+		}
+		if !h.readsMine(hl.up, info.Config) {
+			continue
+		}
+		if !found || info.AckFloor.Stream < floor {
+			floor = info.AckFloor.Stream
+		}
+		found = true
+	}
+	if err := lister.Err(); err != nil {
+		return 0, false, fmt.Errorf("list the consumers of %s: %w", hl.stream, err)
+	}
+	return floor, found, nil
+}
+
+// readsMine reports whether a consumer with cfg on up's stream reads a
+// partition this shard owns (every consumer, for a DC of one sidecar).
+func (h *healer) readsMine(up string, cfg jetstream.ConsumerConfig) bool {
+	filters := cfg.FilterSubjects
+	if cfg.FilterSubject != "" {
+		filters = append(filters, cfg.FilterSubject)
+	}
+	if len(filters) == 0 || !h.sharded() {
+		return true
+	}
+	for _, p := range h.ownedPartitions() {
+		if slices.Contains(filters, names.Subject(up, p)) {
+			return true
+		}
+	}
+	return false
 }
 
 // validateHealing checks HealAfter and StandbyHub.

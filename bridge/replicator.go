@@ -255,8 +255,8 @@ func (o Options) validate() error {
 				errs = append(errs, fmt.Errorf("Owned names partition %d, want below %d", p, o.Partitions))
 			}
 		}
-		if o.HealAfter > 0 {
-			errs = append(errs, errors.New("a sharded DC does not heal (HealAfter must be 0): it runs only in a mesh"))
+		if o.Coordinator == nil && o.Plan.CanHeal() {
+			errs = append(errs, fmt.Errorf("Owned in topology %s needs a Coordinator: a shard forwards a transaction spanning its DC's shards only once every shard has applied it", o.Plan.Topology))
 		}
 	}
 	if ri := o.withDefaults().ReportInterval; o.ExpiryTakeover != 0 && o.ExpiryTakeover < 2*ri {

@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"time"
 
@@ -88,12 +89,18 @@ type reportIntake struct {
 func (in reportIntake) run(ctx context.Context, reports <-chan *nats.Msg) {
 	kept := map[string]time.Time{}
 	highest := map[string]changelog.Applied{}
+	var mine []uint32
+	if in.sharded() {
+		mine = in.ownedPartitions()
+	}
+	cover := core.NewCoverage(mine, in.opts.Partitions, in.now())
+	covered := map[string]time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case m := <-reports:
-			dc, a, ok := in.peerReport(m)
+			dc, a, parts, ok := in.peerReport(m)
 			if !ok {
 				continue
 			}
@@ -104,9 +111,16 @@ func (in reportIntake) run(ctx context.Context, reports <-chan *nats.Msg) {
 			} else {
 				in.store.UpdatePeerApplied(dc, a)
 			}
-			in.alive.add(dc)
+			// Liveness, and the peer's state in readiness and status,
+			// count a DC as reporting once its reports cover every
+			// partition of this shard (see core.Coverage).
+			at := cover.Seen(dc, parts, in.now())
+			if at.After(covered[dc]) {
+				covered[dc] = at
+				in.alive.add(dc, at)
+			}
 			if rd := in.ready.Load(); rd != nil {
-				rd.seen(dc, a, in.now())
+				rd.seen(dc, a, at)
 				in.readiness() // latches the moment it is reached
 			}
 		}
@@ -150,9 +164,9 @@ func (r *reporter) run(ctx context.Context) {
 		defer r.heal.stopAll()
 	}
 	seen := func() {
-		for _, dc := range r.alive.take() {
+		for dc, at := range r.alive.take() {
 			if r.heal != nil {
-				r.heal.seen(dc)
+				r.heal.seen(dc, at)
 			}
 		}
 	}
@@ -179,20 +193,23 @@ func (r *reporter) run(ctx context.Context) {
 }
 
 // reporters collects the DCs whose reports arrived since the reporter last
-// looked; a DC is kept once however often it reported.
+// looked, each with the time its reports last covered this shard's
+// partitions (the latest, however often it reported).
 type reporters struct {
 	mu   sync.Mutex
-	dcs  map[string]bool
+	dcs  map[string]time.Time
 	wake chan struct{}
 }
 
 func newReporters() *reporters {
-	return &reporters{dcs: map[string]bool{}, wake: make(chan struct{}, 1)}
+	return &reporters{dcs: map[string]time.Time{}, wake: make(chan struct{}, 1)}
 }
 
-func (p *reporters) add(dc string) {
+func (p *reporters) add(dc string, at time.Time) {
 	p.mu.Lock()
-	p.dcs[dc] = true
+	if at.After(p.dcs[dc]) {
+		p.dcs[dc] = at
+	}
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
@@ -200,13 +217,10 @@ func (p *reporters) add(dc string) {
 	}
 }
 
-func (p *reporters) take() []string {
+func (p *reporters) take() map[string]time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]string, 0, len(p.dcs))
-	for dc := range p.dcs {
-		out = append(out, dc)
-	}
+	out := maps.Clone(p.dcs)
 	clear(p.dcs)
 	return out
 }
@@ -217,7 +231,12 @@ func (b heartbeat) publish(a changelog.Applied) {
 		b.log.Error("encode the applied vector", "err", err)
 		return
 	}
-	if err := b.nc.Publish(names.AppliedSubject(b.self), data); err != nil {
+	m := &nats.Msg{Subject: names.AppliedSubject(b.self), Data: data}
+	if b.sharded() {
+		// Each shard speaks for its own partitions (core.Coverage).
+		m.Header = nats.Header{core.HeaderReportPartitions: {core.FormatPartitions(b.ownedPartitions())}}
+	}
+	if err := b.nc.PublishMsg(m); err != nil {
 		b.log.Debug("publish the applied vector", "err", err)
 		return
 	}
@@ -226,20 +245,25 @@ func (b heartbeat) publish(a changelog.Applied) {
 }
 
 // peerReport decodes an applied vector another DC published, if it is
-// well formed and comes from a known DC, and counts it.
-func (in reportIntake) peerReport(m *nats.Msg) (string, changelog.Applied, bool) {
+// well formed and comes from a known DC, and counts it; parts are the
+// partitions it speaks for (nil: every one).
+func (in reportIntake) peerReport(m *nats.Msg) (string, changelog.Applied, []uint32, bool) {
 	dc, ok := names.AppliedDC(m.Subject)
 	if !ok || dc == in.self {
-		return "", nil, false
+		return "", nil, nil, false
 	}
 	a, err := in.check.Report(dc, m.Data)
+	var parts []uint32
+	if err == nil {
+		parts, err = core.ParsePartitions(m.Header.Get(core.HeaderReportPartitions), in.opts.Partitions)
+	}
 	if err != nil {
 		in.c.peerReportsIgnored.Add(1)
 		in.log.Debug("ignored an applied-vector report", "from", dc, "err", err)
-		return "", nil, false
+		return "", nil, nil, false
 	}
 	in.c.peerReports.Add(1)
-	return dc, a, true
+	return dc, a, parts, true
 }
 
 // maintain trims outbox entries every DC has applied and purges

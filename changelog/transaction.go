@@ -182,8 +182,9 @@ func (t *txn) appendOutboxTxn(ops []*event.Event) error {
 // reported Gap with the sequence its partition waits for, and every other
 // op Gap with Expected its own sequence (its partition misses nothing). Ops
 // already applied are Duplicates; the others are applied in order, and the
-// transaction is forwarded whole when any of them was taken.
-func (t *txn) applyGroup(g []*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
+// transaction is forwarded whole when any of them was taken: fw, which is
+// g itself but for a shard's part of a transaction (see ApplyWhole).
+func (t *txn) applyGroup(g, fw []*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
 	if len(g) == 1 && g[0].TxnOps == 0 {
 		r, err := t.apply(g[0], forward)
 		return []ApplyResult{r}, err
@@ -235,14 +236,14 @@ func (t *txn) applyGroup(g []*event.Event, forward func(*event.Event) bool) ([]A
 		}
 		out[i] = r
 	}
-	if forward != nil && forward(g[0]) {
-		fw := make([]*event.Event, len(g))
-		for i, ev := range g {
+	if len(fw) > 0 && forward != nil && forward(fw[0]) {
+		copies := make([]*event.Event, len(fw))
+		for i, ev := range fw {
 			c := *ev
 			c.Path = append(append(make([]string, 0, len(ev.Path)+1), ev.Path...), t.s.opts.DC)
-			fw[i] = &c
+			copies[i] = &c
 		}
-		if err := t.appendOutboxTxn(fw); err != nil {
+		if err := t.appendOutboxTxn(copies); err != nil {
 			return nil, err
 		}
 		for i := range out {

@@ -258,3 +258,67 @@ func TestTxnLWWLosesWhole(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyWholeForwardsWhole (invariants 7 and 16): a shard applying its
+// part of a transaction queues the whole transaction for forwarding when
+// whole names it, nothing when whole maps the part to nothing (another
+// shard forwards it), and nothing again on a duplicate.
+func TestApplyWholeForwardsWhole(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMem()
+	src := openMem(t, fs, "dc1", Options{Partitions: 4})
+	var keys []string
+	parts := map[uint32]bool{}
+	for i := 0; len(parts) < 2 || len(keys) < 4; i++ {
+		k := fmt.Sprintf("k%d", i)
+		keys = append(keys, k)
+		parts[event.PartitionOf(k, 4)] = true
+	}
+	if _, err := src.WriteTxn(ctx, putOps(keys...)); err != nil {
+		t.Fatal(err)
+	}
+	all := lastOutboxEntry(t, src).Txn
+	// A part: the ops of the first op's partition, as a smaller transaction.
+	var part []*event.Event
+	for _, ev := range all {
+		if ev.Partition == all[0].Partition {
+			c := *ev
+			part = append(part, &c)
+		}
+	}
+	for _, ev := range part {
+		ev.TxnOps = len(part)
+	}
+	if len(part) == len(all) {
+		t.Fatalf("the transaction %v holds one partition; the test needs several", keys)
+	}
+	fwd := func(*event.Event) bool { return true }
+
+	quiet := openMem(t, fs, "dc2", Options{Partitions: 4})
+	res, err := quiet.ApplyWhole(ctx, part, map[*event.Event][]*event.Event{part[0]: nil}, fwd)
+	if err != nil || res[0].Outcome != Changed || res[0].Forwarded {
+		t.Fatalf("a part another shard forwards: %+v %v", res, err)
+	}
+	if n := quiet.OutboxDepth(); n != 0 {
+		t.Fatalf("a part another shard forwards left %d outbox entries", n)
+	}
+
+	fw := openMem(t, fs, "dc3", Options{Partitions: 4})
+	res, err = fw.ApplyWhole(ctx, part, map[*event.Event][]*event.Event{part[0]: all}, fwd)
+	if err != nil || !res[0].Forwarded {
+		t.Fatalf("the forwarding shard's part: %+v %v", res, err)
+	}
+	got := lastOutboxEntry(t, fw)
+	if len(got.Txn) != len(all) || fmt.Sprint(got.Txn[0].Path) != "[dc1 dc3]" {
+		t.Fatalf("forwarded %d of %d ops, path %v; want the whole transaction", len(got.Txn), len(all), got.Txn[0].Path)
+	}
+	for i, ev := range got.Txn {
+		if ev.Key != all[i].Key || ev.TxnOps != len(all) {
+			t.Fatalf("forwarded op %d: %s (of %d ops), want %s (of %d)", i, ev.Key, ev.TxnOps, all[i].Key, len(all))
+		}
+	}
+	res, err = fw.ApplyWhole(ctx, part, map[*event.Event][]*event.Event{part[0]: all}, fwd)
+	if err != nil || res[0].Outcome != Duplicate || res[0].Forwarded || fw.OutboxDepth() != 1 {
+		t.Fatalf("the part again: %+v %v, outbox %d; want a duplicate, not forwarded", res, err, fw.OutboxDepth())
+	}
+}

@@ -396,24 +396,47 @@ type ClockUpdater interface {
 // Events must already be validated (see event.Validate); the partition must
 // match the key.
 func (s *Store) Apply(ctx context.Context, evs []*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
+	if err := s.checkRemote(evs); err != nil {
+		return nil, err
+	}
+	return s.applyGroups(ctx, evs, nil, forward, s.doApply)
+}
+
+// checkRemote refuses remote events whose partition, origin or dot do not
+// hold together.
+func (s *Store) checkRemote(evs []*event.Event) error {
 	for _, ev := range evs {
 		if int(ev.Partition) >= s.opts.Partitions || ev.Partition != event.PartitionOf(ev.Key, s.opts.Partitions) {
-			return nil, fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
+			return fmt.Errorf("%w: event %s for key %q names partition %d", ErrBadInput, ev.Dot, ev.Key, ev.Partition)
 		}
 		if ev.Origin == s.opts.DC {
-			return nil, fmt.Errorf("%w: event %s originates here", ErrBadInput, ev.Dot)
+			return fmt.Errorf("%w: event %s originates here", ErrBadInput, ev.Dot)
 		}
 		if ev.Dot.DC != ev.Origin || ev.Dot.N != ev.Seq || ev.Seq == 0 {
-			return nil, fmt.Errorf("%w: event dot %s does not match origin %s seq %d", ErrBadInput, ev.Dot, ev.Origin, ev.Seq)
+			return fmt.Errorf("%w: event dot %s does not match origin %s seq %d", ErrBadInput, ev.Dot, ev.Origin, ev.Seq)
 		}
 	}
-	return s.applyGroups(ctx, evs, forward, s.doApply)
+	return nil
+}
+
+// ApplyWhole is Apply for one of several sidecars of a DC (shards,
+// docs/DESIGN.md invariant 16), which applies only its own ops of a
+// transaction: whole maps the first op of such a part (an element of evs)
+// to what is queued for forwarding in its place when forward allows it
+// and the part was taken, the transaction whole; an empty one queues
+// nothing (another shard forwards it). A downstream DC thus never
+// receives part of a transaction.
+func (s *Store) ApplyWhole(ctx context.Context, evs []*event.Event, whole map[*event.Event][]*event.Event, forward func(*event.Event) bool) ([]ApplyResult, error) {
+	if err := s.checkRemote(evs); err != nil {
+		return nil, err
+	}
+	return s.applyGroups(ctx, evs, whole, forward, s.doApply)
 }
 
 // applyGroups applies evs, a transaction's ops together, in one batch,
 // submitted by do: Apply's share of the batch (doApply), or a request like
-// any other.
-func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, forward func(*event.Event) bool,
+// any other; whole is as in ApplyWhole.
+func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, whole map[*event.Event][]*event.Event, forward func(*event.Event) bool,
 	do func(ctx context.Context, n int, fn func(t *txn) error) error) ([]ApplyResult, error) {
 	groups, err := event.Group(evs)
 	if err != nil {
@@ -423,7 +446,11 @@ func (s *Store) applyGroups(ctx context.Context, evs []*event.Event, forward fun
 	err = do(ctx, len(evs), func(t *txn) error {
 		out = out[:0]
 		for _, g := range groups {
-			r, err := t.applyGroup(g, forward)
+			fw, part := whole[g[0]]
+			if !part {
+				fw = g
+			}
+			r, err := t.applyGroup(g, fw, forward)
 			if err != nil {
 				return err
 			}
@@ -554,7 +581,7 @@ func (s *Store) Recover(ctx context.Context, evs []*event.Event) ([]ApplyResult,
 	}
 	// Recovered events take this DC's own sequences, as local writes do:
 	// they keep the local writes' queue, and its order.
-	return s.applyGroups(ctx, evs, nil, func(ctx context.Context, _ int, fn func(t *txn) error) error {
+	return s.applyGroups(ctx, evs, nil, nil, func(ctx context.Context, _ int, fn func(t *txn) error) error {
 		return s.do(ctx, fn)
 	})
 }

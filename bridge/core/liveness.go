@@ -1,8 +1,11 @@
 package core
 
 import (
+	"fmt"
 	"maps"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/replicatorhq/replicator/changelog"
@@ -170,3 +173,98 @@ func (h *Healer) Plan() Plan { return h.plan }
 
 // IsDead reports whether dc is taken as unreachable.
 func (h *Healer) IsDead(dc string) bool { return h.lv.IsDead(dc) }
+
+// HeaderReportPartitions is on the applied-vector report of one of
+// several sidecars of a DC (shards, invariant 16): the partitions it owns,
+// and so the ones its report speaks for, as "0,4,8". A report without it
+// speaks for every partition.
+const HeaderReportPartitions = "Repl-Shard-Partitions"
+
+// FormatPartitions renders partitions for HeaderReportPartitions.
+func FormatPartitions(ps []uint32) string {
+	var b strings.Builder
+	for i, p := range ps {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatUint(uint64(p), 10))
+	}
+	return b.String()
+}
+
+// ParsePartitions reads HeaderReportPartitions: partitions below
+// partitions, at least one; "" (no header) is nil, every partition.
+func ParsePartitions(v string, partitions int) ([]uint32, error) {
+	if v == "" {
+		return nil, nil
+	}
+	var out []uint32
+	for part := range strings.SplitSeq(v, ",") {
+		p, err := strconv.ParseUint(part, 10, 32)
+		if err != nil || int(p) >= partitions {
+			return nil, fmt.Errorf("%s entry %q: want partitions below %d, as \"0,4,8\"", HeaderReportPartitions, part, partitions)
+		}
+		out = append(out, uint32(p))
+	}
+	return out, nil
+}
+
+// Coverage tells, for one sidecar owning some partitions (mine; every
+// partition when it is its DC's only one), when each other DC last
+// reported on every one of them: a DC of several shards reports each
+// shard's partitions apart, so when one of its shards dies, the sidecars
+// owning those partitions see that DC fall silent and heal around it,
+// while the others keep seeing it report. The clock comes in as now.
+type Coverage struct {
+	mine  []uint32
+	start time.Time
+	// last is, by DC and partition of mine, when a report last spoke for it.
+	last map[string]map[uint32]time.Time
+}
+
+// NewCoverage tracks the partitions mine (nil: all of partitions) from
+// start.
+func NewCoverage(mine []uint32, partitions int, start time.Time) *Coverage {
+	if mine == nil {
+		for p := range partitions {
+			mine = append(mine, uint32(p))
+		}
+	}
+	mine = slices.Clone(mine)
+	slices.Sort(mine)
+	return &Coverage{mine: mine, start: start, last: map[string]map[uint32]time.Time{}}
+}
+
+// Seen records a report from dc at now speaking for parts (nil: every
+// partition) and returns when dc last reported on all of this sidecar's
+// partitions: the oldest of their latest reports, never earlier than
+// start. That time is what liveness takes as dc's last report.
+func (c *Coverage) Seen(dc string, parts []uint32, now time.Time) time.Time {
+	last := c.last[dc]
+	if last == nil {
+		last = map[uint32]time.Time{}
+		c.last[dc] = last
+	}
+	if parts == nil {
+		for _, p := range c.mine {
+			last[p] = now
+		}
+	} else {
+		for _, p := range parts {
+			if _, ok := slices.BinarySearch(c.mine, p); ok {
+				last[p] = now
+			}
+		}
+	}
+	oldest := now
+	for _, p := range c.mine {
+		t, ok := last[p]
+		if !ok {
+			t = c.start
+		}
+		if t.Before(oldest) {
+			oldest = t
+		}
+	}
+	return oldest
+}

@@ -71,3 +71,55 @@ func TestLiveness(t *testing.T) {
 		t.Error("liveness tracks a DC not in the deployment")
 	}
 }
+
+// TestCoverage: a shard owning partitions 1 and 3 counts a peer as
+// reporting at the oldest of the latest reports covering each of them;
+// reports of the peer's other shards, covering other partitions, keep
+// nothing alive, and a report without partitions covers every one.
+func TestCoverage(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	c := NewCoverage([]uint32{3, 1}, 4, t0)
+	steps := []struct {
+		dc    string
+		parts []uint32
+		now   int
+		want  int
+	}{
+		{"b", []uint32{0, 2}, 1, 0}, // b's other shard: nothing of mine
+		{"b", []uint32{1, 3}, 2, 2}, // the shard owning mine
+		{"b", []uint32{0, 2}, 5, 2}, // only the other shard goes on
+		{"b", []uint32{1}, 6, 2},    // 3 still last covered at 2
+		{"b", []uint32{3}, 7, 6},
+		{"c", nil, 8, 8}, // one sidecar: every partition
+		{"c", []uint32{0, 1, 2, 3}, 9, 9},
+	}
+	for i, s := range steps {
+		if got := c.Seen(s.dc, s.parts, at(s.now)); !got.Equal(at(s.want)) {
+			t.Errorf("step %d: %s reports %v at %ds: covered at %s, want %ds", i, s.dc, s.parts, s.now, got.Sub(t0), s.want)
+		}
+	}
+	all := NewCoverage(nil, 2, t0)
+	if got := all.Seen("b", []uint32{0}, at(3)); !got.Equal(t0) {
+		t.Errorf("an unsharded sidecar hearing one of two partitions: covered at %s, want the start", got.Sub(t0))
+	}
+	if got := all.Seen("b", []uint32{1}, at(4)); !got.Equal(at(3)) {
+		t.Errorf("then the other: covered at %s, want 3s", got.Sub(t0))
+	}
+}
+
+// TestParsePartitions: the header round-trips, and anything else is
+// refused naming the entry.
+func TestParsePartitions(t *testing.T) {
+	if got, err := ParsePartitions(FormatPartitions([]uint32{0, 4, 8}), 16); err != nil || !reflect.DeepEqual(got, []uint32{0, 4, 8}) {
+		t.Fatalf("round trip: %v %v", got, err)
+	}
+	if got, err := ParsePartitions("", 16); err != nil || got != nil {
+		t.Fatalf("no header: %v %v, want every partition (nil)", got, err)
+	}
+	for _, bad := range []string{"16", "1,,2", "-1", "a", "1, 2", "99999999999"} {
+		if _, err := ParsePartitions(bad, 16); err == nil {
+			t.Errorf("%q: accepted", bad)
+		}
+	}
+}

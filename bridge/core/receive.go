@@ -176,10 +176,23 @@ func NewLink(cfg LinkConfig) *Link {
 }
 
 // inbound is a message that passed the checks, with its event, or the
-// ops of its transaction; i is its index in the batch.
+// ops of its transaction; i is its index in the batch. For a shard that
+// applies only part of a transaction (part), fw is what is forwarded in
+// its place (Shard.whole).
 type inbound struct {
-	i   int
-	evs []*event.Event
+	i    int
+	evs  []*event.Event
+	fw   []*event.Event
+	part bool
+}
+
+// whole maps x's first op to what is forwarded in its place when x is a
+// shard's part of a transaction; nil otherwise.
+func (x inbound) whole() map[*event.Event][]*event.Event {
+	if !x.part {
+		return nil
+	}
+	return map[*event.Event][]*event.Event{x.evs[0]: x.fw}
 }
 
 // Receive judges one batch of messages, in order, and applies those it
@@ -224,17 +237,29 @@ func (l *Link) Receive(ctx context.Context, msgs []Msg) ([]Verdict, Tally) {
 			out[i] = l.ack(m)
 			continue
 		}
+		x := inbound{i: i, evs: evs}
+		x.fw, x.part = l.cfg.Shard.whole(all, evs)
 		if l.cfg.Shard.spans(all, evs) {
-			spanning = append(spanning, span{inbound{i: i, evs: evs}, all})
+			spanning = append(spanning, span{x, all})
 			continue
 		}
-		in = append(in, inbound{i: i, evs: evs})
+		in = append(in, x)
 	}
 	if len(in) > 0 {
 		l.apply(ctx, &t, msgs, in, out)
 	}
+	// Once one transaction spanning the DC's shards is not ready, the
+	// others of the batch are prepared without waiting: the other shards
+	// may be held up by a message this one has not reached, and waiting
+	// at each chained the waits into stalls (TestShardedRing,
+	// TestTxnSpanningReceiverShards under load).
+	wait := true
 	for _, s := range spanning {
-		out[s.x.i] = l.spanning(ctx, &t, msgs[s.x.i], s.x, s.all)
+		v := l.spanning(ctx, &t, msgs[s.x.i], s.x, s.all, wait)
+		if v.Action == Nak {
+			wait = false
+		}
+		out[s.x.i] = v
 	}
 	return out, t
 }
@@ -267,7 +292,7 @@ type gapRange struct{ from, to uint64 }
 // redelivered later. A transaction is held while any of its ops is.
 func (l *Link) apply(ctx context.Context, t *Tally, msgs []Msg, in []inbound, out []Verdict) {
 	st := l.cfg.Repair.Store
-	res, err := st.Apply(ctx, events(in), l.cfg.Repair.Forward)
+	res, err := applyWhole(ctx, st, events(in), wholes(in), l.cfg.Repair.Forward)
 	if err != nil {
 		l.applyFailed(ctx, t, msgs, in, out, err)
 		return
@@ -313,7 +338,7 @@ func (l *Link) apply(ctx context.Context, t *Tally, msgs []Msg, in []inbound, ou
 				"from", g.from, "to", g.to, "upstream", l.cfg.Up, "err", err)
 		}
 	}
-	res, err = st.Apply(ctx, events(held), l.cfg.Repair.Forward)
+	res, err = applyWhole(ctx, st, events(held), wholes(held), l.cfg.Repair.Forward)
 	if err != nil {
 		l.applyFailed(ctx, t, msgs, held, out, err)
 		return
@@ -395,4 +420,19 @@ func events(in []inbound) []*event.Event {
 		evs = append(evs, x.evs...)
 	}
 	return evs
+}
+
+// wholes maps the first op of each shard's part of a transaction among in
+// to what is forwarded in its place; nil when there is none.
+func wholes(in []inbound) map[*event.Event][]*event.Event {
+	var out map[*event.Event][]*event.Event
+	for _, x := range in {
+		if x.part {
+			if out == nil {
+				out = map[*event.Event][]*event.Event{}
+			}
+			out[x.evs[0]] = x.fw
+		}
+	}
+	return out
 }

@@ -146,19 +146,21 @@ func (r Repairer) repair(ctx context.Context, t *Tally, origin string, p uint32,
 		if len(evs) == 0 {
 			return fmt.Errorf("%w: %s, partition %d, from seq %d", ErrOriginLacks, origin, p, from)
 		}
-		evs, prepared, waiting := r.Shard.repaired(ctx, evs)
+		evs, whole, prepared, waiting := r.Shard.repaired(ctx, evs)
 		if len(evs) == 0 && waiting {
 			return errors.New("a repaired transaction spanning this DC's shards waits for its other shards to prepare it")
 		}
 		if len(evs) == 0 {
 			return fmt.Errorf("%w: %s, partition %d, from seq %d", ErrOriginLacks, origin, p, from)
 		}
-		res, err := r.Store.Apply(ctx, evs, r.Forward)
+		res, err := applyWhole(ctx, r.Store, evs, whole, r.Forward)
 		if err != nil {
 			return fmt.Errorf("apply repaired events: %w", err)
 		}
-		if !gapped(res) {
-			for _, id := range prepared {
+		// A transaction prepared and applied is forgotten, whatever
+		// else of the batch waits for a gap.
+		for i, ev := range evs {
+			if id, ok := prepared[ev]; ok && res[i].Outcome != changelog.Gap {
 				r.Shard.Coordinator.Done(ctx, id)
 			}
 		}

@@ -2,11 +2,13 @@ package core
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/names"
 )
@@ -34,8 +36,9 @@ type Shard struct {
 type Coordinator interface {
 	// Prepare records that this shard holds id's own ops, ready, and
 	// reports whether every other owner of one of all's partitions has
-	// prepared or applied it (it waits a little for them).
-	Prepare(ctx context.Context, id string, all, own []*event.Event) (bool, error)
+	// prepared or applied it; with wait it waits a little for them,
+	// without it asks once.
+	Prepare(ctx context.Context, id string, all, own []*event.Event, wait bool) (bool, error)
 	// Done forgets id once its own ops are applied here.
 	Done(ctx context.Context, id string)
 }
@@ -52,7 +55,8 @@ func (s *Shard) owns(p uint32) bool { return s == nil || s.Owns == nil || s.Owns
 // Own keeps, of a message's events (one event, or a transaction's ops),
 // those of this shard's partitions; a transaction keeps its ops of those
 // partitions as a smaller transaction, applied in one batch here (its
-// other ops are the other shards'). A nil shard keeps everything.
+// other ops are the other shards'), as copies: evs stay as they came. A
+// nil shard keeps everything.
 func (s *Shard) Own(evs []*event.Event) []*event.Event {
 	if s == nil || s.Owns == nil {
 		return evs
@@ -69,13 +73,60 @@ func (s *Shard) Own(evs []*event.Event) []*event.Event {
 				out = append(out, ev)
 			}
 		}
-		if g[0].TxnOps > 0 {
-			for _, ev := range out[start:] {
-				ev.TxnOps = len(out) - start
+		if n := len(out) - start; g[0].TxnOps > 0 && n < len(g) {
+			for i, ev := range out[start:] {
+				c := *ev
+				c.TxnOps = n
+				out[start+i] = &c
 			}
 		}
 	}
 	return out
+}
+
+// Forwards reports whether this shard is the one of its DC that forwards
+// the transaction all (its ops, as they came), when the plan forwards it:
+// the owner of its first op's partition. That shard always applies part
+// of it, and publishes it on repl.<dc>.txn.<p>, p that partition, one of
+// its own subjects (TxnSubjectFor); every other shard forwards nothing
+// of it, so a transaction leaves a DC whole and once. A nil shard
+// forwards everything.
+func (s *Shard) Forwards(all []*event.Event) bool {
+	return len(all) > 0 && s.owns(all[0].Partition)
+}
+
+// whole returns what is forwarded in place of own, this shard's part of
+// the transaction all: all when this shard forwards it, else nothing.
+// part is false when own is all of it (a single event, or a transaction
+// wholly in this shard's partitions), which forwards as it is.
+func (s *Shard) whole(all, own []*event.Event) (fw []*event.Event, part bool) {
+	if len(own) == len(all) {
+		return nil, false
+	}
+	if s.Forwards(all) {
+		return all, true
+	}
+	return nil, true
+}
+
+// WholeApplier is a Store that applies a shard's part of a transaction
+// and forwards the transaction whole (changelog.Store.ApplyWhole).
+type WholeApplier interface {
+	ApplyWhole(ctx context.Context, evs []*event.Event, whole map[*event.Event][]*event.Event, forward func(*event.Event) bool) ([]changelog.ApplyResult, error)
+}
+
+// applyWhole applies evs, forwarding for each part of a transaction in
+// whole (keyed by its first op) what whole maps it to; with no part, it
+// is Store.Apply.
+func applyWhole(ctx context.Context, st Store, evs []*event.Event, whole map[*event.Event][]*event.Event, forward func(*event.Event) bool) ([]changelog.ApplyResult, error) {
+	if len(whole) == 0 {
+		return st.Apply(ctx, evs, forward)
+	}
+	w, ok := st.(WholeApplier)
+	if !ok {
+		return nil, errors.New("core: this store cannot apply a shard's part of a transaction (it has no ApplyWhole)")
+	}
+	return w.ApplyWhole(ctx, evs, whole, forward)
 }
 
 // spans reports whether a message whose events are all had ops this
@@ -84,35 +135,40 @@ func (s *Shard) spans(all, own []*event.Event) bool {
 	return s != nil && s.Coordinator != nil && len(own) < len(all)
 }
 
-// repaired keeps, of repaired events, this shard's ops; a transaction
-// spanning the DC's shards is prepared through the Coordinator first (ids
-// lists them, to be forgotten once applied), and when the other shards
-// are not ready yet, it and everything after it are left for later
-// (held).
-func (s *Shard) repaired(ctx context.Context, evs []*event.Event) (own []*event.Event, ids []string, held bool) {
-	if s == nil || s.Coordinator == nil {
-		return s.Own(evs), nil, false
+// repaired keeps, of repaired events, this shard's ops, and maps each part
+// of a transaction it keeps to what is forwarded in its place (whole, see
+// ApplyWhole); a transaction spanning the DC's shards is prepared through
+// the Coordinator first (ids names them by their first op in own, to be
+// forgotten once applied), and when the other shards are not ready yet,
+// it and everything after it are left for later (held).
+func (s *Shard) repaired(ctx context.Context, evs []*event.Event) (own []*event.Event, whole map[*event.Event][]*event.Event, ids map[*event.Event]string, held bool) {
+	if s == nil || s.Owns == nil {
+		return evs, nil, nil, false
 	}
 	groups, err := event.Group(evs)
 	if err != nil {
-		return s.Own(evs), nil, false
+		return s.Own(evs), nil, nil, false
 	}
+	whole, ids = map[*event.Event][]*event.Event{}, map[*event.Event]string{}
 	for _, g := range groups {
 		mine := s.Own(slices.Clone(g))
 		if len(mine) == 0 {
 			continue
 		}
-		if len(mine) < len(g) {
+		if len(mine) < len(g) && s.Coordinator != nil {
 			id := TxnID(g)
-			ready, err := s.Coordinator.Prepare(ctx, id, g, mine)
+			ready, err := s.Coordinator.Prepare(ctx, id, g, mine, true)
 			if err != nil || !ready {
-				return own, ids, true
+				return own, whole, ids, true
 			}
-			ids = append(ids, id)
+			ids[mine[0]] = id
+		}
+		if fw, part := s.whole(g, mine); part {
+			whole[mine[0]] = fw
 		}
 		own = append(own, mine...)
 	}
-	return own, ids, false
+	return own, whole, ids, false
 }
 
 // TxnSubjectFor is the subject a DC publishes a transaction on:
@@ -147,8 +203,9 @@ func isTxnSubject(up, subject string) (p uint32, named, ok bool) {
 // shards, through the Coordinator: already applied, it is acknowledged;
 // held by a gap, repaired and offered again later; ready, prepared, and
 // applied once every other owner is prepared too, else offered again
-// later.
-func (l *Link) spanning(ctx context.Context, t *Tally, m Msg, x inbound, all []*event.Event) Verdict {
+// later. wait says whether to wait a little for the other owners, and to
+// repair a gap before it (see Receive).
+func (l *Link) spanning(ctx context.Context, t *Tally, m Msg, x inbound, all []*event.Event, wait bool) Verdict {
 	sh := l.cfg.Shard
 	id := TxnID(all)
 	applied := l.cfg.Repair.Store.Applied()[x.evs[0].Origin]
@@ -167,6 +224,12 @@ func (l *Link) spanning(ctx context.Context, t *Tally, m Msg, x inbound, all []*
 			continue
 		case ev.Seq > n:
 			gap = true
+			if !wait {
+				// An earlier transaction of the batch was not ready: the
+				// gap is most likely it, offered again shortly; repairing
+				// would prepare it and wait for it here once more.
+				break
+			}
 			rt, err := l.cfg.Repair.Repair(ctx, ev.Origin, ev.Partition, n, ev.Seq-1)
 			t.Add(rt)
 			if err != nil {
@@ -183,14 +246,18 @@ func (l *Link) spanning(ctx context.Context, t *Tally, m Msg, x inbound, all []*
 	case gap:
 		return Verdict{Action: Nak, Delay: l.cfg.GapDelay}
 	}
-	ready, err := sh.Coordinator.Prepare(ctx, id, all, x.evs)
+	// Once every owner has prepared, the transaction is this DC's (its
+	// commit point: each part is durable and reads of its keys wait until
+	// it is applied), and the shard that forwards it does so as it
+	// applies its own part.
+	ready, err := sh.Coordinator.Prepare(ctx, id, all, x.evs, wait)
 	if err != nil || !ready {
 		if err != nil {
 			l.log.Warn("prepare a transaction spanning shards", "id", id, "err", err)
 		}
 		return Verdict{Action: Nak, Delay: l.cfg.GapDelay}
 	}
-	res, err := l.cfg.Repair.Store.Apply(ctx, x.evs, l.cfg.Repair.Forward)
+	res, err := applyWhole(ctx, l.cfg.Repair.Store, x.evs, x.whole(), l.cfg.Repair.Forward)
 	if err != nil {
 		t.ApplyErrors++
 		l.log.Warn("apply a transaction spanning shards", "id", id, "err", err)

@@ -93,9 +93,6 @@ func (c Config) validateShard(p *problems) {
 	if s.Count > 1 && c.Partitions >= 1 && s.Count > c.Partitions {
 		p.add("shard", "%q: %d shards for %d partitions would leave a shard with none; use at most %d shards or more partitions (partitions must be equal in every DC)", c.Shard, s.Count, c.Partitions, c.Partitions)
 	}
-	if s.Count > 1 && c.Topology != "" && c.Topology != Mesh {
-		p.add("shard", "%q with topology %s: a DC runs several shards only in a mesh (forwarding and healing per shard are not built); use topology: mesh or one sidecar", c.Shard, c.Topology)
-	}
 	if len(c.ShardPartitions) == 0 {
 		return
 	}

@@ -72,6 +72,13 @@ func Consumer(self, up string) string { return "repl_" + self + "_from_" + up }
 // repl_<self>_from_<up>_heal.
 func HealConsumer(self, up string) string { return Consumer(self, up) + "_heal" }
 
+// ShardHealConsumer returns the durable name of shard's heal consumer on
+// up's stream (see ShardConsumer), repl_<self>_from_<up>_shard<i>of<S>_heal;
+// HealConsumer(self, up) when shard is "".
+func ShardHealConsumer(self, up, shard string) string {
+	return ShardConsumer(self, up, shard) + "_heal"
+}
+
 // RepairSubject returns the core NATS subject on which dc serves its own
 // events to DCs that found a gap, repl.repair.<dc>.
 func RepairSubject(dc string) string { return prefix + svcRepair + "." + dc }

@@ -245,9 +245,9 @@ func (n *Node) Start(ctx context.Context) error {
 	lim := event.Limits{MaxEventBytes: n.cfg.Limits.MaxEventBytes, MaxKeyBytes: n.cfg.Limits.MaxKeyBytes, MaxValueBytes: n.cfg.Limits.MaxValueBytes}
 	var owned []uint32
 	var coord core.Coordinator
-	shard, healAfter := "", time.Duration(n.cfg.HealAfter)
+	shard := ""
 	if n.shards != nil {
-		owned, shard, healAfter, coord = n.shards.list, names.ShardName(n.shards.shard.Index, n.shards.shard.Count), 0, n.shards
+		owned, shard, coord = n.shards.list, names.ShardName(n.shards.shard.Index, n.shards.shard.Count), n.shards
 		if err := n.shards.checkAlone(ctx, nc); err != nil {
 			return err
 		}
@@ -267,7 +267,7 @@ func (n *Node) Start(ctx context.Context) error {
 		},
 		ReportInterval:  n.opts.ReportInterval,
 		StreamRetention: time.Duration(n.cfg.Durability.StreamRetention),
-		HealAfter:       healAfter,
+		HealAfter:       time.Duration(n.cfg.HealAfter),
 		StandbyHub:      n.cfg.StandbyHub,
 		ExpiryTakeover:  time.Duration(n.cfg.ExpiryTakeover),
 	})

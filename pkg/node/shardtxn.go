@@ -28,7 +28,14 @@ import (
 var _ core.Coordinator = (*shards)(nil)
 
 // prepareWait bounds how long Prepare waits for the other shards before
-// the message is offered again later.
+// the message is offered again later. The wait holds up the link's other
+// messages, and another shard may be held up the same way by a message
+// this one has not reached yet: waiting at every transaction chained
+// into stalls of tens of seconds in a ring of sharded DCs
+// (TestShardedRing), so a link waits at most once per batch
+// (core.Link.Receive). A shorter wait (500ms) left every round short of
+// the answers under -race on a busy machine (TestTxnSpanningReceiverShards
+// stalled).
 const prepareWait = 2 * time.Second
 
 // txnState is the question one shard asks another about a transaction,
@@ -140,8 +147,8 @@ func (s *shards) loadPrepared(ctx context.Context) error {
 
 // Prepare records this shard's ops of transaction id as prepared and
 // reports whether every other shard owning one of its ops has prepared or
-// applied it, asking them for up to prepareWait.
-func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event) (bool, error) {
+// applied it, asking them for up to prepareWait (with wait) or once.
+func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event, wait bool) (bool, error) {
 	if !s.held.has(id) {
 		p := changelog.Prepared{Origin: own[0].Origin}
 		for _, ev := range own {
@@ -168,7 +175,7 @@ func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event
 		return false, err
 	}
 	deadline := time.Now().Add(prepareWait)
-	wait := 5 * time.Millisecond
+	pause := 5 * time.Millisecond
 	for {
 		pending := others[:0:0]
 		for _, p := range others {
@@ -184,15 +191,15 @@ func (s *shards) Prepare(ctx context.Context, id string, all, own []*event.Event
 			return true, nil
 		}
 		others = pending
-		if time.Now().After(deadline) {
+		if !wait || time.Now().After(deadline) {
 			return false, nil
 		}
 		select {
 		case <-ctx.Done():
 			return false, ctx.Err()
-		case <-time.After(wait): // a bounded poll: the other shard prepares on its own schedule
+		case <-time.After(pause): // a bounded poll: the other shard prepares on its own schedule
 		}
-		wait = min(2*wait, 200*time.Millisecond)
+		pause = min(2*pause, 200*time.Millisecond)
 	}
 }
 
@@ -208,8 +215,8 @@ func (s *shards) Done(ctx context.Context, id string) {
 }
 
 // answerTxnState tells another shard how far this one is with a
-// transaction: prepared, applied (every op of this shard's partitions
-// covered) or no.
+// transaction: applied (every op of this shard's partitions covered, held
+// or not yet forgotten), prepared or no.
 func (s *shards) answerTxnState(m *nats.Msg) {
 	var q txnState
 	if err := json.Unmarshal(m.Data, &q); err != nil {
@@ -229,10 +236,10 @@ func (s *shards) answerTxnState(m *nats.Msg) {
 		}
 	}
 	switch {
-	case s.held.has(q.ID):
-		a.State = "prepared"
 	case mine > 0 && covered == mine:
 		a.State = "applied"
+	case s.held.has(q.ID):
+		a.State = "prepared"
 	}
 	b, _ := json.Marshal(a)
 	_ = m.Respond(b)

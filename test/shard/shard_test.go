@@ -65,12 +65,7 @@ func mesh(t *testing.T, shards map[string]int) (*server.Server, []*sidecar) {
 // (but its NATS URL, report interval and logger) given to every node.
 func meshWith(t *testing.T, shards map[string]int, edit func(*config.Config), opts node.Options) (*server.Server, []*sidecar) {
 	t.Helper()
-	dir := t.TempDir()
-	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	ns, dir := startNATS(t)
 	var out []*sidecar
 	for _, dc := range dcs {
 		for i := range max(shards[dc], 1) {
@@ -83,6 +78,20 @@ func meshWith(t *testing.T, shards map[string]int, edit func(*config.Config), op
 		}
 	}
 	return ns, out
+}
+
+// startNATS starts an embedded NATS server with JetStream, stopped at
+// the end of the test, and returns it and a directory for the sidecars'
+// data.
+func startNATS(t *testing.T) (*server.Server, string) {
+	t.Helper()
+	dir := t.TempDir()
+	ns, err := bridge.StartEmbedded(bridge.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats"), JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns, dir
 }
 
 func do(t *testing.T, method, url string, body []byte) (int, http.Header, []byte) {
@@ -158,15 +167,70 @@ func converged(t *testing.T, all []*sidecar, keys int) {
 	cluster.EventuallyEvery(t, 30*time.Second, 50*time.Millisecond, "every DC's whole digest to agree", func() (bool, string) {
 		want, n := digest(t, all[0])
 		if n != keys {
-			return false, fmt.Sprintf("%s holds %d keys (%s), want %d", all[0].name, n, want, keys)
+			return false, fmt.Sprintf("%s holds %d keys (%s), want %d; %s", all[0].name, n, want, keys, missing(t, all))
 		}
 		for _, s := range all[1:] {
 			if got, m := digest(t, s); got != want {
-				return false, fmt.Sprintf("%s: %s over %d keys, %s: %s over %d", all[0].name, want, n, s.name, got, m)
+				return false, fmt.Sprintf("%s: %s over %d keys, %s: %s over %d; %s", all[0].name, want, n, s.name, got, m, missing(t, all))
 			}
 		}
 		return true, ""
 	})
+}
+
+// missing says, for a failure message, what each sidecar applied and holds
+// prepared, and the keys some DC holds and another lacks (up to 10).
+func missing(t *testing.T, all []*sidecar) string {
+	var state []string
+	for _, s := range all {
+		ps, _ := s.n.Store().PreparedTxns()
+		var ids []string
+		for id := range ps {
+			ids = append(ids, id)
+		}
+		state = append(state, fmt.Sprintf("%s applied %s prepared %v", s.name, cluster.AppliedTotals(s.n.Store().Applied()), ids))
+	}
+	return strings.Join(state, "; ") + "; " + missingKeys(t, all)
+}
+
+func missingKeys(t *testing.T, all []*sidecar) string {
+	held := map[string]map[string]bool{}
+	union := map[string]bool{}
+	for _, s := range all {
+		if held[s.dc] != nil {
+			continue
+		}
+		held[s.dc] = map[string]bool{}
+		after := ""
+		for {
+			code, h, b := do(t, http.MethodGet, s.base+"/v1/kv?prefix=&limit=1000&after="+after, nil)
+			if code != http.StatusOK {
+				return fmt.Sprintf("list at %s: %d %s", s.name, code, b)
+			}
+			sc := bufio.NewScanner(bytes.NewReader(b))
+			for sc.Scan() {
+				var line struct {
+					Key string `json:"key"`
+				}
+				if json.Unmarshal(sc.Bytes(), &line) == nil {
+					held[s.dc][line.Key] = true
+					union[line.Key] = true
+				}
+			}
+			if after = h.Get("X-Repl-Next-After"); after == "" {
+				break
+			}
+		}
+	}
+	var out []string
+	for dc, keys := range held {
+		for k := range union {
+			if !keys[k] && len(out) < 10 {
+				out = append(out, dc+" lacks "+k)
+			}
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // owner returns the index (in dc's shards) of the shard owning key with

@@ -7,7 +7,26 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
+
+// JetStream connects to the NATS server at url for the test's own reads
+// of the streams, and closes the connection at the end of the test.
+func JetStream(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
 
 // Logger logs everything from DC dc to the test log when REPL_TEST_LOG is
 // set, and discards everything otherwise.
