@@ -264,6 +264,19 @@ func (l *Link) Receive(ctx context.Context, msgs []Msg) ([]Verdict, Tally) {
 	return out, t
 }
 
+// repairer is the link's gap repair: a repaired transaction spanning the
+// DC's shards asks the other shards once (Repairer.AskOnce), since a
+// batch waits for them at most once, in Receive. Waiting at each repair
+// too chained a wait (the Coordinator's, 2s) per gapped partition into one
+// batch, while the other shards, waiting the same way, did not reach the
+// transactions asked about: a ring of sharded DCs took far longer to
+// converge (TestShardedRing under load).
+func (l *Link) repairer() Repairer {
+	r := l.cfg.Repair
+	r.AskOnce = true
+	return r
+}
+
 // Forget drops what the link kept about the message at stream sequence
 // seq, once the driver has dead-lettered it.
 func (l *Link) Forget(seq uint64) { delete(l.failures, seq) }
@@ -330,7 +343,7 @@ func (l *Link) apply(ctx context.Context, t *Tally, msgs []Msg, in []inbound, ou
 	})
 	for _, k := range keys {
 		g := need[k]
-		rt, err := l.cfg.Repair.Repair(ctx, k.origin, k.p, g.from, g.to)
+		rt, err := l.repairer().Repair(ctx, k.origin, k.p, g.from, g.to)
 		t.Add(rt)
 		if err != nil {
 			t.RepairErrors++

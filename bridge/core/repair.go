@@ -103,6 +103,12 @@ type Repairer struct {
 	// of its partitions and coordinates transactions spanning the DC's
 	// shards; nil for a DC of one sidecar.
 	Shard *Shard
+	// AskOnce has a repaired transaction spanning the DC's shards ask the
+	// other shards once whether they have prepared it, rather than wait
+	// for them (Coordinator.Prepare without wait): a link's repairs, so
+	// that its batch waits at most once (Link.Receive). It is prepared
+	// here all the same, and the events wait for the next try.
+	AskOnce bool
 }
 
 // maxRepairDepth bounds how many partitions deep a repair follows
@@ -146,7 +152,7 @@ func (r Repairer) repair(ctx context.Context, t *Tally, origin string, p uint32,
 		if len(evs) == 0 {
 			return fmt.Errorf("%w: %s, partition %d, from seq %d", ErrOriginLacks, origin, p, from)
 		}
-		evs, whole, prepared, waiting := r.Shard.repaired(ctx, evs)
+		evs, whole, prepared, waiting := r.Shard.repaired(ctx, evs, !r.AskOnce)
 		if len(evs) == 0 && waiting {
 			return errors.New("a repaired transaction spanning this DC's shards waits for its other shards to prepare it")
 		}

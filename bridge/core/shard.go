@@ -140,8 +140,9 @@ func (s *Shard) spans(all, own []*event.Event) bool {
 // ApplyWhole); a transaction spanning the DC's shards is prepared through
 // the Coordinator first (ids names them by their first op in own, to be
 // forgotten once applied), and when the other shards are not ready yet,
-// it and everything after it are left for later (held).
-func (s *Shard) repaired(ctx context.Context, evs []*event.Event) (own []*event.Event, whole map[*event.Event][]*event.Event, ids map[*event.Event]string, held bool) {
+// it and everything after it are left for later (held). wait says whether
+// to wait a little for the other shards (Coordinator.Prepare).
+func (s *Shard) repaired(ctx context.Context, evs []*event.Event, wait bool) (own []*event.Event, whole map[*event.Event][]*event.Event, ids map[*event.Event]string, held bool) {
 	if s == nil || s.Owns == nil {
 		return evs, nil, nil, false
 	}
@@ -157,7 +158,7 @@ func (s *Shard) repaired(ctx context.Context, evs []*event.Event) (own []*event.
 		}
 		if len(mine) < len(g) && s.Coordinator != nil {
 			id := TxnID(g)
-			ready, err := s.Coordinator.Prepare(ctx, id, g, mine, true)
+			ready, err := s.Coordinator.Prepare(ctx, id, g, mine, wait)
 			if err != nil || !ready {
 				return own, whole, ids, true
 			}
@@ -230,7 +231,7 @@ func (l *Link) spanning(ctx context.Context, t *Tally, m Msg, x inbound, all []*
 				// would prepare it and wait for it here once more.
 				break
 			}
-			rt, err := l.cfg.Repair.Repair(ctx, ev.Origin, ev.Partition, n, ev.Seq-1)
+			rt, err := l.repairer().Repair(ctx, ev.Origin, ev.Partition, n, ev.Seq-1)
 			t.Add(rt)
 			if err != nil {
 				l.log.Debug("gap repair before a transaction spanning shards", "id", id, "err", err)

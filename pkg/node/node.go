@@ -318,7 +318,7 @@ func (n *Node) Start(ctx context.Context) error {
 		// A shard serves the other shards' forwarded requests and gathers
 		// (shard.go).
 		n.shards.api, n.shards.local = direct, n.apiHandler()
-		if err := n.shards.start(nc); err != nil {
+		if err := n.shards.start(ctx, nc); err != nil {
 			return err
 		}
 	}

@@ -141,8 +141,11 @@ func (s *shards) checkAlone(ctx context.Context, nc *nats.Conn) error {
 }
 
 // start subscribes to the subjects of this shard's partitions and to the
-// DC's gather subject.
-func (s *shards) start(nc *nats.Conn) error {
+// DC's gather subject, and waits until the server has them: once the
+// shard has started, the other shards' requests for its partitions reach
+// it (unflushed, a write forwarded by another shard just after this one
+// started found no responder: TestShardedRing under load).
+func (s *shards) start(ctx context.Context, nc *nats.Conn) error {
 	for _, p := range s.list {
 		sub, err := nc.Subscribe(names.ShardSubject(s.n.cfg.DC, p), s.serveForwarded)
 		if err != nil {
@@ -155,6 +158,11 @@ func (s *shards) start(nc *nats.Conn) error {
 		return fmt.Errorf("node: shard subscribe: %w", err)
 	}
 	s.subs = append(s.subs, sub)
+	fctx, cancel := context.WithTimeout(ctx, shardWait)
+	defer cancel()
+	if err := nc.FlushWithContext(fctx); err != nil {
+		return fmt.Errorf("node: shard subscribe: flush: %w", err)
+	}
 	return nil
 }
 

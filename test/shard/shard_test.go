@@ -10,9 +10,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -131,7 +133,7 @@ func startSidecar(t *testing.T, cfg config.Config, url string, opts node.Options
 	t.Helper()
 	s := &sidecar{dc: cfg.DC, name: fmt.Sprintf("%s shard %s", cfg.DC, cfg.Shard), cfg: cfg, url: url, opts: opts}
 	o := opts
-	o.NATSURL, o.ReportInterval, o.Logger = url, 100*time.Millisecond, testutil.Logger(t, cfg.DC)
+	o.NATSURL, o.ReportInterval, o.Logger = url, 100*time.Millisecond, testutil.Logger(t, cfg.DC+"/"+cfg.Shard)
 	n, err := node.New(cfg, o)
 	if err != nil {
 		t.Fatal(err)
@@ -164,6 +166,7 @@ func digest(t *testing.T, s *sidecar) (string, int) {
 // keys keys.
 func converged(t *testing.T, all []*sidecar, keys int) {
 	t.Helper()
+	start := time.Now()
 	cluster.EventuallyEvery(t, 30*time.Second, 50*time.Millisecond, "every DC's whole digest to agree", func() (bool, string) {
 		want, n := digest(t, all[0])
 		if n != keys {
@@ -176,6 +179,7 @@ func converged(t *testing.T, all []*sidecar, keys int) {
 		}
 		return true, ""
 	})
+	t.Logf("every DC converged on %d keys in %s", keys, time.Since(start).Round(time.Millisecond))
 }
 
 // missing says, for a failure message, what each sidecar applied and holds
@@ -190,7 +194,72 @@ func missing(t *testing.T, all []*sidecar) string {
 		}
 		state = append(state, fmt.Sprintf("%s applied %s prepared %v", s.name, cluster.AppliedTotals(s.n.Store().Applied()), ids))
 	}
-	return strings.Join(state, "; ") + "; " + missingKeys(t, all)
+	return strings.Join(state, "; ") + "; " + missingKeys(t, all) + "; " + behind(all)
+}
+
+// behind says, for a failure message, which events each sidecar lacks
+// that their origin holds (origin, partition and sequences, against the
+// origin's own sequence taken from the origin's shards), what the sidecar
+// last heard the origin report for that partition (catch-up's target),
+// and the state of the sidecar's links and repairs.
+func behind(all []*sidecar) string {
+	// The origins' own sequences, by origin and partition, from the
+	// shards owning them.
+	own := map[string][]uint64{}
+	for _, s := range all {
+		row := s.n.Store().Applied()[s.dc]
+		if own[s.dc] == nil {
+			own[s.dc] = make([]uint64, partitions)
+		}
+		for p, n := range row {
+			if p < partitions {
+				own[s.dc][p] = max(own[s.dc][p], n)
+			}
+		}
+	}
+	var out []string
+	for _, s := range all {
+		mine := s.n.Store().Applied()
+		peers := s.n.Store().PeerApplied()
+		var lacks []string
+		for origin, row := range own {
+			if origin == s.dc {
+				continue
+			}
+			for p, want := range row {
+				if !slices.Contains(s.cfg.OwnedPartitions(), uint32(p)) {
+					continue
+				}
+				var have, reported uint64
+				if p < len(mine[origin]) {
+					have = mine[origin][p]
+				}
+				if r := peers[origin][origin]; p < len(r) {
+					reported = r[p]
+				}
+				if have < want {
+					lacks = append(lacks, fmt.Sprintf("%s p%d seq %d..%d (origin reported %d)", origin, p, have+1, want, reported))
+				}
+			}
+		}
+		if len(lacks) == 0 {
+			continue
+		}
+		slices.Sort(lacks)
+		st := s.n.Replicator().Stats()
+		var links []string
+		for _, up := range slices.Sorted(maps.Keys(st.Links)) {
+			l := st.Links[up]
+			links = append(links, fmt.Sprintf("%s: received %d applied %d dup %d gaps %d lag %d connected %v heal %v err %q",
+				up, l.Received, l.Applied, l.Duplicates, l.Gaps, l.LagEvents, l.Connected, l.Heal, l.LastError))
+		}
+		out = append(out, fmt.Sprintf("%s lacks %s [links %s; repairs %d events %d errors %d replays %d]",
+			s.name, strings.Join(lacks, ", "), strings.Join(links, "; "), st.Repairs, st.RepairedEvents, st.RepairErrors, st.Replays))
+	}
+	if len(out) == 0 {
+		return "no sidecar lacks an event its origin holds"
+	}
+	return strings.Join(out, "; ")
 }
 
 func missingKeys(t *testing.T, all []*sidecar) string {
