@@ -166,8 +166,14 @@ func digest(t *testing.T, s *sidecar) (string, int) {
 // keys keys.
 func converged(t *testing.T, all []*sidecar, keys int) {
 	t.Helper()
+	convergedWithin(t, all, keys, 30*time.Second)
+}
+
+// convergedWithin is converged within budget.
+func convergedWithin(t *testing.T, all []*sidecar, keys int, budget time.Duration) {
+	t.Helper()
 	start := time.Now()
-	cluster.EventuallyEvery(t, 30*time.Second, 50*time.Millisecond, "every DC's whole digest to agree", func() (bool, string) {
+	cluster.EventuallyEvery(t, budget, 50*time.Millisecond, "every DC's whole digest to agree", func() (bool, string) {
 		want, n := digest(t, all[0])
 		if n != keys {
 			return false, fmt.Sprintf("%s holds %d keys (%s), want %d; %s", all[0].name, n, want, keys, missing(t, all))
