@@ -300,7 +300,7 @@ func TestShardedRing(t *testing.T) {
 	// took 9-12s plain and 15-27s under -race with debug logs on this
 	// loaded 2-core machine; before a link's gap repairs stopped waiting
 	// at each partition (Repairer.AskOnce) a 30s budget failed about one
-	// run in five.
+	// run in four.
 	convergedWithin(t, all, keys+more, 60*time.Second)
 	stop()
 	txnsWhole(t, ns.ClientURL(), dcs, len(txns)+len(txns2), func(string) int { return len(dcs) - 1 })
