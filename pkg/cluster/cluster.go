@@ -554,13 +554,30 @@ func (c *Cluster) Close() error {
 
 // freeAddr returns a loopback address that was free a moment ago.
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+	handed.Lock()
+	defer handed.Unlock()
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		// The kernel may hand a closed port out again at once: a test
+		// that asks for two addresses before it listens on either (dc1's
+		// and dc3's sidecars) must not get the same one twice.
+		if !handed.addrs[addr] {
+			handed.addrs[addr] = true
+			return addr, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
+
+// handed is every address freeAddr returned in this process.
+var handed = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
 
 // FreeAddr is a loopback host:port that was free a moment ago, for a
 // listener a test starts later.
