@@ -155,6 +155,13 @@ func (s *shards) start(nc *nats.Conn) error {
 		return fmt.Errorf("node: shard subscribe: %w", err)
 	}
 	s.subs = append(s.subs, sub)
+	// Once the shard has started, the server knows its subjects: a write
+	// another shard relays to it then finds it, rather than no responders
+	// that make the DC look unable to write the key (and the sender fail
+	// over from it).
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		return fmt.Errorf("node: shard subscribe: flush: %w", err)
+	}
 	return nil
 }
 
