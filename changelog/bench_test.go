@@ -120,8 +120,16 @@ func BenchmarkApply(b *testing.B) {
 // fsync and on an in-memory filesystem so that the disk's noise stays out:
 // batches of 32 events for new keys (the bench's workload: every apply
 // first reads the key's state and finds none) into a store that already
-// holds 100,000 keys, all compacted.
+// holds 100,000 keys, all compacted; with the change feed on and off.
 func BenchmarkApplyCPU(b *testing.B) {
+	for _, off := range []bool{false, true} {
+		b.Run(fmt.Sprint("feedoff=", off), func(b *testing.B) { benchApplyCPU(b, off) })
+	}
+}
+
+// benchApplyCPU is BenchmarkApplyCPU with the change feed on or off
+// (Options.FeedOff) at the applying store.
+func benchApplyCPU(b *testing.B, feedOff bool) {
 	const batch, held = 32, 100000
 	src := openMem(b, vfs.NewMem(), "dc1", Options{NoSync: true, Partitions: 16})
 	var evs []*event.Event
@@ -135,7 +143,7 @@ func BenchmarkApplyCPU(b *testing.B) {
 	n := 0
 	for n < b.N {
 		b.StopTimer()
-		dst := openMem(b, vfs.NewMem(), "dc2", Options{NoSync: true, Partitions: 16})
+		dst := openMem(b, vfs.NewMem(), "dc2", Options{NoSync: true, Partitions: 16, FeedOff: feedOff})
 		for off := 0; off < held; off += 1000 {
 			if _, err := dst.Apply(context.Background(), evs[off:off+1000], nil); err != nil {
 				b.Fatal(err)

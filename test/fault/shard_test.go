@@ -58,7 +58,8 @@ func (p *shardProc) kill() {
 
 // TestShardSIGKILL (docs/DESIGN.md, invariants 1 and 16): dc1 runs as 4
 // `replicator run` processes (shards), dc2 and dc3 as one each, in a mesh
-// on one embedded JetStream server. Writers put unique keys through every
+// and in a ring (where dc1's shards forward dc3's events to dc2, each for
+// its partitions) on one embedded JetStream server. Writers put unique keys through every
 // sidecar, most of them keys another shard of dc1 owns (so forwarded),
 // while one of dc1's shards is SIGKILLed and restarted again and again.
 // After the writers stop, every sidecar shows the same whole-DC digest and
@@ -66,6 +67,12 @@ func (p *shardProc) kill() {
 // sidecar: 0 acknowledged writes lost.
 func TestShardSIGKILL(t *testing.T) {
 	requireBinary(t)
+	for _, topology := range []string{"mesh", "ring"} {
+		t.Run(topology, func(t *testing.T) { shardSIGKILL(t, topology) })
+	}
+}
+
+func shardSIGKILL(t *testing.T, topology string) {
 	seed := testSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 2))
 	cycles := pick(3, 40)
@@ -88,8 +95,8 @@ func TestShardSIGKILL(t *testing.T) {
 			}
 			addr := repl.FreeAddr(t)
 			p := &shardProc{name: name, cfg: filepath.Join(dir, name+".yaml"), log: filepath.Join(dir, name+".log"), base: "http://" + addr}
-			y := fmt.Sprintf("dc: %s\ndcs: [dc1, dc2, dc3]\ntopology: mesh\npartitions: 8\n%snats:\n  url: %s\ndata_dir: %s\nhttp:\n  listen: %s\n",
-				dc, shard, ns.ClientURL(), filepath.Join(dir, "data", name), addr)
+			y := fmt.Sprintf("dc: %s\ndcs: [dc1, dc2, dc3]\ntopology: %s\npartitions: 8\n%snats:\n  url: %s\ndata_dir: %s\nhttp:\n  listen: %s\n",
+				dc, topology, shard, ns.ClientURL(), filepath.Join(dir, "data", name), addr)
 			if err := os.WriteFile(p.cfg, []byte(y), 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -169,7 +176,7 @@ func TestShardSIGKILL(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	t.Logf("%d SIGKILLs of %s; %d writes tried, %d acknowledged", cycles, victim.name, tries, count())
+	t.Logf("%s: %d SIGKILLs of %s; %d writes tried, %d acknowledged", topology, cycles, victim.name, tries, count())
 
 	var last []string
 	if err := repl.WaitFor(60*time.Second, 50*time.Millisecond, func() bool {
