@@ -298,3 +298,84 @@ func TestAbsurdEpochRefused(t *testing.T) {
 		t.Errorf("an epoch was recorded durably: ok %t, err %v", ok, err)
 	}
 }
+
+// TestCloseAnswersWhatItReceived: a router that closes answers the
+// requests the server already sent it. Before the fix Close unsubscribed
+// and dropped them, so their senders waited out the rule's timeout and
+// took the DC for dead: in TestShardedHomeTakeover a probe that reached
+// dc1's closing shard made dc3 try dc1 last for a while, and the failback
+// to dc1 went to dc2 (1 run in 5 or so). Here dc1 executes one forwarded
+// write at a time; while the first is held, two probes arrive (one taken
+// off the subscription, one waiting in it), then dc1 closes.
+func TestCloseAnswersWhatItReceived(t *testing.T) {
+	url := startNATS(t, 0)
+	rl := Rule{Prefix: "acct/", DCs: []string{"dc1", "dc2"}, Failover: true, Timeout: time.Second}
+	entered, hold := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	r, err := New(Options{DC: "dc1", Rules: []Rule{rl}, Epochs: &memEpochs{m: map[string]changelog.HomeEpoch{}}, ProbeInterval: time.Hour, MaxInFlight: 1,
+		Local: func(ctx context.Context, op changelog.WriteOp) (changelog.WriteResult, error) {
+			once.Do(func() { close(entered) })
+			<-hold
+			return changelog.WriteResult{State: dvv.State{Clock: vclock.VV{"dc1": 1}}}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, url, r)
+	release := sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(release) // before the router closes
+	sender, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	reqs := []request{
+		{V: Protocol, Op: opWrite, From: "dc2", Prefix: rl.Prefix, DCs: rl.DCs, Epoch: 0, Key: "acct/1", Value: []byte("v"), Blind: true},
+		{V: Protocol, Op: opProbe, From: "dc2", Prefix: rl.Prefix},
+		{V: Protocol, Op: opProbe, From: "dc2", Prefix: rl.Prefix},
+	}
+	errs := make(chan error, len(reqs))
+	for i, q := range reqs {
+		b, err := encode(&q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			_, err := sender.Request(names.HomeSubject("dc1"), b, 3*time.Second)
+			errs <- err
+		}()
+		if i == 0 {
+			<-entered // the write holds the only slot
+		}
+	}
+	r.mu.Lock()
+	sub := r.mu.sub
+	r.mu.Unlock()
+	// Pending counts the message in the handler (the first probe, waiting
+	// for the slot) and those queued behind it.
+	waitFor(t, "the second probe to wait in dc1's subscription", func() bool { n, _, _ := sub.Pending(); return n == 2 })
+	closed := make(chan error, 1)
+	go func() { closed <- r.Close() }()
+	waitFor(t, "dc1 to stop serving", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.mu.sub == nil })
+	release()
+	for i := range reqs {
+		if err := <-errs; err != nil {
+			t.Errorf("request %d of %d to the closing dc1: %v; want an answer", i+1, len(reqs), err)
+		}
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("close: %v", err)
+	}
+}
+
+// waitFor waits up to 10s for cond, checking every 5ms.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); <-tick.C {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}

@@ -281,11 +281,7 @@ func (r *Router) Serve() error {
 // StopServing unsubscribes the responder, so that other DCs find this one
 // unreachable for home writes while everything else runs: the fault tests'
 // way to cut only the forwarding path.
-func (r *Router) StopServing() error { return r.unsubscribe(true) }
-
-// unsubscribe removes the responder; with flush it waits until the server
-// knows.
-func (r *Router) unsubscribe(flush bool) error {
+func (r *Router) StopServing() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.mu.sub == nil {
@@ -293,7 +289,7 @@ func (r *Router) unsubscribe(flush bool) error {
 	}
 	err := r.mu.sub.Unsubscribe()
 	r.mu.sub = nil
-	if err == nil && flush {
+	if err == nil {
 		// Once StopServing returns, requests find no responder rather than
 		// a subscription that drops them.
 		err = r.mu.nc.FlushTimeout(5 * time.Second)
@@ -302,11 +298,12 @@ func (r *Router) unsubscribe(flush bool) error {
 }
 
 // Close stops serving and probing and waits for the forwarded writes in
-// progress. It is safe to call twice.
+// progress. The requests the server already sent here are answered, not
+// dropped (drain). It is safe to call twice.
 func (r *Router) Close() error {
 	var err error
 	r.once.Do(func() {
-		err = r.unsubscribe(false)
+		err = r.drain()
 		r.mu.Lock()
 		r.mu.closed = true
 		r.mu.Unlock()
@@ -316,6 +313,35 @@ func (r *Router) Close() error {
 		r.wg.Wait()
 	})
 	return err
+}
+
+// drainWait bounds how long Close waits for the requests already received
+// to be dispatched.
+const drainWait = 5 * time.Second
+
+// drain removes the responder so that the server sends no more requests
+// here, and dispatches those it already sent. An unsubscribe would drop
+// them: their senders would wait out the rule's timeout, then take the DC
+// for dead (tried last for a while, or failed over from) though another
+// shard of it still serves the subject.
+func (r *Router) drain() error {
+	r.mu.Lock()
+	sub := r.mu.sub
+	r.mu.sub = nil
+	r.mu.Unlock()
+	if sub == nil {
+		return nil
+	}
+	done := sub.StatusChanged(nats.SubscriptionClosed)
+	if err := sub.Drain(); err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(drainWait):
+		return fmt.Errorf("home: requests received on %s still undispatched after %s", sub.Subject, drainWait)
+	}
 }
 
 func (r *Router) conn() *nats.Conn {

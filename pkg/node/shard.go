@@ -158,6 +158,10 @@ func (s *shards) start(ctx context.Context, nc *nats.Conn) error {
 		return fmt.Errorf("node: shard subscribe: %w", err)
 	}
 	s.subs = append(s.subs, sub)
+	// Once the shard has started, the server knows its subjects: a write
+	// another shard relays to it then finds it, rather than no responders
+	// that make the DC look unable to write the key (and the sender fail
+	// over from it).
 	fctx, cancel := context.WithTimeout(ctx, shardWait)
 	defer cancel()
 	if err := nc.FlushWithContext(fctx); err != nil {
