@@ -16,20 +16,16 @@ import (
 // answer that never came: the send and the stop are both ready then, and
 // select takes either, so 20 rounds hang the old code with odds 1-2^-20.
 func TestCloseAnswersEveryCaller(t *testing.T) {
-	t.Cleanup(func() { enqueueHook = nil })
 	for round := range 20 {
-		st, err := Open(fmt.Sprint("/close-", round), Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: 4, FS: vfs.NewMem()})
-		if err != nil {
-			t.Fatal(err)
-		}
 		held := make(chan struct{})
-		enqueueHook = func(s *Store) {
-			if s != st {
-				return
-			}
+		hook := func(s *Store) {
 			close(held)
 			<-s.stop    // Close has begun
 			s.wg.Wait() // the committer and the syncer have exited
+		}
+		st, err := Open(fmt.Sprint("/close-", round), Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: 4, FS: vfs.NewMem(), enqueueHook: hook})
+		if err != nil {
+			t.Fatal(err)
 		}
 		res := make(chan error, 1)
 		go func() {
@@ -46,6 +42,5 @@ func TestCloseAnswersEveryCaller(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("round %d: a write sent after the committer exited still waits 5s after Close", round)
 		}
-		enqueueHook = nil
 	}
 }

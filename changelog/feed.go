@@ -177,7 +177,7 @@ func (s *Store) loadFeed() error {
 	if s.opts.FeedOff != (wasOff == 1) {
 		b := s.db.NewBatch()
 		defer b.Close()
-		errs := []error{b.Delete(metaKey(metaFeedOff), nil)}
+		var errs []error
 		if s.opts.FeedOff {
 			// The feed goes off: drop its entries and skip cursor hi+1,
 			// so that when it is on again every cursor handed out before
@@ -190,6 +190,9 @@ func (s *Store) loadFeed() error {
 				b.Set(metaKey(metaFeedBytes), u64(0), nil),
 				b.Set(metaKey(metaFeedOff), u64(1), nil),
 			}
+		} else {
+			// On again: the next start that turns it off skips again.
+			errs = []error{b.Delete(metaKey(metaFeedOff), nil)}
 		}
 		for _, err := range append(errs, b.Commit(pebble.Sync)) {
 			if err != nil {

@@ -762,4 +762,15 @@ func TestFeedOff(t *testing.T) {
 	if len(got) != 1 || got[0].Key != "back" || got[0].Cursor <= 3 {
 		t.Fatalf("after the feed is on again: %+v, want the change of back, past cursor 3", got)
 	}
+	// Off a second time, then on: a reader at back's cursor missed what
+	// was written while off, so it is gone too.
+	s.Close()
+	s = open(true)
+	mustWrite(t, s, WriteOp{Key: "off-again", Value: []byte("v")})
+	s.Close()
+	s = open(false)
+	defer s.Close()
+	if _, err := s.ReadFeed(FeedQuery{Since: got[0].Cursor}); !errors.Is(err, ErrFeedGone) {
+		t.Fatalf("a reader at cursor %d from before the feed was off again: %v, want ErrFeedGone", got[0].Cursor, err)
+	}
 }

@@ -151,6 +151,10 @@ type Options struct {
 	// prunes by; default time.Now.
 	Now func() time.Time
 
+	// enqueueHook, set only by tests, runs in enqueue between its closed
+	// check and its send, to hold a caller in that window.
+	enqueueHook func(*Store)
+
 	// serial makes each group wait for its own sync before the next group
 	// starts: the one-fsync-per-write baseline of the benchmarks.
 	serial bool
@@ -490,10 +494,6 @@ func (s *Store) doApply(ctx context.Context, n int, fn func(t *txn) error) error
 	return s.enqueue(ctx, s.applies, &request{ctx: ctx, fn: fn, done: make(chan error, 1), events: max(n, 1)})
 }
 
-// enqueueHook, set only by tests, runs in enqueue between its closed check
-// and its send, to hold a caller in that window.
-var enqueueHook func(*Store)
-
 func (s *Store) enqueue(ctx context.Context, q chan<- *request, r *request) error {
 	if err := s.failure(); err != nil {
 		return err
@@ -504,8 +504,8 @@ func (s *Store) enqueue(ctx context.Context, q chan<- *request, r *request) erro
 	if closed {
 		return ErrClosed
 	}
-	if enqueueHook != nil {
-		enqueueHook(s)
+	if s.opts.enqueueHook != nil {
+		s.opts.enqueueHook(s)
 	}
 	select {
 	case q <- r:

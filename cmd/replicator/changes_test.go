@@ -151,27 +151,17 @@ func TestChangesFollow(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out := &lineWriter{lines: make(chan string, 16)}
-	var errOut bytes.Buffer
+	errOut := &syncBuffer{}
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"changes", "--addr", srv.URL, "--follow", "--since", "6", "--heartbeat", "1s"}, out, &errOut)
+		done <- run(ctx, []string{"changes", "--addr", srv.URL, "--follow", "--since", "6", "--heartbeat", "1s"}, out, errOut)
 	}()
 	// Wait past two heartbeats: nothing is printed, then a write is.
 	time.AfterFunc(2500*time.Millisecond, func() {
 		st.Write(context.Background(), changelog.WriteOp{Key: "c/0", Value: []byte("v")})
 	})
-	select {
-	case l := <-out.lines:
-		var got struct {
-			Type   string
-			Key    string
-			Cursor uint64
-		}
-		if err := json.Unmarshal([]byte(l), &got); err != nil || got.Type != "change" || got.Key != "c/0" || got.Cursor != 7 {
-			t.Fatalf("first printed line %q, want the change of c/0 at cursor 7", l)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("nothing printed 20s after a write")
+	if got := printedLine(t, out, errOut.String); got != "change:c/0@7" {
+		t.Fatalf("first printed line %s, want the change of c/0 at cursor 7", got)
 	}
 	cancel()
 	interrupted(t, done, errOut.String)
@@ -200,24 +190,7 @@ func TestChangesFollowResumes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	next := func() string {
-		t.Helper()
-		select {
-		case l := <-out.lines:
-			var got struct {
-				Type   string
-				Key    string
-				Cursor uint64
-			}
-			if err := json.Unmarshal([]byte(l), &got); err != nil {
-				t.Fatalf("printed %q: %v", l, err)
-			}
-			return fmt.Sprintf("%s:%s@%d", got.Type, got.Key, got.Cursor)
-		case <-time.After(20 * time.Second):
-			t.Fatalf("nothing printed within 20s; stderr: %s", errOut.String())
-			return ""
-		}
-	}
+	next := func() string { return printedLine(t, out, errOut.String) }
 	write("c/0")
 	if got := next(); got != "change:c/0@7" {
 		t.Fatalf("first line %s, want change:c/0@7", got)
@@ -300,5 +273,26 @@ func interrupted(t *testing.T, done <-chan int, stderr func() string) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("--follow did not end when interrupted")
+	}
+}
+
+// printedLine waits up to 20s for the command's next line and returns it as
+// "type:key@cursor".
+func printedLine(t *testing.T, out *lineWriter, stderr func() string) string {
+	t.Helper()
+	select {
+	case l := <-out.lines:
+		var got struct {
+			Type   string
+			Key    string
+			Cursor uint64
+		}
+		if err := json.Unmarshal([]byte(l), &got); err != nil {
+			t.Fatalf("printed %q: %v", l, err)
+		}
+		return fmt.Sprintf("%s:%s@%d", got.Type, got.Key, got.Cursor)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("nothing printed within 20s; stderr: %s", stderr())
+		return ""
 	}
 }
