@@ -57,6 +57,13 @@ var (
 	// that this DC has not applied yet. The write is not made; it can be
 	// retried once this DC has caught up (see ContextAheadError).
 	ErrContextAhead = errors.New("changelog: context is ahead of this DC")
+	// ErrTooManySiblings refuses a local write that would leave its key
+	// with more siblings than Options.MaxSiblings (the config's
+	// limits.max_siblings), and more than it holds: a write without the
+	// read's context under the siblings or record resolver keeps every
+	// value it does not supersede (see TooManySiblingsError). The HTTP API
+	// answers it with 409.
+	ErrTooManySiblings = errors.New("changelog: too many siblings")
 	// ErrFailed reports a store stopped by a failed WAL write or sync
 	// (invariant 17 in docs/DESIGN.md): it serves nothing more, and the
 	// sidecar must be restarted.
@@ -112,6 +119,12 @@ type Options struct {
 	// write is acknowledged here that other DCs would reject; zero fields
 	// take event.DefaultLimits.
 	Limits event.Limits
+	// MaxSiblings bounds the siblings a local write may leave a key with
+	// (default DefaultMaxSiblings): a write that would leave more, and
+	// more than the key holds, is refused with ErrTooManySiblings. Remote
+	// events are always applied, so a key holds at most about this many
+	// siblings per DC.
+	MaxSiblings int
 	// ContextWait is how long Write waits for this DC to apply the other
 	// DCs' events a client context names before it gives up with
 	// ErrContextAhead, and how long WaitRead waits for what a reader's
@@ -280,6 +293,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	if opts.Limits.MaxValueBytes <= 0 {
 		opts.Limits.MaxValueBytes = def.MaxValueBytes
+	}
+	if opts.MaxSiblings <= 0 {
+		opts.MaxSiblings = DefaultMaxSiblings
 	}
 	if opts.Limits.MaxTxnOps <= 0 {
 		opts.Limits.MaxTxnOps = def.MaxTxnOps

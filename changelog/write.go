@@ -114,6 +114,27 @@ func (op WriteOp) checkTTL() error {
 	return nil
 }
 
+// DefaultMaxSiblings is Options.MaxSiblings' default, Riak's max_siblings.
+const DefaultMaxSiblings = 100
+
+// TooManySiblingsError is the ErrTooManySiblings a local write gets when
+// it would add a sibling to a key that holds Max or more. Each write
+// without the read's context under the siblings or record resolver keeps
+// the values it does not supersede, so a client that never sends one
+// grows the key, and every later write and apply of it, without bound.
+type TooManySiblingsError struct {
+	Key      string
+	Siblings int // what the key holds
+	Max      int
+}
+
+func (e *TooManySiblingsError) Error() string {
+	return fmt.Sprintf("key %q holds %d siblings, and this write would add one beyond limits.max_siblings (%d): "+
+		"read the key and write with the read's context, which replaces the siblings it read", e.Key, e.Siblings, e.Max)
+}
+
+func (e *TooManySiblingsError) Unwrap() error { return ErrTooManySiblings }
+
 // ContextAheadError is the ErrContextAhead a write gets when its context
 // names an event of another DC this DC has neither applied nor seen.
 type ContextAheadError struct {
@@ -259,6 +280,9 @@ func (t *txn) prepare(op WriteOp) (prepared, error) {
 		return prepared{}, err
 	}
 	w := prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}
+	if n := st.CountAfter(w.ctx); n > s.opts.MaxSiblings && n > len(st.Siblings) {
+		return prepared{}, &TooManySiblingsError{Key: op.Key, Siblings: len(st.Siblings), Max: s.opts.MaxSiblings}
+	}
 	if typed {
 		w.typed, w.size = tr, typedSize
 	}

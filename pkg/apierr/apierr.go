@@ -24,6 +24,7 @@ type StatusError interface {
 //
 //	an error with its own status (StatusError)       that status
 //	changelog.ErrValueTooLarge                         413
+//	changelog.ErrTooManySiblings                       409
 //	changelog.ErrBadInput                              400
 //	changelog.ErrNotFound                              404
 //	changelog.ErrContextAhead, changelog.ErrClosed,
@@ -39,6 +40,8 @@ func Status(err error) int {
 		return se.HTTPStatus()
 	case errors.Is(err, changelog.ErrValueTooLarge):
 		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, changelog.ErrTooManySiblings):
+		return http.StatusConflict
 	case errors.Is(err, changelog.ErrBadInput):
 		return http.StatusBadRequest
 	case errors.Is(err, changelog.ErrNotFound):

@@ -29,6 +29,7 @@ func TestStatus(t *testing.T) {
 		{&changelog.ContextAheadError{DC: "dc2", Named: 5}, http.StatusServiceUnavailable, true},
 		{fmt.Errorf("write: %w", changelog.ErrBadInput), http.StatusBadRequest, false},
 		{changelog.ValueTooLarge(2000, 1000), http.StatusRequestEntityTooLarge, false},
+		{&changelog.TxnError{Index: 1, Err: &changelog.TooManySiblingsError{Key: "k", Siblings: 100, Max: 100}}, http.StatusConflict, false},
 		{fmt.Errorf("%w: conflict %q", changelog.ErrNotFound, "x"), http.StatusNotFound, false},
 		{changelog.ErrClosed, http.StatusServiceUnavailable, false},
 		{fmt.Errorf("wait: %w", context.Canceled), http.StatusServiceUnavailable, false},

@@ -356,6 +356,12 @@ type Limits struct {
 	// server whose max_payload is lower lowers it further: the embedded
 	// server allows 8 MiB, a default nats-server 1 MiB.
 	MaxTxnBytes int `yaml:"max_txn_bytes"`
+	// MaxSiblings bounds the siblings a local write may leave a key with:
+	// a write without the read's context under the siblings or record
+	// resolver keeps every value it does not supersede, and past this
+	// many it is refused with 409 (Riak's max_siblings). Remote events are
+	// always applied. Default 100, range 2..65536.
+	MaxSiblings int `yaml:"max_siblings"`
 }
 
 // EnvelopeBytes is the room Validate keeps in max_event_bytes beyond the
@@ -390,6 +396,7 @@ func Default() Config {
 			MaxKeyBytes:   4 * kib,
 			MaxValueBytes: mib - 32*kib,
 			MaxTxnOps:     1000,
+			MaxSiblings:   100,
 			MaxTxnBytes:   4 * mib,
 		},
 		ConflictLog: ConflictLog{

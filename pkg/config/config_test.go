@@ -310,13 +310,14 @@ func TestValidate(t *testing.T) {
 			want: []string{`limits.max_value_bytes: 1048576 plus limits.max_key_bytes 4096 plus 16384 bytes for the event's context and path exceeds limits.max_event_bytes 1048576; want at most 1028096, or raise max_event_bytes`}},
 		{name: "largest value that fits", edit: func(c *Config) { c.Limits.MaxValueBytes = 1028096 }},
 		{name: "limits out of range", edit: func(c *Config) {
-			c.Limits = Limits{MaxEventBytes: 100, MaxKeyBytes: 0, MaxValueBytes: -1, MaxTxnOps: 1000, MaxTxnBytes: 4 << 20}
+			c.Limits = Limits{MaxEventBytes: 100, MaxKeyBytes: 0, MaxValueBytes: -1, MaxTxnOps: 1000, MaxTxnBytes: 4 << 20, MaxSiblings: 1}
 			c.HTTP.MaxBodyBytes = 1
 		},
 			want: []string{
 				`limits.max_event_bytes: 100 is out of range; want 32768 (32 KiB) to 67108864 (64 MiB)`,
 				`limits.max_key_bytes: 0 is out of range; want 1 to 65536`,
 				`limits.max_value_bytes: -1 must be positive`,
+				`limits.max_siblings: 1 is out of range; want 2 to 65536`,
 			}},
 		{name: "transaction limits out of range", edit: func(c *Config) { c.Limits.MaxTxnOps, c.Limits.MaxTxnBytes = 5000, 1<<10 },
 			want: []string{
@@ -379,7 +380,7 @@ func TestDefault(t *testing.T) {
 		HTTP:           HTTP{Listen: "127.0.0.1:7070", MaxBodyBytes: 1 << 20},
 		Resolvers:      Resolvers{Default: "siblings"},
 		Durability:     Durability{Fsync: true, StreamReplicas: 1, DuplicateWindow: Duration(2 * time.Minute), MaxClockDrift: Duration(time.Minute), StreamRetention: Duration(24 * time.Hour)},
-		Limits:         Limits{MaxEventBytes: 1 << 20, MaxKeyBytes: 4096, MaxValueBytes: 1<<20 - 32<<10, MaxTxnOps: 1000, MaxTxnBytes: 4 << 20},
+		Limits:         Limits{MaxEventBytes: 1 << 20, MaxKeyBytes: 4096, MaxValueBytes: 1<<20 - 32<<10, MaxTxnOps: 1000, MaxTxnBytes: 4 << 20, MaxSiblings: 100},
 		ConflictLog:    ConflictLog{Retention: Duration(720 * time.Hour), MaxEntries: 1000000},
 		Changes:        Changes{Retention: Duration(24 * time.Hour), MaxBytes: 1 << 30},
 	}

@@ -484,6 +484,9 @@ func (c Config) validateLimits(p *problems) {
 		p.add("limits.max_value_bytes", "%d must be positive", l.MaxValueBytes)
 		ok = false
 	}
+	if l.MaxSiblings < 2 || l.MaxSiblings > 65536 {
+		p.add("limits.max_siblings", "%d is out of range; want 2 to 65536", l.MaxSiblings)
+	}
 	if l.MaxTxnOps < 1 || l.MaxTxnOps > 4096 {
 		p.add("limits.max_txn_ops", "%d is out of range; want 1 to 4096", l.MaxTxnOps)
 	}

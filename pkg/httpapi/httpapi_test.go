@@ -822,3 +822,41 @@ func TestConflictPaging(t *testing.T) {
 	w = f.do(t, req{method: "GET", target: fmt.Sprintf("/v1/conflicts?limit=%d", MaxConflictLimit+1)})
 	wantStatus(t, w, http.StatusBadRequest)
 }
+
+// TestTooManySiblings: a blind PUT, or a transaction's blind op, that would
+// add a sibling to a key holding limits.max_siblings is a 409 naming the
+// limit; the PUT with the read's context is taken.
+func TestTooManySiblings(t *testing.T) {
+	rules := testRules(t)
+	st, err := changelog.Open("data-sibs", changelog.Options{DC: "dc1", DCs: []string{"dc1", "dc2"}, Partitions: testPartitions,
+		FS: vfs.NewMem(), Clock: &counterClock{}, Resolvers: rules, MaxSiblings: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	h := New(StoreBackend{Store: st, Rules: rules}, Options{MaxBodyBytes: 1 << 20})
+	for _, v := range []string{"a", "b"} {
+		if w := serve(h, req{method: "PUT", target: "/v1/kv/k", body: v}); w.Code >= 300 {
+			t.Fatalf("blind PUT %s: %d %s", v, w.Code, w.Body)
+		}
+	}
+	for _, r := range []req{
+		{method: "PUT", target: "/v1/kv/k", body: "c"},
+		{method: "POST", target: "/v1/txn", body: `{"ops":[{"op":"put","key":"other","value_text":"x"},{"op":"put","key":"k","value_text":"c"}]}`},
+	} {
+		w := serve(h, r)
+		wantStatus(t, w, http.StatusConflict)
+		if msg := decode[errResp](t, w).Error; !strings.Contains(msg, "limits.max_siblings (2)") || !strings.Contains(msg, "context") {
+			t.Errorf("%s %s: error %q does not name limits.max_siblings and the context", r.method, r.target, msg)
+		}
+	}
+	read := serve(h, req{method: "GET", target: "/v1/kv/k"})
+	wantStatus(t, read, http.StatusOK)
+	w := serve(h, req{method: "PUT", target: "/v1/kv/k", body: "c", header: hdr(ContextHeader, read.Header().Get(ContextHeader))})
+	if w.Code >= 300 {
+		t.Fatalf("PUT with the read's context: %d %s", w.Code, w.Body)
+	}
+	if got := decode[keyResp](t, serve(h, req{method: "GET", target: "/v1/kv/k"})); len(got.Values) != 1 {
+		t.Fatalf("after the PUT with the read's context k shows %d values, want 1", len(got.Values))
+	}
+}

@@ -81,6 +81,7 @@ func StoreOptions(cfg config.Config, h Hooks) (changelog.Options, error) {
 		ContextWait:        time.Duration(cfg.ContextWait),
 		Owns:               owns(cfg),
 		TxnMaxOps:          cfg.Limits.MaxTxnOps,
+		MaxSiblings:        cfg.Limits.MaxSiblings,
 		TxnMaxBytes:        cfg.Limits.MaxTxnBytes,
 		ConflictRetention:  time.Duration(cfg.ConflictLog.Retention),
 		ConflictMaxEntries: cfg.ConflictLog.MaxEntries,
