@@ -8,7 +8,9 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/replicatorhq/replicator/pkg/dvv"
 	"github.com/replicatorhq/replicator/pkg/event"
+	"github.com/replicatorhq/replicator/pkg/vclock"
 )
 
 // TestMaxSiblings: a local write that would leave its key with more than
@@ -98,5 +100,35 @@ func TestMaxSiblings(t *testing.T) {
 	}
 	if d := mustWrite(t, dc1, WriteOp{Key: "k", Delete: true}); d.State.LiveCount() != 0 || len(d.State.Siblings) != 1 {
 		t.Fatalf("a delete of k holding 3: %s, want one tombstone", values(d.State))
+	}
+}
+
+// BenchmarkWriteBySiblings measures a local write to a key holding n
+// siblings (each write's context covers only the oldest, so n stays), on an in-memory filesystem so the figure is the store's work,
+// not the disk's: why limits.max_siblings exists. Compare ns/op across n.
+func BenchmarkWriteBySiblings(b *testing.B) {
+	for _, n := range []int{1, 10, 100, 1000} {
+		b.Run(fmt.Sprintf("siblings=%d", n), func(b *testing.B) {
+			s := openMem(b, vfs.NewMem(), "dc1", Options{Partitions: 1, MaxSiblings: n})
+			ctx := context.Background()
+			val := make([]byte, 100)
+			var last WriteResult
+			for range n {
+				last = mustWrite(b, s, WriteOp{Key: "k", Value: val})
+			}
+			oldest := func(st dvv.State) vclock.VV { return vclock.VV{"dc1": st.Siblings[0].Dot.N} }
+			cover := oldest(last.State)
+			b.ResetTimer()
+			for b.Loop() {
+				r, err := s.Write(ctx, WriteOp{Key: "k", Value: val, Context: cover})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(r.State.Siblings) != n {
+					b.Fatalf("the key holds %d siblings, want %d", len(r.State.Siblings), n)
+				}
+				cover = oldest(r.State)
+			}
+		})
 	}
 }
