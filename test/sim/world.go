@@ -62,7 +62,7 @@ import (
 // and a DC restarting without an own event its stream holds.
 type World struct {
 	opts    WorldOptions
-	t       time.Duration // virtual time since the epoch
+	t       time.Duration      // virtual time since the epoch
 	nodes   map[string]*node   // by name: the DC, or "<dc>/<i>" for a shard
 	byDC    map[string][]*node // each DC's sidecars, in shard order
 	streams map[string]*stream
