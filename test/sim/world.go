@@ -46,9 +46,19 @@ import (
 //     reconciled by core.Reconcile;
 //   - every second the store trims its outbox and purges tombstones, and
 //     the stream is trimmed by core.Retention;
-//   - each DC's HLC (pkg/hlc) reads the virtual clock plus its own skew.
+//   - each DC's HLC (pkg/hlc) reads the virtual clock plus its own skew;
+//   - a DC may run several sidecars (WorldOptions.Shards, invariant 16):
+//     each shard has its own store owning its partitions, consumers
+//     filtered to their subjects and every transaction subject, reports
+//     speaking for its partitions (core.Coverage), healer, heal consumers
+//     and retention, and publishes on the DC's one stream; requests go to
+//     the owner of the key's partition; a remote transaction spanning the
+//     DC's shards is prepared by each owner (coordinator) before any
+//     applies (core.Shard), and forwarded whole by the owner of its first
+//     op; a local one spanning them is refused, as pkg/node refuses it.
 //
-// Faults are methods: Crash, Restart, Cut and Mend (a network partition
+// Faults are methods: Crash and Restart (a DC, or one shard "<dc>/<i>"),
+// Cut and Mend (a network partition
 // between two DCs: no link, repair or report between them), LoseMsg (a
 // stream loses a message, as JetStream may in a power failure), a
 // delivery lost in flight (redelivered after AckWait, so later messages
@@ -59,7 +69,10 @@ import (
 // forwarded twice at a DC, a first apply forwarded other than the
 // reference rule says (shouldForward, written apart from core.Plan), a
 // path with a loop, a message acked before it is applied, a dead letter,
-// and a DC restarting without an own event its stream holds.
+// and a DC restarting without an own event its stream holds; with shards,
+// counted per DC across them, and also an op applied by a shard that does
+// not own its partition, and a transaction forwarded in part, or by two
+// shards of a DC.
 type World struct {
 	opts    WorldOptions
 	t       time.Duration      // virtual time since the epoch
