@@ -231,6 +231,10 @@ func runWorld(seed uint64, sharded bool) *wrun {
 		// partitions; more keys, so that transactions land both within
 		// one shard (the origin's only kind) and across a receiver's.
 		opts.Partitions = 3 + r.IntN(4)
+		// Streams keep acknowledged messages 2 to 6 s, so that each
+		// shard's retention (its own subjects, down to every downstream
+		// shard's floor) trims within a run.
+		opts.StreamKeep = time.Duration(2+r.IntN(5)) * time.Second
 		opts.Shards = map[string]int{s.dcs[0]: 2 + r.IntN(2)}
 		for _, dc := range s.dcs[1:] {
 			opts.Shards[dc] = 1 + r.IntN(2)
@@ -345,10 +349,12 @@ func (s *wrun) wake() {
 	}
 }
 
+// upDC picks a live DC: in a sharded run, one with any shard up (a
+// request whose key's owner is down is refused, errShardDown).
 func (s *wrun) upDC() (string, bool) {
 	var up []string
 	for _, dc := range s.dcs {
-		if s.w.Up(dc) {
+		if s.w.Up(dc) || s.sharded && slices.ContainsFunc(s.w.byDC[dc], func(n *node) bool { return n.up }) {
 			up = append(up, dc)
 		}
 	}
@@ -412,6 +418,9 @@ func (s *wrun) write() {
 		return
 	}
 	res, err := s.w.Write(dc, op)
+	if s.held(err) {
+		return
+	}
 	line := fmt.Sprintf("write %s k=%s v=%s del=%v read@%s ctx=%s", dc, key, op.Value, op.Delete, at, op.Context)
 	if errors.Is(err, changelog.ErrContextAhead) {
 		s.logf("%s  # refused: context ahead", line)
@@ -476,6 +485,9 @@ func (s *wrun) writeTxn() {
 		ops[i] = op
 	}
 	res, err := s.w.WriteTxn(dc, ops)
+	if s.held(err) {
+		return
+	}
 	line := fmt.Sprintf("txn %s %d ops", dc, n)
 	if errors.Is(err, changelog.ErrContextAhead) {
 		s.logf("%s  # refused: context ahead", line)
@@ -503,12 +515,19 @@ func (s *wrun) writeTxn() {
 	s.stats["txns"]++
 }
 
-// held reports whether err is a read a prepared transaction spanning a
-// DC's shards holds (503 past context_wait; the client tries later).
+// held reports whether err is a request a sharded DC refused for now: a
+// read a prepared transaction spanning its shards holds (503 past
+// context_wait), or a key whose owner shard is down (503); the client
+// tries later.
 func (s *wrun) held(err error) bool {
-	if errors.Is(err, errHeld) {
+	switch {
+	case errors.Is(err, errHeld):
 		s.logf("read refused: %v", err)
 		s.stats["reads held by a prepared transaction"]++
+		return true
+	case errors.Is(err, errShardDown):
+		s.logf("request refused: %v", err)
+		s.stats["requests refused: owner shard down"]++
 		return true
 	}
 	return false
