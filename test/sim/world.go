@@ -1043,15 +1043,19 @@ func (w *World) ready(c *consumer) bool {
 	return w.reads(w.nodes[c.node], c.up) && len(w.deliverable(c, 1)) > 0
 }
 
-// consumer returns the consumer of link ("up->dc"), static or heal.
+// consumer returns the consumer of link ("up->dc", or "up->dc/i" for a
+// shard's), static or heal.
 func (w *World) consumer(link string, heal bool) (*consumer, error) {
 	up, dc, ok := strings.Cut(link, "->")
 	if !ok {
 		return nil, fmt.Errorf("sim: link %q: want up->dc", link)
 	}
 	name := names.Consumer(dc, up)
+	if n := w.nodes[dc]; n != nil && n.shard != "" { // "up->dc1/0": a shard's
+		name = names.ShardConsumer(n.id, up, n.shard)
+	}
 	if heal {
-		name = names.HealConsumer(dc, up)
+		name += "_heal"
 	}
 	c := w.cons[name]
 	if c == nil {
