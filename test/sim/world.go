@@ -1432,16 +1432,7 @@ func peerView(n *node, dc string, a changelog.Applied) changelog.Applied {
 		m = changelog.Applied{}
 		n.highest[dc] = m
 	}
-	for origin, row := range a {
-		have := m[origin]
-		if len(have) < len(row) {
-			have = append(have, make([]uint64, len(row)-len(have))...)
-		}
-		for p, s := range row {
-			have[p] = max(have[p], s)
-		}
-		m[origin] = have
-	}
+	foldMax(m, a)
 	out := m.Clone()
 	if n.owned == nil {
 		return out
@@ -1786,18 +1777,23 @@ func (w *World) Applied(dc string) changelog.Applied {
 		if !n.up {
 			continue
 		}
-		for origin, row := range n.store.Applied() {
-			have := out[origin]
-			if len(have) < len(row) {
-				have = append(have, make([]uint64, len(row)-len(have))...)
-			}
-			for p, s := range row {
-				have[p] = max(have[p], s)
-			}
-			out[origin] = have
-		}
+		foldMax(out, n.store.Applied())
 	}
 	return out
+}
+
+// foldMax raises m to the pointwise highest of m and a.
+func foldMax(m, a changelog.Applied) {
+	for origin, row := range a {
+		have := m[origin]
+		if len(have) < len(row) {
+			have = append(have, make([]uint64, len(row)-len(have))...)
+		}
+		for p, s := range row {
+			have[p] = max(have[p], s)
+		}
+		m[origin] = have
+	}
 }
 
 // Snapshot returns dc's whole state: every key of its live sidecars, each
