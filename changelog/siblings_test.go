@@ -37,6 +37,9 @@ func TestMaxSiblings(t *testing.T) {
 	if !errors.As(err, &tm) || !errors.Is(err, ErrTooManySiblings) || tm.Siblings != 3 || tm.Max != 3 || tm.Key != "k" {
 		t.Fatalf("a fourth blind write: %v, want a TooManySiblingsError for k holding 3 of 3", err)
 	}
+	if n := dc1.Stats().SiblingsRefused; n != 1 {
+		t.Fatalf("Stats().SiblingsRefused = %d after one refusal, want 1", n)
+	}
 	st, _, _ := dc1.Get("k")
 	if got := fmt.Sprint(values(st)); got != "[a b c]" {
 		t.Fatalf("after the refusal k holds %s, want [a b c]", got)

@@ -216,6 +216,8 @@ type Store struct {
 	hlcHigh uint64
 
 	groups, requests, writes atomic.Uint64
+	// siblingsRefused counts local writes refused with ErrTooManySiblings.
+	siblingsRefused atomic.Uint64
 	// txnCap, if above 0, caps TxnMaxBytes (CapTxnBytes).
 	txnCap atomic.Int64
 	// failed holds the error that stopped the store, once one has.
@@ -833,6 +835,9 @@ type Stats struct {
 	// log holds; ConflictsPruned those retention deleted.
 	ConflictsHeld   int64
 	ConflictsPruned uint64
+	// SiblingsRefused counts local writes refused because their key holds
+	// Options.MaxSiblings siblings (ErrTooManySiblings).
+	SiblingsRefused uint64
 }
 
 // Stats returns the committer's counters.
@@ -844,7 +849,7 @@ func (s *Store) Stats() Stats {
 	}
 	s.conflictsMu.Unlock()
 	return Stats{Groups: s.groups.Load(), Requests: s.requests.Load(), Writes: s.writes.Load(), Conflicts: c,
-		ConflictsHeld: s.conflictsIndexed.Load(), ConflictsPruned: s.conflictsPruned.Load()}
+		ConflictsHeld: s.conflictsIndexed.Load(), ConflictsPruned: s.conflictsPruned.Load(), SiblingsRefused: s.siblingsRefused.Load()}
 }
 
 func (s *Store) isClosed() bool {

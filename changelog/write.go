@@ -281,6 +281,7 @@ func (t *txn) prepare(op WriteOp) (prepared, error) {
 	}
 	w := prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}
 	if n := st.CountAfter(w.ctx); n > s.opts.MaxSiblings && n > len(st.Siblings) {
+		s.siblingsRefused.Add(1)
 		return prepared{}, &TooManySiblingsError{Key: op.Key, Siblings: len(st.Siblings), Max: s.opts.MaxSiblings}
 	}
 	if typed {

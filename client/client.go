@@ -362,7 +362,10 @@ func (c *Client) Get(ctx context.Context, key string, opts ...Opt) (Item, error)
 }
 
 // Put writes value to key; pass Context with the context of the read the
-// write is based on.
+// write is based on. Without it, under the siblings or record resolver,
+// the value is kept beside every value the DC holds; a key already
+// holding limits.max_siblings of them answers 409 (an *Error), and Update
+// is the write to use.
 func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...Opt) (WriteResult, error) {
 	if value == nil {
 		value = []byte{}

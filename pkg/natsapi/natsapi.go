@@ -196,6 +196,13 @@ func ServeRouted(nc *nats.Conn, dc string, store *changelog.Store, rules *resolv
 			return nil, nil, fmt.Errorf("natsapi: add endpoint %s: %w", op, err)
 		}
 	}
+	// Once Serve returns, a request from any connection reaches the
+	// endpoints: the server has their subscriptions (a request sent just
+	// after start otherwise found "no responders" now and then).
+	if err := nc.Flush(); err != nil {
+		svc.Stop()
+		return nil, nil, fmt.Errorf("natsapi: flush the endpoints' subscriptions: %w", err)
+	}
 	return svc, direct, nil
 }
 

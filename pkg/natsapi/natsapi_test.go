@@ -302,3 +302,31 @@ func TestTypedOps(t *testing.T) {
 		}
 	}
 }
+
+// TestTooManySiblings: a blind put that would add a sibling to a key
+// holding changelog.DefaultMaxSiblings is error code 409 naming the limit,
+// and writes nothing; a put with the read's context is taken.
+func TestTooManySiblings(t *testing.T) {
+	st, _, call := serve(t)
+	text := "v"
+	for i := range changelog.DefaultMaxSiblings {
+		if m, err := call("put", Request{Key: "s", ValueText: &text}); err != nil || errCode(m) != "" {
+			t.Fatalf("blind put %d: %v %s", i, err, m.Header.Get("Nats-Service-Error"))
+		}
+	}
+	m, err := call("put", Request{Key: "s", ValueText: &text})
+	if err != nil || errCode(m) != "409" || !strings.Contains(m.Header.Get("Nats-Service-Error"), "limits.max_siblings") {
+		t.Fatalf("blind put %d: %v code %q (%s), want 409 naming limits.max_siblings", changelog.DefaultMaxSiblings+1, err, errCode(m), m.Header.Get("Nats-Service-Error"))
+	}
+	if s, _, _ := st.Get("s"); len(s.Siblings) != changelog.DefaultMaxSiblings {
+		t.Fatalf("after the refusal s holds %d siblings, want %d", len(s.Siblings), changelog.DefaultMaxSiblings)
+	}
+	m, _ = call("get", Request{Key: "s"})
+	var v httpapi.View
+	if err := json.Unmarshal(m.Data, &v); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := call("put", Request{Key: "s", ValueText: &text, Context: v.Context}); err != nil || errCode(m) != "" {
+		t.Fatalf("put with the read's context: %v %s", err, m.Header.Get("Nats-Service-Error"))
+	}
+}

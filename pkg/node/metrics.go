@@ -39,6 +39,7 @@ type collector struct {
 	reportsSent, reportBytes     *prometheus.Desc
 	ready, peerAge               *prometheus.Desc
 	expired                      *prometheus.Desc
+	siblingsRefused              *prometheus.Desc
 }
 
 // newPublishLatency is the histogram of JetStream publish latency, fed by
@@ -83,6 +84,7 @@ func newCollector(n *Node) *collector {
 		reportsSent:     d("reports_sent_total", "Applied-vector reports published on repl.applied.<dc>, periodic and soon after a move."),
 		reportBytes:     d("report_bytes_total", "Payload bytes of the applied-vector reports published."),
 		ready:           d("ready", "1 once this DC has caught up since it started (GET /readyz answers 200), else 0."),
+		siblingsRefused: d("siblings_refused_total", "Local writes refused because their key already held limits.max_siblings siblings (409)."),
 		peerAge:         d("peer_report_age_seconds", "Seconds since the peer's last applied-vector report (since this DC started, for a peer not heard from).", "peer"),
 	}
 }
@@ -90,7 +92,7 @@ func newCollector(n *Node) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.writes, c.applies, c.obsolete, c.duplicates, c.loops, c.dead, c.published,
 		c.pubErrors, c.gaps, c.repairs, c.purged, c.conflicts, c.lagEvents, c.lagSeconds, c.outbox, c.groups, c.drift,
-		c.conflictLog, c.conflictsPruned, c.heal, c.reportsSent, c.reportBytes, c.ready, c.peerAge, c.expired} {
+		c.conflictLog, c.conflictsPruned, c.heal, c.reportsSent, c.reportBytes, c.ready, c.peerAge, c.expired, c.siblingsRefused} {
 		ch <- d
 	}
 }
@@ -105,6 +107,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ss := c.n.store.Stats()
 	counter(c.writes, ss.Writes)
 	counter(c.groups, ss.Groups)
+	counter(c.siblingsRefused, ss.SiblingsRefused)
 	for r, v := range ss.Conflicts {
 		counter(c.conflicts, v, r)
 	}

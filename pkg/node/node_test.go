@@ -98,7 +98,7 @@ func TestNodeServesAndReplicates(t *testing.T) {
 		"replicator_loops_dropped_total", `replicator_conflicts_total{dc="dc2",resolver="lww"} 1`,
 		"replicator_dead_letters_total", "replicator_link_lag_events", "replicator_link_lag_seconds",
 		"replicator_outbox_depth", "replicator_http_requests_total", "replicator_publish_latency_seconds_bucket",
-		`replicator_conflict_log_entries{dc="dc2"} 1`, `replicator_conflicts_pruned_total{dc="dc2"} 0`,
+		`replicator_conflict_log_entries{dc="dc2"} 1`, `replicator_conflicts_pruned_total{dc="dc2"} 0`, `replicator_siblings_refused_total{dc="dc2"} 0`,
 		`replicator_heal_active{dc="dc2",dead="dc1"} 0`, "replicator_reports_sent_total", "replicator_report_bytes_total",
 		`replicator_http_requests_total{code="200",dc="dc2",method="GET",route="GET /v1/status"} 1`,
 		`go_goroutines{dc="dc2"}`, `replicator_peer_report_age_seconds{dc="dc2",peer="dc1"}`, `replicator_ready{dc="dc2"}`, `go_memstats_heap_alloc_bytes{dc="dc2"}`, `process_resident_memory_bytes{dc="dc2"}`,
