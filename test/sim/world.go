@@ -2,6 +2,8 @@ package sim
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -44,9 +46,19 @@ import (
 //     reconciled by core.Reconcile;
 //   - every second the store trims its outbox and purges tombstones, and
 //     the stream is trimmed by core.Retention;
-//   - each DC's HLC (pkg/hlc) reads the virtual clock plus its own skew.
+//   - each DC's HLC (pkg/hlc) reads the virtual clock plus its own skew;
+//   - a DC may run several sidecars (WorldOptions.Shards, invariant 16):
+//     each shard has its own store owning its partitions, consumers
+//     filtered to their subjects and every transaction subject, reports
+//     speaking for its partitions (core.Coverage), healer, heal consumers
+//     and retention, and publishes on the DC's one stream; requests go to
+//     the owner of the key's partition; a remote transaction spanning the
+//     DC's shards is prepared by each owner (coordinator) before any
+//     applies (core.Shard), and forwarded whole by the owner of its first
+//     op; a local one spanning them is refused, as pkg/node refuses it.
 //
-// Faults are methods: Crash, Restart, Cut and Mend (a network partition
+// Faults are methods: Crash and Restart (a DC, or one shard "<dc>/<i>"),
+// Cut and Mend (a network partition
 // between two DCs: no link, repair or report between them), LoseMsg (a
 // stream loses a message, as JetStream may in a power failure), a
 // delivery lost in flight (redelivered after AckWait, so later messages
@@ -57,11 +69,15 @@ import (
 // forwarded twice at a DC, a first apply forwarded other than the
 // reference rule says (shouldForward, written apart from core.Plan), a
 // path with a loop, a message acked before it is applied, a dead letter,
-// and a DC restarting without an own event its stream holds.
+// and a DC restarting without an own event its stream holds; with shards,
+// counted per DC across them, and also an op applied by a shard that does
+// not own its partition, and a transaction forwarded in part, or by two
+// shards of a DC.
 type World struct {
 	opts    WorldOptions
-	t       time.Duration // virtual time since the epoch
-	nodes   map[string]*node
+	t       time.Duration      // virtual time since the epoch
+	nodes   map[string]*node   // by name: the DC, or "<dc>/<i>" for a shard
+	byDC    map[string][]*node // each DC's sidecars, in shard order
 	streams map[string]*stream
 	cons    map[string]*consumer // durable consumers by name: they live in NATS
 	cuts    map[[2]string]bool
@@ -74,6 +90,17 @@ type World struct {
 	// Obsolete), and forwarded each event forwarded: both at most once.
 	applied, forwarded map[string]map[Ref]int
 	violations         []string
+	// txns holds each transaction written, by each of its ops, for the
+	// reference forwarding rule of a sharded DC and the whole-forward
+	// check; txnFwd, by DC and transaction, the shard that forwarded it.
+	txns   map[Ref]*txnInfo
+	txnFwd map[string]map[Ref]string
+}
+
+// txnInfo is one transaction as its origin wrote it.
+type txnInfo struct {
+	first Ref
+	ops   []Ref
 }
 
 // WorldOptions configure a World.
@@ -108,6 +135,9 @@ type WorldOptions struct {
 	// RepairLossPercent is the share of repair requests that time out
 	// (their request or reply lost).
 	RepairLossPercent int
+	// Shards is each DC's number of sidecars (invariant 16); absent or 1
+	// for one. Shard i of S owns the partitions p with p mod S = i.
+	Shards map[string]int
 }
 
 const maintEvery = time.Second
@@ -115,9 +145,13 @@ const maintEvery = time.Second
 // epoch is the virtual clock's zero.
 var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// node is one DC: its sidecar's state, which a crash loses, and its store.
+// node is one sidecar: a DC's only one, or one of its shards (invariant
+// 16), with its state, which a crash loses, and its store.
 type node struct {
-	id     string
+	id     string // its DC
+	name   string // the DC, or "<dc>/<i>" for shard i
+	shard  string // "" or "<i>of<S>", as names.ShardConsumer takes it
+	owned  []uint32
 	static core.Plan
 	fs     *vfs.MemFS
 	store  *changelog.Store
@@ -136,7 +170,16 @@ type node struct {
 	nextMaint      time.Duration
 	everConsumed   map[string]bool
 	lastTransition string
+	// cover judges when each peer last reported on every partition of
+	// this sidecar (core.Coverage); covered is that time as the healer
+	// last heard it; highest folds each peer's reports (bridge peerView).
+	cover   *core.Coverage
+	covered map[string]time.Time
+	highest map[string]changelog.Applied
 }
+
+// owns reports whether n owns partition p: every one unless it is a shard.
+func (n *node) owns(p uint32) bool { return n.owned == nil || slices.Contains(n.owned, p) }
 
 // stream is one DC's JetStream stream.
 type stream struct {
@@ -159,6 +202,8 @@ type smsg struct {
 type consumer struct {
 	name     string
 	dc, up   string
+	node     string   // the sidecar that reads it (its name)
+	filter   []string // its filter subjects; nil for the whole stream
 	heal     bool
 	next     uint64 // the next sequence never delivered
 	floor    uint64 // every sequence up to it is acknowledged
@@ -196,9 +241,10 @@ func NewWorld(opts WorldOptions) (*World, error) {
 		opts.Batch = 8
 	}
 	w := &World{
-		opts: opts, nodes: map[string]*node{}, streams: map[string]*stream{}, cons: map[string]*consumer{},
+		opts: opts, nodes: map[string]*node{}, byDC: map[string][]*node{}, streams: map[string]*stream{}, cons: map[string]*consumer{},
 		cuts: map[[2]string]bool{}, rng: rand.New(rand.NewPCG(opts.Seed, 7)), Stats: map[string]int{},
 		applied: map[string]map[Ref]int{}, forwarded: map[string]map[Ref]int{},
+		txns: map[Ref]*txnInfo{}, txnFwd: map[string]map[Ref]string{},
 	}
 	for _, id := range opts.DCs {
 		plan, err := core.NewPlan(opts.Topology, id, opts.DCs, opts.Hub)
@@ -206,24 +252,94 @@ func NewWorld(opts WorldOptions) (*World, error) {
 			w.Close()
 			return nil, fmt.Errorf("sim: %w", err)
 		}
-		n := &node{id: id, static: plan, fs: vfs.NewCrashableMem()}
-		w.nodes[id] = n
 		w.streams[id] = &stream{dc: id, ids: map[string]time.Duration{}}
 		w.applied[id] = map[Ref]int{}
 		w.forwarded[id] = map[Ref]int{}
-		if err := w.start(n); err != nil {
+		w.txnFwd[id] = map[Ref]string{}
+		count := max(opts.Shards[id], 1)
+		if count > opts.Partitions {
 			w.Close()
-			return nil, err
+			return nil, fmt.Errorf("sim: %s has %d shards for %d partitions", id, count, opts.Partitions)
+		}
+		for i := range count {
+			n := &node{id: id, name: id, static: plan, fs: vfs.NewCrashableMem()}
+			if count > 1 {
+				n.name, n.shard = fmt.Sprintf("%s/%d", id, i), fmt.Sprintf("%dof%d", i, count)
+				for p := i; p < opts.Partitions; p += count {
+					n.owned = append(n.owned, uint32(p))
+				}
+			}
+			w.nodes[n.name] = n
+			w.byDC[id] = append(w.byDC[id], n)
+		}
+		for _, n := range w.byDC[id] {
+			if err := w.start(n); err != nil {
+				w.Close()
+				return nil, err
+			}
 		}
 	}
 	return w, nil
 }
 
+// sharded reports whether dc runs several sidecars.
+func (w *World) sharded(dc string) bool { return len(w.byDC[dc]) > 1 }
+
+// all returns every sidecar, in DC and shard order.
+func (w *World) all() []*node {
+	var out []*node
+	for _, dc := range w.opts.DCs {
+		out = append(out, w.byDC[dc]...)
+	}
+	return out
+}
+
+// owner returns dc's sidecar owning partition p.
+func (w *World) owner(dc string, p uint32) *node {
+	for _, n := range w.byDC[dc] {
+		if n.owns(p) {
+			return n
+		}
+	}
+	return nil
+}
+
+// ownerOf returns dc's sidecar owning key's partition.
+func (w *World) ownerOf(dc, key string) (*node, error) {
+	ns := w.byDC[dc]
+	if len(ns) == 0 {
+		return nil, fmt.Errorf("sim: no dc %q", dc)
+	}
+	return w.owner(dc, event.PartitionOf(key, w.opts.Partitions)), nil
+}
+
+// sidecars returns the sidecars who names: a DC (all of its sidecars) or
+// one shard ("<dc>/<i>").
+func (w *World) sidecars(who string) ([]*node, error) {
+	if ns := w.byDC[who]; ns != nil {
+		return ns, nil
+	}
+	if n := w.nodes[who]; n != nil {
+		return []*node{n}, nil
+	}
+	return nil, fmt.Errorf("sim: no dc or shard %q", who)
+}
+
+// Shards returns dc's sidecars by name: dc itself, or "<dc>/<i>" for each
+// shard.
+func (w *World) Shards(dc string) []string {
+	var out []string
+	for _, n := range w.byDC[dc] {
+		out = append(out, n.name)
+	}
+	return out
+}
+
 // Close closes every open store. It is safe to call more than once.
 func (w *World) Close() error {
 	var errs []error
-	for _, id := range w.opts.DCs {
-		if n := w.nodes[id]; n != nil && n.store != nil {
+	for _, n := range w.all() {
+		if n.store != nil {
 			errs = append(errs, n.store.Close())
 			n.store, n.up = nil, false
 		}
@@ -265,7 +381,8 @@ func (w *World) Violations() []string { return slices.Clone(w.violations) }
 
 // Node accessors.
 
-// Store returns dc's store, or nil while it is down.
+// Store returns the store of dc's only sidecar, or of shard dc
+// ("<dc>/<i>"), or nil while it is down or when dc has several.
 func (w *World) Store(dc string) *changelog.Store {
 	if n := w.nodes[dc]; n != nil {
 		return n.store
@@ -273,8 +390,20 @@ func (w *World) Store(dc string) *changelog.Store {
 	return nil
 }
 
-// Up reports whether dc is running.
-func (w *World) Up(dc string) bool { n := w.nodes[dc]; return n != nil && n.up }
+// Up reports whether dc is running: every sidecar of a DC, or the shard
+// named ("<dc>/<i>").
+func (w *World) Up(dc string) bool {
+	ns, err := w.sidecars(dc)
+	if err != nil {
+		return false
+	}
+	for _, n := range ns {
+		if !n.up {
+			return false
+		}
+	}
+	return true
+}
 
 // DCs returns the DC ids in config order.
 func (w *World) DCs() []string { return slices.Clone(w.opts.DCs) }
@@ -290,7 +419,8 @@ func (w *World) Resolver(key string) resolve.Resolver {
 	return w.opts.Resolvers.For(key)
 }
 
-// Healing returns dc's bypasses in effect.
+// Healing returns the bypasses in effect at dc's only sidecar, or at
+// shard dc ("<dc>/<i>").
 func (w *World) Healing(dc string) []core.Bypass {
 	n := w.nodes[dc]
 	if n == nil || n.healer == nil {
@@ -299,20 +429,16 @@ func (w *World) Healing(dc string) []core.Bypass {
 	return slices.Clone(n.healer.Plan().Healing)
 }
 
-func (w *World) node(dc string) (*node, error) {
-	n := w.nodes[dc]
-	if n == nil {
-		return nil, fmt.Errorf("sim: no dc %q", dc)
-	}
-	return n, nil
-}
-
 // start opens n's store from its filesystem and starts its sidecar: the
 // consumers of its static plan (created once, kept in NATS), healing from
 // scratch (heal consumers a previous run left are deleted), a new catch-up
 // and retention state.
 func (w *World) start(n *node) error {
 	n.clock = hlc.New(w.physical(n.id), w.opts.MaxDrift)
+	var owns func(uint32) bool
+	if n.owned != nil {
+		owns = n.owns
+	}
 	st, err := changelog.Open("/"+n.id, changelog.Options{
 		DC:         n.id,
 		DCs:        slices.Clone(w.opts.DCs),
@@ -321,9 +447,10 @@ func (w *World) start(n *node) error {
 		Clock:      n.clock,
 		Resolvers:  w.opts.Resolvers,
 		Now:        w.physical(n.id),
+		Owns:       owns,
 	})
 	if err != nil {
-		return fmt.Errorf("sim: open %s: %w", n.id, err)
+		return fmt.Errorf("sim: open %s: %w", n.name, err)
 	}
 	n.clock.Restore(st.HLCHighWater())
 	n.store, n.up = st, true
@@ -336,15 +463,23 @@ func (w *World) start(n *node) error {
 	n.heal = map[string]core.Bypass{}
 	n.kept = map[string]time.Duration{}
 	n.everConsumed = map[string]bool{}
+	n.cover = core.NewCoverage(n.owned, w.opts.Partitions, w.wall())
+	n.covered = map[string]time.Time{}
+	n.highest = map[string]changelog.Applied{}
+	if err := w.loadPrepared(n); err != nil {
+		st.Close()
+		n.store, n.up = nil, false
+		return err
+	}
 	for name, c := range w.cons {
-		if c.dc == n.id && c.heal {
+		if c.node == n.name && c.heal {
 			delete(w.cons, name)
 		}
 	}
 	for _, up := range n.static.Upstreams {
-		name := names.Consumer(n.id, up)
+		name := names.ShardConsumer(n.id, up, n.shard)
 		if w.cons[name] == nil {
-			w.cons[name] = newConsumer(name, n.id, up, false, 0)
+			w.cons[name] = w.newConsumer(name, n, up, false, 0)
 		}
 	}
 	if w.opts.HealAfter > 0 && n.static.CanHeal() {
@@ -364,12 +499,39 @@ func (w *World) start(n *node) error {
 	return nil
 }
 
-func newConsumer(name, dc, up string, heal bool, start uint64) *consumer {
-	c := &consumer{name: name, dc: dc, up: up, heal: heal, next: 1, acked: map[uint64]bool{}, pending: map[uint64]time.Duration{}}
+// newConsumer makes n's consumer of up's stream: for a shard, filtered to
+// its partitions' subjects and every transaction subject, as bridge's
+// filterSubjects does; its sequences are the stream's.
+func (w *World) newConsumer(name string, n *node, up string, heal bool, start uint64) *consumer {
+	c := &consumer{name: name, dc: n.id, node: n.name, up: up, heal: heal, next: 1, acked: map[uint64]bool{}, pending: map[uint64]time.Duration{}}
+	if n.owned != nil {
+		for _, p := range n.owned {
+			c.filter = append(c.filter, names.Subject(up, p))
+		}
+		c.filter = append(c.filter, names.TxnSubject(up), names.ShardTxnWildcard(up))
+	}
 	if start > 1 {
 		c.next, c.floor = start, start-1
 	}
 	return c
+}
+
+// reads reports whether c's filter takes subject (a trailing "*" matches
+// one token).
+func (c *consumer) reads(subject string) bool {
+	if c.filter == nil {
+		return true
+	}
+	for _, f := range c.filter {
+		if pre, ok := strings.CutSuffix(f, "*"); ok {
+			if rest, ok := strings.CutPrefix(subject, pre); ok && rest != "" && !strings.Contains(rest, ".") {
+				return true
+			}
+		} else if f == subject {
+			return true
+		}
+	}
+	return false
 }
 
 // resume starts n's publisher where its stream stands, as the bridge does
@@ -379,6 +541,7 @@ func newConsumer(name, dc, up string, heal bool, start uint64) *consumer {
 // invariant 1 violation here, since nothing restores old copies.
 func (w *World) resume(n *node) error {
 	n.pub = core.NewPublisher(n.id, w.opts.Partitions)
+	n.pub.Sharded = n.owned != nil
 	his := make([]uint64, w.opts.Partitions)
 	last := map[string]*smsg{}
 	for _, m := range w.streams[n.id].msgs {
@@ -386,19 +549,38 @@ func (w *World) resume(n *node) error {
 			last[m.subject] = m
 		}
 	}
+	txnSubjects := []string{core.TxnSubject(n.id)}
 	for p := range w.opts.Partitions {
+		if !n.owns(uint32(p)) {
+			continue
+		}
+		if n.owned != nil {
+			txnSubjects = append(txnSubjects, names.ShardTxnSubject(n.id, uint32(p)))
+		}
 		if m := last[core.Subject(n.id, uint32(p))]; m != nil {
 			hi, err := core.LastOwnSeq(n.id, uint32(p), m.header)
 			if err != nil {
-				return fmt.Errorf("sim: resume %s: %w", n.id, err)
+				return fmt.Errorf("sim: resume %s: %w", n.name, err)
 			}
 			his[p] = max(his[p], hi)
 		}
 	}
-	if m := last[core.TxnSubject(n.id)]; m != nil {
+	// Each transaction subject's last message names its publisher's
+	// partitions' highest sequences; a shard takes its own.
+	for _, subj := range txnSubjects {
+		m := last[subj]
+		if m == nil {
+			continue
+		}
 		if v := m.header[core.HeaderSeqHis]; len(v) > 0 {
-			if err := core.ParseSeqHis(v[0], his); err != nil {
-				return fmt.Errorf("sim: resume %s: %w", n.id, err)
+			named := make([]uint64, w.opts.Partitions)
+			if err := core.ParseSeqHis(v[0], named); err != nil {
+				return fmt.Errorf("sim: resume %s: %w", n.name, err)
+			}
+			for p, hi := range named {
+				if n.owns(uint32(p)) {
+					his[p] = max(his[p], hi)
+				}
 			}
 		}
 	}
@@ -406,7 +588,7 @@ func (w *World) resume(n *node) error {
 	for p, hi := range his {
 		n.pub.Resume(uint32(p), hi)
 		if hi > 0 && (p >= len(own) || own[p] < hi) {
-			w.violate("(1) %s restarted behind its stream: partition %d's sequences reach %d there, %v in its store", n.id, p, hi, own)
+			w.violate("(1) %s restarted behind its stream: partition %d's sequences reach %d there, %v in its store", n.name, p, hi, own)
 		}
 	}
 	return nil
@@ -428,48 +610,64 @@ func (w *World) checkResume(n *node) {
 			continue
 		}
 		for _, ev := range evs {
-			if ev.Origin == n.id && (int(ev.Partition) >= len(own) || own[ev.Partition] < ev.Seq) {
-				w.violate("(1) %s restarted without its own event %s, which its stream holds (own sequences %v)", n.id, ev.Dot, own)
+			if ev.Origin == n.id && n.owns(ev.Partition) && (int(ev.Partition) >= len(own) || own[ev.Partition] < ev.Seq) {
+				w.violate("(1) %s restarted without its own event %s, which its stream holds (own sequences %v)", n.name, ev.Dot, own)
 			}
 		}
 	}
 }
 
-// Crash cuts dc's power: its store keeps only what was synced (and, with
+// Crash cuts the power of who, a DC (each of its sidecars that is up) or
+// one shard ("<dc>/<i>"): its store keeps only what was synced (and, with
 // UnsyncedPercent, a random share of the rest), its sidecar's memory is
 // gone, and it stays down until Restart. Its stream and its consumers
-// live in NATS and stay.
-func (w *World) Crash(dc string) error {
-	n, err := w.node(dc)
+// live in NATS and stay; the DC's other shards keep running.
+func (w *World) Crash(who string) error {
+	ns, err := w.sidecars(who)
 	if err != nil {
 		return err
 	}
-	if !n.up {
-		return fmt.Errorf("sim: %s is already down", dc)
+	crashed := 0
+	for _, n := range ns {
+		if !n.up {
+			continue
+		}
+		img := n.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: w.opts.UnsyncedPercent, RNG: w.rng})
+		n.store.Close() // the old filesystem is discarded with whatever Close wrote
+		n.store, n.up, n.fs = nil, false, img
+		n.links, n.heal = nil, nil
+		w.notef("%s crashes", n.name)
+		w.Stats["crash"]++
+		crashed++
 	}
-	img := n.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: w.opts.UnsyncedPercent, RNG: w.rng})
-	n.store.Close() // the old filesystem is discarded with whatever Close wrote
-	n.store, n.up, n.fs = nil, false, img
-	n.links, n.heal = nil, nil
-	w.notef("%s crashes", dc)
-	w.Stats["crash"]++
+	if crashed == 0 {
+		return fmt.Errorf("sim: %s is already down", who)
+	}
 	return nil
 }
 
-// Restart starts dc again from what its crash left.
-func (w *World) Restart(dc string) error {
-	n, err := w.node(dc)
+// Restart starts who (a DC: each of its sidecars that is down; or one
+// shard) again from what its crash left.
+func (w *World) Restart(who string) error {
+	ns, err := w.sidecars(who)
 	if err != nil {
 		return err
 	}
-	if n.up {
-		return fmt.Errorf("sim: %s is running", dc)
+	started := 0
+	for _, n := range ns {
+		if n.up {
+			continue
+		}
+		if err := w.start(n); err != nil {
+			return err
+		}
+		w.notef("%s restarts", n.name)
+		w.Stats["restart"]++
+		started++
 	}
-	if err := w.start(n); err != nil {
-		return err
+	if started == 0 {
+		return fmt.Errorf("sim: %s is running", who)
 	}
-	w.notef("%s restarts", dc)
-	w.Stats["restart"]++
 	return nil
 }
 
@@ -509,16 +707,17 @@ func (w *World) Cuts() [][2]string {
 	return slices.SortedFunc(maps.Keys(w.cuts), func(x, y [2]string) int { return strings.Compare(x[0]+x[1], y[0]+y[1]) })
 }
 
-// reach reports whether a and b's sidecars can talk: both up and not cut.
-func (w *World) reach(a, b string) bool {
-	return w.Up(a) && w.Up(b) && !w.cuts[pair(a, b)]
+// reach reports whether sidecars a and b can talk: both up and their DCs
+// not cut apart.
+func (w *World) reach(a, b *node) bool {
+	return a != nil && b != nil && a.up && b.up && !w.cuts[pair(a.id, b.id)]
 }
 
-// reads reports whether dc's sidecar can read up's stream: the stream
-// lives in NATS, so it stays readable while up's sidecar is down, but not
+// reads reports whether sidecar n can read up's stream: the stream lives
+// in NATS, so it stays readable while up's sidecars are down, but not
 // across a cut.
-func (w *World) reads(dc, up string) bool {
-	return w.Up(dc) && !w.cuts[pair(dc, up)]
+func (w *World) reads(n *node, up string) bool {
+	return n.up && !w.cuts[pair(n.id, up)]
 }
 
 // SetSkew sets dc's clock offset.
@@ -529,54 +728,115 @@ func (w *World) SetSkew(dc string, d time.Duration) {
 	w.opts.Skew[dc] = d
 }
 
-// Write commits op at dc, a local write as the HTTP API makes it.
-func (w *World) Write(dc string, op Op) (changelog.WriteResult, error) {
-	n, err := w.node(dc)
-	if err != nil {
-		return changelog.WriteResult{}, err
-	}
-	if !n.up {
-		return changelog.WriteResult{}, fmt.Errorf("sim: %s is down", dc)
-	}
-	return n.store.Write(context.Background(), op.write())
-}
+// Errors of requests at a sharded DC.
+var (
+	// errShardDown: the shard owning the key's partition is down (503).
+	errShardDown = errors.New("sim: the shard owning the key's partition is down")
+	// errTxnSpansShards: a local transaction whose keys belong to more
+	// than one shard of the DC is refused (409, node.ErrTxnSpansShards).
+	errTxnSpansShards = errors.New("sim: the transaction's keys belong to more than one shard of this DC")
+	// errHeld: a read of a key a prepared transaction spanning the DC's
+	// shards holds waits, and past context_wait is refused (503).
+	errHeld = errors.New("sim: a transaction spanning this DC's shards holds the key")
+)
 
-// WriteTxn commits ops at dc as one transaction.
-func (w *World) WriteTxn(dc string, ops []Op) ([]changelog.WriteResult, error) {
-	n, err := w.node(dc)
+// up returns the live sidecar owning key at dc.
+func (w *World) upOwner(dc, key string) (*node, error) {
+	n, err := w.ownerOf(dc, key)
 	if err != nil {
 		return nil, err
 	}
 	if !n.up {
+		if w.sharded(dc) {
+			return nil, fmt.Errorf("%w: %s", errShardDown, n.name)
+		}
 		return nil, fmt.Errorf("sim: %s is down", dc)
+	}
+	return n, nil
+}
+
+// Write commits op at dc, a local write as the HTTP API makes it: at a
+// sharded DC, by the shard owning the key's partition.
+func (w *World) Write(dc string, op Op) (changelog.WriteResult, error) {
+	n, err := w.upOwner(dc, op.Key)
+	if err != nil {
+		return changelog.WriteResult{}, err
+	}
+	return n.store.Write(context.Background(), op.write())
+}
+
+// WriteTxn commits ops at dc as one transaction: at a sharded DC, by the
+// shard owning every key, and refused (errTxnSpansShards) when the keys
+// belong to more than one shard, as pkg/node's txnOwner refuses it.
+func (w *World) WriteTxn(dc string, ops []Op) ([]changelog.WriteResult, error) {
+	if len(ops) == 0 {
+		return nil, errors.New("sim: a transaction without ops")
+	}
+	n, err := w.upOwner(dc, ops[0].Key)
+	if err != nil {
+		return nil, err
 	}
 	wops := make([]changelog.WriteOp, len(ops))
 	for i, op := range ops {
+		if o, _ := w.ownerOf(dc, op.Key); o != n {
+			return nil, fmt.Errorf("%w: %q is %s's, %q %s's", errTxnSpansShards, ops[0].Key, n.name, op.Key, o.name)
+		}
 		wops[i] = op.write()
 	}
-	return n.store.WriteTxn(context.Background(), wops)
+	res, err := n.store.WriteTxn(context.Background(), wops)
+	if err == nil && len(res) > 0 {
+		t := &txnInfo{}
+		for _, r := range res {
+			t.ops = append(t.ops, Ref{r.Event.Origin, r.Event.Partition, r.Event.Seq})
+		}
+		t.first = t.ops[0]
+		for _, ref := range t.ops {
+			w.txns[ref] = t
+		}
+	}
+	return res, err
 }
 
-// Read returns key's state at dc.
+// Read returns key's state at dc: at a sharded DC, its owner's, and
+// errHeld while a prepared transaction holds the key there.
 func (w *World) Read(dc, key string) (st dvv.State, ok bool, err error) {
-	n, err := w.node(dc)
+	n, err := w.upOwner(dc, key)
 	if err != nil {
 		return st, false, err
 	}
-	if !n.up {
-		return st, false, fmt.Errorf("sim: %s is down", dc)
+	if held, err := w.holds(n, key); err != nil || held {
+		if err == nil {
+			err = fmt.Errorf("%w: %s at %s", errHeld, key, n.name)
+		}
+		return st, false, err
 	}
 	return n.store.Get(key)
 }
 
-// Publish sends dc's durable outbox entries past its checkpoint to its
-// stream, as its publisher does, and moves the checkpoint. It returns how
-// many it sent.
-func (w *World) Publish(dc string) (int, error) {
-	n, err := w.node(dc)
-	if err != nil || !n.up {
+// Publish sends the durable outbox entries past its checkpoint of each
+// live sidecar of who (a DC, or one shard) to the DC's stream, as its
+// publisher does, and moves the checkpoint. It returns how many it sent.
+func (w *World) Publish(who string) (int, error) {
+	ns, err := w.sidecars(who)
+	if err != nil {
 		return 0, err
 	}
+	sent := 0
+	for _, n := range ns {
+		if !n.up {
+			continue
+		}
+		k, err := w.publish(n)
+		sent += k
+		if err != nil {
+			return sent, err
+		}
+	}
+	return sent, nil
+}
+
+func (w *World) publish(n *node) (int, error) {
+	dc := n.id
 	es, err := n.store.ReadOutbox(n.store.Checkpoint(), 256)
 	if err != nil || len(es) == 0 {
 		return 0, err
@@ -598,6 +858,9 @@ func (w *World) Publish(dc string) (int, error) {
 		if len(ev.Path) > 1 {
 			m.desc += " path=(" + strings.Join(ev.Path, ",") + ")"
 			w.checkForward(n, ev)
+			if e.Txn != nil {
+				w.checkWhole(n, e.Txn)
+			}
 		}
 		s.msgs = append(s.msgs, m)
 		w.Stats["published"]++
@@ -640,6 +903,30 @@ func (w *World) checkForward(n *node, ev *event.Event) {
 	}
 }
 
+// checkWhole checks a transaction n forwarded: a transaction leaves a DC
+// whole, with every op its origin wrote, and once (invariant 16: only the
+// owner of its first op's partition forwards it; the stream's dedup
+// window hides a second copy for a while, not for good).
+func (w *World) checkWhole(n *node, ops []*event.Event) {
+	first := Ref{ops[0].Origin, ops[0].Partition, ops[0].Seq}
+	t := w.txns[first]
+	if t == nil {
+		w.violate("(16) %s forwarded a transaction starting at %s, which no origin wrote as a transaction's first op", n.name, first)
+		return
+	}
+	var got []Ref
+	for _, ev := range ops {
+		got = append(got, Ref{ev.Origin, ev.Partition, ev.Seq})
+	}
+	if !slices.Equal(got, t.ops) {
+		w.violate("(16) %s forwarded part of transaction %s: ops %v of %v", n.name, t.first, got, t.ops)
+	}
+	if by, ok := w.txnFwd[n.id][t.first]; ok && by != n.name {
+		w.violate("(16) %s forwarded transaction %s, which %s of the same DC forwarded already", n.name, t.first, by)
+	}
+	w.txnFwd[n.id][t.first] = n.name
+}
+
 // shouldForward is the reference forwarding rule, written here apart from
 // core.Plan (docs/DESIGN.md, "Topologies" and "Topology healing"): whether
 // n forwards ev, received with its path, when it first applies it. A mesh
@@ -648,6 +935,11 @@ func (w *World) checkForward(n *node, ev *event.Event) {
 // and the standby, while it stands in for a dead hub, every leaf's event
 // that did not pass the hub.
 func (w *World) shouldForward(n *node, ev *event.Event) bool {
+	if t := w.txns[Ref{ev.Origin, ev.Partition, ev.Seq}]; t != nil && n.owned != nil && !n.owns(t.first.Partition) {
+		// A shard forwards a transaction only if it owns its first op's
+		// partition (invariant 16).
+		return false
+	}
 	switch w.opts.Topology {
 	case config.Ring:
 		i := slices.Index(w.opts.DCs, n.id)
@@ -685,13 +977,17 @@ func (w *World) LoseMsg(dc string, seq uint64) (string, error) {
 // StreamLen returns the last sequence of dc's stream.
 func (w *World) StreamLen(dc string) uint64 { return uint64(len(w.streams[dc].msgs)) }
 
-// consumersOf returns the consumers dc runs now (static and heal), by name.
-func (w *World) consumersOf(dc string) []*consumer {
+// consumersOf returns the consumers who (a DC: all its sidecars'; or one
+// shard) runs now (static and heal), by name.
+func (w *World) consumersOf(who string) []*consumer {
+	ns, _ := w.sidecars(who)
 	var out []*consumer
 	for _, name := range slices.Sorted(maps.Keys(w.cons)) {
 		c := w.cons[name]
-		if c.dc == dc && (!c.heal || w.nodes[dc].heal[c.up] != (core.Bypass{})) {
-			out = append(out, c)
+		for _, n := range ns {
+			if c.node == n.name && (!c.heal || n.heal[c.up] != (core.Bypass{})) {
+				out = append(out, c)
+			}
 		}
 	}
 	return out
@@ -701,11 +997,11 @@ func (w *World) consumersOf(dc string) []*consumer {
 // for a static one, "dc3<-dc1 (heal)" for a heal one.
 func (w *World) Consumers() []string {
 	var out []string
-	for _, dc := range w.opts.DCs {
-		if !w.Up(dc) {
+	for _, n := range w.all() {
+		if !n.up {
 			continue
 		}
-		for _, c := range w.consumersOf(dc) {
+		for _, c := range w.consumersOf(n.name) {
 			out = append(out, c.String())
 		}
 	}
@@ -713,7 +1009,7 @@ func (w *World) Consumers() []string {
 }
 
 func (c *consumer) String() string {
-	s := c.up + "->" + c.dc
+	s := c.up + "->" + c.node
 	if c.heal {
 		s += " (heal)"
 	}
@@ -734,7 +1030,7 @@ func (w *World) deliverable(c *consumer, max int) []uint64 {
 		}
 	}
 	for seq := c.next; seq <= uint64(len(s.msgs)) && len(out) < max; seq++ {
-		if !s.msgs[seq-1].gone {
+		if m := s.msgs[seq-1]; !m.gone && c.reads(m.subject) {
 			out = append(out, seq)
 		}
 	}
@@ -744,18 +1040,22 @@ func (w *World) deliverable(c *consumer, max int) []uint64 {
 // Ready reports whether the consumer named link ("dc1->dc2", or with
 // " (heal)") has something to deliver now.
 func (w *World) ready(c *consumer) bool {
-	return w.reads(c.dc, c.up) && len(w.deliverable(c, 1)) > 0
+	return w.reads(w.nodes[c.node], c.up) && len(w.deliverable(c, 1)) > 0
 }
 
-// consumer returns the consumer of link ("up->dc"), static or heal.
+// consumer returns the consumer of link ("up->dc", or "up->dc/i" for a
+// shard's), static or heal.
 func (w *World) consumer(link string, heal bool) (*consumer, error) {
 	up, dc, ok := strings.Cut(link, "->")
 	if !ok {
 		return nil, fmt.Errorf("sim: link %q: want up->dc", link)
 	}
 	name := names.Consumer(dc, up)
+	if n := w.nodes[dc]; n != nil && n.shard != "" { // "up->dc1/0": a shard's
+		name = names.ShardConsumer(n.id, up, n.shard)
+	}
 	if heal {
-		name = names.HealConsumer(dc, up)
+		name += "_heal"
 	}
 	c := w.cons[name]
 	if c == nil {
@@ -778,8 +1078,8 @@ func (w *World) DeliverOn(link string, heal bool) (bool, error) {
 // carries out the verdicts: ack, nak (redelivered after the delay) or
 // dead-letter (a violation here: the simulation sends nothing malformed).
 func (w *World) deliver(c *consumer) (bool, error) {
-	n := w.nodes[c.dc]
-	if !w.reads(c.dc, c.up) {
+	n := w.nodes[c.node]
+	if !w.reads(n, c.up) {
 		return false, nil
 	}
 	s := w.streams[c.up]
@@ -826,7 +1126,7 @@ func (w *World) deliver(c *consumer) (bool, error) {
 				w.Stats["ack lost"]++
 				continue
 			}
-			c.ack(seq)
+			c.ack(seq, s)
 		case core.Nak:
 			c.pending[seq] = w.t + v.Delay
 			w.Stats["nak"]++
@@ -835,18 +1135,27 @@ func (w *World) deliver(c *consumer) (bool, error) {
 				defer func() { w.notef("%s: nak'ed %d, redelivered after %s", c, naks, delay) }()
 			}
 		case core.DeadLetter:
-			w.violate("%s dead-lettered message %d of %s's stream: %v", c.dc, seq, c.up, v.Reason)
-			c.ack(seq)
+			w.violate("%s dead-lettered message %d of %s's stream: %v", c.node, seq, c.up, v.Reason)
+			c.ack(seq, s)
 		}
 	}
 	return true, nil
 }
 
-func (c *consumer) ack(seq uint64) {
+func (c *consumer) ack(seq uint64, s *stream) {
 	delete(c.pending, seq)
 	c.acked[seq] = true
-	for c.acked[c.floor+1] {
-		delete(c.acked, c.floor+1)
+	for {
+		next := c.floor + 1
+		switch {
+		case c.acked[next]:
+			delete(c.acked, next)
+		case c.filter != nil && next < c.next && !c.reads(s.msgs[next-1].subject):
+			// A filtered consumer's floor passes the messages it does
+			// not read.
+		default:
+			return
+		}
 		c.floor++
 	}
 	// Messages lost from the stream below the next never come: the
@@ -866,9 +1175,9 @@ func (w *World) checkAck(n *node, c *consumer, m core.Msg) {
 	}
 	a := n.store.Applied()
 	for _, ev := range evs {
-		if !a.Covers(ev.Origin, ev.Partition, ev.Seq) {
+		if n.owns(ev.Partition) && !a.Covers(ev.Origin, ev.Partition, ev.Seq) {
 			w.violate("(4) %s acked %s from %s's stream, but has not applied it (applied %v): a held event acked is lost on this link",
-				c.dc, ev.Dot, c.up, a[ev.Origin])
+				c.node, ev.Dot, c.up, a[ev.Origin])
 		}
 	}
 }
@@ -886,6 +1195,7 @@ func (w *World) link(n *node, c *consumer) *core.Link {
 		MaxDeliver: 10,
 		GapDelay:   w.opts.GapDelay,
 		RetryDelay: time.Second,
+		Shard:      w.shard(n),
 	})
 	n.links[c.name] = l
 	return l
@@ -897,10 +1207,20 @@ func (w *World) link(n *node, c *consumer) *core.Link {
 func (w *World) repairer(n *node) core.Repairer {
 	return core.Repairer{
 		Store:      observed{w: w, n: n},
-		Source:     source{w: w, self: n.id},
+		Source:     source{w: w, self: n},
 		Forward:    func(ev *event.Event) bool { return w.effective(n).ShouldForward(ev.Path, ev.Origin) },
 		Partitions: w.opts.Partitions,
+		Shard:      w.shard(n),
 	}
+}
+
+// shard is n's core.Shard: nil for a DC's only sidecar; for a shard, its
+// partitions and the coordinator of transactions spanning the DC's shards.
+func (w *World) shard(n *node) *core.Shard {
+	if n.owned == nil {
+		return nil
+	}
+	return &core.Shard{Owns: n.owns, Coordinator: coordinator{w: w, n: n}}
 }
 
 func (w *World) effective(n *node) core.Plan {
@@ -924,6 +1244,25 @@ func (o observed) Apply(ctx context.Context, evs []*event.Event, forward func(*e
 	if err != nil {
 		return res, err
 	}
+	o.check(evs, res)
+	return res, nil
+}
+
+// ApplyWhole is a shard's apply of its part of transactions
+// (changelog.Store.ApplyWhole), checked as Apply is.
+func (o observed) ApplyWhole(ctx context.Context, evs []*event.Event, whole map[*event.Event][]*event.Event, forward func(*event.Event) bool) ([]changelog.ApplyResult, error) {
+	res, err := o.n.store.ApplyWhole(ctx, evs, whole, forward)
+	if err != nil {
+		return res, err
+	}
+	o.check(evs, res)
+	return res, nil
+}
+
+// check checks an apply's results: nothing applied or forwarded twice at
+// the DC (counted across its shards), and forwarded as the reference rule
+// says.
+func (o observed) check(evs []*event.Event, res []changelog.ApplyResult) {
 	w, id := o.w, o.n.id
 	for i, r := range res {
 		ev := evs[i]
@@ -931,10 +1270,13 @@ func (o observed) Apply(ctx context.Context, evs []*event.Event, forward func(*e
 		switch r.Outcome {
 		case changelog.Changed, changelog.Obsolete:
 			if w.applied[id][ref]++; w.applied[id][ref] > 1 {
-				w.violate("(3) %s applied %s a second time", id, ref)
+				w.violate("(3) %s applied %s a second time", o.n.name, ref)
+			}
+			if !o.n.owns(ev.Partition) {
+				w.violate("(16) %s applied %s of partition %d, which it does not own", o.n.name, ref, ev.Partition)
 			}
 			if want := w.shouldForward(o.n, ev); r.Forwarded != want {
-				w.violate("(7) %s applied %s (path %v) and forwarded it: %v; the topology says %v", id, ref, ev.Path, r.Forwarded, want)
+				w.violate("(7) %s applied %s (path %v) and forwarded it: %v; the topology says %v", o.n.name, ref, ev.Path, r.Forwarded, want)
 			}
 			w.Stats["applied "+r.Outcome.String()]++
 		case changelog.Duplicate:
@@ -944,33 +1286,34 @@ func (o observed) Apply(ctx context.Context, evs []*event.Event, forward func(*e
 		}
 		if r.Forwarded {
 			if w.forwarded[id][ref]++; w.forwarded[id][ref] > 1 {
-				w.violate("(7) %s forwarded %s a second time", id, ref)
+				w.violate("(7) %s forwarded %s a second time", o.n.name, ref)
 			}
 			w.Stats["forwarded"]++
 		}
 	}
-	return res, nil
 }
 
 // source carries repair requests from self to origins over the simulated
-// network: an origin that is down or cut off does not answer.
+// network: the origin's sidecar owning the partition answers (a sharded
+// origin's other shards stay silent); one down or cut off does not.
 type source struct {
 	w    *World
-	self string
+	self *node
 }
 
 var errUnreachable = errors.New("sim: no responders")
 
 func (s source) Fetch(_ context.Context, origin string, req core.RepairRequest) ([][]byte, error) {
-	if !s.w.reach(s.self, origin) {
-		return nil, fmt.Errorf("%w: %s cannot reach %s", errUnreachable, s.self, origin)
+	owner := s.w.owner(origin, req.Partition)
+	if !s.w.reach(s.self, owner) {
+		return nil, fmt.Errorf("%w: %s cannot reach %s's owner of partition %d", errUnreachable, s.self.name, origin, req.Partition)
 	}
 	s.w.Stats["repair requests"]++
 	if s.w.opts.RepairLossPercent > 0 && s.w.rng.IntN(100) < s.w.opts.RepairLossPercent {
 		s.w.Stats["repair requests lost"]++
 		return nil, fmt.Errorf("%w: the request to %s timed out", errUnreachable, origin)
 	}
-	return core.ServeRepair(s.w.nodes[origin].store, s.w.opts.Partitions, req)
+	return core.ServeRepair(owner.store, s.w.opts.Partitions, req)
 }
 
 // tally notes what a receive did.
@@ -1017,8 +1360,7 @@ func (w *World) Tick(d time.Duration) error {
 // timers runs what is due at every live DC.
 func (w *World) timers() error {
 	var due []*node
-	for _, dc := range w.opts.DCs {
-		n := w.nodes[dc]
+	for _, n := range w.all() {
 		if !n.up || n.nextReport > w.t {
 			continue
 		}
@@ -1030,8 +1372,7 @@ func (w *World) timers() error {
 		w.healTick(n)
 		w.catchUp(n)
 	}
-	for _, dc := range w.opts.DCs {
-		n := w.nodes[dc]
+	for _, n := range w.all() {
 		if !n.up || n.nextMaint > w.t {
 			continue
 		}
@@ -1043,26 +1384,67 @@ func (w *World) timers() error {
 	return nil
 }
 
-// report sends n's durable applied vector to every DC it can reach, as
-// repl.applied.<dc>: the receiver keeps it (in its purge history once per
-// report interval) and counts n as alive.
+// report sends n's durable applied vector to every sidecar of every other
+// DC it can reach, as repl.applied.<dc>, a shard's with the partitions it
+// speaks for (Repl-Shard-Partitions): the receiver keeps it (in its purge
+// history once per report interval) and counts n's DC as alive once its
+// reports cover each of the receiver's partitions (core.Coverage).
 func (w *World) report(n *node) {
 	a := n.store.AppliedDurable()
 	for _, dc := range w.opts.DCs {
-		if dc == n.id || !w.reach(n.id, dc) {
+		if dc == n.id {
 			continue
 		}
-		to := w.nodes[dc]
-		if w.t-to.kept[n.id] >= w.opts.ReportEvery || to.kept[n.id] == 0 {
-			to.kept[n.id] = w.t
-			to.store.SetPeerApplied(n.id, a)
-		} else {
-			to.store.UpdatePeerApplied(n.id, a)
-		}
-		if to.healer != nil {
-			to.healer.Seen(n.id, w.wall(), to.store.Applied)
+		for _, to := range w.byDC[dc] {
+			if w.reach(n, to) {
+				w.receiveReport(to, n, a)
+			}
 		}
 	}
+}
+
+// receiveReport is to's intake of from's report a, as bridge's
+// reportIntake: a report from or to a shard is folded into the pointwise
+// highest of the peer DC's reports, of which a shard keeps its own
+// partitions (bridge peerView).
+func (w *World) receiveReport(to, from *node, a changelog.Applied) {
+	if from.owned != nil || to.owned != nil {
+		a = peerView(to, from.id, a)
+	}
+	if w.t-to.kept[from.id] >= w.opts.ReportEvery || to.kept[from.id] == 0 {
+		to.kept[from.id] = w.t
+		to.store.SetPeerApplied(from.id, a)
+	} else {
+		to.store.UpdatePeerApplied(from.id, a)
+	}
+	at := to.cover.Seen(from.id, from.owned, w.wall())
+	if to.healer != nil && at.After(to.covered[from.id]) {
+		to.covered[from.id] = at
+		to.healer.Seen(from.id, at, to.store.Applied)
+	}
+}
+
+// peerView folds report a from DC dc into the highest of its reports at
+// n and returns that, keeping for a shard only its own partitions.
+func peerView(n *node, dc string, a changelog.Applied) changelog.Applied {
+	m := n.highest[dc]
+	if m == nil {
+		m = changelog.Applied{}
+		n.highest[dc] = m
+	}
+	foldMax(m, a)
+	out := m.Clone()
+	if n.owned == nil {
+		return out
+	}
+	for _, row := range out {
+		for p := range row {
+			if !n.owns(uint32(p)) {
+				row[p] = 0
+			}
+		}
+	}
+	return out
 }
 
 // healTick judges liveness at n and reconciles its heal consumers with
@@ -1077,34 +1459,53 @@ func (w *World) healTick(n *node) {
 	}
 	for _, t := range changes {
 		if t.Dead {
-			w.notef("%s: %s unreachable (silent %s)", n.id, t.DC, t.Silent.Round(100*time.Millisecond))
+			w.notef("%s: %s unreachable (silent %s)", n.name, t.DC, t.Silent.Round(100*time.Millisecond))
 			w.Stats["heal: dc taken as dead"]++
 		} else {
-			w.notef("%s: %s reachable again (%s)", n.id, t.DC, t.Reason)
+			w.notef("%s: %s reachable again (%s)", n.name, t.DC, t.Reason)
 			w.Stats["heal: dc back"]++
 		}
 	}
 	stop, start := core.Reconcile(n.heal, plan)
 	for _, up := range stop {
-		delete(w.cons, names.HealConsumer(n.id, up))
-		delete(n.links, names.HealConsumer(n.id, up))
+		delete(w.cons, names.ShardHealConsumer(n.id, up, n.shard))
+		delete(n.links, names.ShardHealConsumer(n.id, up, n.shard))
 		delete(n.heal, up)
-		w.notef("%s: heal consumer on %s's stream stopped", n.id, up)
+		w.notef("%s: heal consumer on %s's stream stopped", n.name, up)
 	}
 	for _, b := range start {
-		name := names.HealConsumer(n.id, b.Via)
-		dead := w.cons[names.Consumer(b.Dead, b.Via)]
-		var floor uint64
-		if dead != nil {
-			floor = dead.floor
-		}
-		at := core.HealStart(floor, dead != nil)
-		w.cons[name] = newConsumer(name, n.id, b.Via, true, at)
+		name := names.ShardHealConsumer(n.id, b.Via, n.shard)
+		floor, found := w.deadFloor(n, b)
+		at := core.HealStart(floor, found)
+		w.cons[name] = w.newConsumer(name, n, b.Via, true, at)
 		n.heal[b.Via] = b
-		w.notef("%s: heal consumer on %s's stream for dead %s, from message %d", n.id, b.Via, b.Dead, max(at, 1))
+		w.notef("%s: heal consumer on %s's stream for dead %s, from message %d", n.name, b.Via, b.Dead, max(at, 1))
 		w.Stats["heal consumers started"]++
 	}
-	w.notef("%s: healing %s", n.id, core.DescribeBypasses(plan.Healing))
+	w.notef("%s: healing %s", n.name, core.DescribeBypasses(plan.Healing))
+}
+
+// deadFloor returns the lowest ack floor of the dead DC's static
+// consumers on the bypass's stream that read a partition of n (bridge
+// healer.deadFloor): its one consumer, or those of its shards.
+func (w *World) deadFloor(n *node, b core.Bypass) (floor uint64, found bool) {
+	for _, c := range w.cons {
+		if c.heal || c.dc != b.Dead || c.up != b.Via {
+			continue
+		}
+		mine := c.filter == nil || n.owned == nil
+		for _, p := range n.owned {
+			mine = mine || slices.Contains(c.filter, names.Subject(b.Via, p))
+		}
+		if !mine {
+			continue
+		}
+		if !found || c.floor < floor {
+			floor = c.floor
+		}
+		found = true
+	}
+	return floor, found
 }
 
 // catchUp runs n's catch-up repairs that are due.
@@ -1113,11 +1514,11 @@ func (w *World) catchUp(n *node) {
 	for _, b := range n.catch.Due(w.wall(), n.store.Applied(), n.store.PeerApplied()) {
 		t, err := rp.Repair(context.Background(), b.Origin, b.Partition, b.From, b.To)
 		w.Stats["catch-up repairs"]++
-		what := fmt.Sprintf("%s: catch-up from %s, partition %d [%d, %d]: %d events", n.id, b.Origin, b.Partition, b.From, b.To, t.RepairedEvents)
+		what := fmt.Sprintf("%s: catch-up from %s, partition %d [%d, %d]: %d events", n.name, b.Origin, b.Partition, b.From, b.To, t.RepairedEvents)
 		if err != nil {
 			what += fmt.Sprintf(" (%v)", err)
 			if errors.Is(err, core.ErrOriginLacks) {
-				w.violate("%s: catch-up from %s: %v (no DC here loses events after reporting them)", n.id, b.Origin, err)
+				w.violate("%s: catch-up from %s: %v (no DC here loses events after reporting them)", n.name, b.Origin, err)
 			}
 		}
 		w.notef("%s", what)
@@ -1129,12 +1530,12 @@ func (w *World) catchUp(n *node) {
 func (w *World) maintain(n *node) error {
 	ctx := context.Background()
 	if k, err := n.store.TrimOutbox(ctx); err != nil {
-		return fmt.Errorf("sim: trim %s's outbox: %w", n.id, err)
+		return fmt.Errorf("sim: trim %s's outbox: %w", n.name, err)
 	} else {
 		w.Stats["outbox trimmed"] += k
 	}
 	if k, err := n.store.Purge(ctx); err != nil {
-		return fmt.Errorf("sim: purge %s: %w", n.id, err)
+		return fmt.Errorf("sim: purge %s: %w", n.name, err)
 	} else if k > 0 {
 		w.Stats["purged"] += k
 	}
@@ -1143,13 +1544,20 @@ func (w *World) maintain(n *node) error {
 	if cutoff == 0 {
 		return nil
 	}
+	// Every downstream's static consumers (one per shard of a sharded
+	// downstream: bridge retention.ackFloors).
 	var floors []uint64
 	for _, dc := range n.static.Downstreams() {
-		c := w.cons[names.Consumer(dc, n.id)]
-		if c == nil {
+		found := false
+		for _, c := range w.cons {
+			if !c.heal && c.dc == dc && c.up == n.id {
+				floors = append(floors, c.floor)
+				found = true
+			}
+		}
+		if !found {
 			return nil
 		}
-		floors = append(floors, c.floor)
 	}
 	floor, ok := n.ret.Floor(cutoff, floors)
 	if !ok {
@@ -1159,9 +1567,19 @@ func (w *World) maintain(n *node) error {
 	for _, m := range s.msgs {
 		last[m.subject] = m.seq
 	}
+	// A shard trims only its own subjects (bridge ownSubjects).
+	own := func(subject string) bool { return true }
+	if n.owned != nil {
+		mine := map[string]bool{core.TxnSubject(n.id): true}
+		for _, p := range n.owned {
+			mine[names.Subject(n.id, p)] = true
+			mine[names.ShardTxnSubject(n.id, p)] = true
+		}
+		own = func(subject string) bool { return mine[subject] }
+	}
 	trimmed := 0
 	for _, m := range s.msgs {
-		if upTo := core.PurgeBelow(floor, last[m.subject]); !m.gone && m.seq < upTo {
+		if upTo := core.PurgeBelow(floor, last[m.subject]); !m.gone && m.seq < upTo && own(m.subject) {
 			m.gone, m.data = true, nil
 			trimmed++
 		}
@@ -1184,11 +1602,11 @@ func (w *World) Step() (bool, error) {
 		}
 		moved = moved || k > 0
 	}
-	for _, dc := range w.opts.DCs {
-		if !w.Up(dc) {
+	for _, n := range w.all() {
+		if !n.up {
 			continue
 		}
-		for _, c := range w.consumersOf(dc) {
+		for _, c := range w.consumersOf(n.name) {
 			ok, err := w.deliver(c)
 			if err != nil {
 				return moved, err
@@ -1215,17 +1633,16 @@ func (w *World) Run(d time.Duration) error {
 // healing in effect, every outbox published, every consumer drained, and
 // every DC has applied every origin's every event. When not, it says why.
 func (w *World) Quiet() (bool, string) {
-	for _, dc := range w.opts.DCs {
-		n := w.nodes[dc]
+	for _, n := range w.all() {
 		if !n.up {
-			return false, dc + " is down"
+			return false, n.name + " is down"
 		}
 		if len(n.heal) > 0 {
-			return false, fmt.Sprintf("%s still heals around %s", dc, core.DescribeBypasses(w.Healing(dc)))
+			return false, fmt.Sprintf("%s still heals around %s", n.name, core.DescribeBypasses(w.Healing(n.name)))
 		}
 		if n.store.OutboxDepth() > 0 {
 			if es, _ := n.store.ReadOutbox(n.store.Checkpoint(), 1); len(es) > 0 {
-				return false, dc + " has unpublished outbox entries"
+				return false, n.name + " has unpublished outbox entries"
 			}
 		}
 	}
@@ -1242,9 +1659,9 @@ func (w *World) Quiet() (bool, string) {
 		}
 	}
 	for _, dc := range w.opts.DCs {
-		a := w.nodes[dc].store.Applied()
+		a := w.Applied(dc)
 		for _, o := range w.opts.DCs {
-			own := w.nodes[o].store.Applied()[o]
+			own := w.Applied(o)[o]
 			for p, seq := range own {
 				if seq > 0 && !a.Covers(o, uint32(p), seq) {
 					return false, fmt.Sprintf("%s lacks %s's events of partition %d up to %d (has %v)", dc, o, p, seq, a[o])
@@ -1267,6 +1684,7 @@ func (w *World) Settle(limit time.Duration) error {
 		}
 	}
 	w.MendAll()
+
 	start := w.t
 	for {
 		quiet, why := w.Quiet()
@@ -1305,11 +1723,11 @@ func (w *World) Settle(limit time.Duration) error {
 // purges, so that every tombstone-only key goes.
 func (w *World) Finish() error {
 	for range 2 {
-		for _, dc := range w.opts.DCs {
-			w.report(w.nodes[dc])
+		for _, n := range w.all() {
+			w.report(n)
 		}
-		for _, dc := range w.opts.DCs {
-			if _, err := w.nodes[dc].store.Purge(context.Background()); err != nil {
+		for _, n := range w.all() {
+			if _, err := n.store.Purge(context.Background()); err != nil {
 				return err
 			}
 		}
@@ -1327,9 +1745,221 @@ func storeSnapshot(st *changelog.Store) (map[string]dvv.State, error) {
 	return out, err
 }
 
-// Digests returns each DC's digest and whether they are all equal.
+// Digests returns each DC's digest and whether they are all equal. With
+// a sharded DC, each DC's digest is a hash of its whole state, the union
+// of its shards' (Snapshot).
 func (w *World) Digests() (map[string]string, bool, error) {
-	return digests(w.opts.DCs, w.Store)
+	if len(w.all()) == len(w.opts.DCs) {
+		return digests(w.opts.DCs, w.Store)
+	}
+	out := map[string]string{}
+	equal := true
+	for _, dc := range w.opts.DCs {
+		snap, err := w.Snapshot(dc)
+		if err != nil {
+			return nil, false, err
+		}
+		h := sha256.New()
+		for _, key := range slices.Sorted(maps.Keys(snap)) {
+			fmt.Fprintf(h, "%q %+v\n", key, snap[key])
+		}
+		out[dc] = hex.EncodeToString(h.Sum(nil))
+		equal = equal && out[dc] == out[w.opts.DCs[0]]
+	}
+	return out, equal, nil
+}
+
+// Applied returns dc's applied vector: the pointwise highest of its live
+// sidecars' (a shard's holds 0 outside its partitions).
+func (w *World) Applied(dc string) changelog.Applied {
+	out := changelog.Applied{}
+	for _, n := range w.byDC[dc] {
+		if !n.up {
+			continue
+		}
+		foldMax(out, n.store.Applied())
+	}
+	return out
+}
+
+// foldMax raises m to the pointwise highest of m and a.
+func foldMax(m, a changelog.Applied) {
+	for origin, row := range a {
+		have := m[origin]
+		if len(have) < len(row) {
+			have = append(have, make([]uint64, len(row)-len(have))...)
+		}
+		for p, s := range row {
+			have[p] = max(have[p], s)
+		}
+		m[origin] = have
+	}
+}
+
+// Snapshot returns dc's whole state: every key of its live sidecars, each
+// from its owner (one Scan each).
+func (w *World) Snapshot(dc string) (map[string]dvv.State, error) {
+	out := map[string]dvv.State{}
+	for _, n := range w.byDC[dc] {
+		if !n.up {
+			continue
+		}
+		snap, err := storeSnapshot(n.store)
+		if err != nil {
+			return nil, fmt.Errorf("sim: scan %s: %w", n.name, err)
+		}
+		for k, st := range snap {
+			if _, dup := out[k]; dup {
+				return nil, fmt.Errorf("sim: %s holds key %q, which another shard of %s holds too", n.name, k, dc)
+			}
+			if !n.owns(event.PartitionOf(k, w.opts.Partitions)) {
+				return nil, fmt.Errorf("sim: %s holds key %q of partition %d, which it does not own", n.name, k, event.PartitionOf(k, w.opts.Partitions))
+			}
+			out[k] = st
+		}
+	}
+	return out, nil
+}
+
+// Conflicts returns dc's conflict log: every live sidecar's.
+func (w *World) Conflicts(dc string) ([]changelog.Conflict, error) {
+	var out []changelog.Conflict
+	for _, n := range w.byDC[dc] {
+		if !n.up {
+			continue
+		}
+		cs, err := n.store.Conflicts(changelog.ConflictFilter{})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, cs...)
+	}
+	return out, nil
+}
+
+// coordinator is a shard's core.Coordinator, as pkg/node's shards: Prepare
+// records the shard's ops durably (changelog.Store.Prepare), which makes
+// reads of their keys wait (holds), and asks each other owner, over the
+// DC's network (an owner that is down does not answer), whether it has
+// prepared or applied the transaction. The simulation does not wait: the
+// link's nak brings the message back.
+type coordinator struct {
+	w *World
+	n *node
+}
+
+func (c coordinator) Prepare(ctx context.Context, id string, all, own []*event.Event, _ bool) (bool, error) {
+	st := c.n.store
+	ps, err := st.PreparedTxns()
+	if err != nil {
+		return false, err
+	}
+	if _, ok := ps[id]; !ok {
+		p := changelog.Prepared{Origin: own[0].Origin}
+		for _, ev := range own {
+			p.Keys = append(p.Keys, ev.Key)
+			p.Ops = append(p.Ops, [2]uint64{uint64(ev.Partition), ev.Seq})
+		}
+		if err := st.Prepare(ctx, id, p); err != nil {
+			return false, err
+		}
+		c.w.Stats["shard txn prepared"]++
+	}
+	asked := map[*node]bool{}
+	for _, ev := range all {
+		o := c.w.owner(c.n.id, ev.Partition)
+		if o == c.n || asked[o] {
+			continue
+		}
+		asked[o] = true
+		state, err := c.w.txnState(o, id, all)
+		if err != nil || state == "no" {
+			c.w.Stats["shard txn not ready"]++
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func (c coordinator) Done(ctx context.Context, id string) {
+	ps, err := c.n.store.PreparedTxns()
+	if err != nil {
+		return
+	}
+	if _, ok := ps[id]; ok {
+		if err := c.n.store.Unprepare(ctx, id); err == nil {
+			c.w.Stats["shard txn done"]++
+		}
+	}
+}
+
+// txnState is o's answer about transaction id (pkg/node answerTxnState):
+// "applied" when it has applied each of its ops, "prepared" when it holds
+// id prepared, else "no"; an error when o is down.
+func (w *World) txnState(o *node, id string, all []*event.Event) (string, error) {
+	if !o.up {
+		return "", fmt.Errorf("%w: %s is down", errUnreachable, o.name)
+	}
+	applied := o.store.Applied()
+	mine, covered := 0, 0
+	for _, ev := range all {
+		if o.owns(ev.Partition) {
+			mine++
+			if applied.Covers(ev.Origin, ev.Partition, ev.Seq) {
+				covered++
+			}
+		}
+	}
+	if mine > 0 && covered == mine {
+		return "applied", nil
+	}
+	ps, err := o.store.PreparedTxns()
+	if err != nil {
+		return "", err
+	}
+	if _, ok := ps[id]; ok {
+		return "prepared", nil
+	}
+	return "no", nil
+}
+
+// loadPrepared forgets, at a shard's start, the prepared transactions it
+// has applied meanwhile (pkg/node loadPrepared); the others hold their
+// keys again.
+func (w *World) loadPrepared(n *node) error {
+	if n.owned == nil {
+		return nil
+	}
+	ps, err := n.store.PreparedTxns()
+	if err != nil {
+		return err
+	}
+	applied := n.store.Applied()
+	for _, id := range slices.Sorted(maps.Keys(ps)) {
+		if ps[id].Covered(applied) {
+			if err := n.store.Unprepare(context.Background(), id); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// holds reports whether a prepared transaction holds key at n.
+func (w *World) holds(n *node, key string) (bool, error) {
+	if n.owned == nil {
+		return false, nil
+	}
+	ps, err := n.store.PreparedTxns()
+	if err != nil {
+		return false, err
+	}
+	for _, p := range ps {
+		if slices.Contains(p.Keys, key) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // StreamDesc renders dc's stream: each message's sequence and what it

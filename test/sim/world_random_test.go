@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replicatorhq/replicator/bridge/core"
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/dvv"
@@ -86,7 +87,7 @@ var mixes = []string{"calm", "lossy", "crashy", "cuts", "dead", "all"}
 // -sim.world.seed=N replays one with its trace.
 func TestRandom(t *testing.T) {
 	if *flagWorldSeed != 0 {
-		r := runWorld(*flagWorldSeed)
+		r := runWorld(*flagWorldSeed, false)
 		for _, line := range r.trace {
 			t.Log(line)
 		}
@@ -97,9 +98,53 @@ func TestRandom(t *testing.T) {
 		return
 	}
 	runSeeds(t, *flagWorldFirst, seedCount(t, 1000), 400, func(seed uint64) seedOutcome {
-		r := runWorld(seed)
+		r := runWorld(seed, false)
 		return seedOutcome{err: r.err, trace: r.trace, stats: r.stats}
 	}, worldReplay)
+}
+
+var (
+	flagShardSeed  = flag.Uint64("sim.shards.seed", 0, "replay only this seed of TestRandomShards, with its trace")
+	flagShardFirst = flag.Uint64("sim.shards.first", 1, "the first seed TestRandomShards runs")
+)
+
+// TestRandomShards runs TestRandom's schedules with sharded DCs
+// (invariant 16): dc1 runs 2 or 3 sidecars, each other DC 1 or 2, over 3
+// to 6 partitions, so DCs of different shard counts interoperate in mesh,
+// ring and star. Crashes take down one shard two times in three (the
+// DC's other shards keep running), a dead DC is one shard half the time;
+// local transactions whose keys span the origin's shards are refused
+// (pkg/node), and those of other DCs spanning a receiver's shards are
+// prepared by each owner and applied once all have (core.Shard). On top
+// of TestRandom's checks: no shard applies an op of a partition it does
+// not own; a transaction is forwarded whole, once per DC, by the owner of
+// its first op; each shard applies its ops of a transaction wholly or not
+// at all, and while a shard shows its part, every live owner of the
+// others has applied or prepared theirs (reads of a prepared
+// transaction's keys wait); the end state is each DC's shards' union.
+//
+// REPL_SIM_SEEDS sets the number of seeds (default 150, 30 with -short);
+// -sim.shards.seed=N replays one with its trace.
+func TestRandomShards(t *testing.T) {
+	if *flagShardSeed != 0 {
+		r := runWorld(*flagShardSeed, true)
+		for _, line := range r.trace {
+			t.Log(line)
+		}
+		if r.err != nil {
+			t.Fatalf("seed %d: %v\nreplay: %s", *flagShardSeed, r.err, shardReplay(*flagShardSeed))
+		}
+		t.Logf("seed %d: %s", *flagShardSeed, r.summary)
+		return
+	}
+	runSeeds(t, *flagShardFirst, seedCount(t, 150), 400, func(seed uint64) seedOutcome {
+		r := runWorld(seed, true)
+		return seedOutcome{err: r.err, trace: r.trace, stats: r.stats}
+	}, shardReplay)
+}
+
+func shardReplay(seed uint64) string {
+	return fmt.Sprintf("go test ./test/sim -run 'TestRandomShards$' -sim.shards.seed=%d -v", seed)
 }
 
 func worldReplay(seed uint64) string {
@@ -114,6 +159,8 @@ type wrun struct {
 	keys  []string
 	local bool
 	mix   string
+	// sharded runs some DCs as several sidecars (invariant 16).
+	sharded bool
 
 	trace   []string
 	err     error
@@ -145,9 +192,9 @@ func (s *wrun) flush() {
 	}
 }
 
-func runWorld(seed uint64) *wrun {
+func runWorld(seed uint64, sharded bool) *wrun {
 	r := rand.New(rand.NewPCG(seed, 0x5eed))
-	s := &wrun{r: r, stats: map[string]int{}, ackedAt: map[string][]Ref{},
+	s := &wrun{r: r, sharded: sharded, stats: map[string]int{}, ackedAt: map[string][]Ref{},
 		superseded: map[string]map[vclock.Dot]bool{}, downUntil: map[string]time.Duration{}, cutUntil: map[[2]string]time.Duration{}}
 	for i := range 3 + r.IntN(3) {
 		s.dcs = append(s.dcs, fmt.Sprintf("dc%d", i+1))
@@ -179,6 +226,23 @@ func runWorld(seed uint64) *wrun {
 	for i := range 1 + r.IntN(5) {
 		s.keys = append(s.keys, fmt.Sprintf("%sk%d", prefixes[r.IntN(len(prefixes))], i))
 	}
+	if sharded {
+		// dc1 runs 2 or 3 shards, each other DC 1 or 2, over 3 to 6
+		// partitions; more keys, so that transactions land both within
+		// one shard (the origin's only kind) and across a receiver's.
+		opts.Partitions = 3 + r.IntN(4)
+		// Streams keep acknowledged messages 2 to 6 s, so that each
+		// shard's retention (its own subjects, down to every downstream
+		// shard's floor) trims within a run.
+		opts.StreamKeep = time.Duration(2+r.IntN(5)) * time.Second
+		opts.Shards = map[string]int{s.dcs[0]: 2 + r.IntN(2)}
+		for _, dc := range s.dcs[1:] {
+			opts.Shards[dc] = 1 + r.IntN(2)
+		}
+		for i := len(s.keys); i < 4+r.IntN(5); i++ {
+			s.keys = append(s.keys, fmt.Sprintf("%sk%d", prefixes[r.IntN(len(prefixes))], i))
+		}
+	}
 	names := []string{resolve.NameSiblings, resolve.NameLWW, resolve.NameConcat}
 	byName := func(n string) resolve.Resolver {
 		res, err := resolve.ByName(n, resolve.Options{})
@@ -199,6 +263,9 @@ func runWorld(seed uint64) *wrun {
 	opts.Resolvers = rules
 	s.logf("world dcs=(%s) topology=%s hub=%s standby=%s partitions=%d skew=%v unsynced=%d%% repair-loss=%d%%  # mix %s, keys %v, local %v",
 		strings.Join(s.dcs, ","), topology, opts.Hub, opts.Standby, opts.Partitions, opts.Skew, opts.UnsyncedPercent, opts.RepairLossPercent, s.mix, s.keys, s.local)
+	if sharded {
+		s.logf("shards %v", opts.Shards)
+	}
 	s.w, err = NewWorld(opts)
 	if err != nil {
 		s.fail("world: %v", err)
@@ -282,10 +349,12 @@ func (s *wrun) wake() {
 	}
 }
 
+// upDC picks a live DC: in a sharded run, one with any shard up (a
+// request whose key's owner is down is refused, errShardDown).
 func (s *wrun) upDC() (string, bool) {
 	var up []string
 	for _, dc := range s.dcs {
-		if s.w.Up(dc) {
+		if s.w.Up(dc) || s.sharded && slices.ContainsFunc(s.w.byDC[dc], func(n *node) bool { return n.up }) {
 			up = append(up, dc)
 		}
 	}
@@ -332,17 +401,26 @@ func (s *wrun) write() {
 		op.Value = []byte(fmt.Sprintf("v%d", len(s.trace)))
 	}
 	at, ctx, read, err := s.readFor(dc, key)
+	if s.held(err) {
+		return
+	}
 	if err != nil {
 		s.fail("read %s at %s: %v", key, at, err)
 		return
 	}
 	op.Context = ctx
 	before, _, err := s.w.Read(dc, key)
+	if s.held(err) {
+		return
+	}
 	if err != nil {
 		s.fail("read %s at %s: %v", key, dc, err)
 		return
 	}
 	res, err := s.w.Write(dc, op)
+	if s.held(err) {
+		return
+	}
 	line := fmt.Sprintf("write %s k=%s v=%s del=%v read@%s ctx=%s", dc, key, op.Value, op.Delete, at, op.Context)
 	if errors.Is(err, changelog.ErrContextAhead) {
 		s.logf("%s  # refused: context ahead", line)
@@ -390,22 +468,35 @@ func (s *wrun) writeTxn() {
 			op.Value = []byte(fmt.Sprintf("t%d.%d", len(s.trace), i))
 		}
 		at, ctx, read, err := s.readFor(dc, key)
+		if s.held(err) {
+			return
+		}
 		if err != nil {
 			s.fail("read %s at %s: %v", key, at, err)
 			return
 		}
 		op.Context, reads[i] = ctx, read
-		if befores[i], _, err = s.w.Read(dc, key); err != nil {
+		if befores[i], _, err = s.w.Read(dc, key); s.held(err) {
+			return
+		} else if err != nil {
 			s.fail("read %s at %s: %v", key, dc, err)
 			return
 		}
 		ops[i] = op
 	}
 	res, err := s.w.WriteTxn(dc, ops)
+	if s.held(err) {
+		return
+	}
 	line := fmt.Sprintf("txn %s %d ops", dc, n)
 	if errors.Is(err, changelog.ErrContextAhead) {
 		s.logf("%s  # refused: context ahead", line)
 		s.stats["txn refused: context ahead"]++
+		return
+	}
+	if errors.Is(err, errTxnSpansShards) {
+		s.logf("%s  # refused: %v", line, err)
+		s.stats["txn refused: spans the origin's shards"]++
 		return
 	}
 	if err != nil {
@@ -422,6 +513,24 @@ func (s *wrun) writeTxn() {
 	s.txns = append(s.txns, txnRec{origin: dc, ops: evs, line: len(s.trace)})
 	s.logf("%s -> %s", line, strings.Join(dots, ", "))
 	s.stats["txns"]++
+}
+
+// held reports whether err is a request a sharded DC refused for now: a
+// read a prepared transaction spanning its shards holds (503 past
+// context_wait), or a key whose owner shard is down (503); the client
+// tries later.
+func (s *wrun) held(err error) bool {
+	switch {
+	case errors.Is(err, errHeld):
+		s.logf("read refused: %v", err)
+		s.stats["reads held by a prepared transaction"]++
+		return true
+	case errors.Is(err, errShardDown):
+		s.logf("request refused: %v", err)
+		s.stats["requests refused: owner shard down"]++
+		return true
+	}
+	return false
 }
 
 func (s *wrun) publish() {
@@ -441,11 +550,11 @@ func (s *wrun) publish() {
 
 func (s *wrun) readyConsumers() []*consumer {
 	var out []*consumer
-	for _, dc := range s.dcs {
-		if !s.w.Up(dc) {
+	for _, n := range s.w.all() {
+		if !n.up {
 			continue
 		}
-		for _, c := range s.w.consumersOf(dc) {
+		for _, c := range s.w.consumersOf(n.name) {
 			if s.w.ready(c) {
 				out = append(out, c)
 			}
@@ -530,21 +639,45 @@ func (s *wrun) skew() {
 	s.stats["skew changes"]++
 }
 
-// crash cuts a live DC's power for d.
+// crash cuts a live DC's power for d; in a sharded run, two times in
+// three only one live shard's.
 func (s *wrun) crash(d time.Duration) {
+	if s.sharded && s.r.IntN(3) > 0 {
+		if n, ok := s.upShard(); ok {
+			s.crashDC(n, d)
+		}
+		return
+	}
 	if dc, ok := s.upDC(); ok {
 		s.crashDC(dc, d)
 	}
 }
 
-// crashDC cuts dc's power for d.
-func (s *wrun) crashDC(dc string, d time.Duration) {
-	s.logf("crash %s  # down for %s", dc, d)
-	if err := s.w.Crash(dc); err != nil {
-		s.fail("crash %s: %v", dc, err)
+// upShard picks a live shard of a sharded DC.
+func (s *wrun) upShard() (string, bool) {
+	var up []string
+	for _, n := range s.w.all() {
+		if n.up && n.owned != nil {
+			up = append(up, n.name)
+		}
+	}
+	if len(up) == 0 {
+		return "", false
+	}
+	return up[s.r.IntN(len(up))], true
+}
+
+// crashDC cuts the power of who (a DC, or one shard "<dc>/<i>") for d.
+func (s *wrun) crashDC(who string, d time.Duration) {
+	s.logf("crash %s  # down for %s", who, d)
+	ns, _ := s.w.sidecars(who)
+	if err := s.w.Crash(who); err != nil {
+		s.fail("crash %s: %v", who, err)
 		return
 	}
-	s.downUntil[dc] = s.w.Now() + d
+	for _, n := range ns {
+		s.downUntil[n.name] = s.w.Now() + d
+	}
 }
 
 // kill takes a DC down for longer than heal_after, and lets time pass; in
@@ -559,6 +692,9 @@ func (s *wrun) kill() {
 	}
 	if s.w.opts.Topology == config.Star && s.r.IntN(2) == 0 && s.w.Up(s.w.opts.Hub) {
 		dc = s.w.opts.Hub
+	}
+	if s.sharded && s.w.sharded(dc) && s.r.IntN(2) == 0 {
+		dc = s.w.Shards(dc)[s.r.IntN(len(s.w.Shards(dc)))] // one shard dies
 	}
 	d := s.w.opts.HealAfter + time.Duration(1+s.r.IntN(8))*time.Second
 	s.crashDC(dc, d)
@@ -578,17 +714,19 @@ func (s *wrun) cut() {
 	s.cutUntil[pair(a, b)] = s.w.Now() + d
 }
 
-// restart starts dc again and checks it kept every write it acknowledged.
-func (s *wrun) restart(dc string) {
-	s.logf("restart %s", dc)
-	if err := s.w.Restart(dc); err != nil {
-		s.fail("restart %s: %v", dc, err)
+// restart starts who (a DC, or one shard) again and checks it kept every
+// write it acknowledged.
+func (s *wrun) restart(who string) {
+	s.logf("restart %s", who)
+	if err := s.w.Restart(who); err != nil {
+		s.fail("restart %s: %v", who, err)
 		return
 	}
-	own := s.w.Store(dc).Applied()
+	dc, _, _ := strings.Cut(who, "/")
+	own := s.w.Applied(dc)
 	for _, ref := range s.ackedAt[dc] {
-		if !own.Covers(dc, ref.Partition, ref.Seq) {
-			s.fail("(1) %s restarted without %s, a write it acknowledged (own sequences %v)", dc, ref, own[dc])
+		if s.w.owner(dc, ref.Partition).up && !own.Covers(dc, ref.Partition, ref.Seq) {
+			s.fail("(1) %s restarted without %s, a write it acknowledged (own sequences %v)", who, ref, own[dc])
 			return
 		}
 	}
@@ -597,43 +735,93 @@ func (s *wrun) restart(dc string) {
 
 // checkTxns checks at dc that each transaction is applied wholly or not at
 // all, and with scan, that one consistent read shows no op of a
-// transaction dc has not applied.
+// transaction dc has not applied. At a sharded DC, each live shard applies
+// its ops of a transaction wholly or not at all, and while some shard has
+// applied its ops, every live owner of the others has applied or prepared
+// them (a prepared transaction holds its keys: reads wait, so none shows
+// the state before it); a shard's scan is one consistent read of its own
+// keys, skipped while a prepared transaction holds them (pkg/node waits).
 func (s *wrun) checkTxns(dc string, scan bool) {
-	if len(s.txns) == 0 || !s.w.Up(dc) {
+	if len(s.txns) == 0 {
 		return
 	}
-	st := s.w.Store(dc)
-	a := st.Applied()
-	var snap map[string]dvv.State
-	if scan {
+	type view struct {
+		a        changelog.Applied
+		snap     map[string]dvv.State
+		prepared map[string]changelog.Prepared
+	}
+	views := map[*node]*view{}
+	for _, n := range s.w.byDC[dc] {
+		if !n.up {
+			continue
+		}
+		v := &view{a: n.store.Applied()}
 		var err error
-		if snap, err = storeSnapshot(st); err != nil {
-			s.fail("scan %s: %v", dc, err)
+		if v.prepared, err = n.store.PreparedTxns(); err != nil {
+			s.fail("prepared transactions at %s: %v", n.name, err)
 			return
 		}
-		s.stats["transaction scans"]++
+		if scan && len(v.prepared) == 0 {
+			if v.snap, err = storeSnapshot(n.store); err != nil {
+				s.fail("scan %s: %v", n.name, err)
+				return
+			}
+			s.stats["transaction scans"]++
+		}
+		views[n] = v
+	}
+	if len(views) == 0 {
+		return
 	}
 	for _, t := range s.txns {
 		if t.origin == dc {
 			continue
 		}
+		id := core.TxnID(t.ops)
 		have := 0
-		for _, ev := range t.ops {
-			if a.Covers(ev.Origin, ev.Partition, ev.Seq) {
-				have++
+		var missing []*event.Event
+		for _, n := range s.w.byDC[dc] {
+			v := views[n]
+			if v == nil {
+				continue
 			}
+			mine, got := 0, 0
+			for _, ev := range t.ops {
+				if !n.owns(ev.Partition) {
+					continue
+				}
+				mine++
+				if v.a.Covers(ev.Origin, ev.Partition, ev.Seq) {
+					got++
+				} else if _, ok := v.prepared[id]; !ok {
+					missing = append(missing, ev)
+				}
+			}
+			if got > 0 && got < mine {
+				s.fail("(11) %s has applied %d of the %d ops of the %s", n.name, got, mine, t)
+				return
+			}
+			have += got
 		}
-		if have > 0 && have < len(t.ops) {
-			s.fail("(11) %s has applied %d of the %d ops of the %s", dc, have, len(t.ops), t)
+		if have > 0 && len(missing) > 0 {
+			ev := missing[0]
+			s.fail("(11) %s has applied %d of the %d ops of the %s, but %s neither applied nor prepared op %s",
+				dc, have, len(t.ops), t, s.w.owner(dc, ev.Partition).name, ev.Dot)
 			return
 		}
-		if have > 0 || snap == nil {
-			continue
-		}
-		for _, ev := range t.ops {
-			if slices.ContainsFunc(snap[ev.Key].Siblings, func(sb dvv.Sibling) bool { return sb.Dot == ev.Dot }) {
-				s.fail("(11) a scan at %s shows op %s of the %s, which %s has not applied", dc, ev.Dot, t, dc)
-				return
+		for _, n := range s.w.byDC[dc] {
+			v := views[n]
+			if v == nil || v.snap == nil {
+				continue
+			}
+			for _, ev := range t.ops {
+				if !n.owns(ev.Partition) || v.a.Covers(ev.Origin, ev.Partition, ev.Seq) {
+					continue
+				}
+				if slices.ContainsFunc(v.snap[ev.Key].Siblings, func(sb dvv.Sibling) bool { return sb.Dot == ev.Dot }) {
+					s.fail("(11) a scan at %s shows op %s of the %s, which %s has not applied", n.name, ev.Dot, t, n.name)
+					return
+				}
 			}
 		}
 	}
@@ -668,7 +856,7 @@ func (s *wrun) finish() {
 	}
 	snaps := map[string]map[string]dvv.State{}
 	for _, dc := range s.dcs {
-		if snaps[dc], err = storeSnapshot(w.Store(dc)); err != nil {
+		if snaps[dc], err = w.Snapshot(dc); err != nil {
 			s.fail("snapshot %s: %v", dc, err)
 			return
 		}
@@ -687,7 +875,7 @@ func (s *wrun) finish() {
 	final := snaps[s.dcs[0]]
 	for _, dc := range s.dcs {
 		s.checkTxns(dc, true)
-		a := w.Store(dc).Applied()
+		a := w.Applied(dc)
 		for _, t := range s.txns {
 			for _, ev := range t.ops {
 				if !a.Covers(ev.Origin, ev.Partition, ev.Seq) {
@@ -699,7 +887,7 @@ func (s *wrun) finish() {
 	}
 	logged := map[string]map[string]bool{}
 	for _, dc := range s.dcs {
-		cs, err := w.Store(dc).Conflicts(changelog.ConflictFilter{})
+		cs, err := w.Conflicts(dc)
 		if err != nil {
 			s.fail("conflicts at %s: %v", dc, err)
 			return
