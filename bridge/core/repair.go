@@ -134,6 +134,11 @@ func (r Repairer) repair(ctx context.Context, t *Tally, origin string, p uint32,
 		return nil
 	}
 	log := logger(r.Log)
+	// stalled marks a round that filled another partition's gap for a
+	// transaction and applied nothing here; a second such round in a row
+	// means the fill did not let the transaction apply, and asking again
+	// would only spin.
+	stalled := false
 	for from <= to {
 		if done := r.Store.Applied()[origin]; int(p) < len(done) && done[p] >= to {
 			return nil
@@ -211,8 +216,13 @@ func (r Repairer) repair(ctx context.Context, t *Tally, origin string, p uint32,
 			return held
 		}
 		if elsewhere != nil {
+			if stalled && applied == 0 {
+				return fmt.Errorf("repaired transaction %s still waits for a gap in partition %d after its repair", elsewhere.Dot, elsewhere.Partition)
+			}
+			stalled = applied == 0
 			continue // the other partition's gap is filled: ask again from where this one stands
 		}
+		stalled = false
 		from = lastIn(evs, p) + 1
 	}
 	return nil

@@ -3,8 +3,10 @@ package core
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/event"
@@ -141,5 +143,65 @@ func TestRepair(t *testing.T) {
 	c := openStore(t, "c", dcs)
 	if _, err := (Repairer{Store: c, Source: &origins{stores: map[string]*changelog.Store{"b": openStore(t, "b", dcs)}}, Partitions: testParts}).Repair(ctx, "b", p, 1, 3); !errors.Is(err, ErrOriginLacks) {
 		t.Fatalf("err %v, want ErrOriginLacks", err)
+	}
+}
+
+// claimsApplied is a store whose applied vector claims origin's partition
+// p is applied up to n, whatever it holds: filling that gap does nothing.
+type claimsApplied struct {
+	*changelog.Store
+	origin string
+	p      uint32
+	n      uint64
+}
+
+func (c claimsApplied) Applied() changelog.Applied {
+	a := c.Store.Applied().Clone()
+	row := a[c.origin]
+	for len(row) <= int(c.p) {
+		row = append(row, 0)
+	}
+	row[c.p] = max(row[c.p], c.n)
+	a[c.origin] = row
+	return a
+}
+
+// TestRepairDoesNotSpin: a repaired transaction that still waits for
+// another partition's gap after that gap's repair ends the repair with an
+// error; asking the origin again and again would hold the link for ever.
+func TestRepairDoesNotSpin(t *testing.T) {
+	dcs := []string{"a", "b"}
+	ctx := context.Background()
+	kp, kq := "", ""
+	for i := 0; kp == "" || kq == ""; i++ {
+		k := fmt.Sprint("k", i)
+		switch event.PartitionOf(k, testParts) {
+		case 0:
+			kp = k
+		case 1:
+			kq = k
+		}
+	}
+	b := openStore(t, "b", dcs)
+	if _, err := b.Write(ctx, changelog.WriteOp{Key: kq, Value: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.WriteTxn(ctx, []changelog.WriteOp{{Key: kp, Value: []byte("2")}, {Key: kq, Value: []byte("3")}}); err != nil {
+		t.Fatal(err)
+	}
+	a := claimsApplied{Store: openStore(t, "a", dcs), origin: "b", p: 1, n: 1}
+	src := &origins{stores: map[string]*changelog.Store{"b": b}}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Repairer{Store: a, Source: src, Partitions: testParts}.Repair(ctx, "b", 0, 1, 1)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "still waits for a gap in partition 1") {
+			t.Fatalf("repair: %v, want an error naming partition 1's gap", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the repair still runs after 10s, having asked the origin %d times", src.asked)
 	}
 }
