@@ -17,26 +17,26 @@ import (
 // become unreachable past ExpiryTakeover and the values this DC's.
 type expirer struct{ e *env }
 
-// unreachable reports whether dc has sent no applied-vector report for
-// longer than ExpiryTakeover; this DC itself never is.
-func (x expirer) unreachable(dc string) bool {
+// unreachable reports whether dc has sent no applied-vector report
+// speaking for partition p for longer than ExpiryTakeover; this DC
+// itself never is. It is judged per partition (core.Coverage.SilentOn):
+// a DC of several shards, one of them down, stays reachable for the
+// partitions of the shards that run, which go on deleting their expired
+// values (invariant 16).
+func (x expirer) unreachable(dc string, p uint32) bool {
 	e := x.e
-	rd := e.ready.Load()
-	if dc == e.self || rd == nil {
+	cover := e.cover.Load()
+	if dc == e.self || cover == nil {
 		return false
 	}
-	for _, p := range rd.peers(e.now(), e.opts.ReportInterval) {
-		if p.DC == dc {
-			return p.Age > e.opts.ExpiryTakeover
-		}
-	}
-	return false
+	return cover.silentOn(dc, p, e.now(), e.opts.ExpiryTakeover)
 }
 
-// mine reports whether this DC deletes an expired value owner owns
-// (changelog.Deleter).
-func (x expirer) mine(owner string) bool {
-	return changelog.Deleter(owner, x.e.opts.DCs, x.unreachable) == x.e.self
+// mine reports whether this DC deletes an expired value owner owns in
+// partition p (changelog.Deleter, with the DCs unreachable for p).
+func (x expirer) mine(owner string, p uint32) bool {
+	silent := func(dc string) bool { return x.unreachable(dc, p) }
+	return changelog.Deleter(owner, x.e.opts.DCs, silent) == x.e.self
 }
 
 func (x expirer) run(ctx context.Context) {

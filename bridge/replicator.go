@@ -288,6 +288,9 @@ type env struct {
 	// ready judges readiness (GET /readyz) and keeps each peer's last
 	// report time; set by Start.
 	ready atomic.Pointer[readiness]
+	// cover keeps when each peer last reported on each partition, for
+	// liveness and expiry; set by Start.
+	cover atomic.Pointer[coverage]
 	// owned marks, by partition, those this shard owns, and shard is what
 	// the core decides differently for it; both nil when the DC is not
 	// sharded (see shard.go).
@@ -474,7 +477,9 @@ func (r *Replicator) Start(ctx context.Context) error {
 	if silent <= 0 {
 		silent = defaultSilentAfter
 	}
-	e.ready.Store(newReadiness(e.self, e.opts.DCs, silent, e.now()))
+	start := e.now()
+	e.ready.Store(newReadiness(e.self, e.opts.DCs, silent, start))
+	e.cover.Store(newCoverage(e, start))
 
 	base := context.WithoutCancel(ctx)
 	intakeCtx, stopIntake := context.WithCancel(base)

@@ -89,11 +89,7 @@ type reportIntake struct {
 func (in reportIntake) run(ctx context.Context, reports <-chan *nats.Msg) {
 	kept := map[string]time.Time{}
 	highest := map[string]changelog.Applied{}
-	var mine []uint32
-	if in.sharded() {
-		mine = in.ownedPartitions()
-	}
-	cover := core.NewCoverage(mine, in.opts.Partitions, in.now())
+	cover := in.cover.Load()
 	covered := map[string]time.Time{}
 	for {
 		select {
@@ -114,7 +110,7 @@ func (in reportIntake) run(ctx context.Context, reports <-chan *nats.Msg) {
 			// Liveness, and the peer's state in readiness and status,
 			// count a DC as reporting once its reports cover every
 			// partition of this shard (see core.Coverage).
-			at := cover.Seen(dc, parts, in.now())
+			at := cover.seen(dc, parts, in.now())
 			if at.After(covered[dc]) {
 				covered[dc] = at
 				in.alive.add(dc, at)
@@ -125,6 +121,40 @@ func (in reportIntake) run(ctx context.Context, reports <-chan *nats.Msg) {
 			}
 		}
 	}
+}
+
+// coverage guards the core's record of when each peer last reported on
+// each partition (core.Coverage): the report intake feeds it, and the
+// expirer asks it whether a key's owner is silent on the key's partition.
+type coverage struct {
+	mu struct {
+		sync.Mutex
+		c *core.Coverage
+	}
+}
+
+// newCoverage tracks the reports on this sidecar's partitions (every
+// partition when the DC is not sharded) from start.
+func newCoverage(e *env, start time.Time) *coverage {
+	var mine []uint32
+	if e.sharded() {
+		mine = e.ownedPartitions()
+	}
+	c := &coverage{}
+	c.mu.c = core.NewCoverage(mine, e.opts.Partitions, start)
+	return c
+}
+
+func (c *coverage) seen(dc string, parts []uint32, now time.Time) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mu.c.Seen(dc, parts, now)
+}
+
+func (c *coverage) silentOn(dc string, p uint32, now time.Time, bound time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mu.c.SilentOn(dc, p, now, bound)
 }
 
 // reporter, on its own goroutine (run), judges the peers' liveness

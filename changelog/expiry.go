@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/replicatorhq/replicator/pkg/event"
 )
 
 // Expiry (invariant 14 in docs/DESIGN.md). A value written with a TTL
@@ -124,7 +126,8 @@ func (s *Store) Due(now uint64) ([]string, error) {
 // that is neither the expirer nor unreachable. unreachable reports the DCs
 // silent past the bound (never this DC itself, which is in dcs, so
 // some DC is always named). It is the same at every DC that agrees on
-// which DCs are unreachable.
+// which DCs are unreachable; with shards, unreachable answers for the
+// key's partition (see Expire).
 func Deleter(expirer string, dcs []string, unreachable func(dc string) bool) string {
 	if !unreachable(expirer) {
 		return expirer
@@ -138,19 +141,22 @@ func Deleter(expirer string, dcs []string, unreachable func(dc string) bool) str
 }
 
 // Expire deletes key if its live value has expired at HLC time now and
-// mine says this DC is the one to delete a value that expirer owns. The
+// mine says this DC is the one to delete a value that expirer owns in the
+// key's partition p (the deleter is judged per partition: with shards,
+// invariant 16, a DC may be unreachable for some partitions only). The
 // delete is a normal local write, replicated like any other, whose context
 // is the expired state's clock: it supersedes exactly the versions this DC
 // holds, so a write it has not seen survives. It returns the write, or
 // ok false when the key has not expired (a write since moved or cleared
 // its expiry) or is another DC's to delete.
-func (s *Store) Expire(ctx context.Context, key string, now uint64, mine func(expirer string) bool) (res WriteResult, ok bool, err error) {
+func (s *Store) Expire(ctx context.Context, key string, now uint64, mine func(expirer string, p uint32) bool) (res WriteResult, ok bool, err error) {
+	p := event.PartitionOf(key, s.opts.Partitions)
 	err = s.do(ctx, func(t *txn) error {
 		st, _, err := t.state(key)
 		if err != nil {
 			return err
 		}
-		if !st.Expired(now) || !mine(st.Expirer()) {
+		if !st.Expired(now) || !mine(st.Expirer(), p) {
 			return nil
 		}
 		if res, err = t.write(WriteOp{Key: key, Delete: true, Context: st.Clock.Clone()}); err != nil {
@@ -167,7 +173,7 @@ func (s *Store) Expire(ctx context.Context, key string, now uint64, mine func(ex
 // many due keys it left for another DC. The due keys are those expired
 // and not yet deleted: few, since each is deleted once its expiry passes,
 // unless its deleter is down.
-func (s *Store) ExpireDue(ctx context.Context, now uint64, mine func(expirer string) bool) (deleted, others int, err error) {
+func (s *Store) ExpireDue(ctx context.Context, now uint64, mine func(expirer string, p uint32) bool) (deleted, others int, err error) {
 	keys, err := s.Due(now)
 	if err != nil {
 		return 0, 0, err
@@ -179,7 +185,7 @@ func (s *Store) ExpireDue(ctx context.Context, now uint64, mine func(expirer str
 		if err != nil {
 			return deleted, others, err
 		}
-		if st.Expired(now) && !mine(st.Expirer()) {
+		if st.Expired(now) && !mine(st.Expirer(), event.PartitionOf(key, s.opts.Partitions)) {
 			others++
 			continue
 		}

@@ -3,6 +3,7 @@ package changelog
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -207,6 +208,41 @@ func TestConcurrentTTLLongestWins(t *testing.T) {
 
 // TestDeleter: the owner deletes while it reports; once it is silent past
 // the bound, the first other DC in config order that still reports.
+// TestExpireByPartition: the expirer decides per key's partition (with
+// shards, invariant 16, the owner may be unreachable for some partitions
+// only): ExpireDue asks with each key's partition, deletes the keys of the
+// partitions that are this DC's and leaves the others' to their owner.
+func TestExpireByPartition(t *testing.T) {
+	ft, s := ttlStores(t, Options{Partitions: 4})
+	ctx := context.Background()
+	keys := map[uint32]string{}
+	for i := 0; len(keys) < 2; i++ {
+		k := fmt.Sprintf("k%d", i)
+		if p := event.PartitionOf(k, 4); p < 2 && keys[p] == "" {
+			keys[p] = k
+		}
+	}
+	for _, k := range keys {
+		mustApply(t, s["dc2"], mustWrite(t, s["dc1"], WriteOp{Key: k, Value: []byte("v"), TTL: time.Second}).Event)
+	}
+	ft.Add(2 * time.Second)
+	// At dc2, dc1 is silent on partition 1 only (its shard owning it is
+	// down): dc2 deletes dc1's value there and leaves partition 0's to dc1.
+	mine := func(expirer string, p uint32) bool {
+		return Deleter(expirer, []string{"dc1", "dc2"}, func(dc string) bool { return dc == "dc1" && p == 1 }) == "dc2"
+	}
+	n, others, err := s["dc2"].ExpireDue(ctx, s["dc2"].Now(), mine)
+	if err != nil || n != 1 || others != 1 {
+		t.Fatalf("dc2 expired %d, left %d (%v); want 1 deleted (partition 1's), 1 left to dc1 (partition 0's)", n, others, err)
+	}
+	if st := mustState(t, s["dc2"], keys[1]); st.LiveCount() != 0 {
+		t.Fatalf("%s (partition 1) still live at dc2, which took it over", keys[1])
+	}
+	if st := mustState(t, s["dc2"], keys[0]); st.LiveCount() != 1 {
+		t.Fatalf("%s (partition 0) deleted at dc2, but dc1 reports on partition 0", keys[0])
+	}
+}
+
 func TestDeleter(t *testing.T) {
 	dcs := []string{"dc1", "dc2", "dc3", "dc4"}
 	down := func(ds ...string) func(string) bool {
@@ -250,7 +286,7 @@ func TestExpireOnceAndOnlyWhatItSaw(t *testing.T) {
 	ft.Add(time.Second)
 	var dels []*event.Event
 	for _, dc := range []string{"dc2", "dc3", "dc1"} {
-		mine := func(expirer string) bool {
+		mine := func(expirer string, _ uint32) bool {
 			return Deleter(expirer, []string{"dc1", "dc2", "dc3"}, func(string) bool { return false }) == dc
 		}
 		n, others, err := s[dc].ExpireDue(ctx, s[dc].Now(), mine)
@@ -286,7 +322,7 @@ func TestExpireOnceAndOnlyWhatItSaw(t *testing.T) {
 		}
 		b, _ := encodeState(st)
 		enc = append(enc, b)
-		if n, _, _ := s[dc].ExpireDue(ctx, s[dc].Now(), func(string) bool { return true }); n != 0 {
+		if n, _, _ := s[dc].ExpireDue(ctx, s[dc].Now(), func(string, uint32) bool { return true }); n != 0 {
 			t.Fatalf("%s deleted the newer write", dc)
 		}
 	}
@@ -333,7 +369,7 @@ func TestTypedTTL(t *testing.T) {
 			t.Fatalf("%s still shows the expired set", dc)
 		}
 	}
-	mine := func(expirer string) bool { return expirer == "dc1" }
+	mine := func(expirer string, _ uint32) bool { return expirer == "dc1" }
 	if n, _, err := s["dc1"].ExpireDue(ctx, s["dc1"].Now(), mine); err != nil || n != 1 {
 		t.Fatalf("dc1 expired %d (%v), want 1", n, err)
 	}

@@ -214,11 +214,16 @@ func ParsePartitions(v string, partitions int) ([]uint32, error) {
 // reported on every one of them: a DC of several shards reports each
 // shard's partitions apart, so when one of its shards dies, the sidecars
 // owning those partitions see that DC fall silent and heal around it,
-// while the others keep seeing it report. The clock comes in as now.
+// while the others keep seeing it report. It also tells when a DC last
+// reported on one partition (LastOn), which the expirer judges a key's
+// owner by (invariant 14): a DC whose shard owning the key's partition
+// runs is reachable for that key, whatever its other shards do. The clock
+// comes in as now.
 type Coverage struct {
-	mine  []uint32
-	start time.Time
-	// last is, by DC and partition of mine, when a report last spoke for it.
+	mine       []uint32
+	partitions int
+	start      time.Time
+	// last is, by DC and partition, when a report last spoke for it.
 	last map[string]map[uint32]time.Time
 }
 
@@ -232,7 +237,7 @@ func NewCoverage(mine []uint32, partitions int, start time.Time) *Coverage {
 	}
 	mine = slices.Clone(mine)
 	slices.Sort(mine)
-	return &Coverage{mine: mine, start: start, last: map[string]map[uint32]time.Time{}}
+	return &Coverage{mine: mine, partitions: partitions, start: start, last: map[string]map[uint32]time.Time{}}
 }
 
 // Seen records a report from dc at now speaking for parts (nil: every
@@ -246,25 +251,37 @@ func (c *Coverage) Seen(dc string, parts []uint32, now time.Time) time.Time {
 		c.last[dc] = last
 	}
 	if parts == nil {
-		for _, p := range c.mine {
-			last[p] = now
+		for p := range c.partitions {
+			last[uint32(p)] = now
 		}
 	} else {
 		for _, p := range parts {
-			if _, ok := slices.BinarySearch(c.mine, p); ok {
+			if int(p) < c.partitions {
 				last[p] = now
 			}
 		}
 	}
 	oldest := now
 	for _, p := range c.mine {
-		t, ok := last[p]
-		if !ok {
-			t = c.start
-		}
-		if t.Before(oldest) {
+		if t := c.LastOn(dc, p); t.Before(oldest) {
 			oldest = t
 		}
 	}
 	return oldest
+}
+
+// LastOn returns when dc last reported on partition p: the latest report
+// speaking for p, or start if none has.
+func (c *Coverage) LastOn(dc string, p uint32) time.Time {
+	if t, ok := c.last[dc][p]; ok {
+		return t
+	}
+	return c.start
+}
+
+// SilentOn reports whether dc has sent no report speaking for partition p
+// for longer than bound at now. With DCs of one sidecar each, every
+// report speaks for every partition, and the answer is the same for all.
+func (c *Coverage) SilentOn(dc string, p uint32, now time.Time, bound time.Duration) bool {
+	return now.Sub(c.LastOn(dc, p)) > bound
 }

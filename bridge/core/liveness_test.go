@@ -108,6 +108,52 @@ func TestCoverage(t *testing.T) {
 	}
 }
 
+// TestCoverageSilentOn: the expirer's question (invariant 14 with shards,
+// invariant 16) is asked per partition. A sidecar owning every partition
+// hears dc1 of two shards, one of which stops reporting: dc1 is silent
+// past the bound on the stopped shard's partitions only, while the
+// DC-wide answer (Seen's, the oldest) is silent on all. A DC of one
+// sidecar speaks for every partition, and a DC never heard from counts
+// from the start.
+func TestCoverageSilentOn(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	const bound = 2 * time.Second
+	c := NewCoverage(nil, 4, t0)
+	c.Seen("dc1", []uint32{0, 2}, at(1))
+	c.Seen("dc1", []uint32{1, 3}, at(1))
+	c.Seen("dc3", nil, at(1))
+	c.Seen("dc1", []uint32{0, 2}, at(5)) // shard 1 of dc1 has stopped
+	c.Seen("dc3", nil, at(5))
+	if got := c.Seen("dc1", []uint32{0, 2}, at(5)); !got.Equal(at(1)) {
+		t.Fatalf("dc1 covered at %s, want 1s (the oldest partition's report)", got.Sub(t0))
+	}
+	for _, tt := range []struct {
+		dc     string
+		p      uint32
+		now    int
+		silent bool
+	}{
+		{"dc1", 0, 5, false}, {"dc1", 2, 5, false}, // shard 0 runs
+		{"dc1", 1, 5, true}, {"dc1", 3, 5, true}, // shard 1 stopped at 1s
+		{"dc1", 1, 3, false}, // not yet past the bound
+		{"dc3", 0, 5, false}, {"dc3", 3, 5, false},
+		{"dc4", 0, 2, false}, {"dc4", 0, 3, true}, // never heard: from the start
+	} {
+		if got := c.SilentOn(tt.dc, tt.p, at(tt.now), bound); got != tt.silent {
+			t.Errorf("SilentOn(%s, partition %d) at %ds = %v, want %v", tt.dc, tt.p, tt.now, got, tt.silent)
+		}
+	}
+	// A shard owning 1 and 3 still answers for the partitions it does not
+	// own, from the reports that spoke for them.
+	sh := NewCoverage([]uint32{1, 3}, 4, t0)
+	sh.Seen("dc1", []uint32{0, 2}, at(5))
+	if sh.SilentOn("dc1", 0, at(5), bound) || !sh.SilentOn("dc1", 1, at(5), bound) {
+		t.Errorf("a shard owning 1 and 3: dc1 reported on 0 at 5s and never on 1; got silent on 0 %v, on 1 %v",
+			sh.SilentOn("dc1", 0, at(5), bound), sh.SilentOn("dc1", 1, at(5), bound))
+	}
+}
+
 // TestParsePartitions: the header round-trips, and anything else is
 // refused naming the entry.
 func TestParsePartitions(t *testing.T) {

@@ -381,7 +381,7 @@ func (c *Cluster) Expire(dc string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	mine := func(expirer string) bool {
+	mine := func(expirer string, _ uint32) bool {
 		return changelog.Deleter(expirer, c.opts.DCs, func(string) bool { return false }) == dc
 	}
 	n := 0
