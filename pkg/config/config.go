@@ -80,8 +80,9 @@ type Config struct {
 	HealAfter Duration `yaml:"heal_after"`
 	// ExpiryTakeover is how long the DC that owns an expired value (the
 	// origin of the version with the longest TTL) may send no
-	// applied-vector report before another DC deletes the value in its
-	// place: the first DC of dcs, in order, that still reports. Default
+	// applied-vector report on the value's partition before another DC
+	// deletes the value in its place: the first DC of dcs, in order, that
+	// still reports on it. Default
 	// 30s; at least 2s (reports go out every second).
 	ExpiryTakeover Duration `yaml:"expiry_takeover"`
 	// ContextWait bounds how long a request that carries what its client
