@@ -213,18 +213,32 @@ func watchTxns(t *testing.T, all []*sidecar, dcs []string, txns [][]string) (sto
 // them by the first op's dot, each with its op count per copy.
 func streamTxns(t *testing.T, js jetstream.JetStream, dc string) map[string][]int {
 	t.Helper()
+	out := map[string][]int{}
+	readStream(t, js, dc, []string{names.TxnSubject(dc), names.ShardTxnWildcard(dc)}, func(m jetstream.Msg) {
+		evs, err := event.DecodeMessage(m.Data(), event.Limits{})
+		if err != nil {
+			t.Fatalf("a transaction message on %s: %v", m.Subject(), err)
+		}
+		id := fmt.Sprintf("%s:%d:%d", evs[0].Origin, evs[0].Partition, evs[0].Seq)
+		out[id] = append(out[id], len(evs))
+	})
+	return out
+}
+
+// readStream calls fn with every message of dc's stream on the subjects
+// filter (nil: all), in order.
+func readStream(t *testing.T, js jetstream.JetStream, dc string, filter []string, fn func(jetstream.Msg)) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := js.Stream(ctx, names.Stream(dc))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{names.TxnSubject(dc), names.ShardTxnWildcard(dc)}})
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filter})
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string][]int{}
 	for {
 		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(300*time.Millisecond))
 		if err != nil {
@@ -233,18 +247,13 @@ func streamTxns(t *testing.T, js jetstream.JetStream, dc string) map[string][]in
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			evs, err := event.DecodeMessage(m.Data(), event.Limits{})
-			if err != nil {
-				t.Fatalf("a transaction message on %s: %v", m.Subject(), err)
-			}
-			id := fmt.Sprintf("%s:%d:%d", evs[0].Origin, evs[0].Partition, evs[0].Seq)
-			out[id] = append(out[id], len(evs))
+			fn(m)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			t.Fatal(err)
 		}
 		if n == 0 {
-			return out
+			return
 		}
 	}
 }

@@ -1,8 +1,6 @@
 package shard_test
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -10,14 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/pkg/cluster"
 	"github.com/replicatorhq/replicator/pkg/config"
 	"github.com/replicatorhq/replicator/pkg/event"
 	"github.com/replicatorhq/replicator/pkg/httpapi"
-	"github.com/replicatorhq/replicator/pkg/names"
 	"github.com/replicatorhq/replicator/pkg/node"
 	"github.com/replicatorhq/replicator/test/internal/testutil"
 )
@@ -41,37 +37,13 @@ func deleteDots(t *testing.T, js jetstream.JetStream, keys []string) map[string]
 		want[k] = true
 	}
 	out := map[string][]string{}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	for _, dc := range dcs {
-		s, err := js.Stream(ctx, names.Stream(dc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for {
-			batch, err := cons.Fetch(256, jetstream.FetchMaxWait(300*time.Millisecond))
-			if err != nil {
-				t.Fatal(err)
+		readStream(t, js, dc, nil, func(m jetstream.Msg) {
+			h := m.Headers()
+			if k := h.Get(event.HeaderKey); want[k] && h.Get(event.HeaderOp) == event.OpDelete.String() {
+				out[k] = append(out[k], h.Get(event.HeaderDot))
 			}
-			n := 0
-			for m := range batch.Messages() {
-				n++
-				h := m.Headers()
-				if k := h.Get(event.HeaderKey); want[k] && h.Get(event.HeaderOp) == event.OpDelete.String() {
-					out[k] = append(out[k], h.Get(event.HeaderDot))
-				}
-			}
-			if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-				t.Fatal(err)
-			}
-			if n == 0 {
-				break
-			}
-		}
+		})
 	}
 	return out
 }
