@@ -151,8 +151,9 @@ type Options struct {
 	// ExpiryTakeover is how long the DC that owns an expired value (its
 	// origin; see changelog.Deleter) may send no applied-vector report
 	// speaking for the value's partition before the first other DC of
-	// DCs that still reports on it deletes the value in its place. Default 30s (or twice ReportInterval when that
-	// is longer); at least twice ReportInterval.
+	// DCs that still reports on it deletes the value in its place.
+	// Default 30s (or twice ReportInterval when that is longer); at least
+	// twice ReportInterval.
 	ExpiryTakeover time.Duration
 
 	// Owned lists the partitions this sidecar owns when its DC runs
