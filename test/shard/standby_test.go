@@ -183,16 +183,45 @@ var viaStandby = []bridge.Bypass{{Dead: "dc1", Via: "dc2"}}
 // divide 2, so each owns odd partitions) consumes both leaves and relays,
 // dc3 and dc4's shard 1 consume the standby; dc4's shard 0 (even
 // partitions, owned by the hub's live shard) keeps the static wiring.
-// Writes at every live shard keep reaching every live shard, in the
-// partitions the hub's stopped shard owns too, before the catch-up from
-// the origin could bring them. When the hub's shard returns the heal is
+// Writes at dc4 while the hub's shard is silent but nobody heals yet are
+// read by the standby's heal links (each starts at the lowest ack floor
+// of the hub's shards' consumers reading its partitions). Writes at
+// every live shard keep reaching every live shard, in the partitions the
+// hub's stopped shard owns too, before the catch-up from the origin could
+// bring them. When the hub's shard returns the heal is
 // handed back, the heal consumers deleted, and every DC converges with
 // every acked write.
 func TestShardStandbyHubOneShard(t *testing.T) {
 	h := startHealStar(t, 3)
 	h.stop(t, h.hub[1])
+	// Writes at dc4 in every partition while the hub's shard is silent
+	// and nobody heals yet: those in its partitions reach nobody.
+	silent := ownedKeys("silent", 0, 1, 16)
+	putAll(t, h.dc4[0], silent)
+	h.keys += len(silent)
+	for _, s := range h.standby {
+		if got := healing(s); len(got) != 0 {
+			t.Fatalf("%s heals around %v already: the writes took longer than heal_after", s.name, got)
+		}
+	}
 	for _, s := range h.standby {
 		healsAs(t, s, viaLeaves, 15*time.Second)
+	}
+	// Each standby shard's heal link on dc4's stream starts below them:
+	// at the lowest ack floor of the hub's consumers reading any of its
+	// partitions, which is the stopped shard's (the live shard's is past
+	// them), so it reads every one in its partitions.
+	for _, s := range h.standby {
+		want := 0
+		for _, k := range silent {
+			if owns(s, k) && owns(h.hub[1], k) {
+				want++
+			}
+		}
+		cluster.EventuallyEvery(t, 10*time.Second, 20*time.Millisecond, s.name+"'s heal link on dc4's stream to read the writes made while the hub's shard was silent", func() (bool, string) {
+			l := s.n.Replicator().Stats().Links["dc4"]
+			return l.Heal && l.Received >= uint64(want), fmt.Sprintf("it received %d events (heal %v), want at least %d", l.Received, l.Heal, want)
+		})
 	}
 	healsAs(t, h.dc3[0], viaStandby, 15*time.Second)
 	healsAs(t, h.dc4[1], viaStandby, 15*time.Second)
