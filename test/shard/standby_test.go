@@ -252,9 +252,11 @@ func TestShardStandbyHubOneShard(t *testing.T) {
 // shards) stops in the same star: every standby shard heals through both
 // leaves, every leaf sidecar through the standby, and writes at every
 // live shard reach every live shard (leaf to standby to leaf) before the
-// catch-up could bring them. When the hub returns every sidecar hands
-// back, the heal consumers are deleted, and every DC converges with every
-// acked write.
+// catch-up could bring them, transactions spanning the receivers' shards
+// among them, never seen in part. When the hub returns every sidecar
+// hands back, the heal consumers are deleted, every DC converges with
+// every acked write, and each transaction is whole and once in each
+// stream: the standby relayed it whole, once.
 func TestShardStandbyHubWholeHub(t *testing.T) {
 	h := startHealStar(t, 3)
 	h.stop(t, h.hub...)
@@ -264,8 +266,18 @@ func TestShardStandbyHubWholeHub(t *testing.T) {
 	for _, s := range append(slices.Clone(h.dc3), h.dc4...) {
 		healsAs(t, s, viaStandby, 15*time.Second)
 	}
+	// Single writes at every live shard, and transactions at every live
+	// DC whose keys span the other DCs' shards, while readers watch for
+	// part of a transaction.
 	down := h.writeLive(t, "down", 8)
+	keys, txns := load(t, h.live(), "txn", 0, 4)
+	h.keys += keys
+	stop := watchTxns(t, h.all, []string{"dc2", "dc3", "dc4"}, txns)
+	for _, ks := range txns {
+		down = append(down, ks...)
+	}
 	arrivedAt(t, h.live(), down, viaHeal)
+	stop()
 
 	h.start(t, h.hub...)
 	for _, s := range h.all {
@@ -274,6 +286,15 @@ func TestShardStandbyHubWholeHub(t *testing.T) {
 	healConsumersGone(t, h.url)
 	h.writeLive(t, "after", 4)
 	converged(t, h.all, h.keys)
+	// Each transaction is whole and once in each stream holding it: its
+	// origin's, the standby's when it relayed a leaf's, and the hub's,
+	// which forwards it once back.
+	txnsWhole(t, h.url, starDCs, len(txns), func(origin string) int {
+		if origin == "dc2" {
+			return 2
+		}
+		return 3
+	})
 }
 
 // TestShardStandbyHubAndStandbyShard (invariant 16): with the hub down
