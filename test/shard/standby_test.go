@@ -176,6 +176,35 @@ var viaLeaves = []bridge.Bypass{{Dead: "dc1", Via: "dc3"}, {Dead: "dc1", Via: "d
 // stream.
 var viaStandby = []bridge.Bypass{{Dead: "dc1", Via: "dc2"}}
 
+// stopHub stops both hub shards and waits until every standby shard heals
+// around the hub through both leaves, and every leaf sidecar through the
+// standby.
+func (h *healStar) stopHub(t *testing.T) {
+	t.Helper()
+	h.stop(t, h.hub...)
+	for _, s := range h.standby {
+		healsAs(t, s, viaLeaves, 15*time.Second)
+	}
+	for _, s := range append(slices.Clone(h.dc3), h.dc4...) {
+		healsAs(t, s, viaStandby, 15*time.Second)
+	}
+}
+
+// handBack starts the stopped hub shards hub again and waits until no
+// sidecar heals and no heal consumer is left; then it writes through
+// every sidecar and waits until every DC converges with every acked
+// write.
+func (h *healStar) handBack(t *testing.T, hub ...*sidecar) {
+	t.Helper()
+	h.start(t, hub...)
+	for _, s := range h.all {
+		healsAs(t, s, nil, 30*time.Second)
+	}
+	healConsumersGone(t, h.url)
+	h.writeLive(t, "after", 4)
+	converged(t, h.all, h.keys)
+}
+
 // TestShardStandbyHubOneShard (invariant 16): in a star of hub dc1 (2
 // shards), standby dc2 (3 shards), leaves dc3 (1) and dc4 (2), the hub's
 // shard 1 stops. The sidecars owning some of its (odd) partitions see the
@@ -265,13 +294,7 @@ func TestShardStandbyHubOneShard(t *testing.T) {
 		t.Fatalf("dc4's shard 0 heals around %v, but the hub's shard owning its partitions runs", got)
 	}
 
-	h.start(t, h.hub[1])
-	for _, s := range h.all {
-		healsAs(t, s, nil, 30*time.Second)
-	}
-	healConsumersGone(t, h.url)
-	h.writeLive(t, "after", 4)
-	converged(t, h.all, h.keys)
+	h.handBack(t, h.hub[1])
 }
 
 // TestShardStandbyHubWholeHub (invariant 16): the whole hub (both its
@@ -285,13 +308,7 @@ func TestShardStandbyHubOneShard(t *testing.T) {
 // stream: the standby relayed it whole, once.
 func TestShardStandbyHubWholeHub(t *testing.T) {
 	h := startHealStar(t, 3)
-	h.stop(t, h.hub...)
-	for _, s := range h.standby {
-		healsAs(t, s, viaLeaves, 15*time.Second)
-	}
-	for _, s := range append(slices.Clone(h.dc3), h.dc4...) {
-		healsAs(t, s, viaStandby, 15*time.Second)
-	}
+	h.stopHub(t)
 	// Single writes at every live shard, and transactions at every live
 	// DC whose keys span the other DCs' shards, while readers watch for
 	// part of a transaction.
@@ -305,13 +322,7 @@ func TestShardStandbyHubWholeHub(t *testing.T) {
 	arrivedAt(t, h.live(), down, viaHeal)
 	stop()
 
-	h.start(t, h.hub...)
-	for _, s := range h.all {
-		healsAs(t, s, nil, 30*time.Second)
-	}
-	healConsumersGone(t, h.url)
-	h.writeLive(t, "after", 4)
-	converged(t, h.all, h.keys)
+	h.handBack(t, h.hub...)
 	// Each transaction is whole and once in each stream holding it: its
 	// origin's, the standby's when it relayed a leaf's, and the hub's,
 	// which forwards it once back.
@@ -337,13 +348,7 @@ func TestShardStandbyHubWholeHub(t *testing.T) {
 // and every DC converges with every acked write.
 func TestShardStandbyHubAndStandbyShard(t *testing.T) {
 	h := startHealStar(t, 2)
-	h.stop(t, h.hub...)
-	for _, s := range h.standby {
-		healsAs(t, s, viaLeaves, 15*time.Second)
-	}
-	for _, s := range append(slices.Clone(h.dc3), h.dc4...) {
-		healsAs(t, s, viaStandby, 15*time.Second)
-	}
+	h.stopHub(t)
 	h.stop(t, h.standby[1])
 	healsAs(t, h.dc3[0], nil, 15*time.Second)
 	healsAs(t, h.dc4[1], nil, 15*time.Second)
@@ -371,11 +376,5 @@ func TestShardStandbyHubAndStandbyShard(t *testing.T) {
 	for _, s := range append(slices.Clone(h.dc3), h.dc4...) {
 		healsAs(t, s, viaStandby, 30*time.Second)
 	}
-	h.start(t, h.hub...)
-	for _, s := range h.all {
-		healsAs(t, s, nil, 30*time.Second)
-	}
-	healConsumersGone(t, h.url)
-	h.writeLive(t, "after", 4)
-	converged(t, h.all, h.keys)
+	h.handBack(t, h.hub...)
 }
