@@ -26,14 +26,14 @@ import (
 )
 
 // layout is a deployment deploy starts: its topology and DCs (the ring's
-// order), the star's hub, how many sidecars each DC runs (1 when absent)
-// and heal_after (0: the default).
+// order), the star's hub and standby hub, how many sidecars each DC runs
+// (1 when absent) and heal_after (0: the default).
 type layout struct {
-	topology  string
-	dcs       []string
-	hub       string
-	shards    map[string]int
-	healAfter time.Duration
+	topology     string
+	dcs          []string
+	hub, standby string
+	shards       map[string]int
+	healAfter    time.Duration
 }
 
 // deploy starts l's DCs on one embedded NATS server, in l.dcs order, each
@@ -45,7 +45,7 @@ func deploy(t *testing.T, l layout) (*server.Server, []*sidecar) {
 	for _, dc := range l.dcs {
 		for i := range max(l.shards[dc], 1) {
 			cfg := sidecarConfig(dir, dc, i, l.shards[dc])
-			cfg.DCs, cfg.Topology, cfg.Hub = l.dcs, l.topology, l.hub
+			cfg.DCs, cfg.Topology, cfg.Hub, cfg.StandbyHub = l.dcs, l.topology, l.hub, l.standby
 			if l.healAfter > 0 {
 				cfg.HealAfter = config.Duration(l.healAfter)
 			}
