@@ -169,10 +169,10 @@ func (s *Store) Expire(ctx context.Context, key string, now uint64, mine func(ex
 }
 
 // ExpireDue expires, with Expire, the keys due at HLC time now that mine
-// says are this DC's to delete, asking it with each key's partition. It returns how many it deleted and how
-// many due keys it left for another DC. The due keys are those expired
-// and not yet deleted: few, since each is deleted once its expiry passes,
-// unless its deleter is down.
+// says are this DC's to delete, asking it with each key's partition. It
+// returns how many it deleted and how many due keys it left for another
+// DC. The due keys are those expired and not yet deleted: few, since each
+// is deleted once its expiry passes, unless its deleter is down.
 func (s *Store) ExpireDue(ctx context.Context, now uint64, mine func(expirer string, p uint32) bool) (deleted, others int, err error) {
 	keys, err := s.Due(now)
 	if err != nil {

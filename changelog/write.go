@@ -280,7 +280,9 @@ func (t *txn) prepare(op WriteOp) (prepared, error) {
 		return prepared{}, err
 	}
 	w := prepared{op: op, p: p, st: st, ctx: st.WriteContext(client, implicit, t.purgeFrontier(p))}
-	if n := st.CountAfter(w.ctx); n > s.opts.MaxSiblings && n > len(st.Siblings) {
+	// Refused only when the write adds a sibling (supersedes none) to a
+	// key already at the limit: a write that drops one never grows it.
+	if len(st.Siblings) >= s.opts.MaxSiblings && len(st.Superseded(w.ctx)) == 0 {
 		s.siblingsRefused.Add(1)
 		return prepared{}, &TooManySiblingsError{Key: op.Key, Siblings: len(st.Siblings), Max: s.opts.MaxSiblings}
 	}

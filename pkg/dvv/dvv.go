@@ -192,18 +192,6 @@ func (s State) Apply(dot vclock.Dot, ctx vclock.VV, v Version) (State, bool) {
 	return s.Write(dot, ctx, v), true
 }
 
-// CountAfter returns how many siblings s holds after a write with context
-// ctx: those ctx does not cover, and the write's own.
-func (s State) CountAfter(ctx vclock.VV) int {
-	n := 1
-	for _, sb := range s.Siblings {
-		if !ctx.Covers(sb.Dot) {
-			n++
-		}
-	}
-	return n
-}
-
 // Superseded returns the siblings of s that a write with context ctx removes.
 func (s State) Superseded(ctx vclock.VV) []Sibling {
 	var out []Sibling

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/replicatorhq/replicator/changelog"
 	"github.com/replicatorhq/replicator/pkg/cluster"
@@ -296,15 +295,7 @@ func relayout(t *testing.T, all []*sidecar, dc string, count int, from string, w
 // deletes those, which would otherwise hold their messages for ever.
 func staleConsumers(t *testing.T, url, dc string, count int) {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testutil.JetStream(t, url)
 	for _, up := range dcs {
 		if up == dc {
 			continue
